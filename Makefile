@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The pure core: no torch, asyncio, sockets or zeroconf. mypy --strict runs over it.
+PURE := edgeci_p2p/core
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m edgeci_p2p.demo
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check edgeci_p2p tests benchmarks examples
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy $(PURE)
+
+pytest: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/executor.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,232 @@
+"""Pure description of a CNN as a chain of *units*: the places where a cut is allowed.
+
+A unit is a conv with its BN/ReLU, a pool, or a whole residual BasicBlock. Each
+unit lists its inner ops with their window geometry, so that the geometry module
+can compute receptive fields and FLOPs without importing torch. The torch
+adapter (``edgeci_p2p.nn.extract``) builds these descriptions from torchvision
+models; everything here is plain data that also round-trips through dicts (CBOR).
+
+Shapes are ``(channels, height, width)``; a description is made for one input
+size, because the planner and the cost model need concrete shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OpKind = Literal["conv", "maxpool", "bn", "relu"]
+UnitKind = Literal["conv", "pool", "block"]
+
+POINTWISE: frozenset[str] = frozenset({"bn", "relu"})
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sliding-window geometry of a conv or pool, as ``(rows, cols)`` pairs."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    """Pools only: PyTorch's ceil_mode (an extra, partially padded output row)."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One layer inside a unit."""
+
+    kind: OpKind
+    in_channels: int
+    out_channels: int
+    window: Window | None = None
+    """None for pointwise ops (bn, relu)."""
+    groups: int = 1
+    bias: bool = False
+    """Convs only: whether the conv adds a bias (counted in FLOPs)."""
+    module: str = ""
+    """Dotted name of the torch module this op came from (for the executor)."""
+
+    def __post_init__(self) -> None:
+        if (self.kind in POINTWISE) != (self.window is None):
+            raise ValueError(f"op {self.kind!r}: window must be given exactly for conv/maxpool")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A cut-point-delimited piece of the feature extractor.
+
+    ``main`` runs in sequence. For a residual block ``shortcut`` is the branch
+    added to ``main``'s output (``()`` is the identity), and ``post`` runs on the
+    sum; for other units ``shortcut`` is None and ``post`` is empty.
+    """
+
+    index: int
+    name: str
+    kind: UnitKind
+    main: tuple[Op, ...]
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    shortcut: tuple[Op, ...] | None = None
+    post: tuple[Op, ...] = ()
+
+    @property
+    def is_block(self) -> bool:
+        return self.shortcut is not None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The part that needs the whole feature map: global pool and classifier."""
+
+    kind: Literal["vgg", "resnet"]
+    in_shape: tuple[int, int, int]
+    pool_size: tuple[int, int]
+    """Output size of the adaptive average pool ((7, 7) for VGG, (1, 1) for ResNet)."""
+    linear: tuple[tuple[int, int], ...]
+    """(in_features, out_features) of each linear layer, in order."""
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole network at one input size: units then head."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    units: tuple[Unit, ...]
+    head: Head
+    fingerprint: str = ""
+    """sha256 of the weights this spec was extracted with ('' when unknown)."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for i, u in enumerate(self.units):
+            if u.index != i:
+                raise ValueError(f"unit {u.name!r} has index {u.index}, expected {i}")
+            if i and self.units[i - 1].out_shape != u.in_shape:
+                raise ValueError(
+                    f"unit {u.name!r} expects input {u.in_shape} but unit "
+                    f"{self.units[i - 1].name!r} produces {self.units[i - 1].out_shape}"
+                )
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+    def shape_at(self, boundary: int) -> tuple[int, int, int]:
+        """Shape of the map at cut point ``boundary`` (0 = network input, k = after unit k-1)."""
+        if not 0 <= boundary <= len(self.units):
+            raise IndexError(f"boundary {boundary} outside 0..{len(self.units)}")
+        return self.input_shape if boundary == 0 else self.units[boundary - 1].out_shape
+
+    # ---- plain-dict form (for CBOR / JSON) -------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "fingerprint": self.fingerprint,
+            "units": [_unit_to_dict(u) for u in self.units],
+            "head": {
+                "kind": self.head.kind,
+                "in_shape": list(self.head.in_shape),
+                "pool_size": list(self.head.pool_size),
+                "linear": [list(x) for x in self.head.linear],
+                "num_classes": self.head.num_classes,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        h = d["head"]
+        return cls(
+            name=d["name"],
+            input_shape=_shape3(d["input_shape"]),
+            fingerprint=d.get("fingerprint", ""),
+            units=tuple(_unit_from_dict(u) for u in d["units"]),
+            head=Head(
+                kind=h["kind"],
+                in_shape=_shape3(h["in_shape"]),
+                pool_size=(int(h["pool_size"][0]), int(h["pool_size"][1])),
+                linear=tuple((int(a), int(b)) for a, b in h["linear"]),
+                num_classes=int(h["num_classes"]),
+            ),
+        )
+
+
+def _shape3(v: Any) -> tuple[int, int, int]:
+    c, h, w = (int(x) for x in v)
+    return (c, h, w)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    a, b = (int(x) for x in v)
+    return (a, b)
+
+
+def _op_to_dict(op: Op) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": op.kind,
+        "in": op.in_channels,
+        "out": op.out_channels,
+        "groups": op.groups,
+        "bias": op.bias,
+        "module": op.module,
+    }
+    if op.window is not None:
+        w = op.window
+        d["window"] = {
+            "k": list(w.kernel),
+            "s": list(w.stride),
+            "p": list(w.padding),
+            "d": list(w.dilation),
+            "ceil": w.ceil_mode,
+        }
+    return d
+
+
+def _op_from_dict(d: dict[str, Any]) -> Op:
+    w = d.get("window")
+    window = (
+        Window(_pair(w["k"]), _pair(w["s"]), _pair(w["p"]), _pair(w["d"]), bool(w["ceil"]))
+        if w is not None
+        else None
+    )
+    return Op(
+        kind=d["kind"],
+        in_channels=int(d["in"]),
+        out_channels=int(d["out"]),
+        window=window,
+        groups=int(d["groups"]),
+        bias=bool(d["bias"]),
+        module=str(d["module"]),
+    )
+
+
+def _unit_to_dict(u: Unit) -> dict[str, Any]:
+    return {
+        "index": u.index,
+        "name": u.name,
+        "kind": u.kind,
+        "in_shape": list(u.in_shape),
+        "out_shape": list(u.out_shape),
+        "main": [_op_to_dict(o) for o in u.main],
+        "shortcut": None if u.shortcut is None else [_op_to_dict(o) for o in u.shortcut],
+        "post": [_op_to_dict(o) for o in u.post],
+    }
+
+
+def _unit_from_dict(d: dict[str, Any]) -> Unit:
+    sc = d["shortcut"]
+    return Unit(
+        index=int(d["index"]),
+        name=str(d["name"]),
+        kind=d["kind"],
+        in_shape=_shape3(d["in_shape"]),
+        out_shape=_shape3(d["out_shape"]),
+        main=tuple(_op_from_dict(o) for o in d["main"]),
+        shortcut=None if sc is None else tuple(_op_from_dict(o) for o in sc),
+        post=tuple(_op_from_dict(o) for o in d["post"]),
+    )

@@ -1,0 +1,175 @@
+"""Running a fused range of units on a slab, exactly as the unsplit model would.
+
+The executor follows a :class:`~edgeci_p2p.core.geometry.Trace` op by op: slice
+the slab to the region the op reads, pad only at real borders (zeros for convs,
+-inf for max-pools), then run the op with padding 0. The result is exactly the
+requested output region of the unsplit network's map.
+
+``split`` and ``stitch`` are inverses: for regions that tile a map exactly once,
+``stitch(split(x, regions), regions, h, w)`` is ``x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeci_p2p.core.geometry import OpStep, Region, Trace, UnitTrace, full_region, trace
+from edgeci_p2p.core.units import ModelSpec
+
+
+def crop(x: Tensor, x_region: Region, want: Region) -> Tensor:
+    """The part of slab ``x`` (holding ``x_region`` of its map) that covers ``want``."""
+    if want == x_region:
+        return x
+    rel = want.relative_to(x_region)
+    return x[:, :, rel.rows.start : rel.rows.stop, rel.cols.start : rel.cols.stop]
+
+
+def split(x: Tensor, regions: Sequence[Region]) -> list[Tensor]:
+    """Cut a whole map ``x`` (N, C, H, W) into the given regions (views, no copy)."""
+    whole = full_region(x.shape[2], x.shape[3])
+    return [crop(x, whole, r) for r in regions]
+
+
+def stitch(pieces: Sequence[Tensor], regions: Sequence[Region], height: int, width: int) -> Tensor:
+    """Place each piece at its region of an ``height x width`` map; the inverse of split."""
+    if not pieces or len(pieces) != len(regions):
+        raise ValueError(f"stitch needs one piece per region ({len(pieces)} vs {len(regions)})")
+    n, c = pieces[0].shape[:2]
+    out = pieces[0].new_empty((n, c, height, width))
+    for piece, r in zip(pieces, regions, strict=True):
+        want = (n, c, r.rows.size, r.cols.size)
+        if tuple(piece.shape) != want:
+            raise ValueError(f"piece of shape {tuple(piece.shape)} does not fit {r} ({want})")
+        out[:, :, r.rows.start : r.rows.stop, r.cols.start : r.cols.stop] = piece
+    return out
+
+
+class FusedExecutor:
+    """Runs unit ranges of one model on slabs. Holds the model; stateless otherwise."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+        self.model = model
+        self.spec = spec
+        self._modules: dict[str, nn.Module] = dict(model.named_modules())
+
+    # ---- one op ---------------------------------------------------------------------------
+
+    def _op(self, step: OpStep, x: Tensor, fresh: bool) -> Tensor:
+        """Run one op on ``x``, which holds exactly ``step.need``."""
+        op, m, p = step.op, self._modules[step.op.module], step.pad
+        if op.kind == "conv":
+            assert isinstance(m, nn.Conv2d)
+            if p.any:
+                x = F.pad(x, (p.left, p.right, p.top, p.bottom))
+            return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+        if op.kind == "maxpool":
+            assert isinstance(m, nn.MaxPool2d) and op.window is not None
+            if p.any:
+                x = F.pad(x, (p.left, p.right, p.top, p.bottom), value=float("-inf"))
+            w = op.window
+            return F.max_pool2d(x, w.kernel, w.stride, 0, w.dilation, ceil_mode=False)
+        if op.kind == "bn":
+            assert isinstance(m, nn.BatchNorm2d)
+            return F.batch_norm(
+                x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps
+            )
+        return F.relu(x, inplace=fresh)
+
+    def _chain(self, steps: Sequence[OpStep], x: Tensor, x_region: Region) -> Tensor:
+        fresh = False  # never modify the caller's slab in place
+        for step in steps:
+            x = self._op(step, crop(x, x_region, step.need), fresh)
+            x_region, fresh = step.out, True
+        return x
+
+    def _unit(self, ut: UnitTrace, x: Tensor, x_region: Region) -> Tensor:
+        y = self._chain(ut.main, x, x_region)
+        if ut.shortcut is not None:
+            main_out = ut.main[-1].out
+            if ut.shortcut:
+                s = self._chain(ut.shortcut, x, x_region)
+            else:
+                s = crop(x, x_region, main_out)
+            y = y + s
+            if ut.post:
+                y = self._chain(ut.post, y, main_out)
+        elif ut.post:
+            y = self._chain(ut.post, y, ut.main[-1].out)
+        return y
+
+    # ---- public ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run_trace(self, tr: Trace, slab: Tensor, slab_region: Region) -> Tensor:
+        """Run a trace on ``slab`` (holding ``slab_region`` of boundary ``tr.start``'s map)."""
+        if not slab_region.contains(tr.need):
+            raise ValueError(
+                f"slab {slab_region} does not hold the input {tr.need} that units "
+                f"[{tr.start}, {tr.stop}) need"
+            )
+        _, h, w = self.spec.shape_at(tr.start)
+        if slab.dim() != 4 or slab.shape[2:] != (slab_region.rows.size, slab_region.cols.size):
+            raise ValueError(f"slab of shape {tuple(slab.shape)} does not match {slab_region}")
+        if not full_region(h, w).contains(slab_region):
+            raise ValueError(f"slab region {slab_region} outside the {h}x{w} map")
+        x, region = slab, slab_region
+        for ut in tr.units:
+            x = self._unit(ut, x, region)
+            region = ut.out
+        return x
+
+    def run(
+        self,
+        start: int,
+        stop: int,
+        out: Region,
+        slab: Tensor,
+        slab_region: Region | None = None,
+    ) -> Tensor:
+        """Units ``start .. stop-1`` producing region ``out``; ``slab`` defaults to the whole map."""
+        tr = trace(self.spec, start, stop, out)
+        if slab_region is None:
+            _, h, w = self.spec.shape_at(start)
+            slab_region = full_region(h, w)
+        return self.run_trace(tr, slab, slab_region)
+
+    @torch.no_grad()
+    def run_tiled(
+        self, start: int, stop: int, regions: Sequence[Region], x: Tensor
+    ) -> Tensor:
+        """Compute boundary ``stop``'s map tile by tile from the whole map ``x`` and stitch it."""
+        _, h_in, w_in = self.spec.shape_at(start)
+        whole = full_region(h_in, w_in)
+        pieces = []
+        for r in regions:
+            tr = trace(self.spec, start, stop, r)
+            pieces.append(self.run_trace(tr, crop(x, whole, tr.need), tr.need))
+        _, h, w = self.spec.shape_at(stop)
+        return stitch(pieces, regions, h, w)
+
+    # ---- the unsplit reference and the head ------------------------------------------------
+
+    @torch.no_grad()
+    def reference(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Units ``start .. stop-1`` through the model's own modules (no slicing)."""
+        stop = self.spec.n_units if stop is None else stop
+        for unit in self.spec.units[start:stop]:
+            if unit.is_block:
+                x = self._modules[unit.name](x)
+            else:
+                for op in unit.main + unit.post:
+                    x = self._modules[op.module](x)
+        return x
+
+    @torch.no_grad()
+    def head(self, x: Tensor) -> Tensor:
+        """Global pool + classifier on the whole last feature map: the logits."""
+        m = self.model
+        x = m.avgpool(x)
+        x = torch.flatten(x, 1)
+        return m.classifier(x) if self.spec.head.kind == "vgg" else m.fc(x)  # type: ignore[no-any-return]

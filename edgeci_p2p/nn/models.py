@@ -1,0 +1,167 @@
+"""Building the supported torchvision models with weights every peer agrees on.
+
+Without a weights file, every parameter is drawn from its own torch.Generator
+seeded with ``sha256(f"{seed}:{param name}")``, so the weights depend only on
+the seed, the parameter names and torch's CPU generator, never on construction
+order or on other models in the process. The fingerprint (sha256 over the
+state_dict in sorted-name order) lets peers verify they really hold the same
+weights before any work is exchanged.
+
+A torchvision weights file is used when given by path, or when torchvision's
+own file for the model is in the torch hub cache; it is loaded with
+``weights_only=True`` (never unpickle arbitrary objects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+SUPPORTED_MODELS: tuple[str, ...] = (
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "resnet18",
+    "resnet34",
+)
+DEFAULT_SEED = 20240
+"""Seed of the default random weights (any value works if every peer uses the same)."""
+
+
+class UnknownModelError(ValueError):
+    """The caller asked for a model this project does not describe."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    module: nn.Module
+    fingerprint: str
+    source: str
+    """'seed:<n>' or the path of the weights file."""
+
+    @property
+    def pretrained(self) -> bool:
+        return not self.source.startswith("seed:")
+
+
+def check_model_name(name: str) -> str:
+    if name not in SUPPORTED_MODELS:
+        raise UnknownModelError(
+            f"unknown model {name!r}; supported: {', '.join(SUPPORTED_MODELS)}"
+        )
+    return name
+
+
+def _weights_enum(name: str) -> torchvision.models.WeightsEnum:
+    return torchvision.models.get_model_weights(name).DEFAULT  # type: ignore[no-any-return]
+
+
+def categories(name: str) -> list[str]:
+    """ImageNet class names from torchvision's weight metadata (no download)."""
+    return list(_weights_enum(check_model_name(name)).meta["categories"])
+
+
+def published_gmacs(name: str) -> float:
+    """torchvision's published operation count (GMACs at 224x224) for ``name``."""
+    return float(_weights_enum(check_model_name(name)).meta["_ops"])
+
+
+def hub_weights_path(name: str) -> Path | None:
+    """torchvision's weights file for ``name`` if it is in the torch hub cache."""
+    url: str = _weights_enum(check_model_name(name)).url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return path if path.is_file() else None
+
+
+def _param_generator(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+@torch.no_grad()
+def seeded_init(model: nn.Module, seed: int = DEFAULT_SEED) -> None:
+    """Deterministic, well-scaled random weights (He init; non-trivial BN statistics).
+
+    BN running statistics and affine parameters are random too, so a BN applied
+    to the wrong rows would show. The last BN of each residual branch gets a
+    small scale so that activations do not grow through ResNet's 16 additions.
+    """
+    for mod_name, mod in model.named_modules():
+        last_bn = mod_name.endswith("bn2") or mod_name.endswith("downsample.1")
+        for p_name, t in list(mod.named_parameters(recurse=False)) + list(
+            mod.named_buffers(recurse=False)
+        ):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            g = _param_generator(seed, full)
+            if isinstance(mod, nn.Conv2d | nn.Linear) and p_name == "weight":
+                fan_in = t[0].numel()
+                t.normal_(0.0, math.sqrt(2.0 / fan_in), generator=g)
+            elif p_name == "bias":
+                t.uniform_(-0.05, 0.05, generator=g)
+            elif isinstance(mod, nn.BatchNorm2d):
+                if p_name == "weight":
+                    lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)
+                    t.uniform_(lo, hi, generator=g)
+                elif p_name == "running_mean":
+                    t.normal_(0.0, 0.1, generator=g)
+                elif p_name == "running_var":
+                    t.uniform_(0.5, 1.5, generator=g)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the state_dict, sorted by name."""
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def load_model(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    use_hub_cache: bool = True,
+) -> LoadedModel:
+    """Build ``name`` in eval mode with seeded weights, or with a weights file.
+
+    ``weights`` is a path to a torchvision state_dict; when None and
+    ``use_hub_cache`` is set, torchvision's cached file is used if present.
+    """
+    check_model_name(name)
+    model: nn.Module = torchvision.models.get_model(name, weights=None)
+    path = Path(weights) if weights is not None else None
+    if path is None and use_hub_cache:
+        path = hub_weights_path(name)
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file for {name} not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"weights file {path} does not fit {name}: {e}") from e
+        source = str(path)
+    else:
+        seeded_init(model, seed)
+        source = f"seed:{seed}"
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name, model, fingerprint(model), source)
