@@ -7,8 +7,7 @@ import sys
 
 def main() -> int:
     print(
-        "edgeci-peer: the peer daemon is not implemented yet; "
-        "see README.md ('What works today').",
+        "edgeci-peer: the peer daemon is not implemented yet; see README.md ('What works today').",
         file=sys.stderr,
     )
     return 2

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     print(f"{spec.name} at {h}x{w}: {spec.n_units} units + head")
-    print(f"{'#':>3} {'unit':<18} {'kind':<6} {'output':>15} {'MFLOPs':>10} {'out KB':>9} {'RF':>9}")
+    print(
+        f"{'#':>3} {'unit':<18} {'kind':<6} {'output':>15} {'MFLOPs':>10} {'out KB':>9} {'RF':>9}"
+    )
     for r in rows:
         shape = "x".join(str(v) for v in r["out_shape"])
         rf = "x".join(str(v) for v in r["receptive_field"])

@@ -119,7 +119,9 @@ class DeviceModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeviceModel:
         return cls(
-            str(d["name"]), ComputeModel.from_dict(d["compute"]), int(d.get("memory_bytes", 1 << 30))
+            str(d["name"]),
+            ComputeModel.from_dict(d["compute"]),
+            int(d.get("memory_bytes", 1 << 30)),
         )
 
 
@@ -161,9 +163,13 @@ class Testbed:
 
     def __post_init__(self) -> None:
         if len(self.devices) != len(self.links):
-            raise ValueError(f"testbed {self.name}: {len(self.devices)} devices, {len(self.links)} links")
+            raise ValueError(
+                f"testbed {self.name}: {len(self.devices)} devices, {len(self.links)} links"
+            )
         if not 0 <= self.auctioneer < len(self.devices):
-            raise ValueError(f"testbed {self.name}: auctioneer index {self.auctioneer} out of range")
+            raise ValueError(
+                f"testbed {self.name}: auctioneer index {self.auctioneer} out of range"
+            )
 
     def link(self, i: int) -> LinkModel:
         return LOCAL_LINK if i == self.auctioneer else self.links[i]
@@ -201,4 +207,3 @@ def _link_from_dict(d: Mapping[str, Any]) -> LinkModel:
     if "mbps" in d:
         return LinkModel.from_mbps(float(d["mbps"]), float(d.get("rtt_ms", 1.0)))
     return LinkModel(float(d["bandwidth"]), float(d.get("rtt", 0.001)))
-

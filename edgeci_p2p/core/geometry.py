@@ -23,10 +23,11 @@ what is run.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edgeci_p2p.core.units import POINTWISE, ModelSpec, Op, Unit, Window
+from edgeci_p2p.core.units import ModelSpec, Op, Unit, Window
 
 FLOAT32_BYTES = 4
 
@@ -80,9 +81,7 @@ class Region:
         return Region(self.rows.shift(outer.rows.start), self.cols.shift(outer.cols.start))
 
     def __str__(self) -> str:
-        return (
-            f"rows[{self.rows.start}:{self.rows.stop}) cols[{self.cols.start}:{self.cols.stop})"
-        )
+        return f"rows[{self.rows.start}:{self.rows.stop}) cols[{self.cols.start}:{self.cols.stop})"
 
 
 def full_region(height: int, width: int) -> Region:
@@ -240,7 +239,7 @@ def _trace_chain(ops: Sequence[Op], in_hw: tuple[int, int], out: Region) -> tupl
 
 
 def trace_unit(unit: Unit, out: Region) -> UnitTrace:
-    c, h, w = unit.out_shape
+    _c, h, w = unit.out_shape
     if not full_region(h, w).contains(out) or out.area == 0:
         raise ValueError(f"unit {unit.name}: output region {out} outside its {h}x{w} map")
     in_hw = (unit.in_shape[1], unit.in_shape[2])
@@ -354,9 +353,9 @@ def receptive_field(spec: ModelSpec, stop: int) -> tuple[int, int]:
 def strips(size: int, cuts: Sequence[int]) -> list[Span]:
     """Split ``[0, size)`` at the (sorted, interior) positions ``cuts``."""
     edges = [0, *cuts, size]
-    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(edges)):
         raise ValueError(f"cuts {list(cuts)} do not split [0, {size}) into non-empty strips")
-    return [Span(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+    return [Span(a, b) for a, b in itertools.pairwise(edges)]
 
 
 def proportional_strips(size: int, weights: Sequence[float]) -> list[Span]:

@@ -62,17 +62,21 @@ class FusedExecutor:
     def _op(self, step: OpStep, x: Tensor, fresh: bool) -> Tensor:
         """Run one op on ``x``, which holds exactly ``step.need``."""
         op, m, p = step.op, self._modules[step.op.module], step.pad
-        if op.kind == "conv":
-            assert isinstance(m, nn.Conv2d)
-            if p.any:
-                x = F.pad(x, (p.left, p.right, p.top, p.bottom))
-            return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-        if op.kind == "maxpool":
-            assert isinstance(m, nn.MaxPool2d) and op.window is not None
-            if p.any:
-                x = F.pad(x, (p.left, p.right, p.top, p.bottom), value=float("-inf"))
+        if op.kind in ("conv", "maxpool"):
+            # The symmetric part of the border padding is left to the op itself (no
+            # copy); only an asymmetric remainder is padded explicitly.
+            ph, pw = min(p.top, p.bottom), min(p.left, p.right)
+            extra = (p.left - pw, p.right - pw, p.top - ph, p.bottom - ph)
+            if op.kind == "conv":
+                assert isinstance(m, nn.Conv2d)
+                if any(extra):
+                    x = F.pad(x, extra)
+                return F.conv2d(x, m.weight, m.bias, m.stride, (ph, pw), m.dilation, m.groups)
+            assert op.window is not None
+            if any(extra):
+                x = F.pad(x, extra, value=float("-inf"))
             w = op.window
-            return F.max_pool2d(x, w.kernel, w.stride, 0, w.dilation, ceil_mode=False)
+            return F.max_pool2d(x, w.kernel, w.stride, (ph, pw), w.dilation, ceil_mode=False)
         if op.kind == "bn":
             assert isinstance(m, nn.BatchNorm2d)
             return F.batch_norm(
@@ -131,7 +135,7 @@ class FusedExecutor:
         slab: Tensor,
         slab_region: Region | None = None,
     ) -> Tensor:
-        """Units ``start .. stop-1`` producing region ``out``; ``slab`` defaults to the whole map."""
+        """Units ``start .. stop-1`` producing ``out``; ``slab`` defaults to the whole map."""
         tr = trace(self.spec, start, stop, out)
         if slab_region is None:
             _, h, w = self.spec.shape_at(start)
@@ -139,9 +143,7 @@ class FusedExecutor:
         return self.run_trace(tr, slab, slab_region)
 
     @torch.no_grad()
-    def run_tiled(
-        self, start: int, stop: int, regions: Sequence[Region], x: Tensor
-    ) -> Tensor:
+    def run_tiled(self, start: int, stop: int, regions: Sequence[Region], x: Tensor) -> Tensor:
         """Compute boundary ``stop``'s map tile by tile from the whole map ``x`` and stitch it."""
         _, h_in, w_in = self.spec.shape_at(start)
         whole = full_region(h_in, w_in)

@@ -65,7 +65,9 @@ class _Builder:
         self.shape = (channels, height, width)
         self.units: list[Unit] = []
 
-    def chain(self, named: list[tuple[str, nn.Module]]) -> tuple[tuple[Op, ...], tuple[int, int, int]]:
+    def chain(
+        self, named: list[tuple[str, nn.Module]]
+    ) -> tuple[tuple[Op, ...], tuple[int, int, int]]:
         ops: list[Op] = []
         c, h, w = self.shape
         for name, m in named:
@@ -129,7 +131,9 @@ def _group_vgg_features(
     return out
 
 
-def describe(model: nn.Module, name: str, height: int, width: int, fingerprint: str = "") -> ModelSpec:
+def describe(
+    model: nn.Module, name: str, height: int, width: int, fingerprint: str = ""
+) -> ModelSpec:
     """The unit chain and head of ``model`` for an input of ``height x width`` RGB pixels."""
     b = _Builder(3, height, width)
     if isinstance(model, VGG):
@@ -154,7 +158,9 @@ def describe(model: nn.Module, name: str, height: int, width: int, fingerprint: 
                     )
                 b.add_block(f"{layer_name}.{i}", block)
         fc = model.fc
-        head = Head("resnet", b.shape, (1, 1), ((fc.in_features, fc.out_features),), fc.out_features)
+        head = Head(
+            "resnet", b.shape, (1, 1), ((fc.in_features, fc.out_features),), fc.out_features
+        )
     else:
         raise UnsupportedModelError(f"{name}: {type(model).__name__} is neither VGG nor ResNet")
     return ModelSpec(name, (3, height, width), tuple(b.units), head, fingerprint)
