@@ -1,0 +1,631 @@
+"""Protocol messages: frozen dataclasses with strict field validation.
+
+On the wire every message is one CBOR map: ``{"type": <name>, <field>: <value>, ...}``
+with the field names of the dataclasses below (``docs/protocol.md`` is the
+reference). Optional fields may be absent or null; unknown fields are refused,
+as are wrong types (no bool for an int, no string for a number; an integer is
+accepted where a float is expected). All floats must be finite. Tensors are
+numpy float32/float16 arrays (RFC 8746 on the wire).
+
+Validation runs in ``__post_init__``, so a message built locally is checked by
+the same code as one received; failures raise :class:`MessageError`, which the
+session turns into a remote or local protocol error depending on direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Union
+
+import numpy as np
+
+from edgeci_p2p.wire.errors import MessageError
+from edgeci_p2p.wire.tensors import MAX_RANK, Tensor
+
+PROTOCOL_VERSION: Final = 1
+ROLES: Final = ("peer", "client")
+SIZES: Final = ("224", "native")
+MAX_PLAIN_DEPTH: Final = 24
+
+
+# --- field coercion ----------------------------------------------------------
+
+
+def _plain(value: object, path: str, depth: int = 0) -> object:
+    """Opaque plain data: null/bool/int/float/str/bytes, lists, text-keyed maps."""
+    if depth > MAX_PLAIN_DEPTH:
+        raise MessageError(f"{path}: nested deeper than {MAX_PLAIN_DEPTH}")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MessageError(f"{path}: {value} is not a finite number")
+        return value
+    if isinstance(value, bytes | memoryview):
+        return bytes(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MessageError(f"{path}: map key {k!r} is not a string")
+            out[k] = _plain(v, f"{path}.{k}", depth + 1)
+        return out
+    raise MessageError(f"{path}: {type(value).__name__} is not plain data")
+
+
+def _coerce(value: object, tp: Any, path: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (and lightly converted)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise MessageError(f"{path}: required")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except MessageError as e:
+                errors.append(str(e))
+        raise MessageError("; ".join(errors))
+    if tp is Any:
+        return _plain(value, path)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MessageError(f"{path}: expected a text string, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MessageError(f"{path}: expected a boolean, got {type(value).__name__}")
+        return value
+    if tp is int:
+        if type(value) is not int:
+            raise MessageError(f"{path}: expected an integer, got {type(value).__name__}")
+        return value
+    if tp is float:
+        if type(value) is int:
+            value = float(value)
+        if type(value) is not float:
+            raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise MessageError(f"{path}: {value} is not a finite number")
+        return value
+    if tp is bytes:
+        if isinstance(value, memoryview):
+            return bytes(value)
+        if not isinstance(value, bytes):
+            raise MessageError(f"{path}: expected a byte string, got {type(value).__name__}")
+        return value
+    if origin is np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise MessageError(f"{path}: expected a tensor, got {type(value).__name__}")
+        if value.dtype not in (np.float32, np.float16) or not 1 <= value.ndim <= MAX_RANK:
+            raise MessageError(
+                f"{path}: tensors are float32/float16 of rank 1..{MAX_RANK}, "
+                f"got {value.dtype} rank {value.ndim}"
+            )
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise MessageError(f"{path}: expected an array of {len(args)} items")
+        return tuple(
+            _coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise MessageError(f"{path}: expected an array, got {type(value).__name__}")
+        return [_coerce(v, arg, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, arg = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MessageError(f"{path}: map key {k!r} is not a string")
+            out[k] = _coerce(v, arg, f"{path}.{k}")
+        return out
+    if isinstance(tp, type) and issubclass(tp, Record):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
+        return tp.from_dict(value, path)
+    raise TypeError(f"{path}: unsupported field annotation {tp!r}")  # a bug in this module
+
+
+def _to_wire(value: object) -> object:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+class Record:
+    """A dataclass whose fields are validated against their annotations."""
+
+    _hints: ClassVar[dict[str, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._hints = {}  # filled lazily: annotations may refer to later classes
+
+    @classmethod
+    def _fields(cls) -> dict[str, Any]:
+        if not cls._hints:
+            hints = typing.get_type_hints(cls)
+            cls._hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls._hints
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for fname, tp in self._fields().items():
+            value = _coerce(getattr(self, fname), tp, f"{name}.{fname}")
+            object.__setattr__(self, fname, value)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field and range checks; raise MessageError."""
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data (tensors stay numpy arrays); None-valued fields are left out."""
+        out: dict[str, object] = {}
+        for fname in self._fields():
+            value = getattr(self, fname)
+            if value is not None:
+                out[fname] = _to_wire(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str = "") -> Any:
+        path = path or cls.__name__
+        fields = cls._fields()
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise MessageError(f"{path}: unknown fields {sorted(unknown)}")
+        kwargs = {k: v for k, v in d.items() if v is not None}
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise MessageError(f"{path}: missing fields {missing}")
+        return cls(**kwargs)
+
+
+def _nonneg(owner: str, **values: float) -> None:
+    for k, v in values.items():
+        if v < 0:
+            raise MessageError(f"{owner}.{k}: {v} is negative")
+
+
+def _span(owner: str, name: str, span: tuple[int, int]) -> None:
+    if not 0 <= span[0] <= span[1]:
+        raise MessageError(f"{owner}.{name}: {list(span)} is not a range 0 <= start <= stop")
+
+
+class Message(Record):
+    """A top-level message; ``TYPE`` is its ``type`` string on the wire."""
+
+    TYPE: ClassVar[str]
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """Fields that may hold a tensor (and so may travel chunked)."""
+
+    def to_wire(self) -> dict[str, object]:
+        return {"type": self.TYPE, **self.to_dict()}
+
+
+# --- handshake and liveness ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First frame each side sends on a new connection."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    """Protocol version; 1."""
+    node_id: str
+    """Stable unique id of the sending node (peers) or a fresh id (clients)."""
+    name: str
+    """Human-readable node name."""
+    port: int
+    """TCP port the sender listens on (0 for a client)."""
+    models: dict[str, str]
+    """Model name -> weights fingerprint, for every model the sender serves."""
+    nonce: bytes
+    """Fresh random challenge (16..64 bytes) for this connection."""
+    role: str = "peer"
+    """``"peer"`` (a daemon) or ``"client"`` (a CLI or application)."""
+    auth: bool = False
+    """The sender has a cluster key and will send an ``auth`` frame."""
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise MessageError(f"hello.port: {self.port} is not a TCP port")
+        if not 16 <= len(self.nonce) <= 64:
+            raise MessageError(f"hello.nonce: {len(self.nonce)} bytes, need 16..64")
+        if self.role not in ROLES:
+            raise MessageError(f"hello.role: {self.role!r} is not one of {ROLES}")
+        if not self.node_id:
+            raise MessageError("hello.node_id: empty")
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """Proof that the sender holds the cluster key (see :mod:`edgeci_p2p.wire.auth`)."""
+
+    TYPE: ClassVar[str] = "auth"
+    proof: bytes
+    """HMAC-SHA256 over the receiver's challenge; 32 bytes."""
+
+    def check(self) -> None:
+        if len(self.proof) != 32:
+            raise MessageError(f"auth.proof: {len(self.proof)} bytes, need 32")
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Heartbeat; the receiver answers with a pong echoing ``seq`` and ``time``."""
+
+    TYPE: ClassVar[str] = "ping"
+    seq: int
+    """Sender's counter."""
+    time: float
+    """Sender's monotonic clock, seconds."""
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    """Answer to a ping; the pinger's RTT is ``now - echo``."""
+
+    TYPE: ClassVar[str] = "pong"
+    seq: int
+    """The ping's ``seq``."""
+    echo: float
+    """The ping's ``time``, returned unchanged."""
+    time: float
+    """Responder's monotonic clock, seconds (its own clock, not comparable)."""
+
+
+# --- the auction -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BidItem(Record):
+    """One workload partition offered in a call for bids."""
+
+    item_id: str
+    """Id, unique within the auction."""
+    flops: dict[str, int]
+    """Unit kind (``conv``/``pool``/``block``/``head``) -> FLOPs of that kind."""
+    bytes_in: int
+    """Bytes the winner receives (input slab)."""
+    bytes_out: int
+    """Bytes the winner sends back (output strip)."""
+    mem_bytes: int
+    """Peak working memory the item needs."""
+
+    def check(self) -> None:
+        _nonneg("item", bytes_in=self.bytes_in, bytes_out=self.bytes_out, mem_bytes=self.mem_bytes)
+        _nonneg("item.flops", **self.flops)
+
+
+@dataclass(frozen=True)
+class CallForBids(Message):
+    """Auctioneer -> peers: price these items for this model."""
+
+    TYPE: ClassVar[str] = "call_for_bids"
+    auction_id: str
+    model: str
+    fingerprint: str
+    """Weights fingerprint the work must be computed with."""
+    items: list[BidItem]
+    deadline_s: float
+    """Bids arriving later than this many seconds after sending are ignored."""
+    lease_s: float
+    """How long the auctioneer wants a winning bid to stay valid."""
+
+    def check(self) -> None:
+        _nonneg("call_for_bids", deadline_s=self.deadline_s, lease_s=self.lease_s)
+        ids = [i.item_id for i in self.items]
+        if len(set(ids)) != len(ids):
+            raise MessageError("call_for_bids.items: duplicate item_id")
+
+
+@dataclass(frozen=True)
+class LinearCost(Record):
+    """``seconds = a * flops + b`` for one unit kind."""
+
+    a: float
+    b: float
+
+
+@dataclass(frozen=True)
+class Bid(Message):
+    """Peer -> auctioneer: sealed bid, or a decline."""
+
+    TYPE: ClassVar[str] = "bid"
+    auction_id: str
+    bidder: str
+    """Bidder's node_id."""
+    finish_s: dict[str, float]
+    """item_id -> predicted seconds from now until the result is back."""
+    lease_s: float
+    """The bid (and the capacity it promises) holds this many seconds."""
+    compute: dict[str, LinearCost]
+    """Bidder's fitted compute model per unit kind."""
+    backlog_s: float
+    """Seconds of already-accepted work queued at the bidder."""
+    free_mem: int
+    """Bytes of memory the bidder can give to new work."""
+    declined: bool = False
+    reason: str = ""
+    """Why the bidder declined (empty otherwise)."""
+
+    def check(self) -> None:
+        _nonneg("bid", lease_s=self.lease_s, backlog_s=self.backlog_s, free_mem=self.free_mem)
+        _nonneg("bid.finish_s", **self.finish_s)
+
+
+@dataclass(frozen=True)
+class Award(Message):
+    """Auctioneer -> winner: these items are yours for ``lease_s`` (or released)."""
+
+    TYPE: ClassVar[str] = "award"
+    auction_id: str
+    items: list[str]
+    """Awarded item ids."""
+    lease_s: float
+    """The award expires this many seconds after sending unless work arrives."""
+    release: bool = False
+    """True: the auctioneer releases the listed items (no work will come)."""
+
+    def check(self) -> None:
+        _nonneg("award", lease_s=self.lease_s)
+
+
+# --- tile work -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rect(Record):
+    """A half-open region of a feature map: rows [r0, r1), cols [c0, c1)."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    def check(self) -> None:
+        _span("region", "rows", self.rows)
+        _span("region", "cols", self.cols)
+
+    @property
+    def height(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    @property
+    def width(self) -> int:
+        return self.cols[1] - self.cols[0]
+
+
+@dataclass(frozen=True)
+class TileRequest(Message):
+    """Run units [start, stop) of ``model`` over ``input`` to produce ``out``."""
+
+    TYPE: ClassVar[str] = "tile_request"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("input",)
+    request_id: str
+    tile_id: int
+    model: str
+    fingerprint: str
+    start: int
+    """First unit to run."""
+    stop: int
+    """One past the last unit to run."""
+    out: Rect
+    """Output region at boundary ``stop`` to produce."""
+    slab: Rect
+    """Region at boundary ``start`` that ``input`` covers."""
+    input: Tensor
+    """Input slab, N x C x H x W, H and W equal to the slab's height and width."""
+    deadline_s: float | None = None
+    """Result is useless after this many seconds from receipt."""
+
+    def check(self) -> None:
+        if not 0 <= self.start < self.stop:
+            raise MessageError(f"tile_request: unit range [{self.start}, {self.stop}) is empty")
+        if self.input.ndim != 4:
+            raise MessageError(f"tile_request.input: rank {self.input.ndim}, need N x C x H x W")
+        if self.input.shape[2:] != (self.slab.height, self.slab.width):
+            raise MessageError(
+                f"tile_request.input: spatial shape {self.input.shape[2:]} "
+                f"does not match slab {self.slab.height} x {self.slab.width}"
+            )
+        if self.deadline_s is not None:
+            _nonneg("tile_request", deadline_s=self.deadline_s)
+
+
+@dataclass(frozen=True)
+class TileResult(Message):
+    """The output strip of a tile request."""
+
+    TYPE: ClassVar[str] = "tile_result"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("output",)
+    request_id: str
+    tile_id: int
+    output: Tensor
+    """N x C x H x W over the request's ``out`` region."""
+    compute_s: float
+    """Seconds spent computing (for the auctioneer's cost model)."""
+
+    def check(self) -> None:
+        if self.output.ndim != 4:
+            raise MessageError(f"tile_result.output: rank {self.output.ndim}, need 4")
+        _nonneg("tile_result", compute_s=self.compute_s)
+
+
+# --- client requests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferRequest(Message):
+    """Client -> any peer: classify one image (exactly one of image/tensor)."""
+
+    TYPE: ClassVar[str] = "infer_request"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("tensor",)
+    request_id: str
+    model: str
+    image: bytes | None = None
+    """Encoded image (JPEG or PNG)."""
+    tensor: Tensor | None = None
+    """Preprocessed input, 1 x 3 x H x W."""
+    strategy: str = "edgeci"
+    """Partitioning strategy (``edgeci``, ``local``, baselines)."""
+    size: str = "224"
+    """``"224"`` (resize and centre-crop) or ``"native"``."""
+    top_k: int = 5
+    verify: bool = False
+    """Also run the unsplit model and report the difference."""
+
+    def check(self) -> None:
+        if (self.image is None) == (self.tensor is None):
+            raise MessageError("infer_request: exactly one of image and tensor is required")
+        if self.size not in SIZES:
+            raise MessageError(f"infer_request.size: {self.size!r} is not one of {SIZES}")
+        if self.top_k < 1:
+            raise MessageError("infer_request.top_k: must be at least 1")
+
+
+@dataclass(frozen=True)
+class TopK(Record):
+    index: int
+    """Class index."""
+    label: str
+    prob: float
+    """Softmax probability."""
+    logit: float
+
+
+@dataclass(frozen=True)
+class InferResult(Message):
+    """The answer to an infer request."""
+
+    TYPE: ClassVar[str] = "infer_result"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("logits",)
+    request_id: str
+    model: str
+    strategy: str
+    top_k: list[TopK]
+    logits: Tensor
+    """Raw classifier output, 1 x classes."""
+    timing: dict[str, float | dict[str, float]]
+    """Seconds: ``bid``, ``plan``, ``transfer``, ``head``, ``total`` and
+    ``compute`` (a map node_id -> seconds)."""
+    plan: dict[str, Any] = field(default_factory=dict)
+    """The executed plan as plain data (opaque at this layer)."""
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Stop work on a request (or one of its tiles); no reply is due."""
+
+    TYPE: ClassVar[str] = "cancel"
+    request_id: str
+    tile_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """A failure; codes below 200 close the connection (see errors.ErrorCode)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: int
+    message: str
+    request_id: str | None = None
+    """The request this error answers, if any."""
+
+
+@dataclass(frozen=True)
+class Peers(Message):
+    """Client -> peer: describe the cluster as you see it."""
+
+    TYPE: ClassVar[str] = "peers"
+    request_id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    """Options (plain data, interpreted by the daemon)."""
+
+
+@dataclass(frozen=True)
+class PeersResult(Message):
+    TYPE: ClassVar[str] = "peers_result"
+    request_id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    """Cluster view (plain data, e.g. ``{"peers": [{node_id, name, addr, models, ...}]}``)."""
+
+
+@dataclass(frozen=True)
+class PlanRequest(Message):
+    """Client -> peer: plan (dry run) without executing."""
+
+    TYPE: ClassVar[str] = "plan"
+    request_id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    """Options such as model, strategy, size (plain data)."""
+
+
+@dataclass(frozen=True)
+class PlanResult(Message):
+    TYPE: ClassVar[str] = "plan_result"
+    request_id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    """The plan and its predicted latency (plain data)."""
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """One piece of a tensor announced by a ``chunked`` reference (session-internal)."""
+
+    TYPE: ClassVar[str] = "chunk"
+    stream: int
+    index: int
+    data: bytes
+
+
+MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, Auth, Ping, Pong, CallForBids, Bid, Award, TileRequest, TileResult,
+        InferRequest, InferResult, Cancel, Error, Peers, PeersResult, PlanRequest, PlanResult,
+        Chunk,
+    )
+}  # fmt: skip
+
+
+def message_from_wire(d: object) -> Message:
+    """The message a decoded frame holds; raises MessageError."""
+    if not isinstance(d, dict):
+        raise MessageError(f"a message is a map, got {type(d).__name__}")
+    kind = d.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message type {kind!r}")
+    body = {k: v for k, v in d.items() if k != "type"}
+    msg: Message = cls.from_dict(body)
+    return msg

@@ -1,0 +1,229 @@
+"""Tensors on the wire: RFC 8746 typed arrays, zero-copy decode, chunking.
+
+A tensor is ``tag 40 [dims, tag 85 bytes]`` (float32, little-endian) or
+``tag 40 [dims, tag 84 bytes]`` (float16, little-endian): a row-major
+multi-dimensional array (RFC 8746 section 3.1.1) over a typed array (section 2).
+Nothing else is accepted under tag 40 here: no plain-array contents, no other
+element types, no column-major tag 1040.
+
+Decoding checks the element tag, the rank, every dimension and that the byte
+string is exactly ``prod(dims) * itemsize`` long *before* building the array,
+and then builds it with :func:`numpy.frombuffer` over the received buffer: the
+tensor bytes are never copied (unless misaligned, see below). Arrays decoded
+from a ``bytes`` buffer are read-only; copy them before writing in place.
+
+Alignment: the encoder chooses the argument width of the two tag heads (CBOR
+allows any width; decoders must accept it) so that the tensor data starts at an
+offset from the frame start that is a multiple of the element size. A receiver
+that keeps the frame in an aligned buffer then gets an aligned array; a
+misaligned one is copied once into aligned memory rather than handed out slow.
+
+Chunking: a tensor bigger than the sender's chunk limit travels after its
+message as ``chunk`` frames (``docs/protocol.md``); :func:`split_chunks` cuts
+the bytes and :class:`TensorAssembler` puts them back together, refusing any
+size it did not announce.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+TAG_NDARRAY: Final = 40
+"""RFC 8746 multi-dimensional array, row-major."""
+TAG_FLOAT16_LE: Final = 84
+TAG_FLOAT32_LE: Final = 85
+
+MAX_RANK: Final = 8
+"""Highest tensor rank accepted (NCHW needs 4)."""
+MAX_DIM: Final = 2**31 - 1
+"""Largest single dimension accepted."""
+
+DTYPE_BY_TAG: Final[dict[int, np.dtype[np.floating]]] = {
+    TAG_FLOAT32_LE: np.dtype("<f4"),
+    TAG_FLOAT16_LE: np.dtype("<f2"),
+}
+DTYPE_NAMES: Final[dict[str, int]] = {"float32": TAG_FLOAT32_LE, "float16": TAG_FLOAT16_LE}
+"""Dtype names used where a tensor is described without its bytes (chunk refs)."""
+
+Tensor = npt.NDArray[np.floating]
+
+
+class TensorError(ValueError):
+    """A tensor cannot be encoded or its description is inconsistent."""
+
+
+def tag_for(array: npt.NDArray[np.generic]) -> int:
+    """The typed-array tag for ``array``'s dtype; only float32/float16 travel."""
+    if array.dtype == np.float32:
+        return TAG_FLOAT32_LE
+    if array.dtype == np.float16:
+        return TAG_FLOAT16_LE
+    raise TensorError(f"tensors travel as float32 or float16, not {array.dtype}")
+
+
+def check_shape(dims: object) -> tuple[int, ...]:
+    """Validate a dims list from the wire: 1..MAX_RANK non-negative ints."""
+    if not isinstance(dims, list | tuple):
+        raise TensorError("tensor dims must be an array of unsigned integers")
+    if not 1 <= len(dims) <= MAX_RANK:
+        raise TensorError(f"tensor rank {len(dims)} outside 1..{MAX_RANK}")
+    for d in dims:
+        if type(d) is not int or not 0 <= d <= MAX_DIM:
+            raise TensorError(f"tensor dimension {d!r} is not an integer in 0..{MAX_DIM}")
+    return tuple(dims)
+
+
+def expected_nbytes(shape: tuple[int, ...], tag: int) -> int:
+    """Bytes a tensor of ``shape`` with element tag ``tag`` must carry."""
+    return math.prod(shape) * DTYPE_BY_TAG[tag].itemsize
+
+
+def build(shape: tuple[int, ...], tag: int, data: memoryview) -> Tensor:
+    """An array over ``data`` (no copy), after checking tag and byte length."""
+    dtype = DTYPE_BY_TAG.get(tag)
+    if dtype is None:
+        raise TensorError(f"typed-array tag {tag} is not float32-LE (85) or float16-LE (84)")
+    need = math.prod(shape) * dtype.itemsize
+    if data.nbytes != need:
+        raise TensorError(
+            f"tensor of shape {list(shape)} and dtype {dtype.name} needs {need} bytes, "
+            f"got {data.nbytes}"
+        )
+    array: Tensor = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not array.flags.aligned:
+        array = array.copy()
+    return array
+
+
+def contiguous_le(array: Tensor) -> Tensor:
+    """``array`` as C-contiguous little-endian data (a copy only when needed)."""
+    tag_for(array)
+    out: Tensor = np.ascontiguousarray(array, dtype=DTYPE_BY_TAG[tag_for(array)])
+    if out.ndim == 0 or out.ndim > MAX_RANK:
+        raise TensorError(f"tensor rank {out.ndim} outside 1..{MAX_RANK}")
+    return out
+
+
+def head(major: int, value: int, width: int = 0) -> bytes:
+    """A CBOR head with argument ``value``, at least ``width`` bytes wide (0/1/2/4/8)."""
+    if value < 24 and width == 0:
+        return bytes([major << 5 | value])
+    for w, ai, fmt in ((1, 24, ">B"), (2, 25, ">H"), (4, 26, ">I"), (8, 27, ">Q")):
+        if w >= width and value < 1 << (8 * w):
+            return bytes([major << 5 | ai]) + struct.pack(fmt, value)
+    raise TensorError(f"CBOR argument {value} does not fit in 64 bits")
+
+
+# Extra head bytes (tag 40 width, tag 84/85 width) that shift the data start by
+# 0..3 bytes: widening a one-byte-argument tag head to 2/4/8 bytes adds 1/3/7.
+_ALIGN_WIDTHS: Final = {0: (1, 1), 1: (2, 1), 2: (2, 2), 3: (4, 1)}
+
+
+def encode_parts(array: Tensor, offset: int) -> list[bytes | memoryview]:
+    """CBOR for ``array`` as parts, its data aligned relative to the frame start.
+
+    ``offset`` is where the tensor's first byte lands in the frame. The data is
+    a zero-copy view of ``array`` (made contiguous little-endian first if it was
+    not); joining the parts is the one copy an encode makes.
+    """
+    data = contiguous_le(array)
+    tag = tag_for(data)
+    dims = b"".join([head(4, len(data.shape))] + [head(0, d) for d in data.shape])
+    body = data.data.cast("B")
+    bstr = head(2, body.nbytes)
+    base = offset + 2 + 1 + len(dims) + 2 + len(bstr)
+    w40, w85 = _ALIGN_WIDTHS[(-base) % data.itemsize]
+    return [head(6, TAG_NDARRAY, w40) + b"\x82" + dims + head(6, tag, w85) + bstr, body]
+
+
+def split_chunks(array: Tensor, chunk_bytes: int) -> list[memoryview]:
+    """The tensor's bytes cut into consecutive views of at most ``chunk_bytes``."""
+    if chunk_bytes <= 0:
+        raise TensorError("chunk size must be positive")
+    body = contiguous_le(array).data.cast("B")
+    return [body[i : i + chunk_bytes] for i in range(0, max(body.nbytes, 1), chunk_bytes)]
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Stands in a message for a tensor that follows in ``chunk`` frames."""
+
+    stream: int
+    """Sender-chosen id, unique among the sender's unfinished streams."""
+    dtype: str
+    """``"float32"`` or ``"float16"`` (little-endian)."""
+    shape: tuple[int, ...]
+    """Dimensions, row-major."""
+    chunks: int
+    """How many chunk frames follow (at least 1)."""
+
+    @property
+    def nbytes(self) -> int:
+        return expected_nbytes(self.shape, DTYPE_NAMES[self.dtype])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "chunked": self.stream,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "chunks": self.chunks,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ChunkRef:
+        if set(d) != {"chunked", "dtype", "shape", "chunks"}:
+            raise TensorError(f"a chunked-tensor reference has keys {sorted(d)}")
+        stream, dtype, chunks = d["chunked"], d["dtype"], d["chunks"]
+        if type(stream) is not int or not 0 <= stream < 2**32:
+            raise TensorError("chunked-tensor stream id must be an integer in 0..2**32-1")
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+            raise TensorError(f"chunked-tensor dtype {dtype!r} is not float32 or float16")
+        if type(chunks) is not int or chunks < 1:
+            raise TensorError("chunked-tensor chunk count must be a positive integer")
+        return cls(stream, dtype, check_shape(d["shape"]), chunks)
+
+
+class TensorAssembler:
+    """Collects the chunks of one announced tensor into one buffer.
+
+    The size comes from the reference (checked against the caller's limit
+    *before* this is built); chunks must arrive in order and add up exactly.
+    """
+
+    def __init__(self, ref: ChunkRef) -> None:
+        self.ref = ref
+        self._buf = bytearray(ref.nbytes)
+        self._filled = 0
+        self._next = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._next == self.ref.chunks
+
+    def add(self, index: int, data: memoryview) -> None:
+        if index != self._next:
+            raise TensorError(f"stream {self.ref.stream}: chunk {index} where {self._next} was due")
+        end = self._filled + data.nbytes
+        if end > len(self._buf):
+            raise TensorError(
+                f"stream {self.ref.stream}: chunks exceed the announced {len(self._buf)} bytes"
+            )
+        last = index == self.ref.chunks - 1
+        if last and end != len(self._buf):
+            raise TensorError(
+                f"stream {self.ref.stream}: chunks total {end} of {len(self._buf)} bytes"
+            )
+        self._buf[self._filled : end] = data
+        self._filled = end
+        self._next += 1
+
+    def array(self) -> Tensor:
+        if not self.complete:
+            raise TensorError(f"stream {self.ref.stream} is incomplete")
+        return build(self.ref.shape, DTYPE_NAMES[self.ref.dtype], memoryview(self._buf))
