@@ -445,6 +445,9 @@ class TileRequest(Message):
     """Region at boundary ``start`` that ``input`` covers."""
     input: Tensor
     """Input slab, N x C x H x W, H and W equal to the slab's height and width."""
+    input_hw: tuple[int, int] = (224, 224)
+    """Height and width of the network input the unit range belongs to (the map
+    shapes at every boundary depend on it; 'native'-size requests vary it)."""
     deadline_s: float | None = None
     """Result is useless after this many seconds from receipt."""
 

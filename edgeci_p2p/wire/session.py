@@ -353,7 +353,8 @@ class Session:
 
     @staticmethod
     def _has_refs(item: dict[str, Any]) -> bool:
-        cls = messages.MESSAGE_TYPES.get(item.get("type"))  # type: ignore[arg-type]
+        kind = item.get("type")
+        cls = messages.MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
         return cls is not None and any(isinstance(item.get(f), dict) for f in cls.TENSOR_FIELDS)
 
     def _hold(self, item: dict[str, Any]) -> None:

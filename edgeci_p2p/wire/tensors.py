@@ -60,9 +60,9 @@ class TensorError(ValueError):
 
 def tag_for(array: npt.NDArray[np.generic]) -> int:
     """The typed-array tag for ``array``'s dtype; only float32/float16 travel."""
-    if array.dtype == np.float32:
+    if array.dtype.kind == "f" and array.dtype.itemsize == 4:
         return TAG_FLOAT32_LE
-    if array.dtype == np.float16:
+    if array.dtype.kind == "f" and array.dtype.itemsize == 2:
         return TAG_FLOAT16_LE
     raise TensorError(f"tensors travel as float32 or float16, not {array.dtype}")
 
@@ -103,7 +103,6 @@ def build(shape: tuple[int, ...], tag: int, data: memoryview) -> Tensor:
 
 def contiguous_le(array: Tensor) -> Tensor:
     """``array`` as C-contiguous little-endian data (a copy only when needed)."""
-    tag_for(array)
     out: Tensor = np.ascontiguousarray(array, dtype=DTYPE_BY_TAG[tag_for(array)])
     if out.ndim == 0 or out.ndim > MAX_RANK:
         raise TensorError(f"tensor rank {out.ndim} outside 1..{MAX_RANK}")
@@ -135,18 +134,23 @@ def encode_parts(array: Tensor, offset: int) -> list[bytes | memoryview]:
     data = contiguous_le(array)
     tag = tag_for(data)
     dims = b"".join([head(4, len(data.shape))] + [head(0, d) for d in data.shape])
-    body = data.data.cast("B")
+    body = _bytes_view(data)
     bstr = head(2, body.nbytes)
     base = offset + 2 + 1 + len(dims) + 2 + len(bstr)
     w40, w85 = _ALIGN_WIDTHS[(-base) % data.itemsize]
     return [head(6, TAG_NDARRAY, w40) + b"\x82" + dims + head(6, tag, w85) + bstr, body]
 
 
+def _bytes_view(array: Tensor) -> memoryview:
+    """The bytes of a C-contiguous array as a flat view (works for empty arrays too)."""
+    return array.reshape(-1).view(np.uint8).data
+
+
 def split_chunks(array: Tensor, chunk_bytes: int) -> list[memoryview]:
     """The tensor's bytes cut into consecutive views of at most ``chunk_bytes``."""
     if chunk_bytes <= 0:
         raise TensorError("chunk size must be positive")
-    body = contiguous_le(array).data.cast("B")
+    body = _bytes_view(contiguous_le(array))
     return [body[i : i + chunk_bytes] for i in range(0, max(body.nbytes, 1), chunk_bytes)]
 
 

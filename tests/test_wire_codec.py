@@ -1,0 +1,271 @@
+"""The strict CBOR codec, tensors and the frame reader."""
+
+from __future__ import annotations
+
+import math
+import struct
+import tracemalloc
+
+import cbor2
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeci_p2p.wire import cbor, framing, tensors
+from edgeci_p2p.wire.errors import ErrorCode, RemoteProtocolError
+
+# --- strictness: each refusal is one literal item --------------------------------------
+
+REFUSED = {
+    "trailing byte": "0102",
+    "indefinite byte string": "5f4161ff",
+    "indefinite text string": "7f6161ff",
+    "indefinite array": "9f01ff",
+    "indefinite map": "bf616101ff",
+    "lone break": "ff",
+    "reserved additional info": "1c",
+    "shared reference 28/29": "d81c81d81d00",
+    "string reference 25": "d90100826161d81900",
+    "string reference namespace 256": "d9010081616161",
+    "date tag 0": "c074323031332d30332d32315432303a30343a30305a",
+    "bignum tag 2": "c249010000000000000000",
+    "set tag 258": "d9010283010203",
+    "bare typed array 85": "d8554400000000",
+    "self-describe 55799": "d9d9f701",
+    "undefined": "f7",
+    "simple value 16": "f0",
+    "simple value 255": "f8ff",
+    "integer map key": "a10102",
+    "duplicate key": "a2616101616102",
+    "invalid utf-8": "62c328",
+    "truncated head": "1a0000",
+    "truncated string": "45010203",
+    "array longer than the item": "9b00000000ffffffff01",
+    "map longer than the item": "bb00000000ffffffff0101",
+    "byte string longer than the item": "5b7fffffffffffffff00",
+    "tensor rank 0": "d828824085400000",
+    "tensor rank 9": "d82882890101010101010101d8554400000000",
+    "tensor dims not uints": "d8288281 20d8554400000000",
+    "tensor float64 tag 86": "d8288281 01d8564800000000 00000000",
+    "tensor plain-array content": "d8288281 0181fa00000000",
+    "tensor three elements": "d8288381 01d855440000000000",
+    "tensor column-major 1040": "d9041082810 1d8554400000000",
+    "tensor typed array not bytes": "d8288281 01d85500",
+}
+
+
+@pytest.mark.parametrize("hexdata", REFUSED.values(), ids=REFUSED.keys())
+def test_strict_decoder_refuses(hexdata: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex(hexdata.replace(" ", "")))
+    assert info.value.code in (ErrorCode.MALFORMED_FRAME, ErrorCode.INVALID_MESSAGE)
+
+
+def test_plain_cbor2_would_have_accepted_some_of_these() -> None:
+    # Why the decoder exists: cbor2.loads is lenient where the protocol must not be.
+    assert cbor2.loads(bytes.fromhex("0102")) == 1
+    assert cbor2.loads(bytes.fromhex("d9010283010203")) == {1, 2, 3}
+
+
+def test_depth_limit() -> None:
+    # max_depth counts nested containers: 32 arrays pass, 33 do not
+    assert cbor.decode(b"\x81" * 32 + b"\x01", max_depth=32) is not None
+    with pytest.raises(RemoteProtocolError, match="deeper"):
+        cbor.decode(b"\x81" * 33 + b"\x01", max_depth=32)
+    with pytest.raises(RemoteProtocolError, match="deeper"):
+        cbor.decode(b"\x81" * 100_000 + b"\x01")
+
+
+def test_tensor_length_mismatch_is_an_invalid_message() -> None:
+    # shape [2] float32 needs 8 bytes; 4 are announced
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex("d828828102d8554400000000"))
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_non_shortest_heads_are_accepted() -> None:
+    # 1 as a 64-bit argument, tag 40 with a 4-byte argument, a 2-byte text length
+    assert cbor.decode(bytes.fromhex("1b0000000000000001")) == 1
+    t = cbor.decode(bytes.fromhex("da00000028828101d8554400008040"))
+    assert t.dtype == np.float32 and t.tolist() == [4.0]
+    assert cbor.decode(bytes.fromhex("7900026869")) == "hi"
+
+
+# --- differential: whatever the strict decoder accepts, cbor2 reads the same ------------
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def normalise(x: object) -> object:
+    if isinstance(x, memoryview):
+        return bytes(x)
+    if isinstance(x, list | tuple):
+        return [normalise(v) for v in x]
+    if isinstance(x, dict):
+        return {k: normalise(v) for k, v in x.items()}
+    return x
+
+
+@given(plain)
+def test_cbor2_encoded_data_decodes_to_the_same_value(value: object) -> None:
+    assert normalise(cbor.decode(cbor2.dumps(value))) == value
+
+
+@given(plain)
+def test_our_encoding_decodes_with_cbor2_and_ours(value: object) -> None:
+    data = cbor.encode(value)
+    assert normalise(cbor2.loads(data)) == normalise(value)
+    assert normalise(cbor.decode(data)) == value
+
+
+def test_half_and_single_floats_decode() -> None:
+    assert cbor.decode(bytes.fromhex("f93e00")) == 1.5
+    assert cbor.decode(bytes.fromhex("fa47c35000")) == 100000.0
+    assert math.isnan(cbor.decode(bytes.fromhex("f97e00")))
+
+
+# --- tensors ---------------------------------------------------------------------------
+
+SHAPES = [
+    (1,),
+    (7,),
+    (0,),
+    (3, 5),
+    (1, 3, 224, 224),
+    (2, 64, 7, 9),
+    (1, 0, 4, 4),
+    (2, 1, 1, 1, 1, 1, 1, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_tensor_round_trip_zero_copy(shape: tuple[int, ...], dtype: type) -> None:
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    frame = framing.encode_frame({"t": x})
+    payload = memoryview(frame)[framing.HEADER_SIZE :]
+    y = cbor.decode(payload)["t"]
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert np.array_equal(x, y)
+    assert y.flags.aligned
+    if x.size:
+        # decoded in place: the array's memory is the frame's memory
+        assert np.shares_memory(y, np.frombuffer(frame, np.uint8))
+        assert not y.flags.writeable
+    # cbor2 sees a standard RFC 8746 tensor
+    tag = cbor2.loads(payload)["t"]
+    assert tag.tag == 40 and list(tag.value[0]) == list(shape)
+    assert tag.value[1].tag == (85 if dtype is np.float32 else 84)
+    assert tag.value[1].value == x.astype(x.dtype.newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize("prefix", range(8))
+def test_tensor_data_is_aligned_whatever_precedes_it(prefix: int) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frame = framing.encode_frame({"p": "x" * prefix, "t": x})
+    start = frame.find(x.tobytes())
+    assert start % 4 == 0
+    y = cbor.decode(memoryview(frame)[4:])["t"]
+    assert np.array_equal(x, y) and y.flags.aligned
+
+
+def test_non_contiguous_and_big_endian_tensors_are_sent_as_row_major_little_endian() -> None:
+    x = np.arange(24, dtype=">f4").reshape(2, 3, 4)[:, ::2, :]
+    y = cbor.decode(cbor.encode(x))
+    assert y.dtype == np.dtype("<f4") and np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_chunked_tensor_reassembles(dtype: type) -> None:
+    x = np.random.default_rng(1).standard_normal((1, 5, 13, 11)).astype(dtype)
+    parts = tensors.split_chunks(x, 100)
+    ref = tensors.ChunkRef(9, np.dtype(dtype).name, x.shape, len(parts))
+    assert tensors.ChunkRef.from_dict(ref.to_dict()) == ref
+    asm = tensors.TensorAssembler(ref)
+    for i, p in enumerate(parts):
+        assert not asm.complete
+        asm.add(i, p)
+    assert asm.complete and np.array_equal(asm.array(), x)
+
+
+def test_chunk_assembler_refuses_disorder_and_overflow() -> None:
+    ref = tensors.ChunkRef(0, "float32", (4,), 2)
+    asm = tensors.TensorAssembler(ref)
+    with pytest.raises(tensors.TensorError):
+        asm.add(1, memoryview(b"\x00" * 8))
+    with pytest.raises(tensors.TensorError):
+        asm.add(0, memoryview(b"\x00" * 17))
+    asm.add(0, memoryview(b"\x00" * 8))
+    with pytest.raises(tensors.TensorError):
+        asm.add(1, memoryview(b"\x00" * 4))  # last chunk short of the announced size
+
+
+# --- frames ---------------------------------------------------------------------------
+
+
+def frames_of(obj_list: list[object]) -> bytes:
+    return b"".join(framing.encode_frame(o) for o in obj_list)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=200), max_size=10))
+def test_frame_reader_any_split_points(cuts: list[int]) -> None:
+    objs: list[object] = [{"a": 1}, [1, 2, 3], "x" * 300, {"t": np.ones((2, 3), np.float32)}]
+    stream = frames_of(objs)
+    reader = framing.FrameReader()
+    out = []
+    pos = 0
+    for c in [*cuts, len(stream)]:
+        reader.feed(stream[pos : pos + c])
+        pos += c
+        while (p := reader.next_frame()) is not None:
+            out.append(cbor.decode(p))
+    assert len(out) == len(objs)
+    assert out[:3] == objs[:3]
+    assert np.array_equal(out[3]["t"], np.ones((2, 3), np.float32))
+
+
+def test_oversized_length_is_refused_before_allocating() -> None:
+    reader = framing.FrameReader(max_frame=1024)
+    tracemalloc.start()
+    try:
+        reader.feed(struct.pack(">I", 0xFFFFFFFF) + b"\x00" * 10)
+        with pytest.raises(RemoteProtocolError) as info:
+            reader.next_frame()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert peak < 64 * 1024
+
+
+def test_frame_at_the_limit_passes_and_one_over_fails() -> None:
+    item = cbor.encode(b"x" * 1000)
+    reader = framing.FrameReader(max_frame=len(item))
+    reader.feed(struct.pack(">I", len(item)) + item)
+    assert reader.next_frame() is not None
+    reader = framing.FrameReader(max_frame=len(item) - 1)
+    reader.feed(struct.pack(">I", len(item)) + item)
+    with pytest.raises(RemoteProtocolError):
+        reader.next_frame()
+
+
+def test_mutable_input_buffers_are_copied() -> None:
+    reader = framing.FrameReader()
+    buf = bytearray(framing.encode_frame("hello"))
+    reader.feed(buf)
+    buf[:] = b"\x00" * len(buf)  # the caller reuses its receive buffer
+    payload = reader.next_frame()
+    assert payload is not None and cbor.decode(payload) == "hello"
