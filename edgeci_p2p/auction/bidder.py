@@ -1,0 +1,266 @@
+"""The bidder: how one peer prices work and keeps its promises (pure; ``now`` passed in).
+
+A bid is an honest prediction, never a table of chip names: each item's duration
+is the peer's fitted compute model (from the profiler) applied to the item's
+FLOPs per unit kind, slowed by the share of the CPU that other tenants are
+measured to take, plus the link transfer both ways. Ahead of any new work sits
+the peer's *committed* time: accepted work not yet done (the backlog) plus
+reservations it has promised to auctioneers whose work has not yet arrived.
+
+Winning an auction reserves capacity in the :class:`ReservationLedger` under a
+lease. The reservation turns into backlog when the work arrives, or lapses when
+the lease runs out first. A peer never promises more than ``horizon`` seconds of
+committed work, nor more memory than it has free: it declines instead, so two
+auctioneers bidding for the same idle peer at the same moment cannot both count
+on it beyond its capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from edgeci_p2p.auction.messages import Award, AwardReply, Bid, CallForBids, WorkItem
+from edgeci_p2p.core.cost import ComputeModel, LinkModel
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity a peer holds for an auctioneer until the work arrives."""
+
+    auction_id: str
+    seq: int
+    seconds: float
+    """Compute seconds the awarded items will take on this peer."""
+    memory: int
+    expires_at: float
+    """On the peer's clock: after this the reservation lapses."""
+    item_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class ReservationLedger:
+    """Active reservations of one peer, keyed by auction id."""
+
+    active: dict[str, Reservation] = field(default_factory=dict)
+
+    def expire(self, now: float) -> list[Reservation]:
+        """Drop and return the reservations whose lease has run out at ``now``."""
+        lapsed = [r for r in self.active.values() if r.expires_at <= now]
+        for r in lapsed:
+            del self.active[r.auction_id]
+        return lapsed
+
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.active.values())
+
+    def memory(self) -> int:
+        return sum(r.memory for r in self.active.values())
+
+    def hold(self, r: Reservation) -> None:
+        self.active[r.auction_id] = r
+
+    def take(self, auction_id: str) -> Reservation | None:
+        return self.active.pop(auction_id, None)
+
+
+@dataclass
+class Bidder:
+    """One peer's pricing and promise keeping."""
+
+    name: str
+    compute: ComputeModel
+    """Measured on this peer (the profiler's fit per unit kind)."""
+    link: LinkModel
+    """This peer's estimate of its link to auctioneers."""
+    memory_bytes: int = 1 << 30
+    horizon: float = 10.0
+    """Most seconds of committed work this peer will promise."""
+    background: float = 0.0
+    """Share of the CPU other tenants are measured to take (0 = idle, < 1)."""
+    valid_for: float = 0.5
+    """How long a bid stays valid after it reaches the auctioneer."""
+    stale_tolerance: float = 0.5
+    """Decline an award when committed work has grown since the quote by more than
+    this fraction of the awarded work: the auctioneer's plan assumed a less busy
+    peer and should re-plan rather than silently wait."""
+    fingerprints: frozenset[str] | None = None
+    """Models this peer has weights for (None: any)."""
+    ledger: ReservationLedger = field(default_factory=ReservationLedger)
+    busy_until: float = 0.0
+    """When the accepted, delivered work queue drains (peer's clock)."""
+    _jobs: list[tuple[float, int]] = field(default_factory=list)
+    """(done_at, memory) of delivered work still running or queued."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.background < 1.0:
+            raise ValueError(
+                f"bidder {self.name}: background CPU share {self.background} is not in [0, 1)"
+            )
+
+    # ---- state --------------------------------------------------------------------------
+
+    def backlog(self, now: float) -> float:
+        """Seconds of delivered work not yet done."""
+        return max(0.0, self.busy_until - now)
+
+    def committed(self, now: float) -> float:
+        """Backlog plus reserved seconds: what any new work waits behind."""
+        return self.backlog(now) + self.ledger.seconds()
+
+    def free_memory(self, now: float) -> int:
+        running = sum(m for done, m in self._jobs if done > now)
+        return self.memory_bytes - running - self.ledger.memory()
+
+    def tick(self, now: float) -> list[Reservation]:
+        """Forget finished jobs and lapsed leases; return the lapsed reservations."""
+        self._jobs = [(d, m) for d, m in self._jobs if d > now]
+        return self.ledger.expire(now)
+
+    # ---- pricing ------------------------------------------------------------------------
+
+    def compute_seconds(self, item: WorkItem) -> float:
+        raw = sum(self.compute.seconds(kind, f) for kind, f in item.flops.items())
+        return raw / (1.0 - self.background)
+
+    def duration(self, item: WorkItem) -> float:
+        return (
+            self.link.seconds(item.bytes_in)
+            + self.compute_seconds(item)
+            + self.link.seconds(item.bytes_out)
+        )
+
+    def bid(self, call: CallForBids, now: float) -> Bid:
+        """A sealed bid for ``call``: a duration for every item this peer can take."""
+        self.tick(now)
+        base = Bid(
+            call.auction_id,
+            self.name,
+            backlog=self.committed(now),
+            free_memory=self.free_memory(now),
+            bandwidth=self.link.bandwidth,
+            rtt=self.link.rtt,
+            valid_for=self.valid_for,
+        )
+        if self.fingerprints is not None and call.fingerprint not in self.fingerprints:
+            return _declined(base, f"no weights for model {call.fingerprint[:12]!r}")
+        if base.backlog >= self.horizon - EPS:
+            return _declined(base, "capacity")
+        durations: dict[str, float] = {}
+        for it in call.items:
+            if it.memory > base.free_memory:
+                continue
+            if base.backlog + self.compute_seconds(it) > self.horizon + EPS:
+                continue
+            durations[it.item_id] = self.duration(it)
+        if not durations:
+            return _declined(base, "no item fits in free memory and capacity")
+        return Bid(
+            base.auction_id,
+            base.bidder,
+            base.backlog,
+            durations,
+            base.free_memory,
+            base.bandwidth,
+            base.rtt,
+            base.valid_for,
+        )
+
+    # ---- promises -----------------------------------------------------------------------
+
+    def accept(self, award: Award, now: float) -> AwardReply:
+        """Reserve capacity for ``award`` or decline it; never over-promise."""
+        if award.bidder != self.name:
+            raise ValueError(f"bidder {self.name} got an award addressed to {award.bidder}")
+        self.tick(now)
+        previous = self.ledger.active.get(award.auction_id)
+        if previous is not None and previous.seq >= award.seq:
+            # A duplicate or an out-of-date award: the newer promise stands.
+            return AwardReply(award.auction_id, self.name, award.seq, False, "superseded")
+        if previous is not None:
+            self.ledger.take(award.auction_id)  # a re-plan replaces this auction's hold
+        seconds = sum(self.compute_seconds(it) for it in award.items)
+        memory = sum(it.memory for it in award.items)
+        committed = self.committed(now)
+        reason = ""
+        if committed + seconds > self.horizon + EPS:
+            reason = "capacity"
+        elif memory > self.free_memory(now):
+            reason = "memory"
+        elif committed - award.quoted_backlog > self.stale_tolerance * seconds + EPS:
+            reason = "stale"
+        if reason:
+            if previous is not None:
+                self.ledger.hold(previous)
+            return AwardReply(award.auction_id, self.name, award.seq, False, reason)
+        self.ledger.hold(
+            Reservation(
+                award.auction_id,
+                award.seq,
+                seconds,
+                memory,
+                now + award.lease,
+                tuple(it.item_id for it in award.items),
+            )
+        )
+        return AwardReply(award.auction_id, self.name, award.seq, True)
+
+    def release(self, auction_id: str) -> Reservation | None:
+        """The auctioneer no longer needs the reservation (it re-planned)."""
+        return self.ledger.take(auction_id)
+
+    def deliver(self, auction_id: str, now: float) -> Reservation | None:
+        """The awarded work arrived: its reservation becomes backlog.
+
+        Returns None when there is no live reservation (the lease lapsed): the
+        caller must then treat the work as unpromised.
+        """
+        self.tick(now)
+        r = self.ledger.take(auction_id)
+        if r is None:
+            return None
+        self.add_work(r.seconds, now, r.memory)
+        return r
+
+    def add_work(self, seconds: float, now: float, memory: int = 0) -> float:
+        """Queue ``seconds`` of work outside any auction (e.g. the peer's own request).
+
+        Returns when that work will be done.
+        """
+        self.busy_until = max(self.busy_until, now) + seconds
+        if memory:
+            self._jobs.append((self.busy_until, memory))
+        return self.busy_until
+
+
+def _declined(base: Bid, reason: str) -> Bid:
+    return Bid(
+        base.auction_id,
+        base.bidder,
+        base.backlog,
+        {},
+        base.free_memory,
+        base.bandwidth,
+        base.rtt,
+        base.valid_for,
+        declined=reason,
+    )
+
+
+def probe_items(flops_by_kind: Iterable[tuple[str, int]]) -> tuple[WorkItem, ...]:
+    """Compute-only items at two sizes per unit kind: their bids reveal each kind's fit.
+
+    A peer's bid durations for ``probe:<kind>:1`` and ``probe:<kind>:2`` (FLOPs F
+    and F/2, no bytes) are two points of its ``a * F + b`` line for that kind,
+    slowed by its background load, so the auctioneer can rebuild the peer's
+    effective compute model from the bid alone (see ``awas.device_from_bid``).
+    """
+    out: list[WorkItem] = []
+    for kind, f in flops_by_kind:
+        if f <= 1:
+            continue
+        out.append(WorkItem(f"probe:{kind}:1", {kind: f}))
+        out.append(WorkItem(f"probe:{kind}:2", {kind: f // 2}))
+    return tuple(out)

@@ -1,0 +1,241 @@
+"""The bidder: honest prices, leases, declines, and no over-commitment under
+several simultaneous auctions (a hypothesis property test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeci_p2p.auction.bidder import Bidder, probe_items
+from edgeci_p2p.auction.messages import (
+    Award,
+    AwardReply,
+    Bid,
+    CallForBids,
+    MessageError,
+    Release,
+    WorkItem,
+)
+from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
+from edgeci_p2p.core.cost import ComputeModel, LinearFit, LinkModel
+
+CONV = LinearFit(1e-9, 0.002)
+POOL = LinearFit(4e-9, 0.001)
+
+
+def bidder(name: str = "p", **kw: Any) -> Bidder:
+    return Bidder(name, ComputeModel({"conv": CONV, "pool": POOL}), LinkModel(1e6, 0.01), **kw)
+
+
+ITEM = WorkItem("x", {"conv": 100_000_000, "pool": 1_000_000}, 200_000, 100_000, 10_000)
+
+
+def test_bid_is_measured_model_plus_link_plus_backlog() -> None:
+    b = bidder()
+    b.add_work(0.3, now=1.0)
+    bid = b.bid(CallForBids("a", "me", "fp", (ITEM,)), now=1.1)
+    compute = CONV.seconds(100_000_000) + POOL.seconds(1_000_000)
+    link = 200_000 / 1e6 + 0.005 + 100_000 / 1e6 + 0.005
+    assert bid.backlog == pytest.approx(0.2)
+    assert bid.duration["x"] == pytest.approx(compute + link)
+    assert bid.finish("x") == pytest.approx(0.2 + compute + link)
+    assert (bid.bandwidth, bid.rtt) == (1e6, 0.01)
+
+
+def test_background_load_slows_compute_not_transfers() -> None:
+    idle, loaded = bidder(), bidder(background=0.5)
+    call = CallForBids("a", "me", "fp", (ITEM,))
+    d0, d1 = idle.bid(call, 0.0).duration["x"], loaded.bid(call, 0.0).duration["x"]
+    compute = idle.compute_seconds(ITEM)
+    assert d1 - d0 == pytest.approx(compute)  # twice the compute, same link time
+
+
+def test_probe_bids_reveal_the_fit() -> None:
+    call = CallForBids("a", "me", "fp", probe_items([("conv", 10**9), ("pool", 10**7)]))
+    bid = bidder(background=0.25).bid(call, 0.0)
+    d1, d2 = bid.duration["probe:conv:1"], bid.duration["probe:conv:2"]
+    a = (d1 - d2) / (10**9 - 10**9 // 2)
+    assert a == pytest.approx(CONV.a / 0.75)
+    assert d1 - a * 10**9 == pytest.approx(CONV.b / 0.75)
+
+
+def test_decline_when_full_or_out_of_memory_or_wrong_model() -> None:
+    call = CallForBids("a", "me", "fp", (ITEM,))
+    full = bidder(horizon=1.0)
+    full.add_work(1.0, 0.0)
+    assert full.bid(call, 0.0).declined == "capacity"
+    small = bidder(memory_bytes=1000)
+    assert small.bid(call, 0.0).declined and not small.bid(call, 0.0).duration
+    other = bidder(fingerprints=frozenset({"other"}))
+    assert "no weights" in other.bid(call, 0.0).declined
+
+
+def test_award_reserves_until_delivery_or_lease() -> None:
+    b = bidder(horizon=5.0)
+    award = Award("a", "p", (ITEM,), seq=1, lease=1.0)
+    assert b.accept(award, 0.0).accepted
+    secs = b.compute_seconds(ITEM)
+    assert b.committed(0.0) == pytest.approx(secs)
+    assert b.free_memory(0.0) == b.memory_bytes - ITEM.memory
+    # Delivered in time: the reservation becomes backlog.
+    r = b.deliver("a", 0.5)
+    assert r is not None and b.backlog(0.5) == pytest.approx(secs)
+    # A second award whose work never comes: the lease lapses at 2.0 + 1.0.
+    assert b.accept(Award("b", "p", (ITEM,), seq=1, lease=1.0), 2.0).accepted
+    assert b.tick(2.99) == []
+    lapsed = b.tick(3.0)
+    assert [x.auction_id for x in lapsed] == ["b"]
+    assert b.deliver("b", 3.1) is None
+    assert b.committed(3.1) == pytest.approx(0.0)
+
+
+def test_award_declines_rather_than_over_promise() -> None:
+    b = bidder(horizon=0.25)  # room for two items of ~0.105 s, not three
+    replies = [b.accept(Award(f"a{k}", "p", (ITEM,), lease=9.0, quoted_backlog=9), 0.0)
+               for k in range(3)]
+    assert [r.accepted for r in replies] == [True, True, False]
+    assert replies[2].reason == "capacity"
+    assert b.committed(0.0) <= b.horizon
+
+
+def test_award_after_being_promised_elsewhere_is_stale() -> None:
+    b = bidder()
+    call = CallForBids("a", "me", "fp", (ITEM,))
+    quote = b.bid(call, 0.0)
+    big = WorkItem("big", {"conv": 2_000_000_000})
+    assert b.accept(Award("other", "p", (big,)), 0.0).accepted
+    reply = b.accept(Award("a", "p", (ITEM,), quoted_backlog=quote.backlog), 0.01)
+    assert (reply.accepted, reply.reason) == (False, "stale")
+
+
+def test_replacing_and_releasing_a_reservation() -> None:
+    b = bidder()
+    two = WorkItem("y", {"conv": 300_000_000})
+    assert b.accept(Award("a", "p", (ITEM,), seq=1), 0.0).accepted
+    assert b.accept(Award("a", "p", (ITEM, two), seq=2), 0.0).accepted
+    assert b.committed(0.0) == pytest.approx(b.compute_seconds(ITEM) + b.compute_seconds(two))
+    assert b.accept(Award("a", "p", (ITEM,), seq=1), 0.0).reason == "superseded"
+    assert b.release("a") is not None and b.committed(0.0) == 0.0
+
+
+def test_messages_round_trip_through_plain_dicts() -> None:
+    call = CallForBids("a", "me", "fp", (ITEM,), window=0.2)
+    bid = bidder().bid(call, 0.0)
+    award = Award("a", "p", (ITEM,), seq=3, lease=1.5, quoted_backlog=0.25)
+    reply = AwardReply("a", "p", 3, False, "capacity")
+    for m in (call, bid, award, reply, Release("a", "p"), ITEM):
+        assert type(m).from_dict(m.to_dict()) == m
+    with pytest.raises(MessageError, match="missing field 'bidder'"):
+        Bid.from_dict({"auction": "a"})
+    with pytest.raises(MessageError, match="'flops' must be a map"):
+        WorkItem.from_dict({"id": "x", "flops": [1, 2]})
+
+
+# ---- no over-commitment with several simultaneous auctions --------------------------------
+
+PEERS = ("p0", "p1", "p2")
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[list[list[int]], list[tuple[int, int, float]], list[int]]:
+    n_auctions = draw(st.integers(2, 5))
+    sizes = [
+        draw(st.lists(st.integers(50, 900), min_size=1, max_size=4)) for _ in range(n_auctions)
+    ]
+    # (auction, action, time step) in an arbitrary interleaving. Action 0-3 moves the
+    # auction one hop on (peers bid / bids arrive / awards arrive / replies arrive /
+    # work arrives); 4 fires its timer. Every hop is its own step, so the bids of one
+    # auction can be made before another's awards land.
+    steps = draw(
+        st.lists(
+            st.tuples(st.integers(0, n_auctions - 1), st.integers(0, 4), st.floats(0, 0.04)),
+            min_size=5,
+            max_size=60,
+        )
+    )
+    horizons = draw(st.lists(st.integers(1, 20), min_size=len(PEERS), max_size=len(PEERS)))
+    return sizes, steps, horizons
+
+
+@settings(max_examples=150, deadline=None)
+@given(schedules())
+def test_simultaneous_auctions_never_over_commit(
+    sched: tuple[list[list[int]], list[tuple[int, int, float]], list[int]],
+) -> None:
+    sizes, steps, horizons = sched
+    peers = {
+        p: Bidder(
+            p,
+            ComputeModel({"conv": LinearFit(1e-9 * (1 + k), 0.0)}),
+            LinkModel(1e7, 0.002),
+            memory_bytes=3_000_000,
+            horizon=h / 10,
+            stale_tolerance=1e9,  # only capacity limits: the hardest case for the ledger
+        )
+        for k, (p, h) in enumerate(zip(PEERS, horizons, strict=True))
+    }
+    cfg = RoundConfig(window=0.1, reply_timeout=0.1, lease=0.5)
+    rounds: list[AuctionRound] = []
+    bids: list[list[Bid]] = []  # made by the peers, not yet at the auctioneer
+    awards: list[list[Award]] = []  # sent by the auctioneer, not yet at the peer
+    replies: list[list[AwardReply]] = []
+    for a, mflops in enumerate(sizes):
+        items = tuple(
+            WorkItem(f"a{a}i{k}", {"conv": m * 1_000_000}, memory=1_000_000)
+            for k, m in enumerate(mflops)
+        )
+        rounds.append(AuctionRound(CallForBids(f"a{a}", "me", "fp", items), frozenset(PEERS), cfg))
+        bids.append([])
+        awards.append([])
+        replies.append([])
+    now = 0.0
+    opened: set[int] = set()
+    asked: set[int] = set()
+
+    def send(a: int, sends: list[Any]) -> None:
+        for s in sends:
+            if isinstance(s.message, Award):
+                awards[a].append(s.message)
+            elif isinstance(s.message, Release):
+                peers[s.to].release(s.message.auction_id)
+
+    for a, kind, dt in steps:
+        now += dt
+        r = rounds[a]
+        if a not in opened:  # auctions open at staggered times
+            opened.add(a)
+            r.start(now)
+        if kind == 4:
+            send(a, r.handle_timer(now))
+        elif r.phase is Phase.COLLECTING and not bids[a] and a not in asked:
+            asked.add(a)
+            bids[a] = [peers[p].bid(r.call, now) for p in PEERS]
+        elif bids[a]:
+            for bid in bids[a]:
+                send(a, r.receive_bid(bid, now))
+            bids[a] = []
+        elif awards[a]:
+            replies[a] += [peers[aw.bidder].accept(aw, now) for aw in awards[a]]
+            awards[a] = []
+        elif replies[a]:
+            for reply in replies[a]:
+                send(a, r.receive_reply(reply, now))
+            replies[a] = []
+        elif r.phase is Phase.COMMITTED:
+            for p in sorted(r.awards):
+                if p not in r.delivered and peers[p].deliver(r.call.auction_id, now) is not None:
+                    r.mark_delivered(p, now)
+        for b in peers.values():
+            b.tick(now)
+            assert b.committed(now) <= b.horizon + 1e-9, f"{b.name} promised past its horizon"
+            assert b.free_memory(now) >= 0, f"{b.name} promised more memory than it has"
+        # An auctioneer never counts on a reservation the peer does not hold.
+        for rr in rounds:
+            if rr.phase is Phase.COMMITTED:
+                for p in rr.awards:
+                    held = peers[p].ledger.active.get(rr.call.auction_id)
+                    if p not in rr.delivered and held is not None:
+                        assert held.seq == rr.awards[p].seq

@@ -1,0 +1,268 @@
+"""The auction round's transitions, table-driven: each case is a script of inputs
+and what must come of it (final phase, the path through the transition table,
+who won, what was ignored and why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from edgeci_p2p.auction.messages import Award, AwardReply, Bid, CallForBids, Release, WorkItem
+from edgeci_p2p.auction.round import (
+    TRANSITIONS,
+    AuctionRound,
+    Input,
+    Phase,
+    RoundConfig,
+    RoundStateError,
+)
+
+ITEMS = tuple(WorkItem(f"i{k}", {"conv": 1_000_000 * (k + 1)}) for k in range(4))
+CALL = CallForBids("auc-1", "me", "fp", ITEMS, window=0.1)
+CFG = RoundConfig(window=0.1, reply_timeout=0.05, lease=1.0)
+
+
+def bid(peer: str, speed: float = 1.0, backlog: float = 0.0, valid_for: float = 0.5) -> Bid:
+    return Bid(
+        "auc-1",
+        peer,
+        backlog=backlog,
+        duration={it.item_id: it.flops["conv"] / 1e6 / speed for it in ITEMS},
+        valid_for=valid_for,
+    )
+
+
+@dataclass
+class Case:
+    name: str
+    peers: tuple[str, ...]
+    script: list[tuple[Any, ...]]
+    """("bid", t, Bid) | ("timer", t) | ("reply", t, peer, accepted) | ("deliver", t, peer)
+    | ("reply-all", t) | ("deliver-all", t)."""
+    phase: Phase
+    path: list[Input]
+    winners: set[str] = field(default_factory=set)
+    ignored: dict[str, str] = field(default_factory=dict)
+    excluded: set[str] = field(default_factory=set)
+
+
+A, B, C = "peer-a", "peer-b", "peer-c"
+
+CASES = [
+    Case(
+        "all bids in: closes before the window, awards, commits, done",
+        (A, B),
+        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply-all", 0.03), ("deliver-all", 0.04)],
+        Phase.DONE,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
+         Input.ALL_ACCEPTED, Input.DELIVER, Input.DELIVER, Input.ALL_DELIVERED],
+        {A, B},
+    ),
+    Case(
+        "window closes with a silent peer: decide with the bids in hand",
+        (A, B, C),
+        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("timer", 0.1), ("reply-all", 0.11)],
+        Phase.COMMITTED,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
+         Input.ALL_ACCEPTED],
+        {A, B},
+    ),
+    Case(
+        "late bid after the window is ignored",
+        (A, B),
+        [("bid", 0.01, bid(A)), ("timer", 0.1), ("bid", 0.12, bid(B, speed=10.0))],
+        Phase.AWARDING,
+        [Input.BID, Input.CLOSE, Input.AWARD],
+        {A},
+        {B: "late"},
+    ),
+    Case(
+        "a bid that expires before the decision is ignored",
+        (A, B, C),
+        [("bid", 0.01, bid(A, speed=10.0, valid_for=0.05)), ("bid", 0.02, bid(B)),
+         ("timer", 0.1)],
+        Phase.AWARDING,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD],
+        {B},
+        {A: "expired"},
+        {A},
+    ),
+    Case(
+        "no bidders at all: local execution",
+        (),
+        [],
+        Phase.LOCAL,
+        [Input.CLOSE, Input.NO_BIDS],
+    ),
+    Case(
+        "called peers stay silent: local execution when the window closes",
+        (A, B),
+        [("timer", 0.1)],
+        Phase.LOCAL,
+        [Input.CLOSE, Input.NO_BIDS],
+    ),
+    Case(
+        "a peer declining the call counts as an answer",
+        (A, B),
+        [("bid", 0.01, Bid("auc-1", B, declined="capacity")), ("bid", 0.02, bid(A))],
+        Phase.AWARDING,
+        [Input.DECLINE, Input.BID, Input.CLOSE, Input.AWARD],
+        {A},
+    ),
+    Case(
+        "a winner declining its award: re-plan without it",
+        (A, B),
+        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply", 0.03, A, False),
+         ("reply-all", 0.04)],
+        Phase.COMMITTED,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.REJECT, Input.AWARD,
+         Input.ACCEPT, Input.ALL_ACCEPTED],
+        {B},
+        {},
+        {A},
+    ),
+    Case(
+        "a winner that never confirms is dropped at the reply timeout",
+        (A, B),
+        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply", 0.03, B, True),
+         ("timer", 0.08), ("reply-all", 0.09)],
+        Phase.COMMITTED,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.REJECT,
+         Input.AWARD, Input.ACCEPT, Input.ALL_ACCEPTED],
+        {B},
+        {},
+        {A},
+    ),
+    Case(
+        "an expired lease (work not delivered in time): re-plan without that peer",
+        (A, B),
+        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply-all", 0.03),
+         ("deliver", 0.5, B), ("timer", 1.02)],
+        Phase.AWARDING,
+        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
+         Input.ALL_ACCEPTED, Input.DELIVER, Input.LAPSE, Input.AWARD],
+        {B},
+        {},
+        {A},
+    ),
+]
+
+def run(case: Case) -> tuple[AuctionRound, list[Any]]:
+    r = AuctionRound(CALL, frozenset(case.peers), CFG)
+    sent: list[Any] = [s.message for s in r.start(0.0)]
+    for step in case.script:
+        kind, t = step[0], step[1]
+        if kind == "bid":
+            sent += [s.message for s in r.receive_bid(step[2], t)]
+        elif kind == "timer":
+            timer = r.get_timer()
+            assert timer is not None and timer <= t, f"no timer due at {t} (timer {timer})"
+            sent += [s.message for s in r.handle_timer(t)]
+        elif kind == "reply":
+            aw = r.awards[step[2]]
+            sent += [s.message for s in r.receive_reply(
+                AwardReply("auc-1", step[2], aw.seq, step[3], "" if step[3] else "capacity"), t)]
+        elif kind == "reply-all":
+            for p, aw in sorted(r.awards.items()):
+                if p not in r.accepted:
+                    sent += [s.message for s in r.receive_reply(
+                        AwardReply("auc-1", p, aw.seq, True), t)]
+        elif kind == "deliver":
+            r.mark_delivered(step[2], t)
+        elif kind == "deliver-all":
+            for p in sorted(r.awards):
+                r.mark_delivered(p, t)
+    return r, sent
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_round_transitions(case: Case) -> None:
+    r, sent = run(case)
+    assert r.phase is case.phase
+    assert [i for _, i, _ in r.history] == case.path
+    for before, event, after in r.history:
+        assert TRANSITIONS[(before, event)] is after
+    assert set(r.awards) == case.winners
+    assert {p: why for p, why in r.ignored} == case.ignored
+    assert set(r.excluded) >= case.excluded
+    # Every item is awarded exactly once unless the round ended locally.
+    awarded = [it.item_id for aw in r.awards.values() for it in aw.items]
+    if case.phase is Phase.LOCAL:
+        assert awarded == []
+    else:
+        assert sorted(awarded) == sorted(it.item_id for it in ITEMS)
+    # A peer excluded after winning was released or superseded, never left holding work.
+    for p in case.excluded:
+        assert p not in r.awards
+    # What the round believes it awarded is what it told the caller to send.
+    for aw in r.awards.values():
+        assert aw in sent
+
+
+def test_calls_go_to_every_live_peer() -> None:
+    r = AuctionRound(CALL, frozenset({A, B, C}), CFG)
+    sends = r.start(5.0)
+    assert sorted(s.to for s in sends) == [A, B, C]
+    assert all(s.message == CALL for s in sends)
+    assert r.get_timer() == pytest.approx(5.1)
+    assert r.handle_timer(5.05) == [] and r.phase is Phase.COLLECTING
+
+
+def test_replan_releases_a_peer_that_lost_its_share() -> None:
+    # A is fast and takes everything at first; B then gets nothing. When A lapses,
+    # B is awarded all; when B in turn declines, nobody is left: local, and no
+    # release goes to the excluded peers.
+    r = AuctionRound(CALL, frozenset({A, B}), CFG)
+    r.start(0.0)
+    r.receive_bid(bid(A, speed=100.0), 0.01)
+    sends = r.receive_bid(bid(B, backlog=50.0), 0.02)
+    assert [s.to for s in sends] == [A]
+    first: Award = sends[0].message  # type: ignore[assignment]
+    r.receive_reply(AwardReply("auc-1", A, first.seq, False, "stale"), 0.03)
+    assert set(r.awards) == {B}
+    again = r.awards[B]
+    assert again.seq > first.seq
+    r.receive_reply(AwardReply("auc-1", B, again.seq, False, "capacity"), 0.04)
+    assert r.phase is Phase.LOCAL and not r.awards
+
+
+def test_lapse_moves_the_lapsed_share_to_the_delivered_peer() -> None:
+    # Two winners commit; one lapses. The re-plan gives everything to the other
+    # (new seq): nobody gets a release, because the lapsed peer is excluded.
+    r = AuctionRound(CALL, frozenset({A, B}), CFG)
+    r.start(0.0)
+    r.receive_bid(bid(A), 0.0)
+    r.receive_bid(bid(B), 0.0)
+    for p, aw in sorted(r.awards.items()):
+        r.receive_reply(AwardReply("auc-1", p, aw.seq, True), 0.01)
+    r.mark_delivered(A, 0.2)
+    sends = r.handle_timer(1.5)
+    assert {s.to for s in sends} == {A}
+    assert not any(isinstance(s.message, Release) for s in sends)
+
+
+def test_stale_reply_and_foreign_bid_are_ignored() -> None:
+    r = AuctionRound(CALL, frozenset({A, B}), CFG)
+    r.start(0.0)
+    r.receive_bid(Bid("other-auction", A, duration={"i0": 1.0}), 0.01)
+    r.receive_bid(bid(C), 0.01)
+    r.receive_bid(bid(A), 0.02)
+    r.receive_bid(bid(A), 0.03)
+    assert [w for _, w in r.ignored] == [
+        "bid for auction 'other-auction'",
+        "not a called peer",
+        "duplicate",
+    ]
+    r.receive_bid(bid(B), 0.04)
+    old_seq = r.awards[A].seq
+    r.receive_reply(AwardReply("auc-1", A, old_seq + 7, True), 0.05)
+    assert A not in r.accepted
+
+
+def test_inputs_outside_the_table_are_our_bug() -> None:
+    r = AuctionRound(CALL, frozenset({A}), CFG)
+    r.start(0.0)
+    with pytest.raises(RoundStateError, match="deliver"):
+        r.mark_delivered(A, 0.01)
