@@ -292,3 +292,19 @@ def test_chunk_for_unknown_stream_is_refused() -> None:
     pump(a, b)
     b.receive_data(framing.encode_frame({"type": "chunk", "stream": 4, "index": 0, "data": b"x"}))
     refused(b, ErrorCode.UNEXPECTED_MESSAGE)
+
+
+def test_too_many_open_streams_are_refused() -> None:
+    a, b = connect(None, None, max_streams=2)
+    pump(a, b)
+    for stream in range(3):
+        ref = {"chunked": stream, "dtype": "float16", "shape": [1, 1, 1, 1], "chunks": 1}
+        body = {
+            "type": "tile_result",
+            "request_id": "r",
+            "tile_id": 0,
+            "output": ref,
+            "compute_s": 0,
+        }
+        b.receive_data(framing.encode_frame(body))
+    refused(b, ErrorCode.FRAME_TOO_LARGE)

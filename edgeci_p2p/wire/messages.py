@@ -461,6 +461,8 @@ class TileRequest(Message):
                 f"tile_request.input: spatial shape {self.input.shape[2:]} "
                 f"does not match slab {self.slab.height} x {self.slab.width}"
             )
+        if min(self.input_hw) < 1:
+            raise MessageError(f"tile_request.input_hw: {list(self.input_hw)} is not a size")
         if self.deadline_s is not None:
             _nonneg("tile_request", deadline_s=self.deadline_s)
 

@@ -106,6 +106,8 @@ class SessionConfig:
     """Tensors with more bytes than this are sent in chunks."""
     max_pending_bytes: int = DEFAULT_MAX_PENDING
     """Most bytes of announced chunked tensors held at once."""
+    max_streams: int = 64
+    """Most chunked tensors announced and not yet complete at once."""
     max_depth: int = 32
     """Deepest CBOR nesting accepted."""
 
@@ -377,6 +379,11 @@ class Session:
                 raise RemoteProtocolError(bad, f"stream {ref.stream}: more chunks than bytes")
             total += ref.nbytes
             refs.append((name, ref))
+        if len(self._pending) + len(refs) > self.config.max_streams:
+            raise RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"more than {self.config.max_streams} chunked tensors in flight",
+            )
         if self._pending_bytes + total > self.config.max_pending_bytes:
             raise RemoteProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
