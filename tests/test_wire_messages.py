@@ -257,3 +257,12 @@ def test_encoder_refuses_what_has_no_wire_form() -> None:
         cbor.encode(2**64)
     with pytest.raises(LocalProtocolError):
         cbor.encode(np.zeros(3, np.int32))
+
+
+def test_numpy_scalars_are_accepted_locally_and_travel_as_plain_numbers() -> None:
+    msg = TileResult("r", np.int64(3), np.zeros((1, 1, 1, 1), np.float32), np.float32(0.5))  # type: ignore[arg-type]
+    assert type(msg.tile_id) is int and type(msg.compute_s) is float
+    plan = PlanResult("r", {"n": np.int32(2), "t": np.float64(0.25), "xs": [np.float32(1.5)]})
+    back = roundtrip(plan)
+    assert isinstance(back, PlanResult) and back.body == {"n": 2, "t": 0.25, "xs": [1.5]}
+    assert type(back.body["n"]) is int

@@ -41,7 +41,10 @@ def _plain(value: object, path: str, depth: int = 0) -> object:
         raise MessageError(f"{path}: nested deeper than {MAX_PLAIN_DEPTH}")
     if value is None or isinstance(value, bool | int | str):
         return value
-    if isinstance(value, float):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
         if not math.isfinite(value):
             raise MessageError(f"{path}: {value} is not a finite number")
         return value
@@ -88,11 +91,13 @@ def _coerce(value: object, tp: Any, path: str) -> Any:
             raise MessageError(f"{path}: expected a boolean, got {type(value).__name__}")
         return value
     if tp is int:
+        if isinstance(value, np.integer):  # local convenience; the wire only yields int
+            value = int(value)
         if type(value) is not int:
             raise MessageError(f"{path}: expected an integer, got {type(value).__name__}")
         return value
     if tp is float:
-        if type(value) is int:
+        if type(value) is int or isinstance(value, np.integer | np.floating):
             value = float(value)
         if type(value) is not float:
             raise MessageError(f"{path}: expected a number, got {type(value).__name__}")

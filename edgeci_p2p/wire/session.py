@@ -172,6 +172,11 @@ class Session:
     def state(self) -> State:
         return self._state
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet turned into events (non-zero: a frame is mid-way)."""
+        return self._reader.buffered
+
     # --- sending ------------------------------------------------------------------
 
     def start(self) -> bytes:
