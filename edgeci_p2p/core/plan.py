@@ -1,0 +1,288 @@
+"""Execution plans: which devices compute which regions of which unit ranges (pure).
+
+A :class:`Plan` is an ordered chain of :class:`Stage` objects. Stage ``k`` runs the
+unit range ``[start, stop)`` (boundaries as in :mod:`edgeci_p2p.core.geometry`)
+and splits the map it produces at boundary ``stop`` into :class:`Part` objects,
+each an output region (a full-width row strip or a 2-D tile) computed by one
+device. A stage run wholly on one device is a single part covering the map.
+The head (global pool + classifier) always runs on the auctioneer.
+
+How data moves between stages is explicit, per boundary, in ``Stage.transfer``
+(how the stage's output leaves it) and ``Stage.schedule`` (how its inputs are
+handed out):
+
+* ``transfer="gather"``: every part's output goes to the auctioneer, which
+  assembles the whole map; the next stage's parts get their input slabs
+  (including halo rows) scattered from there. This is the only mode planners
+  emit today. The last stage must gather, because the head needs the whole map.
+* A later mode (strip-resident execution) will add ``transfer="halo"``: outputs
+  stay on their devices and only halo rows travel between neighbouring peers.
+  It fits by adding the value here, in :func:`validate`, and in the simulator;
+  the data shapes do not change.
+
+``schedule="push"`` scatters every input slab at the start of the stage (in part
+order); ``schedule="pull"`` hands a device its next part's input only when it asks
+for it (DeepThings' work stealing). Either way the assignment in the plan is
+static: a pull planner records which device its work-stealing run gave each tile.
+
+Devices are indices into ``Plan.devices`` (the testbed's device names, in order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.units import ModelSpec
+
+Transfer = Literal["gather"]
+TRANSFERS: tuple[str, ...] = ("gather",)
+Schedule = Literal["push", "pull"]
+SCHEDULES: tuple[str, ...] = ("push", "pull")
+
+
+class PlanError(ValueError):
+    """A plan breaks an invariant (the message names the stage and part)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One device's share of a stage: the output ``region`` it computes."""
+
+    region: Region
+    """Output region at the stage's ``stop`` boundary."""
+    device: int
+    """Index into ``Plan.devices``."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Units ``[start, stop)`` with their output split into parts."""
+
+    start: int
+    stop: int
+    parts: tuple[Part, ...]
+    transfer: Transfer = "gather"
+    """How this stage's output reaches the next consumer (see the module docstring)."""
+    schedule: Schedule = "push"
+    """How input slabs are handed out: all at once (push) or on request (pull)."""
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        """Distinct devices of this stage, in order of first appearance."""
+        return tuple(dict.fromkeys(p.device for p in self.parts))
+
+    @property
+    def is_single(self) -> bool:
+        return len(self.devices) == 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole inference: stages then the head on the auctioneer."""
+
+    model: str
+    strategy: str
+    testbed: str
+    devices: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    auctioneer: int = 0
+    """The device that holds the input, assembles gathered maps and runs the head."""
+    predicted: float | None = None
+    """The planner's own latency prediction in seconds (None when it has none)."""
+    notes: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Free-form planner facts (chosen parameters), kept in the dict form."""
+
+    # ---- human-readable form ------------------------------------------------------------
+
+    def __str__(self) -> str:
+        pred = "" if self.predicted is None else f", predicted {self.predicted * 1e3:.1f} ms"
+        lines = [
+            f"{self.strategy} plan for {self.model} on {self.testbed}: "
+            f"{len(self.stages)} stage(s){pred}"
+        ]
+        for st in self.stages:
+            tiles = len({p.region.cols for p in st.parts}) > 1
+            parts = " ".join(_part_str(p, self.devices, tiles) for p in st.parts)
+            sched = "" if st.schedule == "push" else f" ({st.schedule})"
+            lines.append(f"  units [{st.start:>2},{st.stop:>2}){sched}: {parts} -> {st.transfer}")
+        lines.append(f"  head @ {self.devices[self.auctioneer]}")
+        return "\n".join(lines)
+
+    # ---- plain-dict form (CBOR / JSON) ---------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "strategy": self.strategy,
+            "testbed": self.testbed,
+            "devices": list(self.devices),
+            "auctioneer": self.auctioneer,
+            "predicted": self.predicted,
+            "notes": dict(self.notes),
+            "stages": [
+                {
+                    "start": st.start,
+                    "stop": st.stop,
+                    "transfer": st.transfer,
+                    "schedule": st.schedule,
+                    "parts": [
+                        [
+                            p.device,
+                            p.region.rows.start,
+                            p.region.rows.stop,
+                            p.region.cols.start,
+                            p.region.cols.stop,
+                        ]
+                        for p in st.parts
+                    ],
+                }
+                for st in self.stages
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        stages = []
+        for s in d["stages"]:
+            transfer, schedule = str(s.get("transfer", "gather")), str(s.get("schedule", "push"))
+            if transfer not in TRANSFERS or schedule not in SCHEDULES:
+                raise PlanError(f"unknown transfer {transfer!r} or schedule {schedule!r}")
+            stages.append(
+                Stage(
+                    start=int(s["start"]),
+                    stop=int(s["stop"]),
+                    parts=tuple(
+                        Part(Region(Span(int(r0), int(r1)), Span(int(c0), int(c1))), int(dev))
+                        for dev, r0, r1, c0, c1 in s["parts"]
+                    ),
+                    transfer="gather",
+                    schedule="pull" if schedule == "pull" else "push",
+                )
+            )
+        pred = d.get("predicted")
+        return cls(
+            model=str(d["model"]),
+            strategy=str(d["strategy"]),
+            testbed=str(d["testbed"]),
+            devices=tuple(str(x) for x in d["devices"]),
+            stages=tuple(stages),
+            auctioneer=int(d.get("auctioneer", 0)),
+            predicted=None if pred is None else float(pred),
+            notes=dict(d.get("notes", {})),
+        )
+
+
+def _part_str(p: Part, names: Sequence[str], tiles: bool) -> str:
+    r = p.region
+    where = f"{r.rows.start}:{r.rows.stop}"
+    if tiles:
+        where += f"x{r.cols.start}:{r.cols.stop}"
+    return f"{where}@{names[p.device]}"
+
+
+# ---- building helpers ------------------------------------------------------------------------
+
+
+def single_stage(spec: ModelSpec, start: int, stop: int, device: int) -> Stage:
+    """Units ``[start, stop)`` wholly on ``device``."""
+    _, h, w = spec.shape_at(stop)
+    return Stage(start, stop, (Part(full_region(h, w), device),))
+
+
+def strip_stage(
+    spec: ModelSpec, start: int, stop: int, cuts: Sequence[int], devices: Sequence[int]
+) -> Stage:
+    """Full-width row strips split at ``cuts`` (interior rows), strip k on ``devices[k]``."""
+    _, h, w = spec.shape_at(stop)
+    edges = [0, *cuts, h]
+    if len(devices) != len(edges) - 1:
+        raise PlanError(f"{len(edges) - 1} strips but {len(devices)} devices")
+    parts = tuple(
+        Part(Region(Span(a, b), Span(0, w)), d)
+        for a, b, d in zip(edges, edges[1:], devices, strict=False)
+        if b > a
+    )
+    return Stage(start, stop, parts)
+
+
+# ---- the validator ---------------------------------------------------------------------------
+
+
+def covers_exactly(regions: Sequence[Region], height: int, width: int) -> bool:
+    """True when ``regions`` tile an ``height x width`` map exactly once.
+
+    All inside, pairwise disjoint and areas summing to the map's area is the same
+    as exact cover, and costs O(n^2) in the number of regions, not O(H*W).
+    """
+    whole = full_region(height, width)
+    if any(r.area == 0 or not whole.contains(r) for r in regions):
+        return False
+    if sum(r.area for r in regions) != height * width:
+        return False
+    for i, a in enumerate(regions):
+        for b in regions[i + 1 :]:
+            if (
+                a.rows.start < b.rows.stop
+                and b.rows.start < a.rows.stop
+                and a.cols.start < b.cols.stop
+                and b.cols.start < a.cols.stop
+            ):
+                return False
+    return True
+
+
+def validate(plan: Plan, spec: ModelSpec) -> None:
+    """Raise :class:`PlanError` unless ``plan`` computes ``spec`` completely and consistently.
+
+    Checks: the stages chain the unit ranges 0..n without gap or overlap; each
+    stage's output is produced exactly once (its parts tile the output map);
+    every device index exists; each stage's input is available where it is
+    consumed (the auctioneer holds the whole input map at boundary 0 and after
+    every gathering stage, and each part's input slab lies inside the map);
+    the head's input (the whole last map) is on the auctioneer.
+    """
+    n_dev = len(plan.devices)
+    if plan.model != spec.name:
+        raise PlanError(f"plan is for model {plan.model!r}, spec is {spec.name!r}")
+    if not 0 <= plan.auctioneer < n_dev:
+        raise PlanError(f"auctioneer index {plan.auctioneer} outside 0..{n_dev - 1}")
+    if not plan.stages:
+        raise PlanError("plan has no stages")
+    expect = 0
+    # Where the map at the current boundary lives: None = whole on the auctioneer.
+    held_whole_on_auctioneer = True
+    for k, st in enumerate(plan.stages):
+        where = f"stage {k} (units [{st.start}, {st.stop}))"
+        if st.start != expect:
+            raise PlanError(f"{where} starts at boundary {st.start}, expected {expect}")
+        if not st.start < st.stop <= spec.n_units:
+            raise PlanError(f"{where} is empty or runs past unit {spec.n_units}")
+        if st.transfer not in TRANSFERS:
+            raise PlanError(f"{where}: unknown transfer {st.transfer!r}")
+        if st.schedule not in SCHEDULES:
+            raise PlanError(f"{where}: unknown schedule {st.schedule!r}")
+        if not st.parts:
+            raise PlanError(f"{where} has no parts")
+        for p in st.parts:
+            if not 0 <= p.device < n_dev:
+                raise PlanError(f"{where}: part {p.region} on unknown device {p.device}")
+        _, h, w = spec.shape_at(st.stop)
+        if not covers_exactly([p.region for p in st.parts], h, w):
+            raise PlanError(f"{where}: parts do not produce the {h}x{w} output exactly once")
+        if not held_whole_on_auctioneer:
+            raise PlanError(f"{where}: its input map is not assembled on the auctioneer")
+        _, hi, wi = spec.shape_at(st.start)
+        whole_in = full_region(hi, wi)
+        for p in st.parts:
+            need = trace(spec, st.start, st.stop, p.region).need
+            if not whole_in.contains(need):
+                raise PlanError(f"{where}: part {p.region} needs {need}, outside the input map")
+        held_whole_on_auctioneer = st.transfer == "gather"
+        expect = st.stop
+    if expect != spec.n_units:
+        raise PlanError(f"stages end at boundary {expect}, the model has {spec.n_units} units")
+    if not held_whole_on_auctioneer:
+        raise PlanError("the head's input is not gathered on the auctioneer")
