@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS: tuple[str, ...] = ("bench", "plan", "units")
+COMMANDS: tuple[str, ...] = ("bench", "plan", "profile", "units")
 
 
 class CommandError(Exception):

@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
             "planning_ms": planning * 1e3,
             "stage_end_ms": [t * 1e3 for t in res.stage_ends],
             "busy_ms": {
-                name: {
-                    lane: res.busy(d, lane) * 1e3  # type: ignore[arg-type]
-                    for lane in ("compute", "send", "recv")
-                }
+                name: {lane: res.busy(d, lane) * 1e3 for lane in ("compute", "send", "recv")}
                 for d, name in enumerate(p.devices)
             },
         }

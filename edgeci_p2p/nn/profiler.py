@@ -1,0 +1,220 @@
+"""Measuring this machine: per unit kind ``seconds = a * FLOPs + b`` (torch adapter).
+
+The profiler times single units through :class:`~edgeci_p2p.nn.executor.FusedExecutor`
+(the code path a peer really runs) on row strips of several heights, takes the
+minimum of a few repeats per point (the machine may be shared; the minimum is
+the least disturbed estimate of what the CPU can do), and fits a line per kind
+with :meth:`~edgeci_p2p.core.cost.LinearFit.fit`:
+
+* ``conv``: VGG-11 conv units at three depths;
+* ``pool``: VGG-11 max-pool units;
+* ``block``: ResNet-18 BasicBlocks (stride 1 and stride 2);
+* ``head``: the VGG and ResNet heads (pool + classifier).
+
+Results are cached as JSON under ``$EDGECI_CACHE_DIR`` (default
+``~/.cache/edgeci``), keyed by host name, torch version and thread count, so a
+daemon's bids reuse one measurement. The whole run stays within about 20 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torchvision
+
+from edgeci_p2p.core.cost import ComputeModel, LinearFit
+from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
+from edgeci_p2p.nn.executor import FusedExecutor
+from edgeci_p2p.nn.spec import spec_for
+
+PROFILE_VERSION = 1
+
+# (model, unit name, strip heights) per kind; heights are output rows of that unit.
+PLAN: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {
+    "conv": [
+        ("vgg11", "features.3-4", (1, 4, 12)),
+        ("vgg11", "features.8-9", (1, 4, 8)),
+        ("vgg11", "features.13-14", (1, 3, 6)),
+    ],
+    "pool": [
+        ("vgg11", "features.2", (2, 16, 56)),
+        ("vgg11", "features.10", (2, 14, 28)),
+    ],
+    "block": [
+        ("resnet18", "layer1.0", (1, 8, 24)),
+        ("resnet18", "layer3.0", (1, 4, 14)),
+    ],
+}
+HEADS = ("vgg11", "resnet18")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A measured compute model of this machine plus how it was obtained."""
+
+    compute: ComputeModel
+    host: str
+    torch_version: str
+    threads: int
+    seconds: float
+    """Wall time the measurement took."""
+    points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per kind, the (FLOPs, seconds) points the fit used."""
+    created: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PROFILE_VERSION,
+            "host": self.host,
+            "torch": self.torch_version,
+            "threads": self.threads,
+            "seconds": self.seconds,
+            "created": self.created,
+            "compute": self.compute.to_dict(),
+            "points": {k: [list(p) for p in v] for k, v in self.points.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        if d.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {d.get('version')!r}, expected {PROFILE_VERSION}")
+        return cls(
+            compute=ComputeModel.from_dict(d["compute"]),
+            host=str(d["host"]),
+            torch_version=str(d["torch"]),
+            threads=int(d["threads"]),
+            seconds=float(d["seconds"]),
+            points={k: [(float(f), float(s)) for f, s in v] for k, v in d["points"].items()},
+            created=float(d.get("created", 0.0)),
+        )
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGECI_CACHE_DIR") or Path.home() / ".cache" / "edgeci")
+
+
+def cache_path(threads: int) -> Path:
+    host = platform.node() or "unknown-host"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
+    return cache_dir() / f"profile-{safe}-torch{torch.__version__}-t{threads}.json"
+
+
+def _time_min(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(
+    threads: int,
+    repeats: int = 5,
+    progress: TextIO | None = sys.stderr,
+    plan: dict[str, list[tuple[str, str, tuple[int, ...]]]] | None = None,
+    heads: tuple[str, ...] | None = None,
+) -> Profile:
+    """Time the planned unit runs with ``threads`` torch threads and fit per kind."""
+    plan = PLAN if plan is None else plan
+    heads = HEADS if heads is None else heads
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    executors: dict[str, FusedExecutor] = {}
+    total = sum(len(h) for runs in plan.values() for _, _, h in runs) + len(heads)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress.write(f"\rprofiling ({threads} thread(s)): {done}/{total} {what:<32}")
+            progress.flush()
+
+    def executor(name: str) -> FusedExecutor:
+        if name not in executors:
+            model = torchvision.models.get_model(name, weights=None).eval()
+            executors[name] = FusedExecutor(model, spec_for(name))
+        return executors[name]
+
+    points: dict[str, list[tuple[float, float]]] = {}
+    try:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for kind, runs in plan.items():
+                for model_name, unit_name, heights in runs:
+                    ex = executor(model_name)
+                    unit = next(u for u in ex.spec.units if u.name == unit_name)
+                    _, h, w = unit.out_shape
+                    for rows in heights:
+                        out = Region(Span(0, min(rows, h)), Span(0, w))
+                        tr = trace(ex.spec, unit.index, unit.index + 1, out)
+                        c_in = unit.in_shape[0]
+                        need = tr.need
+                        slab = torch.randn((1, c_in, need.rows.size, need.cols.size), generator=gen)
+                        ex.run_trace(tr, slab, need)  # warm-up
+                        secs = _time_min(lambda: ex.run_trace(tr, slab, need), repeats)  # noqa: B023
+                        points.setdefault(kind, []).append((float(tr.flops), secs))
+                        tick(f"{kind} {unit_name} x{rows}")
+            for model_name in heads:
+                ex = executor(model_name)
+                c, h, w = ex.spec.head.in_shape
+                x = torch.randn((1, c, h, w), generator=gen)
+                ex.head(x)
+                secs = _time_min(lambda: ex.head(x), repeats)  # noqa: B023
+                points.setdefault("head", []).append((float(head_flops(ex.spec)), secs))
+                tick(f"head {model_name}")
+    finally:
+        torch.set_num_threads(old_threads)
+        if progress is not None:
+            progress.write("\n")
+            progress.flush()
+    # A kind measured at fewer than two sizes cannot be fitted; the cost model then
+    # falls back to the conv fit for it.
+    fits = {
+        kind: LinearFit.fit(pts) for kind, pts in points.items() if len({f for f, _ in pts}) > 1
+    }
+    if "conv" not in fits:
+        raise ValueError("the profile needs conv runs at two or more sizes")
+    return Profile(
+        compute=ComputeModel(fits),
+        host=platform.node() or "unknown-host",
+        torch_version=torch.__version__,
+        threads=threads,
+        seconds=time.perf_counter() - start,
+        points=points,
+        created=time.time(),
+    )
+
+
+def load_or_measure(
+    threads: int | None = None, refresh: bool = False, progress: TextIO | None = sys.stderr
+) -> tuple[Profile, bool]:
+    """The cached profile for this host/torch/threads, measuring it if needed.
+
+    Returns ``(profile, from_cache)``.
+    """
+    threads = threads or torch.get_num_threads()
+    path = cache_path(threads)
+    if not refresh and path.is_file():
+        try:
+            return Profile.from_dict(json.loads(path.read_text())), True
+        except (ValueError, KeyError, TypeError) as e:
+            if progress is not None:
+                progress.write(f"ignoring unreadable profile cache {path}: {e}\n")
+    prof = measure(threads, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(prof.to_dict(), indent=1))
+    tmp.replace(path)
+    return prof, False

@@ -1,0 +1,66 @@
+"""The profiler: a small real measurement, the cache keyed by host/torch/threads."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeci_p2p.core.cost import ComputeModel, LinearFit
+from edgeci_p2p.nn import profiler
+from edgeci_p2p.nn.profiler import Profile, cache_path, load_or_measure, measure
+
+SMALL = {
+    "conv": [("resnet18", "stem", (1, 8))],
+    "block": [("resnet18", "layer4.0", (1, 7))],
+    "pool": [("resnet18", "maxpool", (2, 20))],
+}
+
+
+def test_a_small_measurement_fits_positive_speeds_and_reports_progress() -> None:
+    out = io.StringIO()
+    prof = measure(1, repeats=2, progress=out, plan=SMALL, heads=("resnet18",))
+    assert set(prof.compute.fits) == {"conv", "block", "pool"}  # one head size: no head fit
+    for kind, fit in prof.compute.fits.items():
+        assert fit.a > 0 and fit.b >= 0, kind
+        assert len(prof.points[kind]) == 2
+    # bigger strips take longer: the fit is increasing and close to what it measured
+    conv = prof.points["conv"]
+    assert conv[1][0] > conv[0][0] and conv[1][1] > conv[0][1]
+    assert prof.compute.seconds("head", 1e6) == prof.compute.fits["conv"].seconds(1e6)
+    assert "profiling (1 thread(s)): 7/7" in out.getvalue()
+
+
+def test_cache_is_keyed_by_host_torch_and_threads_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECI_CACHE_DIR", str(tmp_path))
+    assert cache_path(1).parent == tmp_path
+    assert cache_path(1) != cache_path(2)
+    assert "torch" in cache_path(1).name
+    prof = Profile(
+        ComputeModel({"conv": LinearFit(1e-10, 1e-4), "pool": LinearFit(1e-9, 0.0)}),
+        host="h",
+        torch_version="t",
+        threads=3,
+        seconds=1.0,
+        points={"conv": [(1.0, 2.0), (3.0, 4.0)]},
+    )
+    cache_path(3).write_text(json.dumps(prof.to_dict()))
+    got, cached = load_or_measure(3, progress=None)
+    assert cached and got == prof
+
+
+def test_unreadable_cache_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profiler, "PLAN", SMALL)
+    monkeypatch.setattr(profiler, "HEADS", ())
+    cache_path(1).write_text('{"version": 0}')
+    err = io.StringIO()
+    prof, cached = load_or_measure(1, progress=err)
+    assert not cached and "ignoring unreadable profile cache" in err.getvalue()
+    assert Profile.from_dict(json.loads(cache_path(1).read_text())) == prof
