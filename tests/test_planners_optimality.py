@@ -1,26 +1,25 @@
 """DPFL against exhaustive search over the same plan space with the same cost function.
 
 The plan space: consecutive blocks covering the units; each block either on one
-device, or split into full-width row strips with edges on a coarse grid over a
-set of two or more devices, taken in the block's device ranking order (strip
-order = scatter order). The cost of a plan is the sum of its blocks' exact
-simulated makespans (stages are barriers, so it is additive), which is what
-``Context.strips_cost`` / ``single_cost`` compute. The exhaustive search
-enumerates every segmentation and, per block, every device set and every grid
-edge vector.
+device, or split into full-width row strips with edges on a coarse grid over an
+ordered set of two or more devices (any order: strip order = scatter order).
+The cost of a plan is the sum of its blocks' exact simulated makespans (stages
+are barriers, so it is additive), which is what ``Context.strips_cost`` and
+``Context.single_cost`` compute. The exhaustive search enumerates every
+segmentation and, per block, every ordered device set and every grid edge vector.
 """
 
 from __future__ import annotations
 
 import random
-from itertools import combinations, pairwise
+from itertools import combinations, pairwise, permutations
 
 import pytest
 
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners.context import Context
-from edgeci_p2p.planners.dpfl import dp_blocks, grid_step, plan_edgeci, ranked_devices
+from edgeci_p2p.planners.dpfl import dp_blocks, grid_step, plan_edgeci
 from tests.planfakes import random_testbed, sub_spec
 
 RESOLUTION = 5
@@ -34,9 +33,8 @@ def exhaustive_block(ctx: Context, i: int, j: int) -> float:
         return best
     step = grid_step(h, RESOLUTION)
     inner = list(range(step, h, step))
-    ranked = ranked_devices(ctx, i, j)
     for k in range(2, ctx.n_dev + 1):
-        for devs in combinations(ranked, k):
+        for devs in permutations(range(ctx.n_dev), k):
             for cuts in combinations(inner, k - 1):
                 best = min(best, ctx.strips_cost(i, j, [0, *cuts, h], devs))
     return best

@@ -8,10 +8,12 @@ output strips, all transfers through the auctioneer's radio) of the best
 split of block ``[i, j)`` found as follows:
 
 1. Every device alone is a candidate (no transfer when it is the auctioneer).
-2. Devices are ranked for the block by their time per output row (slab in +
-   compute + strip out). Candidate device sets are all subsets (in rank order)
-   when there are at most ``all_subsets_upto`` devices, else the rank prefixes.
-   The rank order is also the strip order (top to bottom) and the scatter order.
+2. Candidate ordered device sets (the order is the strip order, top to bottom,
+   and the scatter order): every order of every subset for up to
+   ``all_orders_upto`` devices; else devices are ranked for the block by their
+   time per output row (slab in + compute + strip out) and the candidates are
+   all subsets in rank order for up to ``all_subsets_upto`` devices, else the
+   rank prefixes (stopping once two longer prefixes in a row do not help).
 3. Strip heights for a set are chosen so that the devices finish together: with
    each device's times affine in its strip height, the largest strip a device
    can finish by makespan ``T`` (after the slabs scattered before it, with the
@@ -19,8 +21,13 @@ split of block ``[i, j)`` found as follows:
    collapses to one linear solve. Devices that get a non-positive height would
    only slow the block down: they are dropped and the system re-solved.
 4. Heights are rounded to the row grid (``resolution`` strips per map at most),
-   the set is costed exactly, and the promising candidates are refined by
-   moving single strip edges one grid step while the exact makespan improves.
+   the set is costed exactly, and the promising candidates (all of them on
+   coarse grids) are refined by moving strip edges one grid step while the
+   exact makespan improves. Dropped devices also come back as one-step strips
+   for refinement to judge, since rounding on a coarse grid can mislead.
+
+The DP also skips blocks whose lower bound (all devices computing with no
+overhead) cannot beat the best ``T[j]`` found so far.
 
 All of it is O(1) per candidate thanks to the separable strip tables, which is
 what keeps planning VGG-16 on eight devices well under 100 ms.
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations, pairwise
+from itertools import combinations, pairwise, permutations
 
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.plan import Plan, Stage
@@ -63,9 +70,17 @@ def ranked_devices(ctx: Context, i: int, j: int) -> list[int]:
     return sorted(range(ctx.n_dev), key=lambda d: (ctx.affine(d, i, j).per_row, d))
 
 
-def candidate_sets(ranked: Sequence[int], all_subsets_upto: int) -> list[tuple[int, ...]]:
-    """Device sets of two or more, each in rank order."""
+def candidate_sets(
+    ranked: Sequence[int], all_subsets_upto: int, all_orders_upto: int = 3
+) -> list[tuple[int, ...]]:
+    """Ordered device sets of two or more: every order of every subset for up to
+    ``all_orders_upto`` devices, every subset in rank order for up to
+    ``all_subsets_upto``, else the rank prefixes."""
     n = len(ranked)
+    if n <= all_orders_upto:
+        return [
+            p for k in range(2, n + 1) for c in combinations(ranked, k) for p in permutations(c)
+        ]
     if n <= all_subsets_upto:
         return [c for k in range(2, n + 1) for c in combinations(ranked, k)]
     return [tuple(ranked[:k]) for k in range(2, n + 1)]
@@ -239,6 +254,7 @@ def best_block(
     all_subsets_upto: int,
     refine_within: float,
     bound: float = float("inf"),
+    all_orders_upto: int = 3,
 ) -> BlockChoice:
     """The cheapest split of block ``[i, j)`` found (see the module docstring).
 
@@ -256,7 +272,7 @@ def best_block(
     prefixes = ctx.n_dev > all_subsets_upto
     worse = 0
     last = float("inf")
-    for devs in candidate_sets(ranked, all_subsets_upto):
+    for devs in candidate_sets(ranked, all_subsets_upto, all_orders_upto):
         got = split_block(ctx, i, j, devs, step)
         for c in got:
             found.setdefault((c.edges, c.devices), c)
@@ -293,6 +309,7 @@ def dp_blocks(
     resolution: int = DEFAULT_RESOLUTION,
     all_subsets_upto: int = 4,
     refine_within: float = 0.15,
+    all_orders_upto: int = 3,
 ) -> DPResult:
     """The bottom-up DP over cut points with argmin backtracking."""
     n = ctx.n
@@ -304,7 +321,14 @@ def dp_blocks(
             if total[i] == float("inf") or total[i] + ctx.lower_bound(i, j) >= total[j]:
                 continue
             c = best_block(
-                ctx, i, j, resolution, all_subsets_upto, refine_within, total[j] - total[i]
+                ctx,
+                i,
+                j,
+                resolution,
+                all_subsets_upto,
+                refine_within,
+                total[j] - total[i],
+                all_orders_upto,
             )
             if total[i] + c.cost < total[j]:
                 total[j] = total[i] + c.cost
