@@ -12,8 +12,9 @@ split of block ``[i, j)`` found as follows:
    and the scatter order): every order of every subset for up to
    ``all_orders_upto`` devices; else devices are ranked for the block by their
    time per output row (slab in + compute + strip out) and the candidates are
-   all subsets in rank order for up to ``all_subsets_upto`` devices, else the
-   rank prefixes (stopping once two longer prefixes in a row do not help).
+   all subsets in rank order, each also with the auctioneer moved to every
+   position, for up to ``all_subsets_upto`` devices; else the rank prefixes
+   (stopping once two longer prefixes in a row do not help).
 3. Strip heights for a set are chosen so that the devices finish together: with
    each device's times affine in its strip height, the largest strip a device
    can finish by makespan ``T`` (after the slabs scattered before it, with the
@@ -71,19 +72,38 @@ def ranked_devices(ctx: Context, i: int, j: int) -> list[int]:
 
 
 def candidate_sets(
-    ranked: Sequence[int], all_subsets_upto: int, all_orders_upto: int = 3
-) -> list[tuple[int, ...]]:
-    """Ordered device sets of two or more: every order of every subset for up to
-    ``all_orders_upto`` devices, every subset in rank order for up to
-    ``all_subsets_upto``, else the rank prefixes."""
+    ranked: Sequence[int], all_subsets_upto: int, all_orders_upto: int = 3, aid: int = -1
+) -> list[list[tuple[int, ...]]]:
+    """Ordered device sets of two or more, in groups (the orders of one set).
+
+    Every order of every subset for up to ``all_orders_upto`` devices; else the
+    subsets (up to ``all_subsets_upto`` devices), each in rank order and with
+    the auctioneer ``aid`` moved to every other position; else the prefixes of
+    the rank order. The auctioneer pays no
+    transfer, so an interior strip (the most halo) costs it least; remote
+    devices then get border strips.
+    """
     n = len(ranked)
     if n <= all_orders_upto:
-        return [
-            p for k in range(2, n + 1) for c in combinations(ranked, k) for p in permutations(c)
-        ]
+        return [list(permutations(c)) for k in range(2, n + 1) for c in combinations(ranked, k)]
     if n <= all_subsets_upto:
-        return [c for k in range(2, n + 1) for c in combinations(ranked, k)]
-    return [tuple(ranked[:k]) for k in range(2, n + 1)]
+        sets = [c for k in range(2, n + 1) for c in combinations(ranked, k)]
+        return [_auctioneer_moves(c, aid, len(c)) for c in sets]
+    # Many devices: rank order only, to stay within the planning-time budget.
+    return [[tuple(ranked[:k])] for k in range(2, n + 1)]
+
+
+def _auctioneer_moves(devices: tuple[int, ...], aid: int, positions: int) -> list[tuple[int, ...]]:
+    """``devices`` and the orders with the auctioneer at positions ``0..positions-1``."""
+    if aid not in devices:
+        return [devices]
+    rest = [d for d in devices if d != aid]
+    out = [devices]
+    for pos in range(min(positions, len(devices))):
+        moved = (*rest[:pos], aid, *rest[pos:])
+        if moved != devices:
+            out.append(moved)
+    return out
 
 
 def equal_finish_rows(
@@ -272,8 +292,8 @@ def best_block(
     prefixes = ctx.n_dev > all_subsets_upto
     worse = 0
     last = float("inf")
-    for devs in candidate_sets(ranked, all_subsets_upto, all_orders_upto):
-        got = split_block(ctx, i, j, devs, step)
+    for group in candidate_sets(ranked, all_subsets_upto, all_orders_upto, ctx.aid):
+        got = [c for devs in group for c in split_block(ctx, i, j, devs, step)]
         for c in got:
             found.setdefault((c.edges, c.devices), c)
         if prefixes:
