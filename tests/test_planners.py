@@ -111,3 +111,40 @@ def test_shipped_testbeds_state_their_source_and_paths_load_too(tmp_path: object
     assert load_testbed(str(path)) == load_testbed("homog-4")
     with pytest.raises(ValueError, match="pi4-wifi-4"):
         load_testbed("nonesuch")
+
+
+def test_equal_finish_rows_solve_the_finish_together_equations() -> None:
+    import random
+
+    from edgeci_p2p.planners.context import Affine
+    from edgeci_p2p.planners.dpfl import equal_finish_rows
+
+    rnd = random.Random(4)
+    for _ in range(200):
+        k = rnd.randrange(1, 7)
+        devs = rnd.sample(range(10), k)
+        aid = rnd.choice([*devs, 99])
+        models = [
+            (
+                d,
+                Affine(*(rnd.uniform(0, 1e-3) for _ in range(6)), lat=rnd.uniform(0, 1e-3))
+                if d != aid
+                else Affine(0, 0, rnd.uniform(1e-4, 1e-3), rnd.uniform(0, 1e-3), 0, 0, 0),
+            )
+            for d in devs
+        ]
+        rows = equal_finish_rows(models, aid, 100)
+        if all(d == aid for d, _ in models):
+            assert rows is None
+            continue
+        assert rows is not None and sum(rows) == pytest.approx(100)
+        remote = [(r, af) for r, (d, af) in zip(rows, models, strict=True) if d != aid]
+        finish = []
+        for m, (r, af) in enumerate(remote):
+            scatter = sum(x.x1 * q + x.x0 for q, x in remote[: m + 1])
+            gather = sum(x.y1 * q + x.y0 for q, x in remote[m:])
+            finish.append(scatter + af.c1 * r + af.c0 + gather + af.lat)
+        for r, (d, af) in zip(rows, models, strict=True):
+            if d == aid:
+                finish.append(af.c1 * r + af.c0)
+        assert max(finish) - min(finish) < 1e-9
