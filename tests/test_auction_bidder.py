@@ -94,8 +94,9 @@ def test_award_reserves_until_delivery_or_lease() -> None:
 
 def test_award_declines_rather_than_over_promise() -> None:
     b = bidder(horizon=0.25)  # room for two items of ~0.105 s, not three
-    replies = [b.accept(Award(f"a{k}", "p", (ITEM,), lease=9.0, quoted_backlog=9), 0.0)
-               for k in range(3)]
+    replies = [
+        b.accept(Award(f"a{k}", "p", (ITEM,), lease=9.0, quoted_backlog=9), 0.0) for k in range(3)
+    ]
     assert [r.accepted for r in replies] == [True, True, False]
     assert replies[2].reason == "capacity"
     assert b.committed(0.0) <= b.horizon
@@ -130,7 +131,7 @@ def test_messages_round_trip_through_plain_dicts() -> None:
         assert type(m).from_dict(m.to_dict()) == m
     with pytest.raises(MessageError, match="missing field 'bidder'"):
         Bid.from_dict({"auction": "a"})
-    with pytest.raises(MessageError, match="'flops' must be a map"):
+    with pytest.raises(MessageError, match="'flops' and 'calls' must be maps"):
         WorkItem.from_dict({"id": "x", "flops": [1, 2]})
 
 

@@ -56,8 +56,18 @@ CASES = [
         (A, B),
         [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply-all", 0.03), ("deliver-all", 0.04)],
         Phase.DONE,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
-         Input.ALL_ACCEPTED, Input.DELIVER, Input.DELIVER, Input.ALL_DELIVERED],
+        [
+            Input.BID,
+            Input.BID,
+            Input.CLOSE,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.ACCEPT,
+            Input.ALL_ACCEPTED,
+            Input.DELIVER,
+            Input.DELIVER,
+            Input.ALL_DELIVERED,
+        ],
         {A, B},
     ),
     Case(
@@ -65,8 +75,15 @@ CASES = [
         (A, B, C),
         [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("timer", 0.1), ("reply-all", 0.11)],
         Phase.COMMITTED,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
-         Input.ALL_ACCEPTED],
+        [
+            Input.BID,
+            Input.BID,
+            Input.CLOSE,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.ACCEPT,
+            Input.ALL_ACCEPTED,
+        ],
         {A, B},
     ),
     Case(
@@ -81,8 +98,7 @@ CASES = [
     Case(
         "a bid that expires before the decision is ignored",
         (A, B, C),
-        [("bid", 0.01, bid(A, speed=10.0, valid_for=0.05)), ("bid", 0.02, bid(B)),
-         ("timer", 0.1)],
+        [("bid", 0.01, bid(A, speed=10.0, valid_for=0.05)), ("bid", 0.02, bid(B)), ("timer", 0.1)],
         Phase.AWARDING,
         [Input.BID, Input.BID, Input.CLOSE, Input.AWARD],
         {B},
@@ -114,11 +130,23 @@ CASES = [
     Case(
         "a winner declining its award: re-plan without it",
         (A, B),
-        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply", 0.03, A, False),
-         ("reply-all", 0.04)],
+        [
+            ("bid", 0.01, bid(A)),
+            ("bid", 0.02, bid(B)),
+            ("reply", 0.03, A, False),
+            ("reply-all", 0.04),
+        ],
         Phase.COMMITTED,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.REJECT, Input.AWARD,
-         Input.ACCEPT, Input.ALL_ACCEPTED],
+        [
+            Input.BID,
+            Input.BID,
+            Input.CLOSE,
+            Input.AWARD,
+            Input.REJECT,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.ALL_ACCEPTED,
+        ],
         {B},
         {},
         {A},
@@ -126,11 +154,25 @@ CASES = [
     Case(
         "a winner that never confirms is dropped at the reply timeout",
         (A, B),
-        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply", 0.03, B, True),
-         ("timer", 0.08), ("reply-all", 0.09)],
+        [
+            ("bid", 0.01, bid(A)),
+            ("bid", 0.02, bid(B)),
+            ("reply", 0.03, B, True),
+            ("timer", 0.08),
+            ("reply-all", 0.09),
+        ],
         Phase.COMMITTED,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.REJECT,
-         Input.AWARD, Input.ACCEPT, Input.ALL_ACCEPTED],
+        [
+            Input.BID,
+            Input.BID,
+            Input.CLOSE,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.REJECT,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.ALL_ACCEPTED,
+        ],
         {B},
         {},
         {A},
@@ -138,16 +180,32 @@ CASES = [
     Case(
         "an expired lease (work not delivered in time): re-plan without that peer",
         (A, B),
-        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply-all", 0.03),
-         ("deliver", 0.5, B), ("timer", 1.02)],
+        [
+            ("bid", 0.01, bid(A)),
+            ("bid", 0.02, bid(B)),
+            ("reply-all", 0.03),
+            ("deliver", 0.5, B),
+            ("timer", 1.02),
+        ],
         Phase.AWARDING,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD, Input.ACCEPT, Input.ACCEPT,
-         Input.ALL_ACCEPTED, Input.DELIVER, Input.LAPSE, Input.AWARD],
+        [
+            Input.BID,
+            Input.BID,
+            Input.CLOSE,
+            Input.AWARD,
+            Input.ACCEPT,
+            Input.ACCEPT,
+            Input.ALL_ACCEPTED,
+            Input.DELIVER,
+            Input.LAPSE,
+            Input.AWARD,
+        ],
         {B},
         {},
         {A},
     ),
 ]
+
 
 def run(case: Case) -> tuple[AuctionRound, list[Any]]:
     r = AuctionRound(CALL, frozenset(case.peers), CFG)
@@ -162,13 +220,18 @@ def run(case: Case) -> tuple[AuctionRound, list[Any]]:
             sent += [s.message for s in r.handle_timer(t)]
         elif kind == "reply":
             aw = r.awards[step[2]]
-            sent += [s.message for s in r.receive_reply(
-                AwardReply("auc-1", step[2], aw.seq, step[3], "" if step[3] else "capacity"), t)]
+            sent += [
+                s.message
+                for s in r.receive_reply(
+                    AwardReply("auc-1", step[2], aw.seq, step[3], "" if step[3] else "capacity"), t
+                )
+            ]
         elif kind == "reply-all":
             for p, aw in sorted(r.awards.items()):
                 if p not in r.accepted:
-                    sent += [s.message for s in r.receive_reply(
-                        AwardReply("auc-1", p, aw.seq, True), t)]
+                    sent += [
+                        s.message for s in r.receive_reply(AwardReply("auc-1", p, aw.seq, True), t)
+                    ]
         elif kind == "deliver":
             r.mark_delivered(step[2], t)
         elif kind == "deliver-all":

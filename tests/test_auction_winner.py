@@ -147,10 +147,7 @@ def test_epsilon_auction_is_within_n_eps_of_optimal() -> None:
         got = epsilon_auction(cost, eps)
         assert len(set(got)) == n and all(cost[i][j] < INF for i, j in enumerate(got))
         total = sum(cost[i][j] for i, j in enumerate(got))
-        opt = min(
-            sum(cost[i][p[i]] for i in range(n))
-            for p in itertools.permutations(range(m), n)
-        )
+        opt = min(sum(cost[i][p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
         assert total <= opt + n * eps + 1e-9
 
 
@@ -162,9 +159,7 @@ def test_bottleneck_assignment_is_exact() -> None:
         cost = [[float(rng.randint(0, 20)) for _ in range(m)] for _ in range(n)]
         got = bottleneck_assignment(cost)
         worst = max(cost[i][j] for i, j in enumerate(got))
-        opt = min(
-            max(cost[i][p[i]] for i in range(n)) for p in itertools.permutations(range(m), n)
-        )
+        opt = min(max(cost[i][p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
         assert worst == opt
 
 
@@ -178,8 +173,11 @@ def test_epsilon_auction_reports_an_impossible_assignment() -> None:
 def test_place_one_each_puts_the_big_strip_on_the_idle_fast_peer() -> None:
     # Edge strips carry less halo than the middle one; the middle (biggest) strip
     # must go to the peer that finishes it first once backlogs are counted.
-    items = [WorkItem("top", {"conv": 10**9}), WorkItem("mid", {"conv": 2 * 10**9}),
-             WorkItem("bot", {"conv": 10**9})]
+    items = [
+        WorkItem("top", {"conv": 10**9}),
+        WorkItem("mid", {"conv": 2 * 10**9}),
+        WorkItem("bot", {"conv": 10**9}),
+    ]
     call = CallForBids("q", "me", "fp", tuple(items))
     fast_busy = peer("fast-busy", 20.0, 1000.0)
     fast_busy.add_work(0.5, 0.0)

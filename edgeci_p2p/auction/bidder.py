@@ -122,7 +122,14 @@ class Bidder:
     # ---- pricing ------------------------------------------------------------------------
 
     def compute_seconds(self, item: WorkItem) -> float:
-        raw = sum(self.compute.seconds(kind, f) for kind, f in item.flops.items())
+        raw = 0.0
+        for kind, f in item.flops.items():
+            if f <= 0:
+                continue
+            fit = self.compute.fits.get(kind) or self.compute.fits.get("conv")
+            if fit is None:
+                raise KeyError(f"bidder {self.name}: no compute fit for {kind!r} (nor 'conv')")
+            raw += fit.a * f + fit.b * item.calls.get(kind, 1)
         return raw / (1.0 - self.background)
 
     def duration(self, item: WorkItem) -> float:
@@ -255,7 +262,7 @@ def probe_items(flops_by_kind: Iterable[tuple[str, int]]) -> tuple[WorkItem, ...
     A peer's bid durations for ``probe:<kind>:1`` and ``probe:<kind>:2`` (FLOPs F
     and F/2, no bytes) are two points of its ``a * F + b`` line for that kind,
     slowed by its background load, so the auctioneer can rebuild the peer's
-    effective compute model from the bid alone (see ``awas.device_from_bid``).
+    effective compute model from the bid alone (see ``awas.compute_from_bid``).
     """
     out: list[WorkItem] = []
     for kind, f in flops_by_kind:

@@ -38,6 +38,8 @@ class WorkItem:
     """Bytes the peer sends back (its output strip)."""
     memory: int = 0
     """Peak bytes the peer must hold while running the item."""
+    calls: Mapping[str, int] = field(default_factory=dict)
+    """Unit calls per kind (each pays the fit's fixed cost ``b``); absent kinds: one."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,19 +48,24 @@ class WorkItem:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "memory": self.memory,
+            "calls": dict(self.calls),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorkItem:
         flops = _need(d, "flops", "work item")
-        if not isinstance(flops, Mapping):
-            raise MessageError(f"work item: 'flops' must be a map, got {type(flops).__name__}")
+        calls = d.get("calls", {})
+        if not isinstance(flops, Mapping) or not isinstance(calls, Mapping):
+            raise MessageError(
+                f"work item: 'flops' and 'calls' must be maps, got {type(flops).__name__}"
+            )
         return cls(
             item_id=str(_need(d, "id", "work item")),
             flops={str(k): int(v) for k, v in flops.items()},
             bytes_in=int(d.get("bytes_in", 0)),
             bytes_out=int(d.get("bytes_out", 0)),
             memory=int(d.get("memory", 0)),
+            calls={str(k): int(v) for k, v in calls.items()},
         )
 
 

@@ -24,6 +24,13 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--strategies", nargs="+", default=None, help="default: all")
     s.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    s.add_argument(
+        "--scenario",
+        choices=("static", "dynamic-load"),
+        default="static",
+        help="dynamic-load: Poisson requests on a shared, loaded cluster (AWAS re-bids "
+        "per request vs static-capacity baselines; see edgeci_p2p/auction/dynamic_load.py)",
+    )
     s.set_defaults(func=run_sim)
 
 
@@ -95,6 +102,12 @@ def run_sim(args: argparse.Namespace) -> int:
     from edgeci_p2p.planners import STRATEGIES
     from edgeci_p2p.planners.testbeds import testbed_names
 
+    if args.scenario == "dynamic-load":
+        from edgeci_p2p.auction.dynamic_load import run_command
+        from edgeci_p2p.nn.spec import spec_for
+
+        print(run_command(args.models, args.testbeds, args.strategies, args.json, spec_for))
+        return 0
     testbeds = args.testbeds or testbed_names()
     strategies = args.strategies or list(STRATEGIES)
     rows = sim_rows(args.models, testbeds, strategies)

@@ -1,0 +1,399 @@
+"""AWAS + DPFL: plan with the cluster as the bids describe it, then place the strips (pure).
+
+1. The auctioneer calls for bids on *probe* items: for each unit kind of the
+   model, one unit's mean FLOPs and half of it, no bytes
+   (:func:`probe_call`). A peer's two durations per kind are two points on its
+   ``a * F + b`` line, already slowed by its background load, so
+   :func:`compute_from_bid` recovers the peer's effective compute model from the
+   bid alone; the bid also states its link estimate and its backlog.
+2. DPFL (:func:`edgeci_p2p.planners.dpfl.plan_edgeci`) has no per-device start
+   time, so it plans several candidate clusters built from the bids: the peers
+   without their backlogs (or the previous request's plan, kept by the
+   auctioneer); backlog as a share of the device (a peer with ``B`` seconds
+   queued runs at ``1 - B / span`` of its speed over the request's expected
+   span, :func:`testbed_from_bids`; below ``min_share`` a remote peer is left
+   out, the auctioneer always stays: it holds the input and runs the head); and
+   the cluster without its one or two most backlogged peers.
+3. Each candidate is then timed with the backlogs as *start offsets*
+   (:func:`predict_with_backlog`: the simulator's stage model where peer ``p``
+   is busy until ``backlog[p]``), and the fastest wins.
+4. The auction places each multi-strip stage's strips on its peers
+   (:func:`place_strips`): edge strips read fewer halo rows than middle ones, so
+   strip ``k`` costs each peer something different. The one-strip-per-peer
+   assignment minimising the stage's latest finish (Bertsekas' auction, see
+   :func:`edgeci_p2p.auction.winner.bottleneck_assignment`) replaces DPFL's
+   order when the exact stage cost says it is better.
+5. The awarded work per peer is its strips as work items (:func:`strip_items`),
+   which the peer reserves, and may decline: the round then re-plans without it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from edgeci_p2p.auction.bidder import Bidder, probe_items
+from edgeci_p2p.auction.messages import Bid, CallForBids, WorkItem
+from edgeci_p2p.auction.winner import bottleneck_assignment
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
+from edgeci_p2p.core.geometry import FLOAT32_BYTES, full_flops, head_flops
+from edgeci_p2p.core.plan import Part, Plan, Stage
+from edgeci_p2p.core.sim import head_seconds, stage_tasks
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.planners.context import Context
+from edgeci_p2p.planners.dpfl import plan_edgeci
+
+_FLOPS_CACHE: dict[tuple[str, tuple[int, int, int]], list[tuple[str, int]]] = {}
+
+
+def unit_flops_by_kind(spec: ModelSpec) -> list[tuple[str, int]]:
+    """Mean FLOPs of one unit of each kind of the model (the head as kind 'head').
+
+    The probes are one unit's worth, not the whole model: a peer prices a probe
+    like real work, so a whole-model probe would be refused by any slow or busy
+    peer whose horizon it exceeds, although it could well take a strip.
+    """
+    key = (spec.name, spec.input_shape)
+    got = _FLOPS_CACHE.get(key)
+    if got is None:
+        totals: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for u in spec.units:
+            totals[u.kind] = totals.get(u.kind, 0) + full_flops(spec, u.index, u.index + 1)
+            counts[u.kind] = counts.get(u.kind, 0) + 1
+        got = sorted((k, totals[k] // counts[k]) for k in totals)
+        got.append(("head", head_flops(spec)))
+        _FLOPS_CACHE[key] = got
+    return got
+
+
+def probe_call(
+    auction_id: str, auctioneer: str, spec: ModelSpec, window: float = 0.1
+) -> CallForBids:
+    """The call for bids of one request: probe items that reveal each peer's speed."""
+    return CallForBids(
+        auction_id, auctioneer, spec.fingerprint, probe_items(unit_flops_by_kind(spec)), window
+    )
+
+
+def compute_from_bid(bid: Bid, call: CallForBids) -> ComputeModel:
+    """The bidder's effective compute model, from its durations for the probe items."""
+    fits: dict[str, LinearFit] = {}
+    for it in call.items:
+        if not it.item_id.endswith(":1"):
+            continue
+        kind = next(iter(it.flops))
+        half = call.item(it.item_id[:-2] + ":2")
+        f1, f2 = it.flops[kind], half.flops[kind]
+        d1, d2 = bid.duration.get(it.item_id), bid.duration.get(half.item_id)
+        if d1 is None or d2 is None or f1 == f2:
+            continue
+        a = (d1 - d2) / (f1 - f2)
+        b = d1 - a * f1
+        if b < 0 or a <= 0:  # rounding on a tiny fixed cost: refit through the origin
+            a, b = d1 / f1, 0.0
+        fits[kind] = LinearFit(a, b)
+    if "conv" not in fits:
+        raise ValueError(f"bid of {bid.bidder} in {bid.auction_id} prices no conv probe")
+    return ComputeModel(fits)
+
+
+def _prices_model(bid: Bid, call: CallForBids) -> bool:
+    return all(it.item_id in bid.duration for it in call.items if "conv" in it.flops)
+
+
+def testbed_from_bids(
+    call: CallForBids,
+    bids: Sequence[Bid],
+    span: float,
+    shared_medium: bool = True,
+    min_share: float = 0.1,
+) -> tuple[Testbed, dict[str, str]]:
+    """The cluster as the bids describe it, and the peers left out (with why).
+
+    ``span``: seconds the request is expected to take; a peer's backlog eats that
+    share of it (see the module docstring).
+    """
+    devices: list[DeviceModel] = []
+    links: list[LinkModel] = []
+    left_out: dict[str, str] = {}
+    for b in sorted(bids, key=lambda b: b.bidder):
+        if b.declined:
+            left_out[b.bidder] = f"declined: {b.declined}"
+            continue
+        share = 1.0 - b.backlog / span if span > 0 else 1.0
+        if b.bidder != call.auctioneer and share < min_share:
+            left_out[b.bidder] = f"backlog {b.backlog:.3f} s of a {span:.3f} s request"
+            continue
+        if not _prices_model(b, call):
+            left_out[b.bidder] = "priced no conv probe (no room for this model)"
+            continue
+        compute = compute_from_bid(b, call).scaled(max(share, min_share))
+        devices.append(DeviceModel(b.bidder, compute, max(b.free_memory, 0)))
+        links.append(LinkModel(b.bandwidth if b.bandwidth > 0 else 1e12, max(b.rtt, 0.0)))
+    names = [d.name for d in devices]
+    if call.auctioneer not in names:
+        raise ValueError(
+            f"auction {call.auction_id}: no usable bid from the auctioneer {call.auctioneer} "
+            "itself, which must hold the input and run the head"
+        )
+    tb = Testbed(
+        name=f"bids:{call.auction_id}",
+        devices=tuple(devices),
+        links=tuple(links),
+        auctioneer=names.index(call.auctioneer),
+        shared_medium=shared_medium,
+        source=f"bids of auction {call.auction_id}",
+    )
+    return tb, left_out
+
+
+def place_strips(plan: Plan, ctx: Context) -> Plan:
+    """Re-place each multi-strip stage's strips on its peers where that is faster."""
+    stages: list[Stage] = []
+    total = 0.0
+    for st in plan.stages:
+        devs = [p.device for p in st.parts]
+        h, w = ctx.spec.shape_at(st.stop)[1:]
+        strips = all(p.region.cols.start == 0 and p.region.cols.stop == w for p in st.parts)
+        edges = [p.region.rows.start for p in st.parts] + [h]
+        if len(devs) < 2 or len(set(devs)) != len(devs) or not strips:
+            stages.append(st)
+            total += _stage_cost(ctx, st)
+            continue
+        cost = [
+            [_strip_seconds(ctx, d, st.start, st.stop, a, b) for d in devs]
+            for a, b in itertools.pairwise(edges)
+        ]
+        order = [devs[j] for j in bottleneck_assignment(cost)]
+        old = ctx.strips_cost(st.start, st.stop, edges, devs)
+        new = ctx.strips_cost(st.start, st.stop, edges, order)
+        if new < old * (1 - 1e-9):
+            stages.append(ctx.strips_stage(st.start, st.stop, edges, order))
+            total += new
+        else:
+            stages.append(st)
+            total += old
+    return ctx.make_plan(
+        plan.strategy,
+        stages,
+        predicted=total + ctx.head_seconds(),
+        notes={**plan.notes, "placed_by": "epsilon-auction"},
+    )
+
+
+def _strip_seconds(ctx: Context, device: int, i: int, j: int, a: int, b: int) -> float:
+    t = ctx.strip_task(device, i, j, a, b)
+    if device == ctx.aid:
+        return t.seconds
+    link = ctx.testbed.links[device]
+    return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
+
+
+def _stage_cost(ctx: Context, st: Stage) -> float:
+    if len(st.parts) == 1:
+        return ctx.single_cost(st.parts[0].device, st.start, st.stop)
+    edges = [p.region.rows.start for p in st.parts] + [st.parts[-1].region.rows.stop]
+    return ctx.strips_cost(st.start, st.stop, edges, [p.device for p in st.parts])
+
+
+def strip_items(
+    plan: Plan, spec: ModelSpec, work: Workload | None = None
+) -> dict[str, tuple[WorkItem, ...]]:
+    """Each peer's share of ``plan`` as work items (FLOPs and calls per kind, bytes)."""
+    work = work or Workload(spec)
+    out: dict[str, list[WorkItem]] = {}
+    for k, st in enumerate(plan.stages):
+        c_in = spec.shape_at(st.start)[0]
+        c_out = spec.shape_at(st.stop)[0]
+        for p in st.parts:
+            rw = work.work_region(st.start, st.stop, p.region)
+            flops: dict[str, int] = {}
+            calls: dict[str, int] = {}
+            for kind, f in rw.unit_flops:
+                flops[kind] = flops.get(kind, 0) + f
+                calls[kind] = calls.get(kind, 0) + 1
+            r0, r1, c0, c1 = rw.need
+            b_in = c_in * (r1 - r0) * (c1 - c0) * FLOAT32_BYTES
+            b_out = c_out * p.region.area * FLOAT32_BYTES
+            r = p.region
+            item = WorkItem(
+                f"s{k}:{r.rows.start}-{r.rows.stop}x{r.cols.start}-{r.cols.stop}",
+                flops,
+                b_in,
+                b_out,
+                b_in + b_out,
+                calls,
+            )
+            out.setdefault(plan.devices[p.device], []).append(item)
+    return {peer: tuple(items) for peer, items in out.items()}
+
+
+@dataclass
+class AwasPlanner:
+    """A round's decider for AWAS + DPFL (plugs into :class:`~.round.AuctionRound`).
+
+    After each decision, ``plan`` holds the placed plan (device names are peer
+    names), ``testbed`` the bid-derived cluster and ``left_out`` who was not used.
+    """
+
+    spec: ModelSpec
+    shared_medium: bool = True
+    own: ComputeModel | None = None
+    """The auctioneer's own measured model: lets it plan when it has no room to bid
+    on its own call (it still holds the input and runs the head)."""
+    min_share: float = 0.1
+    max_exclusions: int = 2
+    """Candidates that leave out the most backlogged peers (1, 2, ... of them)."""
+    plan: Plan | None = None
+    testbed: Testbed | None = None
+    left_out: dict[str, str] = field(default_factory=dict)
+    previous: Plan | None = None
+    """The last plan this auctioneer chose: a candidate for the next request (a daemon
+    keeps one planner per model), which saves a DPFL run per request."""
+    _work: Workload | None = None
+
+    def __call__(
+        self, call: CallForBids, bids: Sequence[Bid]
+    ) -> Mapping[str, tuple[WorkItem, ...]]:
+        usable = self._with_own_bid(call, bids)
+        if usable is None:
+            self.plan = None
+            return {}
+        plan = self.plan_from_bids(call, usable)
+        if self._work is None:
+            self._work = Workload(self.spec)
+        return strip_items(plan, self.spec, self._work)
+
+    def _with_own_bid(self, call: CallForBids, bids: Sequence[Bid]) -> list[Bid] | None:
+        """``bids``, with the auctioneer's priced from its own model if it had no room.
+
+        None: the auctioneer neither bid nor knows its own model, nothing can be
+        planned around it (the round then runs the request locally).
+        """
+        mine = [b for b in bids if b.bidder == call.auctioneer and _prices_model(b, call)]
+        if mine:
+            return list(bids)
+        if self.own is None:
+            return None
+        own = Bidder(call.auctioneer, self.own, LinkModel(1e12, 0.0), horizon=math.inf)
+        others = [b for b in bids if b.bidder != call.auctioneer]
+        backlog = max((b.backlog for b in bids if b.bidder == call.auctioneer), default=0.0)
+        price = own.bid(call, 0.0)
+        return [*others, replace(price, backlog=backlog)]
+
+    def plan_from_bids(self, call: CallForBids, bids: Sequence[Bid]) -> Plan:
+        """DPFL candidates on the bid-derived cluster; the one that finishes first
+        with every peer's backlog as its start offset wins (see the module docstring)."""
+        if self._work is None:
+            self._work = Workload(self.spec)
+        backlog = {b.bidder: b.backlog for b in bids if not b.declined}
+        idle_tb, left_idle = testbed_from_bids(
+            call, [_without_backlog(b) for b in bids], 1.0, self.shared_medium, self.min_share
+        )
+        first = self.previous
+        if first is None or not set(first.devices) <= set(idle_tb.names):
+            idle_ctx = Context(self.spec, idle_tb)
+            first = place_strips(plan_edgeci(self.spec, idle_tb, ctx=idle_ctx), idle_ctx)
+        span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
+        candidates = [(first, idle_tb, left_idle), self._plan(call, bids, span)]
+        # A peer works through its queue first (FIFO), and DPFL's stages wait for
+        # their slowest strip: a long queue is better avoided than shared.
+        queued = sorted(
+            {
+                b.backlog
+                for b in bids
+                if b.bidder != call.auctioneer and not b.declined and b.backlog > 0.02 * span
+            },
+            reverse=True,
+        )
+        for level in queued[: self.max_exclusions]:
+            keep = [b for b in bids if b.bidder == call.auctioneer or b.backlog < level]
+            plan, tb, left = self._plan(call, keep, span)
+            for b in bids:
+                if b not in keep:
+                    left[b.bidder] = f"backlog {b.backlog:.3f} s: planned around"
+            candidates.append((plan, tb, left))
+        scored = [
+            (predict_with_backlog(c[0], self.spec, idle_tb, backlog, self._work), k)
+            for k, c in enumerate(candidates)
+        ]
+        _, best = min(scored)
+        plan, tb, left = candidates[best]
+        self.plan, self.testbed, self.left_out, self.previous = plan, tb, left, plan
+        return plan
+
+    def _plan(
+        self, call: CallForBids, bids: Sequence[Bid], span: float
+    ) -> tuple[Plan, Testbed, dict[str, str]]:
+        tb, left = testbed_from_bids(call, bids, span, self.shared_medium, self.min_share)
+        ctx = Context(self.spec, tb)
+        return place_strips(plan_edgeci(self.spec, tb, ctx=ctx), ctx), tb, left
+
+
+def _without_backlog(b: Bid) -> Bid:
+    return Bid(
+        b.auction_id,
+        b.bidder,
+        0.0,
+        b.duration,
+        b.free_memory,
+        b.bandwidth,
+        b.rtt,
+        b.valid_for,
+        b.declined,
+    )
+
+
+def predict_with_backlog(
+    plan: Plan,
+    spec: ModelSpec,
+    testbed: Testbed,
+    backlog: Mapping[str, float],
+    work: Workload,
+) -> float:
+    """Latency of ``plan`` when each peer first finishes ``backlog[peer]`` seconds of
+    queued work: the simulator's stage model, with per-device start offsets.
+
+    ``testbed`` must hold every device the plan names (by name); the plan's own
+    device list may be a subset of it.
+    """
+    index = {n: i for i, n in enumerate(testbed.names)}
+    free = [backlog.get(n, 0.0) for n in testbed.names]
+    aid = testbed.auctioneer
+    radio_in = radio_out = 0.0
+    t = 0.0
+    for st in plan.stages:
+        parts = tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts)
+        tasks = stage_tasks(Stage(st.start, st.stop, parts), spec, testbed, work)
+        arrive: list[float] = []
+        for x in tasks:
+            if x.device == aid or x.in_bytes == 0:
+                arrive.append(t)
+                continue
+            link = testbed.links[x.device]
+            radio_in = max(t, radio_in) + x.in_bytes / link.bandwidth
+            if testbed.shared_medium:
+                radio_out = radio_in
+            arrive.append(radio_in + link.rtt / 2)
+        done = [0.0] * len(tasks)
+        for k in sorted(range(len(tasks)), key=lambda k: (arrive[k], k)):
+            d = tasks[k].device
+            free[d] = max(arrive[k], free[d]) + tasks[k].seconds
+            done[k] = free[d]
+        end = t
+        for k in sorted(range(len(tasks)), key=lambda k: (done[k], k)):
+            x = tasks[k]
+            if x.device == aid or x.out_bytes == 0:
+                end = max(end, done[k])
+                continue
+            link = testbed.links[x.device]
+            radio_out = max(done[k], radio_out) + x.out_bytes / link.bandwidth
+            if testbed.shared_medium:
+                radio_in = radio_out
+            end = max(end, radio_out + link.rtt / 2)
+        t = end
+    return max(t, free[aid]) + head_seconds(spec, testbed)
