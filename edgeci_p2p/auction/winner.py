@@ -201,7 +201,7 @@ def _local_search(t: PriceTable, owner: list[int], finish: list[float]) -> None:
 
 
 def _perturb_and_search(
-    t: PriceTable, owner: list[int], finish: list[float], rounds: int = 40
+    t: PriceTable, owner: list[int], finish: list[float], rounds: int = 100
 ) -> list[int]:
     """Iterated local search: kick the best assignment so far, descend again, keep the best.
 
