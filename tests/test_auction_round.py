@@ -17,6 +17,7 @@ from edgeci_p2p.auction.round import (
     Phase,
     RoundConfig,
     RoundStateError,
+    Send,
 )
 
 ITEMS = tuple(WorkItem(f"i{k}", {"conv": 1_000_000 * (k + 1)}) for k in range(4))
@@ -273,10 +274,10 @@ def test_calls_go_to_every_live_peer() -> None:
     assert r.handle_timer(5.05) == [] and r.phase is Phase.COLLECTING
 
 
-def test_replan_releases_a_peer_that_lost_its_share() -> None:
-    # A is fast and takes everything at first; B then gets nothing. When A lapses,
+def test_declines_cascade_to_local_without_releases() -> None:
+    # A is fast and takes everything at first; B then gets nothing. When A declines,
     # B is awarded all; when B in turn declines, nobody is left: local, and no
-    # release goes to the excluded peers.
+    # release goes to peers that hold nothing.
     r = AuctionRound(CALL, frozenset({A, B}), CFG)
     r.start(0.0)
     r.receive_bid(bid(A, speed=100.0), 0.01)
@@ -287,13 +288,26 @@ def test_replan_releases_a_peer_that_lost_its_share() -> None:
     assert set(r.awards) == {B}
     again = r.awards[B]
     assert again.seq > first.seq
-    r.receive_reply(AwardReply("auc-1", B, again.seq, False, "capacity"), 0.04)
-    assert r.phase is Phase.LOCAL and not r.awards
+    sends = r.receive_reply(AwardReply("auc-1", B, again.seq, False, "capacity"), 0.04)
+    assert r.phase is Phase.LOCAL and not r.awards and sends == []
+
+
+def test_a_silent_winner_is_released_when_planned_around() -> None:
+    # Its acceptance may still be on the way: it must be told to drop the hold.
+    r = AuctionRound(CALL, frozenset({A, B}), CFG)
+    r.start(0.0)
+    r.receive_bid(bid(A), 0.0)
+    r.receive_bid(bid(B), 0.0)
+    r.receive_reply(AwardReply("auc-1", B, r.awards[B].seq, True), 0.01)
+    sends = r.handle_timer(0.06)
+    assert Send(A, Release("auc-1", A)) in sends
+    assert set(r.awards) == {B} and r.awards[B].seq == 2
 
 
 def test_lapse_moves_the_lapsed_share_to_the_delivered_peer() -> None:
-    # Two winners commit; one lapses. The re-plan gives everything to the other
-    # (new seq): nobody gets a release, because the lapsed peer is excluded.
+    # Two winners commit; B's work never comes. The re-plan gives everything to A
+    # (new seq), and B is told to drop a hold whose lease may outlive ours by the
+    # award's flight time.
     r = AuctionRound(CALL, frozenset({A, B}), CFG)
     r.start(0.0)
     r.receive_bid(bid(A), 0.0)
@@ -302,8 +316,8 @@ def test_lapse_moves_the_lapsed_share_to_the_delivered_peer() -> None:
         r.receive_reply(AwardReply("auc-1", p, aw.seq, True), 0.01)
     r.mark_delivered(A, 0.2)
     sends = r.handle_timer(1.5)
-    assert {s.to for s in sends} == {A}
-    assert not any(isinstance(s.message, Release) for s in sends)
+    assert [(s.to, type(s.message).__name__) for s in sends] == [(B, "Release"), (A, "Award")]
+    assert r.awards[A].seq == 2 and len(r.awards[A].items) == len(ITEMS)
 
 
 def test_stale_reply_and_foreign_bid_are_ignored() -> None:

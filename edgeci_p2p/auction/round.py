@@ -289,6 +289,11 @@ class AuctionRound:
             if p not in self.excluded and (self.expires[p] > now or p in self.accepted)
         ]
 
+    def _may_hold(self, peer: str) -> bool:
+        """Whether ``peer`` may still hold a reservation we no longer want: anyone but
+        a peer that declined (a silent peer's late acceptance may be in flight)."""
+        return not self.excluded.get(peer, "").startswith("declined")
+
     def _decide(self, now: float) -> list[Send]:
         for p in sorted(self.bids):
             if self.expires[p] <= now and p not in self.accepted and p not in self.excluded:
@@ -300,7 +305,7 @@ class AuctionRound:
         out: list[Send] = []
         if not placed:
             for p in sorted(self.awards):
-                if p not in self.excluded:
+                if self._may_hold(p):
                     out.append(Send(p, Release(self.call.auction_id, p)))
             self.awards.clear()
             self.accepted.clear()
@@ -310,7 +315,7 @@ class AuctionRound:
         self._seq += 1
         quotes = {b.bidder: b.backlog for b in bids}
         for p in sorted(set(self.awards) - set(placed)):
-            if p not in self.excluded:
+            if self._may_hold(p):
                 out.append(Send(p, Release(self.call.auction_id, p)))
             self.awards.pop(p)
             self.accepted.discard(p)
