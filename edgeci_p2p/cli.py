@@ -12,7 +12,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS: tuple[str, ...] = ("bench", "plan", "profile", "units")
+COMMANDS: tuple[str, ...] = (
+    "bench",
+    "infer",
+    "peers",
+    "plan",
+    "profile",
+    "units",
+)
 
 
 class CommandError(Exception):
@@ -33,12 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CommandError, ValueError, FileNotFoundError) as e:
+    except (CommandError, ValueError, OSError) as e:
         print(f"edgeci {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"edgeci {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        print(f"edgeci {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

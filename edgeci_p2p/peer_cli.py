@@ -1,16 +1,87 @@
-"""``edgeci-peer``: the daemon. Not built yet (issue 6); says so instead of pretending."""
+"""``edgeci-peer``: run one peer of the cluster on this device."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgeci_p2p.aio.client import parse_address
 
 
-def main() -> int:
-    print(
-        "edgeci-peer: the peer daemon is not implemented yet; see README.md ('What works today').",
-        file=sys.stderr,
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeci-peer", description="Run an edgeci-p2p peer: serve and share CNN inference."
     )
-    return 2
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=7420, help="TCP port (default 7420; 0 = any)")
+    p.add_argument("--name", default="", help="human-readable peer name")
+    p.add_argument("--state-dir", type=Path, help="directory holding this peer's node id")
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="announce/browse mDNS only on this interface address (repeatable)",
+    )
+    p.add_argument("--no-mdns", action="store_true", help="no mDNS; use --peer addresses only")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="static peer address (repeatable), for networks that block multicast",
+    )
+    p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
+    p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="MODEL=PATH",
+        help="torchvision weights file for a model (repeatable)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    from edgeci_p2p.aio.daemon import PeerConfig, run_forever
+    from edgeci_p2p.core.membership import DuplicateNodeError
+
+    try:
+        weights = {}
+        for item in args.weights:
+            model, sep, path = item.partition("=")
+            if not sep:
+                raise ValueError(f"--weights {item!r}: expected MODEL=PATH")
+            weights[model] = path
+        key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+        config = PeerConfig(
+            host=args.host,
+            port=args.port,
+            name=args.name,
+            state_dir=args.state_dir,
+            mdns_interfaces=args.mdns_interface,
+            no_mdns=args.no_mdns,
+            peers=[parse_address(a) for a in args.peer],
+            cluster_key=key,
+            threads=args.threads,
+            models=[m for m in args.models.split(",") if m],
+            weights=weights,
+        )
+        run_forever(config)
+    except (ValueError, OSError, DuplicateNodeError) as e:
+        print(f"edgeci-peer: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

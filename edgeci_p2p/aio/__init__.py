@@ -1,0 +1,1 @@
+"""The asyncio layer: transport, discovery, daemon and client (the only code that awaits)."""

@@ -1,0 +1,137 @@
+"""Client API: ``async with Client("host:port") as c: r = await c.infer(image, model=...)``."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect
+from edgeci_p2p.wire.messages import (
+    Error,
+    InferRequest,
+    InferResult,
+    Message,
+    Peers,
+    PeersResult,
+    PlanRequest,
+    PlanResult,
+)
+from edgeci_p2p.wire.session import SessionConfig
+
+
+class ClientError(Exception):
+    """The peer answered a request with an error (``code`` is the wire code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+
+
+def parse_address(addr: str, default_port: int = 7420) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        return addr, default_port
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ValueError(f"bad address {addr!r}: expected HOST:PORT") from None
+
+
+class Client:
+    """One connection to any peer; requests are answered in order."""
+
+    def __init__(self, address: str, *, key: bytes | None = None, timeout: float = 300.0) -> None:
+        self.host, self.port = parse_address(address)
+        self.key = key
+        self.timeout = timeout
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        config = SessionConfig(
+            node_id=f"client-{secrets.token_hex(4)}", role="client", key=self.key
+        )
+        self._conn = await connect(self.host, self.port, config)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def _call(self, msg: Message, want: type[Message], request_id: str) -> Any:
+        if self._conn is None:
+            raise ClientError(0, "client is not connected (use 'async with')")
+        async with self._lock:
+            await self._conn.send(msg)
+            while True:
+                reply = await asyncio.wait_for(self._conn.recv(), self.timeout)
+                if isinstance(reply, Error) and reply.request_id in (request_id, None):
+                    raise ClientError(reply.code, reply.message)
+                if isinstance(reply, want) and getattr(reply, "request_id", None) == request_id:
+                    return reply
+
+    async def infer(
+        self,
+        image: bytes | str | Path | np.ndarray[Any, Any],
+        *,
+        model: str = "resnet34",
+        strategy: str = "edgeci",
+        size: str = "224",
+        top_k: int = 5,
+    ) -> InferResult:
+        """Classify an image (encoded bytes, a path, or a 1x3xHxW float32 array)."""
+        rid = secrets.token_hex(8)
+        if isinstance(image, str | Path):
+            image = Path(image).read_bytes()
+        if isinstance(image, bytes):
+            req = InferRequest(rid, model, image=image, strategy=strategy, size=size, top_k=top_k)
+        else:
+            arr = np.ascontiguousarray(image, dtype=np.float32)
+            req = InferRequest(rid, model, tensor=arr, strategy=strategy, size=size, top_k=top_k)
+        result: InferResult = await self._call(req, InferResult, rid)
+        return result
+
+    async def peers(self) -> list[dict[str, Any]]:
+        rid = secrets.token_hex(8)
+        res: PeersResult = await self._call(Peers(rid), PeersResult, rid)
+        return list(res.body.get("peers", []))
+
+    async def plan(
+        self, model: str, strategy: str = "edgeci", size: tuple[int, int] = (224, 224)
+    ) -> dict[str, Any]:
+        rid = secrets.token_hex(8)
+        body = {"model": model, "strategy": strategy, "size": list(size)}
+        res: PlanResult = await self._call(PlanRequest(rid, body), PlanResult, rid)
+        return dict(res.body)
+
+
+class SyncClient:
+    """A blocking wrapper around :class:`Client` for scripts."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        self._address, self._kwargs = address, kwargs
+
+    def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async def go() -> Any:
+            async with Client(self._address, **self._kwargs) as c:
+                return await getattr(c, method)(*args, **kwargs)
+
+        return asyncio.run(go())
+
+    def infer(self, image: Any, **kwargs: Any) -> InferResult:
+        result: InferResult = self._run("infer", image, **kwargs)
+        return result
+
+    def peers(self) -> list[dict[str, Any]]:
+        peers: list[dict[str, Any]] = self._run("peers")
+        return peers
+
+
+__all__ = ["Client", "ClientError", "ConnectionLost", "SyncClient", "parse_address"]

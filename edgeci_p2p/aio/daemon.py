@@ -1,0 +1,728 @@
+"""The ``edgeci-peer`` daemon: glue between sockets, mDNS, the pure core and torch.
+
+Every connection (peer or client) runs one reader task that turns frames into
+messages through the wire session and dispatches them. A peer that receives an
+``infer_request`` becomes the auctioneer for it: it calls for bids from the
+alive peers that hold the same weights, builds device models from the bids,
+plans with the requested strategy, streams the tiles (its own run in the worker
+thread), stitches each stage, runs the head and answers. Tile work never runs on
+the event loop, so heartbeats are answered while a tile computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect, handshake
+from edgeci_p2p.aio.discovery import Discovery, Sighting
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
+from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, DuplicateNodeError, Membership
+from edgeci_p2p.core.plan import Plan, validate
+from edgeci_p2p.nn.executor import crop, stitch
+from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
+from edgeci_p2p.nn.models import UnknownModelError
+from edgeci_p2p.nn.runtime import ModelStore, WorkError
+from edgeci_p2p.wire.auth import ReplayGuard
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import (
+    Bid,
+    CallForBids,
+    Cancel,
+    Error,
+    InferRequest,
+    InferResult,
+    LinearCost,
+    Message,
+    Peers,
+    PeersResult,
+    Ping,
+    PlanRequest,
+    PlanResult,
+    Pong,
+    Rect,
+    TileRequest,
+    TileResult,
+    TopK,
+)
+from edgeci_p2p.wire.session import SessionConfig
+
+log = logging.getLogger("edgeci.peer")
+
+STRATEGIES = ("edgeci", "local", "modnn", "deepthings", "edgeld", "aofl")
+LOOPBACK_BANDWIDTH = 1e9
+"""Bytes/s assumed for a link until transfers have been measured."""
+
+
+class RequestError(Exception):
+    """A request that cannot be served; carries the wire code for the error reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class PeerConfig:
+    host: str = "0.0.0.0"
+    port: int = 7420
+    name: str = ""
+    state_dir: Path | None = None
+    mdns_interfaces: list[str] = field(default_factory=list)
+    no_mdns: bool = False
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    cluster_key: bytes | None = None
+    threads: int = 1
+    models: list[str] = field(default_factory=lambda: ["vgg16", "resnet34"])
+    weights: dict[str, str] = field(default_factory=dict)
+    bid_window: float = 0.1
+    tile_timeout: float = 60.0
+
+
+def load_node_id(state_dir: Path) -> tuple[str, Any]:
+    """The persistent node id in ``state_dir`` and a held lock on the directory.
+
+    A second process on the same state dir would present the same id: refuse it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / "lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DuplicateNodeError(
+            f"another edgeci-peer is running with --state-dir {state_dir} (same node id); "
+            "give each peer its own --state-dir"
+        ) from None
+    path = state_dir / "node_id"
+    if path.is_file():
+        node_id = path.read_text().strip()
+    else:
+        node_id = secrets.token_hex(8)
+        path.write_text(node_id + "\n")
+    return node_id, lock
+
+
+def quick_compute_model(store: ModelStore) -> ComputeModel:
+    """A short measurement of this device: a few units of a served model at two sizes.
+
+    Used for bids until a cached ``edgeci profile`` result exists.
+    """
+    name = next(iter(store.models))
+    ex = store.executor(name, 96, 96)
+    points: list[tuple[float, float]] = []
+    stop = min(3, ex.spec.n_units)
+    for rows in (8, 24, 24, 8):
+        _, h, w = ex.spec.shape_at(stop)
+        region = Region(Span(0, min(rows, h)), Span(0, w))
+        tr = trace(ex.spec, 0, stop, region)
+        x = torch.zeros(1, 3, 96, 96)
+        t0 = time.perf_counter()
+        ex.run_trace(tr, crop(x, full_region(96, 96), tr.need), tr.need)
+        points.append((float(tr.flops), time.perf_counter() - t0))
+    fit = LinearFit.fit(points[1:])
+    return ComputeModel({"conv": fit, "pool": fit, "block": fit, "head": fit})
+
+
+class PeerDaemon:
+    def __init__(self, config: PeerConfig, node_id: str | None = None) -> None:
+        self.config = config
+        self._lock_file: Any = None
+        if node_id is None:
+            if config.state_dir is not None:
+                node_id, self._lock_file = load_node_id(config.state_dir)
+            else:
+                node_id = secrets.token_hex(8)
+        self.node_id = node_id
+        self.name = config.name or f"peer-{node_id[:6]}"
+        self.membership = Membership(node_id)
+        self.conns: dict[str, Connection] = {}
+        self.store: ModelStore | None = None
+        self.compute: ComputeModel | None = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeci-tile")
+        self.backlog_s = 0.0
+        self._server: asyncio.Server | None = None
+        self._discovery: Discovery | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: dict[tuple[str, int], asyncio.Future[TileResult]] = {}
+        self._bids: dict[str, asyncio.Queue[Bid]] = {}
+        self._guard = ReplayGuard()
+        self._dialing: set[tuple[str, int]] = set()
+        self._ping_seq = 0
+        self.port = config.port
+        self.ready = asyncio.Event()
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        torch.set_num_threads(self.config.threads)
+        self.store = await loop.run_in_executor(
+            self.worker, ModelStore, self.config.models, self.config.weights
+        )
+        self.compute = await loop.run_in_executor(self.worker, quick_compute_model, self.store)
+        self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if not self.config.no_mdns:
+            self._discovery = Discovery(
+                self.node_id,
+                self.port,
+                1,
+                self._on_sighting,
+                interfaces=self.config.mdns_interfaces,
+                announce_addresses=self.config.mdns_interfaces
+                or ([self.config.host] if self.config.host != "0.0.0.0" else []),
+            )
+            await self._discovery.async_start()
+        for host, port in self.config.peers:
+            self._spawn(self._dial_forever(host, port, "static"))
+        self._spawn(self._heartbeat())
+        self.ready.set()
+        log.info(
+            "%s (%s) listening on %s:%d, models %s",
+            self.name,
+            self.node_id,
+            self.config.host,
+            self.port,
+            ", ".join(f"{n}={f[:12]}" for n, f in self.store.fingerprints.items()),
+        )
+
+    async def stop(self) -> None:
+        if self._discovery is not None:
+            with contextlib.suppress(Exception):
+                await self._discovery.async_stop()
+        if self._server is not None:
+            self._server.close()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost("daemon shutting down"))
+        for t in list(self._tasks):
+            t.cancel()
+        for c in list(self.conns.values()):
+            await c.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        self.worker.shutdown(wait=False, cancel_futures=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _session_config(self) -> SessionConfig:
+        assert self.store is not None
+        return SessionConfig(
+            node_id=self.node_id,
+            name=self.name,
+            port=self.port,
+            models=self.store.fingerprints,
+            key=self.config.cluster_key,
+        )
+
+    # ---- connections -------------------------------------------------------------------
+
+    def _on_sighting(self, s: Sighting) -> None:
+        self.membership.sighted(s.node_id, s.host, s.port, "mdns")
+        if s.node_id not in self.conns:
+            self._spawn(self._dial_once(s.host, s.port, "mdns"))
+
+    async def _dial_once(self, host: str, port: int, source: str) -> None:
+        if (host, port) in self._dialing:
+            return
+        self._dialing.add((host, port))
+        try:
+            conn = await connect(host, port, self._session_config())
+        except (ConnectionLost, OSError, TimeoutError, Exception) as e:
+            log.debug("dial %s:%d failed: %s", host, port, e)
+            return
+        finally:
+            self._dialing.discard((host, port))
+        await self._serve(conn, source, (host, port))
+
+    async def _dial_forever(self, host: str, port: int, source: str) -> None:
+        """Static peers: keep a connection up, retrying with backoff."""
+        delay = 0.2
+        while True:
+            await self._dial_once(host, port, source)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # so that stop() can cancel inbound connections too
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            conn = await handshake(reader, writer, self._session_config(), replay_guard=self._guard)
+        except Exception as e:
+            log.info("handshake refused: %s", e)
+            return
+        await self._serve(conn, "inbound", None)
+
+    async def _serve(self, conn: Connection, source: str, dialed: tuple[str, int] | None) -> None:
+        peer = conn.peer
+        is_peer = peer.role == "peer"
+        if is_peer:
+            host = dialed[0] if dialed else conn.address[0]
+            try:
+                self.membership.handshake(
+                    peer.node_id, host, peer.port, peer.name, peer.models, time.monotonic(), source
+                )
+            except DuplicateNodeError as e:
+                log.error("%s", e)
+                await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e)))
+                await conn.close()
+                return
+            self.conns[peer.node_id] = conn
+            # Gossip: ask who it knows, so one static seed address finds the whole cluster.
+            self._spawn(self._ask_peers(conn))
+        try:
+            while True:
+                msg = await conn.recv()
+                self._dispatch(conn, msg)
+        except ConnectionLost as e:
+            log.debug("connection to %s ended: %s", peer.node_id, e)
+        finally:
+            await conn.close()
+            if is_peer and self.conns.get(peer.node_id) is conn:
+                del self.conns[peer.node_id]
+                self.membership.lost(peer.node_id)
+                self._fail_pending(peer.node_id)
+
+    async def _ask_peers(self, conn: Connection) -> None:
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(Peers(f"gossip-{secrets.token_hex(4)}"))
+
+    def _learn(self, entries: Sequence[Any]) -> None:
+        for e in entries:
+            if not isinstance(e, dict) or e.get("self") or e.get("id") == self.node_id:
+                continue
+            node_id, address = str(e.get("id", "")), str(e.get("address", ""))
+            host, _, port = address.rpartition(":")
+            if node_id and node_id not in self.conns and port.isdigit() and host != "0.0.0.0":
+                self.membership.sighted(node_id, host, int(port), "gossip")
+                self._spawn(self._dial_once(host, int(port), "gossip"))
+
+    def _fail_pending(self, node_id: str) -> None:
+        for (_, _), fut in list(self._pending.items()):
+            if not fut.done() and getattr(fut, "node_id", None) == node_id:
+                fut.set_exception(ConnectionLost(f"peer {node_id} went away"))
+
+    def _dispatch(self, conn: Connection, msg: Message) -> None:
+        if isinstance(msg, Ping):
+            self._spawn(conn.send(Pong(msg.seq, msg.time, time.monotonic())))
+        elif isinstance(msg, Pong):
+            now = time.monotonic()
+            self.membership.heartbeat(conn.peer.node_id, now, max(0.0, now - msg.echo))
+        elif isinstance(msg, TileRequest):
+            self._spawn(self._run_tile_for(conn, msg))
+        elif isinstance(msg, TileResult):
+            fut = self._pending.get((msg.request_id, msg.tile_id))
+            if fut is None:
+                log.warning("tile_result for unknown tile %s/%s", msg.request_id, msg.tile_id)
+            elif not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, CallForBids):
+            self._spawn(conn.send(self._bid_for(msg)))
+        elif isinstance(msg, Bid):
+            q = self._bids.get(msg.auction_id)
+            if q is not None:
+                q.put_nowait(msg)
+        elif isinstance(msg, InferRequest):
+            self._spawn(self._infer_for(conn, msg))
+        elif isinstance(msg, Peers):
+            self._spawn(conn.send(PeersResult(msg.request_id, {"peers": self.cluster_view()})))
+        elif isinstance(msg, PeersResult):
+            if msg.request_id.startswith("gossip-"):
+                self._learn(msg.body.get("peers", []))
+        elif isinstance(msg, PlanRequest):
+            self._spawn(self._plan_for(conn, msg))
+        elif isinstance(msg, Error):
+            if msg.request_id is not None:
+                for (rid, _), fut in self._pending.items():
+                    if rid == msg.request_id and not fut.done():
+                        fut.set_exception(RequestError(ErrorCode(msg.code), msg.message))
+        elif isinstance(msg, Cancel):
+            pass  # tiles are short; cancellation of running work is the reliability issue's
+        else:
+            log.debug("ignoring %s from %s", msg.TYPE, conn.peer.node_id)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            self._ping_seq += 1
+            for conn in list(self.conns.values()):
+                self._spawn(self._ping(conn))
+
+    async def _ping(self, conn: Connection) -> None:
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(Ping(self._ping_seq, time.monotonic()))
+
+    # ---- serving peers: tiles and bids ------------------------------------------------------
+
+    async def _run_tile_for(self, conn: Connection, req: TileRequest) -> None:
+        assert self.store is not None and self.compute is not None
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        out = Region(Span(*req.out.rows), Span(*req.out.cols))
+        slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
+        try:
+            y = await loop.run_in_executor(
+                self.worker,
+                self.store.run_tile,
+                req.model,
+                req.fingerprint,
+                tuple(req.input_hw),
+                req.start,
+                req.stop,
+                out,
+                req.input,
+                slab,
+            )
+        except (WorkError, ValueError) as e:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e), req.request_id))
+            return
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
+
+    def _bid_for(self, cfb: CallForBids) -> Bid:
+        assert self.store is not None and self.compute is not None
+        compute = {k: LinearCost(f.a, f.b) for k, f in self.compute.fits.items()}
+        served = self.store.fingerprints.get(cfb.model)
+        if served != cfb.fingerprint:
+            return Bid(
+                cfb.auction_id,
+                self.node_id,
+                {},
+                0.0,
+                compute,
+                self.backlog_s,
+                0,
+                True,
+                f"weights of {cfb.model} differ here",
+            )
+        finish = {
+            it.item_id: self.backlog_s
+            + sum(self.compute.seconds(k, f) for k, f in it.flops.items())
+            for it in cfb.items
+        }
+        return Bid(
+            cfb.auction_id, self.node_id, finish, cfb.lease_s, compute, self.backlog_s, 1 << 30
+        )
+
+    # ---- the auctioneer -----------------------------------------------------------------
+
+    def cluster_view(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        assert self.store is not None and self.compute is not None
+        me = {
+            "id": self.node_id,
+            "name": self.name,
+            "address": f"{self.config.host}:{self.port}",
+            "models": self.store.fingerprints,
+            "speed_gflops": round(self.compute.fits["conv"].gflops, 3),
+            "backlog_s": round(self.backlog_s, 4),
+            "rtt_ms": 0.0,
+            "last_heartbeat_s": 0.0,
+            "alive": True,
+            "self": True,
+            "sources": [],
+        }
+        return [me] + [m.to_dict(now) for m in self.membership.members.values()]
+
+    async def _collect_bids(self, model: str, fingerprint: str) -> list[Bid]:
+        """One bid round: every alive peer with these weights, until all answer or the window."""
+        members = self.membership.serving(model, fingerprint, time.monotonic())
+        auction_id = secrets.token_hex(6)
+        q: asyncio.Queue[Bid] = asyncio.Queue()
+        self._bids[auction_id] = q
+        cfb = CallForBids(auction_id, model, fingerprint, [], self.config.bid_window, 2.0)
+        asked = 0
+        for m in members:
+            conn = self.conns.get(m.node_id)
+            if conn is not None:
+                with contextlib.suppress(ConnectionLost):
+                    await conn.send(cfb)
+                    asked += 1
+        bids: list[Bid] = []
+        deadline = time.monotonic() + self.config.bid_window
+        try:
+            while len(bids) < asked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    bid = await asyncio.wait_for(q.get(), left)
+                except TimeoutError:
+                    break
+                if not bid.declined:
+                    bids.append(bid)
+        finally:
+            del self._bids[auction_id]
+        return bids
+
+    def _testbed(self, bids: Sequence[Bid]) -> tuple[Testbed, list[str]]:
+        assert self.compute is not None
+        devices = [DeviceModel(self.node_id, self.compute)]
+        links = [LinkModel(LOOPBACK_BANDWIDTH, 0.0)]
+        nodes = [self.node_id]
+        for b in bids:
+            fits = {k: LinearFit(c.a, c.b) for k, c in b.compute.items()}
+            devices.append(DeviceModel(b.bidder, ComputeModel(fits)))
+            m = self.membership.members.get(b.bidder)
+            rtt = m.rtt if m is not None and m.rtt is not None else 0.001
+            links.append(LinkModel(LOOPBACK_BANDWIDTH, rtt))
+            nodes.append(b.bidder)
+        return Testbed("live", tuple(devices), tuple(links), 0, True, "live bids"), nodes
+
+    async def make_plan(
+        self, model: str, strategy: str, height: int, width: int
+    ) -> tuple[Plan, list[str], dict[str, float]]:
+        from edgeci_p2p.planners import plan as plan_with
+
+        assert self.store is not None
+        if strategy not in STRATEGIES:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"unknown strategy {strategy!r}; one of {STRATEGIES}"
+            )
+        fp = self.store.get(model).fingerprint
+        t0 = time.perf_counter()
+        bids = await self._collect_bids(model, fp) if strategy != "local" else []
+        t1 = time.perf_counter()
+        testbed, nodes = self._testbed(bids)
+        spec = self.store.spec(model, height, width)
+        plan = plan_with(strategy, spec, testbed)
+        validate(plan, spec)
+        t2 = time.perf_counter()
+        return plan, nodes, {"bid": t1 - t0, "plan": t2 - t1}
+
+    async def _plan_for(self, conn: Connection, req: PlanRequest) -> None:
+        try:
+            model = str(req.body.get("model", "resnet34"))
+            strategy = str(req.body.get("strategy", "edgeci"))
+            h, w = (int(v) for v in req.body.get("size", (224, 224)))
+            plan, nodes, timing = await self.make_plan(model, strategy, h, w)
+            body = {"plan": plan.to_dict(), "text": str(plan), "nodes": nodes, "timing": timing}
+            await conn.send(PlanResult(req.request_id, body))
+        except (RequestError, WorkError, UnknownModelError, ValueError) as e:
+            code = e.code if isinstance(e, RequestError) else ErrorCode.BAD_REQUEST
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(code), str(e), req.request_id))
+
+    async def _infer_for(self, conn: Connection, req: InferRequest) -> None:
+        try:
+            result = await self.infer(req)
+        except (RequestError, WorkError, UnknownModelError, ImageError, ValueError) as e:
+            code = e.code if isinstance(e, RequestError) else ErrorCode.BAD_REQUEST
+            if isinstance(e, WorkError | UnknownModelError) and "not served" in str(e):
+                code = ErrorCode.UNKNOWN_MODEL
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(code), str(e), req.request_id))
+            return
+        except Exception as e:
+            log.exception("request %s failed", req.request_id)
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.REQUEST_FAILED), repr(e), req.request_id))
+            return
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(result)
+
+    async def infer(self, req: InferRequest) -> InferResult:
+        assert self.store is not None
+        t_start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        store = self.store
+        lm = store.get(req.model)
+        if req.image is not None:
+            img = await loop.run_in_executor(None, decode, req.image)
+            x = await loop.run_in_executor(None, to_input, img, req.size)
+        else:
+            assert req.tensor is not None
+            arr = np.asarray(req.tensor, dtype=np.float32)
+            if arr.ndim != 4 or arr.shape[:2] != (1, 3):
+                raise RequestError(
+                    int(ErrorCode.BAD_REQUEST), f"tensor of shape {arr.shape}, need 1x3xHxW"
+                )
+            x = torch.from_numpy(arr.copy())
+        _, _, h, w = x.shape
+        plan, nodes, timing = await self.make_plan(req.model, req.strategy, h, w)
+        spec = store.spec(req.model, h, w)
+        compute: dict[str, float] = {}
+        transfer = 0.0
+        cur = x
+        for si, stage in enumerate(plan.stages):
+            _, oh, ow = spec.shape_at(stage.stop)
+            _, ih, iw = spec.shape_at(stage.start)
+            whole_in = full_region(ih, iw)
+            jobs = []
+            for pi, part in enumerate(stage.parts):
+                tr = trace(spec, stage.start, stage.stop, part.region)
+                slab = crop(cur, whole_in, tr.need)
+                jobs.append(
+                    self._run_part(
+                        nodes[part.device],
+                        req,
+                        lm.fingerprint,
+                        (h, w),
+                        si * 1000 + pi,
+                        stage.start,
+                        stage.stop,
+                        part.region,
+                        tr.need,
+                        slab,
+                        compute,
+                    )
+                )
+            outs = await asyncio.gather(*jobs)
+            transfer += sum(t for _, t in outs)
+            cur = stitch([o for o, _ in outs], [p.region for p in stage.parts], oh, ow)
+        t_head = time.perf_counter()
+        logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
+        head_s = time.perf_counter() - t_head
+        labels = store.labels(req.model)
+        top = [
+            TopK(i, label, p, float(logits.reshape(-1)[i]))
+            for i, label, p in top_k(logits, labels, req.top_k)
+        ]
+        timing_out: dict[str, float | dict[str, float]] = {
+            **timing,
+            "compute": compute,
+            "transfer": transfer,
+            "head": head_s,
+            "total": time.perf_counter() - t_start,
+        }
+        plan_dict = plan.to_dict()
+        plan_dict["nodes"] = nodes
+        plan_dict["text"] = str(plan)
+        return InferResult(
+            req.request_id,
+            req.model,
+            req.strategy,
+            top,
+            logits.numpy().astype(np.float32),
+            timing_out,
+            plan_dict,
+        )
+
+    async def _run_part(
+        self,
+        node: str,
+        req: InferRequest,
+        fingerprint: str,
+        input_hw: tuple[int, int],
+        tile_id: int,
+        start: int,
+        stop: int,
+        region: Region,
+        need: Region,
+        slab: torch.Tensor,
+        compute: dict[str, float],
+    ) -> tuple[torch.Tensor, float]:
+        """One part of a stage: here in the worker thread, or on a peer over its connection."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        conn = self.conns.get(node) if node != self.node_id else None
+        if conn is not None:
+            key = (req.request_id, tile_id)
+            fut: asyncio.Future[TileResult] = loop.create_future()
+            fut.node_id = node  # type: ignore[attr-defined]
+            self._pending[key] = fut
+            t0 = time.perf_counter()
+            try:
+                await conn.send(
+                    TileRequest(
+                        req.request_id,
+                        tile_id,
+                        req.model,
+                        fingerprint,
+                        start,
+                        stop,
+                        Rect(
+                            (region.rows.start, region.rows.stop),
+                            (region.cols.start, region.cols.stop),
+                        ),
+                        Rect((need.rows.start, need.rows.stop), (need.cols.start, need.cols.stop)),
+                        np.ascontiguousarray(slab.numpy()),
+                        input_hw=input_hw,
+                    )
+                )
+                res = await asyncio.wait_for(fut, self.config.tile_timeout)
+                elapsed = time.perf_counter() - t0
+                compute[node] = compute.get(node, 0.0) + res.compute_s
+                return torch.from_numpy(np.array(res.output, dtype=np.float32)), max(
+                    0.0, elapsed - res.compute_s
+                )
+            except (ConnectionLost, TimeoutError, RequestError) as e:
+                # The reliability issue adds re-bidding and hedging; until then the
+                # auctioneer keeps the slab and computes the lost tile itself.
+                log.warning(
+                    "tile %s/%d on %s failed (%s); computing it here",
+                    req.request_id,
+                    tile_id,
+                    node,
+                    e,
+                )
+            finally:
+                self._pending.pop(key, None)
+        t0 = time.perf_counter()
+        y = await loop.run_in_executor(
+            self.worker,
+            self.store.run_tile,
+            req.model,
+            fingerprint,
+            input_hw,
+            start,
+            stop,
+            region,
+            slab.numpy(),
+            need,
+        )
+        compute[self.node_id] = compute.get(self.node_id, 0.0) + time.perf_counter() - t0
+        return torch.from_numpy(y), 0.0
+
+
+def run_forever(config: PeerConfig) -> None:  # pragma: no cover - exercised via the CLI
+    """Run a daemon until SIGINT/SIGTERM, with uvloop where available."""
+    import signal
+
+    async def main() -> None:
+        daemon = PeerDaemon(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await daemon.start()
+        print(
+            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}", flush=True
+        )
+        await stop.wait()
+        log.info("shutting down")
+        await daemon.stop()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+__all__ = ["PeerConfig", "PeerDaemon", "RequestError", "os", "run_forever"]

@@ -1,0 +1,82 @@
+"""``edgeci infer``: classify an image on a running cluster (any peer accepts)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("infer", help="classify an image on the cluster")
+    p.add_argument("--peer", required=True, metavar="HOST:PORT", help="any peer of the cluster")
+    p.add_argument("--model", default="resnet34")
+    p.add_argument(
+        "--strategy", default="edgeci", help="edgeci, local, modnn, deepthings, edgeld or aofl"
+    )
+    p.add_argument(
+        "--size",
+        default="224",
+        choices=["224", "native"],
+        help="224: resize + centre crop; native: the image's own size",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="recompute the unsplit model here and report the difference",
+    )
+    p.add_argument("--cluster-key-file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    p.add_argument("image", type=Path)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeci_p2p.aio.client import Client
+
+    data = args.image.read_bytes()
+    key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+
+    async def go() -> Any:
+        async with Client(args.peer, key=key) as c:
+            return await c.infer(data, model=args.model, strategy=args.strategy, size=args.size)
+
+    t0 = time.perf_counter()
+    result = asyncio.run(go())
+    latency = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "model": result.model,
+        "strategy": result.strategy,
+        "top5": [{"index": t.index, "label": t.label, "prob": t.prob} for t in result.top_k],
+        "latency_ms": round(latency * 1000, 1),
+        "timing": result.timing,
+        "plan": {k: v for k, v in result.plan.items() if k != "text"},
+    }
+    if args.verify:
+        import numpy as np
+        import torch
+
+        from edgeci_p2p.nn.images import decode, to_input
+        from edgeci_p2p.nn.models import load_model
+
+        lm = load_model(args.model)
+        with torch.no_grad():
+            ref = lm.module(to_input(decode(data), args.size)).numpy()
+        got = np.asarray(result.logits, dtype=np.float32).reshape(ref.shape)
+        out["max_abs_diff"] = float(np.abs(got - ref).max())
+        out["max_abs_ref"] = float(np.abs(ref).max())
+    if not args.json:
+        print(f"{result.model} via {result.strategy}: {out['latency_ms']} ms")
+        print(result.plan.get("text", ""))
+        for i, t in enumerate(result.top_k, 1):
+            print(f"  top{i}: {t.label:<28} p={t.prob:.4f} (class {t.index})")
+        if args.verify:
+            print(
+                f"  verify: max_abs_diff {out['max_abs_diff']:.3g} "
+                f"(max_abs_ref {out['max_abs_ref']:.3g})"
+            )
+    print(json.dumps(out) if args.json else "", end="\n" if args.json else "")
+    return 0

@@ -1,0 +1,119 @@
+"""Who is in the cluster and who is alive (pure; time comes in as ``now``).
+
+Entries come from three sources — mDNS sightings, static ``--peer`` addresses
+and inbound handshakes — and merge by node id once a handshake has told us the
+id. A member is *alive* while heartbeats keep arriving; mDNS alone never makes a
+member alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between pings on every peer connection."""
+DEAD_AFTER = 3.5
+"""A member with no heartbeat for this long is not alive (about 3 missed pings)."""
+
+
+class DuplicateNodeError(Exception):
+    """Another process presents our own node id: two peers share a state dir or id."""
+
+
+@dataclass
+class Member:
+    node_id: str
+    host: str
+    port: int
+    name: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+    """Model name -> weights fingerprint, from the handshake."""
+    sources: set[str] = field(default_factory=set)
+    """'mdns', 'static', 'inbound'."""
+    last_heartbeat: float | None = None
+    rtt: float | None = None
+    speed_gflops: float = 0.0
+    backlog_s: float = 0.0
+
+    def alive(self, now: float) -> bool:
+        return self.last_heartbeat is not None and now - self.last_heartbeat <= DEAD_AFTER
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.node_id,
+            "name": self.name,
+            "address": f"{self.host}:{self.port}",
+            "models": dict(self.models),
+            "speed_gflops": round(self.speed_gflops, 3),
+            "backlog_s": round(self.backlog_s, 4),
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            "last_heartbeat_s": None
+            if self.last_heartbeat is None
+            else round(now - self.last_heartbeat, 3),
+            "alive": self.alive(now),
+            "sources": sorted(self.sources),
+        }
+
+
+class Membership:
+    """The membership table of one node (``self_id``)."""
+
+    def __init__(self, self_id: str) -> None:
+        self.self_id = self_id
+        self.members: dict[str, Member] = {}
+
+    def sighted(self, node_id: str, host: str, port: int, source: str) -> Member | None:
+        """Record an address for ``node_id``; returns the member (None for ourselves)."""
+        if node_id == self.self_id:
+            return None
+        m = self.members.get(node_id)
+        if m is None:
+            m = self.members[node_id] = Member(node_id, host, port)
+        elif source != "inbound":
+            m.host, m.port = host, port
+        m.sources.add(source)
+        return m
+
+    def handshake(
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        name: str,
+        models: dict[str, str],
+        now: float,
+        source: str,
+    ) -> Member:
+        """A completed handshake: the peer is alive and its capabilities are known."""
+        if node_id == self.self_id:
+            raise DuplicateNodeError(
+                f"peer at {host}:{port} presents our own node id {node_id}: two peers share "
+                "a state dir or node id; give each peer its own --state-dir"
+            )
+        m = self.sighted(node_id, host, port, source)
+        assert m is not None
+        m.name, m.models = name, dict(models)
+        m.last_heartbeat = now
+        return m
+
+    def heartbeat(self, node_id: str, now: float, rtt: float | None = None) -> None:
+        m = self.members.get(node_id)
+        if m is None:
+            return
+        m.last_heartbeat = now
+        if rtt is not None:
+            m.rtt = rtt if m.rtt is None else 0.8 * m.rtt + 0.2 * rtt
+
+    def lost(self, node_id: str) -> None:
+        """The connection closed: not alive until a new handshake."""
+        m = self.members.get(node_id)
+        if m is not None:
+            m.last_heartbeat = None
+
+    def alive(self, now: float) -> list[Member]:
+        return [m for m in self.members.values() if m.alive(now)]
+
+    def serving(self, model: str, fingerprint: str, now: float) -> list[Member]:
+        """Alive members holding exactly these weights: the only ones given work."""
+        return [m for m in self.alive(now) if m.models.get(model) == fingerprint]
