@@ -226,3 +226,29 @@ def test_bench_command_output_forms() -> None:
     ]
     text = run_command(["resnet18"], ["homog-4"], None, False, lambda m: spec_for(m, 64, 64), sc)
     assert "edgeci" in text and "modnn" in text and "p95 ms" in text
+
+
+def test_backlogged_peer_gets_an_edge_strip() -> None:
+    # Three identical remote peers split a block into equal strips; the middle strip
+    # reads halo on both sides, so it is the costliest. With d1 (in the middle)
+    # busy first, the backlog-aware placement moves d1 to an edge strip.
+    from edgeci_p2p.core.plan import strip_stage
+
+    spec = small_spec()
+    tb = fake_testbed([1.0, 4.0, 4.0, 4.0], [1000, 1000, 1000, 1000], rtt_ms=0.1)
+    ctx = Context(spec, tb)
+    h = spec.shape_at(4)[1]
+    stage = strip_stage(spec, 0, 4, [h // 3, 2 * h // 3], [2, 1, 3])
+    rest = [ctx.single_stage(4, spec.n_units, 0)]
+    base = ctx.make_plan("edgeci", [stage, *rest])
+    work = Workload(spec)
+    backlog = {"d1": 0.01}
+
+    def judge(p: object) -> float:
+        return predict_with_backlog(p, spec, tb, backlog, work)  # type: ignore[arg-type]
+
+    placed = place_strips(base, ctx, [0.0, 0.01, 0.0, 0.0], judge)
+    validate(placed, spec)
+    order = [p.device for p in sorted(placed.stages[0].parts, key=lambda p: p.region.rows.start)]
+    assert order[1] != 1 and 1 in order
+    assert judge(placed) < judge(base)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from edgeci_p2p.auction.bidder import Bidder, probe_items
@@ -151,38 +151,59 @@ def testbed_from_bids(
     return tb, left_out
 
 
-def place_strips(plan: Plan, ctx: Context) -> Plan:
-    """Re-place each multi-strip stage's strips on its peers where that is faster."""
+def place_strips(
+    plan: Plan,
+    ctx: Context,
+    offsets: Sequence[float] | None = None,
+    judge: Callable[[Plan], float] | None = None,
+) -> Plan:
+    """Re-place each multi-strip stage's strips on its peers where that is faster.
+
+    Without ``offsets``: a stage's strips go to its peers by the bottleneck
+    assignment of their exact strip times, kept where the exact stage cost drops.
+    With ``offsets`` (seconds each device of ``ctx.testbed`` is busy first: the
+    bids' backlogs) a peer's price for a strip is its offset plus the strip's
+    time, and the re-placed plan is kept only if ``judge`` (e.g.
+    :func:`predict_with_backlog`) says the whole plan finishes earlier.
+    """
     stages: list[Stage] = []
     total = 0.0
     for st in plan.stages:
-        devs = [p.device for p in st.parts]
+        parts = sorted(st.parts, key=lambda p: p.region.rows.start)
+        devs = [p.device for p in parts]
         h, w = ctx.spec.shape_at(st.stop)[1:]
-        strips = all(p.region.cols.start == 0 and p.region.cols.stop == w for p in st.parts)
-        edges = [p.region.rows.start for p in st.parts] + [h]
+        strips = all(p.region.cols.start == 0 and p.region.cols.stop == w for p in parts)
+        edges = [p.region.rows.start for p in parts] + [h]
         if len(devs) < 2 or len(set(devs)) != len(devs) or not strips:
             stages.append(st)
             total += _stage_cost(ctx, st)
             continue
         cost = [
-            [_strip_seconds(ctx, d, st.start, st.stop, a, b) for d in devs]
+            [
+                (offsets[d] if offsets is not None else 0.0)
+                + _strip_seconds(ctx, d, st.start, st.stop, a, b)
+                for d in devs
+            ]
             for a, b in itertools.pairwise(edges)
         ]
         order = [devs[j] for j in bottleneck_assignment(cost)]
         old = ctx.strips_cost(st.start, st.stop, edges, devs)
         new = ctx.strips_cost(st.start, st.stop, edges, order)
-        if new < old * (1 - 1e-9):
+        if new < old * (1 - 1e-9) or (offsets is not None and order != devs):
             stages.append(ctx.strips_stage(st.start, st.stop, edges, order))
             total += new
         else:
             stages.append(st)
             total += old
-    return ctx.make_plan(
+    placed = ctx.make_plan(
         plan.strategy,
         stages,
         predicted=total + ctx.head_seconds(),
         notes={**plan.notes, "placed_by": "epsilon-auction"},
     )
+    if offsets is not None and judge is not None and judge(placed) >= judge(plan):
+        return plan
+    return placed
 
 
 def _strip_seconds(ctx: Context, device: int, i: int, j: int, a: int, b: int) -> float:
@@ -294,12 +315,17 @@ class AwasPlanner:
         idle_tb, left_idle = testbed_from_bids(
             call, [_without_backlog(b) for b in bids], 1.0, self.shared_medium, self.min_share
         )
+        work = self._work
+
+        def judge(p: Plan) -> float:
+            return predict_with_backlog(p, self.spec, idle_tb, backlog, work)
+
         first = self.previous
         if first is None or not set(first.devices) <= set(idle_tb.names):
             idle_ctx = Context(self.spec, idle_tb)
             first = place_strips(plan_edgeci(self.spec, idle_tb, ctx=idle_ctx), idle_ctx)
         span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
-        candidates = [(first, idle_tb, left_idle), self._plan(call, bids, span)]
+        candidates = [(first, idle_tb, left_idle), self._plan(call, bids, span, backlog, judge)]
         # A peer works through its queue first (FIFO), and DPFL's stages wait for
         # their slowest strip: a long queue is better avoided than shared.
         queued = sorted(
@@ -312,26 +338,32 @@ class AwasPlanner:
         )
         for level in queued[: self.max_exclusions]:
             keep = [b for b in bids if b.bidder == call.auctioneer or b.backlog < level]
-            plan, tb, left = self._plan(call, keep, span)
+            plan, tb, left = self._plan(call, keep, span, backlog, judge)
             for b in bids:
                 if b not in keep:
                     left[b.bidder] = f"backlog {b.backlog:.3f} s: planned around"
             candidates.append((plan, tb, left))
-        scored = [
-            (predict_with_backlog(c[0], self.spec, idle_tb, backlog, self._work), k)
-            for k, c in enumerate(candidates)
-        ]
+        scored = [(judge(c[0]), k) for k, c in enumerate(candidates)]
         _, best = min(scored)
         plan, tb, left = candidates[best]
         self.plan, self.testbed, self.left_out, self.previous = plan, tb, left, plan
         return plan
 
     def _plan(
-        self, call: CallForBids, bids: Sequence[Bid], span: float
+        self,
+        call: CallForBids,
+        bids: Sequence[Bid],
+        span: float,
+        backlog: Mapping[str, float],
+        judge: Callable[[Plan], float],
     ) -> tuple[Plan, Testbed, dict[str, str]]:
+        """DPFL on the share-model cluster of ``bids``, then strips placed twice: by
+        exact strip times, then by backlog plus strip time (kept if ``judge`` agrees)."""
         tb, left = testbed_from_bids(call, bids, span, self.shared_medium, self.min_share)
         ctx = Context(self.spec, tb)
-        return place_strips(plan_edgeci(self.spec, tb, ctx=ctx), ctx), tb, left
+        plan = place_strips(plan_edgeci(self.spec, tb, ctx=ctx), ctx)
+        offsets = [backlog.get(n, 0.0) for n in tb.names]
+        return place_strips(plan, ctx, offsets, judge), tb, left
 
 
 def _without_backlog(b: Bid) -> Bid:

@@ -247,15 +247,15 @@ def awas_request(
     )
     rnd = AuctionRound(call, frozenset(names), RoundConfig(window=sc.window), decide=decider)
     rnd.start(now)
-    rtt = max(tb.link(i).rtt for i in range(len(names)))
-    t = now + rtt
+    t = now + max(tb.link(i).rtt for i in range(len(names)))  # the last bid is in
     sends = []
     for name in sorted(names):
         sends += rnd.receive_bid(bidders[name].bid(call, now), t)
     if rnd.phase is Phase.COLLECTING:  # cannot happen when all answer, kept for safety
         sends += rnd.handle_timer(now + sc.window)
     while rnd.phase is Phase.AWARDING:
-        t += rtt
+        # Awards travel to the winners only (the auctioneer's own is local).
+        t += max((tb.link(names.index(x.to)).rtt for x in sends), default=0.0)
         replies = []
         for s in sends:
             if isinstance(s.message, Award):
