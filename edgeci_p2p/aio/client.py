@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from pathlib import Path
 from types import TracebackType
@@ -43,39 +44,71 @@ def parse_address(addr: str, default_port: int = 7420) -> tuple[str, int]:
 
 
 class Client:
-    """One connection to any peer; requests are answered in order."""
+    """One connection to any peer. Requests may overlap: replies are matched by request id,
+    so a stream can keep several frames in flight on one connection."""
 
     def __init__(self, address: str, *, key: bytes | None = None, timeout: float = 300.0) -> None:
         self.host, self.port = parse_address(address)
         self.key = key
         self.timeout = timeout
         self._conn: Connection | None = None
-        self._lock = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Future[Message]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Client:
         config = SessionConfig(
             node_id=f"client-{secrets.token_hex(4)}", role="client", key=self.key
         )
         self._conn = await connect(self.host, self.port, config)
+        self._reader = asyncio.get_running_loop().create_task(self._read_replies(self._conn))
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
+                await self._reader
+            self._reader = None
         if self._conn is not None:
             await self._conn.close()
+
+    async def _read_replies(self, conn: Connection) -> None:
+        try:
+            while True:
+                reply = await conn.recv()
+                rid = getattr(reply, "request_id", None)
+                if rid is None and isinstance(reply, Error):
+                    raise ConnectionLost(f"peer error: {reply.message} (code {reply.code})")
+                fut = self._waiting.get(rid) if isinstance(rid, str) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+        except ConnectionLost as e:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(e)
 
     async def _call(self, msg: Message, want: type[Message], request_id: str) -> Any:
         if self._conn is None:
             raise ClientError(0, "client is not connected (use 'async with')")
-        async with self._lock:
-            await self._conn.send(msg)
-            while True:
-                reply = await asyncio.wait_for(self._conn.recv(), self.timeout)
-                if isinstance(reply, Error) and reply.request_id in (request_id, None):
-                    raise ClientError(reply.code, reply.message)
-                if isinstance(reply, want) and getattr(reply, "request_id", None) == request_id:
-                    return reply
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            async with self._send_lock:
+                await self._conn.send(msg)
+            reply = await asyncio.wait_for(fut, self.timeout)
+        finally:
+            self._waiting.pop(request_id, None)
+        if isinstance(reply, Error):
+            raise ClientError(reply.code, reply.message)
+        if not isinstance(reply, want):
+            raise ClientError(0, f"expected {want.TYPE}, got {reply.TYPE}")
+        return reply
 
     async def infer(
         self,

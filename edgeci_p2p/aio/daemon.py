@@ -77,6 +77,17 @@ class RequestError(Exception):
 
 
 @dataclass
+class RunStats:
+    """What one request cost: per-node compute seconds, transfer seconds, bytes moved."""
+
+    compute: dict[str, float] = field(default_factory=dict)
+    transfer_s: float = 0.0
+    """Round-trip time of remote tiles minus their compute time, summed."""
+    bytes: int = 0
+    """Tile inputs sent plus tile outputs received over the network."""
+
+
+@dataclass
 class PeerConfig:
     host: str = "0.0.0.0"
     port: int = 7420
@@ -565,8 +576,7 @@ class PeerDaemon:
         _, _, h, w = x.shape
         plan, nodes, timing = await self.make_plan(req.model, req.strategy, h, w)
         spec = store.spec(req.model, h, w)
-        compute: dict[str, float] = {}
-        transfer = 0.0
+        stats = RunStats()
         cur = x
         for si, stage in enumerate(plan.stages):
             _, oh, ow = spec.shape_at(stage.stop)
@@ -588,12 +598,11 @@ class PeerDaemon:
                         part.region,
                         tr.need,
                         slab,
-                        compute,
+                        stats,
                     )
                 )
             outs = await asyncio.gather(*jobs)
-            transfer += sum(t for _, t in outs)
-            cur = stitch([o for o, _ in outs], [p.region for p in stage.parts], oh, ow)
+            cur = stitch(outs, [p.region for p in stage.parts], oh, ow)
         t_head = time.perf_counter()
         logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
         head_s = time.perf_counter() - t_head
@@ -604,8 +613,9 @@ class PeerDaemon:
         ]
         timing_out: dict[str, float | dict[str, float]] = {
             **timing,
-            "compute": compute,
-            "transfer": transfer,
+            "compute": stats.compute,
+            "transfer": stats.transfer_s,
+            "bytes": float(stats.bytes),
             "head": head_s,
             "total": time.perf_counter() - t_start,
         }
@@ -634,8 +644,8 @@ class PeerDaemon:
         region: Region,
         need: Region,
         slab: torch.Tensor,
-        compute: dict[str, float],
-    ) -> tuple[torch.Tensor, float]:
+        stats: RunStats,
+    ) -> torch.Tensor:
         """One part of a stage: here in the worker thread, or on a peer over its connection."""
         assert self.store is not None
         loop = asyncio.get_running_loop()
@@ -666,10 +676,10 @@ class PeerDaemon:
                 )
                 res = await asyncio.wait_for(fut, self.config.tile_timeout)
                 elapsed = time.perf_counter() - t0
-                compute[node] = compute.get(node, 0.0) + res.compute_s
-                return torch.from_numpy(np.array(res.output, dtype=np.float32)), max(
-                    0.0, elapsed - res.compute_s
-                )
+                stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
+                stats.transfer_s += max(0.0, elapsed - res.compute_s)
+                stats.bytes += slab.numel() * 4 + int(res.output.nbytes)
+                return torch.from_numpy(np.array(res.output, dtype=np.float32))
             except (ConnectionLost, TimeoutError, RequestError) as e:
                 # The reliability issue adds re-bidding and hedging; until then the
                 # auctioneer keeps the slab and computes the lost tile itself.
@@ -695,8 +705,10 @@ class PeerDaemon:
             slab.numpy(),
             need,
         )
-        compute[self.node_id] = compute.get(self.node_id, 0.0) + time.perf_counter() - t0
-        return torch.from_numpy(y), 0.0
+        stats.compute[self.node_id] = (
+            stats.compute.get(self.node_id, 0.0) + time.perf_counter() - t0
+        )
+        return torch.from_numpy(y)
 
 
 def run_forever(config: PeerConfig) -> None:  # pragma: no cover - exercised via the CLI
