@@ -36,6 +36,7 @@ from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
 from edgeci_p2p.nn.models import UnknownModelError
+from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
 from edgeci_p2p.wire.auth import ReplayGuard
 from edgeci_p2p.wire.errors import ErrorCode
@@ -128,27 +129,6 @@ def load_node_id(state_dir: Path) -> tuple[str, Any]:
     return node_id, lock
 
 
-def quick_compute_model(store: ModelStore) -> ComputeModel:
-    """A short measurement of this device: a few units of a served model at two sizes.
-
-    Used for bids until a cached ``edgeci profile`` result exists.
-    """
-    name = next(iter(store.models))
-    ex = store.executor(name, 96, 96)
-    points: list[tuple[float, float]] = []
-    stop = min(3, ex.spec.n_units)
-    for rows in (8, 24, 24, 8):
-        _, h, w = ex.spec.shape_at(stop)
-        region = Region(Span(0, min(rows, h)), Span(0, w))
-        tr = trace(ex.spec, 0, stop, region)
-        x = torch.zeros(1, 3, 96, 96)
-        t0 = time.perf_counter()
-        ex.run_trace(tr, crop(x, full_region(96, 96), tr.need), tr.need)
-        points.append((float(tr.flops), time.perf_counter() - t0))
-    fit = LinearFit.fit(points[1:])
-    return ComputeModel({"conv": fit, "pool": fit, "block": fit, "head": fit})
-
-
 class PeerDaemon:
     def __init__(self, config: PeerConfig, node_id: str | None = None) -> None:
         self.config = config
@@ -185,7 +165,12 @@ class PeerDaemon:
         self.store = await loop.run_in_executor(
             self.worker, ModelStore, self.config.models, self.config.weights
         )
-        self.compute = await loop.run_in_executor(self.worker, quick_compute_model, self.store)
+        # The measured compute model behind every bid: `edgeci profile`'s cached result
+        # for this host and thread count, measured now (about 2 s) when there is none.
+        profile, _ = await loop.run_in_executor(
+            self.worker, load_or_measure, self.config.threads, False, None
+        )
+        self.compute = profile.compute
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         if not self.config.no_mdns:
@@ -394,6 +379,13 @@ class PeerDaemon:
         loop = asyncio.get_running_loop()
         out = Region(Span(*req.out.rows), Span(*req.out.cols))
         slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
+        # Backlog = predicted seconds of accepted, unfinished tiles: what the next bid adds.
+        try:
+            spec = self.store.spec(req.model, *req.input_hw)
+            predicted = self.compute.trace_seconds(trace(spec, req.start, req.stop, out))
+        except (WorkError, ValueError, IndexError):
+            predicted = 0.0
+        self.backlog_s += predicted
         try:
             y = await loop.run_in_executor(
                 self.worker,
@@ -411,6 +403,8 @@ class PeerDaemon:
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e), req.request_id))
             return
+        finally:
+            self.backlog_s = max(0.0, self.backlog_s - predicted)
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
