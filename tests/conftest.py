@@ -28,3 +28,16 @@ def _torch_threads() -> None:
     except ImportError:  # pure-core tests do not need torch
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Every async test runs on the standard asyncio loop and, where installed, on uvloop."""
+    import asyncio
+
+    factories: dict[str, object] = {"asyncio": asyncio.new_event_loop}
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories

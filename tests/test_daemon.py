@@ -1,25 +1,39 @@
-"""Integration: daemons in one process on 127.0.0.1, answers equal the unsplit model."""
+"""Integration: daemons in one process on 127.0.0.1; answers equal the unsplit model."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_asyncio
 import torch
+from PIL import Image
 
 from edgeci_p2p.aio.client import Client, ClientError
 from edgeci_p2p.aio.daemon import STRATEGIES, PeerConfig, PeerDaemon
+from edgeci_p2p.core.membership import DuplicateNodeError
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 from edgeci_p2p.nn.models import load_model
+from edgeci_p2p.nn.runtime import shared_model
+from edgeci_p2p.wire.messages import Ping
 
-MODELS = ["resnet34"]
+MODELS = ["resnet34", "vgg16"]
 
 
-async def _wait_connected(daemons: list[PeerDaemon], timeout: float = 20.0) -> None:
+def small_nonsquare_png() -> bytes:
+    """The sample photo shrunk to 257x193 (odd, non-square): cheap at native size."""
+    img = Image.open(sample_image_path()).convert("RGB").resize((257, 193))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def wait_connected(daemons: list[PeerDaemon], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(len(d.membership.alive(time.monotonic())) == len(daemons) - 1 for d in daemons):
@@ -28,52 +42,78 @@ async def _wait_connected(daemons: list[PeerDaemon], timeout: float = 20.0) -> N
     raise AssertionError("daemons did not see each other")
 
 
+async def start_cluster(n: int, models: list[str], **first_kwargs: object) -> list[PeerDaemon]:
+    """``n`` daemons; the others know only the first (gossip finds the rest)."""
+    first = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=models))
+    await first.start()
+    daemons = [first]
+    for i in range(n - 1):
+        kwargs: dict[str, object] = dict(
+            host="127.0.0.1",
+            port=0,
+            no_mdns=True,
+            models=models,
+            peers=[("127.0.0.1", first.port)],
+        )
+        if i == 0:
+            kwargs.update(first_kwargs)
+        d = PeerDaemon(PeerConfig(**kwargs))  # type: ignore[arg-type]
+        await d.start()
+        daemons.append(d)
+    return daemons
+
+
+async def stop_all(daemons: list[PeerDaemon]) -> None:
+    for d in daemons:
+        await asyncio.wait_for(d.stop(), 15)
+
+
 @pytest_asyncio.fixture
 async def cluster() -> AsyncIterator[list[PeerDaemon]]:
-    first = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=MODELS))
-    await first.start()
-    others = [
-        PeerDaemon(
-            PeerConfig(
-                host="127.0.0.1",
-                port=0,
-                no_mdns=True,
-                models=MODELS,
-                peers=[("127.0.0.1", first.port)],
-            )
-        )
-        for _ in range(2)
-    ]
-    for d in others:
-        await d.start()
-    daemons = [first, *others]
+    daemons = await start_cluster(3, MODELS)
     try:
-        await _wait_connected(daemons)
+        await wait_connected(daemons)
         yield daemons
     finally:
-        for d in daemons:
-            await asyncio.wait_for(d.stop(), 15)
+        await stop_all(daemons)
+
+
+def reference_logits(model: str, image: bytes, size: str) -> torch.Tensor:
+    with torch.no_grad():
+        return shared_model(model).module(to_input(decode(image), size))  # type: ignore[no-any-return]
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
-async def test_three_peers_answer_exactly_under_every_strategy(cluster: list[PeerDaemon]) -> None:
-    data = sample_image_path().read_bytes()
-    ref_model = load_model("resnet34").module
-    for size in ("224", "native"):
-        x = to_input(decode(data), size)
-        with torch.no_grad():
-            ref = ref_model(x).numpy()
-        for i, strategy in enumerate(STRATEGIES):
-            entry = cluster[i % len(cluster)]
-            async with Client(f"127.0.0.1:{entry.port}") as c:
-                r = await asyncio.wait_for(
-                    c.infer(data, model="resnet34", strategy=strategy, size=size), 60
-                )
-            got = np.asarray(r.logits).reshape(ref.shape)
-            torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(ref))
-            assert r.strategy == strategy and len(r.top_k) == 5
-            assert r.plan["strategy"] == strategy
+@pytest.mark.timeout(600)
+async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon]) -> None:
+    images = {"224": sample_image_path().read_bytes(), "native": small_nonsquare_png()}
+    for model in MODELS:
+        for size, image in images.items():
+            ref = reference_logits(model, image, size)
+            for i, strategy in enumerate(STRATEGIES):
+                entry = cluster[i % len(cluster)]  # any peer takes a request
+                async with Client(f"127.0.0.1:{entry.port}") as c:
+                    r = await asyncio.wait_for(
+                        c.infer(image, model=model, strategy=strategy, size=size), 120
+                    )
+                got = torch.from_numpy(np.array(r.logits)).reshape(ref.shape)
+                torch.testing.assert_close(got, ref)
+                assert r.strategy == strategy and r.plan["strategy"] == strategy
+                assert [t.index for t in r.top_k] == ref.reshape(-1).topk(5).indices.tolist()
+                assert r.plan["nodes"][0] == entry.node_id  # the receiver is the auctioneer
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_overlapping_requests_on_one_connection(cluster: list[PeerDaemon]) -> None:
+    image = small_nonsquare_png()
+    ref = reference_logits("resnet34", image, "native")
+    async with Client(f"127.0.0.1:{cluster[1].port}") as c:
+        results = await asyncio.gather(
+            *(c.infer(image, model="resnet34", size="native") for _ in range(4))
+        )
+    for r in results:
+        torch.testing.assert_close(torch.from_numpy(np.array(r.logits)).reshape(ref.shape), ref)
 
 
 @pytest.mark.asyncio
@@ -84,29 +124,91 @@ async def test_peers_view_and_bad_requests(cluster: list[PeerDaemon]) -> None:
         assert {p["id"] for p in peers} == {d.node_id for d in cluster}
         assert all(p["alive"] for p in peers)
         with pytest.raises(ClientError, match="not served"):
-            await c.infer(b"\x89PNG....", model="vgg16")
+            await c.infer(sample_image_path().read_bytes(), model="resnet18")
         with pytest.raises(ClientError, match="cannot decode"):
             await c.infer(b"not an image", model="resnet34")
         with pytest.raises(ClientError, match="unknown strategy"):
             await c.infer(sample_image_path().read_bytes(), model="resnet34", strategy="magic")
+        plan = await c.plan("vgg16", "edgeci")
+        assert plan["plan"]["model"] == "vgg16" and len(plan["nodes"]) == 3
         # The connection still serves after the errors.
         assert len(await c.peers()) == 3
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
-async def test_heartbeat_answered_while_a_tile_computes(cluster: list[PeerDaemon]) -> None:
-    d = cluster[1]
-    assert d.store is not None
-    busy = asyncio.get_running_loop().run_in_executor(d.worker, time.sleep, 1.0)
+async def test_heartbeat_answered_within_50ms_while_a_tile_computes(
+    cluster: list[PeerDaemon],
+) -> None:
+    a, b = cluster[0], cluster[1]
+    # Occupy b's tile worker with a real tile-sized job: a whole VGG-16 forward.
+    x = torch.randn(1, 3, 224, 224)
+    assert b.store is not None
+    busy = asyncio.get_running_loop().run_in_executor(b.worker, b.store.forward, "vgg16", x)
     await asyncio.sleep(0.05)
-    conn = cluster[0].conns[d.node_id]
-    from edgeci_p2p.wire.messages import Ping
-
-    before = cluster[0].membership.members[d.node_id].last_heartbeat
+    member = a.membership.members[b.node_id]
+    before = member.last_heartbeat
     t0 = time.monotonic()
-    await conn.send(Ping(999, time.monotonic()))
-    while cluster[0].membership.members[d.node_id].last_heartbeat == before:
-        await asyncio.sleep(0.005)
+    await a.conns[b.node_id].send(Ping(999, time.monotonic()))
+    while member.last_heartbeat == before:
+        await asyncio.sleep(0.002)
     assert time.monotonic() - t0 < 0.05
+    assert not busy.done(), "the tile finished before the ping: the test proved nothing"
     await busy
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_peer_with_different_weights_gets_no_work(tmp_path: Path) -> None:
+    other = load_model("resnet34", use_hub_cache=False, seed=7)
+    path = tmp_path / "resnet34-other.pth"
+    torch.save(other.module.state_dict(), path)
+    daemons = await start_cluster(3, ["resnet34"], weights={"resnet34": str(path)})
+    odd = daemons[1]
+    try:
+        await wait_connected(daemons)
+        image = sample_image_path().read_bytes()
+        ref = reference_logits("resnet34", image, "224")
+        for strategy in ("edgeci", "modnn"):
+            async with Client(f"127.0.0.1:{daemons[0].port}") as c:
+                r = await c.infer(image, model="resnet34", strategy=strategy)
+            assert odd.node_id not in r.plan["nodes"]
+            assert odd.node_id not in r.timing["compute"]  # type: ignore[operator]
+            torch.testing.assert_close(torch.from_numpy(np.array(r.logits)).reshape(ref.shape), ref)
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_duplicate_node_id_is_refused(tmp_path: Path) -> None:
+    first = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, state_dir=tmp_path))
+    with pytest.raises(DuplicateNodeError, match="same node id"):
+        PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, state_dir=tmp_path))
+    # The id persists across restarts of the same state dir.
+    node_id = first.node_id
+    first._lock_file.close()
+    again = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, state_dir=tmp_path))
+    assert again.node_id == node_id
+    again._lock_file.close()
+    # A remote peer presenting our own id is refused too.
+    a = PeerDaemon(
+        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=["resnet34"]), node_id="same"
+    )
+    await a.start()
+    b = PeerDaemon(
+        PeerConfig(
+            host="127.0.0.1",
+            port=0,
+            no_mdns=True,
+            models=["resnet34"],
+            peers=[("127.0.0.1", a.port)],
+        ),
+        node_id="same",
+    )
+    await b.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert not a.membership.members and not b.membership.members
+    finally:
+        await stop_all([a, b])

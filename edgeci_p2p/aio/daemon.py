@@ -500,7 +500,7 @@ class PeerDaemon:
 
     async def make_plan(
         self, model: str, strategy: str, height: int, width: int
-    ) -> tuple[Plan, list[str], dict[str, float]]:
+    ) -> tuple[Plan, list[str], dict[str, float], Testbed]:
         from edgeci_p2p.planners import plan as plan_with
 
         assert self.store is not None
@@ -517,15 +517,21 @@ class PeerDaemon:
         plan = plan_with(strategy, spec, testbed)
         validate(plan, spec)
         t2 = time.perf_counter()
-        return plan, nodes, {"bid": t1 - t0, "plan": t2 - t1}
+        return plan, nodes, {"bid": t1 - t0, "plan": t2 - t1}, testbed
 
     async def _plan_for(self, conn: Connection, req: PlanRequest) -> None:
         try:
             model = str(req.body.get("model", "resnet34"))
             strategy = str(req.body.get("strategy", "edgeci"))
             h, w = (int(v) for v in req.body.get("size", (224, 224)))
-            plan, nodes, timing = await self.make_plan(model, strategy, h, w)
-            body = {"plan": plan.to_dict(), "text": str(plan), "nodes": nodes, "timing": timing}
+            plan, nodes, timing, testbed = await self.make_plan(model, strategy, h, w)
+            body = {
+                "plan": plan.to_dict(),
+                "text": str(plan),
+                "nodes": nodes,
+                "timing": timing,
+                "testbed": testbed.to_dict(),
+            }
             await conn.send(PlanResult(req.request_id, body))
         except (RequestError, WorkError, UnknownModelError, ValueError) as e:
             code = e.code if isinstance(e, RequestError) else ErrorCode.BAD_REQUEST
@@ -568,7 +574,7 @@ class PeerDaemon:
                 )
             x = torch.from_numpy(arr.copy())
         _, _, h, w = x.shape
-        plan, nodes, timing = await self.make_plan(req.model, req.strategy, h, w)
+        plan, nodes, timing, _ = await self.make_plan(req.model, req.strategy, h, w)
         spec = store.spec(req.model, h, w)
         stats = RunStats()
         cur = x

@@ -20,7 +20,32 @@ def register(sub: Any) -> None:
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224))
     p.add_argument("--json", action="store_true", help="print the plan and simulation as JSON")
     p.add_argument("--gantt", metavar="PNG", help="draw the simulated timeline to this file")
+    p.add_argument(
+        "--peer",
+        metavar="HOST:PORT",
+        help="dry run on a live cluster: plan with its current bids instead of a testbed",
+    )
     p.set_defaults(func=run)
+
+
+def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
+    """Plan on the live cluster behind ``--peer``: its bids become the testbed."""
+    import asyncio
+
+    from edgeci_p2p.aio.client import Client
+    from edgeci_p2p.core.cost import Testbed
+    from edgeci_p2p.core.plan import Plan
+
+    async def go() -> dict[str, Any]:
+        async with Client(args.peer) as c:
+            return await c.plan(args.model, args.strategy, tuple(args.size))
+
+    body = asyncio.run(go())
+    return (
+        Plan.from_dict(body["plan"]),
+        Testbed.from_dict(body["testbed"]),
+        float(body["timing"]["plan"]),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,10 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_name(args.model)
     spec = spec_for(args.model, *args.size)
-    tb = load_testbed(args.testbed)
-    t0 = time.perf_counter()
-    p = plan(args.strategy, spec, tb)
-    planning = time.perf_counter() - t0
+    if args.peer:
+        p, tb, planning = _live(args)
+    else:
+        tb = load_testbed(args.testbed)
+        t0 = time.perf_counter()
+        p = plan(args.strategy, spec, tb)
+        planning = time.perf_counter() - t0
     validate(p, spec)
     res = simulate(p, spec, tb)
     if args.gantt:

@@ -24,6 +24,20 @@ class WorkError(ValueError):
     """A tile or request this peer cannot run (unknown model, wrong weights, bad region)."""
 
 
+_LOADED: dict[tuple[str, str | None], LoadedModel] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def shared_model(name: str, weights: str | None = None) -> LoadedModel:
+    """One loaded copy per (model, weights) per process: peers in one process (tests,
+    benchmarks) share read-only weights instead of holding a copy each."""
+    with _LOADED_LOCK:
+        key = (name, weights)
+        if key not in _LOADED:
+            _LOADED[key] = load_model(name, weights)
+        return _LOADED[key]
+
+
 class ModelStore:
     """Loaded models by name, and one executor per (model, input size)."""
 
@@ -36,7 +50,7 @@ class ModelStore:
         self.models: dict[str, LoadedModel] = {}
         for name in names:
             check_model_name(name)
-            self.models[name] = load_model(name, weights.get(name))
+            self.models[name] = shared_model(name, weights.get(name))
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
         self._lock = threading.Lock()
 
