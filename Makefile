@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The pure core: no torch, asyncio, sockets or zeroconf. mypy --strict runs over it.
-PURE := edgeci_p2p/core edgeci_p2p/wire edgeci_p2p/auction edgeci_p2p/planners
+PURE := edgeci_p2p/core edgeci_p2p/wire edgeci_p2p/auction edgeci_p2p/planners edgeci_p2p/stream/stats.py
 
 .PHONY: demo test lint typecheck pytest bench clean
 
