@@ -1,0 +1,444 @@
+"""End-to-end benchmark on an emulated edge cluster: real peers, real sockets, shaped links.
+
+As root, builds the cluster of benchmarks/emulation.py for a testbed (default
+``emulated-4``: CPU quotas 0.6/0.4/0.3/0.2 of a core, 100 mbit links), starts one
+``edgeci-peer`` per namespace (one torch thread, mDNS inside the namespaces, its
+own state dir and profile cache so that each peer profiles itself under its own
+CPU cap), and from inside the auctioneer's namespace sends K requests per
+strategy and model through the client API. Peer 0, the entry peer and so the
+auctioneer, is the fastest device; ``local`` there is the best single device.
+
+Without root (or namespaces, tc, cgroup v1) it says so and runs the same peers on
+127.0.0.1 without shaping or CPU caps; the results are marked unshaped.
+
+    sudo .venv/bin/python benchmarks/cluster.py [--quick] [--k 10] [--json]
+        [--testbed emulated-4] [--models vgg16,resnet34] [--strategies ...]
+        [--chart docs/cluster-benchmark.png] [--unshaped] [--cleanup]
+
+Table on stdout, progress on stderr, ``--json`` adds a last line
+``{"rows": [{"model", "strategy", "median_ms", "speedup", "efficiency", "bytes",
+"prediction_error"}], ...}``. The cluster is always torn down (try/finally,
+SIGTERM/SIGHUP, atexit) and the run ends by checking that nothing remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from emulation import (
+    Emulation,
+    Layout,
+    SystemHost,
+    can_emulate,
+    make_layout,
+)
+
+from edgeci_p2p.core.cost import Testbed
+from edgeci_p2p.planners.testbeds import load_testbed
+
+STRATEGIES = ("edgeci", "aofl", "edgeld", "modnn", "deepthings", "local")
+ISSUE_SHARES = (0.6, 0.4, 0.3, 0.2)
+PEER_PORT = 7420
+CLIENT = Path(__file__).resolve().parent / "cluster_client.py"
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    strategy: str
+    median_ms: float
+    speedup: float | None
+    efficiency: float | None
+    bytes: float
+    prediction_error: float | None
+
+
+def testbed_shares(testbed: Testbed) -> list[float] | None:
+    """CPU shares from device names like ``peer0-60pct``; None when a name has none."""
+    shares = []
+    for d in testbed.devices:
+        m = re.search(r"(\d+(?:\.\d+)?)pct", d.name)
+        if m is None:
+            return None
+        shares.append(float(m.group(1)) / 100)
+    return shares
+
+
+def testbed_rate_mbit(testbed: Testbed) -> float:
+    """The tbf rate for the testbed's links. tbf at 100 mbit gives 11.5 MB/s here, so a
+    link of ~11.5 MB/s is emulated at 100 mbit; others in proportion."""
+    bw = max(link.bandwidth for link in testbed.links)
+    return round(bw / 11.5e6 * 100, 1)
+
+
+def exec_seconds(r: dict[str, Any]) -> float:
+    """The time the plan itself took on the auctioneer: total minus bid round and planning
+    (what ``plan["predicted"]`` predicts)."""
+    return float(r["total_s"]) - float(r["bid_s"]) - float(r["plan_s"])
+
+
+def summarise(
+    results: Sequence[dict[str, Any]], ideal: float, baseline: str = "local"
+) -> list[Row]:
+    """Per (model, strategy): medians; speedup over ``baseline`` on the same model."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["strategy"]), []).append(r)
+    base = {
+        model: statistics.median(x["latency_s"] for x in rs)
+        for (model, strategy), rs in groups.items()
+        if strategy == baseline
+    }
+    rows = []
+    for (model, strategy), rs in groups.items():
+        med = statistics.median(x["latency_s"] for x in rs)
+        errors = [
+            abs(float(x["predicted_s"]) - exec_seconds(x)) / exec_seconds(x)
+            for x in rs
+            if x.get("predicted_s") is not None and exec_seconds(x) > 0
+        ]
+        speedup = base[model] / med if model in base else None
+        rows.append(
+            Row(
+                model,
+                strategy,
+                round(med * 1e3, 1),
+                None if speedup is None else round(speedup, 3),
+                None if speedup is None else round(speedup / ideal, 3),
+                statistics.median(float(x["bytes"]) for x in rs),
+                round(statistics.median(errors), 3) if errors else None,
+            )
+        )
+    return rows
+
+
+def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the time went, per (model, strategy): medians of the daemon's timing."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["strategy"]), []).append(r)
+    out = []
+    for (model, strategy), rs in groups.items():
+
+        def med(f: Any, rs: list[dict[str, Any]] = rs) -> float:
+            return round(statistics.median(f(x) for x in rs) * 1e3, 1)
+
+        out.append(
+            {
+                "model": model,
+                "strategy": strategy,
+                "n": len(rs),
+                "latency_ms": med(lambda x: x["latency_s"]),
+                "bid_ms": med(lambda x: x["bid_s"]),
+                "plan_ms": med(lambda x: x["plan_s"]),
+                "exec_ms": med(exec_seconds),
+                "predicted_ms": med(lambda x: x["predicted_s"] or 0.0),
+                "transfer_ms": med(lambda x: x["transfer_s"]),
+                "head_ms": med(lambda x: x["head_s"]),
+                "devices": rs[-1]["devices"],
+                "stages": rs[-1]["stages"],
+            }
+        )
+    return out
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> str:
+    head = (
+        f"{'model':<9} {'strategy':<10} {'median ms':>10} {'speedup':>8} {'effic.':>7} "
+        f"{'MB/req':>8} {'pred.err':>8} | {'exec ms':>8} {'pred ms':>8} {'bid+plan':>8} "
+        f"{'devices':<10}"
+    )
+    lines = [head, "-" * len(head)]
+    d = {(x["model"], x["strategy"]): x for x in diag}
+    for r in rows:
+        x = d[(r.model, r.strategy)]
+        lines.append(
+            f"{r.model:<9} {r.strategy:<10} {r.median_ms:>10.1f} {_fmt(r.speedup, '.2f'):>8} "
+            f"{_fmt(r.efficiency, '.2f'):>7} {r.bytes / 1e6:>8.2f} "
+            f"{_fmt(r.prediction_error, '.1%'):>8} | {x['exec_ms']:>8.1f} "
+            f"{x['predicted_ms']:>8.1f} {x['bid_ms'] + x['plan_ms']:>8.1f} "
+            f"{','.join(map(str, x['devices'])):<10}"
+        )
+    if not shaped:
+        lines.append("UNSHAPED: plain loopback, no tbf links, no CPU caps")
+    return "\n".join(lines)
+
+
+def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    d = {(x["model"], x["strategy"]): x for x in diag}
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rs = [r for r in rows if r.model == model]
+        xs = range(len(rs))
+        meas = [r.median_ms for r in rs]
+        pred = [d[(r.model, r.strategy)]["predicted_ms"] for r in rs]
+        colors = ["tab:green" if r.strategy == "edgeci" else "tab:blue" for r in rs]
+        ax.bar(xs, meas, color=colors, label="measured median (client)")
+        ax.scatter(xs, pred, color="black", marker="_", s=400, zorder=3, label="predicted")
+        for x, r in zip(xs, rs, strict=True):
+            if r.speedup is not None:
+                ax.annotate(
+                    f"{r.speedup:.2f}x",
+                    (x, r.median_ms),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+        ax.set_xticks(list(xs), [r.strategy for r in rs])
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Bench:
+    """One run: start peers in the emulation, drive the measuring client, collect results."""
+
+    def __init__(self, args: argparse.Namespace, layout: Layout, emu: Emulation) -> None:
+        self.args = args
+        self.layout = layout
+        self.emu = emu
+        self.workdir = Path(tempfile.mkdtemp(prefix="edgeci-bench-"))
+        self.key_file = self.workdir / "cluster.key"
+        self.key_file.write_text(secrets.token_hex(16))
+        netns = layout.netns
+        self.ports = [PEER_PORT if netns else _free_port() for _ in layout.peers]
+        self.logs = [self.workdir / f"peer{i}.log" for i in range(len(layout.peers))]
+        self.client: subprocess.Popen[str] | None = None
+
+    def address(self, i: int) -> str:
+        return f"{self.layout.peers[i].address}:{self.ports[i]}"
+
+    def start_peers(self) -> None:
+        lay = self.layout
+        for slot in lay.peers:
+            i = slot.index
+            pct = "" if slot.share is None else f"-{round(slot.share * 100)}pct"
+            argv = [
+                sys.executable, "-m", "edgeci_p2p.peer_cli",
+                "--host", slot.address, "--port", str(self.ports[i]),
+                "--name", f"peer{i}{pct}", "--state-dir", str(self.workdir / f"state{i}"),
+                "--threads", "1", "--models", self.args.models,
+                "--cluster-key-file", str(self.key_file), "--log-level", "info",
+            ]  # fmt: skip
+            if lay.netns:
+                # mDNS bound to the namespace's own address: it never leaves the namespaces.
+                argv += ["--mdns-interface", slot.address]
+            else:
+                # Loopback is shared with other programs: no mDNS there, static peers only.
+                argv += ["--no-mdns"] + (["--peer", self.address(0)] if i else [])
+            if self.args.static_peers and lay.netns and i:
+                argv += ["--peer", self.address(0)]
+            env = dict(os.environ)
+            env.update(
+                EDGECI_CACHE_DIR=str(self.workdir / f"cache{i}"),
+                OMP_NUM_THREADS="1",
+                MKL_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1",
+            )
+            self.emu.spawn(slot, argv, env, str(self.logs[i]))
+        t0 = time.monotonic()
+        ready: set[int] = set()
+        while len(ready) < len(lay.peers):
+            for i, log in enumerate(self.logs):
+                if i not in ready and "ready on port" in _tail(log, 200):
+                    ready.add(i)
+                    progress(f"peer{i} ready after {time.monotonic() - t0:.0f} s (profiled)")
+            for i, pid in enumerate(self.emu.pids):
+                if not self.emu.host.alive(pid):
+                    raise RuntimeError(f"peer{i} exited during start:\n{_tail(self.logs[i])}")
+            if time.monotonic() - t0 > self.args.start_timeout:
+                raise TimeoutError(f"peers {sorted(set(range(len(lay.peers))) - ready)} not ready")
+            time.sleep(0.5)
+
+    def measure(self) -> list[dict[str, Any]]:
+        lay, a = self.layout, self.args
+        argv = [
+            sys.executable, str(CLIENT), "--peer", self.address(0),
+            "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
+            "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
+        ]  # fmt: skip
+        if lay.netns:
+            argv = ["ip", "netns", "exec", lay.peers[0].namespace, *argv]
+        self.client = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        total = a.k * len(a.strategies.split(",")) * len(a.models.split(","))
+        results: list[dict[str, Any]] = []
+        errors = 0
+        assert self.client.stdout is not None
+        for line in self.client.stdout:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if ev["event"] == "status":
+                progress(f"  {ev['msg']}")
+            elif ev["event"] == "error":
+                errors += 1
+                progress(f"  error: {ev}")
+            else:
+                results.append(ev)
+                progress(
+                    f"  [{len(results) + errors}/{total}] {ev['model']} {ev['strategy']:<10} "
+                    f"{ev['latency_s'] * 1e3:8.1f} ms  predicted "
+                    f"{(ev['predicted_s'] or 0) * 1e3:8.1f} ms  devices {ev['devices']}"
+                )
+        rc = self.client.wait()
+        self.client = None
+        if rc != 0 and not results:
+            raise RuntimeError(f"measuring client failed ({rc}); peer0 log:\n{_tail(self.logs[0])}")
+        return results
+
+    def stop_client(self) -> None:
+        if self.client is not None and self.client.poll() is None:
+            os.killpg(self.client.pid, signal.SIGKILL)
+            self.client.wait()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--testbed", default="emulated-4")
+    p.add_argument("--k", type=int, default=10, help="requests per strategy and model")
+    p.add_argument("--quick", action="store_true", help="K=2: a check in a few minutes")
+    p.add_argument("--models", default="vgg16,resnet34")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--json", action="store_true", help="last line: JSON rows")
+    p.add_argument("--chart", type=Path, default=Path("cluster-benchmark.png"))
+    p.add_argument("--unshaped", action="store_true", help="force the loopback fallback")
+    p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
+    p.add_argument("--start-timeout", type=float, default=300.0)
+    p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
+    p.add_argument("--cleanup", action="store_true", help="remove a left-over cluster and exit")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.k = 2
+    if args.k < 1:
+        p.error("--k must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    testbed = load_testbed(args.testbed)
+    shares = testbed_shares(testbed)
+    if shares is None:
+        shares = list(ISSUE_SHARES[: len(testbed.devices)])
+        progress(f"testbed {testbed.name} names no cpu shares; using {shares}")
+    host = SystemHost()
+    if args.cleanup:
+        emu = Emulation(make_layout(shares, None), host)
+        left = emu.teardown()
+        print("nothing remains" if not left else f"still there: {left}")
+        return 1 if left else 0
+    ok, why = (False, "--unshaped given") if args.unshaped else can_emulate(host)
+    rate = testbed_rate_mbit(testbed)
+    if ok:
+        layout = make_layout(shares, rate)
+        progress(f"emulating {testbed.name}: {why}; cpu {shares} of a core, links {rate} mbit")
+        ideal = sum(shares) / max(shares)
+    else:
+        layout = make_layout([None] * len(shares), None, netns=False)
+        progress(f"NOT EMULATING ({why}): {len(shares)} peers on plain loopback, UNSHAPED")
+        ideal = float(min(len(shares), os.cpu_count() or 1))
+    emu = Emulation(layout, host)
+    bench: Bench | None = None
+    started = time.monotonic()
+    try:
+        with emu.running():
+            bench = Bench(args, layout, emu)
+            progress(f"work dir {bench.workdir}")
+            try:
+                bench.start_peers()
+                results = bench.measure()
+            finally:
+                bench.stop_client()
+        left = emu.leftovers()
+    finally:
+        if bench is not None and not args.keep_logs:
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+    progress(f"cluster torn down: {'nothing remains' if not left else f'LEFT: {left}'}")
+    if not results:
+        progress("no results")
+        return 1
+    rows = summarise(results, ideal)
+    diag = diagnostics(results)
+    shaped = layout.netns
+    print(table(rows, diag, shaped))
+    title = (
+        f"{testbed.name}: cpu {shares} of a core, {rate:g} mbit tbf links, K={args.k}"
+        if shaped
+        else f"UNSHAPED loopback ({len(shares)} peers, no caps), K={args.k}"
+    )
+    chart(rows, diag, args.chart, title)
+    progress(f"chart: {args.chart}; {time.monotonic() - started:.0f} s in all")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "rows": [asdict(r) for r in rows],
+                    "shaped": shaped,
+                    "testbed": testbed.name,
+                    "shares": shares if shaped else None,
+                    "rate_mbit": rate if shaped else None,
+                    "k": args.k,
+                    "ideal_speedup": ideal,
+                    "diagnostics": diag,
+                    "leftovers": str(left) if left else None,
+                }
+            )
+        )
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

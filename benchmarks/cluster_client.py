@@ -1,0 +1,117 @@
+"""The measuring client of benchmarks/cluster.py (run inside the auctioneer's namespace).
+
+Waits until the entry peer sees the whole cluster, sends one warm-up request per
+model, then K rounds of one request per strategy (strategies interleaved, so a
+drift in machine load touches all of them alike) and prints one JSON object per
+line on stdout: ``{"event": "status"|"result"|"error", ...}``.
+
+    python benchmarks/cluster_client.py --peer HOST:PORT --expect-peers 3 --k 5 \
+        [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeci_p2p.aio.client import Client, ClientError, ConnectionLost
+from edgeci_p2p.nn.images import decode, sample_image_path, to_input
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def devices_used(plan: dict[str, Any]) -> list[int]:
+    return sorted({int(part[0]) for st in plan.get("stages", []) for part in st["parts"]})
+
+
+async def wait_for_cluster(address: str, key: bytes | None, expect: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        try:
+            async with Client(address, key=key, timeout=10) as c:
+                peers = await c.peers()
+            alive = [p for p in peers if not p.get("self") and p.get("alive")]
+            if len(alive) != seen:
+                seen = len(alive)
+                emit(event="status", msg=f"entry peer sees {seen}/{expect} peers")
+            if seen >= expect:
+                return seen
+        except (OSError, ClientError, ConnectionLost, TimeoutError):
+            pass
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"after {timeout:.0f} s the entry peer sees {seen} of {expect} peers")
+
+
+async def measure(args: argparse.Namespace) -> int:
+    key = Path(args.key_file).read_bytes().strip() if args.key_file else None
+    await wait_for_cluster(args.peer, key, args.expect_peers, args.wait)
+    x = to_input(decode(sample_image_path().read_bytes()), "224").numpy()
+    models = [m for m in args.models.split(",") if m]
+    strategies = [s for s in args.strategies.split(",") if s]
+    async with Client(args.peer, key=key, timeout=args.timeout) as c:
+        for model in models:
+            emit(event="status", msg=f"warm-up {model}")
+            for strategy in args.warmup.split(","):
+                await c.infer(x, model=model, strategy=strategy)
+            for rep in range(args.k):
+                for strategy in strategies:
+                    t0 = time.perf_counter()
+                    try:
+                        r = await c.infer(x, model=model, strategy=strategy)
+                    except (ClientError, TimeoutError) as e:
+                        emit(event="error", model=model, strategy=strategy, rep=rep, msg=str(e))
+                        continue
+                    latency = time.perf_counter() - t0
+                    t = r.timing
+                    emit(
+                        event="result",
+                        model=model,
+                        strategy=strategy,
+                        rep=rep,
+                        latency_s=latency,
+                        total_s=float(t["total"]),
+                        bid_s=float(t.get("bid", 0.0)),
+                        plan_s=float(t.get("plan", 0.0)),
+                        head_s=float(t.get("head", 0.0)),
+                        transfer_s=float(t.get("transfer", 0.0)),
+                        compute=t.get("compute", {}),
+                        bytes=float(t.get("bytes", 0.0)),
+                        predicted_s=r.plan.get("predicted"),
+                        devices=devices_used(r.plan),
+                        nodes=r.plan.get("nodes", []),
+                        stages=len(r.plan.get("stages", [])),
+                    )
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peer", required=True)
+    p.add_argument("--key-file")
+    p.add_argument("--expect-peers", type=int, default=0)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--models", default="vgg16,resnet34")
+    p.add_argument("--strategies", default="edgeci,aofl,edgeld,modnn,deepthings,local")
+    p.add_argument("--warmup", default="edgeci", help="strategies of the warm-up requests")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    args = p.parse_args()
+    try:
+        return asyncio.run(measure(args))
+    except (TimeoutError, OSError, ClientError, ConnectionLost) as e:
+        emit(event="error", msg=f"{type(e).__name__}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

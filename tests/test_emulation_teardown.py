@@ -1,0 +1,302 @@
+"""The emulated cluster's setup and teardown against a fake host (no root needed).
+
+The fake keeps the state a real machine would (namespaces and the processes in
+them, qdiscs, cgroup directories and their tasks, live processes) and can raise
+KeyboardInterrupt at any chosen side effect, so the tests interrupt a run at
+every step and check that nothing of the cluster remains.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from emulation import (
+    CFS_PERIOD_US,
+    CGROUP_CPU,
+    CommandError,
+    Emulation,
+    Terminated,
+    make_layout,
+)
+
+SHARES = [0.6, 0.4, 0.3, 0.2]
+
+
+class FakeHost:
+    """A machine in memory. ``interrupt_at``: the n-th side effect raises KeyboardInterrupt
+    (once), as a Ctrl-C arriving at that moment would."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.namespaces: dict[str, set[int]] = {"someone-else": set()}
+        self.qdiscs: dict[str, list[str]] = {}
+        self.cgroups: dict[str, set[int]] = {f"{CGROUP_CPU}/other-group": set()}
+        self.files: dict[str, str] = {}
+        self.procs: dict[int, bool] = {}
+        """pid -> ignores SIGTERM."""
+        self.unkillable: set[int] = set()
+        self.next_pid = 1000
+        self.effects = 0
+        self.interrupt_at = interrupt_at
+        self.clock = 0.0
+
+    def _effect(self, what: list[str]) -> None:
+        self.commands.append(what)
+        self.effects += 1
+        if self.interrupt_at is not None and self.effects == self.interrupt_at:
+            self.interrupt_at = None
+            raise KeyboardInterrupt
+
+    def _need_ns(self, argv: Sequence[str], ns: str) -> None:
+        if ns not in self.namespaces:
+            raise CommandError(argv, 1, f'Cannot open network namespace "{ns}"')
+
+    def run(self, argv: Sequence[str], check: bool = True) -> str:
+        a = list(argv)
+        self._effect(a)
+        try:
+            return self._run(a)
+        except CommandError:
+            if check:
+                raise
+            return ""
+
+    def _run(self, a: list[str]) -> str:
+        if a[:3] == ["ip", "netns", "add"]:
+            if a[3] in self.namespaces:
+                raise CommandError(a, 1, "File exists")
+            self.namespaces[a[3]] = set()
+        elif a[:3] == ["ip", "netns", "del"]:
+            self._need_ns(a, a[3])
+            del self.namespaces[a[3]]
+            self.qdiscs.pop(a[3], None)  # the namespace's links and qdiscs go with it
+        elif a[:3] == ["ip", "netns", "list"]:
+            return "".join(f"{n} (id: {i})\n" for i, n in enumerate(self.namespaces))
+        elif a[:3] == ["ip", "netns", "pids"]:
+            self._need_ns(a, a[3])
+            return "".join(f"{p}\n" for p in sorted(self.namespaces[a[3]]))
+        elif a[:4] == ["ip", "-o", "link", "show"]:
+            return "1: lo: <LOOPBACK,UP> mtu 65536\n2: eth0: <BROADCAST> mtu 1500\n"
+        elif a[:3] == ["tc", "qdisc", "show"]:
+            return "qdisc noqueue 0: dev lo root refcnt 2\n"
+        elif a[:2] == ["tc", "-n"] and a[3:5] == ["qdisc", "add"]:
+            self._need_ns(a, a[2])
+            self.qdiscs.setdefault(a[2], []).append(a[a.index("dev") + 1])
+        elif a[:2] == ["ip", "-n"]:
+            self._need_ns(a, a[2])
+        elif a[:3] == ["ip", "link", "add"]:
+            for i, w in enumerate(a):
+                if w == "netns":
+                    self._need_ns(a, a[i + 1])
+        elif a[:2] == ["tc", "-V"]:
+            return "tc utility, iproute2-fake\n"
+        else:
+            raise AssertionError(f"the fake does not know {a}")
+        return ""
+
+    def write(self, path: str, text: str) -> None:
+        self._effect(["write", path, text])
+        if os.path.dirname(path) not in self.cgroups:
+            raise FileNotFoundError(path)
+        self.files[path] = text
+
+    def mkdir(self, path: str) -> None:
+        self._effect(["mkdir", path])
+        if path in self.cgroups:
+            raise FileExistsError(path)
+        self.cgroups[path] = set()
+
+    def rmdir(self, path: str) -> None:
+        self._effect(["rmdir", path])
+        if path not in self.cgroups:
+            raise FileNotFoundError(path)
+        if self.cgroups[path]:
+            raise OSError(16, "Device or resource busy", path)
+        del self.cgroups[path]
+
+    def listdir(self, path: str) -> list[str]:
+        assert path == CGROUP_CPU
+        return sorted(["cpu.shares", "tasks"] + [os.path.basename(c) for c in self.cgroups])
+
+    def read(self, path: str) -> str:
+        cg, name = os.path.split(path)
+        assert name == "cgroup.procs"
+        return "".join(f"{p}\n" for p in sorted(self.cgroups.get(cg, set())))
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log: str) -> int:
+        a = list(argv)
+        self._effect(["spawn", *a])
+        pid = self.next_pid
+        self.next_pid += 1
+        if a[0] == "sh":  # the cgroup wrapper: echo $$ > <cgroup>/tasks && exec ...
+            cg = a[2].split(">")[1].split("&&")[0].strip().rsplit("/", 1)[0]
+            if cg not in self.cgroups:
+                raise AssertionError(f"spawned into missing cgroup {cg}")
+            self.cgroups[cg].add(pid)
+            a = a[4:]
+        if a[:3] == ["ip", "netns", "exec"]:
+            if a[3] not in self.namespaces:
+                raise AssertionError(f"spawned into missing namespace {a[3]}")
+            self.namespaces[a[3]].add(pid)
+        self.procs[pid] = False
+        return pid
+
+    def start_stray(self, ns: str, ignores_term: bool = True) -> int:
+        """A process we did not spawn through the emulation (e.g. a measuring client)."""
+        pid = self.next_pid
+        self.next_pid += 1
+        self.namespaces[ns].add(pid)
+        self.procs[pid] = ignores_term
+        return pid
+
+    def kill(self, pid: int, sig: int, group: bool = False) -> bool:
+        self._effect(["kill", str(pid), str(sig)])
+        if pid not in self.procs:
+            return False
+        if pid in self.unkillable or (sig == signal.SIGTERM and self.procs[pid]):
+            return True
+        del self.procs[pid]
+        for members in [*self.namespaces.values(), *self.cgroups.values()]:
+            members.discard(pid)
+        return True
+
+    def alive(self, pid: int) -> bool:
+        return pid in self.procs
+
+    def sleep(self, seconds: float) -> None:
+        self.clock += seconds
+
+    # ---- what a test checks -------------------------------------------------------------
+
+    def ours(self) -> list[str]:
+        left = [n for n in self.namespaces if n.startswith("edgeci-bench")]
+        left += [c for c in self.cgroups if "edgeci-bench" in c]
+        left += [f"qdisc {ns}" for ns in self.qdiscs if ns.startswith("edgeci-bench")]
+        left += [f"pid {p}" for p in self.procs]
+        return left
+
+
+def run_benchmark(host: FakeHost, shares: Sequence[float | None] = SHARES) -> Emulation:
+    emu = Emulation(make_layout(shares, 100.0), host)
+    with emu.running():
+        for slot in emu.layout.peers:
+            emu.spawn(slot, ["edgeci-peer", "--host", slot.address], {}, "/dev/null")
+    return emu
+
+
+def test_a_full_run_builds_the_cluster_and_leaves_nothing() -> None:
+    host = FakeHost()
+    emu = Emulation(make_layout(SHARES, 100.0), host)
+    with emu.running():
+        for slot in emu.layout.peers:
+            emu.spawn(slot, ["edgeci-peer"], {}, "/dev/null")
+        # While running: one namespace per peer plus the switch, every link shaped at
+        # both ends, every peer in its own cgroup at its share.
+        assert sorted(n for n in host.namespaces if n.startswith("edgeci-bench")) == sorted(
+            emu.layout.namespaces
+        )
+        shaped = sum(len(devs) for devs in host.qdiscs.values())
+        assert shaped == 2 * len(SHARES)
+        for slot in emu.layout.peers:
+            assert slot.cgroup is not None and slot.share is not None
+            assert host.cgroups[slot.cgroup] & set(emu.pids)
+            quota = int(host.files[f"{slot.cgroup}/cpu.cfs_quota_us"])
+            assert quota == round(slot.share * CFS_PERIOD_US)
+            assert host.namespaces[slot.namespace] & set(emu.pids)
+    assert host.ours() == []
+    assert not emu.leftovers()
+    # Other people's namespaces and cgroups are never touched.
+    assert "someone-else" in host.namespaces and f"{CGROUP_CPU}/other-group" in host.cgroups
+
+
+def _side_effects_of_a_full_run() -> int:
+    host = FakeHost()
+    run_benchmark(host)
+    return host.effects
+
+
+@pytest.mark.parametrize("step", range(1, _side_effects_of_a_full_run() + 1))
+def test_an_interrupt_at_any_step_still_removes_everything(step: int) -> None:
+    host = FakeHost(interrupt_at=step)
+    # The interrupt always reaches the caller, even when it arrived during teardown.
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(host)
+    assert host.ours() == [], f"interrupted at side effect {step}: {host.commands[step - 1]}"
+    assert "someone-else" in host.namespaces
+
+
+def test_stubborn_and_stray_processes_are_killed() -> None:
+    host = FakeHost()
+    emu = Emulation(make_layout(SHARES[:2], 100.0), host)
+    with emu.running():
+        pid = emu.spawn(emu.layout.peers[0], ["edgeci-peer"], {}, "/dev/null")
+        host.procs[pid] = True  # ignores SIGTERM
+        stray = host.start_stray(emu.layout.peers[1].namespace)
+    assert not host.alive(pid) and not host.alive(stray)
+    assert ["kill", str(pid), str(int(signal.SIGKILL))] in host.commands
+    assert host.ours() == []
+
+
+def test_teardown_is_idempotent_and_cleans_up_a_previous_crashed_run() -> None:
+    host = FakeHost()
+    crashed = Emulation(make_layout(SHARES, 100.0), host)
+    crashed.setup()
+    for slot in crashed.layout.peers:
+        crashed.spawn(slot, ["edgeci-peer"], {}, "/dev/null")
+    # A new run refuses to build over the remains and says how to remove them...
+    fresh = Emulation(make_layout(SHARES, 100.0), host)
+    with pytest.raises(RuntimeError, match="--cleanup"):
+        fresh.setup()
+    # ...and a teardown that knows nothing of the old pids still removes everything,
+    # finding the processes through the namespaces and cgroups.
+    assert not fresh.teardown()
+    assert host.ours() == []
+    assert not fresh.teardown()
+
+
+def test_the_final_check_reports_what_could_not_be_removed() -> None:
+    host = FakeHost()
+    emu = Emulation(make_layout(SHARES[:2], 100.0), host)
+    emu.setup()
+    pid = emu.spawn(emu.layout.peers[1], ["edgeci-peer"], {}, "/dev/null")
+    host.unkillable.add(pid)
+    left = emu.teardown()
+    assert left and left.processes == [pid]
+    assert left.cgroups == [emu.layout.peers[1].cgroup]
+    assert str(pid) in str(left)
+
+
+def test_sigterm_during_a_run_tears_down_and_restores_the_handlers() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    host = FakeHost()
+    emu = Emulation(make_layout(SHARES, 100.0), host)
+    with pytest.raises(Terminated), emu.running():
+        emu.spawn(emu.layout.peers[0], ["edgeci-peer"], {}, "/dev/null")
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # a point where the handler surely ran
+        raise AssertionError("SIGTERM did not interrupt the run")
+    assert host.ours() == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_unshaped_fallback_touches_no_network_state() -> None:
+    host = FakeHost()
+    emu = Emulation(make_layout([None, None, None], None, netns=False), host)
+    with emu.running():
+        for slot in emu.layout.peers:
+            assert slot.address == "127.0.0.1" and slot.cgroup is None
+            emu.spawn(slot, ["edgeci-peer"], {}, "/dev/null")
+    writes = [c for c in host.commands if c[0] in ("mkdir", "write") or c[:2] == ["ip", "-n"]]
+    adds = [c for c in host.commands if c[:3] in (["ip", "netns", "add"], ["ip", "link", "add"])]
+    assert writes == [] and adds == []
+    assert host.ours() == []
+    with pytest.raises(ValueError, match="namespaces"):
+        make_layout([None], 100.0, netns=False)
