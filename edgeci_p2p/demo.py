@@ -1,94 +1,162 @@
-"""``make demo``: the fused executor on a real photo, checked against the unsplit model.
+"""``make demo``: a three-peer cluster on loopback serving a real, verified inference.
 
-Runs ResNet-34 and VGG-16 as two fused blocks, each block's output cut into 4
-uneven row strips (as 4 devices of uneven speed would get), stitches the strips,
-runs the head, and compares the logits with the unsplit model's.
+Starts three ``edgeci-peer`` processes on 127.0.0.1 (mDNS bound to 127.0.0.1, no
+static peers), waits until they have found each other, runs
+``edgeci infer --verify`` with ResNet-34 on matplotlib's sample photo through one
+of them, then the same request with ``--strategy local`` (one peer alone) for
+comparison, and stops the peers. Every peer uses one torch thread.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import selectors
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-import torch
+from edgeci_p2p.nn.images import sample_image_path
 
-from edgeci_p2p.core.geometry import halo_overhead, proportional_strips, row_strips, trace
-from edgeci_p2p.core.units import ModelSpec
-from edgeci_p2p.nn.executor import FusedExecutor
-from edgeci_p2p.nn.extract import describe
-from edgeci_p2p.nn.images import load_input, sample_image_path, top_k
-from edgeci_p2p.nn.models import categories, load_model
-
-SHARES = (0.4, 0.3, 0.2, 0.1)
-"""Relative speeds of four imaginary devices: strip heights follow them."""
+BIN = Path(sys.executable).parent
+PEERS = 3
+MODEL = "resnet34"
 
 
-def _stages(spec: ModelSpec) -> list[tuple[int, int]]:
-    """Two fused blocks: up to the first 28-row map, then the rest (fusing all 18 units
-    in one block would recompute ~3x the FLOPs in halos; the planner picks real cuts)."""
-    n = spec.n_units
-    mid = next(b for b in range(1, n) if spec.shape_at(b)[1] <= 28)
-    return [(0, mid), (mid, n)]
+def _say(msg: str) -> None:
+    print(msg, flush=True)
 
 
-def run_model(name: str, x: torch.Tensor) -> tuple[float, bool]:
-    lm = load_model(name, os.environ.get(f"EDGECI_WEIGHTS_{name}"))
-    _, _, h, w = x.shape
-    spec = describe(lm.module, name, h, w, lm.fingerprint)
-    ex = FusedExecutor(lm.module, spec)
-    weights = "pretrained " + lm.source if lm.pretrained else "seeded random weights"
-    print(f"\n== {name} ({weights}; fingerprint {lm.fingerprint[:12]})")
+def _ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sel.select(timeout=0.5):
+            line = proc.stdout.readline()
+            m = re.search(r"ready on port (\d+)", line)
+            if m:
+                return int(m.group(1))
+    raise RuntimeError(f"a peer failed to start (exit code {proc.poll()})")
 
-    y = x
-    for start, stop in _stages(spec):
-        _, oh, ow = spec.shape_at(stop)
-        cuts = [s.stop for s in proportional_strips(oh, SHARES)[:-1]]
-        regions = row_strips(oh, ow, cuts)
-        strips = ", ".join(
-            f"[{r.rows.start},{r.rows.stop})<-[{t.need.rows.start},{t.need.rows.stop})"
-            for r in regions
-            for t in [trace(spec, start, stop, r)]
-        )
-        print(
-            f"   units {spec.units[start].name}..{spec.units[stop - 1].name}: "
-            f"{oh} output rows in 4 strips (out<-in rows) {strips}; "
-            f"halo overhead {100 * halo_overhead(spec, start, stop, regions):.1f}%"
-        )
-        y = ex.run_tiled(start, stop, regions, y)
-    logits = ex.head(y)
-    with torch.no_grad():
-        ref = lm.module(x)
 
-    for i, (idx, label, p) in enumerate(top_k(logits, categories(name)), 1):
-        print(f"   top{i}: {label:<28} p={p:.4f} (class {idx})")
-    diff = (logits - ref).abs().max().item()
-    print(
-        f"   max |tiled - unsplit| over the logits: {diff:.3g} "
-        f"(largest logit {ref.abs().max().item():.3g})"
-    )
-    return diff, lm.pretrained
+def _edgeci(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "edgeci"), *args], capture_output=True, text=True)
 
 
 def main() -> int:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    photo = sample_image_path()
-    print(f"edgeci-p2p demo: fused-tile execution on {photo.name} (224x224 centre crop)")
-    x = load_input(photo)
-    results = [run_model(name, x) for name in ("resnet34", "vgg16")]
-    worst = max(d for d, _ in results)
-    if not all(pretrained for _, pretrained in results):
-        print(
-            "\nNote: without a weights file the weights are seeded random ones, identical on "
-            "every peer,\nso the class names above are meaningless. To use ImageNet weights, "
-            "put torchvision's files\nin the torch hub cache (resnet34-b627a593.pth, "
-            "vgg16-397923af.pth) or set\nEDGECI_WEIGHTS_resnet34=/path/to/file.pth."
-        )
-    ok = worst < 1e-3
-    print(
-        f"\n{'VERIFIED' if ok else 'MISMATCH'}: tiled output equals the unsplit model "
-        f"(max abs diff {worst:.3g})"
+    image = str(sample_image_path())
+    _say("edgeci-p2p demo: measuring this machine once (edgeci profile --threads 1)...")
+    subprocess.run(
+        [str(BIN / "edgeci"), "profile", "--threads", "1"], check=True, stdout=subprocess.DEVNULL
     )
-    return 0 if ok else 1
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeci-demo-") as tmp:
+        try:
+            _say(f"starting {PEERS} peers on 127.0.0.1 (mDNS on 127.0.0.1, no static peers)...")
+            for i in range(PEERS):
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            str(BIN / "edgeci-peer"),
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            "0",
+                            "--mdns-interface",
+                            "127.0.0.1",
+                            "--state-dir",
+                            f"{tmp}/peer{i}",
+                            "--name",
+                            f"demo-{i}",
+                            "--models",
+                            MODEL,
+                            "--threads",
+                            "1",
+                            "--log-level",
+                            "warning",
+                        ],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        env={**os.environ},
+                    )
+                )
+            ports = [_ready_port(p) for p in procs]
+            entry = f"127.0.0.1:{ports[0]}"
+            deadline = time.monotonic() + 30
+            while True:
+                r = _edgeci("peers", "--peer", entry, "--json")
+                view = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
+                if sum(1 for p in view if p.get("alive")) == PEERS:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"peers did not find each other: {r.stderr or view}")
+                time.sleep(0.3)
+            _say(_edgeci("peers", "--peer", entry).stdout)
+
+            # Warm-up (first use of each tile shape builds oneDNN kernels), then measure.
+            for strategy in ("edgeci", "local"):
+                _edgeci("infer", "--peer", entry, "--model", MODEL, "--strategy", strategy, image)
+            results = {}
+            for strategy in ("edgeci", "local"):
+                lat = []
+                for _ in range(3):
+                    r = _edgeci(
+                        "infer",
+                        "--peer",
+                        entry,
+                        "--model",
+                        MODEL,
+                        "--strategy",
+                        strategy,
+                        "--verify",
+                        "--json",
+                        image,
+                    )
+                    if r.returncode != 0:
+                        raise RuntimeError(r.stderr.strip())
+                    out = json.loads(r.stdout.strip().splitlines()[-1])
+                    lat.append(out["timing"]["total"] * 1000)
+                results[strategy] = (out, sorted(lat)[1])
+            out, med = results["edgeci"]
+            _say(f"$ edgeci infer --peer {entry} --model {MODEL} --verify {Path(image).name}")
+            _say(out["plan"].get("text", "") or json.dumps(out["plan"]))
+            for i, t in enumerate(out["top5"], 1):
+                _say(f"  top{i}: {t['label']:<28} p={t['prob']:.4f} (class {t['index']})")
+            _say(f"  max_abs_diff {out['max_abs_diff']:.3g} (max_abs_ref {out['max_abs_ref']:.3g})")
+            local_med = results["local"][1]
+            _say(
+                f"\nmedian of 3 served latencies: {PEERS}-peer cluster {med:.0f} ms, "
+                f"one peer alone (--strategy local) {local_med:.0f} ms"
+            )
+            _say(
+                "(weights are seeded random ones, identical on every peer: the classes are "
+                "meaningless; see README 'Weights' for real ones)"
+            )
+            ok = all(
+                o["max_abs_diff"] <= 1e-5 + 1.3e-6 * o["max_abs_ref"] for o, _ in results.values()
+            )
+            _say(
+                f"\n{'VERIFIED' if ok else 'MISMATCH'}: the cluster's answer equals the "
+                "unsplit model"
+            )
+            return 0 if ok else 1
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            _say("peers stopped")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         "top5": [{"index": t.index, "label": t.label, "prob": t.prob} for t in result.top_k],
         "latency_ms": round(latency * 1000, 1),
         "timing": result.timing,
-        "plan": {k: v for k, v in result.plan.items() if k != "text"},
+        "plan": dict(result.plan),
     }
     if args.verify:
         import numpy as np
