@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,9 @@ from edgeci_p2p.planners.testbeds import load_testbed
 STRATEGIES = ("edgeci", "aofl", "edgeld", "modnn", "deepthings", "local")
 ISSUE_SHARES = (0.6, 0.4, 0.3, 0.2)
 PEER_PORT = 7420
-CLIENT = Path(__file__).resolve().parent / "cluster_client.py"
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "cluster_client.py"
+PROBE_PORT = 7499
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (model, strategy), rs in groups.items():
 
-        def med(f: Any, rs: list[dict[str, Any]] = rs) -> float:
-            return round(statistics.median(f(x) for x in rs) * 1e3, 1)
+        def med(f: Any, rs: list[dict[str, Any]] = rs) -> float | None:
+            values = [v for v in map(f, rs) if v is not None]
+            return round(statistics.median(values) * 1e3, 1) if values else None
 
         out.append(
             {
@@ -150,7 +153,7 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "bid_ms": med(lambda x: x["bid_s"]),
                 "plan_ms": med(lambda x: x["plan_s"]),
                 "exec_ms": med(exec_seconds),
-                "predicted_ms": med(lambda x: x["predicted_s"] or 0.0),
+                "predicted_ms": med(lambda x: x["predicted_s"]),
                 "transfer_ms": med(lambda x: x["transfer_s"]),
                 "head_ms": med(lambda x: x["head_s"]),
                 "devices": rs[-1]["devices"],
@@ -178,7 +181,7 @@ def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> 
             f"{r.model:<9} {r.strategy:<10} {r.median_ms:>10.1f} {_fmt(r.speedup, '.2f'):>8} "
             f"{_fmt(r.efficiency, '.2f'):>7} {r.bytes / 1e6:>8.2f} "
             f"{_fmt(r.prediction_error, '.1%'):>8} | {x['exec_ms']:>8.1f} "
-            f"{x['predicted_ms']:>8.1f} {x['bid_ms'] + x['plan_ms']:>8.1f} "
+            f"{_fmt(x['predicted_ms'], '.1f'):>8} {x['bid_ms'] + x['plan_ms']:>8.1f} "
             f"{','.join(map(str, x['devices'])):<10}"
         )
     if not shaped:
@@ -199,7 +202,7 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
         rs = [r for r in rows if r.model == model]
         xs = range(len(rs))
         meas = [r.median_ms for r in rs]
-        pred = [d[(r.model, r.strategy)]["predicted_ms"] for r in rs]
+        pred = [d[(r.model, r.strategy)]["predicted_ms"] or float("nan") for r in rs]
         colors = ["tab:green" if r.strategy == "edgeci" else "tab:blue" for r in rs]
         ax.bar(xs, meas, color=colors, label="measured median (client)")
         ax.scatter(xs, pred, color="black", marker="_", s=400, zorder=3, label="predicted")
@@ -213,7 +216,8 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
                     fontsize=8,
                 )
         ax.set_xticks(list(xs), [r.strategy for r in rs])
-        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
         ax.set_title(model)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -254,17 +258,78 @@ class Bench:
         self.ports = [PEER_PORT if netns else _free_port() for _ in layout.peers]
         self.logs = [self.workdir / f"peer{i}.log" for i in range(len(layout.peers))]
         self.client: subprocess.Popen[str] | None = None
+        self.link: dict[str, float] | None = None
+        self.peer_pids: list[int] = []
 
     def address(self, i: int) -> str:
         return f"{self.layout.peers[i].address}:{self.ports[i]}"
+
+    def probe_link(self) -> dict[str, float] | None:
+        """RTT and TCP throughput from peer 0 to peer 1 over the shaped link (the estimate
+        a daemon would need in place of its 1 GB/s assumption)."""
+        lay = self.layout
+        if not lay.netns or len(lay.peers) < 2:
+            return None
+        target = replace(lay.peers[1], cgroup=None)
+        pid = self.emu.spawn(
+            target,
+            [sys.executable, str(HERE / "linkprobe.py"), "serve", target.address, str(PROBE_PORT)],
+            dict(os.environ),
+            str(self.workdir / "probe.log"),
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", lay.peers[0].namespace, sys.executable,
+             str(HERE / "linkprobe.py"), "send", target.address, str(PROBE_PORT)],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        self.emu.host.kill(pid, signal.SIGKILL, group=True)
+        self.link = json.loads(out.strip().splitlines()[-1])
+        progress(
+            f"link probe peer0 -> peer1: {self.link['bandwidth'] / 1e6:.2f} MB/s, "
+            f"rtt {self.link['rtt'] * 1e3:.2f} ms"
+        )
+        return self.link
+
+    def env(self, i: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            EDGECI_CACHE_DIR=str(self.workdir / f"cache{i}"),
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            PYTHONUNBUFFERED="1",
+        )
+        if self.args.links == "measured" and self.link is not None:
+            env["EDGECI_BENCH_LINK_BW"] = repr(self.link["bandwidth"])
+        return env
+
+    def sustained_profiles(self) -> None:
+        """Each peer's profile measured in its own namespace and cgroup over CFS-period
+        windows (benchmarks/sustained_profile.py), before the peers start."""
+        pids = []
+        t0 = time.monotonic()
+        for slot in self.layout.peers:
+            log = self.workdir / f"profile{slot.index}.log"
+            argv = [sys.executable, str(HERE / "sustained_profile.py")]
+            pids.append((slot.index, self.emu.spawn(slot, argv, self.env(slot.index), str(log))))
+        for i, pid in pids:
+            while self.emu.host.alive(pid):
+                time.sleep(0.5)
+            log = self.workdir / f"profile{i}.log"
+            if not any((self.workdir / f"cache{i}").glob("profile-*.json")):
+                raise RuntimeError(f"sustained profile of peer{i} failed:\n{_tail(log)}")
+            progress(f"peer{i} sustained profile: {_tail(log, 1)}")
+        progress(f"sustained profiles took {time.monotonic() - t0:.0f} s")
 
     def start_peers(self) -> None:
         lay = self.layout
         for slot in lay.peers:
             i = slot.index
             pct = "" if slot.share is None else f"-{round(slot.share * 100)}pct"
+            entry = ["-m", "edgeci_p2p.peer_cli"]
+            if self.args.links == "measured":
+                entry = [str(HERE / "peer_links.py")]
             argv = [
-                sys.executable, "-m", "edgeci_p2p.peer_cli",
+                sys.executable, *entry,
                 "--host", slot.address, "--port", str(self.ports[i]),
                 "--name", f"peer{i}{pct}", "--state-dir", str(self.workdir / f"state{i}"),
                 "--threads", "1", "--models", self.args.models,
@@ -278,14 +343,7 @@ class Bench:
                 argv += ["--no-mdns"] + (["--peer", self.address(0)] if i else [])
             if self.args.static_peers and lay.netns and i:
                 argv += ["--peer", self.address(0)]
-            env = dict(os.environ)
-            env.update(
-                EDGECI_CACHE_DIR=str(self.workdir / f"cache{i}"),
-                OMP_NUM_THREADS="1",
-                MKL_NUM_THREADS="1",
-                PYTHONUNBUFFERED="1",
-            )
-            self.emu.spawn(slot, argv, env, str(self.logs[i]))
+            self.peer_pids.append(self.emu.spawn(slot, argv, self.env(i), str(self.logs[i])))
         t0 = time.monotonic()
         ready: set[int] = set()
         while len(ready) < len(lay.peers):
@@ -293,7 +351,7 @@ class Bench:
                 if i not in ready and "ready on port" in _tail(log, 200):
                     ready.add(i)
                     progress(f"peer{i} ready after {time.monotonic() - t0:.0f} s (profiled)")
-            for i, pid in enumerate(self.emu.pids):
+            for i, pid in enumerate(self.peer_pids):
                 if not self.emu.host.alive(pid):
                     raise RuntimeError(f"peer{i} exited during start:\n{_tail(self.logs[i])}")
             if time.monotonic() - t0 > self.args.start_timeout:
@@ -355,6 +413,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="last line: JSON rows")
     p.add_argument("--chart", type=Path, default=Path("cluster-benchmark.png"))
     p.add_argument("--unshaped", action="store_true", help="force the loopback fallback")
+    p.add_argument(
+        "--profile",
+        choices=["daemon", "sustained"],
+        default="daemon",
+        help="daemon: each peer profiles itself at start (as shipped); sustained: "
+        "benchmarks/sustained_profile.py measures each peer over CFS-period windows first",
+    )
+    p.add_argument(
+        "--links",
+        choices=["assumed", "measured"],
+        default="assumed",
+        help="assumed: the daemon's 1 GB/s link assumption (as shipped); measured: peers "
+        "plan with the link probe's bandwidth (benchmarks/peer_links.py)",
+    )
+    p.add_argument(
+        "--cpu-weight",
+        type=int,
+        default=8192,
+        help="cpu.shares of the peers' cgroups (0 = the kernel default 1024): high, so that "
+        "other load on the machine does not flatten the quotas",
+    )
     p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
@@ -383,8 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok, why = (False, "--unshaped given") if args.unshaped else can_emulate(host)
     rate = testbed_rate_mbit(testbed)
     if ok:
-        layout = make_layout(shares, rate)
-        progress(f"emulating {testbed.name}: {why}; cpu {shares} of a core, links {rate} mbit")
+        layout = make_layout(shares, rate, cpu_weight=args.cpu_weight or None)
+        progress(
+            f"emulating {testbed.name}: {why}; cpu {shares} of a core "
+            f"(cpu.shares {args.cpu_weight or 'default'}), links {rate} mbit"
+        )
         ideal = sum(shares) / max(shares)
     else:
         layout = make_layout([None] * len(shares), None, netns=False)
@@ -398,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = Bench(args, layout, emu)
             progress(f"work dir {bench.workdir}")
             try:
+                bench.probe_link()
+                if args.profile == "sustained":
+                    bench.sustained_profiles()
                 bench.start_peers()
                 results = bench.measure()
             finally:
@@ -413,12 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarise(results, ideal)
     diag = diagnostics(results)
     shaped = layout.netns
-    print(table(rows, diag, shaped))
     title = (
         f"{testbed.name}: cpu {shares} of a core, {rate:g} mbit tbf links, K={args.k}"
         if shaped
         else f"UNSHAPED loopback ({len(shares)} peers, no caps), K={args.k}"
-    )
+    ) + f"; profile: {args.profile}, links: {args.links}"
+    print(title)
+    print(table(rows, diag, shaped))
     chart(rows, diag, args.chart, title)
     progress(f"chart: {args.chart}; {time.monotonic() - started:.0f} s in all")
     if args.json:
@@ -431,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "shares": shares if shaped else None,
                     "rate_mbit": rate if shaped else None,
                     "k": args.k,
+                    "profile": args.profile,
+                    "links": args.links,
+                    "link_probe": bench.link if bench is not None else None,
                     "ideal_speedup": ideal,
                     "diagnostics": diag,
                     "leftovers": str(left) if left else None,

@@ -183,6 +183,11 @@ class Layout:
     """tbf rate of every link, each direction; None = unshaped."""
     netns: bool = True
     """False: no namespaces, every peer on 127.0.0.1 (the unshaped fallback)."""
+    cpu_weight: int | None = None
+    """cgroup v1 ``cpu.shares`` of each peer's group (default 1024 when None). A quota
+    only caps: on a machine busy with other work, a 0.6-core peer gets its fair share
+    of what is left, no more than a 0.3-core one. A high weight lets every peer get up
+    to its quota first, so the quotas, not the neighbours, set the device speeds."""
 
     @property
     def switch(self) -> str:
@@ -198,6 +203,7 @@ def make_layout(
     rate_mbit: float | None,
     prefix: str = PREFIX,
     netns: bool = True,
+    cpu_weight: int | None = None,
 ) -> Layout:
     if not 1 <= len(shares) <= 200:
         raise ValueError(f"need 1..200 peers, got {len(shares)}")
@@ -216,7 +222,9 @@ def make_layout(
         )
         for i, s in enumerate(shares)
     )
-    return Layout(prefix, peers, rate_mbit, netns)
+    if cpu_weight is not None and not 2 <= cpu_weight <= 262144:
+        raise ValueError(f"cpu weight {cpu_weight} out of range (2..262144)")
+    return Layout(prefix, peers, rate_mbit, netns, cpu_weight)
 
 
 def tbf(ns: str, dev: str, rate_mbit: float) -> list[str]:
@@ -301,6 +309,8 @@ class Emulation:
             h.mkdir(p.cgroup)
             h.write(f"{p.cgroup}/cpu.cfs_period_us", f"{CFS_PERIOD_US}\n")
             h.write(f"{p.cgroup}/cpu.cfs_quota_us", f"{round(p.share * CFS_PERIOD_US)}\n")
+            if self.layout.cpu_weight is not None:
+                h.write(f"{p.cgroup}/cpu.shares", f"{self.layout.cpu_weight}\n")
 
     def spawn(self, slot: PeerSlot, argv: Sequence[str], env: Mapping[str, str], log: str) -> int:
         """Start ``argv`` inside the slot's namespace and cgroup; the pid is recorded for

@@ -194,7 +194,7 @@ def run_benchmark(host: FakeHost, shares: Sequence[float | None] = SHARES) -> Em
 
 def test_a_full_run_builds_the_cluster_and_leaves_nothing() -> None:
     host = FakeHost()
-    emu = Emulation(make_layout(SHARES, 100.0), host)
+    emu = Emulation(make_layout(SHARES, 100.0, cpu_weight=8192), host)
     with emu.running():
         for slot in emu.layout.peers:
             emu.spawn(slot, ["edgeci-peer"], {}, "/dev/null")
@@ -210,6 +210,7 @@ def test_a_full_run_builds_the_cluster_and_leaves_nothing() -> None:
             assert host.cgroups[slot.cgroup] & set(emu.pids)
             quota = int(host.files[f"{slot.cgroup}/cpu.cfs_quota_us"])
             assert quota == round(slot.share * CFS_PERIOD_US)
+            assert host.files[f"{slot.cgroup}/cpu.shares"] == "8192\n"
             assert host.namespaces[slot.namespace] & set(emu.pids)
     assert host.ours() == []
     assert not emu.leftovers()
