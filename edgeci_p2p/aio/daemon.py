@@ -65,8 +65,10 @@ from edgeci_p2p.wire.session import SessionConfig
 log = logging.getLogger("edgeci.peer")
 
 STRATEGIES = ("edgeci", "local", "modnn", "deepthings", "edgeld", "aofl")
-LOOPBACK_BANDWIDTH = 1e9
-"""Bytes/s assumed for a link until transfers have been measured."""
+DEFAULT_BANDWIDTH = 1e9
+"""Bytes/s assumed for a link until tile transfers have measured it."""
+LOCAL_BANDWIDTH = 1e12
+"""The auctioneer's link to itself (never used for transfers; finite so it serialises)."""
 
 
 class RequestError(Exception):
@@ -502,14 +504,17 @@ class PeerDaemon:
     def _testbed(self, bids: Sequence[Bid]) -> tuple[Testbed, list[str]]:
         assert self.compute is not None
         devices = [DeviceModel(self.node_id, self.compute)]
-        links = [LinkModel(LOOPBACK_BANDWIDTH, 0.0)]
+        links = [LinkModel(LOCAL_BANDWIDTH, 0.0)]
         nodes = [self.node_id]
         for b in bids:
             fits = {k: LinearFit(c.a, c.b) for k, c in b.compute.items()}
             devices.append(DeviceModel(b.bidder, ComputeModel(fits)))
             m = self.membership.members.get(b.bidder)
             rtt = m.rtt if m is not None and m.rtt is not None else 0.001
-            links.append(LinkModel(LOOPBACK_BANDWIDTH, rtt))
+            # Bandwidth as measured on earlier tiles (round to 2 digits so that the plan
+            # cache is not defeated by noise); an optimistic default until then.
+            bw = m.bandwidth if m is not None and m.bandwidth else DEFAULT_BANDWIDTH
+            links.append(LinkModel(float(f"{bw:.2g}"), round(rtt, 3)))
             nodes.append(b.bidder)
         backlog = {self.node_id: self.backlog_s, **{b.bidder: b.backlog_s for b in bids}}
         testbed = Testbed(
@@ -704,8 +709,12 @@ class PeerDaemon:
                 res = await asyncio.wait_for(fut, self.config.tile_timeout)
                 elapsed = time.perf_counter() - t0
                 stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
+                moved = slab.numel() * 4 + int(res.output.nbytes)
                 stats.transfer_s += max(0.0, elapsed - res.compute_s)
-                stats.bytes += slab.numel() * 4 + int(res.output.nbytes)
+                stats.bytes += moved
+                member = self.membership.members.get(node)
+                if member is not None:
+                    member.observe_transfer(moved, elapsed - res.compute_s)
                 return torch.from_numpy(np.array(res.output, dtype=np.float32))
             except (ConnectionLost, TimeoutError, RequestError) as e:
                 # The reliability issue adds re-bidding and hedging; until then the

@@ -35,6 +35,16 @@ class Member:
     rtt: float | None = None
     speed_gflops: float = 0.0
     backlog_s: float = 0.0
+    bandwidth: float | None = None
+    """Effective bytes/s measured from tile transfers (serialisation included)."""
+
+    def observe_transfer(self, nbytes: int, seconds: float) -> None:
+        """A tile's bytes in + out took ``seconds`` beyond its compute: update the estimate."""
+        if nbytes < 64 * 1024 or seconds <= 0:
+            return  # small transfers measure latency, not bandwidth
+        rtt = self.rtt or 0.0
+        bw = nbytes / max(seconds - rtt, seconds / 10)
+        self.bandwidth = bw if self.bandwidth is None else 0.7 * self.bandwidth + 0.3 * bw
 
     def alive(self, now: float) -> bool:
         return self.last_heartbeat is not None and now - self.last_heartbeat <= DEAD_AFTER
@@ -48,6 +58,7 @@ class Member:
             "speed_gflops": round(self.speed_gflops, 3),
             "backlog_s": round(self.backlog_s, 4),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            "bandwidth_mb_s": None if self.bandwidth is None else round(self.bandwidth / 1e6, 1),
             "last_heartbeat_s": None
             if self.last_heartbeat is None
             else round(now - self.last_heartbeat, 3),
