@@ -105,6 +105,11 @@ def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
         time.sleep(0.5)
     assert {p["name"] for p in view} == {"p0", "p1", "p2"}
 
+    # Without an address: browse mDNS on 127.0.0.1 to find a peer, then ask it.
+    r = edgeci("peers", "--mdns-interface", "127.0.0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {p["name"] for p in json.loads(r.stdout.strip().splitlines()[-1])} == {"p0", "p1", "p2"}
+
     image = str(sample_image_path())
     r = edgeci(
         "infer",

@@ -212,3 +212,46 @@ async def test_duplicate_node_id_is_refused(tmp_path: Path) -> None:
         assert not a.membership.members and not b.membership.members
     finally:
         await stop_all([a, b])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_cluster_key_admits_members_and_refuses_others() -> None:
+    key = b"correct horse battery staple 42"
+    a = PeerDaemon(
+        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=["resnet34"], cluster_key=key)
+    )
+    await a.start()
+    member = PeerDaemon(
+        PeerConfig(
+            host="127.0.0.1",
+            port=0,
+            no_mdns=True,
+            models=["resnet34"],
+            cluster_key=key,
+            peers=[("127.0.0.1", a.port)],
+        )
+    )
+    outsider = PeerDaemon(
+        PeerConfig(
+            host="127.0.0.1",
+            port=0,
+            no_mdns=True,
+            models=["resnet34"],
+            peers=[("127.0.0.1", a.port)],
+        )
+    )
+    await member.start()
+    await outsider.start()
+    try:
+        await wait_connected([a, member])
+        await asyncio.sleep(0.5)
+        assert set(a.membership.members) == {member.node_id}
+        async with Client(f"127.0.0.1:{a.port}", key=key) as c:
+            r = await c.infer(sample_image_path().read_bytes(), model="resnet34")
+        assert set(r.plan["nodes"]) <= {a.node_id, member.node_id}
+        with pytest.raises(Exception, match=r"(?i)auth|closed|refused"):
+            async with Client(f"127.0.0.1:{a.port}") as c:
+                await c.peers()
+    finally:
+        await stop_all([a, member, outsider])

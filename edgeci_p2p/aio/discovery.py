@@ -119,3 +119,41 @@ class Discovery:
                 await self._azc.async_unregister_service(self._info)
             await self._azc.async_close()
         self._azc = None
+
+
+async def browse(interfaces: Sequence[str], seconds: float = 3.0) -> list[Sighting]:
+    """Listen for peers on ``interfaces`` for ``seconds`` without announcing ourselves."""
+    found: dict[tuple[str, str, int], Sighting] = {}
+    azc = AsyncZeroconf(interfaces=list(interfaces) or None, ip_version=IPVersion.V4Only)  # type: ignore[arg-type]
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def resolve(service_type: str, name: str) -> None:
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(azc.zeroconf, 2000):
+            return
+        node_id = _txt(info, "id")
+        try:
+            version = int(_txt(info, "v") or 0)
+        except ValueError:
+            version = 0
+        for host in info.parsed_addresses(IPVersion.V4Only):
+            s = Sighting(node_id, host, int(info.port or 0), version)
+            found[(s.node_id, s.host, s.port)] = s
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is not ServiceStateChange.Removed:
+            t = asyncio.get_running_loop().create_task(resolve(service_type, name))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+    try:
+        await asyncio.sleep(seconds)
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=2.0)
+    finally:
+        await browser.async_cancel()
+        await azc.async_close()
+    return sorted(found.values(), key=lambda s: (s.node_id, s.host))

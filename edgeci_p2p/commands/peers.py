@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("peers", help="list the cluster's peers")
-    p.add_argument("--peer", required=True, metavar="HOST:PORT", help="any peer of the cluster")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--peer", metavar="HOST:PORT", help="any peer of the cluster")
+    where.add_argument(
+        "--mdns-interface",
+        action="append",
+        metavar="ADDR",
+        help="find a peer by browsing mDNS on this interface address (repeatable)",
+    )
+    p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=run)
 
@@ -19,7 +28,18 @@ def run(args: argparse.Namespace) -> int:
     from edgeci_p2p.aio.client import Client
 
     async def go() -> list[dict[str, Any]]:
-        async with Client(args.peer) as c:
+        address = args.peer
+        if address is None:
+            from edgeci_p2p.aio.discovery import browse
+
+            found = await browse(args.mdns_interface)
+            if not found:
+                raise ConnectionError(
+                    f"no edgeci peer answered mDNS on {', '.join(args.mdns_interface)}"
+                )
+            address = f"{found[0].host}:{found[0].port}"
+        key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+        async with Client(address, key=key) as c:
             return await c.peers()
 
     peers = asyncio.run(go())

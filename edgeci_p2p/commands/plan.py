@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
         metavar="HOST:PORT",
         help="dry run on a live cluster: plan with its current bids instead of a testbed",
     )
+    p.add_argument("--cluster-key-file", help="with --peer: file with the shared cluster key")
     p.set_defaults(func=run)
 
 
@@ -37,7 +38,11 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
     from edgeci_p2p.core.plan import Plan
 
     async def go() -> dict[str, Any]:
-        async with Client(args.peer) as c:
+        key = None
+        if args.cluster_key_file:
+            with open(args.cluster_key_file, "rb") as f:
+                key = f.read().strip()
+        async with Client(args.peer, key=key) as c:
             return await c.plan(args.model, args.strategy, tuple(args.size))
 
     body = asyncio.run(go())
