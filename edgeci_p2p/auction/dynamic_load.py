@@ -67,13 +67,15 @@ class Scenario:
     """Range of the peers' background duty cycles (spread evenly, shuffled)."""
     busy_share: float = 0.8
     """CPU share other tenants take from a peer while it is busy."""
-    period: float = 4.0
+    period: float = 10.0
     """How long each peer's background state lasts, in units of edgeci's unloaded
     latency (so every model and testbed sees the same number of load changes per
-    request: a few requests' worth of time, as other tenants' jobs come and go)."""
+    request). Other tenants' jobs outlast a request, so a bid still describes the
+    peer when the work arrives; if the load flips within a request (period ~4 or
+    less), bids go stale and re-bidding gains little over static plans."""
     jitter: float = 0.1
     seed: int = 1
-    seeds: int = 3
+    seeds: int = 5
     """Independent runs (arrivals, duty cycles, background trace) pooled together,
     so that one lucky or unlucky draw for a dominant peer does not decide the result."""
     window: float = 0.1
