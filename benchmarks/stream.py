@@ -5,6 +5,7 @@ streaming client (one connection, frames in flight matched by request id).
 
     .venv/bin/python benchmarks/stream.py [--frames 20] [--in-flight 1,2,4] [--peers 1,3]
         [--model resnet34] [--strategy edgeci] [--encoding jpeg] [--repeat 1] [--json]
+        [--peer-command "CMD ..."]
 
 The first 2K frames of each run warm the pipeline up and are not counted. Targets (issue
 9): with 3 peers, fps at 4 in flight >= 1.2x fps at 1 in flight, and >= 1.3x the fps of
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -84,14 +86,17 @@ def cpu_seconds(pid: int) -> float:
 class LoopbackCluster:
     """``n`` edgeci-peer processes on 127.0.0.1, the first one the others' static peer."""
 
-    def __init__(self, n: int, model: str, workdir: Path) -> None:
+    def __init__(
+        self, n: int, model: str, workdir: Path, command: Sequence[str] = (str(PEER_BIN),)
+    ) -> None:
         self.n, self.model, self.workdir = n, model, workdir
+        self.command = list(command)
         self.procs: list[subprocess.Popen[str]] = []
         self.ports: list[int] = []
 
     def _spawn(self, i: int, seed: int | None) -> int:
         argv = [
-            str(PEER_BIN),
+            *self.command,
             "--host", "127.0.0.1", "--port", "0", "--no-mdns", "--threads", "1",
             "--models", self.model, "--name", f"p{i}",
             "--state-dir", str(self.workdir / f"p{i}"), "--log-level", "warning",
@@ -189,7 +194,7 @@ async def run_loopback(args: argparse.Namespace) -> list[Measurement]:
     out: list[Measurement] = []
     for n in args.peers:
         with tempfile.TemporaryDirectory(prefix="edgeci-stream-") as tmp:
-            cluster = LoopbackCluster(n, args.model, Path(tmp))
+            cluster = LoopbackCluster(n, args.model, Path(tmp), shlex.split(args.peer_command))
             try:
                 address = await cluster.start()
                 pids = {f"p{i}": p.pid for i, p in enumerate(cluster.procs)}
@@ -240,14 +245,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--encoding", default="jpeg", choices=("jpeg", "png", "tensor"))
     ap.add_argument("--repeat", type=int, default=1, help="runs per point (median fps kept)")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    ap.add_argument(
+        "--peer-command",
+        default=str(PEER_BIN),
+        help="how to start a peer (edgeci-peer's flags are appended): to measure a variant",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print(
-        f"# loopback, {args.model}, strategy {args.strategy}, {args.encoding} frames, "
-        f"{os.cpu_count()} cores, one torch thread per peer",
+        f"# loopback, peers: {args.peer_command}, {args.model}, strategy {args.strategy}, "
+        f"{args.encoding} frames, {os.cpu_count()} cores, one torch thread per peer",
         flush=True,
     )
     print(HEADER, file=sys.stderr, flush=True)
