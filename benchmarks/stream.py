@@ -5,11 +5,20 @@ streaming client (one connection, frames in flight matched by request id).
 
     .venv/bin/python benchmarks/stream.py [--frames 20] [--in-flight 1,2,4] [--peers 1,3]
         [--model resnet34] [--strategy edgeci] [--encoding jpeg] [--repeat 1] [--json]
-        [--peer-command "CMD ..."]
+        [--peer-command "CMD ..."] [--emulated] [--share 0.5] [--rate-mbit 100]
 
 The first 2K frames of each run warm the pipeline up and are not counted. Targets (issue
 9): with 3 peers, fps at 4 in flight >= 1.2x fps at 1 in flight, and >= 1.3x the fps of
-1 peer alone at 4 in flight. ``cpu`` is each peer process's CPU seconds (user + system,
+1 peer alone at 4 in flight.
+
+``--emulated`` (root, with network namespaces, tc and cgroup v1; reuses
+benchmarks/emulation.py) repeats the figures on an emulated cluster: every peer in its
+own network namespace behind a tbf-shaped link (``--rate-mbit``, default 100) and capped
+at ``--share`` of a core (default 0.5, so 3 peers fit in 2 cores with room to spare and
+the caps, not the neighbours, set the device speeds); the streaming client runs inside
+peer 0's namespace, uncapped (the camera sits on the entry device).
+
+``cpu`` is each peer process's CPU seconds (user + system,
 from /proc: tiles, planning, messaging, everything) over the run's wall time, and
 ``client`` the benchmark process's own; with 3 one-thread peers on a 2-core machine the
 fractions cannot sum past 2, and other users of the machine take their share too.
@@ -129,15 +138,8 @@ class LoopbackCluster:
         for i in range(1, self.n):
             self.ports.append(self._spawn(i, self.ports[0]))
         address = f"127.0.0.1:{self.ports[0]}"
-        deadline = time.monotonic() + 60
-        async with Client(address) as c:
-            while True:
-                peers = await c.peers()
-                if len(peers) == self.n and all(p["alive"] for p in peers):
-                    return address
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(peers)} of {self.n} peers joined")
-                await asyncio.sleep(0.2)
+        await wait_for_peers(address, self.n)
+        return address
 
     def stop(self) -> None:
         for p in self.procs:
@@ -147,6 +149,19 @@ class LoopbackCluster:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+async def wait_for_peers(address: str, n: int, timeout: float = 60.0) -> None:
+    """Until the entry peer sees ``n`` alive peers (itself included)."""
+    deadline = time.monotonic() + timeout
+    async with Client(address) as c:
+        while True:
+            peers = await c.peers()
+            if len(peers) == n and all(p["alive"] for p in peers):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(peers)} of {n} peers joined")
+            await asyncio.sleep(0.2)
 
 
 async def measure(
@@ -208,6 +223,91 @@ async def run_loopback(args: argparse.Namespace) -> list[Measurement]:
     return out
 
 
+EMU_PORT = 7420
+
+
+def client_main(argv: Sequence[str]) -> int:
+    """``stream.py client``: run the measurements against a cluster that is already up (the
+    emulated run starts this inside peer 0's namespace) and print one JSON line each."""
+    ap = argparse.ArgumentParser(prog="stream.py client")
+    ap.add_argument("--address", required=True)
+    ap.add_argument("--peers", type=int, required=True)
+    ap.add_argument("--pids", default="", help="name=pid,... for the CPU figures")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--in-flight", type=ints, default=[1, 2, 4])
+    ap.add_argument("--model", default="resnet34")
+    ap.add_argument("--strategy", default="edgeci")
+    ap.add_argument("--encoding", default="jpeg")
+    ap.add_argument("--repeat", type=int, default=1)
+    a = ap.parse_args(argv)
+    pids = {k: int(v) for k, _, v in (x.partition("=") for x in a.pids.split(",") if x)}
+
+    async def go() -> None:
+        await wait_for_peers(a.address, a.peers, 120)
+        for k in a.in_flight:
+            runs = [await measure(a.address, a.peers, k, a, pids) for _ in range(a.repeat)]
+            best = sorted(runs, key=lambda m: m.fps)[len(runs) // 2]
+            print(json.dumps(asdict(best)), flush=True)
+
+    asyncio.run(go())
+    return 0
+
+
+def run_emulated(args: argparse.Namespace) -> list[Measurement]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from emulation import Emulation, SystemHost, can_emulate, make_layout
+
+    ok, why = can_emulate()
+    if not ok:
+        raise RuntimeError(f"cannot emulate here: {why}")
+    out: list[Measurement] = []
+    for n in args.peers:
+        layout = make_layout([args.share] * n, args.rate_mbit, prefix="edgeci-stream")
+        emu = Emulation(layout, SystemHost())
+        with tempfile.TemporaryDirectory(prefix="edgeci-stream-emu-") as tmp, emu.running():
+            work = Path(tmp)
+            entry = f"{layout.peers[0].address}:{EMU_PORT}"
+            logs, pids = [], {}
+            for slot in layout.peers:
+                i = slot.index
+                argv = [
+                    sys.executable, "-m", "edgeci_p2p.peer_cli",
+                    "--host", slot.address, "--port", str(EMU_PORT), "--no-mdns",
+                    "--threads", "1", "--models", args.model, "--name", f"p{i}",
+                    "--state-dir", str(work / f"p{i}"), "--log-level", "warning",
+                ]  # fmt: skip
+                if i:
+                    argv += ["--peer", entry]
+                env = dict(os.environ)
+                # Each peer profiles itself under its own CPU cap: its own profile cache.
+                env.update(EDGECI_CACHE_DIR=str(work / f"cache{i}"), OMP_NUM_THREADS="1")
+                logs.append(work / f"p{i}.log")
+                pids[f"p{i}"] = emu.spawn(slot, argv, env, str(logs[-1]))
+            deadline = time.monotonic() + 180
+            while not all("ready on port" in log.read_text(errors="replace") for log in logs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"emulated peers did not start; logs in {work}")
+                time.sleep(0.5)
+            client = [
+                "ip", "netns", "exec", layout.peers[0].namespace,
+                sys.executable, __file__, "client", "--address", entry, "--peers", str(n),
+                "--pids", ",".join(f"{k}={v}" for k, v in pids.items()),
+                "--frames", str(args.frames),
+                "--in-flight", ",".join(map(str, args.in_flight)),
+                "--model", args.model, "--strategy", args.strategy,
+                "--encoding", args.encoding, "--repeat", str(args.repeat),
+            ]  # fmt: skip
+            res = subprocess.run(client, capture_output=True, text=True, timeout=1800)
+            if res.returncode != 0:
+                raise RuntimeError(f"emulated client failed: {res.stderr[-2000:]}")
+            for line in res.stdout.splitlines():
+                if line.startswith("{"):
+                    m = Measurement(**json.loads(line))
+                    out.append(m)
+                    print(row(m), file=sys.stderr, flush=True)
+    return out
+
+
 def row(m: Measurement) -> str:
     cpu = " ".join(f"{k}={v:.2f}" for k, v in m.cpu.items())
     return (
@@ -245,6 +345,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--encoding", default="jpeg", choices=("jpeg", "png", "tensor"))
     ap.add_argument("--repeat", type=int, default=1, help="runs per point (median fps kept)")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    ap.add_argument("--emulated", action="store_true", help="also the emulated cluster (root)")
+    ap.add_argument("--skip-loopback", action="store_true", help="only the emulated cluster")
+    ap.add_argument("--share", type=float, default=0.5, help="emulated: cores per peer")
+    ap.add_argument("--rate-mbit", type=float, default=100.0, help="emulated: link rate")
     ap.add_argument(
         "--peer-command",
         default=str(PEER_BIN),
@@ -254,6 +358,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["client"]:
+        return client_main(argv[1:])
     args = parse_args(argv)
     print(
         f"# loopback, peers: {args.peer_command}, {args.model}, strategy {args.strategy}, "
@@ -261,12 +368,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     print(HEADER, file=sys.stderr, flush=True)
-    ms = asyncio.run(run_loopback(args))
-    print(HEADER)
-    for m in ms:
-        print(row(m))
-    for line in ratios(ms, max(args.peers)):
-        print(line)
+    ms = [] if args.skip_loopback else asyncio.run(run_loopback(args))
+    if ms:
+        print(HEADER)
+        for m in ms:
+            print(row(m))
+        for line in ratios(ms, max(args.peers)):
+            print(line)
+    if args.emulated:
+        print(
+            f"# emulated: {args.share:g} core and a {args.rate_mbit:g} mbit link per peer, "
+            "client in peer 0's namespace",
+            flush=True,
+        )
+        try:
+            em = run_emulated(args)
+        except RuntimeError as e:
+            print(f"emulated cluster not measured: {e}")
+        else:
+            print(HEADER)
+            for m in em:
+                print(row(m))
+            for line in ratios(em, max(args.peers)):
+                print(line)
+            ms += em
     if args.json:
         print(json.dumps([asdict(m) for m in ms]))
     return 0
