@@ -255,7 +255,10 @@ def client_main(argv: Sequence[str]) -> int:
 
 def run_emulated(args: argparse.Namespace) -> list[Measurement]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from emulation import Emulation, SystemHost, can_emulate, make_layout
+    try:
+        from emulation import Emulation, SystemHost, can_emulate, make_layout
+    except ImportError as e:
+        raise RuntimeError(f"benchmarks/emulation.py is not importable ({e})") from None
 
     ok, why = can_emulate()
     if not ok:
