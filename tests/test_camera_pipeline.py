@@ -193,3 +193,20 @@ def test_sources_refuse_what_they_cannot_open(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(SourceError, match=r"edgeci-p2p\[camera\]"):
             open_source("camera:0")
+
+
+def test_mp4_written_then_read_back_as_a_video_source(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")  # the optional 'camera' extra
+    from edgeci_p2p.stream.annotate import annotate, open_writer
+
+    camera = SyntheticCamera(size=(160, 120))
+    writer = open_writer(tmp_path / "clip.mp4")
+    for i in range(6):
+        writer.write(i, annotate(camera.frame(i), [f"#{i}"]))
+    writer.close()
+    source = open_source(str(tmp_path / "clip.mp4"))
+    sizes = []
+    while (img := source.read()) is not None:
+        sizes.append(img.size)
+    source.close()
+    assert sizes == [(160, 120)] * 6
