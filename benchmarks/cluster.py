@@ -205,6 +205,20 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
         pred = [d[(r.model, r.strategy)]["predicted_ms"] or float("nan") for r in rs]
         colors = ["tab:green" if r.strategy == "edgeci" else "tab:blue" for r in rs]
         ax.bar(xs, meas, color=colors, label="measured median (client)")
+        # The share of the bar spent before any tile runs: bid round + planning.
+        over = [
+            d[(r.model, r.strategy)]["bid_ms"] + d[(r.model, r.strategy)]["plan_ms"] for r in rs
+        ]
+        ax.bar(
+            xs,
+            over,
+            bottom=[m - o for m, o in zip(meas, over, strict=True)],
+            color="none",
+            edgecolor="black",
+            linewidth=0.5,
+            hatch="//",
+            label="of which bid + plan",
+        )
         ax.scatter(xs, pred, color="black", marker="_", s=400, zorder=3, label="predicted")
         for x, r in zip(xs, rs, strict=True):
             if r.speedup is not None:
