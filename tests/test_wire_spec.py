@@ -22,6 +22,29 @@ def test_every_message_and_field_is_documented(kind: str) -> None:
         assert re.search(rf"\| `{name}`( \?)? \|", DOC), f"{kind}.{name} is not in a field table"
 
 
+def first_table_after(marker: str) -> list[str]:
+    """The field names (first column) of the first table after ``marker`` in the doc."""
+    rest = DOC.split(marker, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(rest) if line.startswith("|"))
+    names = []
+    for line in rest[start + 2 :]:  # past the header and its rule
+        if not line.startswith("|"):
+            break
+        names.append(re.sub(r"[`? ]", "", line.split("|")[1]))
+    return names
+
+
+@pytest.mark.parametrize("kind", sorted(messages.MESSAGE_TYPES))
+def test_the_documented_fields_all_exist(kind: str) -> None:
+    # The other direction: a field renamed in the code must not linger in the doc.
+    documented = first_table_after(f"**`{kind}`**")
+    assert set(documented) == set(messages.MESSAGE_TYPES[kind]._fields())
+
+
+def test_the_work_item_table_is_the_work_item_record() -> None:
+    assert first_table_after("`item` (a work item") == list(messages.WorkItem._fields())
+
+
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.name)
 def test_every_error_code_is_documented(code: ErrorCode) -> None:
     fatal = "yes" if code.fatal else "no"

@@ -311,56 +311,63 @@ class Pong(Message):
 
 
 # --- the auction -------------------------------------------------------------------
+# These carry exactly the AWAS messages of edgeci_p2p.auction.messages: each wire
+# message's to_dict() is the auction message's to_dict() (call_for_bids adds an
+# optional ``model``), so the daemon converts with ``Auction.from_dict(m.to_dict())``
+# and ``message_from_wire({"type": ..., **auction.to_dict()})``. This layer does not
+# import the auction package; tests/test_wire_auction_compat.py keeps them in step.
+
+
+def _distinct(owner: str, items: list[WorkItem]) -> None:
+    ids = [i.id for i in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise MessageError(f"{owner}.items: duplicate item ids {dup}")
 
 
 @dataclass(frozen=True)
-class BidItem(Record):
-    """One workload partition offered in a call for bids."""
+class WorkItem(Record):
+    """One workload partition, as the auctioneer offers (and later awards) it."""
 
-    item_id: str
+    id: str
     """Id, unique within the auction."""
     flops: dict[str, int]
     """Unit kind (``conv``/``pool``/``block``/``head``) -> FLOPs of that kind."""
     bytes_in: int
-    """Bytes the winner receives (input slab)."""
+    """Bytes the winner receives (input slab, halo included)."""
     bytes_out: int
     """Bytes the winner sends back (output strip)."""
-    mem_bytes: int
-    """Peak working memory the item needs."""
+    memory: int
+    """Peak bytes the winner must hold while running the item."""
+    calls: dict[str, int]
+    """Unit kind -> unit calls (each pays the fit's fixed cost); absent kinds: one."""
 
     def check(self) -> None:
-        _nonneg("item", bytes_in=self.bytes_in, bytes_out=self.bytes_out, mem_bytes=self.mem_bytes)
+        _nonneg("item", bytes_in=self.bytes_in, bytes_out=self.bytes_out, memory=self.memory)
         _nonneg("item.flops", **self.flops)
+        _nonneg("item.calls", **self.calls)
 
 
 @dataclass(frozen=True)
 class CallForBids(Message):
-    """Auctioneer -> peers: price these items for this model."""
+    """Auctioneer -> peers: price these items."""
 
     TYPE: ClassVar[str] = "call_for_bids"
-    auction_id: str
-    model: str
+    auction: str
+    """Id of this auction, chosen by the auctioneer."""
+    auctioneer: str
+    """The auctioneer's node id (where the work comes from and results go)."""
     fingerprint: str
-    """Weights fingerprint the work must be computed with."""
-    items: list[BidItem]
-    deadline_s: float
-    """Bids arriving later than this many seconds after sending are ignored."""
-    lease_s: float
-    """How long the auctioneer wants a winning bid to stay valid."""
+    """Weights fingerprint: a peer without these weights declines."""
+    items: list[WorkItem]
+    window: float
+    """Seconds the auctioneer waits for bids; later bids are ignored."""
+    model: str | None = None
+    """Model name (not part of the AWAS message; the daemon needs it)."""
 
     def check(self) -> None:
-        _nonneg("call_for_bids", deadline_s=self.deadline_s, lease_s=self.lease_s)
-        ids = [i.item_id for i in self.items]
-        if len(set(ids)) != len(ids):
-            raise MessageError("call_for_bids.items: duplicate item_id")
-
-
-@dataclass(frozen=True)
-class LinearCost(Record):
-    """``seconds = a * flops + b`` for one unit kind."""
-
-    a: float
-    b: float
+        _nonneg("call_for_bids", window=self.window)
+        _distinct("call_for_bids", self.items)
 
 
 @dataclass(frozen=True)
@@ -368,43 +375,96 @@ class Bid(Message):
     """Peer -> auctioneer: sealed bid, or a decline."""
 
     TYPE: ClassVar[str] = "bid"
-    auction_id: str
+    auction: str
     bidder: str
-    """Bidder's node_id."""
-    finish_s: dict[str, float]
-    """item_id -> predicted seconds from now until the result is back."""
-    lease_s: float
-    """The bid (and the capacity it promises) holds this many seconds."""
-    compute: dict[str, LinearCost]
-    """Bidder's fitted compute model per unit kind."""
-    backlog_s: float
-    """Seconds of already-accepted work queued at the bidder."""
-    free_mem: int
+    """Bidder's node id."""
+    backlog: float
+    """Seconds of accepted or reserved work queued ahead of anything new."""
+    duration: dict[str, float]
+    """Item id -> seconds for transfer in + compute + transfer out; items the
+    bidder cannot take are absent. Winning item i alone finishes at backlog + duration[i]."""
+    free_memory: int
     """Bytes of memory the bidder can give to new work."""
-    declined: bool = False
-    reason: str = ""
-    """Why the bidder declined (empty otherwise)."""
+    bandwidth: float
+    """Bidder's estimate of its link to the auctioneer, bytes/s."""
+    rtt: float
+    """... and of its round-trip time, s."""
+    valid_for: float
+    """Seconds after arrival after which the bid is stale."""
+    declined: str
+    """Empty when bidding; otherwise the bidder takes nothing, and this says why."""
 
     def check(self) -> None:
-        _nonneg("bid", lease_s=self.lease_s, backlog_s=self.backlog_s, free_mem=self.free_mem)
-        _nonneg("bid.finish_s", **self.finish_s)
+        _nonneg(
+            "bid",
+            backlog=self.backlog,
+            free_memory=self.free_memory,
+            bandwidth=self.bandwidth,
+            rtt=self.rtt,
+            valid_for=self.valid_for,
+        )
+        _nonneg("bid.duration", **self.duration)
 
 
 @dataclass(frozen=True)
 class Award(Message):
-    """Auctioneer -> winner: these items are yours for ``lease_s`` (or released)."""
+    """Auctioneer -> winner: reserve capacity for these items; answered by award_reply."""
 
     TYPE: ClassVar[str] = "award"
-    auction_id: str
-    items: list[str]
-    """Awarded item ids."""
-    lease_s: float
-    """The award expires this many seconds after sending unless work arrives."""
-    release: bool = False
-    """True: the auctioneer releases the listed items (no work will come)."""
+    auction: str
+    bidder: str
+    """The winner's node id."""
+    items: list[WorkItem]
+    """The awarded work, in full (the bidder prices it again before accepting)."""
+    seq: int
+    """Award generation within the auction: a re-plan sends a higher seq, which
+    replaces the bidder's earlier hold; replies to older seqs are ignored."""
+    lease: float
+    """Seconds the bidder holds the capacity for the work to arrive."""
+    quoted_backlog: float
+    """The backlog the winning bid quoted (lets the bidder notice it is since busier)."""
 
     def check(self) -> None:
-        _nonneg("award", lease_s=self.lease_s)
+        _nonneg("award", seq=self.seq, lease=self.lease, quoted_backlog=self.quoted_backlog)
+        _distinct("award", self.items)
+
+
+@dataclass(frozen=True)
+class AwardReply(Message):
+    """Winner -> auctioneer: capacity reserved, or the award declined with a reason."""
+
+    TYPE: ClassVar[str] = "award_reply"
+    auction: str
+    bidder: str
+    seq: int
+    """The award's ``seq``."""
+    accepted: bool
+    reason: str
+    """Why it declined (``capacity``, ``memory``, ``stale``, ``superseded``); else empty."""
+
+    def check(self) -> None:
+        _nonneg("award_reply", seq=self.seq)
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """Auctioneer -> bidder: drop your reservation for this auction (no work will come)."""
+
+    TYPE: ClassVar[str] = "release"
+    auction: str
+    bidder: str
+
+
+@dataclass(frozen=True)
+class LinearCost(Record):
+    """``seconds = a * flops + b`` for one unit kind.
+
+    Carried by no message any more (the old ``bid.compute``); kept only so that
+    code still importing it keeps importing until it moves to the AWAS bid.
+    """
+
+    a: float
+    b: float
 
 
 # --- tile work -------------------------------------------------------------------------
@@ -621,7 +681,8 @@ class Chunk(Message):
 MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, Auth, Ping, Pong, CallForBids, Bid, Award, TileRequest, TileResult,
+        Hello, Auth, Ping, Pong, CallForBids, Bid, Award, AwardReply, Release,
+        TileRequest, TileResult,
         InferRequest, InferResult, Cancel, Error, Peers, PeersResult, PlanRequest, PlanResult,
         Chunk,
     )
