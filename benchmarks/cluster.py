@@ -426,6 +426,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--json", action="store_true", help="last line: JSON rows")
     p.add_argument("--chart", type=Path, default=Path("cluster-benchmark.png"))
+    p.add_argument("--raw", type=Path, help="also write every request's record (JSON lines)")
     p.add_argument("--unshaped", action="store_true", help="force the loopback fallback")
     p.add_argument(
         "--profile",
@@ -509,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results:
         progress("no results")
         return 1
+    if args.raw is not None:
+        args.raw.write_text("".join(json.dumps(r) + "\n" for r in results))
     rows = summarise(results, ideal)
     diag = diagnostics(results)
     shaped = layout.netns

@@ -301,3 +301,31 @@ def test_the_unshaped_fallback_touches_no_network_state() -> None:
     assert host.ours() == []
     with pytest.raises(ValueError, match="namespaces"):
         make_layout([None], 100.0, netns=False)
+
+
+def test_the_report_measures_speedup_against_local_and_error_against_execution() -> None:
+    from cluster import exec_seconds, summarise
+
+    def rec(strategy: str, latency: float, predicted: float | None) -> dict[str, object]:
+        # 0.1 s of bid + plan before execution; the prediction is of execution only.
+        return {
+            "model": "vgg16",
+            "strategy": strategy,
+            "latency_s": latency,
+            "total_s": latency - 0.01,
+            "bid_s": 0.02,
+            "plan_s": 0.08,
+            "bytes": 1000.0 if strategy != "local" else 0.0,
+            "predicted_s": predicted,
+        }
+
+    results = [rec("local", t, 0.5) for t in (0.9, 1.0, 5.0)]
+    results += [rec("edgeci", t, 0.3) for t in (0.4, 0.5, 0.6)]
+    results += [rec("modnn", 2.0, None)]
+    rows = {r.strategy: r for r in summarise(results, ideal=2.5)}
+    assert rows["local"].speedup == 1.0 and rows["local"].median_ms == 1000.0
+    assert rows["edgeci"].speedup == 2.0 and rows["edgeci"].efficiency == round(2.0 / 2.5, 3)
+    median_exec = exec_seconds(results[4])
+    assert median_exec == pytest.approx(0.5 - 0.01 - 0.1)
+    assert rows["edgeci"].prediction_error == round(abs(0.3 - median_exec) / median_exec, 3)
+    assert rows["modnn"].prediction_error is None and rows["modnn"].bytes == 1000.0
