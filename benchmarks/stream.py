@@ -22,6 +22,9 @@ peer 0's namespace, uncapped (the camera sits on the entry device).
 from /proc: tiles, planning, messaging, everything) over the run's wall time, and
 ``client`` the benchmark process's own; with 3 one-thread peers on a 2-core machine the
 fractions cannot sum past 2, and other users of the machine take their share too.
+``nodes``: peers a frame's plan used, on average; ``bid+plan``: the auctioneer's mean
+milliseconds per frame for the bid round and planning (``timing`` of the answer:
+``bid`` + ``plan``, or ``auction`` where the daemon reports the two as one).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class Measurement:
     """CPU seconds per peer process (and ``client``) over the run's wall time."""
     nodes_per_frame: float
     """Mean number of peers a frame's plan used."""
+    decide_ms: float
+    """Mean auctioneer time per frame spent on the bid round and planning."""
     load: float
     """1-minute load average when the run started (other users of the machine)."""
 
@@ -187,11 +192,13 @@ async def measure(
     counted = [f for f in frames if f.index >= warm]
     wall = max(f.ended for f in counted) - min(f.started for f in counted)
     lat = [1000 * f.latency_s for f in counted]
-    used = []
+    used, decide = [], []
     for f in counted:
         compute = f.result.timing.get("compute", {})
         assert isinstance(compute, dict)
         used.append(len(compute))
+        t = f.result.timing
+        decide.append(sum(float(v) for k, v in t.items() if k in ("bid", "plan", "auction")))
     return Measurement(
         peers,
         in_flight,
@@ -201,6 +208,7 @@ async def measure(
         percentile(lat, 95),
         {k: round(v, 2) for k, v in cpu.items()},
         statistics.fmean(used),
+        1000 * statistics.fmean(decide),
         load,
     )
 
@@ -315,11 +323,14 @@ def row(m: Measurement) -> str:
     cpu = " ".join(f"{k}={v:.2f}" for k, v in m.cpu.items())
     return (
         f"{m.peers:>5} {m.in_flight:>9} {m.frames:>6} {m.fps:>7.2f} {m.p50_ms:>8.0f} "
-        f"{m.p95_ms:>8.0f} {m.nodes_per_frame:>6.2f} {m.load:>5.2f}  {cpu}"
+        f"{m.p95_ms:>8.0f} {m.nodes_per_frame:>6.2f} {m.decide_ms:>7.0f} {m.load:>5.2f}  {cpu}"
     )
 
 
-HEADER = "peers in_flight frames     fps  p50_ms  p95_ms  nodes  load  cpu s / wall s (p0 entry)"
+HEADER = (
+    "peers in_flight frames     fps  p50_ms  p95_ms  nodes  bid+plan  load  "
+    "cpu s / wall s (p0 entry)"
+)
 
 
 def ratios(ms: Sequence[Measurement], many: int) -> list[str]:
