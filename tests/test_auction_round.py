@@ -343,3 +343,20 @@ def test_inputs_outside_the_table_are_our_bug() -> None:
     r.start(0.0)
     with pytest.raises(RoundStateError, match="deliver"):
         r.mark_delivered(A, 0.01)
+
+
+def test_reply_timeout_counts_from_when_awards_were_sent() -> None:
+    """A slow decider must not make every winner miss its reply timeout."""
+    from edgeci_p2p.auction.messages import AwardReply, Bid, CallForBids, WorkItem
+    from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
+
+    call = CallForBids("a1", "p0", "fp", (WorkItem("i1", {"conv": 10}),), 0.1)
+    rnd = AuctionRound(call, frozenset({"p0"}), RoundConfig(window=0.1, reply_timeout=0.5))
+    rnd.start(0.0)
+    sends = rnd.receive_bid(Bid("a1", "p0", 0.0, {"i1": 1.0}, 1 << 20, 1e9, 0.0, 5.0), 0.01)
+    assert rnd.phase is Phase.AWARDING and sends
+    rnd.awards_sent(2.0)  # the decision took two seconds
+    assert rnd.handle_timer(2.2) == [] and rnd.phase is Phase.AWARDING
+    seq = rnd.awards["p0"].seq
+    rnd.receive_reply(AwardReply("a1", "p0", seq, True), 2.3)
+    assert rnd.phase is Phase.COMMITTED

@@ -100,7 +100,8 @@ async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon])
                 torch.testing.assert_close(got, ref)
                 assert r.strategy == strategy and r.plan["strategy"] == strategy
                 assert [t.index for t in r.top_k] == ref.reshape(-1).topk(5).indices.tolist()
-                assert r.plan["nodes"][0] == entry.node_id  # the receiver is the auctioneer
+                # The receiver is the auctioneer: it holds the input and runs the head.
+                assert r.plan["nodes"][r.plan["auctioneer"]] == entry.node_id
 
 
 @pytest.mark.asyncio

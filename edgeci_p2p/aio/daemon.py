@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -27,12 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect, handshake
 from edgeci_p2p.aio.discovery import Discovery, Sighting
-from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.auction.round import RoundConfig
+from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.geometry import Region, Span, full_region, trace
 from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, DuplicateNodeError, Membership
-from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
 from edgeci_p2p.nn.models import UnknownModelError
@@ -41,13 +45,14 @@ from edgeci_p2p.nn.runtime import ModelStore, WorkError
 from edgeci_p2p.wire.auth import ReplayGuard
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import (
+    Award,
+    AwardReply,
     Bid,
     CallForBids,
     Cancel,
     Error,
     InferRequest,
     InferResult,
-    LinearCost,
     Message,
     Peers,
     PeersResult,
@@ -56,9 +61,11 @@ from edgeci_p2p.wire.messages import (
     PlanResult,
     Pong,
     Rect,
+    Release,
     TileRequest,
     TileResult,
     TopK,
+    message_from_wire,
 )
 from edgeci_p2p.wire.session import SessionConfig
 
@@ -131,20 +138,6 @@ def load_node_id(state_dir: Path) -> tuple[str, Any]:
     return node_id, lock
 
 
-def _testbed_key(tb: Testbed) -> tuple[Any, ...]:
-    """What a plan depends on, with noise rounded away (10 ms of backlog, 3 digits of fit)."""
-    return tuple(
-        (
-            d.name,
-            tuple(sorted((k, f"{f.a:.3g}", f"{f.b:.3g}") for k, f in d.compute.fits.items())),
-            round(float(tb.extra.get("backlog", {}).get(d.name, 0.0)), 2),
-            f"{ln.bandwidth:.3g}",
-            round(ln.rtt, 3),
-        )
-        for d, ln in zip(tb.devices, tb.links, strict=True)
-    )
-
-
 class PeerDaemon:
     def __init__(self, config: PeerConfig, node_id: str | None = None) -> None:
         self.config = config
@@ -161,16 +154,18 @@ class PeerDaemon:
         self.store: ModelStore | None = None
         self.compute: ComputeModel | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeci-tile")
-        self.backlog_s = 0.0
+        self.bidder: Bidder | None = None
+        self.auctioneer: Auctioneer | None = None
+        self._delivered: set[str] = set()
+        """Auctions whose reservation here has become queued work (first tile arrived)."""
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: dict[tuple[str, int], asyncio.Future[TileResult]] = {}
-        self._bids: dict[str, asyncio.Queue[Bid]] = {}
         self._guard = ReplayGuard()
         self._dialing: set[tuple[str, int]] = set()
         self._ping_seq = 0
-        self._plans: dict[tuple[Any, ...], Plan] = {}
+        self._decisions: dict[tuple[Any, ...], Any] = {}
         self.port = config.port
         self.ready = asyncio.Event()
 
@@ -188,6 +183,13 @@ class PeerDaemon:
             self.worker, load_or_measure, self.config.threads, False, None
         )
         self.compute = profile.compute
+        self.bidder = own_bidder(self.node_id, self.compute, list(self.store.fingerprints.values()))
+        self.auctioneer = Auctioneer(
+            self.node_id,
+            self.bidder,
+            self._send_auction,
+            RoundConfig(window=self.config.bid_window, reply_timeout=0.5, lease=5.0),
+        )
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         if not self.config.no_mdns:
@@ -352,12 +354,8 @@ class PeerDaemon:
                 log.warning("tile_result for unknown tile %s/%s", msg.request_id, msg.tile_id)
             elif not fut.done():
                 fut.set_result(msg)
-        elif isinstance(msg, CallForBids):
-            self._spawn(conn.send(self._bid_for(msg)))
-        elif isinstance(msg, Bid):
-            q = self._bids.get(msg.auction_id)
-            if q is not None:
-                q.put_nowait(msg)
+        elif isinstance(msg, CallForBids | Bid | Award | AwardReply | Release):
+            self._on_auction(conn, msg)
         elif isinstance(msg, InferRequest):
             self._spawn(self._infer_for(conn, msg))
         elif isinstance(msg, Peers):
@@ -396,13 +394,7 @@ class PeerDaemon:
         loop = asyncio.get_running_loop()
         out = Region(Span(*req.out.rows), Span(*req.out.cols))
         slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
-        # Backlog = predicted seconds of accepted, unfinished tiles: what the next bid adds.
-        try:
-            spec = self.store.spec(req.model, *req.input_hw)
-            predicted = self.compute.trace_seconds(trace(spec, req.start, req.stop, out))
-        except (WorkError, ValueError, IndexError):
-            predicted = 0.0
-        self.backlog_s += predicted
+        self._queue_work(req, out)
         try:
             y = await loop.run_in_executor(
                 self.worker,
@@ -420,37 +412,80 @@ class PeerDaemon:
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e), req.request_id))
             return
-        finally:
-            self.backlog_s = max(0.0, self.backlog_s - predicted)
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
-    def _bid_for(self, cfb: CallForBids) -> Bid:
-        assert self.store is not None and self.compute is not None
-        compute = {k: LinearCost(f.a, f.b) for k, f in self.compute.fits.items()}
-        served = self.store.fingerprints.get(cfb.model)
-        if served != cfb.fingerprint:
-            return Bid(
-                cfb.auction_id,
-                self.node_id,
-                {},
-                0.0,
-                compute,
-                self.backlog_s,
-                0,
-                True,
-                f"weights of {cfb.model} differ here",
-            )
-        finish = {
-            it.item_id: self.backlog_s
-            + sum(self.compute.seconds(k, f) for k, f in it.flops.items())
-            for it in cfb.items
-        }
-        return Bid(
-            cfb.auction_id, self.node_id, finish, cfb.lease_s, compute, self.backlog_s, 1 << 30
-        )
+    def _queue_work(self, req: TileRequest, out: Region) -> None:
+        """Account for a tile in this peer's backlog (what its next bids wait behind).
 
-    # ---- the auctioneer -----------------------------------------------------------------
+        The first tile of an auction turns its reservation into queued work; tiles
+        without a live reservation (lapsed lease) are queued at their predicted cost.
+        """
+        assert self.bidder is not None and self.store is not None and self.compute is not None
+        now = time.monotonic()
+        if req.request_id in self._delivered:
+            return
+        if self.bidder.deliver(req.request_id, now) is not None:
+            self._delivered.add(req.request_id)
+            if len(self._delivered) > 4096:
+                self._delivered.pop()
+            return
+        try:
+            spec = self.store.spec(req.model, *req.input_hw)
+            self.bidder.add_work(
+                self.compute.trace_seconds(trace(spec, req.start, req.stop, out)), now
+            )
+        except (WorkError, ValueError, IndexError):
+            pass
+
+    def _on_auction(self, conn: Connection, msg: Message) -> None:
+        """Auction messages: as a bidder (call, award, release) or as auctioneer (bid, reply)."""
+        assert self.bidder is not None and self.auctioneer is not None
+        body = {k: v for k, v in msg.to_dict().items() if k != "model"}
+        now = time.monotonic()
+        try:
+            if isinstance(msg, CallForBids):
+                bid = self.bidder.bid(am.CallForBids.from_dict(body), now)
+                # Work queued outside the ledger may overdraw the memory estimate.
+                bid = dataclasses.replace(bid, free_memory=max(0, bid.free_memory))
+                self._spawn(self._send_wire(conn, "bid", bid.to_dict()))
+            elif isinstance(msg, Award):
+                reply = self.bidder.accept(am.Award.from_dict(body), now)
+                self._spawn(self._send_wire(conn, "award_reply", reply.to_dict()))
+            elif isinstance(msg, Release):
+                self.bidder.release(am.Release.from_dict(body).auction_id)
+            elif isinstance(msg, Bid):
+                self.auctioneer.on_bid(am.Bid.from_dict(body))
+            elif isinstance(msg, AwardReply):
+                self.auctioneer.on_reply(am.AwardReply.from_dict(body))
+        except (am.MessageError, ValueError, KeyError) as e:
+            log.warning("bad %s from %s: %s", msg.TYPE, conn.peer.node_id, e)
+
+    async def _send_wire(self, conn: Connection, kind: str, body: dict[str, Any]) -> bool:
+        try:
+            await conn.send(message_from_wire({"type": kind, **body}))
+        except ConnectionLost:
+            return False
+        return True
+
+    async def _send_auction(self, to: str, msg: am.CallForBids | am.Award | am.Release) -> bool:
+        conn = self.conns.get(to)
+        if conn is None:
+            return False
+        kind = {am.CallForBids: "call_for_bids", am.Award: "award", am.Release: "release"}[
+            type(msg)
+        ]
+        return await self._send_wire(conn, kind, msg.to_dict())
+
+    def _measured_link(self, bid: am.Bid) -> am.Bid:
+        """A bid's link figures replaced by what this auctioneer measured of that peer
+        (rounded, so that an unchanged cluster keeps hitting the decision cache)."""
+        m = self.membership.members.get(bid.bidder)
+        if m is None:
+            return bid
+        bw = m.bandwidth or DEFAULT_BANDWIDTH
+        rtt = m.rtt if m.rtt is not None else bid.rtt
+        return dataclasses.replace(bid, bandwidth=float(f"{bw:.2g}"), rtt=round(rtt, 3))
 
     def cluster_view(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -461,7 +496,7 @@ class PeerDaemon:
             "address": f"{self.config.host}:{self.port}",
             "models": self.store.fingerprints,
             "speed_gflops": round(self.compute.fits["conv"].gflops, 3),
-            "backlog_s": round(self.backlog_s, 4),
+            "backlog_s": round(self.bidder.backlog(now) if self.bidder else 0.0, 4),
             "rtt_ms": 0.0,
             "last_heartbeat_s": 0.0,
             "alive": True,
@@ -470,99 +505,60 @@ class PeerDaemon:
         }
         return [me] + [m.to_dict(now) for m in self.membership.members.values()]
 
-    async def _collect_bids(self, model: str, fingerprint: str) -> list[Bid]:
-        """One bid round: every alive peer with these weights, until all answer or the window."""
-        members = self.membership.serving(model, fingerprint, time.monotonic())
-        auction_id = secrets.token_hex(6)
-        q: asyncio.Queue[Bid] = asyncio.Queue()
-        self._bids[auction_id] = q
-        cfb = CallForBids(auction_id, model, fingerprint, [], self.config.bid_window, 2.0)
-        asked = 0
-        for m in members:
-            conn = self.conns.get(m.node_id)
-            if conn is not None:
-                with contextlib.suppress(ConnectionLost):
-                    await conn.send(cfb)
-                    asked += 1
-        bids: list[Bid] = []
-        deadline = time.monotonic() + self.config.bid_window
-        try:
-            while len(bids) < asked:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    bid = await asyncio.wait_for(q.get(), left)
-                except TimeoutError:
-                    break
-                if not bid.declined:
-                    bids.append(bid)
-        finally:
-            del self._bids[auction_id]
-        return bids
-
-    def _testbed(self, bids: Sequence[Bid]) -> tuple[Testbed, list[str]]:
-        assert self.compute is not None
-        devices = [DeviceModel(self.node_id, self.compute)]
-        links = [LinkModel(LOCAL_BANDWIDTH, 0.0)]
-        nodes = [self.node_id]
-        for b in bids:
-            fits = {k: LinearFit(c.a, c.b) for k, c in b.compute.items()}
-            devices.append(DeviceModel(b.bidder, ComputeModel(fits)))
-            m = self.membership.members.get(b.bidder)
-            rtt = m.rtt if m is not None and m.rtt is not None else 0.001
-            # Bandwidth as measured on earlier tiles (round to 2 digits so that the plan
-            # cache is not defeated by noise); an optimistic default until then.
-            bw = m.bandwidth if m is not None and m.bandwidth else DEFAULT_BANDWIDTH
-            links.append(LinkModel(float(f"{bw:.2g}"), round(rtt, 3)))
-            nodes.append(b.bidder)
-        backlog = {self.node_id: self.backlog_s, **{b.bidder: b.backlog_s for b in bids}}
-        testbed = Testbed(
-            "live", tuple(devices), tuple(links), 0, True, "live bids", {"backlog": backlog}
-        )
-        return testbed, nodes
-
     async def make_plan(
-        self, model: str, strategy: str, height: int, width: int
-    ) -> tuple[Plan, list[str], dict[str, float], Testbed]:
-        from edgeci_p2p.planners import plan as plan_with
-
-        assert self.store is not None
+        self,
+        request_id: str,
+        model: str,
+        strategy: str,
+        height: int,
+        width: int,
+        dry_run: bool = False,
+    ) -> tuple[Decision, dict[str, float]]:
+        """The AWAS round for one request: bids from the alive peers holding these
+        weights, the plan the strategy makes from them, reservations on the winners."""
+        assert self.store is not None and self.auctioneer is not None
         if strategy not in STRATEGIES:
             raise RequestError(
                 ErrorCode.BAD_REQUEST, f"unknown strategy {strategy!r}; one of {STRATEGIES}"
             )
-        fp = self.store.get(model).fingerprint
-        t0 = time.perf_counter()
-        bids = await self._collect_bids(model, fp) if strategy != "local" else []
-        t1 = time.perf_counter()
-        testbed, nodes = self._testbed(bids)
         spec = self.store.spec(model, height, width)
-        # Planning a 3-4 device cluster takes ~0.1 s; an unchanged cluster (same
-        # peers, same measured models, backlog within 10 ms) reuses the plan.
-        key = (model, strategy, height, width, _testbed_key(testbed))
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = plan_with(strategy, spec, testbed)
-            validate(plan, spec)
-            if len(self._plans) >= 128:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
-        t2 = time.perf_counter()
-        return plan, nodes, {"bid": t1 - t0, "plan": t2 - t1}, testbed
+        t0 = time.perf_counter()
+        if strategy == "local":
+            decision = self.auctioneer._local(spec, None)
+        else:
+            now = time.monotonic()
+            peers = [
+                m.node_id
+                for m in self.membership.serving(model, spec.fingerprint, now)
+                if m.node_id in self.conns
+            ]
+            decision = await self.auctioneer.run(
+                request_id, spec, strategy, peers, adjust_bid=self._measured_link
+            )
+            if dry_run and decision.round is not None:
+                for peer in decision.round.awards:
+                    if peer == self.node_id:
+                        self.bidder.release(request_id)  # type: ignore[union-attr]
+                    else:
+                        await self._send_auction(peer, am.Release(request_id, peer))
+        t1 = time.perf_counter()
+        return decision, {"auction": t1 - t0}
 
     async def _plan_for(self, conn: Connection, req: PlanRequest) -> None:
         try:
             model = str(req.body.get("model", "resnet34"))
             strategy = str(req.body.get("strategy", "edgeci"))
             h, w = (int(v) for v in req.body.get("size", (224, 224)))
-            plan, nodes, timing, testbed = await self.make_plan(model, strategy, h, w)
+            decision, timing = await self.make_plan(
+                req.request_id, model, strategy, h, w, dry_run=True
+            )
             body = {
-                "plan": plan.to_dict(),
-                "text": str(plan),
-                "nodes": nodes,
+                "plan": decision.plan.to_dict(),
+                "text": str(decision.plan),
+                "nodes": decision.nodes,
                 "timing": timing,
-                "testbed": testbed.to_dict(),
+                "testbed": decision.testbed.to_dict(),
+                "left_out": decision.left_out,
             }
             await conn.send(PlanResult(req.request_id, body))
         except (RequestError, WorkError, UnknownModelError, ValueError) as e:
@@ -606,7 +602,10 @@ class PeerDaemon:
                 )
             x = torch.from_numpy(arr.copy())
         _, _, h, w = x.shape
-        plan, nodes, timing, _ = await self.make_plan(req.model, req.strategy, h, w)
+        decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
+        plan, nodes = decision.plan, decision.nodes
+        if self.bidder is not None and self.bidder.deliver(req.request_id, time.monotonic()):
+            self._delivered.add(req.request_id)
         spec = store.spec(req.model, h, w)
         stats = RunStats()
         cur = x
@@ -615,6 +614,8 @@ class PeerDaemon:
             _, ih, iw = spec.shape_at(stage.start)
             whole_in = full_region(ih, iw)
             jobs = []
+            for part in stage.parts:
+                self.auctioneer.mark_delivered(decision.round, nodes[part.device])  # type: ignore[union-attr]
             for pi, part in enumerate(stage.parts):
                 tr = trace(spec, stage.start, stage.stop, part.region)
                 slab = crop(cur, whole_in, tr.need)

@@ -267,6 +267,16 @@ class AuctionRound:
             self._fire(Input.ALL_ACCEPTED)
         return []
 
+    def awards_sent(self, now: float) -> None:
+        """The caller finished sending the pending awards at ``now``.
+
+        Deciding (a DPFL run) can take longer than the reply timeout; the peers'
+        reply timeouts and leases must count from when the awards really left.
+        """
+        for p in self.awards:
+            if p not in self.accepted and p not in self.delivered:
+                self.awarded_at[p] = max(self.awarded_at[p], now)
+
     def mark_delivered(self, peer: str, now: float) -> None:
         """The caller handed ``peer`` its awarded work (before the lease lapsed)."""
         if self.phase is not Phase.COMMITTED or peer not in self.awards:

@@ -49,7 +49,7 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
     return (
         Plan.from_dict(body["plan"]),
         Testbed.from_dict(body["testbed"]),
-        float(body["timing"]["plan"]),
+        float(body["timing"]["auction"]),
     )
 
 

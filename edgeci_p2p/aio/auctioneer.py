@@ -1,0 +1,240 @@
+"""Driving AWAS auction rounds over the network (asyncio glue around the pure round).
+
+The pure :class:`~edgeci_p2p.auction.round.AuctionRound` decides; this module
+only waits: it sends what the round returns (to peers over their connections,
+to this node's own :class:`~edgeci_p2p.auction.bidder.Bidder` directly), feeds
+bids and award replies back in, and calls ``handle_timer`` when the round's
+timer is due. The decider is :class:`~edgeci_p2p.auction.awas.AwasPlanner`
+(AWAS + DPFL) for ``edgeci`` and a static planner for the baselines, which
+plan on the bid-derived device models without backlog, as their papers assume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call, strip_items, testbed_from_bids
+from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.plan import Plan, validate
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.planners import plan as plan_with
+
+log = logging.getLogger("edgeci.auction")
+
+Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]]
+"""Send an auction message to a peer; False when it could not be sent."""
+
+
+class StaticPlanner:
+    """A round's decider for the baselines: plan once on the bidders' idle speeds."""
+
+    def __init__(self, strategy: str, spec: ModelSpec, shared_medium: bool = True) -> None:
+        self.strategy, self.spec, self.shared_medium = strategy, spec, shared_medium
+        self.plan: Plan | None = None
+        self.testbed: Testbed | None = None
+        self._work = Workload(spec)
+
+    def __call__(
+        self, call: am.CallForBids, bids: Sequence[am.Bid]
+    ) -> Mapping[str, tuple[am.WorkItem, ...]]:
+        idle = [replace(b, backlog=0.0) for b in bids]
+        tb, _ = testbed_from_bids(call, idle, 1.0, self.shared_medium)
+        self.plan = plan_with(self.strategy, self.spec, tb)
+        self.testbed = tb
+        return strip_items(self.plan, self.spec, self._work)
+
+
+@dataclass
+class Decision:
+    """The outcome of a request's auction: the plan to run and how it was reached."""
+
+    plan: Plan
+    testbed: Testbed
+    round: AuctionRound | None
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.plan.devices)
+
+
+class Auctioneer:
+    """Runs this node's auction rounds; one per request, several may overlap."""
+
+    def __init__(
+        self,
+        node_id: str,
+        bidder: Bidder,
+        send: Sender,
+        config: RoundConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.bidder = bidder
+        self.send = send
+        self.config = config or RoundConfig()
+        self.clock = clock
+        self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
+        self._planners: dict[tuple[str, tuple[int, int, int]], AwasPlanner] = {}
+
+    # ---- inputs from the connections ---------------------------------------------------
+
+    def on_bid(self, bid: am.Bid) -> None:
+        q = self._inbox.get(bid.auction_id)
+        if q is not None:
+            q.put_nowait(bid)
+
+    def on_reply(self, reply: am.AwardReply) -> None:
+        q = self._inbox.get(reply.auction_id)
+        if q is not None:
+            q.put_nowait(reply)
+
+    # ---- one round ----------------------------------------------------------------------
+
+    def _decider(self, strategy: str, spec: ModelSpec) -> AwasPlanner | StaticPlanner:
+        if strategy != "edgeci":
+            return StaticPlanner(strategy, spec)
+        key = (spec.name, spec.input_shape)
+        planner = self._planners.get(key)
+        if planner is None:
+            planner = AwasPlanner(spec, own=self.bidder.compute)
+            self._planners[key] = planner
+        return planner
+
+    async def run(
+        self,
+        auction_id: str,
+        spec: ModelSpec,
+        strategy: str,
+        peers: Sequence[str],
+        adjust_bid: Callable[[am.Bid], am.Bid] = lambda b: b,
+    ) -> Decision:
+        """Call for bids from ``peers`` (and this node), award, and return the plan.
+
+        ``adjust_bid`` lets the caller replace a bid's link figures with its own
+        measurements of that peer's link before the round sees them.
+        """
+        decider = self._decider(strategy, spec)
+        call = probe_call(auction_id, self.node_id, spec, self.config.window)
+        rnd = AuctionRound(call, frozenset([self.node_id, *peers]), self.config, decide=decider)
+        inbox: asyncio.Queue[am.Bid | am.AwardReply] = asyncio.Queue()
+        self._inbox[auction_id] = inbox
+        try:
+            await self._dispatch(rnd, rnd.start(self.clock()), inbox)
+            while rnd.phase not in (Phase.COMMITTED, Phase.DONE, Phase.LOCAL):
+                due = rnd.get_timer()
+                timeout = None if due is None else max(0.0, due - self.clock())
+                try:
+                    msg = await asyncio.wait_for(inbox.get(), timeout)
+                except TimeoutError:
+                    sends = rnd.handle_timer(self.clock())
+                else:
+                    now = self.clock()
+                    if isinstance(msg, am.Bid):
+                        sends = rnd.receive_bid(adjust_bid(msg), now)
+                    else:
+                        sends = rnd.receive_reply(msg, now)
+                await self._dispatch(rnd, sends, inbox)
+        finally:
+            self._inbox.pop(auction_id, None)
+        if rnd.phase is Phase.LOCAL or decider.plan is None or decider.testbed is None:
+            log.info(
+                "auction %s: running locally (phase %s; declined %s; excluded %s; ignored %s)",
+                auction_id,
+                rnd.phase.value,
+                rnd.declined,
+                rnd.excluded,
+                rnd.ignored,
+            )
+            return self._local(spec, rnd)
+        left = dict(getattr(decider, "left_out", {}))
+        validate(decider.plan, spec)
+        return Decision(decider.plan, decider.testbed, rnd, left)
+
+    def _local(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
+        """No usable bid: the whole request here (this node's measured model)."""
+        tb = Testbed(
+            "local",
+            (self._own_device(),),
+            (self.bidder.link,),
+            source="this node alone",
+        )
+        plan = plan_with("local", spec, tb)
+        return Decision(plan, tb, rnd)
+
+    def _own_device(self) -> Any:
+        from edgeci_p2p.core.cost import DeviceModel
+
+        return DeviceModel(self.node_id, self.bidder.compute, self.bidder.memory_bytes)
+
+    async def _dispatch(
+        self,
+        rnd: AuctionRound,
+        sends: Sequence[Any],
+        inbox: asyncio.Queue[am.Bid | am.AwardReply],
+    ) -> None:
+        await self._send_all(rnd, sends, inbox)
+        if any(isinstance(s.message, am.Award) for s in sends):
+            rnd.awards_sent(self.clock())
+
+    async def _send_all(
+        self,
+        rnd: AuctionRound,
+        sends: Sequence[Any],
+        inbox: asyncio.Queue[am.Bid | am.AwardReply],
+    ) -> None:
+        for s in sends:
+            if s.to == self.node_id:
+                # Our own bidder answers without the network.
+                now = self.clock()
+                if isinstance(s.message, am.CallForBids):
+                    inbox.put_nowait(self.bidder.bid(s.message, now))
+                elif isinstance(s.message, am.Award):
+                    inbox.put_nowait(self.bidder.accept(s.message, now))
+                else:
+                    self.bidder.release(s.message.auction_id)
+                continue
+            with contextlib.suppress(Exception):
+                if await self.send(s.to, s.message):
+                    continue
+            # Unreachable: a call for bids is simply not answered (the window
+            # closes); an award is not confirmed (the reply timeout re-plans).
+            log.debug(
+                "auction %s: could not send %s to %s",
+                rnd.call.auction_id,
+                type(s.message).__name__,
+                s.to,
+            )
+
+    def mark_delivered(self, rnd: AuctionRound | None, peer: str) -> None:
+        """The first tile reached ``peer``: its reservation becomes queued work."""
+        if (
+            rnd is not None
+            and rnd.phase is Phase.COMMITTED
+            and peer in rnd.awards
+            and peer not in rnd.delivered
+        ):
+            rnd.mark_delivered(peer, self.clock())
+
+
+def own_bidder(node_id: str, compute: ComputeModel, fingerprints: Sequence[str]) -> Bidder:
+    """This node's bidder: measured compute model, served weights, an optimistic link
+    (the auctioneer overrides link figures with what it measured)."""
+    from edgeci_p2p.core.cost import LinkModel
+
+    return Bidder(
+        node_id,
+        compute,
+        LinkModel(1e9, 0.001),
+        fingerprints=frozenset(fingerprints),
+    )
