@@ -231,6 +231,9 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
                 )
         ax.set_xticks(list(xs), [r.strategy for r in rs])
         ax.set_yscale("log")
+        # Log-scale bars start at the axis bottom: keep it well below the shortest bar.
+        low = min([m - o for m, o in zip(meas, over, strict=True) if m > o] + meas)
+        ax.set_ylim(low * 0.5, max(meas) * 1.4)
         ax.set_ylabel("latency (ms, log scale)")
         ax.set_title(model)
         ax.legend(fontsize=8)
