@@ -78,8 +78,9 @@ async def measure(args: argparse.Namespace) -> int:
                         rep=rep,
                         latency_s=latency,
                         total_s=float(t["total"]),
-                        bid_s=float(t.get("bid", 0.0)),
-                        plan_s=float(t.get("plan", 0.0)),
+                        # Time before any tile runs: the daemon reports it as "auction"
+                        # (bids + plan + awards), earlier versions as "bid" and "plan".
+                        auction_s=float(t.get("auction", t.get("bid", 0.0) + t.get("plan", 0.0))),
                         head_s=float(t.get("head", 0.0)),
                         transfer_s=float(t.get("transfer", 0.0)),
                         compute=t.get("compute", {}),

@@ -1,10 +1,11 @@
 """``edgeci-peer`` with a measured link bandwidth in place of the daemon's assumption.
 
-The daemon plans every link at ``LOOPBACK_BANDWIDTH`` (1 GB/s) until it measures
-transfers. ``benchmarks/cluster.py --links measured`` starts peers through this
-wrapper, which sets that constant to ``$EDGECI_BENCH_LINK_BW`` (bytes/s, measured
-by the benchmark's link probe between two namespaces) before the daemon starts:
-it shows what plans with an honest link estimate do, until the daemon has one.
+The daemon plans every link at an assumed 1 GB/s (``DEFAULT_BANDWIDTH``, earlier
+``LOOPBACK_BANDWIDTH``) until tile transfers have measured it.
+``benchmarks/cluster.py --links measured`` starts peers through this wrapper, which
+sets that constant to ``$EDGECI_BENCH_LINK_BW`` (bytes/s, measured by the
+benchmark's link probe between two namespaces) before the daemon starts: it shows
+what plans with an honest link estimate do from the first request on.
 """
 
 from __future__ import annotations
@@ -18,5 +19,10 @@ from edgeci_p2p.peer_cli import main
 if __name__ == "__main__":
     bw = os.environ.get("EDGECI_BENCH_LINK_BW")
     if bw:
-        daemon.LOOPBACK_BANDWIDTH = float(bw)  # read by PeerDaemon._testbed at plan time
+        # The assumed bandwidth until tile transfers have measured a link (the constant's
+        # name differs between daemon versions); read at plan time, so setting it here
+        # before the daemon starts is enough.
+        for name in ("DEFAULT_BANDWIDTH", "LOOPBACK_BANDWIDTH"):
+            if hasattr(daemon, name):
+                setattr(daemon, name, float(bw))
     sys.exit(main())

@@ -307,14 +307,13 @@ def test_the_report_measures_speedup_against_local_and_error_against_execution()
     from cluster import exec_seconds, summarise
 
     def rec(strategy: str, latency: float, predicted: float | None) -> dict[str, object]:
-        # 0.1 s of bid + plan before execution; the prediction is of execution only.
+        # 0.1 s of auction before execution; the prediction is of execution only.
         return {
             "model": "vgg16",
             "strategy": strategy,
             "latency_s": latency,
             "total_s": latency - 0.01,
-            "bid_s": 0.02,
-            "plan_s": 0.08,
+            "auction_s": 0.1,
             "bytes": 1000.0 if strategy != "local" else 0.0,
             "predicted_s": predicted,
         }
