@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import math
 import os
 import secrets
 import time
@@ -479,13 +480,16 @@ class PeerDaemon:
 
     def _measured_link(self, bid: am.Bid) -> am.Bid:
         """A bid's link figures replaced by what this auctioneer measured of that peer
-        (rounded, so that an unchanged cluster keeps hitting the decision cache)."""
+        (bucketed, so that an unchanged cluster keeps hitting the decision cache)."""
         m = self.membership.members.get(bid.bidder)
         if m is None:
             return bid
         bw = m.bandwidth or DEFAULT_BANDWIDTH
         rtt = m.rtt if m.rtt is not None else bid.rtt
-        return dataclasses.replace(bid, bandwidth=float(f"{bw:.2g}"), rtt=round(rtt, 3))
+        # Power-of-two buckets: the estimate moves with every plan's traffic mix, and
+        # a plan that changes with every +-20% of measurement noise gains nothing.
+        bucket = 2.0 ** round(math.log2(bw))
+        return dataclasses.replace(bid, bandwidth=bucket, rtt=round(rtt, 3))
 
     def cluster_view(self) -> list[dict[str, Any]]:
         now = time.monotonic()
