@@ -485,11 +485,14 @@ class PeerDaemon:
         if m is None:
             return bid
         bw = m.bandwidth or DEFAULT_BANDWIDTH
-        rtt = m.rtt if m.rtt is not None else bid.rtt
+        # The link model charges rtt/2 per transfer and a tile makes two (slab out,
+        # strip back): the fitted per-tile overhead is the round trip it costs.
+        rtt = max(m.rtt if m.rtt is not None else bid.rtt, m.overhead or 0.0)
         # Power-of-two buckets: the estimate moves with every plan's traffic mix, and
         # a plan that changes with every +-20% of measurement noise gains nothing.
         bucket = 2.0 ** round(math.log2(bw))
-        return dataclasses.replace(bid, bandwidth=bucket, rtt=round(rtt, 3))
+        rtt_bucket = 2.0 ** round(math.log2(rtt)) if rtt > 1e-5 else 0.0
+        return dataclasses.replace(bid, bandwidth=bucket, rtt=rtt_bucket)
 
     def cluster_view(self) -> list[dict[str, Any]]:
         now = time.monotonic()

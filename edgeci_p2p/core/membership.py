@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeci_p2p.core.cost import LinearFit
+
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings on every peer connection."""
 DEAD_AFTER = 3.5
@@ -35,16 +37,32 @@ class Member:
     rtt: float | None = None
     speed_gflops: float = 0.0
     backlog_s: float = 0.0
+    transfers: list[tuple[float, float]] = field(default_factory=list)
+    """Recent (bytes moved, seconds beyond compute) of tiles sent to this peer."""
     bandwidth: float | None = None
-    """Effective bytes/s measured from tile transfers (serialisation included)."""
+    """Effective bytes/s fitted from those tiles (serialisation and hand-offs included)."""
+    overhead: float | None = None
+    """Fixed seconds per tile round trip fitted from them (beyond the ping RTT's share)."""
 
-    def observe_transfer(self, nbytes: int, seconds: float) -> None:
-        """A tile's bytes in + out took ``seconds`` beyond its compute: update the estimate."""
-        if nbytes < 64 * 1024 or seconds <= 0:
-            return  # small transfers measure latency, not bandwidth
-        rtt = self.rtt or 0.0
-        bw = nbytes / max(seconds - rtt, seconds / 10)
-        self.bandwidth = bw if self.bandwidth is None else 0.7 * self.bandwidth + 0.3 * bw
+    def observe_transfer(self, nbytes: int, seconds: float, keep: int = 48) -> None:
+        """A tile's bytes in + out took ``seconds`` beyond its compute: refit the link.
+
+        ``seconds = bytes / bandwidth + overhead`` by least squares over the last
+        ``keep`` tiles; with too few distinct sizes, bandwidth alone from their mean.
+        """
+        if nbytes <= 0 or seconds <= 0:
+            return
+        self.transfers.append((float(nbytes), seconds))
+        del self.transfers[:-keep]
+        pts = self.transfers
+        if len({round(b, -3) for b, _ in pts}) >= 3 and len(pts) >= 6:
+            fit = LinearFit.fit(pts)
+            if fit.a > 0:
+                self.bandwidth, self.overhead = 1.0 / fit.a, fit.b
+                return
+        total_b = sum(b for b, _ in pts)
+        total_s = sum(t for _, t in pts)
+        self.bandwidth, self.overhead = total_b / total_s, 0.0
 
     def alive(self, now: float) -> bool:
         return self.last_heartbeat is not None and now - self.last_heartbeat <= DEAD_AFTER
@@ -59,6 +77,7 @@ class Member:
             "backlog_s": round(self.backlog_s, 4),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "bandwidth_mb_s": None if self.bandwidth is None else round(self.bandwidth / 1e6, 1),
+            "tile_overhead_ms": None if self.overhead is None else round(self.overhead * 1e3, 2),
             "last_heartbeat_s": None
             if self.last_heartbeat is None
             else round(now - self.last_heartbeat, 3),
