@@ -31,7 +31,8 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
+def ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
+    """The port a started ``edgeci-peer`` reports once it serves (it prints one line)."""
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -43,6 +44,37 @@ def _ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
             if m:
                 return int(m.group(1))
     raise RuntimeError(f"a peer failed to start (exit code {proc.poll()})")
+
+
+def start_peer(
+    state_dir: str, name: str, models: str = MODEL, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """One ``edgeci-peer`` on 127.0.0.1 (any free port, mDNS on 127.0.0.1, one thread)."""
+    return subprocess.Popen(
+        [
+            str(BIN / "edgeci-peer"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--mdns-interface",
+            "127.0.0.1",
+            "--state-dir",
+            state_dir,
+            "--name",
+            name,
+            "--models",
+            models,
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _edgeci(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,34 +92,8 @@ def main() -> int:
         try:
             _say(f"starting {PEERS} peers on 127.0.0.1 (mDNS on 127.0.0.1, no static peers)...")
             for i in range(PEERS):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            str(BIN / "edgeci-peer"),
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            "0",
-                            "--mdns-interface",
-                            "127.0.0.1",
-                            "--state-dir",
-                            f"{tmp}/peer{i}",
-                            "--name",
-                            f"demo-{i}",
-                            "--models",
-                            MODEL,
-                            "--threads",
-                            "1",
-                            "--log-level",
-                            "warning",
-                        ],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                        env={**os.environ},
-                    )
-                )
-            ports = [_ready_port(p) for p in procs]
+                procs.append(start_peer(f"{tmp}/peer{i}", f"demo-{i}"))
+            ports = [ready_port(p) for p in procs]
             entry = f"127.0.0.1:{ports[0]}"
             deadline = time.monotonic() + 30
             while True:

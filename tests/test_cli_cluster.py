@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -16,63 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from edgeci_p2p.demo import ready_port, start_peer
 from edgeci_p2p.nn.images import sample_image_path
 
 BIN = Path(sys.executable).parent
 READY = re.compile(r"ready on port (\d+)")
 
 
-def _read_ready(proc: subprocess.Popen[str], timeout: float) -> int:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=0.5):
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        m = READY.search(line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(f"peer did not become ready (exit code {proc.poll()})")
-
-
 @pytest.fixture
 def peers(tmp_path: Path) -> Iterator[list[int]]:
-    env = {**os.environ, "EDGECI_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"EDGECI_CACHE_DIR": str(tmp_path / "cache")}
     procs = []
     try:
         for i in range(3):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "edgeci-peer"),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        "0",
-                        "--mdns-interface",
-                        "127.0.0.1",
-                        "--state-dir",
-                        str(tmp_path / f"peer{i}"),
-                        "--name",
-                        f"p{i}",
-                        "--models",
-                        "resnet34",
-                        "--threads",
-                        "1",
-                        "--log-level",
-                        "warning",
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env=env,
-                )
-            )
-        yield [_read_ready(p, 120) for p in procs]
+            procs.append(start_peer(str(tmp_path / f"peer{i}"), f"p{i}", env=env))
+        yield [ready_port(p, 120) for p in procs]
         # SIGTERM shuts a peer down cleanly (exit code 0).
         for p in procs:
             p.send_signal(signal.SIGTERM)
