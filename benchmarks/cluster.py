@@ -47,6 +47,7 @@ from emulation import (
     Emulation,
     Layout,
     SystemHost,
+    Terminated,
     can_emulate,
     make_layout,
 )
@@ -503,6 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 bench.stop_client()
         left = emu.leftovers()
+    except (KeyboardInterrupt, Terminated) as e:
+        left = emu.leftovers()
+        progress(
+            f"interrupted ({e or 'Ctrl-C'}); cluster torn down: "
+            f"{'nothing remains' if not left else f'LEFT: {left}'}"
+        )
+        return 130
     finally:
         if bench is not None and not args.keep_logs:
             shutil.rmtree(bench.workdir, ignore_errors=True)
