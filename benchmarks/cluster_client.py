@@ -70,7 +70,7 @@ async def measure(args: argparse.Namespace) -> int:
                         emit(event="error", model=model, strategy=strategy, rep=rep, msg=str(e))
                         continue
                     latency = time.perf_counter() - t0
-                    t = r.timing
+                    t: dict[str, Any] = dict(r.timing)
                     emit(
                         event="result",
                         model=model,
