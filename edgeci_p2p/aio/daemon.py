@@ -35,9 +35,14 @@ from edgeci_p2p.aio.discovery import Discovery, Sighting
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.round import RoundConfig
-from edgeci_p2p.core.cost import ComputeModel
-from edgeci_p2p.core.geometry import Region, Span, full_region, trace
-from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, DuplicateNodeError, Membership
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, trace
+from edgeci_p2p.core.membership import (
+    HEARTBEAT_INTERVAL,
+    BanList,
+    DuplicateNodeError,
+    Membership,
+)
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
 from edgeci_p2p.nn.models import UnknownModelError
@@ -79,6 +84,18 @@ LOCAL_BANDWIDTH = 1e12
 """The auctioneer's link to itself (never used for transfers; finite so it serialises)."""
 
 
+def _code(value: int) -> ErrorCode:
+    """A received error code; unknown ones (a newer peer's) count as a failed request."""
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return ErrorCode.REQUEST_FAILED
+
+
+class CancelledTile(Exception):
+    """The tile's request was cancelled before the worker reached it."""
+
+
 class RequestError(Exception):
     """A request that cannot be served; carries the wire code for the error reply."""
 
@@ -96,6 +113,8 @@ class RunStats:
     """Round-trip time of remote tiles minus their compute time, summed."""
     bytes: int = 0
     """Tile inputs sent plus tile outputs received over the network."""
+    retries: int = 0
+    """Tiles given to another peer (or computed here) after their peer failed."""
 
 
 @dataclass
@@ -112,7 +131,17 @@ class PeerConfig:
     models: list[str] = field(default_factory=lambda: ["vgg16", "resnet34"])
     weights: dict[str, str] = field(default_factory=dict)
     bid_window: float = 0.1
-    tile_timeout: float = 60.0
+    tile_deadline_factor: float = 4.0
+    """A remote tile is given up after predicted time x this factor + the margin."""
+    tile_deadline_margin: float = 2.0
+    tile_retries: int = 2
+    """Other peers tried for a lost tile before the auctioneer computes it itself."""
+    max_requests: int = 8
+    """Requests served at once as auctioneer; more get a 'busy' error."""
+    max_queued_tiles: int = 64
+    """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
+    read_timeout: float = 10.0
+    """Seconds a half-received frame may wait for the rest before the connection closes."""
 
 
 def load_node_id(state_dir: Path) -> tuple[str, Any]:
@@ -166,7 +195,11 @@ class PeerDaemon:
         self._guard = ReplayGuard()
         self._dialing: set[tuple[str, int]] = set()
         self._ping_seq = 0
-        self._decisions: dict[tuple[Any, ...], Any] = {}
+        self._bans = BanList()
+        self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self._cancelled: set[str] = set()
+        self._requests = 0
+        self._queued_tiles = 0
         self.port = config.port
         self.ready = asyncio.Event()
 
@@ -286,11 +319,22 @@ class PeerDaemon:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:
-            conn = await handshake(reader, writer, self._session_config(), replay_guard=self._guard)
-        except Exception as e:
-            log.info("handshake refused: %s", e)
+            try:
+                conn = await handshake(
+                    reader,
+                    writer,
+                    self._session_config(),
+                    replay_guard=self._guard,
+                    read_timeout=self.config.read_timeout,
+                )
+            except Exception as e:  # a bad handshake only closes that socket
+                log.info("handshake refused: %s", e)
+                return
+            await self._serve(conn, "inbound", None)
+        except asyncio.CancelledError:
+            # Shutdown: this task is the server's connection handler, the outermost
+            # frame; ending quietly spares asyncio's "exception in callback" report.
             return
-        await self._serve(conn, "inbound", None)
 
     async def _serve(self, conn: Connection, source: str, dialed: tuple[str, int] | None) -> None:
         peer = conn.peer
@@ -317,6 +361,10 @@ class PeerDaemon:
             log.debug("connection to %s ended: %s", peer.node_id, e)
         finally:
             await conn.close()
+            # A client that went away cancels its requests: their tiles are
+            # cancelled on every peer and their reservations released.
+            for task in self._client_tasks.pop(id(conn), set()):
+                task.cancel()
             if is_peer and self.conns.get(peer.node_id) is conn:
                 del self.conns[peer.node_id]
                 self.membership.lost(peer.node_id)
@@ -358,7 +406,10 @@ class PeerDaemon:
         elif isinstance(msg, CallForBids | Bid | Award | AwardReply | Release):
             self._on_auction(conn, msg)
         elif isinstance(msg, InferRequest):
-            self._spawn(self._infer_for(conn, msg))
+            task = self._spawn(self._infer_for(conn, msg))
+            tasks = self._client_tasks.setdefault(id(conn), set())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         elif isinstance(msg, Peers):
             self._spawn(conn.send(PeersResult(msg.request_id, {"peers": self.cluster_view()})))
         elif isinstance(msg, PeersResult):
@@ -368,11 +419,16 @@ class PeerDaemon:
             self._spawn(self._plan_for(conn, msg))
         elif isinstance(msg, Error):
             if msg.request_id is not None:
+                # Only the tiles this peer was running: the request lives on elsewhere.
                 for (rid, _), fut in self._pending.items():
-                    if rid == msg.request_id and not fut.done():
-                        fut.set_exception(RequestError(ErrorCode(msg.code), msg.message))
+                    if (
+                        rid == msg.request_id
+                        and getattr(fut, "node_id", None) == conn.peer.node_id
+                        and not fut.done()
+                    ):
+                        fut.set_exception(RequestError(_code(msg.code), msg.message))
         elif isinstance(msg, Cancel):
-            pass  # tiles are short; cancellation of running work is the reliability issue's
+            self._cancel_here(msg.request_id)
         else:
             log.debug("ignoring %s from %s", msg.TYPE, conn.peer.node_id)
 
@@ -395,11 +451,17 @@ class PeerDaemon:
         loop = asyncio.get_running_loop()
         out = Region(Span(*req.out.rows), Span(*req.out.cols))
         slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
+        if self._queued_tiles >= self.config.max_queued_tiles:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", req.request_id))
+            return
         self._queue_work(req, out)
+        self._queued_tiles += 1
         try:
             y = await loop.run_in_executor(
                 self.worker,
-                self.store.run_tile,
+                self._tile_unless_cancelled,
+                req.request_id,
                 req.model,
                 req.fingerprint,
                 tuple(req.input_hw),
@@ -413,8 +475,27 @@ class PeerDaemon:
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e), req.request_id))
             return
+        except CancelledTile:
+            return
+        finally:
+            self._queued_tiles -= 1
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
+
+    def _tile_unless_cancelled(self, request_id: str, *args: Any) -> Any:
+        """Worker thread: skip tiles whose request was cancelled while they queued."""
+        if request_id in self._cancelled:
+            raise CancelledTile(request_id)
+        assert self.store is not None
+        return self.store.run_tile(*args)
+
+    def _cancel_here(self, request_id: str) -> None:
+        """A request was cancelled: drop its queued tiles and its reservation here."""
+        self._cancelled.add(request_id)
+        if len(self._cancelled) > 4096:
+            self._cancelled.pop()
+        if self.bidder is not None:
+            self.bidder.release(request_id)
 
     def _queue_work(self, req: TileRequest, out: Region) -> None:
         """Account for a tile in this peer's backlog (what its next bids wait behind).
@@ -574,6 +655,19 @@ class PeerDaemon:
                 await conn.send(Error(int(code), str(e), req.request_id))
 
     async def _infer_for(self, conn: Connection, req: InferRequest) -> None:
+        if self._requests >= self.config.max_requests:
+            # Beyond capacity: say so at once rather than queue without bound.
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(
+                    Error(
+                        int(ErrorCode.BUSY),
+                        f"busy: {self._requests} requests in progress here; retry or "
+                        "send it to another peer",
+                        req.request_id,
+                    )
+                )
+            return
+        self._requests += 1
         try:
             result = await self.infer(req)
         except (RequestError, WorkError, UnknownModelError, ImageError, ValueError) as e:
@@ -583,11 +677,15 @@ class PeerDaemon:
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(code), str(e), req.request_id))
             return
+        except asyncio.CancelledError:
+            raise
         except Exception as e:
             log.exception("request %s failed", req.request_id)
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(ErrorCode.REQUEST_FAILED), repr(e), req.request_id))
             return
+        finally:
+            self._requests -= 1
         with contextlib.suppress(ConnectionLost):
             await conn.send(result)
 
@@ -605,12 +703,46 @@ class PeerDaemon:
             arr = np.asarray(req.tensor, dtype=np.float32)
             if arr.ndim != 4 or arr.shape[:2] != (1, 3):
                 raise RequestError(
-                    int(ErrorCode.BAD_REQUEST), f"tensor of shape {arr.shape}, need 1x3xHxW"
+                    ErrorCode.BAD_REQUEST, f"tensor of shape {arr.shape}, need 1x3xHxW"
                 )
             x = torch.from_numpy(arr.copy())
         _, _, h, w = x.shape
         decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
+        try:
+            return await self._execute(req, decision, timing, x, lm.fingerprint, t_start)
+        except asyncio.CancelledError:
+            await self._cancel_everywhere(req.request_id, decision)
+            raise
+
+    async def _cancel_everywhere(self, request_id: str, decision: Decision) -> None:
+        """The client went away: cancel the request's tiles on every peer and release
+        the reservations that were not used."""
+        log.info("request %s cancelled by its client", request_id)
+        self._cancel_here(request_id)
+        for node in set(decision.nodes) - {self.node_id}:
+            conn = self.conns.get(node)
+            if conn is not None:
+                with contextlib.suppress(ConnectionLost):
+                    await conn.send(Cancel(request_id))
+        for fut in [f for (rid, _), f in self._pending.items() if rid == request_id]:
+            fut.cancel()
+
+    async def _execute(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        timing: dict[str, float],
+        x: torch.Tensor,
+        fingerprint: str,
+        t_start: float,
+    ) -> InferResult:
+        """Run the plan stage by stage; the auctioneer keeps every slab until its tile
+        is back, so a lost tile can be given to another peer or computed here."""
+        assert self.store is not None and self.auctioneer is not None
+        loop = asyncio.get_running_loop()
+        store = self.store
         plan, nodes = decision.plan, decision.nodes
+        _, _, h, w = x.shape
         if self.bidder is not None and self.bidder.deliver(req.request_id, time.monotonic()):
             self._delivered.add(req.request_id)
         spec = store.spec(req.model, h, w)
@@ -622,22 +754,22 @@ class PeerDaemon:
             whole_in = full_region(ih, iw)
             jobs = []
             for part in stage.parts:
-                self.auctioneer.mark_delivered(decision.round, nodes[part.device])  # type: ignore[union-attr]
+                self.auctioneer.mark_delivered(decision.round, nodes[part.device])
             for pi, part in enumerate(stage.parts):
-                tr = trace(spec, stage.start, stage.stop, part.region)
-                slab = crop(cur, whole_in, tr.need)
+                tile = _Tile(
+                    req.request_id,
+                    req.model,
+                    fingerprint,
+                    (h, w),
+                    si * 1000 + pi,
+                    trace(spec, stage.start, stage.stop, part.region),
+                )
                 jobs.append(
                     self._run_part(
                         nodes[part.device],
-                        req,
-                        lm.fingerprint,
-                        (h, w),
-                        si * 1000 + pi,
-                        stage.start,
-                        stage.stop,
-                        part.region,
-                        tr.need,
-                        slab,
+                        tile,
+                        crop(cur, whole_in, tile.trace.need),
+                        decision.testbed,
                         stats,
                     )
                 )
@@ -656,6 +788,7 @@ class PeerDaemon:
             "compute": stats.compute,
             "transfer": stats.transfer_s,
             "bytes": float(stats.bytes),
+            "retries": float(stats.retries),
             "head": head_s,
             "total": time.perf_counter() - t_start,
         }
@@ -672,87 +805,165 @@ class PeerDaemon:
             plan_dict,
         )
 
+    def _deadline(self, node: str, tile: _Tile, testbed: Testbed, nbytes: int) -> float:
+        """Seconds to wait for a remote tile: its predicted time x factor + margin."""
+        predicted = 0.0
+        if node in testbed.names:
+            i = testbed.names.index(node)
+            predicted = testbed.devices[i].compute.trace_seconds(tile.trace)
+            predicted += testbed.links[i].seconds(nbytes)
+        elif self.compute is not None:
+            predicted = self.compute.trace_seconds(tile.trace)
+        return predicted * self.config.tile_deadline_factor + self.config.tile_deadline_margin
+
+    def _fallbacks(self, first: str, model: str, fingerprint: str) -> list[str]:
+        """Where a lost tile goes next: other alive, unbanned peers with the same
+        weights (fastest measured compute first), then this node."""
+        now = time.monotonic()
+        others = [
+            m
+            for m in self.membership.serving(model, fingerprint, now)
+            if m.node_id != first
+            and m.node_id in self.conns
+            and not self._bans.banned(m.node_id, now)
+        ]
+        others.sort(key=lambda m: -(m.speed_gflops or 0.0))
+        return [*[m.node_id for m in others][: self.config.tile_retries], self.node_id]
+
     async def _run_part(
         self,
         node: str,
-        req: InferRequest,
-        fingerprint: str,
-        input_hw: tuple[int, int],
-        tile_id: int,
-        start: int,
-        stop: int,
-        region: Region,
-        need: Region,
+        tile: _Tile,
         slab: torch.Tensor,
+        testbed: Testbed,
         stats: RunStats,
     ) -> torch.Tensor:
-        """One part of a stage: here in the worker thread, or on a peer over its connection."""
-        assert self.store is not None
-        loop = asyncio.get_running_loop()
-        conn = self.conns.get(node) if node != self.node_id else None
-        if conn is not None:
-            key = (req.request_id, tile_id)
-            fut: asyncio.Future[TileResult] = loop.create_future()
-            fut.node_id = node  # type: ignore[attr-defined]
-            self._pending[key] = fut
-            t0 = time.perf_counter()
+        """One part of a stage: on its peer, on the next one if that fails or misses its
+        deadline (the failing peer is banned with backoff), or here as the last resort."""
+        fallbacks = self._fallbacks(node, tile.model, tile.fingerprint)
+        if node == self.node_id:
+            targets = [node]
+        elif self._bans.banned(node, time.monotonic()):
+            targets = fallbacks  # it failed earlier in this or a recent request
+            stats.retries += 1
+        else:
+            targets = [node, *fallbacks]
+        for attempt, target in enumerate(targets):
+            if target == self.node_id:
+                return await self._local_tile(tile, slab, stats)
             try:
-                await conn.send(
-                    TileRequest(
-                        req.request_id,
-                        tile_id,
-                        req.model,
-                        fingerprint,
-                        start,
-                        stop,
-                        Rect(
-                            (region.rows.start, region.rows.stop),
-                            (region.cols.start, region.cols.stop),
-                        ),
-                        Rect((need.rows.start, need.rows.stop), (need.cols.start, need.cols.stop)),
-                        np.ascontiguousarray(slab.numpy()),
-                        input_hw=input_hw,
-                    )
-                )
-                res = await asyncio.wait_for(fut, self.config.tile_timeout)
-                elapsed = time.perf_counter() - t0
-                stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
-                moved = slab.numel() * 4 + int(res.output.nbytes)
-                stats.transfer_s += max(0.0, elapsed - res.compute_s)
-                stats.bytes += moved
-                member = self.membership.members.get(node)
-                if member is not None:
-                    member.observe_transfer(moved, elapsed - res.compute_s)
-                return torch.from_numpy(np.array(res.output, dtype=np.float32))
+                y = await self._remote_tile(target, tile, attempt, slab, testbed, stats)
             except (ConnectionLost, TimeoutError, RequestError) as e:
-                # The reliability issue adds re-bidding and hedging; until then the
-                # auctioneer keeps the slab and computes the lost tile itself.
+                seconds = self._bans.ban(target, time.monotonic())
+                stats.retries += 1
                 log.warning(
-                    "tile %s/%d on %s failed (%s); computing it here",
-                    req.request_id,
-                    tile_id,
-                    node,
-                    e,
+                    "tile %s/%d on %s failed (%s); banned for %.0f s, trying %s",
+                    tile.request_id,
+                    tile.tile_id,
+                    target,
+                    str(e) or type(e).__name__,
+                    seconds,
+                    targets[attempt + 1],
                 )
-            finally:
-                self._pending.pop(key, None)
+                continue
+            self._bans.clear(target)
+            return y
+        raise AssertionError("unreachable: the last target is this node")
+
+    async def _remote_tile(
+        self,
+        node: str,
+        tile: _Tile,
+        attempt: int,
+        slab: torch.Tensor,
+        testbed: Testbed,
+        stats: RunStats,
+    ) -> torch.Tensor:
+        conn = self.conns.get(node)
+        if conn is None:
+            raise ConnectionLost(f"no connection to {node}")
+        loop = asyncio.get_running_loop()
+        # Each attempt has its own id, so a late answer from a failed peer is ignored.
+        tile_id = tile.tile_id * 8 + attempt
+        key = (tile.request_id, tile_id)
+        fut: asyncio.Future[TileResult] = loop.create_future()
+        fut.node_id = node  # type: ignore[attr-defined]
+        self._pending[key] = fut
+        need, region = tile.trace.need, tile.trace.out
         t0 = time.perf_counter()
-        y = await loop.run_in_executor(
+        try:
+            await conn.send(
+                TileRequest(
+                    tile.request_id,
+                    tile_id,
+                    tile.model,
+                    tile.fingerprint,
+                    tile.trace.start,
+                    tile.trace.stop,
+                    Rect(
+                        (region.rows.start, region.rows.stop), (region.cols.start, region.cols.stop)
+                    ),
+                    Rect((need.rows.start, need.rows.stop), (need.cols.start, need.cols.stop)),
+                    np.ascontiguousarray(slab.numpy()),
+                    input_hw=tile.input_hw,
+                )
+            )
+            deadline = self._deadline(node, tile, testbed, slab.numel() * 8)
+            res = await asyncio.wait_for(fut, deadline)
+        finally:
+            self._pending.pop(key, None)
+        elapsed = time.perf_counter() - t0
+        stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
+        moved = slab.numel() * 4 + int(res.output.nbytes)
+        stats.transfer_s += max(0.0, elapsed - res.compute_s)
+        stats.bytes += moved
+        member = self.membership.members.get(node)
+        if member is not None:
+            member.observe_transfer(moved, elapsed - res.compute_s)
+        out = np.array(res.output, dtype=np.float32)
+        want = (
+            slab.shape[0],
+            tile.trace.units[-1].unit.out_shape[0],
+            region.rows.size,
+            region.cols.size,
+        )
+        if out.shape != want:
+            raise RequestError(
+                ErrorCode.REQUEST_FAILED, f"{node} returned a tile of shape {out.shape}, not {want}"
+            )
+        return torch.from_numpy(out)
+
+    async def _local_tile(self, tile: _Tile, slab: torch.Tensor, stats: RunStats) -> torch.Tensor:
+        assert self.store is not None
+        t0 = time.perf_counter()
+        y = await asyncio.get_running_loop().run_in_executor(
             self.worker,
             self.store.run_tile,
-            req.model,
-            fingerprint,
-            input_hw,
-            start,
-            stop,
-            region,
+            tile.model,
+            tile.fingerprint,
+            tile.input_hw,
+            tile.trace.start,
+            tile.trace.stop,
+            tile.trace.out,
             slab.numpy(),
-            need,
+            tile.trace.need,
         )
         stats.compute[self.node_id] = (
             stats.compute.get(self.node_id, 0.0) + time.perf_counter() - t0
         )
         return torch.from_numpy(y)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One tile of a request, as the auctioneer keeps it until its result is in."""
+
+    request_id: str
+    model: str
+    fingerprint: str
+    input_hw: tuple[int, int]
+    tile_id: int
+    trace: Trace
 
 
 def run_forever(config: PeerConfig) -> None:  # pragma: no cover - exercised via the CLI

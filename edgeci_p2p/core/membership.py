@@ -147,3 +147,32 @@ class Membership:
     def serving(self, model: str, fingerprint: str, now: float) -> list[Member]:
         """Alive members holding exactly these weights: the only ones given work."""
         return [m for m in self.alive(now) if m.models.get(model) == fingerprint]
+
+
+@dataclass
+class BanList:
+    """Peers that failed a tile, kept out of auctions with exponential backoff.
+
+    The first failure bans for ``base`` seconds, each further one doubles it up to
+    ``cap``; a success clears the peer.
+    """
+
+    base: float = 1.0
+    cap: float = 60.0
+    until: dict[str, float] = field(default_factory=dict)
+    strikes: dict[str, int] = field(default_factory=dict)
+
+    def ban(self, node_id: str, now: float) -> float:
+        """Record a failure; returns the seconds the peer is banned for."""
+        n = self.strikes.get(node_id, 0) + 1
+        self.strikes[node_id] = n
+        seconds = float(min(self.cap, self.base * 2.0 ** (n - 1)))
+        self.until[node_id] = now + seconds
+        return seconds
+
+    def clear(self, node_id: str) -> None:
+        self.until.pop(node_id, None)
+        self.strikes.pop(node_id, None)
+
+    def banned(self, node_id: str, now: float) -> bool:
+        return self.until.get(node_id, 0.0) > now

@@ -1,0 +1,43 @@
+"""Membership, liveness, link fitting and the ban list (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeci_p2p.core.membership import DEAD_AFTER, BanList, DuplicateNodeError, Membership
+
+
+def test_alive_only_through_heartbeats_and_duplicates_refused() -> None:
+    m = Membership("me")
+    m.sighted("a", "10.0.0.2", 7420, "mdns")
+    assert m.alive(0.0) == []  # mDNS says who exists, not who is alive
+    m.handshake("a", "10.0.0.2", 7420, "a", {"resnet34": "fp"}, now=1.0, source="static")
+    assert [x.node_id for x in m.serving("resnet34", "fp", 1.0)] == ["a"]
+    assert m.serving("resnet34", "other", 1.0) == []
+    assert m.alive(1.0 + DEAD_AFTER + 0.1) == []
+    m.heartbeat("a", 5.0, rtt=0.002)
+    assert m.alive(5.0) and m.members["a"].rtt == pytest.approx(0.002)
+    m.lost("a")
+    assert m.alive(5.0) == []
+    with pytest.raises(DuplicateNodeError, match="own node id"):
+        m.handshake("me", "10.0.0.3", 7420, "x", {}, now=6.0, source="inbound")
+
+
+def test_link_fit_recovers_bandwidth_and_per_tile_overhead() -> None:
+    m = Membership("me")
+    peer = m.sighted("a", "h", 1, "static")
+    assert peer is not None
+    for nbytes in (100_000, 400_000, 1_600_000, 100_000, 400_000, 1_600_000):
+        peer.observe_transfer(nbytes, nbytes / 50e6 + 0.004)
+    assert peer.bandwidth == pytest.approx(50e6, rel=1e-6)
+    assert peer.overhead == pytest.approx(0.004, rel=1e-6)
+
+
+def test_ban_list_backs_off_exponentially_and_clears_on_success() -> None:
+    bans = BanList(base=1.0, cap=8.0)
+    assert bans.ban("a", 0.0) == 1.0 and bans.banned("a", 0.5) and not bans.banned("a", 1.5)
+    assert bans.ban("a", 2.0) == 2.0
+    assert bans.ban("a", 5.0) == 4.0
+    assert bans.ban("a", 10.0) == 8.0 and bans.ban("a", 20.0) == 8.0
+    bans.clear("a")
+    assert not bans.banned("a", 20.5) and bans.ban("a", 21.0) == 1.0
