@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_daemon import start_cluster, stop_all, wait_connected
 
 from edgeci_p2p.aio.client import Client, ClientError
 from edgeci_p2p.aio.connection import connect
@@ -22,7 +23,6 @@ from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import InferRequest
 from edgeci_p2p.wire.session import SessionConfig
-from tests.test_daemon import start_cluster, stop_all, wait_connected
 
 IMAGE = sample_image_path().read_bytes()
 
