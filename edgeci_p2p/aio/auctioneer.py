@@ -31,6 +31,9 @@ from edgeci_p2p.planners import plan as plan_with
 
 log = logging.getLogger("edgeci.auction")
 
+LOCAL_MARGIN = 0.1
+"""AWAS+DPFL must predict at least this much gain over this node alone to distribute."""
+
 Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]]
 """Send an auction message to a peer; False when it could not be sent."""
 
@@ -38,16 +41,29 @@ Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]
 class StaticPlanner:
     """A round's decider for the baselines: plan once on the bidders' idle speeds."""
 
-    def __init__(self, strategy: str, spec: ModelSpec, shared_medium: bool = True) -> None:
+    def __init__(
+        self,
+        strategy: str,
+        spec: ModelSpec,
+        own: ComputeModel,
+        shared_medium: bool = True,
+    ) -> None:
         self.strategy, self.spec, self.shared_medium = strategy, spec, shared_medium
         self.plan: Plan | None = None
         self.testbed: Testbed | None = None
+        # The auctioneer always takes part (it holds the input and runs the head),
+        # priced from its own model when it had no room to bid on its own call.
+        self._own = AwasPlanner(spec, own=own)
         self._work = Workload(spec)
 
     def __call__(
         self, call: am.CallForBids, bids: Sequence[am.Bid]
     ) -> Mapping[str, tuple[am.WorkItem, ...]]:
-        idle = [replace(b, backlog=0.0) for b in bids]
+        usable = self._own._with_own_bid(call, bids)
+        if usable is None:
+            self.plan = None
+            return {}
+        idle = [replace(b, backlog=0.0) for b in usable]
         tb, _ = testbed_from_bids(call, idle, 1.0, self.shared_medium)
         self.plan = plan_with(self.strategy, self.spec, tb)
         self.testbed = tb
@@ -76,7 +92,7 @@ class CachedDecider:
         per_bid = tuple(
             (
                 b.bidder,
-                round(b.backlog, 2),
+                round(b.backlog / 0.05),  # 50 ms buckets of queued work
                 tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
                 float(f"{b.bandwidth:.2g}"),
                 round(b.rtt, 3),
@@ -157,7 +173,7 @@ class Auctioneer:
             inner: AwasPlanner | StaticPlanner = (
                 AwasPlanner(spec, own=self.bidder.compute)
                 if strategy == "edgeci"
-                else StaticPlanner(strategy, spec)
+                else StaticPlanner(strategy, spec, self.bidder.compute)
             )
             decider = self._planners[key] = CachedDecider(inner)
         return decider
@@ -209,7 +225,24 @@ class Auctioneer:
             )
             return self._local(spec, rnd)
         validate(decider.plan, spec)
+        if strategy == "edgeci" and not self._worth_distributing(decider.plan, spec):
+            # The model leaves per-tile costs out (encoding, hand-offs): a predicted
+            # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
+            await self._send_all(rnd, _releases(rnd), inbox)
+            local = self._local(spec, rnd)
+            local.plan = replace(
+                local.plan,
+                strategy="edgeci",
+                notes={"decision": "local: distributing predicted < 10% gain"},
+            )
+            return local
         return Decision(decider.plan, decider.testbed, rnd, dict(decider.left_out))
+
+    def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
+        if plan.predicted is None or len(set(plan.devices)) <= 1:
+            return True
+        local = self._local(spec, None).plan.predicted
+        return local is None or plan.predicted < local * (1.0 - LOCAL_MARGIN)
 
     def _local(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""
@@ -275,6 +308,14 @@ class Auctioneer:
             and peer not in rnd.delivered
         ):
             rnd.mark_delivered(peer, self.clock())
+
+
+def _releases(rnd: AuctionRound) -> list[Any]:
+    from edgeci_p2p.auction.round import Send
+
+    out = [Send(p, am.Release(rnd.call.auction_id, p)) for p in sorted(rnd.awards)]
+    rnd.awards.clear()
+    return out
 
 
 def own_bidder(node_id: str, compute: ComputeModel, fingerprints: Sequence[str]) -> Bidder:

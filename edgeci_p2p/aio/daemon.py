@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
-import math
 import os
 import secrets
 import time
@@ -43,6 +42,7 @@ from edgeci_p2p.core.membership import (
     DuplicateNodeError,
     Membership,
 )
+from edgeci_p2p.hostinfo import cpu_quota_cores
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
 from edgeci_p2p.nn.models import UnknownModelError
@@ -196,6 +196,7 @@ class PeerDaemon:
         self._dialing: set[tuple[str, int]] = set()
         self._ping_seq = 0
         self._bans = BanList()
+        self._planned_links: dict[str, tuple[float, float]] = {}
         self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
         self._cancelled: set[str] = set()
         self._requests = 0
@@ -217,6 +218,15 @@ class PeerDaemon:
             self.worker, load_or_measure, self.config.threads, False, None
         )
         self.compute = profile.compute
+        quota = cpu_quota_cores()
+        if quota is not None and quota < self.config.threads:
+            # Short profiling runs fit inside one CFS period's quota: scale to the cap.
+            self.compute = self.compute.scaled(quota / self.config.threads)
+            log.info(
+                "CPU quota %.2f cores: bids scaled to %.0f%% of the profile",
+                quota,
+                100 * quota / self.config.threads,
+            )
         self.bidder = own_bidder(self.node_id, self.compute, list(self.store.fingerprints.values()))
         self.auctioneer = Auctioneer(
             self.node_id,
@@ -560,8 +570,12 @@ class PeerDaemon:
         return await self._send_wire(conn, kind, msg.to_dict())
 
     def _measured_link(self, bid: am.Bid) -> am.Bid:
-        """A bid's link figures replaced by what this auctioneer measured of that peer
-        (bucketed, so that an unchanged cluster keeps hitting the decision cache)."""
+        """A bid's link figures replaced by what this auctioneer measured of that peer.
+
+        With hysteresis: the figures planned with change only when a new estimate
+        is more than 2x off, so measurement noise (ping RTTs flip between 2 and 4
+        ms under load) does not make every request miss the decision cache.
+        """
         m = self.membership.members.get(bid.bidder)
         if m is None:
             return bid
@@ -569,11 +583,12 @@ class PeerDaemon:
         # The link model charges rtt/2 per transfer and a tile makes two (slab out,
         # strip back): the fitted per-tile overhead is the round trip it costs.
         rtt = max(m.rtt if m.rtt is not None else bid.rtt, m.overhead or 0.0)
-        # Power-of-two buckets: the estimate moves with every plan's traffic mix, and
-        # a plan that changes with every +-20% of measurement noise gains nothing.
-        bucket = 2.0 ** round(math.log2(bw))
-        rtt_bucket = 2.0 ** round(math.log2(rtt)) if rtt > 1e-5 else 0.0
-        return dataclasses.replace(bid, bandwidth=bucket, rtt=rtt_bucket)
+        old = self._planned_links.get(bid.bidder)
+        if old is None or not (
+            0.5 <= bw / old[0] <= 2.0 and 0.5 <= (rtt + 1e-4) / (old[1] + 1e-4) <= 2.0
+        ):
+            old = self._planned_links[bid.bidder] = (bw, rtt)
+        return dataclasses.replace(bid, bandwidth=old[0], rtt=old[1])
 
     def cluster_view(self) -> list[dict[str, Any]]:
         now = time.monotonic()
