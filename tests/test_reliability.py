@@ -73,6 +73,35 @@ async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> N
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+async def test_a_straggler_is_hedged_and_the_losing_copy_cancelled() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    auctioneer, slow = daemons[0], daemons[1]
+    try:
+        await wait_connected(daemons)
+        ref = reference()
+        async with Client(f"127.0.0.1:{auctioneer.port}") as c:
+            r = await c.infer(IMAGE, model="resnet34", strategy="modnn")
+        assert slow.node_id in r.plan["nodes"]
+        blocker = await occupy(slow, 4.0)  # well past the hedge point, inside the deadline
+        t0 = time.monotonic()
+        async with Client(f"127.0.0.1:{auctioneer.port}") as c:
+            r = await c.infer(IMAGE, model="resnet34", strategy="modnn")
+        assert time.monotonic() - t0 < 4.0, "the request waited for the straggler"
+        assert_exact(r.logits, ref)
+        assert r.timing["hedges"] >= 1  # type: ignore[operator]
+        deadline = time.monotonic() + 2
+        while not slow._cancelled_tiles and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert slow._cancelled_tiles, "the straggling copy was not cancelled"
+        await blocker
+        await asyncio.sleep(0.2)
+        assert slow._queued_tiles == 0  # the cancelled copies were skipped, not run
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
 async def test_peer_dropping_its_connections_mid_request_loses_nothing() -> None:
     daemons = await start_cluster(3, ["resnet34"])
     try:

@@ -115,6 +115,8 @@ class RunStats:
     """Tile inputs sent plus tile outputs received over the network."""
     retries: int = 0
     """Tiles given to another peer (or computed here) after their peer failed."""
+    hedges: int = 0
+    """Straggling tiles that got a second copy elsewhere."""
 
 
 @dataclass
@@ -134,6 +136,10 @@ class PeerConfig:
     tile_deadline_factor: float = 4.0
     """A remote tile is given up after predicted time x this factor + the margin."""
     tile_deadline_margin: float = 2.0
+    hedge_factor: float = 2.0
+    """A remote tile still running after predicted time x this + hedge_margin gets a
+    second copy on the next peer (or here); the first result wins."""
+    hedge_margin: float = 0.5
     tile_retries: int = 2
     """Other peers tried for a lost tile before the auctioneer computes it itself."""
     max_requests: int = 8
@@ -197,6 +203,7 @@ class PeerDaemon:
         self._ping_seq = 0
         self._bans = BanList()
         self._planned_links: dict[str, tuple[float, float]] = {}
+        self._cancelled_tiles: set[tuple[str, int]] = set()
         self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
         self._cancelled: set[str] = set()
         self._requests = 0
@@ -438,7 +445,12 @@ class PeerDaemon:
                     ):
                         fut.set_exception(RequestError(_code(msg.code), msg.message))
         elif isinstance(msg, Cancel):
-            self._cancel_here(msg.request_id)
+            if msg.tile_id is None:
+                self._cancel_here(msg.request_id)
+            else:  # one copy of a hedged tile lost the race
+                self._cancelled_tiles.add((msg.request_id, msg.tile_id))
+                if len(self._cancelled_tiles) > 4096:
+                    self._cancelled_tiles.pop()
         else:
             log.debug("ignoring %s from %s", msg.TYPE, conn.peer.node_id)
 
@@ -472,6 +484,7 @@ class PeerDaemon:
                 self.worker,
                 self._tile_unless_cancelled,
                 req.request_id,
+                req.tile_id,
                 req.model,
                 req.fingerprint,
                 tuple(req.input_hw),
@@ -492,9 +505,9 @@ class PeerDaemon:
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
-    def _tile_unless_cancelled(self, request_id: str, *args: Any) -> Any:
-        """Worker thread: skip tiles whose request was cancelled while they queued."""
-        if request_id in self._cancelled:
+    def _tile_unless_cancelled(self, request_id: str, tile_id: int, *args: Any) -> Any:
+        """Worker thread: skip tiles whose request (or copy) was cancelled while queued."""
+        if request_id in self._cancelled or (request_id, tile_id) in self._cancelled_tiles:
             raise CancelledTile(request_id)
         assert self.store is not None
         return self.store.run_tile(*args)
@@ -804,6 +817,7 @@ class PeerDaemon:
             "transfer": stats.transfer_s,
             "bytes": float(stats.bytes),
             "retries": float(stats.retries),
+            "hedges": float(stats.hedges),
             "head": head_s,
             "total": time.perf_counter() - t_start,
         }
@@ -867,7 +881,9 @@ class PeerDaemon:
             if target == self.node_id:
                 return await self._local_tile(tile, slab, stats)
             try:
-                y = await self._remote_tile(target, tile, attempt, slab, testbed, stats)
+                y = await self._hedged(
+                    target, targets[attempt + 1], tile, attempt, slab, testbed, stats
+                )
             except (ConnectionLost, TimeoutError, RequestError) as e:
                 seconds = self._bans.ban(target, time.monotonic())
                 stats.retries += 1
@@ -881,9 +897,79 @@ class PeerDaemon:
                     targets[attempt + 1],
                 )
                 continue
+            return y  # _hedged cleared the peer's ban if its own copy won
+        raise AssertionError("unreachable: the last target is this node")
+
+    def _hedge_after(self, node: str, tile: _Tile, testbed: Testbed, nbytes: int) -> float:
+        """When a tile counts as straggling: its predicted time x the hedge factor."""
+        full = self._deadline(node, tile, testbed, nbytes)
+        predicted = (full - self.config.tile_deadline_margin) / self.config.tile_deadline_factor
+        return predicted * self.config.hedge_factor + self.config.hedge_margin
+
+    async def _hedged(
+        self,
+        target: str,
+        backup: str,
+        tile: _Tile,
+        attempt: int,
+        slab: torch.Tensor,
+        testbed: Testbed,
+        stats: RunStats,
+    ) -> torch.Tensor:
+        """The tile on ``target``; if it runs late, a second copy on ``backup`` (the
+        next peer, or here). The first result wins; the other copy is cancelled.
+        Raises what ``target`` raised when it fails before straggling."""
+        first = asyncio.ensure_future(
+            self._remote_tile(target, tile, attempt, slab, testbed, stats)
+        )
+        wait = self._hedge_after(target, tile, testbed, slab.numel() * 8)
+        done, _ = await asyncio.wait({first}, timeout=wait)
+        if done:
+            y = first.result()
             self._bans.clear(target)
             return y
-        raise AssertionError("unreachable: the last target is this node")
+        stats.hedges += 1
+        # A straggler is kept out of the request's later stages (and the next
+        # auctions) like a failed peer; winning the race after all clears it.
+        self._bans.ban(target, time.monotonic())
+        log.info(
+            "tile %s/%d straggles on %s; hedging on %s",
+            tile.request_id,
+            tile.tile_id,
+            target,
+            backup,
+        )
+        if backup == self.node_id:
+            second = asyncio.ensure_future(self._local_tile(tile, slab, stats))
+        else:
+            second = asyncio.ensure_future(
+                self._remote_tile(backup, tile, attempt + 4, slab, testbed, stats)
+            )
+        pending = {first, second}
+        error: BaseException | None = None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for d in done:
+                if d.exception() is None:
+                    if d is first:
+                        self._bans.clear(target)
+                    for loser in pending:
+                        loser.cancel()
+                    if first in pending:
+                        await self._cancel_tile(target, tile, attempt)
+                    elif second in pending and backup != self.node_id:
+                        await self._cancel_tile(backup, tile, attempt + 4)
+                    return d.result()  # type: ignore[no-any-return]
+                if d is first:
+                    error = d.exception()
+        assert error is not None or second.exception() is not None
+        raise error or second.exception()  # type: ignore[misc]
+
+    async def _cancel_tile(self, node: str, tile: _Tile, attempt: int) -> None:
+        conn = self.conns.get(node)
+        if conn is not None:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Cancel(tile.request_id, tile.tile_id * 8 + attempt))
 
     async def _remote_tile(
         self,
