@@ -4,9 +4,11 @@ Starts N ``edgeci-peer`` processes on 127.0.0.1 (each its own state dir, one sha
 profile cache, mDNS on 127.0.0.1), waits until every peer sees all the others, then
 C clients (one connection each, to the stable peers 0 and 1 round-robin) send R
 requests in total (the sample photo, strategies cycling edgeci/modnn/aofl) while a
-killer SIGKILLs one of peers 2..N-1 every ``--kill-every`` seconds and restarts it
-(same state dir, so the same node id). Every answer is checked against the unsplit
-model; a request that errors is "lost" and its error message is kept.
+killer SIGKILLs one of peers 2..N-1 every ``--kill-every`` seconds and restarts it at
+once (same state dir, so the same node id; the restart runs alongside the next kills,
+so with a restart slower than the cadence several killable peers are down at once).
+Every answer is checked against the unsplit model; a request that errors is "lost"
+and its error message is kept.
 
     .venv/bin/python benchmarks/soak.py [--requests 400] [--clients 4] [--peers 4]
         [--kill-every 3.0] [--model resnet34] [--json]
@@ -112,6 +114,8 @@ class Tally:
     reconnects: int = 0
     kills: int = 0
     kill_errors: list[str] = field(default_factory=list)
+    restart_s: list[float] = field(default_factory=list)
+    """Seconds from SIGKILL to the restarted peer serving again."""
 
     @property
     def completed(self) -> int:
@@ -191,23 +195,41 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
             if c is not None:
                 await c.close()
 
+    async def restart(victim: Peer) -> None:
+        t = time.monotonic()
+        try:
+            await asyncio.to_thread(victim.start)
+            tally.restart_s.append(time.monotonic() - t)
+        except RuntimeError as e:
+            tally.kill_errors.append(f"peer {victim.index} did not restart: {e}")
+
     async def killer() -> None:
+        # Kills on a fixed cadence; the restart runs alongside, so with a slow restart
+        # several killable peers can be down at once. A victim still restarting from
+        # its previous kill is waited for (killing a half-started peer tests nothing).
         await warm.wait()
         victims = itertools.cycle(peers[STABLE:])
-        while not done.is_set():
-            try:
-                await asyncio.wait_for(done.wait(), args.kill_every)
-                return
-            except TimeoutError:
-                pass
-            victim = next(victims)
-            victim.kill()
-            tally.kills += 1
-            progress()
-            try:
-                await asyncio.to_thread(victim.start)
-            except RuntimeError as e:
-                tally.kill_errors.append(f"peer {victim.index} did not restart: {e}")
+        restarts: dict[int, asyncio.Task[None]] = {}
+        try:
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), args.kill_every)
+                    return
+                except TimeoutError:
+                    pass
+                victim = next(victims)
+                pending = restarts.get(victim.index)
+                if pending is not None:
+                    await pending
+                if done.is_set():
+                    return
+                victim.kill()
+                tally.kills += 1
+                progress()
+                restarts[victim.index] = asyncio.ensure_future(restart(victim))
+        finally:
+            for task in restarts.values():
+                await task
 
     async def sample_rss_after_warmup() -> float:
         await warm.wait()
@@ -287,6 +309,10 @@ def main() -> int:
         ("all exact", f"{'yes' if exact else 'NO'} (worst max abs diff {tally.worst_diff:.3g})"),
         ("latency p50 / p95", f"{out['p50_ms']:.0f} / {out['p95_ms']:.0f} ms"),
         ("kills (SIGKILL + restart)", f"{tally.kills} (every {args.kill_every:g} s)"),
+        (
+            "restart to serving",
+            f"median {np.median(tally.restart_s):.1f} s" if tally.restart_s else "-",
+        ),
         ("peer 0 VmRSS after warm-up", f"{rss_warm:.1f} MB"),
         ("peer 0 VmRSS at end", f"{rss_end:.1f} MB"),
         ("RSS growth", f"{out['rss_growth_mb']:+.1f} MB"),
