@@ -78,8 +78,12 @@ from edgeci_p2p.wire.session import SessionConfig
 log = logging.getLogger("edgeci.peer")
 
 STRATEGIES = ("edgeci", "local", "modnn", "deepthings", "edgeld", "aofl")
-DEFAULT_BANDWIDTH = 1e9
-"""Bytes/s assumed for a link until tile transfers have measured it."""
+DEFAULT_BANDWIDTH = 2e8
+"""Bytes/s a link is planned with until tiles have measured it (loopback measures
+120-500 MB/s effective here, serialisation and hand-offs included)."""
+DEFAULT_TILE_OVERHEAD = 0.005
+"""Seconds per tile round trip beyond bytes/bandwidth until measured (encoding,
+socket, worker hand-off on both ends); a prior, replaced by the fitted value."""
 LOCAL_BANDWIDTH = 1e12
 """The auctioneer's link to itself (never used for transfers; finite so it serialises)."""
 
@@ -595,7 +599,8 @@ class PeerDaemon:
         bw = m.bandwidth or DEFAULT_BANDWIDTH
         # The link model charges rtt/2 per transfer and a tile makes two (slab out,
         # strip back): the fitted per-tile overhead is the round trip it costs.
-        rtt = max(m.rtt if m.rtt is not None else bid.rtt, m.overhead or 0.0)
+        overhead = m.overhead if m.overhead is not None else DEFAULT_TILE_OVERHEAD
+        rtt = max(m.rtt if m.rtt is not None else bid.rtt, overhead)
         old = self._planned_links.get(bid.bidder)
         if old is None or not (
             0.5 <= bw / old[0] <= 2.0 and 0.5 <= (rtt + 1e-4) / (old[1] + 1e-4) <= 2.0
