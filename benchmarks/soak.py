@@ -115,6 +115,8 @@ class Tally:
     kills: int = 0
     kill_errors: list[str] = field(default_factory=list)
     restart_s: list[float] = field(default_factory=list)
+    rss_trail: list[tuple[int, float]] = field(default_factory=list)
+    """(requests answered, peer 0 VmRSS MB) every quarter of the run."""
     """Seconds from SIGKILL to the restarted peer serving again."""
 
     @property
@@ -189,6 +191,9 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
                 progress()
                 if finished >= WARMUP:
                     warm.set()
+                if finished % max(1, args.requests // 4) == 0 and peers[0].proc is not None:
+                    # Whether memory keeps climbing or levels off after the warm-up.
+                    tally.rss_trail.append((finished, vm_rss_mb(peers[0].proc.pid)))
                 if finished >= args.requests:
                     done.set()
         finally:
@@ -315,6 +320,7 @@ def main() -> int:
         ),
         ("peer 0 VmRSS after warm-up", f"{rss_warm:.1f} MB"),
         ("peer 0 VmRSS at end", f"{rss_end:.1f} MB"),
+        ("peer 0 VmRSS by answers", ", ".join(f"{n}: {mb:.0f}" for n, mb in tally.rss_trail)),
         ("RSS growth", f"{out['rss_growth_mb']:+.1f} MB"),
         ("wall time", f"{wall:.0f} s"),
         ("client reconnects", str(tally.reconnects)),
