@@ -240,3 +240,14 @@ def test_simultaneous_auctions_never_over_commit(
                     held = peers[p].ledger.active.get(rr.call.auction_id)
                     if p not in rr.delivered and held is not None:
                         assert held.seq == rr.awards[p].seq
+
+
+def test_declining_a_re_award_leaves_no_hold() -> None:
+    """The round treats a peer that declines as holding nothing, so it must not."""
+    b = Bidder("p", ComputeModel({"conv": LinearFit(1e-9, 0.0)}), LinkModel(1e9, 0.0), horizon=1.0)
+    first = Award("a", "p", (WorkItem("i", {"conv": 400_000_000}),), seq=1)
+    assert b.accept(first, 0.0).accepted
+    bigger = Award("a", "p", (WorkItem("i", {"conv": 2_000_000_000}),), seq=2)
+    reply = b.accept(bigger, 0.1)
+    assert not reply.accepted and reply.reason == "capacity"
+    assert "a" not in b.ledger.active and b.committed(0.1) == 0.0

@@ -199,8 +199,9 @@ class Bidder:
         elif committed - award.quoted_backlog > self.stale_tolerance * seconds + EPS:
             reason = "stale"
         if reason:
-            if previous is not None:
-                self.ledger.hold(previous)
+            # Declining a re-award drops the earlier hold too: the round excludes a
+            # peer that declines and never releases it, so a kept hold would leak
+            # until its lease lapsed (found by tests/test_concurrent_load.py).
             return AwardReply(award.auction_id, self.name, award.seq, False, reason)
         self.ledger.hold(
             Reservation(
