@@ -79,12 +79,6 @@ async def test_three_auctioneers_nine_requests_in_flight_all_answered_exactly() 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=False,
-    reason="sometimes fails: a bidder that accepted award seq N and declines seq N+1 "
-    "('stale') keeps the seq N hold (auction/bidder.py accept), while the round treats a "
-    "declined peer as holding nothing and sends it no Release (auction/round.py _may_hold)",
-)
 async def test_no_reservation_is_left_once_all_are_answered() -> None:
     daemons = await start_cluster(3, ["resnet34"])
     try:
