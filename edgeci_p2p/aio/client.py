@@ -166,5 +166,11 @@ class SyncClient:
         peers: list[dict[str, Any]] = self._run("peers")
         return peers
 
+    def plan(
+        self, model: str, strategy: str = "edgeci", size: tuple[int, int] = (224, 224)
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = self._run("plan", model, strategy, size)
+        return body
+
 
 __all__ = ["Client", "ClientError", "ConnectionLost", "SyncClient", "parse_address"]

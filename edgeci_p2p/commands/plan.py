@@ -31,21 +31,15 @@ def register(sub: Any) -> None:
 
 def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
     """Plan on the live cluster behind ``--peer``: its bids become the testbed."""
-    import asyncio
-
-    from edgeci_p2p.aio.client import Client
+    from edgeci_p2p.aio.client import SyncClient
     from edgeci_p2p.core.cost import Testbed
     from edgeci_p2p.core.plan import Plan
 
-    async def go() -> dict[str, Any]:
-        key = None
-        if args.cluster_key_file:
-            with open(args.cluster_key_file, "rb") as f:
-                key = f.read().strip()
-        async with Client(args.peer, key=key) as c:
-            return await c.plan(args.model, args.strategy, tuple(args.size))
-
-    body = asyncio.run(go())
+    key = None
+    if args.cluster_key_file:
+        with open(args.cluster_key_file, "rb") as f:
+            key = f.read().strip()
+    body = SyncClient(args.peer, key=key).plan(args.model, args.strategy, tuple(args.size))
     return (
         Plan.from_dict(body["plan"]),
         Testbed.from_dict(body["testbed"]),
