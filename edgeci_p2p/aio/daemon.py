@@ -84,8 +84,6 @@ DEFAULT_BANDWIDTH = 2e8
 DEFAULT_TILE_OVERHEAD = 0.005
 """Seconds per tile round trip beyond bytes/bandwidth until measured (encoding,
 socket, worker hand-off on both ends); a prior, replaced by the fitted value."""
-LOCAL_BANDWIDTH = 1e12
-"""The auctioneer's link to itself (never used for transfers; finite so it serialises)."""
 
 
 def _code(value: int) -> ErrorCode:

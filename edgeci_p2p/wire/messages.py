@@ -455,18 +455,6 @@ class Release(Message):
     bidder: str
 
 
-@dataclass(frozen=True)
-class LinearCost(Record):
-    """``seconds = a * flops + b`` for one unit kind.
-
-    Carried by no message any more (the old ``bid.compute``); kept only so that
-    code still importing it keeps importing until it moves to the AWAS bid.
-    """
-
-    a: float
-    b: float
-
-
 # --- tile work -------------------------------------------------------------------------
 
 
