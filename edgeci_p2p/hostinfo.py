@@ -42,3 +42,21 @@ def cpu_quota_cores(
                     continue
                 return quota_us / period_us if quota_us > 0 else None
     return None
+
+
+def measured_cpu_share(seconds: float = 0.3) -> float:
+    """The share of one core this thread actually gets, measured by spinning.
+
+    Where the cgroup files are not visible (``ip netns exec`` remounts /sys),
+    CPU time over wall time of a busy loop still shows a quota (or a machine so
+    loaded that a peer cannot keep its promises at full speed).
+    """
+    import time
+
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    end = wall0 + seconds
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    wall = time.perf_counter() - wall0
+    return min(1.0, (time.thread_time() - cpu0) / wall) if wall > 0 else 1.0

@@ -29,3 +29,10 @@ def test_cgroup_v2_quota_and_none(tmp_path: Path) -> None:
     (d / "cpu.max").write_text("max 100000\n")
     assert cpu_quota_cores(proc, tmp_path / "sys") is None
     assert cpu_quota_cores(tmp_path / "missing", tmp_path / "sys") is None
+
+
+def test_measured_cpu_share_is_a_share() -> None:
+    from edgeci_p2p.hostinfo import measured_cpu_share
+
+    share = measured_cpu_share(0.05)
+    assert 0.0 < share <= 1.0

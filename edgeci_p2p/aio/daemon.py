@@ -42,7 +42,7 @@ from edgeci_p2p.core.membership import (
     DuplicateNodeError,
     Membership,
 )
-from edgeci_p2p.hostinfo import cpu_quota_cores
+from edgeci_p2p.hostinfo import cpu_quota_cores, measured_cpu_share
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
 from edgeci_p2p.nn.models import UnknownModelError
@@ -228,6 +228,9 @@ class PeerDaemon:
         )
         self.compute = profile.compute
         quota = cpu_quota_cores()
+        if quota is None:
+            share = await loop.run_in_executor(self.worker, measured_cpu_share)
+            quota = share * self.config.threads if share < 0.85 else None
         if quota is not None and quota < self.config.threads:
             # Short profiling runs fit inside one CFS period's quota: scale to the cap.
             self.compute = self.compute.scaled(quota / self.config.threads)
