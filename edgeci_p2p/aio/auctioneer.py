@@ -20,7 +20,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.awas import AwasPlanner, probe_call, strip_items, testbed_from_bids
+from edgeci_p2p.auction.awas import (
+    AwasPlanner,
+    probe_call,
+    strip_items,
+    testbed_from_bids,
+    with_own_bid,
+)
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
 from edgeci_p2p.core.cost import ComputeModel, Testbed
@@ -51,15 +57,13 @@ class StaticPlanner:
         self.strategy, self.spec, self.shared_medium = strategy, spec, shared_medium
         self.plan: Plan | None = None
         self.testbed: Testbed | None = None
-        # The auctioneer always takes part (it holds the input and runs the head),
-        # priced from its own model when it had no room to bid on its own call.
-        self._own = AwasPlanner(spec, own=own)
+        self.own = own
         self._work = Workload(spec)
 
     def __call__(
         self, call: am.CallForBids, bids: Sequence[am.Bid]
     ) -> Mapping[str, tuple[am.WorkItem, ...]]:
-        usable = self._own._with_own_bid(call, bids)
+        usable = with_own_bid(call, bids, self.own)
         if usable is None:
             self.plan = None
             return {}
@@ -223,13 +227,13 @@ class Auctioneer:
                 rnd.excluded,
                 rnd.ignored,
             )
-            return self._local(spec, rnd)
+            return self.local_decision(spec, rnd)
         validate(decider.plan, spec)
         if strategy == "edgeci" and not self._worth_distributing(decider.plan, spec):
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
-            local = self._local(spec, rnd)
+            local = self.local_decision(spec, rnd)
             local.plan = replace(
                 local.plan,
                 strategy="edgeci",
@@ -241,10 +245,10 @@ class Auctioneer:
     def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
         if plan.predicted is None or len(set(plan.devices)) <= 1:
             return True
-        local = self._local(spec, None).plan.predicted
+        local = self.local_decision(spec, None).plan.predicted
         return local is None or plan.predicted < local * (1.0 - LOCAL_MARGIN)
 
-    def _local(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
+    def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""
         tb = Testbed(
             "local",

@@ -646,7 +646,7 @@ class PeerDaemon:
         spec = self.store.spec(model, height, width)
         t0 = time.perf_counter()
         if strategy == "local":
-            decision = self.auctioneer._local(spec, None)
+            decision = self.auctioneer.local_decision(spec, None)
         else:
             now = time.monotonic()
             peers = [

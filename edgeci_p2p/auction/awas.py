@@ -253,6 +253,27 @@ def strip_items(
     return {peer: tuple(items) for peer, items in out.items()}
 
 
+def with_own_bid(
+    call: CallForBids, bids: Sequence[Bid], own: ComputeModel | None
+) -> list[Bid] | None:
+    """``bids``, with the auctioneer's priced from its own model if it had no room.
+
+    The auctioneer always takes part (it holds the input and runs the head). None:
+    it neither bid nor knows its own model, nothing can be planned around it (the
+    round then runs the request locally).
+    """
+    mine = [b for b in bids if b.bidder == call.auctioneer and _prices_model(b, call)]
+    if mine:
+        return list(bids)
+    if own is None:
+        return None
+    bidder = Bidder(call.auctioneer, own, LinkModel(1e12, 0.0), horizon=math.inf)
+    others = [b for b in bids if b.bidder != call.auctioneer]
+    backlog = max((b.backlog for b in bids if b.bidder == call.auctioneer), default=0.0)
+    price = bidder.bid(call, 0.0)
+    return [*others, replace(price, backlog=backlog)]
+
+
 @dataclass
 class AwasPlanner:
     """A round's decider for AWAS + DPFL (plugs into :class:`~.round.AuctionRound`).
@@ -280,7 +301,7 @@ class AwasPlanner:
     def __call__(
         self, call: CallForBids, bids: Sequence[Bid]
     ) -> Mapping[str, tuple[WorkItem, ...]]:
-        usable = self._with_own_bid(call, bids)
+        usable = with_own_bid(call, bids, self.own)
         if usable is None:
             self.plan = None
             return {}
@@ -288,23 +309,6 @@ class AwasPlanner:
         if self._work is None:
             self._work = Workload(self.spec)
         return strip_items(plan, self.spec, self._work)
-
-    def _with_own_bid(self, call: CallForBids, bids: Sequence[Bid]) -> list[Bid] | None:
-        """``bids``, with the auctioneer's priced from its own model if it had no room.
-
-        None: the auctioneer neither bid nor knows its own model, nothing can be
-        planned around it (the round then runs the request locally).
-        """
-        mine = [b for b in bids if b.bidder == call.auctioneer and _prices_model(b, call)]
-        if mine:
-            return list(bids)
-        if self.own is None:
-            return None
-        own = Bidder(call.auctioneer, self.own, LinkModel(1e12, 0.0), horizon=math.inf)
-        others = [b for b in bids if b.bidder != call.auctioneer]
-        backlog = max((b.backlog for b in bids if b.bidder == call.auctioneer), default=0.0)
-        price = own.bid(call, 0.0)
-        return [*others, replace(price, backlog=backlog)]
 
     def plan_from_bids(self, call: CallForBids, bids: Sequence[Bid]) -> Plan:
         """DPFL candidates on the bid-derived cluster; the one that finishes first
