@@ -32,6 +32,10 @@ from edgeci_p2p.wire.messages import (
     Rect,
     Release,
     TileRequest,
+    StripJob,
+    StripStage,
+    RowsFrom,
+    HaloRows,
     TileResult,
     TopK,
     WorkItem,
@@ -89,6 +93,21 @@ def samples() -> list[Message]:
             deadline_s=1.5,
         ),
         TileResult("req-1", 3, rng.standard_normal((1, 64, 2, 5)).astype(np.float32), 0.02),
+        StripJob(
+            "req-1",
+            9,
+            72,
+            "vgg16",
+            "ab12",
+            [
+                StripStage(0, 4, (0, 3), (0, 6), [], [RowsFrom("node-b", (2, 3))]),
+                StripStage(4, 9, (0, 1), (0, 4), [RowsFrom("node-b", (3, 4))], []),
+            ],
+            x,
+            input_hw=(7, 5),
+            deadline_s=2.0,
+        ),
+        HaloRows("req-1", 9, 4, (2, 3), rng.standard_normal((1, 64, 1, 5)).astype(np.float32)),
         InferRequest("req-2", "resnet34", image=b"\xff\xd8\xff\xe0fakejpeg"),
         InferRequest(
             "req-3",
@@ -312,3 +331,25 @@ def test_numpy_scalars_are_accepted_locally_and_travel_as_plain_numbers() -> Non
     back = roundtrip(plan)
     assert isinstance(back, PlanResult) and back.body == {"n": 2, "t": 0.25, "xs": [1.5]}
     assert type(back.body["n"]) is int
+
+
+def test_strip_job_checks_its_stages_and_input() -> None:
+    x = np.zeros((1, 2, 6, 5), np.float32)
+    first = StripStage(0, 2, (0, 3), (0, 6), [], [])
+    with pytest.raises(MessageError, match="first stage needs"):
+        StripJob("r", 0, 0, "m", "f", [StripStage(0, 2, (0, 3), (0, 4), [], [])], x)
+    with pytest.raises(MessageError, match="not followed"):
+        StripJob("r", 0, 0, "m", "f", [first, StripStage(3, 4, (0, 1), (0, 3), [], [])], x)
+    with pytest.raises(MessageError, match="comes with the job"):
+        StripJob(
+            "r", 0, 0, "m", "f", [StripStage(0, 2, (0, 3), (0, 6), [RowsFrom("b", (5, 6))], [])], x
+        )
+    with pytest.raises(MessageError, match="tile_result"):
+        StripJob(
+            "r", 0, 0, "m", "f", [StripStage(0, 2, (0, 3), (0, 6), [], [RowsFrom("b", (2, 3))])], x
+        )
+    with pytest.raises(MessageError, match="empty row range"):
+        StripStage(0, 2, (0, 3), (0, 6), [], [RowsFrom("b", (2, 2))])
+    with pytest.raises(MessageError, match="does not hold rows"):
+        HaloRows("r", 0, 2, (0, 2), np.zeros((1, 2, 3, 5), np.float32))
+    StripJob("r", 0, 0, "m", "f", [first], x)

@@ -539,6 +539,118 @@ class TileResult(Message):
         _nonneg("tile_result", compute_s=self.compute_s)
 
 
+# --- strip-resident work (halo exchange) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowsFrom(Record):
+    """Rows ``rows`` (full width) of a map exchanged with peer ``node``."""
+
+    node: str
+    rows: tuple[int, int]
+
+    def check(self) -> None:
+        _span("rows_from", "rows", self.rows)
+
+
+@dataclass(frozen=True)
+class StripStage(Record):
+    """One stage of a strip job as one peer runs it."""
+
+    start: int
+    stop: int
+    rows: tuple[int, int]
+    """Output rows (full width, at boundary ``stop``) this peer computes."""
+    need: tuple[int, int]
+    """Input rows (at boundary ``start``) the computation reads, halo included."""
+    recv: list[RowsFrom]
+    """Input rows that arrive from other peers (``halo_rows``) before this stage can run;
+    with the rows this peer produced itself in the previous stage they make up ``need``."""
+    send: list[RowsFrom]
+    """Output rows to send to other peers when this stage is done."""
+
+    def check(self) -> None:
+        if not 0 <= self.start < self.stop:
+            raise MessageError(f"strip_stage: unit range [{self.start}, {self.stop}) is empty")
+        _span("strip_stage", "rows", self.rows)
+        _span("strip_stage", "need", self.need)
+        for r in [*self.recv, *self.send]:
+            if r.rows[0] >= r.rows[1]:
+                raise MessageError(f"strip_stage: empty row range {list(r.rows)} for {r.node}")
+
+
+@dataclass(frozen=True)
+class StripJob(Message):
+    """Auctioneer -> peer: run a row strip through consecutive stages, exchanging halo
+    rows directly with the neighbouring peers; answered by one ``tile_result`` holding
+    the last stage's strip (or an ``error``)."""
+
+    TYPE: ClassVar[str] = "strip_job"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("input",)
+    request_id: str
+    job_id: int
+    """Shared by every peer of this run (halo rows are addressed by it)."""
+    tile_id: int
+    """This peer's share; its ``tile_result`` carries it."""
+    model: str
+    fingerprint: str
+    stages: list[StripStage]
+    input: Tensor
+    """The first stage's input rows (its ``need``), N x C x H x W, full width."""
+    input_hw: tuple[int, int] = (224, 224)
+    deadline_s: float | None = None
+    """Give up (and say so) after this many seconds from receipt."""
+
+    def check(self) -> None:
+        if not self.stages:
+            raise MessageError("strip_job: no stages")
+        for a, b in zip(self.stages, self.stages[1:], strict=False):
+            if a.stop != b.start:
+                raise MessageError(
+                    f"strip_job: stage [{a.start}, {a.stop}) is not followed by "
+                    f"[{b.start}, {b.stop})"
+                )
+        if self.stages[0].recv:
+            raise MessageError("strip_job: the first stage's input comes with the job")
+        if self.stages[-1].send:
+            raise MessageError("strip_job: the last stage's strip goes back in tile_result")
+        if self.input.ndim != 4:
+            raise MessageError(f"strip_job.input: rank {self.input.ndim}, need N x C x H x W")
+        need = self.stages[0].need
+        if self.input.shape[2] != need[1] - need[0]:
+            raise MessageError(
+                f"strip_job.input: {self.input.shape[2]} rows, the first stage needs "
+                f"{need[1] - need[0]}"
+            )
+        if min(self.input_hw) < 1:
+            raise MessageError(f"strip_job.input_hw: {list(self.input_hw)} is not a size")
+        if self.deadline_s is not None:
+            _nonneg("strip_job", deadline_s=self.deadline_s)
+
+
+@dataclass(frozen=True)
+class HaloRows(Message):
+    """Peer -> peer: rows of one strip job's map at ``boundary``, sent to the peer that
+    needs them for its next stage."""
+
+    TYPE: ClassVar[str] = "halo_rows"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("data",)
+    request_id: str
+    job_id: int
+    boundary: int
+    rows: tuple[int, int]
+    data: Tensor
+    """N x C x (rows) x W."""
+
+    def check(self) -> None:
+        _span("halo_rows", "rows", self.rows)
+        if self.data.ndim != 4 or self.data.shape[2] != self.rows[1] - self.rows[0]:
+            raise MessageError(
+                f"halo_rows.data: shape {list(self.data.shape)} does not hold rows "
+                f"{list(self.rows)}"
+            )
+
+
 # --- client requests -------------------------------------------------------------------------
 
 
@@ -670,7 +782,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Ping, Pong, CallForBids, Bid, Award, AwardReply, Release,
-        TileRequest, TileResult,
+        TileRequest, TileResult, StripJob, HaloRows,
         InferRequest, InferResult, Cancel, Error, Peers, PeersResult, PlanRequest, PlanResult,
         Chunk,
     )
