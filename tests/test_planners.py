@@ -15,7 +15,7 @@ from edgeci_p2p.planners.testbeds import testbed_names as shipped_testbeds
 from tests.planfakes import check_plan, fake_testbed
 
 # Strategies whose prediction is the simulator's own number.
-EXACT = ("edgeci", "local", "deepthings")
+EXACT = ("edgeci", "edgeci-halo", "local", "deepthings")
 
 
 @pytest.mark.parametrize("testbed_name", shipped_testbeds())

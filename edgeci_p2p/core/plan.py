@@ -13,12 +13,22 @@ handed out):
 
 * ``transfer="gather"``: every part's output goes to the auctioneer, which
   assembles the whole map; the next stage's parts get their input slabs
-  (including halo rows) scattered from there. This is the only mode planners
-  emit today. The last stage must gather, because the head needs the whole map.
-* A later mode (strip-resident execution) will add ``transfer="halo"``: outputs
-  stay on their devices and only halo rows travel between neighbouring peers.
-  It fits by adding the value here, in :func:`validate`, and in the simulator;
-  the data shapes do not change.
+  (including halo rows) scattered from there. The last stage must gather,
+  because the head needs the whole map on the auctioneer.
+* ``transfer="halo"`` (strip-resident execution): every part's output stays on
+  its device. Each part ``q`` of the next stage needs the input rows
+  ``trace(spec, nxt.start, nxt.stop, q.region).need``; every part ``p`` of the
+  halo stage holding some of them sends exactly those rows (full width) from
+  ``p.device`` straight to ``q.device``, peer to peer (:func:`row_moves`); rows
+  already on ``q.device`` do not move. With the same strip boundaries only the
+  halo rows travel; where the boundaries differ between the two stages a peer
+  also hands whole rows over to rebalance. So that the exchange stays a plain
+  set of row moves, a halo stage and the stage after it are full-width row
+  strips with at most one part per device, and push their inputs.
+
+A *segment* (:func:`segments`) is a maximal run of stages linked by halo
+boundaries: its first stage gets its input slabs from the auctioneer (stage 0
+and every stage after a gathering stage do), its last stage gathers.
 
 ``schedule="push"`` scatters every input slab at the start of the stage (in part
 order); ``schedule="pull"`` hands a device its next part's input only when it asks
@@ -37,8 +47,8 @@ from typing import Any, Literal
 from edgeci_p2p.core.geometry import Region, Span, full_region, trace
 from edgeci_p2p.core.units import ModelSpec
 
-Transfer = Literal["gather"]
-TRANSFERS: tuple[str, ...] = ("gather",)
+Transfer = Literal["gather", "halo"]
+TRANSFERS: tuple[str, ...] = ("gather", "halo")
 Schedule = Literal["push", "pull"]
 SCHEDULES: tuple[str, ...] = ("push", "pull")
 
@@ -158,7 +168,7 @@ class Plan:
                         Part(Region(Span(int(r0), int(r1)), Span(int(c0), int(c1))), int(dev))
                         for dev, r0, r1, c0, c1 in s["parts"]
                     ),
-                    transfer="gather",
+                    transfer="halo" if transfer == "halo" else "gather",
                     schedule="pull" if schedule == "pull" else "push",
                 )
             )
@@ -241,8 +251,11 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
     stage's output is produced exactly once (its parts tile the output map);
     every device index exists; each stage's input is available where it is
     consumed (the auctioneer holds the whole input map at boundary 0 and after
-    every gathering stage, and each part's input slab lies inside the map);
-    the head's input (the whole last map) is on the auctioneer.
+    every gathering stage; after a halo stage the previous parts, which tile the
+    map, hold it; each part's input slab lies inside the map); a halo stage and
+    the stage after it are full-width row strips, one per device, pushed; the
+    last stage gathers, so the head's input (the whole last map) is on the
+    auctioneer.
     """
     n_dev = len(plan.devices)
     if plan.model != spec.name:
@@ -252,8 +265,7 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
     if not plan.stages:
         raise PlanError("plan has no stages")
     expect = 0
-    # Where the map at the current boundary lives: None = whole on the auctioneer.
-    held_whole_on_auctioneer = True
+    after_halo = False
     for k, st in enumerate(plan.stages):
         where = f"stage {k} (units [{st.start}, {st.stop}))"
         if st.start != expect:
@@ -272,17 +284,104 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
         _, h, w = spec.shape_at(st.stop)
         if not covers_exactly([p.region for p in st.parts], h, w):
             raise PlanError(f"{where}: parts do not produce the {h}x{w} output exactly once")
-        if not held_whole_on_auctioneer:
-            raise PlanError(f"{where}: its input map is not assembled on the auctioneer")
+        if st.transfer == "halo" and k == len(plan.stages) - 1:
+            raise PlanError(
+                f"{where} is the last stage but keeps its output on the peers (halo); "
+                "the last stage must gather: the head needs the whole map on the auctioneer"
+            )
+        if st.transfer == "halo" or after_halo:
+            _check_resident(st, w, where, "halo stage" if st.transfer == "halo" else "stage")
         _, hi, wi = spec.shape_at(st.start)
         whole_in = full_region(hi, wi)
         for p in st.parts:
             need = trace(spec, st.start, st.stop, p.region).need
             if not whole_in.contains(need):
                 raise PlanError(f"{where}: part {p.region} needs {need}, outside the input map")
-        held_whole_on_auctioneer = st.transfer == "gather"
+        after_halo = st.transfer == "halo"
         expect = st.stop
     if expect != spec.n_units:
         raise PlanError(f"stages end at boundary {expect}, the model has {spec.n_units} units")
-    if not held_whole_on_auctioneer:
-        raise PlanError("the head's input is not gathered on the auctioneer")
+
+
+def _check_resident(st: Stage, width: int, where: str, what: str) -> None:
+    """A stage on either side of a halo boundary: full-width strips, one per device, push."""
+    why = f"{what} on a halo boundary" if what == "stage" else what
+    for p in st.parts:
+        if p.region.cols != Span(0, width):
+            raise PlanError(
+                f"{where}: part {p.region} is not a full-width row strip; a {why} "
+                "must be split into full-width row strips"
+            )
+    if len(st.devices) != len(st.parts):
+        dup = next(d for d in st.devices if sum(p.device == d for p in st.parts) > 1)
+        raise PlanError(
+            f"{where}: device {dup} holds more than one part; a {why} allows one part per device"
+        )
+    if st.schedule != "push":
+        raise PlanError(f"{where}: a {why} must push its inputs (schedule {st.schedule!r})")
+
+
+# ---- strip-resident execution: the row moves of a halo boundary ---------------------------------
+
+
+@dataclass(frozen=True)
+class RowMove:
+    """Rows ``rows`` (full width) of the map at ``boundary``, sent from device ``src``
+    to ``dst``."""
+
+    src: int
+    dst: int
+    boundary: int
+    rows: Span
+
+
+def moves_between(
+    prev: Sequence[Part], nxt: Sequence[Part], needs: Sequence[tuple[int, int]], boundary: int
+) -> tuple[RowMove, ...]:
+    """:func:`row_moves` given each next part's needed rows ``needs[k] = (lo, hi)``.
+
+    The planner and the simulator pass rows from their fast tables; the result is
+    the same as :func:`row_moves` (tests check it).
+    """
+    out: list[RowMove] = []
+    for q, (lo, hi) in zip(nxt, needs, strict=True):
+        for p in prev:
+            if p.device == q.device:
+                continue
+            a = max(lo, p.region.rows.start)
+            b = min(hi, p.region.rows.stop)
+            if b > a:
+                out.append(RowMove(p.device, q.device, boundary, Span(a, b)))
+    out.sort(key=lambda m: (m.dst, m.rows.start))
+    return tuple(out)
+
+
+def row_moves(spec: ModelSpec, prev: Stage, nxt: Stage) -> tuple[RowMove, ...]:
+    """The transfers of a halo boundary (prev.transfer == "halo"), src != dst, sorted by
+    (dst, rows.start).
+
+    For each part ``q`` of ``nxt``, every part ``p`` of ``prev`` on another device
+    sends ``p.region.rows`` intersected with the rows ``q`` needs. One part per
+    device on each side (what :func:`validate` demands) makes it one move per pair.
+    """
+    if prev.stop != nxt.start:
+        raise PlanError(
+            f"stages [{prev.start},{prev.stop}) and [{nxt.start},{nxt.stop}) do not chain"
+        )
+    needs = []
+    for q in nxt.parts:
+        need = trace(spec, nxt.start, nxt.stop, q.region).need.rows
+        needs.append((need.start, need.stop))
+    return moves_between(prev.parts, nxt.parts, needs, nxt.start)
+
+
+def segments(plan: Plan) -> tuple[tuple[int, int], ...]:
+    """Maximal runs [first, last] (inclusive stage indices) linked by halo boundaries; a
+    gather-only plan gives ((0,0),(1,1),...)."""
+    out: list[tuple[int, int]] = []
+    first = 0
+    for k, st in enumerate(plan.stages):
+        if st.transfer != "halo" or k == len(plan.stages) - 1:
+            out.append((first, k))
+            first = k + 1
+    return tuple(out)

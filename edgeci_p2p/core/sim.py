@@ -3,22 +3,40 @@
 The model (the same one the planners optimise, so a plan's predicted latency
 is its simulated latency):
 
-* Stages run one after another. In ``gather`` mode a stage starts when the
-  previous stage's last output strip has reached the auctioneer; stage 0 starts
-  at time 0 with the input image on the auctioneer.
-* Each part needs its input slab (output region traced back through the stage,
-  halo rows included) sent from the auctioneer, then computes, then sends its
-  output region back. Parts on the auctioneer itself move no bytes.
-* A device computes one part at a time, in the order its inputs arrive, taking
-  ``sum over units of a_kind * FLOPs + b_kind`` (one call per unit, because the
-  profiler times single units).
-* A transfer of B bytes over device j's link occupies the auctioneer's radio for
-  ``B / bandwidth_j`` and arrives ``rtt_j / 2`` after it leaves the radio.
-  When ``testbed.shared_medium`` (one Wi-Fi cell, half duplex) all sends and
-  receives of the auctioneer share one queue. Otherwise (switched links, full
-  duplex) its sends share one queue and its receives another: each link is its
-  own, but the auctioneer's own NIC still carries one frame at a time in each
-  direction. Queues are FIFO by request time (ties in part order).
+* A plan runs segment by segment (:func:`edgeci_p2p.core.plan.segments`); a
+  segment starts when the previous one's last output strip has reached the
+  auctioneer; segment 0 starts at time 0 with the input image on the auctioneer.
+* Each part of a segment's first stage needs its input slab (output region
+  traced back through the stage, halo rows included) sent from the auctioneer;
+  each part of its last stage (which gathers) sends its output region back.
+  Parts on the auctioneer itself move no bytes.
+* A gather-only segment is one stage, and stages of gather-only plans run
+  exactly as before strip-resident execution existed (:func:`run_stage`).
+* Inside a segment with halo boundaries there is no barrier: a device starts its
+  part of stage k+1 as soon as its own stage-k part is computed and every
+  :class:`~edgeci_p2p.core.plan.RowMove` it needs for stage k+1 has arrived; a
+  device sends its moves of a boundary when its part of the stage before it is
+  done, in (destination, first row) order.
+* A device computes one part at a time, in the order its inputs arrive (stage
+  order within a segment), taking ``sum over units of a_kind * FLOPs + b_kind``
+  (one call per unit, because the profiler times single units).
+* Transfers. ``links[i]`` is device i's link to the network; the auctioneer's own
+  entry is ignored (its link is taken as unlimited, so a transfer between the
+  auctioneer and device j costs what it did in the star-only model). A transfer
+  of B bytes from ``src`` to ``dst`` takes ``B / min(bw_src, bw_dst)`` on the
+  medium and arrives ``max(rtt_src, rtt_dst) / 2`` after it leaves it.
+
+  - ``testbed.shared_medium`` (one Wi-Fi cell, half duplex): every transfer, the
+    auctioneer's scatters and gathers and the peer-to-peer row moves alike,
+    queues on the one medium.
+  - Switched links (``shared_medium`` false, e.g. ``emulated-4``, where every veth
+    is its own shaped link each way): each device has an uplink and a downlink
+    queue; a transfer occupies the sender's uplink and the receiver's downlink
+    from when both are free (and it is requested). In a gather-only stage only
+    the auctioneer's two queues are ever contended, which is the star model: its
+    sends share one queue and its receives another.
+
+  Queues are FIFO by request time (ties in request order).
 * ``push`` stages request every input slab at the stage start, in part order;
   ``pull`` stages (work stealing) request a device's next slab when the device
   starts computing its current part (one tile of look-ahead).
@@ -34,7 +52,7 @@ from typing import Literal
 
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.geometry import FLOAT32_BYTES, head_flops
-from edgeci_p2p.core.plan import Plan, Stage
+from edgeci_p2p.core.plan import Plan, RowMove, Stage, moves_between, segments
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 
@@ -72,6 +90,9 @@ class SimResult:
     """Bytes sent over links (the auctioneer's own parts move nothing)."""
     stage_ends: tuple[float, ...]
     events: tuple[Event, ...] = field(default=(), repr=False)
+    auctioneer_bytes: int = 0
+    """Bytes through the auctioneer's own link, in and out (for a gather-only plan
+    every byte moved; peer-to-peer row moves between other peers bypass it)."""
 
     def busy(self, device: int, lane: Lane = "compute") -> float:
         return sum(e.stop - e.start for e in self.events if e.device == device and e.lane == lane)
@@ -236,16 +257,192 @@ def simulate(
     events: list[Event] | None = [] if record else None
     t = 0.0
     moved = 0
+    via_auctioneer = 0
     ends: list[float] = []
-    for k, st in enumerate(plan.stages):
-        tasks = stage_tasks(st, spec, testbed, work)
-        moved += sum(x.in_bytes + x.out_bytes for x in tasks)
-        t = run_stage(tasks, testbed, t, st.schedule == "pull", events, k)
-        ends.append(t)
+    for first, last in segments(plan):
+        if first == last:
+            st = plan.stages[first]
+            tasks = stage_tasks(st, spec, testbed, work)
+            nbytes = sum(x.in_bytes + x.out_bytes for x in tasks)
+            moved += nbytes
+            via_auctioneer += nbytes
+            t = run_stage(tasks, testbed, t, st.schedule == "pull", events, first)
+            ends.append(t)
+            continue
+        seg = run_segment(plan.stages[first : last + 1], spec, testbed, work, t, events, first)
+        moved += seg.bytes_moved
+        via_auctioneer += seg.auctioneer_bytes
+        ends.extend(seg.stage_ends)
+        t = seg.latency
     head = head_seconds(spec, testbed)
     if events is not None and head > 0:
         events.append(Event(testbed.auctioneer, "compute", t, t + head, len(plan.stages), "head"))
-    return SimResult(t + head, moved, tuple(ends), tuple(events or ()))
+    return SimResult(t + head, moved, tuple(ends), tuple(events or ()), via_auctioneer)
+
+
+_TX_REQ, _TX_DONE, _PART_DONE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _Tx:
+    """One transfer of a segment: to part ``(stage, part)`` or, if ``part < 0``, a gather."""
+
+    src: int
+    dst: int
+    nbytes: int
+    stage: int
+    part: int
+    label: str
+
+
+def run_segment(
+    stages: Sequence[Stage],
+    spec: ModelSpec,
+    testbed: Testbed,
+    work: Workload,
+    t0: float = 0.0,
+    events: list[Event] | None = None,
+    stage0: int = 0,
+) -> SimResult:
+    """Simulate a run of stages linked by halo boundaries from ``t0`` (no barrier inside).
+
+    Returns, as a :class:`SimResult` without the head: when the last output strip
+    is on the auctioneer (``latency``), bytes moved, bytes through the
+    auctioneer's link, and each stage's end (its last part computed; for the last
+    stage its last strip gathered). ``stage0`` numbers the stages in events.
+    """
+    aid = testbed.auctioneer
+    shared = testbed.shared_medium
+    n_dev = len(testbed.devices)
+    bw = [testbed.link(d).bandwidth for d in range(n_dev)]
+    rtt = [testbed.link(d).rtt for d in range(n_dev)]
+    medium = t0
+    up = [t0] * n_dev
+    down = [t0] * n_dev
+    last = len(stages) - 1
+
+    # Per part: device, seconds, label; outgoing transfers are requested when it is done.
+    secs: list[list[float]] = []
+    waiting: list[list[int]] = []  # inputs not arrived yet (+1 while the lane is busy)
+    out_tx: list[list[list[int]]] = []
+    txs: list[_Tx] = []
+    lane_next: dict[tuple[int, int], tuple[int, int]] = {}  # (stage, part) -> device's next
+    lane_last: dict[int, tuple[int, int]] = {}
+    for s, st in enumerate(stages):
+        c_in, _, w_in = spec.shape_at(st.start)
+        c_out = spec.shape_at(st.stop)[0]
+        row_in = c_in * w_in * FLOAT32_BYTES
+        secs.append([])
+        waiting.append([0] * len(st.parts))
+        out_tx.append([[] for _ in st.parts])
+        needs: list[tuple[int, int]] = []
+        for q, p in enumerate(st.parts):
+            rw = work.work_region(st.start, st.stop, p.region)
+            model = testbed.devices[p.device].compute
+            secs[s].append(sum(model.seconds(kind, f) for kind, f in rw.unit_flops))
+            needs.append((rw.need[0], rw.need[1]))
+            prev = lane_last.get(p.device)
+            if prev is not None:
+                lane_next[prev] = (s, q)
+                waiting[s][q] += 1
+            lane_last[p.device] = (s, q)
+            if s == 0 and p.device != aid:
+                r0, r1, cc0, cc1 = rw.need
+                nbytes = c_in * (r1 - r0) * (cc1 - cc0) * FLOAT32_BYTES
+                txs.append(_Tx(aid, p.device, nbytes, s, q, f"[{st.start},{st.stop}) slab"))
+                waiting[s][q] += 1
+            if s == last and p.device != aid:
+                out_b = c_out * p.region.area * FLOAT32_BYTES
+                out_tx[s][q].append(len(txs))
+                txs.append(_Tx(p.device, aid, out_b, s, -1, f"[{st.start},{st.stop}) strip"))
+        if s > 0:
+            prev_st = stages[s - 1]
+            src_part = {p.device: k for k, p in enumerate(prev_st.parts)}
+            dst_part = {p.device: k for k, p in enumerate(st.parts)}
+            for m in moves_between(prev_st.parts, st.parts, needs, st.start):
+                q = dst_part[m.dst]
+                out_tx[s - 1][src_part[m.src]].append(len(txs))
+                txs.append(_Tx(m.src, m.dst, m.rows.size * row_in, s, q, _move_label(m)))
+                waiting[s][q] += 1
+
+    heap: list[tuple[float, int, int, int, int]] = []  # time, seq, kind, a, b
+    seq = 0
+    ends = [t0] * len(stages)
+    moved = via_aid = 0
+
+    def push(when: float, kind: int, a: int, b: int = 0) -> None:
+        nonlocal seq
+        heapq.heappush(heap, (when, seq, kind, a, b))
+        seq += 1
+
+    for k, x in enumerate(txs):
+        if x.stage == 0 and x.part >= 0:
+            push(t0, _TX_REQ, k)  # the scatter, in part order
+    for q in range(len(stages[0].parts)):
+        if waiting[0][q] == 0:
+            push(t0, _TX_DONE, -1, q)  # nothing to wait for: start at t0
+
+    def start(now: float, s: int, q: int) -> None:
+        d = stages[s].parts[q].device
+        stop = now + secs[s][q]
+        if events is not None:
+            label = _part_label(stages[s], q)
+            events.append(Event(d, "compute", now, stop, stage0 + s, label))
+        push(stop, _PART_DONE, s, q)
+
+    def arrived(now: float, s: int, q: int) -> None:
+        waiting[s][q] -= 1
+        if waiting[s][q] == 0:
+            start(now, s, q)
+
+    while heap:
+        now, _, kind, a, b = heapq.heappop(heap)
+        if kind == _TX_REQ:
+            x = txs[a]
+            dur = x.nbytes / min(bw[x.src], bw[x.dst])
+            if shared:
+                begin = max(now, medium)
+                medium = begin + dur
+            else:
+                begin = max(now, up[x.src], down[x.dst])
+                up[x.src] = down[x.dst] = begin + dur
+            arrive = begin + dur + max(rtt[x.src], rtt[x.dst]) / 2
+            moved += x.nbytes
+            if aid in (x.src, x.dst):
+                via_aid += x.nbytes
+            if events is not None:
+                events.append(Event(x.src, "send", begin, begin + dur, stage0 + x.stage, x.label))
+                events.append(Event(x.dst, "recv", begin, arrive, stage0 + x.stage, x.label))
+            push(arrive, _TX_DONE, a)
+        elif kind == _TX_DONE:
+            if a < 0:  # a first-stage part with every input at hand
+                start(now, 0, b)
+                continue
+            x = txs[a]
+            if x.part < 0:
+                ends[x.stage] = max(ends[x.stage], now)
+            else:
+                arrived(now, x.stage, x.part)
+        else:
+            s, q = a, b
+            ends[s] = max(ends[s], now)
+            for k in out_tx[s][q]:
+                push(now, _TX_REQ, k)
+            nxt = lane_next.get((s, q))
+            if nxt is not None:
+                arrived(now, *nxt)
+    for s in range(1, len(stages)):
+        ends[s] = max(ends[s], ends[s - 1])
+    return SimResult(ends[-1], moved, tuple(ends), (), via_aid)
+
+
+def _move_label(m: RowMove) -> str:
+    return f"halo @{m.boundary} {m.rows.start}:{m.rows.stop}"
+
+
+def _part_label(st: Stage, q: int) -> str:
+    r = st.parts[q].region
+    return f"[{st.start},{st.stop}) {r.rows.start}:{r.rows.stop}"
 
 
 def assign_by_pulling(

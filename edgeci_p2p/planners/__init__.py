@@ -1,6 +1,7 @@
 """Planners (pure): every strategy turns (model spec, testbed) into a :class:`Plan`.
 
-``edgeci`` is DPFL (:mod:`.dpfl`); ``local``, ``modnn``, ``deepthings``,
+``edgeci`` is DPFL (:mod:`.dpfl`); ``edgeci-halo`` adds strip-resident segments with
+peer-to-peer halo exchange (:mod:`.halo`); ``local``, ``modnn``, ``deepthings``,
 ``edgeld`` and ``aofl`` are the baselines of BRIEF 2.5, each in its own module
 with a docstring naming the choices made in its favour.
 """
@@ -17,6 +18,7 @@ from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.deepthings import plan_deepthings
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.edgeld import plan_edgeld
+from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.local import plan_local
 from edgeci_p2p.planners.modnn import plan_modnn
 
@@ -24,6 +26,7 @@ Planner = Callable[[ModelSpec, Testbed, Context | None], Plan]
 
 PLANNERS: dict[str, Planner] = {
     "edgeci": lambda s, t, c: plan_edgeci(s, t, ctx=c),
+    "edgeci-halo": lambda s, t, c: plan_edgeci_halo(s, t, ctx=c),
     "local": lambda s, t, c: plan_local(s, t, c),
     "modnn": lambda s, t, c: plan_modnn(s, t, c),
     "deepthings": lambda s, t, c: plan_deepthings(s, t, c),
@@ -31,7 +34,8 @@ PLANNERS: dict[str, Planner] = {
     "aofl": lambda s, t, c: plan_aofl(s, t, c),
 }
 STRATEGIES: tuple[str, ...] = tuple(PLANNERS)
-BASELINES: tuple[str, ...] = tuple(s for s in STRATEGIES if s != "edgeci")
+OURS: tuple[str, ...] = ("edgeci", "edgeci-halo")
+BASELINES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in OURS)
 
 
 def plan(strategy: str, spec: ModelSpec, testbed: Testbed, ctx: Context | None = None) -> Plan:
