@@ -1,0 +1,313 @@
+"""Strip-resident execution (transfer="halo"): plan rules, row moves, the segment
+simulator, and the edgeci-halo planner against edgeci."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+from functools import cache
+
+import pytest
+
+from edgeci_p2p.core.geometry import Region, Span, grid, trace
+from edgeci_p2p.core.plan import (
+    Part,
+    Plan,
+    PlanError,
+    Stage,
+    row_moves,
+    segments,
+    single_stage,
+    strip_stage,
+    validate,
+)
+from edgeci_p2p.core.sim import Event, SimResult, head_seconds, run_stage, simulate, stage_tasks
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.planners import BASELINES, STRATEGIES, plan
+from edgeci_p2p.planners.context import Context
+from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.planners.testbeds import testbed_names as shipped_testbeds
+from tests.planfakes import check_plan, fake_testbed
+
+SPEC = spec_for("vgg11", 32, 32)
+N = SPEC.n_units
+MODELS = ("vgg16", "resnet34")
+
+
+def _plan(stages: list[Stage], n: int = 3, aid: int = 0, spec: ModelSpec = SPEC) -> Plan:
+    return Plan(spec.name, "t", "fake", tuple(f"d{k}" for k in range(n)), tuple(stages), aid)
+
+
+def _halo(st: Stage) -> Stage:
+    return replace(st, transfer="halo")
+
+
+def _strips(start: int, stop: int, cuts: list[int], devs: list[int]) -> Stage:
+    return strip_stage(SPEC, start, stop, cuts, devs)
+
+
+def _three_stage_halo_plan() -> Plan:
+    """Strips that move between stages: boundaries and device order both change."""
+    return _plan(
+        [
+            _halo(_strips(0, 1, [5, 20], [0, 1, 2])),  # 32-row map at boundary 1
+            _halo(_strips(1, 3, [3, 10], [2, 0, 1])),  # 16 rows at boundary 3
+            _strips(3, 5, [3], [1, 2]),  # 8 rows at boundary 5
+            single_stage(SPEC, 5, N, 0),
+        ]
+    )
+
+
+@cache
+def _planned(model: str, testbed: str) -> tuple[ModelSpec, Plan, Plan, Context]:
+    spec = spec_for(model)
+    tb = load_testbed(testbed)
+    ctx = Context(spec, tb)
+    return spec, plan("edgeci-halo", spec, tb, ctx), plan("edgeci", spec, tb, ctx), ctx
+
+
+# ---- plan semantics ---------------------------------------------------------------------------
+
+
+def test_halo_round_trips_and_shows_in_the_readable_form() -> None:
+    p = _three_stage_halo_plan()
+    validate(p, SPEC)
+    assert Plan.from_dict(p.to_dict()) == p
+    assert [st.transfer for st in Plan.from_dict(p.to_dict()).stages][:2] == ["halo", "halo"]
+    assert str(p).count("-> halo") == 2
+    assert segments(p) == ((0, 2), (3, 3))
+
+
+def test_segments_of_a_gather_only_plan_are_single_stages() -> None:
+    p = _plan(
+        [single_stage(SPEC, 0, 3, 0), _strips(3, 6, [4], [0, 1]), single_stage(SPEC, 6, N, 1)]
+    )
+    assert segments(p) == ((0, 0), (1, 1), (2, 2))
+
+
+def test_validator_rejects_tiles_shared_devices_and_a_last_halo_stage() -> None:
+    _, h, w = SPEC.shape_at(3)
+    tiles = Stage(0, 3, tuple(Part(r, k) for k, r in enumerate(grid(h, w, [8], [8]))), "halo")
+    with pytest.raises(PlanError, match=r"stage 0 .*full-width row strips"):
+        validate(_plan([tiles, _strips(3, N, [], [0])], n=4), SPEC)
+    after = Stage(3, 5, tuple(Part(r, k) for k, r in enumerate(grid(8, 8, [4], [4]))))
+    with pytest.raises(PlanError, match=r"stage 1 .*full-width row strips"):
+        validate(_plan([_halo(_strips(0, 3, [8], [0, 1])), after, _strips(5, N, [], [0])], 4), SPEC)
+    twice = _halo(_strips(0, 3, [4, 8], [1, 0, 1]))
+    with pytest.raises(PlanError, match=r"stage 0 .*device 1 holds more than one part"):
+        validate(_plan([twice, _strips(3, N, [], [0])]), SPEC)
+    last = _halo(single_stage(SPEC, 3, N, 0))
+    with pytest.raises(PlanError, match=r"stage 1 .*last stage must gather"):
+        validate(_plan([_halo(_strips(0, 3, [8], [0, 1])), last]), SPEC)
+    pulled = replace(_halo(_strips(0, 3, [8], [0, 1])), schedule="pull")
+    with pytest.raises(PlanError, match="push"):
+        validate(_plan([pulled, _strips(3, N, [], [0])]), SPEC)
+
+
+# ---- row moves --------------------------------------------------------------------------------
+
+
+def _check_moves(spec: ModelSpec, prev: Stage, nxt: Stage) -> None:
+    """Each next part's held rows plus received rows are exactly its need rows, once each."""
+    moves = row_moves(spec, prev, nxt)
+    assert list(moves) == sorted(moves, key=lambda m: (m.dst, m.rows.start))
+    assert all(m.src != m.dst and m.boundary == nxt.start for m in moves)
+    for q in nxt.parts:
+        need = trace(spec, nxt.start, nxt.stop, q.region).need.rows
+        rows: list[int] = []
+        for p in prev.parts:
+            if p.device == q.device:
+                lo, hi = max(need.start, p.region.rows.start), min(need.stop, p.region.rows.stop)
+                rows += range(lo, hi)
+        for m in moves:
+            if m.dst == q.device:
+                src = next(p for p in prev.parts if p.device == m.src)
+                assert src.region.rows.contains(m.rows)  # a device sends only rows it holds
+                rows += range(m.rows.start, m.rows.stop)
+        assert sorted(rows) == list(range(need.start, need.stop)), (q, moves)
+
+
+def test_row_moves_deliver_every_needed_row_exactly_once_when_strips_move() -> None:
+    p = _three_stage_halo_plan()
+    for a, b in itertools.pairwise(p.stages[:3]):
+        _check_moves(SPEC, a, b)
+    first = row_moves(SPEC, p.stages[0], p.stages[1])
+    assert any(m.rows.size > 2 for m in first)  # whole rows change hands, not just halos
+
+
+def test_row_moves_hold_for_random_strip_layouts() -> None:
+    rnd = random.Random(3)
+    spec = spec_for("resnet18", 64, 64)
+    for _ in range(60):
+        i = rnd.randrange(spec.n_units - 2)
+        j = rnd.randrange(i + 1, spec.n_units - 1)
+        k = rnd.randrange(j + 1, spec.n_units)
+        stages = []
+        for a, b in ((i, j), (j, k)):
+            h = spec.shape_at(b)[1]
+            n = rnd.randint(1, min(4, h))
+            cuts = sorted(rnd.sample(range(1, h), n - 1))
+            devs = rnd.sample(range(5), n)
+            stages.append(strip_stage(spec, a, b, cuts, devs))
+        _check_moves(spec, replace(stages[0], transfer="halo"), stages[1])
+
+
+def test_equal_strips_on_the_same_devices_move_only_halo_rows() -> None:
+    prev = _halo(_strips(0, 2, [8], [0, 1]))
+    nxt = _strips(2, 3, [8], [0, 1])  # a 3x3 conv: one row from each neighbour
+    moves = row_moves(SPEC, prev, nxt)
+    assert [(m.src, m.dst, m.rows) for m in moves] == [(1, 0, Span(8, 9)), (0, 1, Span(7, 8))]
+
+
+# ---- the simulator ----------------------------------------------------------------------------
+
+
+def _old_simulate(p: Plan, spec: ModelSpec, tb: object, work: Workload) -> tuple[float, int]:
+    """The star-only simulator as it was: stages one after another through run_stage."""
+    from edgeci_p2p.core.cost import Testbed
+
+    assert isinstance(tb, Testbed)
+    t, moved = 0.0, 0
+    for st in p.stages:
+        tasks = stage_tasks(st, spec, tb, work)
+        moved += sum(x.in_bytes + x.out_bytes for x in tasks)
+        t = run_stage(tasks, tb, t, st.schedule == "pull")
+    return t + head_seconds(spec, tb), moved
+
+
+@pytest.mark.parametrize("testbed", shipped_testbeds())
+def test_gather_only_plans_simulate_exactly_as_before(testbed: str) -> None:
+    spec = spec_for("vgg16")
+    tb = load_testbed(testbed)
+    ctx = Context(spec, tb)
+    for strategy in (*BASELINES, "edgeci"):
+        p = plan(strategy, spec, tb, ctx)
+        res = simulate(p, spec, tb, ctx.work)
+        assert (res.latency, res.bytes_moved) == _old_simulate(p, spec, tb, ctx.work)
+        assert res.auctioneer_bytes == res.bytes_moved
+
+
+def test_sim_result_constructors_without_auctioneer_bytes_still_work() -> None:
+    assert SimResult(1.0, 2, (1.0,)).auctioneer_bytes == 0
+
+
+def _lanes_do_not_overlap(events: tuple[Event, ...], lanes: tuple[str, ...]) -> bool:
+    spans = sorted((e.start, e.stop) for e in events if e.lane in lanes)
+    return all(b[0] >= a[1] - 1e-12 for a, b in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_segment_schedule_invariants(shared: bool) -> None:
+    tb = fake_testbed([3.0, 2.0, 1.0], [20.0, 40.0, 10.0], shared=shared, rtt_ms=1.0)
+    p = _three_stage_halo_plan()
+    res = simulate(p, SPEC, tb)
+    ev = res.events
+    for d in range(3):
+        assert _lanes_do_not_overlap(tuple(e for e in ev if e.device == d), ("compute",))
+        if not shared:  # each device's uplink carries one transfer at a time
+            assert _lanes_do_not_overlap(tuple(e for e in ev if e.device == d), ("send",))
+    if shared:  # one medium: no two transfers at once, whoever sends
+        assert _lanes_do_not_overlap(ev, ("send",))
+    # every peer-to-peer move shows as a send on its source and a receive on its destination
+    moves = [m for a, b in itertools.pairwise(p.stages[:3]) for m in row_moves(SPEC, a, b)]
+    for m in moves:
+        label = f"halo @{m.boundary} {m.rows.start}:{m.rows.stop}"
+        assert any(e.device == m.src and e.lane == "send" and e.label == label for e in ev)
+        assert any(e.device == m.dst and e.lane == "recv" and e.label == label for e in ev)
+    # a part starts only after everything it receives has arrived
+    for k in (1, 2):
+        st = p.stages[k]
+        for q in st.parts:
+            start = next(
+                e.start for e in ev if e.lane == "compute" and e.stage == k and e.device == q.device
+            )
+            got = [e.stop for e in ev if e.lane == "recv" and e.stage == k and e.device == q.device]
+            assert all(t <= start + 1e-12 for t in got)
+    row_b = [SPEC.shape_at(b)[0] * SPEC.shape_at(b)[2] * 4 for b in range(N + 1)]
+    p2p = sum(m.rows.size * row_b[m.boundary] for m in moves)
+    star = sum(x.in_bytes for x in stage_tasks(p.stages[0], SPEC, tb, Workload(SPEC)))
+    star += sum(x.out_bytes for x in stage_tasks(p.stages[2], SPEC, tb, Workload(SPEC)))
+    star += sum(
+        x.in_bytes + x.out_bytes for x in stage_tasks(p.stages[3], SPEC, tb, Workload(SPEC))
+    )
+    assert res.bytes_moved == p2p + star
+    via = sum(m.rows.size * row_b[m.boundary] for m in moves if 0 in (m.src, m.dst))
+    assert res.auctioneer_bytes == via + star
+    assert res.latency == pytest.approx(res.stage_ends[-1] + head_seconds(SPEC, tb))
+
+
+def test_a_two_device_halo_boundary_by_hand() -> None:
+    """Switched links, 1 MB/s: the numbers follow from the transfer model directly."""
+    tb = fake_testbed([1.0, 1.0], [8.0, 8.0], shared=False, rtt_ms=2.0)
+    p = _plan(
+        [
+            _halo(_strips(0, 2, [8], [0, 1])),
+            _strips(2, 3, [8], [0, 1]),
+            single_stage(SPEC, 3, N, 0),
+        ],
+        2,
+    )
+    res = simulate(p, SPEC, tb)
+    work = Workload(SPEC)
+    s0 = stage_tasks(p.stages[0], SPEC, tb, work)
+    s1 = stage_tasks(p.stages[1], SPEC, tb, work)
+    slab_tx = s0[1].in_bytes / 1e6  # the auctioneer's uplink is busy until then
+    end0 = [s0[0].seconds, slab_tx + 0.001 + s0[1].seconds]
+    row = 64 * 16 * 4 / 1e6  # one row at boundary 2, each way on its own link
+    start1 = [
+        max(end0[0], end0[1] + row + 0.001),
+        max(end0[1], max(end0[0], slab_tx) + row + 0.001),
+    ]
+    gather = s1[1].out_bytes / 1e6 + 0.001
+    end1 = [start1[0] + s1[0].seconds, start1[1] + s1[1].seconds + gather]
+    assert res.stage_ends[1] == pytest.approx(max(end1))
+
+
+def test_a_halo_plan_beats_its_gather_twin_and_spares_the_auctioneer_link() -> None:
+    spec, halo, _, ctx = _planned("vgg16", "emulated-4")
+    assert any(st.transfer == "halo" for st in halo.stages)
+    twin = replace(halo, stages=tuple(replace(st, transfer="gather") for st in halo.stages))
+    validate(twin, spec)
+    a = simulate(halo, spec, ctx.testbed, ctx.work, record=False)
+    b = simulate(twin, spec, ctx.testbed, ctx.work, record=False)
+    assert a.latency < b.latency
+    assert a.auctioneer_bytes < b.auctioneer_bytes / 2
+    assert a.latency == pytest.approx(halo.predicted, rel=1e-12)
+
+
+# ---- the planner ------------------------------------------------------------------------------
+
+
+def test_edgeci_halo_is_a_strategy_but_not_a_baseline() -> None:
+    assert "edgeci-halo" in STRATEGIES
+    assert "edgeci-halo" not in BASELINES and "edgeci" not in BASELINES
+    assert len(BASELINES) == 5
+
+
+@pytest.mark.parametrize("testbed", shipped_testbeds())
+@pytest.mark.parametrize("model", MODELS)
+def test_edgeci_halo_plans_validate_and_never_lose_to_edgeci(model: str, testbed: str) -> None:
+    spec, halo, gather, ctx = _planned(model, testbed)
+    tb = ctx.testbed
+    check_plan(halo, spec, tb)
+    ours = simulate(halo, spec, tb, ctx.work, record=False).latency
+    theirs = simulate(gather, spec, tb, ctx.work, record=False).latency
+    assert ours == pytest.approx(halo.predicted, rel=1e-12)
+    assert ours <= theirs * (1 + 1e-12)
+    assert halo.notes["chosen"] in ("halo", "gather")
+    assert halo.notes["gather_predicted"] == pytest.approx(theirs)
+
+
+def test_halo_wins_where_the_star_is_the_bottleneck() -> None:
+    for testbed in ("emulated-4", "homog-4", "pi4-wifi-4"):
+        _, halo, _, _ = _planned("vgg16", testbed)
+        assert halo.notes["chosen"] == "halo", testbed
+
+
+def test_tiles_regions_are_not_strips() -> None:
+    # a guard on the helper above: a 2x2 grid really has non-full-width parts
+    assert any(r.cols != Span(0, 16) for r in grid(16, 16, [8], [8]))
+    assert Region(Span(0, 1), Span(0, 16)).cols == Span(0, 16)
