@@ -10,6 +10,14 @@ from functools import cache
 
 import pytest
 
+from edgeci_p2p.auction.awas import (
+    AwasPlanner,
+    place_strips,
+    predict_with_backlog,
+    probe_call,
+    strip_items,
+)
+from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.geometry import Region, Span, grid, trace
 from edgeci_p2p.core.plan import (
     Part,
@@ -311,3 +319,63 @@ def test_tiles_regions_are_not_strips() -> None:
     # a guard on the helper above: a 2x2 grid really has non-full-width parts
     assert any(r.cols != Span(0, 16) for r in grid(16, 16, [8], [8]))
     assert Region(Span(0, 1), Span(0, 16)).cols == Span(0, 16)
+
+
+# ---- AWAS with edgeci-halo --------------------------------------------------------------------
+
+
+def test_awas_predictions_and_items_for_halo_plans() -> None:
+    spec, halo, _, ctx = _planned("vgg16", "emulated-4")
+    tb, work = ctx.testbed, ctx.work
+    sim = simulate(halo, spec, tb, work, record=False).latency
+    assert predict_with_backlog(halo, spec, tb, {}, work) == pytest.approx(sim, rel=1e-12)
+    later = predict_with_backlog(halo, spec, tb, {n: 0.5 for n in tb.names}, work)
+    assert sim < later <= sim + 0.5 + 1e-9
+    one = predict_with_backlog(halo, spec, tb, {tb.names[3]: 0.05}, work)
+    assert sim < one <= sim + 0.05 + 1e-9
+    items = strip_items(halo, spec, work)
+    assert sum(len(v) for v in items.values()) == sum(len(st.parts) for st in halo.stages)
+    for k in range(1, len(halo.stages)):
+        prev, st = halo.stages[k - 1], halo.stages[k]
+        if prev.transfer != "halo":
+            continue
+        c, _, w = spec.shape_at(st.start)
+        for p in st.parts:
+            r = p.region
+            item = next(
+                it
+                for it in items[halo.devices[p.device]]
+                if it.item_id == f"s{k}:{r.rows.start}-{r.rows.stop}x{r.cols.start}-{r.cols.stop}"
+            )
+            got = sum(m.rows.size for m in row_moves(spec, prev, st) if m.dst == p.device)
+            assert item.bytes_in == got * c * w * 4
+    placed = place_strips(halo, ctx)  # strips on halo boundaries stay where they live
+    for first, last in segments(halo):
+        if last > first:
+            assert placed.stages[first : last + 1] == halo.stages[first : last + 1]
+
+
+def test_awas_plans_with_edgeci_halo_when_asked() -> None:
+    spec = spec_for("vgg16")
+    tb = load_testbed("emulated-4")
+    peers = {
+        d.name: Bidder(d.name, d.compute, tb.link(i), d.memory_bytes, horizon=1e6)
+        for i, d in enumerate(tb.devices)
+    }
+    call = probe_call("r", tb.names[0], spec)
+    bids = [b.bid(call, 0.0) for b in peers.values()]
+    got = {}
+    for strategy in ("edgeci", "edgeci-halo"):
+        planner = AwasPlanner(spec, shared_medium=False, strategy=strategy)
+        items = planner(call, bids)
+        assert planner.plan is not None and planner.testbed is not None
+        validate(planner.plan, spec)
+        assert sum(len(v) for v in items.values()) == sum(len(s.parts) for s in planner.plan.stages)
+        got[strategy] = predict_with_backlog(
+            planner.plan, spec, planner.testbed, {}, Workload(spec)
+        )
+        if strategy == "edgeci-halo":
+            assert any(st.transfer == "halo" for st in planner.plan.stages)
+    assert got["edgeci-halo"] < got["edgeci"]
+    with pytest.raises(ValueError, match="edgeci-halo"):
+        AwasPlanner(spec, strategy="modnn")

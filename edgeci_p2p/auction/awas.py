@@ -39,12 +39,16 @@ from edgeci_p2p.auction.messages import Bid, CallForBids, WorkItem
 from edgeci_p2p.auction.winner import bottleneck_assignment
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
 from edgeci_p2p.core.geometry import FLOAT32_BYTES, full_flops, head_flops
-from edgeci_p2p.core.plan import Part, Plan, Stage
-from edgeci_p2p.core.sim import head_seconds, stage_tasks
+from edgeci_p2p.core.plan import Part, Plan, Stage, moves_between, segments
+from edgeci_p2p.core.sim import Event, head_seconds, run_segment, simulate, stage_tasks
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
+from edgeci_p2p.planners.halo import plan_edgeci_halo
+
+STRATEGIES: tuple[str, ...] = ("edgeci", "edgeci-halo")
+"""What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments."""
 
 _FLOPS_CACHE: dict[tuple[str, tuple[int, int, int]], list[tuple[str, int]]] = {}
 
@@ -165,7 +169,13 @@ def place_strips(
     bids' backlogs) a peer's price for a strip is its offset plus the strip's
     time, and the re-placed plan is kept only if ``judge`` (e.g.
     :func:`predict_with_backlog`) says the whole plan finishes earlier.
+
+    Stages on a halo boundary (strip-resident segments of ``edgeci-halo``) stay as
+    they are: their strips live on their devices from one stage to the next, and
+    moving one would turn halo exchanges into whole-strip moves.
     """
+    if any(st.transfer == "halo" for st in plan.stages):
+        return _place_gather_stages(plan, ctx, offsets, judge)
     stages: list[Stage] = []
     total = 0.0
     for st in plan.stages:
@@ -206,6 +216,33 @@ def place_strips(
     return placed
 
 
+def _place_gather_stages(
+    plan: Plan,
+    ctx: Context,
+    offsets: Sequence[float] | None,
+    judge: Callable[[Plan], float] | None,
+) -> Plan:
+    """:func:`place_strips` for a plan with halo segments: only its one-stage (gather)
+    segments are re-placed, and the result is kept if the simulator (or ``judge``)
+    says it is faster."""
+    stages = list(plan.stages)
+    for first, last in segments(plan):
+        if first == last:
+            one = replace(plan, stages=(stages[first],), predicted=None)
+            stages[first] = place_strips(one, ctx, offsets, None).stages[0]
+    if stages == list(plan.stages):
+        return plan
+    placed = replace(plan, stages=tuple(stages))
+    spec, tb = ctx.spec, ctx.testbed
+    if judge is not None:
+        return placed if judge(placed) < judge(plan) else plan
+    lat = simulate(placed, spec, tb, ctx.work, record=False).latency
+    before = simulate(plan, spec, tb, ctx.work, record=False).latency
+    if lat < before:
+        return replace(placed, predicted=lat, notes={**plan.notes, "placed_by": "epsilon-auction"})
+    return plan
+
+
 def _strip_seconds(ctx: Context, device: int, i: int, j: int, a: int, b: int) -> float:
     t = ctx.strip_task(device, i, j, a, b)
     if device == ctx.aid:
@@ -224,13 +261,23 @@ def _stage_cost(ctx: Context, st: Stage) -> float:
 def strip_items(
     plan: Plan, spec: ModelSpec, work: Workload | None = None
 ) -> dict[str, tuple[WorkItem, ...]]:
-    """Each peer's share of ``plan`` as work items (FLOPs and calls per kind, bytes)."""
+    """Each peer's share of ``plan`` as work items (FLOPs and calls per kind, bytes).
+
+    One item per part. ``memory`` is the part's input slab plus its output. A part
+    of a gather-only stage receives its slab and returns its output; on a halo
+    boundary (strip-resident execution) the bytes are what actually travels: a
+    stage after a halo stage receives only the rows its own device does not hold
+    (:func:`edgeci_p2p.core.plan.row_moves`), and a halo stage's part sends only
+    the rows its neighbours need.
+    """
     work = work or Workload(spec)
     out: dict[str, list[WorkItem]] = {}
+    moved_in, moved_out = _halo_bytes(plan, spec, work)
     for k, st in enumerate(plan.stages):
         c_in = spec.shape_at(st.start)[0]
         c_out = spec.shape_at(st.stop)[0]
-        for p in st.parts:
+        after_halo = k > 0 and plan.stages[k - 1].transfer == "halo"
+        for q, p in enumerate(st.parts):
             rw = work.work_region(st.start, st.stop, p.region)
             flops: dict[str, int] = {}
             calls: dict[str, int] = {}
@@ -238,19 +285,45 @@ def strip_items(
                 flops[kind] = flops.get(kind, 0) + f
                 calls[kind] = calls.get(kind, 0) + 1
             r0, r1, c0, c1 = rw.need
-            b_in = c_in * (r1 - r0) * (c1 - c0) * FLOAT32_BYTES
-            b_out = c_out * p.region.area * FLOAT32_BYTES
+            slab = c_in * (r1 - r0) * (c1 - c0) * FLOAT32_BYTES
+            strip = c_out * p.region.area * FLOAT32_BYTES
+            b_in = moved_in.get((k, q), 0) if after_halo else slab
+            b_out = moved_out.get((k, q), 0) if st.transfer == "halo" else strip
             r = p.region
             item = WorkItem(
                 f"s{k}:{r.rows.start}-{r.rows.stop}x{r.cols.start}-{r.cols.stop}",
                 flops,
                 b_in,
                 b_out,
-                b_in + b_out,
+                slab + strip,
                 calls,
             )
             out.setdefault(plan.devices[p.device], []).append(item)
     return {peer: tuple(items) for peer, items in out.items()}
+
+
+def _halo_bytes(
+    plan: Plan, spec: ModelSpec, work: Workload
+) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+    """Row-move bytes received by (stage, part) and sent by (stage, part)."""
+    got: dict[tuple[int, int], int] = {}
+    sent: dict[tuple[int, int], int] = {}
+    for k in range(1, len(plan.stages)):
+        prev, st = plan.stages[k - 1], plan.stages[k]
+        if prev.transfer != "halo":
+            continue
+        c, _, w = spec.shape_at(st.start)
+        needs = []
+        for p in st.parts:
+            need = work.work_region(st.start, st.stop, p.region).need
+            needs.append((need[0], need[1]))
+        src = {p.device: q for q, p in enumerate(prev.parts)}
+        dst = {p.device: q for q, p in enumerate(st.parts)}
+        for m in moves_between(prev.parts, st.parts, needs, st.start):
+            nbytes = c * w * m.rows.size * FLOAT32_BYTES
+            got[(k, dst[m.dst])] = got.get((k, dst[m.dst]), 0) + nbytes
+            sent[(k - 1, src[m.src])] = sent.get((k - 1, src[m.src]), 0) + nbytes
+    return got, sent
 
 
 def with_own_bid(
@@ -285,6 +358,9 @@ class AwasPlanner:
     spec: ModelSpec
     shared_medium: bool = True
     own: ComputeModel | None = None
+    strategy: str = "edgeci"
+    """``edgeci`` (DPFL) or ``edgeci-halo`` (DPFL with strip-resident segments; its
+    halo stages are not re-placed, see :func:`place_strips`)."""
     """The auctioneer's own measured model: lets it plan when it has no room to bid
     on its own call (it still holds the input and runs the head)."""
     min_share: float = 0.1
@@ -327,7 +403,7 @@ class AwasPlanner:
         first = self.previous
         if first is None or not set(first.devices) <= set(idle_tb.names):
             idle_ctx = Context(self.spec, idle_tb)
-            first = place_strips(plan_edgeci(self.spec, idle_tb, ctx=idle_ctx), idle_ctx)
+            first = place_strips(self._planner(idle_ctx), idle_ctx)
         span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
         candidates = [(first, idle_tb, left_idle), self._plan(call, bids, span, backlog, judge)]
         # A peer works through its queue first (FIFO), and DPFL's stages wait for
@@ -353,6 +429,18 @@ class AwasPlanner:
         self.plan, self.testbed, self.left_out, self.previous = plan, tb, left, plan
         return plan
 
+    def _planner(self, ctx: Context) -> Plan:
+        """The configured strategy's plan on ``ctx``'s cluster."""
+        if self.strategy == "edgeci-halo":
+            return plan_edgeci_halo(self.spec, ctx.testbed, ctx=ctx)
+        return plan_edgeci(self.spec, ctx.testbed, ctx=ctx)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"AWAS plans with one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
+            )
+
     def _plan(
         self,
         call: CallForBids,
@@ -365,7 +453,7 @@ class AwasPlanner:
         exact strip times, then by backlog plus strip time (kept if ``judge`` agrees)."""
         tb, left = testbed_from_bids(call, bids, span, self.shared_medium, self.min_share)
         ctx = Context(self.spec, tb)
-        plan = place_strips(plan_edgeci(self.spec, tb, ctx=ctx), ctx)
+        plan = place_strips(self._planner(ctx), ctx)
         offsets = [backlog.get(n, 0.0) for n in tb.names]
         return place_strips(plan, ctx, offsets, judge), tb, left
 
@@ -402,9 +490,23 @@ def predict_with_backlog(
     aid = testbed.auctioneer
     radio_in = radio_out = 0.0
     t = 0.0
-    for st in plan.stages:
-        parts = tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts)
-        tasks = stage_tasks(Stage(st.start, st.stop, parts), spec, testbed, work)
+    mapped = [
+        replace(st, parts=tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts))
+        for st in plan.stages
+    ]
+    for first, last in segments(plan):
+        if first < last:
+            # A strip-resident segment: the simulator's own segment model, with each
+            # device computing nothing before its queue has drained.
+            events: list[Event] = []
+            seg = run_segment(mapped[first : last + 1], spec, testbed, work, t, events, 0, free)
+            for e in events:
+                if e.lane == "compute":
+                    free[e.device] = max(free[e.device], e.stop)
+            t = radio_in = radio_out = seg.latency
+            continue
+        st = mapped[first]
+        tasks = stage_tasks(Stage(st.start, st.stop, st.parts), spec, testbed, work)
         arrive: list[float] = []
         for x in tasks:
             if x.device == aid or x.in_bytes == 0:

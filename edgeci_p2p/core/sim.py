@@ -303,6 +303,7 @@ def run_segment(
     t0: float = 0.0,
     events: list[Event] | None = None,
     stage0: int = 0,
+    ready: Sequence[float] | None = None,
 ) -> SimResult:
     """Simulate a run of stages linked by halo boundaries from ``t0`` (no barrier inside).
 
@@ -310,6 +311,8 @@ def run_segment(
     is on the auctioneer (``latency``), bytes moved, bytes through the
     auctioneer's link, and each stage's end (its last part computed; for the last
     stage its last strip gathered). ``stage0`` numbers the stages in events.
+    ``ready[d]``: device ``d`` computes nothing before then (queued work, as
+    :func:`edgeci_p2p.auction.awas.predict_with_backlog` models backlogs).
     """
     aid = testbed.auctioneer
     shared = testbed.shared_medium
@@ -384,6 +387,8 @@ def run_segment(
 
     def start(now: float, s: int, q: int) -> None:
         d = stages[s].parts[q].device
+        if ready is not None:
+            now = max(now, ready[d])
         stop = now + secs[s][q]
         if events is not None:
             label = _part_label(stages[s], q)
