@@ -1,5 +1,6 @@
 """``edgeci bench sim``: every strategy on every model x testbed in the simulator, as a
-table with EdgeCI's improvement over each baseline, or as JSON rows."""
+table with EdgeCI's improvement over each baseline and edgeci-halo's over edgeci (with
+the bytes through the auctioneer's link for both), or as JSON rows."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from typing import Any
 
 DEFAULT_MODELS = ("vgg16", "resnet34")
+OURS = ("edgeci", "edgeci-halo")
 
 
 def register(sub: Any) -> None:
@@ -61,6 +63,7 @@ def sim_rows(models: list[str], testbeds: list[str], strategies: list[str]) -> l
                         "strategy": strategy,
                         "latency_ms": round(res.latency * 1e3, 3),
                         "bytes": res.bytes_moved,
+                        "auctioneer_bytes": res.auctioneer_bytes,
                     }
                 )
     return rows
@@ -73,7 +76,7 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
     (``1 - ours / theirs``); the speed-up ``theirs / ours`` is in parentheses.
     """
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    baselines = [s for s in strategies if s != "edgeci"]
+    baselines = [s for s in strategies if s not in OURS]
     keyed = {(r["model"], r["testbed"], r["strategy"]): r for r in rows}
     cases = list(dict.fromkeys((r["model"], r["testbed"]) for r in rows))
     lines = ["simulated latency (ms)"]
@@ -95,6 +98,32 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
                 theirs = keyed[(m, t, s)]["latency_ms"]
                 cells.append(f"{(1 - ours / theirs) * 100:>+8.1f}% ({theirs / ours:4.2f}x)")
             lines.append(f"{m:<10} {t:<12}" + "".join(f"{c:>17}" for c in cells))
+    if all(s in strategies for s in OURS):
+        lines += ["", halo_table(rows)]
+    return "\n".join(lines)
+
+
+def halo_table(rows: list[dict[str, Any]]) -> str:
+    """edgeci-halo against edgeci: latency reduction and bytes through the auctioneer.
+
+    ``+x%`` means edgeci-halo's latency is x% lower than edgeci's; the auctioneer's
+    bytes are per request, in and out of its own link.
+    """
+    keyed = {(r["model"], r["testbed"], r["strategy"]): r for r in rows}
+    cases = list(dict.fromkeys((r["model"], r["testbed"]) for r in rows))
+    lines = ["edgeci-halo (strip-resident, peer-to-peer halos) vs edgeci"]
+    head = (
+        f"{'model':<10} {'testbed':<12}{'edgeci ms':>11}{'halo ms':>10}{'reduction':>11}"
+        f"{'edgeci MB@auct':>16}{'halo MB@auct':>14}"
+    )
+    lines += [head, "-" * len(head)]
+    for m, t in cases:
+        g, h = keyed[(m, t, "edgeci")], keyed[(m, t, "edgeci-halo")]
+        red = (1 - h["latency_ms"] / g["latency_ms"]) * 100
+        lines.append(
+            f"{m:<10} {t:<12}{g['latency_ms']:>11.1f}{h['latency_ms']:>10.1f}{red:>+10.1f}%"
+            f"{g['auctioneer_bytes'] / 1e6:>16.2f}{h['auctioneer_bytes'] / 1e6:>14.2f}"
+        )
     return "\n".join(lines)
 
 
