@@ -72,10 +72,11 @@ def test_bench_sim_json_rows_and_table(capsys: pytest.CaptureFixture[str]) -> No
     args = ["bench", "sim", "--models", "resnet18", "--testbeds", "homog-4", "pi4-wifi-4"]
     assert main([*args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 2 * 6
+    assert len(rows) == 2 * 7
     for r in rows:
-        assert set(r) == {"model", "testbed", "strategy", "latency_ms", "bytes"}
-        assert r["latency_ms"] > 0 and r["bytes"] >= 0
+        assert set(r) == {"model", "testbed", "strategy", "latency_ms", "bytes", "auctioneer_bytes"}
+        assert r["latency_ms"] > 0 and r["bytes"] >= r["auctioneer_bytes"] >= 0
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "latency reduction" in table and "deepthings" in table
+    assert "edgeci-halo (strip-resident, peer-to-peer halos) vs edgeci" in table
