@@ -59,6 +59,9 @@ from edgeci_p2p.planners.dpfl import (
     round_to_grid,
 )
 
+MAX_DEVICE_SETS = 4
+"""At most this many device sets get a DP run (the most promising first; planning time)."""
+
 Layout = tuple[tuple[int, ...], tuple[int, ...]]
 """Strip edges (``len(devices) + 1`` rows) and the device of each strip, top to bottom."""
 
@@ -412,17 +415,16 @@ def plan_edgeci_halo(
     g_pred = simulate(gather_only, spec, testbed, ctx.work, record=False).latency
     best: tuple[float, Plan | None, tuple[int, ...]] = (float("inf"), None, ())
     worse = 0
-    for devs in device_orders(ctx):
+    for devs in device_orders(ctx)[:MAX_DEVICE_SETS]:
         blocks = _HaloDP(ctx, devs, resolution).run()
-        lat = float("inf")
+        worse += best[1] is not None
         if blocks is not None and any(b.transfer == "halo" for b in blocks):
             p = _to_plan(ctx, blocks)
             lat = simulate(p, spec, testbed, ctx.work, record=False).latency
             if lat < best[0]:
-                best = (lat, p, devs)
-        # Fewer devices: once two smaller sets in a row do not help, smaller ones
-        # will not either (planning time).
-        worse = 0 if lat <= best[0] else worse + 1
+                best, worse = (lat, p, devs), 0
+        # Fewer devices: once a halo plan is found and two smaller sets in a row do
+        # not beat it, smaller ones will not either (planning time).
         if worse >= 2:
             break
     h_pred, halo, devs = best
