@@ -23,7 +23,8 @@ starts the block together):
 
 * strip heights finish together: :func:`edgeci_p2p.planners.dpfl.equal_finish_rows`
   on each device's affine model, without the scatter terms when the input is
-  resident and without the gather terms when the output stays;
+  resident and without the gather terms when the output stays; with a resident
+  input the held strips scaled to the output map (only halos travel) compete;
 * G->G blocks cost as in DPFL (:meth:`Context.single_cost`, :meth:`Context.strips_cost`)
   over singles and the equal-finish split of ``D``;
 * a resident input pays the row moves from the strips the predecessor state left
@@ -31,12 +32,18 @@ starts the block together):
   testbed's medium as the simulator times them (one queue on a shared medium;
   per-device uplink and downlink queues on switched links).
 
-Every candidate ``D`` (rank prefixes by speed, so devices too slow to help are
-dropped; each in rank order and with the auctioneer on top) gives a plan, which
-is simulated exactly (:func:`edgeci_p2p.core.sim.simulate`: no barriers inside a
-segment). The fastest, compared with DPFL's own gather-only plan on the same
-context, is returned, so ``edgeci-halo`` never simulates slower than ``edgeci``.
-Its ``predicted`` is the simulator's number.
+Every candidate ``D`` (:func:`device_orders`: all devices fastest first, all with the
+auctioneer on top, then smaller rank prefixes, so devices too slow to help are
+dropped; at most :data:`MAX_DEVICE_SETS`) gives a plan, which is simulated exactly
+(:func:`edgeci_p2p.core.sim.simulate`: no barriers inside a segment). The best one
+is refined on the simulator (:func:`refine_strips`: strip edges moved one grid step
+at a time, in all stages of a segment at once or in one stage) and compared with
+DPFL's own gather-only plan on the same context; the faster is returned, so
+``edgeci-halo`` never simulates slower than ``edgeci``. Its ``predicted`` is the
+simulator's number; ``notes`` record both predictions and which won.
+
+Planning takes 0.17-0.3 s for VGG-16 and ResNet-34 on the shipped testbeds (about
+half of it DPFL's own DP).
 """
 
 from __future__ import annotations
