@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
     p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
     p.add_argument(
+        "--links",
+        choices=["shared", "switched"],
+        default="shared",
+        help="how this node plans the network when it is the auctioneer: one shared medium "
+        "(a Wi-Fi cell, the default) or switched links, each peer's its own (Ethernet)",
+    )
+    p.add_argument(
         "--weights",
         action="append",
         default=[],
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             models=[m for m in args.models.split(",") if m],
             weights=weights,
+            shared_medium=args.links == "shared",
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

@@ -40,6 +40,10 @@ log = logging.getLogger("edgeci.auction")
 LOCAL_MARGIN = 0.1
 """AWAS+DPFL must predict at least this much gain over this node alone to distribute."""
 
+AUCTIONED = ("edgeci", "edgeci-halo")
+"""Strategies planned by AWAS from live bids (backlog included); the baselines plan
+once on the bidders' idle speeds, as their papers assume."""
+
 Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]]
 """Send an auction message to a peer; False when it could not be sent."""
 
@@ -146,8 +150,11 @@ class Auctioneer:
         send: Sender,
         config: RoundConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared_medium: bool = True,
     ) -> None:
         self.node_id = node_id
+        self.shared_medium = shared_medium
+        """Plan as if every link shares one medium (Wi-Fi) or as switched links."""
         self.bidder = bidder
         self.send = send
         self.config = config or RoundConfig()
@@ -175,9 +182,14 @@ class Auctioneer:
         decider = self._planners.get(key)
         if decider is None:
             inner: AwasPlanner | StaticPlanner = (
-                AwasPlanner(spec, own=self.bidder.compute)
-                if strategy == "edgeci"
-                else StaticPlanner(strategy, spec, self.bidder.compute)
+                AwasPlanner(
+                    spec,
+                    shared_medium=self.shared_medium,
+                    own=self.bidder.compute,
+                    strategy=strategy,
+                )
+                if strategy in AUCTIONED
+                else StaticPlanner(strategy, spec, self.bidder.compute, self.shared_medium)
             )
             decider = self._planners[key] = CachedDecider(inner)
         return decider
@@ -229,14 +241,14 @@ class Auctioneer:
             )
             return self.local_decision(spec, rnd)
         validate(decider.plan, spec)
-        if strategy == "edgeci" and not self._worth_distributing(decider.plan, spec):
+        if strategy in AUCTIONED and not self._worth_distributing(decider.plan, spec):
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
             local = self.local_decision(spec, rnd)
             local.plan = replace(
                 local.plan,
-                strategy="edgeci",
+                strategy=strategy,
                 notes={"decision": "local: distributing predicted < 10% gain"},
             )
             return local

@@ -31,6 +31,13 @@ import torch
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect, handshake
 from edgeci_p2p.aio.discovery import Discovery, Sighting
+from edgeci_p2p.aio.strips import (
+    Mailbox,
+    StripJobError,
+    StripOutcome,
+    run_strip_job,
+    strip_jobs,
+)
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.round import RoundConfig
@@ -42,6 +49,8 @@ from edgeci_p2p.core.membership import (
     DuplicateNodeError,
     Membership,
 )
+from edgeci_p2p.core.plan import segments
+from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.hostinfo import cpu_quota_cores, measured_cpu_share
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
@@ -57,6 +66,7 @@ from edgeci_p2p.wire.messages import (
     CallForBids,
     Cancel,
     Error,
+    HaloRows,
     InferRequest,
     InferResult,
     Message,
@@ -68,6 +78,8 @@ from edgeci_p2p.wire.messages import (
     Pong,
     Rect,
     Release,
+    StripJob,
+    StripStage,
     TileRequest,
     TileResult,
     TopK,
@@ -77,7 +89,11 @@ from edgeci_p2p.wire.session import SessionConfig
 
 log = logging.getLogger("edgeci.peer")
 
-STRATEGIES = ("edgeci", "local", "modnn", "deepthings", "edgeld", "aofl")
+STRATEGIES = ("edgeci", "edgeci-halo", "local", "modnn", "deepthings", "edgeld", "aofl")
+STRIP_TILE_BASE = 1 << 24
+"""Strip jobs' tile ids start here (gather tiles' ids stay far below)."""
+STRIP_TIMEOUT = 60.0
+"""Seconds a strip job without a deadline of its own may take here."""
 DEFAULT_BANDWIDTH = 2e8
 """Bytes/s a link is planned with until tiles have measured it (loopback measures
 120-500 MB/s effective here, serialisation and hand-offs included)."""
@@ -149,6 +165,8 @@ class PeerConfig:
     max_queued_tiles: int = 64
     """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
     read_timeout: float = 10.0
+    shared_medium: bool = True
+    """Plan (as auctioneer) for one shared medium (Wi-Fi) rather than switched links."""
     """Seconds a half-received frame may wait for the rest before the connection closes."""
 
 
@@ -210,6 +228,9 @@ class PeerDaemon:
         self._cancelled: set[str] = set()
         self._requests = 0
         self._queued_tiles = 0
+        self.mailbox = Mailbox()
+        """Halo rows waiting for the strip-job stage that reads them."""
+        self._strip_tasks: dict[tuple[str, int], asyncio.Task[Any]] = {}
         self.port = config.port
         self.ready = asyncio.Event()
 
@@ -245,6 +266,7 @@ class PeerDaemon:
             self.bidder,
             self._send_auction,
             RoundConfig(window=self.config.bid_window, reply_timeout=0.5, lease=5.0),
+            shared_medium=self.config.shared_medium,
         )
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -419,6 +441,13 @@ class PeerDaemon:
             self.membership.heartbeat(conn.peer.node_id, now, max(0.0, now - msg.echo))
         elif isinstance(msg, TileRequest):
             self._spawn(self._run_tile_for(conn, msg))
+        elif isinstance(msg, StripJob):
+            key = (msg.request_id, msg.tile_id)
+            self._strip_tasks[key] = self._spawn(self._run_strip_for(conn, msg))
+            self._strip_tasks[key].add_done_callback(lambda _: self._strip_tasks.pop(key, None))
+        elif isinstance(msg, HaloRows):
+            if not self.mailbox.put(msg):
+                log.debug("halo rows for ended job %s/%d dropped", msg.request_id, msg.job_id)
         elif isinstance(msg, TileResult):
             fut = self._pending.get((msg.request_id, msg.tile_id))
             if fut is None:
@@ -450,9 +479,12 @@ class PeerDaemon:
                     ):
                         fut.set_exception(RequestError(_code(msg.code), msg.message))
         elif isinstance(msg, Cancel):
+            for (rid, tid), task in list(self._strip_tasks.items()):
+                if rid == msg.request_id and msg.tile_id in (None, tid):
+                    task.cancel()
             if msg.tile_id is None:
                 self._cancel_here(msg.request_id)
-            else:  # one copy of a hedged tile lost the race
+            else:  # one copy of a hedged tile lost the race (or a strip job's run failed)
                 self._cancelled_tiles.add((msg.request_id, msg.tile_id))
                 if len(self._cancelled_tiles) > 4096:
                     self._cancelled_tiles.pop()
@@ -482,7 +514,7 @@ class PeerDaemon:
             with contextlib.suppress(ConnectionLost):
                 await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", req.request_id))
             return
-        self._queue_work(req, out)
+        self._queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
         self._queued_tiles += 1
         try:
             y = await loop.run_in_executor(
@@ -510,6 +542,69 @@ class PeerDaemon:
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
+    async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
+        """A strip job from an auctioneer: run it, answer with the last strip or an error."""
+        assert self.store is not None
+        if self._queued_tiles >= self.config.max_queued_tiles:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", job.request_id))
+            return
+        self._queued_tiles += 1
+        try:
+            out = await self._strip_job(job)
+        except asyncio.CancelledError:
+            return  # the auctioneer cancelled it (a neighbour failed); nothing is due
+        except (StripJobError, WorkError, UnknownModelError, ValueError) as e:
+            code = ErrorCode.BAD_REQUEST if isinstance(e, WorkError) else ErrorCode.REQUEST_FAILED
+            if isinstance(e, StripJobError) and "never arrived" in str(e):
+                code = ErrorCode.DEADLINE_EXCEEDED
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(code), f"strip job: {e}", job.request_id))
+            return
+        finally:
+            self._queued_tiles -= 1
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(TileResult(job.request_id, job.tile_id, out.output, out.compute_s))
+
+    async def _strip_job(self, job: StripJob) -> StripOutcome:
+        """Run a strip job here (for an auctioneer, or this node's own strip)."""
+        assert self.store is not None
+        self.store.get(job.model, job.fingerprint)
+        spec = self.store.spec(job.model, *job.input_hw)
+        self._queue_work(
+            job.request_id,
+            job.model,
+            job.input_hw,
+            [
+                (st.start, st.stop, Region(Span(*st.rows), Span(0, spec.shape_at(st.stop)[2])))
+                for st in job.stages
+            ],
+        )
+        self.mailbox.claim(job.request_id, job.job_id)
+        try:
+            return await run_strip_job(
+                job,
+                self.store,
+                self.worker,
+                self.mailbox,
+                self._send_rows,
+                job.deadline_s if job.deadline_s is not None else STRIP_TIMEOUT,
+            )
+        finally:
+            self.mailbox.end(job.request_id, job.job_id)
+
+    async def _send_rows(self, node: str, msg: HaloRows) -> None:
+        if node == self.node_id:
+            self.mailbox.put(msg)
+            return
+        conn = self.conns.get(node)
+        if conn is None:
+            raise StripJobError(f"no connection to neighbour {node}")
+        try:
+            await conn.send(msg)
+        except ConnectionLost as e:
+            raise StripJobError(f"neighbour {node} went away: {e}") from e
+
     def _tile_unless_cancelled(self, request_id: str, tile_id: int, *args: Any) -> Any:
         """Worker thread: skip tiles whose request (or copy) was cancelled while queued."""
         if request_id in self._cancelled or (request_id, tile_id) in self._cancelled_tiles:
@@ -525,7 +620,13 @@ class PeerDaemon:
         if self.bidder is not None:
             self.bidder.release(request_id)
 
-    def _queue_work(self, req: TileRequest, out: Region) -> None:
+    def _queue_work(
+        self,
+        request_id: str,
+        model: str,
+        input_hw: tuple[int, int],
+        parts: Sequence[tuple[int, int, Region]],
+    ) -> None:
         """Account for a tile in this peer's backlog (what its next bids wait behind).
 
         The first tile of an auction turns its reservation into queued work; tiles
@@ -533,17 +634,18 @@ class PeerDaemon:
         """
         assert self.bidder is not None and self.store is not None and self.compute is not None
         now = time.monotonic()
-        if req.request_id in self._delivered:
+        if request_id in self._delivered:
             return
-        if self.bidder.deliver(req.request_id, now) is not None:
-            self._delivered.add(req.request_id)
+        if self.bidder.deliver(request_id, now) is not None:
+            self._delivered.add(request_id)
             if len(self._delivered) > 4096:
                 self._delivered.pop()
             return
         try:
-            spec = self.store.spec(req.model, *req.input_hw)
+            spec = self.store.spec(model, *input_hw)
             self.bidder.add_work(
-                self.compute.trace_seconds(trace(spec, req.start, req.stop, out)), now
+                sum(self.compute.trace_seconds(trace(spec, a, b, out)) for a, b, out in parts),
+                now,
             )
         except (WorkError, ValueError, IndexError):
             pass
@@ -782,33 +884,13 @@ class PeerDaemon:
         spec = store.spec(req.model, h, w)
         stats = RunStats()
         cur = x
-        for si, stage in enumerate(plan.stages):
-            _, oh, ow = spec.shape_at(stage.stop)
-            _, ih, iw = spec.shape_at(stage.start)
-            whole_in = full_region(ih, iw)
-            jobs = []
-            for part in stage.parts:
-                self.auctioneer.mark_delivered(decision.round, nodes[part.device])
-            for pi, part in enumerate(stage.parts):
-                tile = _Tile(
-                    req.request_id,
-                    req.model,
-                    fingerprint,
-                    (h, w),
-                    si * 1000 + pi,
-                    trace(spec, stage.start, stage.stop, part.region),
+        for first, last in segments(plan):
+            if first == last:
+                cur = await self._gather_stage(req, decision, first, cur, spec, fingerprint, stats)
+            else:
+                cur = await self._halo_segment(
+                    req, decision, first, last, cur, spec, fingerprint, stats
                 )
-                jobs.append(
-                    self._run_part(
-                        nodes[part.device],
-                        tile,
-                        crop(cur, whole_in, tile.trace.need),
-                        decision.testbed,
-                        stats,
-                    )
-                )
-            outs = await asyncio.gather(*jobs)
-            cur = stitch(outs, [p.region for p in stage.parts], oh, ow)
         t_head = time.perf_counter()
         logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
         head_s = time.perf_counter() - t_head
@@ -839,6 +921,218 @@ class PeerDaemon:
             timing_out,
             plan_dict,
         )
+
+    async def _gather_stage(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        si: int,
+        cur: torch.Tensor,
+        spec: ModelSpec,
+        fingerprint: str,
+        stats: RunStats,
+    ) -> torch.Tensor:
+        """One stage the star way: each part's input slab out from here, its output back."""
+        assert self.auctioneer is not None
+        stage, nodes = decision.plan.stages[si], decision.nodes
+        _, oh, ow = spec.shape_at(stage.stop)
+        _, ih, iw = spec.shape_at(stage.start)
+        whole_in = full_region(ih, iw)
+        jobs = []
+        for part in stage.parts:
+            self.auctioneer.mark_delivered(decision.round, nodes[part.device])
+        for pi, part in enumerate(stage.parts):
+            tile = _Tile(
+                req.request_id,
+                req.model,
+                fingerprint,
+                (spec.input_shape[1], spec.input_shape[2]),
+                si * 1000 + pi,
+                trace(spec, stage.start, stage.stop, part.region),
+            )
+            jobs.append(
+                self._run_part(
+                    nodes[part.device],
+                    tile,
+                    crop(cur, whole_in, tile.trace.need),
+                    decision.testbed,
+                    stats,
+                )
+            )
+        outs = await asyncio.gather(*jobs)
+        return stitch(outs, [p.region for p in stage.parts], oh, ow)
+
+    async def _halo_segment(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        first: int,
+        last: int,
+        cur: torch.Tensor,
+        spec: ModelSpec,
+        fingerprint: str,
+        stats: RunStats,
+    ) -> torch.Tensor:
+        """Stages ``first..last`` strip-resident: one strip job per peer, halo rows
+        peer to peer, the last strips back here. If any peer fails, the others are
+        cancelled and the stages run again the star way from the input this node
+        still holds, without the failed peer (banned, so its parts go elsewhere)."""
+        assert self.auctioneer is not None
+        plan, nodes = decision.plan, decision.nodes
+        jobs = strip_jobs(spec, plan, first, last, nodes)
+        now = time.monotonic()
+        if jobs is None or any(
+            nodes[d] != self.node_id and self._bans.banned(nodes[d], now) for d in jobs.stages
+        ):
+            return await self._gather_segment(
+                req, decision, first, last, cur, spec, fingerprint, stats
+            )
+        _, ih, iw = spec.shape_at(plan.stages[first].start)
+        whole_in = full_region(ih, iw)
+        job_id = first
+        tasks: dict[int, asyncio.Future[torch.Tensor]] = {}
+        sent: dict[int, StripJob] = {}
+        for d, stages in jobs.stages.items():
+            node = nodes[d]
+            slab = crop(cur, whole_in, Region(jobs.first_need[d], Span(0, iw)))
+            deadline = self._strip_deadline(node, spec, stages, decision.testbed, slab.numel() * 4)
+            job = StripJob(
+                req.request_id,
+                job_id,
+                STRIP_TILE_BASE + first * 64 + d,
+                req.model,
+                fingerprint,
+                stages,
+                np.ascontiguousarray(slab.numpy()),
+                input_hw=(spec.input_shape[1], spec.input_shape[2]),
+                deadline_s=deadline,
+            )
+            self.auctioneer.mark_delivered(decision.round, node)
+            sent[d] = job
+            tasks[d] = asyncio.ensure_future(
+                self._own_strip(job, stats)
+                if node == self.node_id
+                else self._remote_strip(node, job, deadline, stats)
+            )
+        try:
+            await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for t in tasks.values():
+                t.cancel()
+            raise
+        failed = [d for d, t in tasks.items() if t.done() and t.exception() is not None]
+        if failed:
+            for d, t in tasks.items():
+                t.cancel()
+                conn = self.conns.get(nodes[d])
+                if nodes[d] != self.node_id and conn is not None and not t.done():
+                    with contextlib.suppress(ConnectionLost):
+                        await conn.send(Cancel(req.request_id, sent[d].tile_id))
+            for d in failed:
+                err = tasks[d].exception()
+                stats.retries += 1
+                if nodes[d] != self.node_id:
+                    seconds = self._bans.ban(nodes[d], time.monotonic())
+                    log.warning(
+                        "strip job %s/%d on %s failed (%s); banned for %.0f s, rerunning "
+                        "units [%d, %d) without it",
+                        req.request_id,
+                        job_id,
+                        nodes[d],
+                        str(err) or type(err).__name__,
+                        seconds,
+                        plan.stages[first].start,
+                        plan.stages[last].stop,
+                    )
+            return await self._gather_segment(
+                req, decision, first, last, cur, spec, fingerprint, stats
+            )
+        end = plan.stages[last]
+        _, oh, ow = spec.shape_at(end.stop)
+        outs = [tasks[p.device].result() for p in end.parts]
+        return stitch(outs, [p.region for p in end.parts], oh, ow)
+
+    async def _gather_segment(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        first: int,
+        last: int,
+        cur: torch.Tensor,
+        spec: ModelSpec,
+        fingerprint: str,
+        stats: RunStats,
+    ) -> torch.Tensor:
+        for si in range(first, last + 1):
+            cur = await self._gather_stage(req, decision, si, cur, spec, fingerprint, stats)
+        return cur
+
+    def _strip_deadline(
+        self,
+        node: str,
+        spec: ModelSpec,
+        stages: Sequence[StripStage],
+        testbed: Testbed,
+        nbytes: int,
+    ) -> float:
+        """Seconds to wait for a strip job: its predicted compute and input x factor + margin."""
+        model = self.compute
+        link_s = 0.0
+        if node in testbed.names:
+            i = testbed.names.index(node)
+            model = testbed.devices[i].compute
+            link_s = testbed.links[i].seconds(nbytes)
+        predicted = link_s
+        if model is not None:
+            for st in stages:
+                _, _, w = spec.shape_at(st.stop)
+                region = Region(Span(*st.rows), Span(0, w))
+                predicted += model.trace_seconds(trace(spec, st.start, st.stop, region))
+        return predicted * self.config.tile_deadline_factor + self.config.tile_deadline_margin
+
+    async def _own_strip(self, job: StripJob, stats: RunStats) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = await self._strip_job(job)
+        stats.compute[self.node_id] = stats.compute.get(self.node_id, 0.0) + out.compute_s
+        # This node's halo rows cross its own link like any peer's.
+        stats.bytes += out.halo_in + out.halo_out
+        log.debug("own strip of %s done in %.3f s", job.request_id, time.perf_counter() - t0)
+        return torch.from_numpy(out.output)
+
+    async def _remote_strip(
+        self, node: str, job: StripJob, deadline: float, stats: RunStats
+    ) -> torch.Tensor:
+        conn = self.conns.get(node)
+        if conn is None:
+            raise ConnectionLost(f"no connection to {node}")
+        loop = asyncio.get_running_loop()
+        key = (job.request_id, job.tile_id)
+        fut: asyncio.Future[TileResult] = loop.create_future()
+        fut.node_id = node  # type: ignore[attr-defined]
+        self._pending[key] = fut
+        t0 = time.perf_counter()
+        try:
+            await conn.send(job)
+            res = await asyncio.wait_for(fut, deadline)
+        finally:
+            self._pending.pop(key, None)
+        stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
+        stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
+        stats.bytes += int(job.input.nbytes) + int(res.output.nbytes)
+        out = np.array(res.output, dtype=np.float32)
+        last = job.stages[-1]
+        c, _, w = (
+            self.store.spec(job.model, *job.input_hw).shape_at(last.stop)
+            if self.store is not None
+            else (0, 0, 0)
+        )
+        want = (job.input.shape[0], c, last.rows[1] - last.rows[0], w)
+        if out.shape != want:
+            raise RequestError(
+                ErrorCode.REQUEST_FAILED,
+                f"{node} returned a strip of shape {out.shape}, not {want}",
+            )
+        return torch.from_numpy(out)
 
     def _deadline(self, node: str, tile: _Tile, testbed: Testbed, nbytes: int) -> float:
         """Seconds to wait for a remote tile: its predicted time x factor + margin."""

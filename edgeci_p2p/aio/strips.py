@@ -1,0 +1,324 @@
+"""Strip-resident execution (strategy ``edgeci-halo``): strip jobs and halo mailboxes.
+
+In a halo segment of a plan (consecutive stages linked by ``transfer="halo"``)
+every peer keeps its row strip from one stage to the next; only the rows a
+neighbour's next stage reads travel, directly from peer to peer (``halo_rows``).
+The auctioneer sends each peer one ``strip_job`` (its rows per stage, which rows
+arrive from whom, which it sends on) with the first stage's input, and gets the
+last stage's strip back as a ``tile_result``.
+
+This module holds the parts that are neither the auctioneer's bookkeeping nor
+the connections: building the jobs from a plan (:func:`strip_jobs`), the
+mailbox where halo rows wait for the stage that reads them (:class:`Mailbox`),
+and the peer side of a job (:func:`run_strip_job`), which the auctioneer also
+runs for its own strip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.plan import Plan, row_moves
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.nn.runtime import ModelStore, WorkError
+from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob, StripStage
+
+Array = npt.NDArray[np.float32]
+
+ORPHAN_TTL = 30.0
+"""Seconds halo rows for a job that has not (yet) arrived here are kept."""
+MAX_ORPHAN_BYTES = 256 << 20
+"""Bytes of such rows kept at most; the oldest go first."""
+
+
+class StripJobError(Exception):
+    """A strip job cannot go on here (bad job, missing neighbour, deadline)."""
+
+
+# ---- building jobs from a plan (auctioneer) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentJobs:
+    """One halo segment's jobs: per device index, its stages; and the map rows each
+    device's first stage reads (cut from the segment's input on the auctioneer)."""
+
+    stages: dict[int, list[StripStage]]
+    first_need: dict[int, Span]
+    out_rows: dict[int, Span]
+    """The rows of the segment's last map each device returns."""
+
+
+def strip_jobs(
+    spec: ModelSpec, plan: Plan, first: int, last: int, nodes: list[str]
+) -> SegmentJobs | None:
+    """The strip jobs of stages ``first..last`` (a halo segment), or None when a device
+    does not hold exactly one strip in every stage of it (then the segment runs as
+    gather stages: correct, only slower)."""
+    stages = plan.stages[first : last + 1]
+    devices = stages[0].devices
+    for st in stages:
+        if sorted(st.devices) != sorted(devices) or len(st.parts) != len(devices):
+            return None
+    per: dict[int, list[StripStage]] = {d: [] for d in devices}
+    need_of: dict[int, Span] = {}
+    for k, st in enumerate(stages):
+        moves_in = row_moves(spec, stages[k - 1], st) if k > 0 else ()
+        moves_out = row_moves(spec, st, stages[k + 1]) if k + 1 < len(stages) else ()
+        for p in st.parts:
+            need = trace(spec, st.start, st.stop, p.region).need.rows
+            if k == 0:
+                need_of[p.device] = need
+            per[p.device].append(
+                StripStage(
+                    st.start,
+                    st.stop,
+                    (p.region.rows.start, p.region.rows.stop),
+                    (need.start, need.stop),
+                    [
+                        RowsFrom(nodes[m.src], (m.rows.start, m.rows.stop))
+                        for m in moves_in
+                        if m.dst == p.device
+                    ],
+                    [
+                        RowsFrom(nodes[m.dst], (m.rows.start, m.rows.stop))
+                        for m in moves_out
+                        if m.src == p.device
+                    ],
+                )
+            )
+    out_rows = {p.device: p.region.rows for p in stages[-1].parts}
+    return SegmentJobs(per, need_of, out_rows)
+
+
+# ---- the mailbox (every peer) -------------------------------------------------------------------
+
+
+@dataclass
+class _Box:
+    created: float
+    rows: dict[tuple[int, int, int], Array] = field(default_factory=dict)
+    """(boundary, first row, stop row) -> data."""
+    claimed: bool = False
+    """A job here reads this box (unclaimed boxes are orphans, kept for a while)."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.rows.values())
+
+
+class Mailbox:
+    """Halo rows by (request, job) until the stage that reads them runs.
+
+    Rows can arrive before their job (a fast neighbour, a slow job transfer):
+    they wait in an unclaimed box for at most ``ttl`` seconds and within
+    ``max_orphan_bytes``. Rows for a job that has already ended are dropped.
+    """
+
+    def __init__(
+        self,
+        ttl: float = ORPHAN_TTL,
+        max_orphan_bytes: int = MAX_ORPHAN_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.max_orphan_bytes, self.clock = ttl, max_orphan_bytes, clock
+        self._boxes: dict[tuple[str, int], _Box] = {}
+        self._ended: dict[tuple[str, int], None] = {}
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def put(self, msg: HaloRows) -> bool:
+        """File ``msg``; False when it was dropped (its job ended here, or no room)."""
+        key = (msg.request_id, msg.job_id)
+        if key in self._ended:
+            return False
+        box = self._boxes.get(key)
+        if box is None:
+            self._sweep()
+            box = self._boxes[key] = _Box(self.clock())
+        box.rows[(msg.boundary, *msg.rows)] = np.asarray(msg.data, dtype=np.float32)
+        box.changed.set()
+        if not box.claimed and self._orphan_bytes() > self.max_orphan_bytes:
+            del self._boxes[key]
+            return False
+        return True
+
+    def claim(self, request_id: str, job_id: int) -> None:
+        self._ended.pop((request_id, job_id), None)
+        box = self._boxes.setdefault((request_id, job_id), _Box(self.clock()))
+        box.claimed = True
+
+    async def take(
+        self, request_id: str, job_id: int, boundary: int, rows: tuple[int, int], timeout: float
+    ) -> Array:
+        """Wait (at most ``timeout`` s) for rows ``rows`` at ``boundary`` of a claimed job."""
+        box = self._boxes[(request_id, job_id)]
+        # Real time here: ``clock`` only ages orphans (tests move it by hand).
+        deadline = time.monotonic() + timeout
+        while (boundary, *rows) not in box.rows:
+            box.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StripJobError(f"rows {list(rows)} at boundary {boundary} never arrived")
+            try:
+                await asyncio.wait_for(box.changed.wait(), left)
+            except TimeoutError:
+                continue
+        return box.rows.pop((boundary, *rows))
+
+    def end(self, request_id: str, job_id: int) -> None:
+        """The job is over here: free its rows and drop any that still come."""
+        self._boxes.pop((request_id, job_id), None)
+        self._ended[(request_id, job_id)] = None
+        while len(self._ended) > 4096:
+            self._ended.pop(next(iter(self._ended)))
+
+    def _orphan_bytes(self) -> int:
+        return sum(b.nbytes for b in self._boxes.values() if not b.claimed)
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        for key, box in list(self._boxes.items()):
+            if not box.claimed and now - box.created > self.ttl:
+                del self._boxes[key]
+
+
+# ---- running a job (peer side, and the auctioneer's own strip) --------------------------------
+
+
+def check_job(job: StripJob, spec: ModelSpec) -> None:
+    """Refuse a job whose rows do not add up (raises :class:`StripJobError`)."""
+    prev: StripStage | None = None
+    for st in job.stages:
+        if st.stop > spec.n_units:
+            raise StripJobError(f"stage [{st.start}, {st.stop}) runs past unit {spec.n_units}")
+        _, h, w = spec.shape_at(st.stop)
+        if not 0 <= st.rows[0] < st.rows[1] <= h:
+            raise StripJobError(f"stage [{st.start}, {st.stop}): rows {list(st.rows)} of {h}")
+        want = trace(spec, st.start, st.stop, Region(Span(*st.rows), Span(0, w))).need.rows
+        if (want.start, want.stop) != tuple(st.need):
+            raise StripJobError(
+                f"stage [{st.start}, {st.stop}): rows {list(st.rows)} read input rows "
+                f"{[want.start, want.stop]}, not {list(st.need)}"
+            )
+        if prev is not None:
+            own = (max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1]))
+            pieces = sorted([tuple(r.rows) for r in st.recv] + ([own] if own[0] < own[1] else []))
+            at = st.need[0]
+            for a, b in pieces:
+                if a != at:
+                    raise StripJobError(
+                        f"stage [{st.start}, {st.stop}): input rows {list(st.need)} are not "
+                        f"covered exactly once by its own and received rows {pieces}"
+                    )
+                at = b
+            if at != st.need[1]:
+                raise StripJobError(
+                    f"stage [{st.start}, {st.stop}): input rows {list(st.need)} end "
+                    f"uncovered at {at}"
+                )
+        prev = st
+
+
+@dataclass
+class StripOutcome:
+    """A finished strip job here: its last strip and what it cost."""
+
+    output: Array
+    compute_s: float = 0.0
+    halo_in: int = 0
+    """Bytes of halo rows received from other peers."""
+    halo_out: int = 0
+    """Bytes of halo rows sent to other peers."""
+
+
+SendRows = Callable[[str, HaloRows], Awaitable[None]]
+"""Send halo rows to a node (raises when it cannot be reached)."""
+
+
+async def run_strip_job(
+    job: StripJob,
+    store: ModelStore,
+    worker: Executor,
+    mailbox: Mailbox,
+    send_rows: SendRows,
+    timeout: float,
+) -> StripOutcome:
+    """Run ``job`` here: each stage on ``worker``, halo rows out through ``send_rows``
+    and in through ``mailbox``. Returns the last strip and the compute seconds.
+
+    The caller has claimed the job's mailbox box and ends it afterwards.
+    """
+    # Sends run while the next stage waits for its own rows; all must have left
+    # before the job reports success (a lost neighbour fails the job).
+    loop = asyncio.get_running_loop()
+    spec = store.spec(job.model, *job.input_hw)
+    deadline = time.monotonic() + timeout
+    check_job(job, spec)
+    x: Array = np.asarray(job.input, dtype=np.float32)
+    prev: StripStage | None = None
+    y: Array | None = None
+    out = StripOutcome(x)
+    sends: list[asyncio.Future[None]] = []
+    for st in job.stages:
+        _, _, w_in = spec.shape_at(st.start)
+        _, _, w_out = spec.shape_at(st.stop)
+        if prev is not None:
+            assert y is not None
+            pieces: list[tuple[int, Array]] = []
+            a, b = max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1])
+            if a < b:
+                pieces.append((a, y[:, :, a - prev.rows[0] : b - prev.rows[0]]))
+            for r in st.recv:
+                left = deadline - time.monotonic()
+                rows = await mailbox.take(job.request_id, job.job_id, st.start, r.rows, left)
+                if rows.shape[2:] != (r.rows[1] - r.rows[0], w_in):
+                    raise StripJobError(
+                        f"{r.node} sent rows {list(r.rows)} of shape {list(rows.shape)}"
+                    )
+                pieces.append((r.rows[0], rows))
+                out.halo_in += int(rows.nbytes)
+            pieces.sort(key=lambda p: p[0])
+            x = np.concatenate([p for _, p in pieces], axis=2)
+        t0 = time.perf_counter()
+        try:
+            y = await loop.run_in_executor(
+                worker,
+                store.run_tile,
+                job.model,
+                job.fingerprint,
+                tuple(job.input_hw),
+                st.start,
+                st.stop,
+                Region(Span(*st.rows), Span(0, w_out)),
+                x,
+                Region(Span(*st.need), full_region(1, w_in).cols),
+            )
+        except ValueError as e:  # WorkError included
+            raise WorkError(str(e)) from e
+        out.compute_s += time.perf_counter() - t0
+        assert y is not None
+        for s in st.send:
+            part = np.ascontiguousarray(y[:, :, s.rows[0] - st.rows[0] : s.rows[1] - st.rows[0]])
+            out.halo_out += int(part.nbytes)
+            msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
+            sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
+        prev = st
+    assert y is not None
+    try:
+        await asyncio.gather(*sends)
+    finally:
+        for f in sends:
+            f.cancel()
+    out.output = y
+    return out

@@ -1,0 +1,217 @@
+"""Strip-resident execution through real daemons: strip jobs, peer-to-peer halo rows,
+strips that move between stages, and a peer lost in the middle of a halo segment."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+import pytest
+from test_daemon import start_cluster, stop_all, wait_connected
+from test_reliability import IMAGE, assert_exact, occupy, reference
+
+from edgeci_p2p.aio.auctioneer import Decision
+from edgeci_p2p.aio.client import Client
+from edgeci_p2p.aio.daemon import PeerDaemon
+from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job, strip_jobs
+from edgeci_p2p.core.geometry import Region, Span
+from edgeci_p2p.core.plan import Part, Plan, Stage, row_moves, validate
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.nn.images import decode, to_input
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.wire.messages import HaloRows, InferRequest, RowsFrom, StripJob
+
+
+def strips(spec: ModelSpec, start: int, stop: int, weights: list[float], transfer: str) -> Stage:
+    """Full-width strips of ``[start, stop)``'s output in proportion to ``weights``."""
+    _, h, w = spec.shape_at(stop)
+    total, edges, acc = sum(weights), [0], 0.0
+    for x in weights[:-1]:
+        acc += x
+        edges.append(max(edges[-1] + 1, round(h * acc / total)))
+    edges.append(h)
+    parts = tuple(
+        Part(Region(Span(a, b), Span(0, w)), d)
+        for d, (a, b) in enumerate(itertools.pairwise(edges))
+    )
+    return Stage(start, stop, parts, transfer)  # type: ignore[arg-type]
+
+
+def moving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
+    """Three halo-linked stages whose strip boundaries move, then a gathering stage."""
+    n = spec.n_units
+    a, b, c = 2, 5, 9
+    stages = (
+        strips(spec, 0, a, [1, 1, 1], "halo"),
+        strips(spec, a, b, [3, 1, 2], "halo"),
+        strips(spec, b, c, [1, 2, 1], "gather"),
+        Stage(c, n, (Part(Region(Span(0, spec.shape_at(n)[1]), Span(0, spec.shape_at(n)[2])), 1),)),
+    )
+    plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
+    validate(plan, spec)
+    return plan
+
+
+async def run_plan(
+    d: PeerDaemon, plan: Plan, request_id: str
+) -> tuple[np.ndarray, dict[str, object]]:
+    """The auctioneer's execution path with a forced plan (no auction)."""
+    assert d.store is not None and d.auctioneer is not None
+    x = to_input(decode(IMAGE), "224")
+    spec = d.store.spec("resnet34", 224, 224)
+    local = d.auctioneer.local_decision(spec, None)
+    decision = Decision(plan, local.testbed, None)
+    req = InferRequest(request_id, "resnet34", tensor=x.numpy(), strategy="edgeci-halo")
+    res = await d._execute(
+        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter()
+    )
+    return np.asarray(res.logits, dtype=np.float32), dict(res.timing)
+
+
+# ---- pure parts of the strip machinery ---------------------------------------------------------
+
+
+def test_strip_jobs_cover_each_stage_input_exactly() -> None:
+    spec = spec_for("resnet34", 224, 224)
+    plan = moving_plan(spec, ["a", "b", "c"])
+    jobs = strip_jobs(spec, plan, 0, 2, ["a", "b", "c"])
+    assert jobs is not None
+    assert sorted(jobs.stages) == [0, 1, 2]
+    for d, stages in jobs.stages.items():
+        job = StripJob(
+            "r",
+            0,
+            d,
+            "resnet34",
+            "f",
+            stages,
+            np.zeros((1, 3, stages[0].need[1] - stages[0].need[0], 224), np.float32),
+        )
+        check_job(job, spec)  # own rows + received rows == need, for every stage
+    # what one peer sends another is what that one expects to receive
+    for k in (1, 2):
+        for m in row_moves(spec, plan.stages[k - 1], plan.stages[k]):
+            src, dst = "abc"[m.src], "abc"[m.dst]
+            assert RowsFrom(dst, (m.rows.start, m.rows.stop)) in jobs.stages[m.src][k - 1].send
+            assert RowsFrom(src, (m.rows.start, m.rows.stop)) in jobs.stages[m.dst][k].recv
+
+
+def test_a_job_whose_rows_do_not_add_up_is_refused() -> None:
+    spec = spec_for("resnet34", 224, 224)
+    jobs = strip_jobs(spec, moving_plan(spec, ["a", "b", "c"]), 0, 2, ["a", "b", "c"])
+    assert jobs is not None
+    stages = list(jobs.stages[1])
+    stages[1] = dataclasses.replace(stages[1], recv=stages[1].recv[:-1])  # a halo missing
+    need = stages[0].need
+    job = StripJob(
+        "r", 0, 1, "resnet34", "f", stages, np.zeros((1, 3, need[1] - need[0], 224), np.float32)
+    )
+    with pytest.raises(StripJobError, match=r"covered exactly once|uncovered"):
+        check_job(job, spec)
+    bad = dataclasses.replace(stages[0], need=(need[0], need[1] - 1), send=[])
+    job = StripJob(
+        "r", 0, 1, "resnet34", "f", [bad], np.zeros((1, 3, need[1] - need[0] - 1, 224), np.float32)
+    )
+    with pytest.raises(StripJobError, match="read input rows"):
+        check_job(job, spec)
+
+
+@pytest.mark.asyncio
+async def test_mailbox_keeps_early_rows_and_drops_rows_of_ended_jobs() -> None:
+    now = [0.0]
+    box = Mailbox(ttl=5.0, max_orphan_bytes=1000, clock=lambda: now[0])
+    rows = np.ones((1, 2, 3, 4), np.float32)  # 96 bytes
+    assert box.put(HaloRows("r", 1, 4, (0, 3), rows))  # before its job: kept
+    box.claim("r", 1)
+    got = await box.take("r", 1, 4, (0, 3), timeout=0.1)
+    assert got.shape == (1, 2, 3, 4)
+    with pytest.raises(StripJobError, match="never arrived"):
+        await box.take("r", 1, 4, (3, 6), timeout=0.05)
+    box.end("r", 1)
+    assert not box.put(HaloRows("r", 1, 4, (3, 6), rows))  # late rows of an ended job
+    assert len(box) == 0
+    # orphans expire, and are bounded in bytes
+    assert box.put(HaloRows("s", 1, 4, (0, 3), rows))
+    now[0] = 10.0
+    assert box.put(HaloRows("t", 1, 4, (0, 3), rows))
+    assert len(box) == 1  # "s" expired when "t" came
+    big = np.ones((1, 2, 3, 100), np.float32)
+    assert not box.put(HaloRows("u", 1, 4, (0, 3), big))
+
+
+@pytest.mark.asyncio
+async def test_rows_arriving_while_a_stage_waits_wake_it() -> None:
+    box = Mailbox()
+    box.claim("r", 2)
+    rows = np.ones((1, 2, 1, 4), np.float32)
+    waiter = asyncio.ensure_future(box.take("r", 2, 7, (5, 6), timeout=2.0))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    box.put(HaloRows("r", 2, 7, (5, 6), rows))
+    assert (await asyncio.wait_for(waiter, 1.0)).shape == (1, 2, 1, 4)
+
+
+# ---- through the daemons ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
+        plan = moving_plan(spec, [d.node_id for d in daemons])
+        logits, timing = await run_plan(daemons[0], plan, "halo-1")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0
+        assert set(timing["compute"]) == {d.node_id for d in daemons}  # type: ignore[arg-type]
+        # The peers' mailboxes are empty again, their jobs ended.
+        await asyncio.sleep(0.1)
+        assert all(len(d.mailbox) == 0 and not d._strip_tasks for d in daemons)
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_a_peer_lost_mid_segment_loses_nothing() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
+        plan = moving_plan(spec, [d.node_id for d in daemons])
+        victim = daemons[2]
+        blocker = await occupy(victim, 0.5)
+
+        async def drop_later() -> None:
+            await asyncio.sleep(0.2)
+            for conn in list(victim.conns.values()):
+                await conn.close()
+
+        (logits, timing), _ = await asyncio.gather(
+            run_plan(daemons[0], plan, "halo-2"), drop_later()
+        )
+        assert_exact(logits, reference())
+        assert timing["retries"] >= 1
+        assert daemons[0]._bans.banned(victim.node_id, time.monotonic())
+        await blocker
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_edgeci_halo_strategy_end_to_end() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        async with Client(f"127.0.0.1:{daemons[1].port}") as c:
+            r = await c.infer(IMAGE, model="resnet34", strategy="edgeci-halo")
+        assert_exact(r.logits, reference())
+        assert r.strategy == "edgeci-halo" and r.plan["strategy"] == "edgeci-halo"
+    finally:
+        await stop_all(daemons)
