@@ -17,7 +17,9 @@ Without root (or namespaces, tc, cgroup v1) it says so and runs the same peers o
 
 Table on stdout, progress on stderr, ``--json`` adds a last line
 ``{"rows": [{"model", "strategy", "median_ms", "speedup", "efficiency", "bytes",
-"prediction_error"}], ...}``. The cluster is always torn down (try/finally,
+"prediction_error"}], ...}``; ``bytes`` is the median per request through the
+auctioneer's own link (for ``edgeci-halo`` the halo rows peers send each other
+directly are not in it; the auctioneer's own strip's halo rows are). The cluster is always torn down (try/finally,
 SIGTERM/SIGHUP, atexit) and the run ends by checking that nothing remains.
 """
 
@@ -55,7 +57,7 @@ from emulation import (
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.planners.testbeds import load_testbed
 
-STRATEGIES = ("edgeci", "aofl", "edgeld", "modnn", "deepthings", "local")
+STRATEGIES = ("edgeci", "edgeci-halo", "aofl", "edgeld", "modnn", "deepthings", "local")
 ISSUE_SHARES = (0.6, 0.4, 0.3, 0.2)
 PEER_PORT = 7420
 HERE = Path(__file__).resolve().parent
@@ -169,8 +171,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> str:
     head = (
-        f"{'model':<9} {'strategy':<10} {'median ms':>10} {'speedup':>8} {'effic.':>7} "
-        f"{'MB/req':>8} {'pred.err':>8} | {'exec ms':>8} {'pred ms':>8} {'auction':>8} "
+        f"{'model':<9} {'strategy':<11} {'median ms':>10} {'speedup':>8} {'effic.':>7} "
+        f"{'MB@auct':>8} {'pred.err':>8} | {'exec ms':>8} {'pred ms':>8} {'auction':>8} "
         f"{'devices':<10}"
     )
     lines = [head, "-" * len(head)]
@@ -178,7 +180,7 @@ def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> 
     for r in rows:
         x = d[(r.model, r.strategy)]
         lines.append(
-            f"{r.model:<9} {r.strategy:<10} {r.median_ms:>10.1f} {_fmt(r.speedup, '.2f'):>8} "
+            f"{r.model:<9} {r.strategy:<11} {r.median_ms:>10.1f} {_fmt(r.speedup, '.2f'):>8} "
             f"{_fmt(r.efficiency, '.2f'):>7} {r.bytes / 1e6:>8.2f} "
             f"{_fmt(r.prediction_error, '.1%'):>8} | {x['exec_ms']:>8.1f} "
             f"{_fmt(x['predicted_ms'], '.1f'):>8} {x['auction_ms']:>8.1f} "
@@ -350,6 +352,8 @@ class Bench:
                 "--threads", "1", "--models", self.args.models,
                 "--cluster-key-file", str(self.key_file), "--log-level", "info",
             ]  # fmt: skip
+            if not load_testbed(self.args.testbed).shared_medium:
+                argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
             if lay.netns:
                 # mDNS bound to the namespace's own address: it never leaves the namespaces.
                 argv += ["--mdns-interface", slot.address]

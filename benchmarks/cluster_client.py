@@ -89,6 +89,8 @@ async def measure(args: argparse.Namespace) -> int:
                         devices=devices_used(r.plan),
                         nodes=r.plan.get("nodes", []),
                         stages=len(r.plan.get("stages", [])),
+                        plan_text=r.plan.get("text", ""),
+                        believed=r.plan.get("testbed"),
                     )
     return 0
 

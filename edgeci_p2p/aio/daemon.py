@@ -912,6 +912,8 @@ class PeerDaemon:
         plan_dict = plan.to_dict()
         plan_dict["nodes"] = nodes
         plan_dict["text"] = str(plan)
+        # What the plan was made from (the bid-derived cluster), for judging predictions.
+        plan_dict["testbed"] = decision.testbed.to_dict()
         return InferResult(
             req.request_id,
             req.model,
