@@ -352,6 +352,8 @@ class Bench:
                 "--threads", "1", "--models", self.args.models,
                 "--cluster-key-file", str(self.key_file), "--log-level", "info",
             ]  # fmt: skip
+            if self.args.links == "testbed" and lay.rate_mbit is not None:
+                argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
             if not load_testbed(self.args.testbed).shared_medium:
                 argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
             if lay.netns:
@@ -442,10 +444,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--links",
-        choices=["assumed", "measured"],
+        choices=["assumed", "measured", "testbed"],
         default="assumed",
-        help="assumed: the daemon's 1 GB/s link assumption (as shipped); measured: peers "
-        "plan with the link probe's bandwidth (benchmarks/peer_links.py)",
+        help="assumed: links fitted from served tiles, starting from the daemon's prior "
+        "(as shipped); measured: that prior set to the link probe's bandwidth "
+        "(benchmarks/peer_links.py); testbed: peers plan every link at the testbed's "
+        "rate (edgeci-peer --link-mbit)",
     )
     p.add_argument(
         "--cpu-weight",

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(a Wi-Fi cell, the default) or switched links, each peer's its own (Ethernet)",
     )
     p.add_argument(
+        "--link-mbit",
+        type=float,
+        help="plan every link at this rate (Mbit/s) instead of fitting it from served tiles "
+        "(for links of a known, fixed rate)",
+    )
+    p.add_argument(
         "--weights",
         action="append",
         default=[],
@@ -84,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=[m for m in args.models.split(",") if m],
             weights=weights,
             shared_medium=args.links == "shared",
+            link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

@@ -215,3 +215,22 @@ async def test_edgeci_halo_strategy_end_to_end() -> None:
         assert r.strategy == "edgeci-halo" and r.plan["strategy"] == "edgeci-halo"
     finally:
         await stop_all(daemons)
+
+
+def test_known_link_rate_replaces_fitted_links_and_ping_noise_keeps_the_plan() -> None:
+    from edgeci_p2p.aio.daemon import PeerConfig
+    from edgeci_p2p.auction.messages import Bid
+
+    d = PeerDaemon(PeerConfig(link_bandwidth=11.75e6), node_id="me")
+    m = d.membership.sighted("peer", "10.0.0.2", 7420, "static")
+    assert m is not None
+    m.rtt = 0.0001
+    for _ in range(6):
+        m.observe_transfer(1_000_000, 0.5)  # a slow, queue-inflated fit: ignored
+    first = d._measured_link(Bid("a", "peer", bandwidth=1e9, rtt=0.0))
+    assert first.bandwidth == 11.75e6 and first.rtt == 0.0001
+    m.rtt = 0.0004  # ping noise under load: not a new cluster, so the cached plan holds
+    assert d._measured_link(Bid("b", "peer")).rtt == 0.0001
+    m.rtt = 0.004  # a real change re-plans
+    assert d._measured_link(Bid("c", "peer")).rtt == 0.004
+    d.worker.shutdown(wait=False)

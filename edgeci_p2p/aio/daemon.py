@@ -167,6 +167,9 @@ class PeerConfig:
     read_timeout: float = 10.0
     shared_medium: bool = True
     """Plan (as auctioneer) for one shared medium (Wi-Fi) rather than switched links."""
+    link_bandwidth: float | None = None
+    """Bytes/s to plan every link with, instead of fitting links from served tiles
+    (links known in advance, e.g. wired at a fixed rate)."""
     """Seconds a half-received frame may wait for the rest before the connection closes."""
 
 
@@ -699,14 +702,17 @@ class PeerDaemon:
         m = self.membership.members.get(bid.bidder)
         if m is None:
             return bid
-        bw = m.bandwidth or DEFAULT_BANDWIDTH
-        # The link model charges rtt/2 per transfer and a tile makes two (slab out,
-        # strip back): the fitted per-tile overhead is the round trip it costs.
-        overhead = m.overhead if m.overhead is not None else DEFAULT_TILE_OVERHEAD
-        rtt = max(m.rtt if m.rtt is not None else bid.rtt, overhead)
+        rtt = m.rtt if m.rtt is not None else bid.rtt
+        if self.config.link_bandwidth is not None:
+            bw = self.config.link_bandwidth
+        else:
+            bw = m.bandwidth or DEFAULT_BANDWIDTH
+            # The link model charges rtt/2 per transfer and a tile makes two (slab out,
+            # strip back): the fitted per-tile overhead is the round trip it costs.
+            rtt = max(rtt, m.overhead if m.overhead is not None else DEFAULT_TILE_OVERHEAD)
         old = self._planned_links.get(bid.bidder)
         if old is None or not (
-            0.5 <= bw / old[0] <= 2.0 and 0.5 <= (rtt + 1e-4) / (old[1] + 1e-4) <= 2.0
+            0.5 <= bw / old[0] <= 2.0 and 0.5 <= (rtt + 1e-3) / (old[1] + 1e-3) <= 2.0
         ):
             old = self._planned_links[bid.bidder] = (bw, rtt)
         return dataclasses.replace(bid, bandwidth=old[0], rtt=old[1])
