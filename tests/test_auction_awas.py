@@ -252,3 +252,29 @@ def test_backlogged_peer_gets_an_edge_strip() -> None:
     order = [p.device for p in sorted(placed.stages[0].parts, key=lambda p: p.region.rows.start)]
     assert order[1] != 1 and 1 in order
     assert judge(placed) < judge(base)
+
+
+def test_a_still_good_plan_is_kept_and_a_changed_cluster_replanned() -> None:
+    spec = small_spec()
+    planner = AwasPlanner(spec)
+    runs = []
+    inner = planner._planner
+
+    def counting(ctx: Context):  # type: ignore[no-untyped-def]
+        runs.append(ctx.testbed.name)
+        return inner(ctx)
+
+    planner._planner = counting  # type: ignore[method-assign]
+
+    def decide(gflops: list[float], auction: str) -> None:
+        tb = fake_testbed(gflops, [50, 100, 20, 80])
+        call = probe_call(auction, tb.names[0], spec)
+        planner.plan_from_bids(call, [b.bid(call, 0.0) for b in bidders_for(tb).values()])
+
+    decide([2.0, 5.0, 1.0, 3.0], "a")
+    first = len(runs)
+    assert first >= 1
+    decide([2.0, 5.0, 1.0, 3.02], "b")  # measurement noise: the same plan, no planner run
+    assert len(runs) == first
+    decide([2.0, 1.0, 1.0, 3.0], "c")  # the fastest peer slowed down 5x: plan again
+    assert len(runs) > first
