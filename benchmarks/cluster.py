@@ -19,8 +19,9 @@ Table on stdout, progress on stderr, ``--json`` adds a last line
 ``{"rows": [{"model", "strategy", "median_ms", "speedup", "efficiency", "bytes",
 "prediction_error"}], ...}``; ``bytes`` is the median per request through the
 auctioneer's own link (for ``edgeci-halo`` the halo rows peers send each other
-directly are not in it; the auctioneer's own strip's halo rows are). The cluster is always torn down (try/finally,
-SIGTERM/SIGHUP, atexit) and the run ends by checking that nothing remains.
+directly are not in it; the auctioneer's own strip's halo rows are). The cluster is
+always torn down (try/finally, SIGTERM/SIGHUP, atexit) and the run ends by checking
+that nothing remains.
 """
 
 from __future__ import annotations
