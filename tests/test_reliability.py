@@ -195,7 +195,7 @@ def test_two_of_four_peers_sigkilled_with_six_requests_in_flight(tmp_path: Path)
                     await asyncio.sleep(0.3)
                 jobs = [
                     asyncio.ensure_future(c.infer(IMAGE, model="vgg16", strategy=s))
-                    for s in ("edgeci", "modnn", "edgeci", "aofl", "edgeci", "edgeld")
+                    for s in ("edgeci", "modnn", "edgeci-halo", "aofl", "edgeci-halo", "edgeld")
                 ]
                 await asyncio.sleep(0.8)
                 assert not all(j.done() for j in jobs), "nothing was in flight"
