@@ -1127,13 +1127,10 @@ class PeerDaemon:
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
         stats.bytes += int(job.input.nbytes) + int(res.output.nbytes)
+        assert self.store is not None
         out = np.array(res.output, dtype=np.float32)
         last = job.stages[-1]
-        c, _, w = (
-            self.store.spec(job.model, *job.input_hw).shape_at(last.stop)
-            if self.store is not None
-            else (0, 0, 0)
-        )
+        c, _, w = self.store.spec(job.model, *job.input_hw).shape_at(last.stop)
         want = (job.input.shape[0], c, last.rows[1] - last.rows[0], w)
         if out.shape != want:
             raise RequestError(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.plan import Plan, row_moves
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
@@ -302,7 +302,7 @@ async def run_strip_job(
                 st.stop,
                 Region(Span(*st.rows), Span(0, w_out)),
                 x,
-                Region(Span(*st.need), full_region(1, w_in).cols),
+                Region(Span(*st.need), Span(0, w_in)),
             )
         except ValueError as e:  # WorkError included
             raise WorkError(str(e)) from e
