@@ -91,6 +91,7 @@ async def measure(args: argparse.Namespace) -> int:
                         stages=len(r.plan.get("stages", [])),
                         plan_text=r.plan.get("text", ""),
                         believed=r.plan.get("testbed"),
+                        backlogs=r.plan.get("backlogs"),
                     )
     return 0
 

@@ -41,3 +41,16 @@ def test_ban_list_backs_off_exponentially_and_clears_on_success() -> None:
     assert bans.ban("a", 10.0) == 8.0 and bans.ban("a", 20.0) == 8.0
     bans.clear("a")
     assert not bans.banned("a", 20.5) and bans.ban("a", 21.0) == 1.0
+
+
+def test_rtt_is_the_least_recent_sample_so_queued_pongs_do_not_count() -> None:
+    from edgeci_p2p.core.membership import RTT_WINDOW
+
+    m = Membership("me")
+    m.handshake("a", "10.0.0.2", 7420, "a", {}, 0.0, "static")
+    for k, rtt in enumerate([0.0002, 0.15, 0.21, 0.08]):
+        m.heartbeat("a", float(k), rtt=rtt)
+    assert m.members["a"].rtt == pytest.approx(0.0002)
+    for k in range(RTT_WINDOW):  # the path itself got slower: the old minimum ages out
+        m.heartbeat("a", 10.0 + k, rtt=0.004)
+    assert m.members["a"].rtt == pytest.approx(0.004)

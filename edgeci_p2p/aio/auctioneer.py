@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -161,6 +162,7 @@ class Auctioneer:
         self.clock = clock
         self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
         self._planners: dict[tuple[str, str, tuple[int, int, int]], CachedDecider] = {}
+        self._locks: dict[int, threading.Lock] = {}
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -208,8 +210,21 @@ class Auctioneer:
         measurements of that peer's link before the round sees them.
         """
         decider = self._decider(strategy, spec)
+        lock = self._locks.setdefault(id(decider), threading.Lock())
+        # What this round decided, captured when it decided: the decider is shared by
+        # every round of its (strategy, model, size), and others may decide meanwhile.
+        picked: list[tuple[Plan | None, Testbed | None, dict[str, str]]] = []
+
+        def decide(
+            call: am.CallForBids, bids: Sequence[am.Bid]
+        ) -> Mapping[str, tuple[am.WorkItem, ...]]:
+            with lock:
+                items = decider(call, bids)
+                picked.append((decider.plan, decider.testbed, dict(decider.left_out)))
+            return items
+
         call = probe_call(auction_id, self.node_id, spec, self.config.window)
-        rnd = AuctionRound(call, frozenset([self.node_id, *peers]), self.config, decide=decider)
+        rnd = AuctionRound(call, frozenset([self.node_id, *peers]), self.config, decide=decide)
         inbox: asyncio.Queue[am.Bid | am.AwardReply] = asyncio.Queue()
         self._inbox[auction_id] = inbox
         try:
@@ -217,20 +232,23 @@ class Auctioneer:
             while rnd.phase not in (Phase.COMMITTED, Phase.DONE, Phase.LOCAL):
                 due = rnd.get_timer()
                 timeout = None if due is None else max(0.0, due - self.clock())
+                # A step may run the planner (0.1-0.8 s of pure Python): in a thread,
+                # so that this node keeps serving tiles, heartbeats and other requests.
                 try:
                     msg = await asyncio.wait_for(inbox.get(), timeout)
                 except TimeoutError:
-                    sends = rnd.handle_timer(self.clock())
+                    sends = await asyncio.to_thread(rnd.handle_timer, self.clock())
                 else:
                     now = self.clock()
                     if isinstance(msg, am.Bid):
-                        sends = rnd.receive_bid(adjust_bid(msg), now)
+                        sends = await asyncio.to_thread(rnd.receive_bid, adjust_bid(msg), now)
                     else:
-                        sends = rnd.receive_reply(msg, now)
+                        sends = await asyncio.to_thread(rnd.receive_reply, msg, now)
                 await self._dispatch(rnd, sends, inbox)
         finally:
             self._inbox.pop(auction_id, None)
-        if rnd.phase is Phase.LOCAL or decider.plan is None or decider.testbed is None:
+        plan, testbed, left_out = picked[-1] if picked else (None, None, {})
+        if rnd.phase is Phase.LOCAL or plan is None or testbed is None:
             log.info(
                 "auction %s: running locally (phase %s; declined %s; excluded %s; ignored %s)",
                 auction_id,
@@ -240,8 +258,8 @@ class Auctioneer:
                 rnd.ignored,
             )
             return self.local_decision(spec, rnd)
-        validate(decider.plan, spec)
-        if strategy in AUCTIONED and not self._worth_distributing(decider.plan, spec):
+        validate(plan, spec)
+        if strategy in AUCTIONED and not self._worth_distributing(plan, spec):
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
@@ -252,7 +270,7 @@ class Auctioneer:
                 notes={"decision": "local: distributing predicted < 10% gain"},
             )
             return local
-        return Decision(decider.plan, decider.testbed, rnd, dict(decider.left_out))
+        return Decision(plan, testbed, rnd, left_out)
 
     def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
         if plan.predicted is None or len(set(plan.devices)) <= 1:

@@ -920,6 +920,8 @@ class PeerDaemon:
         plan_dict["text"] = str(plan)
         # What the plan was made from (the bid-derived cluster), for judging predictions.
         plan_dict["testbed"] = decision.testbed.to_dict()
+        if decision.round is not None:
+            plan_dict["backlogs"] = {n: b.backlog for n, b in decision.round.bids.items()}
         return InferResult(
             req.request_id,
             req.model,

@@ -23,6 +23,10 @@ class DuplicateNodeError(Exception):
     """Another process presents our own node id: two peers share a state dir or id."""
 
 
+RTT_WINDOW = 16
+"""Heartbeat RTTs a member's ``rtt`` is the minimum of."""
+
+
 @dataclass
 class Member:
     node_id: str
@@ -35,6 +39,8 @@ class Member:
     """'mdns', 'static', 'inbound'."""
     last_heartbeat: float | None = None
     rtt: float | None = None
+    """The path's round trip: the least of the recent heartbeat RTTs."""
+    rtt_samples: list[float] = field(default_factory=list)
     speed_gflops: float = 0.0
     backlog_s: float = 0.0
     transfers: list[tuple[float, float]] = field(default_factory=list)
@@ -133,7 +139,13 @@ class Membership:
             return
         m.last_heartbeat = now
         if rtt is not None:
-            m.rtt = rtt if m.rtt is None else 0.8 * m.rtt + 0.2 * rtt
+            # The least recent RTT, not an average: a pong queued behind a megabyte
+            # tile on a shaped link, or behind a CPU-capped peer's throttled loop,
+            # measured 70-210 ms on 0.1 ms links, and the planner charges rtt/2 per
+            # transfer. Queueing is in the transfer model already.
+            m.rtt_samples.append(rtt)
+            del m.rtt_samples[:-RTT_WINDOW]
+            m.rtt = min(m.rtt_samples)
 
     def lost(self, node_id: str) -> None:
         """The connection closed: not alive until a new handshake."""
