@@ -55,6 +55,19 @@ def moving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
     return plan
 
 
+def leaving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
+    """A halo segment whose last stage has one device fewer (it leaves early)."""
+    n = spec.n_units
+    stages = (
+        strips(spec, 0, 3, [1, 1, 1], "halo"),
+        strips(spec, 3, 7, [2, 1, 1], "halo"),
+        strips(spec, 7, n, [2, 1], "gather"),
+    )
+    plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
+    validate(plan, spec)
+    return plan
+
+
 async def run_plan(
     d: PeerDaemon, plan: Plan, request_id: str
 ) -> tuple[np.ndarray, dict[str, object]]:
@@ -172,6 +185,30 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         # The peers' mailboxes are empty again, their jobs ended.
         await asyncio.sleep(0.1)
         assert all(len(d.mailbox) == 0 and not d._strip_tasks for d in daemons)
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_a_peer_that_leaves_the_segment_early_still_runs_strip_resident() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
+        plan = leaving_plan(spec, [d.node_id for d in daemons])
+        jobs = strip_jobs(spec, plan, 0, 2, [d.node_id for d in daemons])
+        assert jobs is not None and len(jobs.stages[2]) == 2  # device 2 leaves after two
+        logits, timing = await run_plan(daemons[0], plan, "halo-3")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0
+        # Strip-resident, not the gather fallback: fewer bytes through the auctioneer
+        # than the same stages run the star way.
+        star = dataclasses.replace(
+            plan, stages=tuple(dataclasses.replace(st, transfer="gather") for st in plan.stages)
+        )
+        _, star_timing = await run_plan(daemons[0], star, "halo-3-star")
+        assert timing["bytes"] < star_timing["bytes"]  # type: ignore[operator]
     finally:
         await stop_all(daemons)
 

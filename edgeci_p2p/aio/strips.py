@@ -60,14 +60,19 @@ class SegmentJobs:
 def strip_jobs(
     spec: ModelSpec, plan: Plan, first: int, last: int, nodes: list[str]
 ) -> SegmentJobs | None:
-    """The strip jobs of stages ``first..last`` (a halo segment), or None when a device
-    does not hold exactly one strip in every stage of it (then the segment runs as
-    gather stages: correct, only slower)."""
+    """The strip jobs of stages ``first..last`` (a halo segment), or None when the
+    segment cannot run as strip jobs (then it runs as gather stages: correct, only
+    slower): a device must hold one strip from the segment's first stage on, in
+    consecutive stages. It may leave early (the planner drops a device from a map
+    too small to share): its last stage then sends its rows on, and the strip it
+    returns is not used."""
     stages = plan.stages[first : last + 1]
     devices = stages[0].devices
-    for st in stages:
-        if sorted(st.devices) != sorted(devices) or len(st.parts) != len(devices):
+    for k, st in enumerate(stages):
+        if len(st.parts) != len(st.devices) or not set(st.devices) <= set(devices):
             return None
+        if k > 0 and not set(st.devices) <= set(stages[k - 1].devices):
+            return None  # a device that left cannot come back
     per: dict[int, list[StripStage]] = {d: [] for d in devices}
     need_of: dict[int, Span] = {}
     for k, st in enumerate(stages):
