@@ -278,3 +278,21 @@ def test_a_still_good_plan_is_kept_and_a_changed_cluster_replanned() -> None:
     assert len(runs) == first
     decide([2.0, 1.0, 1.0, 3.0], "c")  # the fastest peer slowed down 5x: plan again
     assert len(runs) > first
+
+
+def test_a_busy_entry_peer_sends_the_frame_to_idle_ones() -> None:
+    # A stream: the auctioneer d0 is busy with earlier frames, d1 and d2 are idle.
+    # The frame goes to the idle peers (whole, or shared between them) rather than
+    # waiting for d0's queue.
+    spec = small_spec()
+    tb = fake_testbed([4.0, 4.0, 4.0], [1000, 1000, 1000], rtt_ms=0.1)
+    call = probe_call("r", "d0", spec)
+    busy = bidders_for(tb, {"d0": 5.0})
+    plan_ = AwasPlanner(spec).plan_from_bids(call, [b.bid(call, 0.0) for b in busy.values()])
+    used = {plan_.devices[p.device] for st in plan_.stages for p in st.parts}
+    assert "d0" not in used, plan_
+    validate(plan_, spec)
+    # Idle, the same cluster shares the frame out instead.
+    idle = bidders_for(tb)
+    plan_ = AwasPlanner(spec).plan_from_bids(call, [b.bid(call, 0.0) for b in idle.values()])
+    assert len({p.device for st in plan_.stages for p in st.parts}) > 1
