@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
+from edgeci_p2p.aio.auctioneer import AUCTIONED, Auctioneer, Decision, own_bidder
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect, handshake
 from edgeci_p2p.aio.discovery import Discovery, Sighting
 from edgeci_p2p.aio.strips import (
@@ -165,6 +165,8 @@ class PeerConfig:
     max_queued_tiles: int = 64
     """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
     read_timeout: float = 10.0
+    forward_timeout: float = 60.0
+    """Seconds a forwarded request may take on its peer before it runs here instead."""
     shared_medium: bool = True
     """Plan (as auctioneer) for one shared medium (Wi-Fi) rather than switched links."""
     link_bandwidth: float | None = None
@@ -234,6 +236,13 @@ class PeerDaemon:
         self.mailbox = Mailbox()
         """Halo rows waiting for the strip-job stage that reads them."""
         self._strip_tasks: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        self._running_here = 0
+        """Requests this node is answering itself (not forwarded)."""
+        self._forwards: dict[str, tuple[asyncio.Future[InferResult], str]] = {}
+        self._forwarded_to: dict[str, int] = {}
+        """Requests in flight that this node forwarded, per peer."""
+        self._probe_s: dict[str, float] = {}
+        """Each node's seconds for the conv probe item, from its last bid (speed)."""
         self.port = config.port
         self.ready = asyncio.Event()
 
@@ -435,6 +444,9 @@ class PeerDaemon:
         for (_, _), fut in list(self._pending.items()):
             if not fut.done() and getattr(fut, "node_id", None) == node_id:
                 fut.set_exception(ConnectionLost(f"peer {node_id} went away"))
+        for fwd, node in list(self._forwards.values()):
+            if node == node_id and not fwd.done():
+                fwd.set_exception(ConnectionLost(f"peer {node_id} went away"))
 
     def _dispatch(self, conn: Connection, msg: Message) -> None:
         if isinstance(msg, Ping):
@@ -471,7 +483,14 @@ class PeerDaemon:
                 self._learn(msg.body.get("peers", []))
         elif isinstance(msg, PlanRequest):
             self._spawn(self._plan_for(conn, msg))
+        elif isinstance(msg, InferResult):
+            forwarded = self._forwards.get(msg.request_id)
+            if forwarded is not None and not forwarded[0].done():
+                forwarded[0].set_result(msg)
         elif isinstance(msg, Error):
+            forwarded = self._forwards.get(msg.request_id or "")
+            if forwarded is not None and not forwarded[0].done():
+                forwarded[0].set_exception(RequestError(_code(msg.code), msg.message))
             if msg.request_id is not None:
                 # Only the tiles this peer was running: the request lives on elsewhere.
                 for (rid, _), fut in self._pending.items():
@@ -832,6 +851,75 @@ class PeerDaemon:
             await conn.send(result)
 
     async def infer(self, req: InferRequest) -> InferResult:
+        """Answer ``req``: here, or, when this node is busy with earlier requests and
+        a peer is idler, on that peer (a stream's frames spread over the cluster without
+        the entry peer planning or decoding them). A forward that fails runs here."""
+        target = self._forward_target(req)
+        if target is not None:
+            try:
+                return await self._forward(target, req)
+            except (ConnectionLost, RequestError, TimeoutError) as e:
+                log.warning(
+                    "request %s forwarded to %s failed (%s); running it here",
+                    req.request_id,
+                    target,
+                    str(e) or type(e).__name__,
+                )
+        self._running_here += 1
+        try:
+            return await self._infer_here(req)
+        finally:
+            self._running_here -= 1
+
+    def _forward_target(self, req: InferRequest) -> str | None:
+        """The peer to pass ``req`` on to, or None to run it here.
+
+        Only client requests of our strategies, and only while this node already runs
+        one: the peer (alive, same weights, not banned) whose requests in flight from
+        here, times its measured seconds per conv probe, finish first, if that beats
+        this node's own queue.
+        """
+        if req.hops > 0 or req.strategy not in AUCTIONED or self._running_here == 0:
+            return None
+        mine = self._probe_s.get(self.node_id)
+        if mine is None or self.store is None:
+            return None
+        try:
+            fingerprint = self.store.get(req.model).fingerprint
+        except (WorkError, UnknownModelError):
+            return None
+        now = time.monotonic()
+        best, best_t = None, (self._running_here + 1) * mine
+        for m in self.membership.serving(req.model, fingerprint, now):
+            probe = self._probe_s.get(m.node_id)
+            if probe is None or m.node_id not in self.conns or self._bans.banned(m.node_id, now):
+                continue
+            t = (self._forwarded_to.get(m.node_id, 0) + 1) * probe
+            if t < best_t:
+                best, best_t = m.node_id, t
+        return best
+
+    async def _forward(self, node: str, req: InferRequest) -> InferResult:
+        conn = self.conns.get(node)
+        if conn is None:
+            raise ConnectionLost(f"no connection to {node}")
+        fid = f"{req.request_id}@{secrets.token_hex(4)}"
+        fut: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+        self._forwards[fid] = (fut, node)
+        self._forwarded_to[node] = self._forwarded_to.get(node, 0) + 1
+        try:
+            await conn.send(dataclasses.replace(req, request_id=fid, hops=req.hops + 1))
+            res = await asyncio.wait_for(fut, self.config.forward_timeout)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Cancel(fid))
+            raise
+        finally:
+            self._forwards.pop(fid, None)
+            self._forwarded_to[node] -= 1
+        return dataclasses.replace(res, request_id=req.request_id)
+
+    async def _infer_here(self, req: InferRequest) -> InferResult:
         assert self.store is not None
         t_start = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -849,7 +937,22 @@ class PeerDaemon:
                 )
             x = torch.from_numpy(arr.copy())
         _, _, h, w = x.shape
-        decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
+        if req.hops > 0:
+            # Passed on by a busy peer: this frame is this node's share of the stream,
+            # run whole here without another auction (and its planning) on top.
+            decision, timing = await self.make_plan(req.request_id, req.model, "local", h, w)
+            decision.plan = dataclasses.replace(
+                decision.plan, strategy=req.strategy, notes={"decision": "forwarded: whole here"}
+            )
+        else:
+            decision, timing = await self.make_plan(
+                req.request_id, req.model, req.strategy, h, w
+            )
+        if decision.round is not None:
+            for b in decision.round.bids.values():
+                probe = b.duration.get("probe:conv:1")
+                if probe and not b.declined:
+                    self._probe_s[b.bidder] = probe
         try:
             return await self._execute(req, decision, timing, x, lm.fingerprint, t_start)
         except asyncio.CancelledError:

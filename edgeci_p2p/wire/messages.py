@@ -671,6 +671,9 @@ class InferRequest(Message):
     top_k: int = 5
     verify: bool = False
     """Also run the unsplit model and report the difference."""
+    hops: int = 0
+    """How many peers passed this request on (a busy entry peer forwards a stream's
+    frame to an idle peer, which runs it and never forwards it again)."""
 
     def check(self) -> None:
         if (self.image is None) == (self.tensor is None):
@@ -679,6 +682,7 @@ class InferRequest(Message):
             raise MessageError(f"infer_request.size: {self.size!r} is not one of {SIZES}")
         if self.top_k < 1:
             raise MessageError("infer_request.top_k: must be at least 1")
+        _nonneg("infer_request", hops=self.hops)
 
 
 @dataclass(frozen=True)
