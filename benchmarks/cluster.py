@@ -351,7 +351,7 @@ class Bench:
                 "--host", slot.address, "--port", str(self.ports[i]),
                 "--name", f"peer{i}{pct}", "--state-dir", str(self.workdir / f"state{i}"),
                 "--threads", "1", "--models", self.args.models,
-                "--cluster-key-file", str(self.key_file), "--log-level", "info",
+                "--cluster-key-file", str(self.key_file), "--log-level", self.args.peer_log_level,
             ]  # fmt: skip
             if self.args.links == "testbed" and lay.rate_mbit is not None:
                 argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
@@ -462,6 +462,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
+    p.add_argument(
+        "--peer-log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the peers' log level (debug: strip jobs log their wait and compute per stage)",
+    )
     p.add_argument("--cleanup", action="store_true", help="remove a left-over cluster and exit")
     args = p.parse_args(argv)
     if args.quick:

@@ -17,17 +17,21 @@ runs for its own strip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.plan import Plan, row_moves
 from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
 from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob, StripStage
 
@@ -163,23 +167,33 @@ class Mailbox:
         box = self._boxes.setdefault((request_id, job_id), _Box(self.clock()))
         box.claimed = True
 
+    def poll(
+        self, request_id: str, job_id: int, boundary: int, rows: tuple[int, int]
+    ) -> Array | None:
+        """Rows ``rows`` at ``boundary`` of a claimed job if they are here (taken), else None."""
+        return self._boxes[(request_id, job_id)].rows.pop((boundary, *rows), None)
+
+    async def wait(self, request_id: str, job_id: int, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until rows arrive for a claimed job; call
+        :meth:`poll` first, as rows that are already here do not wake this."""
+        box = self._boxes[(request_id, job_id)]
+        box.changed.clear()
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(box.changed.wait(), timeout)
+
     async def take(
         self, request_id: str, job_id: int, boundary: int, rows: tuple[int, int], timeout: float
     ) -> Array:
         """Wait (at most ``timeout`` s) for rows ``rows`` at ``boundary`` of a claimed job."""
-        box = self._boxes[(request_id, job_id)]
         # Real time here: ``clock`` only ages orphans (tests move it by hand).
         deadline = time.monotonic() + timeout
-        while (boundary, *rows) not in box.rows:
-            box.changed.clear()
+        while (got := self.poll(request_id, job_id, boundary, rows)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StripJobError(f"rows {list(rows)} at boundary {boundary} never arrived")
-            try:
-                await asyncio.wait_for(box.changed.wait(), left)
-            except TimeoutError:
-                continue
-        return box.rows.pop((boundary, *rows))
+            await self.wait(request_id, job_id, left)
+        return got
 
     def end(self, request_id: str, job_id: int) -> None:
         """The job is over here: free its rows and drop any that still come."""
@@ -245,10 +259,54 @@ class StripOutcome:
     """Bytes of halo rows received from other peers."""
     halo_out: int = 0
     """Bytes of halo rows sent to other peers."""
+    timeline: list[tuple[int, float, float]] = field(default_factory=list)
+    """Per stage: (first unit, seconds waiting for halo rows, seconds computing)."""
+    pieces: list[tuple[tuple[tuple[str, int], ...], float]] = field(default_factory=list)
+    """Per piece computed: its FLOPs per unit kind and its compute seconds."""
+
+    def describe(self) -> str:
+        return " ".join(f"[{u}]wait {w * 1e3:.0f}/run {c * 1e3:.0f}" for u, w, c in self.timeline)
 
 
 SendRows = Callable[[str, HaloRows], Awaitable[None]]
 """Send halo rows to a node (raises when it cannot be reached)."""
+
+_WORK: dict[tuple[str, tuple[int, int, int]], Workload] = {}
+
+
+def stage_pieces(spec: ModelSpec, st: StripStage) -> tuple[Piece, ...]:
+    """``st``'s output strip cut so that the rows sent on come first
+    (:func:`edgeci_p2p.core.pieces.edge_first_pieces`)."""
+    work = _WORK.get((spec.name, spec.input_shape))
+    if work is None:
+        work = _WORK[(spec.name, spec.input_shape)] = Workload(spec)
+    return edge_first_pieces(
+        work, st.start, st.stop, (st.rows[0], st.rows[1]), [(s.rows[0], s.rows[1]) for s in st.send]
+    )
+
+
+def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float]:
+    """Worker thread: a tile and its compute seconds."""
+    t = time.perf_counter()
+    y = store.run_tile(*args)
+    return y, time.perf_counter() - t
+
+
+def _rows(have: list[tuple[int, Array]], a: int, b: int) -> Array | None:
+    """Input rows ``[a, b)`` from what is here (own and received pieces), or None."""
+    out: list[Array] = []
+    at = a
+    for start, arr in sorted(have, key=lambda h: h[0]):
+        stop = start + arr.shape[2]
+        if start <= at < stop:
+            take = min(stop, b)
+            out.append(arr[:, :, at - start : take - start])
+            at = take
+            if at >= b:
+                break
+    if at < b:
+        return None
+    return out[0] if len(out) == 1 else np.concatenate(out, axis=2)
 
 
 async def run_strip_job(
@@ -259,67 +317,96 @@ async def run_strip_job(
     send_rows: SendRows,
     timeout: float,
 ) -> StripOutcome:
-    """Run ``job`` here: each stage on ``worker``, halo rows out through ``send_rows``
-    and in through ``mailbox``. Returns the last strip and the compute seconds.
+    """Run ``job`` here: each stage on ``worker`` (its edge rows first, see
+    :func:`stage_pieces`), halo rows out through ``send_rows`` as soon as they are
+    computed and in through ``mailbox``. Returns the last strip and the compute seconds.
 
     The caller has claimed the job's mailbox box and ends it afterwards.
     """
-    # Sends run while the next stage waits for its own rows; all must have left
-    # before the job reports success (a lost neighbour fails the job).
+    # Sends run while the stage goes on; all must have left before the job reports
+    # success (a lost neighbour fails the job).
     loop = asyncio.get_running_loop()
     spec = store.spec(job.model, *job.input_hw)
     deadline = time.monotonic() + timeout
     check_job(job, spec)
     x: Array = np.asarray(job.input, dtype=np.float32)
     prev: StripStage | None = None
-    y: Array | None = None
+    y: Array = x
     out = StripOutcome(x)
     sends: list[asyncio.Future[None]] = []
     for st in job.stages:
         _, _, w_in = spec.shape_at(st.start)
         _, _, w_out = spec.shape_at(st.stop)
-        if prev is not None:
-            assert y is not None
-            pieces: list[tuple[int, Array]] = []
+        if prev is None:
+            have = [(st.need[0], x)]
+        else:
             a, b = max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1])
-            if a < b:
-                pieces.append((a, y[:, :, a - prev.rows[0] : b - prev.rows[0]]))
-            for r in st.recv:
-                left = deadline - time.monotonic()
-                rows = await mailbox.take(job.request_id, job.job_id, st.start, r.rows, left)
-                if rows.shape[2:] != (r.rows[1] - r.rows[0], w_in):
+            have = [(a, y[:, :, a - prev.rows[0] : b - prev.rows[0]])] if a < b else []
+        waiting = list(st.recv)
+        todo = list(stage_pieces(spec, st))
+        done: list[tuple[int, Array]] = []
+        unsent = list(st.send)
+        wait_s = run_s = 0.0
+        while todo:
+            for r in list(waiting):
+                got = mailbox.poll(job.request_id, job.job_id, st.start, r.rows)
+                if got is None:
+                    continue
+                if got.shape[2:] != (r.rows[1] - r.rows[0], w_in):
                     raise StripJobError(
-                        f"{r.node} sent rows {list(r.rows)} of shape {list(rows.shape)}"
+                        f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
                     )
-                pieces.append((r.rows[0], rows))
-                out.halo_in += int(rows.nbytes)
-            pieces.sort(key=lambda p: p[0])
-            x = np.concatenate([p for _, p in pieces], axis=2)
-        t0 = time.perf_counter()
-        try:
-            y = await loop.run_in_executor(
-                worker,
-                store.run_tile,
-                job.model,
-                job.fingerprint,
-                tuple(job.input_hw),
-                st.start,
-                st.stop,
-                Region(Span(*st.rows), Span(0, w_out)),
-                x,
-                Region(Span(*st.need), Span(0, w_in)),
-            )
-        except ValueError as e:  # WorkError included
-            raise WorkError(str(e)) from e
-        out.compute_s += time.perf_counter() - t0
-        assert y is not None
-        for s in st.send:
-            part = np.ascontiguousarray(y[:, :, s.rows[0] - st.rows[0] : s.rows[1] - st.rows[0]])
-            out.halo_out += int(part.nbytes)
-            msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
-            sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
+                have.append((r.rows[0], got))
+                out.halo_in += int(got.nbytes)
+                waiting.remove(r)
+            # Edges first when they can run; else whatever can (never idle needlessly).
+            ready = [(p, xin) for p in todo if (xin := _rows(have, *p.need)) is not None]
+            if not ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    rows = [list(r.rows) for r in waiting]
+                    raise StripJobError(f"rows {rows} at boundary {st.start} never arrived")
+                t = time.perf_counter()
+                await mailbox.wait(job.request_id, job.job_id, left)
+                wait_s += time.perf_counter() - t
+                continue
+            p, xin = next(((p, xin) for p, xin in ready if p.sends), ready[0])
+            t0 = time.perf_counter()
+            try:
+                yp, took = await loop.run_in_executor(
+                    worker,
+                    _timed_tile,
+                    store,
+                    job.model,
+                    job.fingerprint,
+                    (job.input_hw[0], job.input_hw[1]),
+                    st.start,
+                    st.stop,
+                    Region(Span(*p.rows), Span(0, w_out)),
+                    xin,
+                    Region(Span(*p.need), Span(0, w_in)),
+                )
+            except ValueError as e:  # WorkError included
+                raise WorkError(str(e)) from e
+            run_s += time.perf_counter() - t0
+            out.pieces.append((p.unit_flops, took))
+            todo.remove(p)
+            done.append((p.rows[0], yp))
+            for s in list(unsent):
+                if p.rows[0] <= s.rows[0] and s.rows[1] <= p.rows[1]:
+                    part = np.ascontiguousarray(
+                        yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
+                    )
+                    out.halo_out += int(part.nbytes)
+                    msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
+                    sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
+                    unsent.remove(s)
+        whole = _rows(done, *st.rows)
+        assert whole is not None and not unsent and not waiting
+        y = whole
+        out.compute_s += run_s
+        out.timeline.append((st.start, wait_s, run_s))
         prev = st
-    assert y is not None
     try:
         await asyncio.gather(*sends)
     finally:

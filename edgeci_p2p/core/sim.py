@@ -14,9 +14,12 @@ is its simulated latency):
   exactly as before strip-resident execution existed (:func:`run_stage`).
 * Inside a segment with halo boundaries there is no barrier: a device starts its
   part of stage k+1 as soon as its own stage-k part is computed and every
-  :class:`~edgeci_p2p.core.plan.RowMove` it needs for stage k+1 has arrived; a
-  device sends its moves of a boundary when its part of the stage before it is
-  done, in (destination, first row) order.
+  :class:`~edgeci_p2p.core.plan.RowMove` it needs for stage k+1 has arrived. A
+  part cut edge-first (:mod:`edgeci_p2p.core.pieces`, as the daemon runs it)
+  computes its edge pieces first when their input is here, sends its moves, then
+  its middle; when rows are late it computes the middle first and the edges when
+  they come. A part that is not cut waits for everything, then sends its moves,
+  in (destination, first row) order.
 * A device computes one part at a time, in the order its inputs arrive (stage
   order within a segment), taking ``sum over units of a_kind * FLOPs + b_kind``
   (one call per unit, because the profiler times single units).
@@ -52,6 +55,7 @@ from typing import Literal
 
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.geometry import FLOAT32_BYTES, head_flops
+from edgeci_p2p.core.pieces import edge_first_pieces
 from edgeci_p2p.core.plan import Plan, RowMove, Stage, moves_between, segments
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
@@ -280,7 +284,8 @@ def simulate(
     return SimResult(t + head, moved, tuple(ends), tuple(events or ()), via_auctioneer)
 
 
-_TX_REQ, _TX_DONE, _PART_DONE = 0, 1, 2
+_TX_REQ, _TX_DONE, _PART_DONE, _MID_DONE, _EDGE_DONE = 0, 1, 2, 3, 4
+_IDLE, _MID_RUNNING, _MID_DONE_PHASE, _EDGE_RUNNING = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -324,49 +329,99 @@ def run_segment(
     down = [t0] * n_dev
     last = len(stages) - 1
 
-    # Per part: device, seconds, label; outgoing transfers are requested when it is done.
-    secs: list[list[float]] = []
-    waiting: list[list[int]] = []  # inputs not arrived yet (+1 while the lane is busy)
-    out_tx: list[list[list[int]]] = []
+    # Every stage's row moves first: a part's cut depends on the rows it sends on.
+    needs: list[list[tuple[int, int, int, int]]] = []
+    for st in stages:
+        needs.append([work.work_region(st.start, st.stop, p.region).need for p in st.parts])
+    moves: list[list[RowMove]] = [[]] + [
+        list(
+            moves_between(
+                stages[s - 1].parts, stages[s].parts, [n[:2] for n in needs[s]], stages[s].start
+            )
+        )
+        for s in range(1, len(stages))
+    ]
+
+    # Per part: its compute as (edge seconds, middle seconds): the edges (rows sent on)
+    # first when their input is here, else the middle first (core/pieces.py); a part
+    # not cut is all "edge". lane: the device's previous part done (and, in the first
+    # stage, its input slab here); halo: row moves not arrived yet.
+    cut: list[list[tuple[float, float]]] = []
+    lane_wait: list[list[int]] = []
+    halo_wait: list[list[int]] = []
+    phase: list[list[int]] = []  # _IDLE, _MID_RUNNING, _MID_DONE_PHASE, _EDGE_RUNNING
+    halo_out: list[list[list[int]]] = []
+    strip_out: list[list[list[int]]] = []
     txs: list[_Tx] = []
     lane_next: dict[tuple[int, int], tuple[int, int]] = {}  # (stage, part) -> device's next
     lane_last: dict[int, tuple[int, int]] = {}
     for s, st in enumerate(stages):
         c_in, _, w_in = spec.shape_at(st.start)
+        _, _, w_out = spec.shape_at(st.stop)
         c_out = spec.shape_at(st.stop)[0]
         row_in = c_in * w_in * FLOAT32_BYTES
-        secs.append([])
-        waiting.append([0] * len(st.parts))
-        out_tx.append([[] for _ in st.parts])
-        needs: list[tuple[int, int]] = []
+        n = len(st.parts)
+        cut.append([])
+        lane_wait.append([0] * n)
+        halo_wait.append([0] * n)
+        phase.append([_IDLE] * n)
+        halo_out.append([[] for _ in st.parts])
+        strip_out.append([[] for _ in st.parts])
         for q, p in enumerate(st.parts):
-            rw = work.work_region(st.start, st.stop, p.region)
             model = testbed.devices[p.device].compute
-            secs[s].append(sum(model.seconds(kind, f) for kind, f in rw.unit_flops))
-            needs.append((rw.need[0], rw.need[1]))
+            rows = (p.region.rows.start, p.region.rows.stop)
+            sent = [
+                (m.rows.start, m.rows.stop)
+                for m in (moves[s + 1] if s < last else ())
+                if m.src == p.device
+            ]
+            if sent and p.region.cols.size == w_out:
+                pieces = edge_first_pieces(work, st.start, st.stop, rows, sent)
+            else:
+                pieces = ()
+            own = next((x.region.rows for x in stages[s - 1].parts if x.device == p.device), None)
+            if s > 0 and (
+                own is None
+                or any(
+                    not own.start <= pc.need[0] < pc.need[1] <= own.stop
+                    for pc in pieces
+                    if not pc.sends
+                )
+            ):
+                pieces = ()  # the middle reads rows from neighbours too: it waits like the edges
+            if len(pieces) > 1:
+                edge = sum(
+                    model.seconds(k, f) for pc in pieces if pc.sends for k, f in pc.unit_flops
+                )
+                mid = sum(
+                    model.seconds(k, f) for pc in pieces if not pc.sends for k, f in pc.unit_flops
+                )
+                cut[s].append((edge, mid))
+            else:
+                rw = work.work_region(st.start, st.stop, p.region)
+                cut[s].append((sum(model.seconds(k, f) for k, f in rw.unit_flops), 0.0))
             prev = lane_last.get(p.device)
             if prev is not None:
                 lane_next[prev] = (s, q)
-                waiting[s][q] += 1
+                lane_wait[s][q] += 1
             lane_last[p.device] = (s, q)
             if s == 0 and p.device != aid:
-                r0, r1, cc0, cc1 = rw.need
+                r0, r1, cc0, cc1 = needs[s][q]
                 nbytes = c_in * (r1 - r0) * (cc1 - cc0) * FLOAT32_BYTES
                 txs.append(_Tx(aid, p.device, nbytes, s, q, f"[{st.start},{st.stop}) slab"))
-                waiting[s][q] += 1
+                lane_wait[s][q] += 1
             if s == last and p.device != aid:
                 out_b = c_out * p.region.area * FLOAT32_BYTES
-                out_tx[s][q].append(len(txs))
+                strip_out[s][q].append(len(txs))
                 txs.append(_Tx(p.device, aid, out_b, s, -1, f"[{st.start},{st.stop}) strip"))
         if s > 0:
-            prev_st = stages[s - 1]
-            src_part = {p.device: k for k, p in enumerate(prev_st.parts)}
+            src_part = {p.device: k for k, p in enumerate(stages[s - 1].parts)}
             dst_part = {p.device: k for k, p in enumerate(st.parts)}
-            for m in moves_between(prev_st.parts, st.parts, needs, st.start):
+            for m in moves[s]:
                 q = dst_part[m.dst]
-                out_tx[s - 1][src_part[m.src]].append(len(txs))
+                halo_out[s - 1][src_part[m.src]].append(len(txs))
                 txs.append(_Tx(m.src, m.dst, m.rows.size * row_in, s, q, _move_label(m)))
-                waiting[s][q] += 1
+                halo_wait[s][q] += 1
 
     heap: list[tuple[float, int, int, int, int]] = []  # time, seq, kind, a, b
     seq = 0
@@ -382,23 +437,37 @@ def run_segment(
         if x.stage == 0 and x.part >= 0:
             push(t0, _TX_REQ, k)  # the scatter, in part order
     for q in range(len(stages[0].parts)):
-        if waiting[0][q] == 0:
+        if lane_wait[0][q] == 0:
             push(t0, _TX_DONE, -1, q)  # nothing to wait for: start at t0
 
-    def start(now: float, s: int, q: int) -> None:
+    def run(now: float, s: int, q: int, seconds: float, kind: int, what: str) -> None:
         d = stages[s].parts[q].device
         if ready is not None:
             now = max(now, ready[d])
-        stop = now + secs[s][q]
+        stop = now + seconds
         if events is not None:
-            label = _part_label(stages[s], q)
+            label = _part_label(stages[s], q) + what
             events.append(Event(d, "compute", now, stop, stage0 + s, label))
-        push(stop, _PART_DONE, s, q)
+        push(stop, kind, s, q)
 
-    def arrived(now: float, s: int, q: int) -> None:
-        waiting[s][q] -= 1
-        if waiting[s][q] == 0:
-            start(now, s, q)
+    def go(now: float, s: int, q: int) -> None:
+        """The part's next step, if it can take one now."""
+        if lane_wait[s][q] or phase[s][q] in (_MID_RUNNING, _EDGE_RUNNING):
+            return
+        edge, mid = cut[s][q]
+        if halo_wait[s][q] == 0:
+            phase_was = phase[s][q]
+            phase[s][q] = _EDGE_RUNNING
+            # After the middle, the edges end the part; before it, the middle follows.
+            run(now, s, q, edge, _EDGE_DONE if phase_was == _IDLE and mid > 0 else _PART_DONE, "")
+        elif phase[s][q] == _IDLE and mid > 0:
+            phase[s][q] = _MID_RUNNING
+            run(now, s, q, mid, _MID_DONE, " middle")
+
+    def send_rows(now: float, s: int, q: int) -> None:
+        for k in halo_out[s][q]:
+            push(now, _TX_REQ, k)
+        halo_out[s][q] = []
 
     while heap:
         now, _, kind, a, b = heapq.heappop(heap)
@@ -421,21 +490,34 @@ def run_segment(
             push(arrive, _TX_DONE, a)
         elif kind == _TX_DONE:
             if a < 0:  # a first-stage part with every input at hand
-                start(now, 0, b)
+                go(now, 0, b)
                 continue
             x = txs[a]
             if x.part < 0:
                 ends[x.stage] = max(ends[x.stage], now)
+            elif x.stage == 0:
+                lane_wait[0][x.part] -= 1  # its slab
+                go(now, 0, x.part)
             else:
-                arrived(now, x.stage, x.part)
+                halo_wait[x.stage][x.part] -= 1
+                go(now, x.stage, x.part)
+        elif kind == _MID_DONE:
+            phase[a][b] = _MID_DONE_PHASE
+            go(now, a, b)
+        elif kind == _EDGE_DONE:  # edges first: send them, then the middle
+            send_rows(now, a, b)
+            phase[a][b] = _MID_RUNNING
+            run(now, a, b, cut[a][b][1], _PART_DONE, " middle")
         else:
             s, q = a, b
             ends[s] = max(ends[s], now)
-            for k in out_tx[s][q]:
+            send_rows(now, s, q)
+            for k in strip_out[s][q]:
                 push(now, _TX_REQ, k)
             nxt = lane_next.get((s, q))
             if nxt is not None:
-                arrived(now, *nxt)
+                lane_wait[nxt[0]][nxt[1]] -= 1
+                go(now, *nxt)
     for s in range(1, len(stages)):
         ends[s] = max(ends[s], ends[s - 1])
     return SimResult(ends[-1], moved, tuple(ends), (), via_aid)

@@ -1,0 +1,212 @@
+"""Strip jobs compute the rows their neighbours read first, send them, and compute the
+rest of the strip while they travel (``stage_pieces`` and ``run_strip_job``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgeci_p2p.aio.strips import (
+    Mailbox,
+    StripJobError,
+    run_strip_job,
+    stage_pieces,
+    strip_jobs,
+)
+from edgeci_p2p.core.geometry import Region, Span, region_flops
+from edgeci_p2p.core.pieces import MAX_SEAM_OVERHEAD
+from edgeci_p2p.core.plan import Plan, segments
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.wire.messages import HaloRows, StripJob, StripStage
+
+SPECS = {name: spec_for(name) for name in ("vgg16", "resnet34")}
+TESTBEDS = ("emulated-4", "homog-4", "pi4-wifi-4")
+
+
+def halo_plans() -> list[tuple[ModelSpec, Plan]]:
+    out = []
+    for spec, tb in itertools.product(SPECS.values(), TESTBEDS):
+        plan = plan_edgeci_halo(spec, load_testbed(tb))
+        if any(st.transfer == "halo" for st in plan.stages):
+            out.append((spec, plan))
+    return out
+
+
+PLANS = halo_plans()
+
+
+def all_jobs(spec: ModelSpec, plan: Plan) -> list[StripStage]:
+    out: list[StripStage] = []
+    nodes = [f"n{i}" for i in range(len(plan.devices))]
+    for first, last in segments(plan):
+        jobs = strip_jobs(spec, plan, first, last, nodes)
+        if jobs is not None:
+            for stages in jobs.stages.values():
+                out.extend(stages)
+    return out
+
+
+def test_there_are_halo_plans_to_check() -> None:
+    assert len(PLANS) >= 3
+
+
+@pytest.mark.parametrize("spec,plan", PLANS, ids=[f"{p.model}-{p.testbed}" for _, p in PLANS])
+def test_pieces_cover_each_strip_once_and_hold_each_send_whole(spec: ModelSpec, plan: Plan) -> None:
+    split = 0
+    for st in all_jobs(spec, plan):
+        pieces = stage_pieces(spec, st)
+        at = st.rows[0]
+        for p in pieces:
+            assert p.rows[0] == at and p.rows[0] < p.rows[1]
+            at = p.rows[1]
+            assert st.need[0] <= p.need[0] < p.need[1] <= st.need[1]
+        assert at == st.rows[1]
+        for s in st.send:
+            holders = [p for p in pieces if p.rows[0] <= s.rows[0] and s.rows[1] <= p.rows[1]]
+            assert len(holders) == 1 and holders[0].sends
+        if len(pieces) > 1:
+            split += 1
+            _, _, w = spec.shape_at(st.stop)
+
+            def flops(a: int, b: int, st: StripStage = st, w: int = w) -> int:
+                return region_flops(spec, st.start, st.stop, Region(Span(a, b), Span(0, w)))
+
+            assert sum(flops(*p.rows) for p in pieces) <= (1 + MAX_SEAM_OVERHEAD) * flops(*st.rows)
+            assert sum(p.rows[1] - p.rows[0] for p in pieces if p.sends) * 2 <= (
+                st.rows[1] - st.rows[0]
+            )
+    assert split > 0  # the early sends do happen in shipped plans
+
+
+# ---- the order of work in a job, with a store that only records ---------------------------------
+
+
+class RecordingStore:
+    """Stands in for ModelStore: outputs of the right shape, every call logged."""
+
+    def __init__(self, spec: ModelSpec, log: list[str]) -> None:
+        self._spec, self.log = spec, log
+
+    def spec(self, name: str, height: int, width: int) -> ModelSpec:
+        return self._spec
+
+    def run_tile(
+        self,
+        name: str,
+        fingerprint: str,
+        input_hw: tuple[int, int],
+        start: int,
+        stop: int,
+        out: Region,
+        x: np.ndarray,
+        x_region: Region,
+    ) -> np.ndarray:
+        assert x.shape[2] == x_region.rows.size
+        self.log.append(f"run {start} {out.rows.start}:{out.rows.stop}")
+        c, _, _ = self._spec.shape_at(stop)
+        return np.full((1, c, out.rows.size, out.cols.size), float(start), np.float32)
+
+
+def middle_job(spec: ModelSpec) -> StripJob:
+    """The middle peer of three over VGG-16's pool1, conv2_1, conv2_2 (units 2, 3, 4):
+    it sends its edge rows to both neighbours and reads theirs at each boundary."""
+    from test_halo_daemon import strips
+
+    from edgeci_p2p.core.plan import Plan as P
+
+    stages = (
+        strips(spec, 2, 3, [1, 2, 1], "halo"),
+        strips(spec, 3, 4, [1, 2, 1], "halo"),
+        strips(spec, 4, 5, [1, 2, 1], "gather"),
+        strips(spec, 5, spec.n_units, [1], "gather"),
+    )
+    plan = P(spec.name, "edgeci-halo", "test", ("a", "b", "c"), stages, auctioneer=0)
+    jobs = strip_jobs(spec, plan, 0, 2, ["a", "b", "c"])
+    assert jobs is not None
+    need = jobs.first_need[1]
+    c, _, w = spec.shape_at(2)
+    x = np.zeros((1, c, need.size, w), np.float32)
+    return StripJob("r", 1, 1, spec.name, "fp", jobs.stages[1], x, (224, 224))
+
+
+def test_edge_rows_are_sent_before_the_middle_is_computed() -> None:
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    first = job.stages[0]
+    assert len(stage_pieces(spec, first)) == 3
+    log: list[str] = []
+    box = Mailbox()
+    box.claim("r", 1)
+
+    def send(node: str, msg: HaloRows) -> Awaitable[None]:
+        # Logged when the job hands the rows over, not when the event loop runs the send.
+        log.append(f"send {node} {msg.rows[0]}:{msg.rows[1]}")
+        return asyncio.sleep(0)
+
+    async def main() -> None:
+        # The neighbours' rows are already here: nothing waits.
+        for st in job.stages[1:]:
+            for r in st.recv:
+                c, _, w = spec.shape_at(st.start)
+                data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+                box.put(HaloRows("r", 1, st.start, r.rows, data))
+        with ThreadPoolExecutor(1) as ex:
+            out = await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=5.0)  # type: ignore[arg-type]
+        assert out.output.shape[2] == job.stages[-1].rows[1] - job.stages[-1].rows[0]
+
+    asyncio.run(main())
+    runs_first = [e for e in log if e.startswith("run 2")]
+    sends = [i for i, e in enumerate(log) if e.startswith("send")]
+    assert len(runs_first) == 3
+    middle = log.index(runs_first[-1])
+    assert len([i for i in sends if i < middle]) == 2, log  # both edges left before the middle
+
+
+def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    second = job.stages[1]
+    log: list[str] = []
+
+    async def send(node: str, msg: HaloRows) -> None:
+        log.append(f"send {node}")
+
+    async def main(deliver: bool) -> None:
+        box = Mailbox()
+        box.claim("r", 1)
+
+        async def late() -> None:
+            await asyncio.sleep(0.2)
+            log.append("rows arrive")
+            for st in job.stages[1:]:
+                for r in st.recv:
+                    c, _, w = spec.shape_at(st.start)
+                    data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+                    box.put(HaloRows("r", 1, st.start, r.rows, data))
+
+        task = asyncio.ensure_future(late()) if deliver else None
+        with ThreadPoolExecutor(1) as ex:
+            await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=1.0)  # type: ignore[arg-type]
+        if task is not None:
+            await task
+
+    asyncio.run(main(True))
+    pieces = stage_pieces(spec, second)
+    assert len(pieces) == 3
+    # The second stage's middle reads only this peer's rows: it ran before they came,
+    # and its edges after.
+    mid = log.index(f"run 3 {pieces[1].rows[0]}:{pieces[1].rows[1]}")
+    assert (
+        mid < log.index("rows arrive") < log.index(f"run 3 {pieces[0].rows[0]}:{pieces[0].rows[1]}")
+    )
+    log.clear()
+    with pytest.raises(StripJobError, match="never arrived"):
+        asyncio.run(main(False))
