@@ -51,12 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(for links of a known, fixed rate)",
     )
     p.add_argument(
-        "--no-calibrate",
-        action="store_true",
-        help="bid from the start-up profile only (default: bids follow the measured "
-        "speed of the work this peer runs)",
-    )
-    p.add_argument(
         "--weights",
         action="append",
         default=[],
@@ -97,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights=weights,
             shared_medium=args.links == "shared",
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
-            calibrate=not args.no_calibrate,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

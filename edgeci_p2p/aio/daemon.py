@@ -19,11 +19,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,10 +40,9 @@ from edgeci_p2p.aio.strips import (
 )
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.calibration import Calibration, calibrated
 from edgeci_p2p.auction.round import RoundConfig
-from edgeci_p2p.core.cost import ComputeModel, Testbed, flops_by_kind
-from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, head_flops, trace
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, trace
 from edgeci_p2p.core.membership import (
     HEARTBEAT_INTERVAL,
     BanList,
@@ -89,7 +88,6 @@ from edgeci_p2p.wire.messages import (
 from edgeci_p2p.wire.session import SessionConfig
 
 log = logging.getLogger("edgeci.peer")
-T = TypeVar("T")
 
 STRATEGIES = ("edgeci", "edgeci-halo", "local", "modnn", "deepthings", "edgeld", "aofl")
 STRIP_TILE_BASE = 1 << 24
@@ -139,13 +137,6 @@ class RunStats:
     """Straggling tiles that got a second copy elsewhere."""
 
 
-def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
-    """Worker thread: ``fn(*args)`` and its seconds (what queueing for the worker excludes)."""
-    t = time.perf_counter()
-    y = fn(*args)
-    return y, time.perf_counter() - t
-
-
 @dataclass
 class PeerConfig:
     host: str = "0.0.0.0"
@@ -174,7 +165,6 @@ class PeerConfig:
     max_queued_tiles: int = 64
     """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
     read_timeout: float = 10.0
-    """Seconds a half-received frame may wait for the rest before the connection closes."""
     forward_timeout: float = 60.0
     """Seconds a forwarded request may take on its peer before it runs here instead."""
     shared_medium: bool = True
@@ -182,9 +172,7 @@ class PeerConfig:
     link_bandwidth: float | None = None
     """Bytes/s to plan every link with, instead of fitting links from served tiles
     (links known in advance, e.g. wired at a fixed rate)."""
-    calibrate: bool = True
-    """Bids follow the measured speed of the work this peer runs (auction/calibration.py),
-    not only the start-up profile."""
+    """Seconds a half-received frame may wait for the rest before the connection closes."""
 
 
 def load_node_id(state_dir: Path) -> tuple[str, Any]:
@@ -226,9 +214,6 @@ class PeerDaemon:
         self.conns: dict[str, Connection] = {}
         self.store: ModelStore | None = None
         self.compute: ComputeModel | None = None
-        """The compute model behind this peer's bids: the profile, calibrated."""
-        self._profiled: ComputeModel | None = None
-        self._calibration = {"units": Calibration(), "head": Calibration()}
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeci-tile")
         self.bidder: Bidder | None = None
         self.auctioneer: Auctioneer | None = None
@@ -287,7 +272,6 @@ class PeerDaemon:
                 quota,
                 100 * quota / self.config.threads,
             )
-        self._profiled = self.compute
         self.bidder = own_bidder(self.node_id, self.compute, list(self.store.fingerprints.values()))
         self.auctioneer = Auctioneer(
             self.node_id,
@@ -555,9 +539,8 @@ class PeerDaemon:
         self._queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
         self._queued_tiles += 1
         try:
-            y, took = await loop.run_in_executor(
+            y = await loop.run_in_executor(
                 self.worker,
-                timed,
                 self._tile_unless_cancelled,
                 req.request_id,
                 req.tile_id,
@@ -578,9 +561,6 @@ class PeerDaemon:
             return
         finally:
             self._queued_tiles -= 1
-        with contextlib.suppress(WorkError, ValueError, IndexError):
-            spec = self.store.spec(req.model, *req.input_hw)
-            self._observe(flops_by_kind(trace(spec, req.start, req.stop, out)).items(), took)
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
@@ -624,7 +604,7 @@ class PeerDaemon:
         )
         self.mailbox.claim(job.request_id, job.job_id)
         try:
-            out = await run_strip_job(
+            return await run_strip_job(
                 job,
                 self.store,
                 self.worker,
@@ -632,10 +612,6 @@ class PeerDaemon:
                 self._send_rows,
                 job.deadline_s if job.deadline_s is not None else STRIP_TIMEOUT,
             )
-            log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
-            for flops, took in out.pieces:
-                self._observe(flops, took)
-            return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)
 
@@ -650,26 +626,6 @@ class PeerDaemon:
             await conn.send(msg)
         except ConnectionLost as e:
             raise StripJobError(f"neighbour {node} went away: {e}") from e
-
-    def _observe(self, flops: Iterable[tuple[str, int]], seconds: float) -> None:
-        """Work that ran here: ``flops`` per unit kind took ``seconds`` (compute only).
-        Moves the bids' compute model when the measured speed has moved."""
-        base = self._profiled
-        if base is None or not self.config.calibrate:
-            return
-        flops = list(flops)
-        group = "head" if all(k == "head" for k, _ in flops) else "units"
-        if not self._calibration[group].observe(sum(base.seconds(k, f) for k, f in flops), seconds):
-            return
-        units, head = self._calibration["units"].factor, self._calibration["head"].factor
-        self.compute = calibrated(base, units, head)
-        if self.bidder is not None:
-            self.bidder.compute = self.compute
-        log.info(
-            "bids calibrated to the work run here: units x%.2f, head x%.2f of the profile",
-            units,
-            head,
-        )
 
     def _tile_unless_cancelled(self, request_id: str, tile_id: int, *args: Any) -> Any:
         """Worker thread: skip tiles whose request (or copy) was cancelled while queued."""
@@ -989,7 +945,9 @@ class PeerDaemon:
                 decision.plan, strategy=req.strategy, notes={"decision": "forwarded: whole here"}
             )
         else:
-            decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
+            decision, timing = await self.make_plan(
+                req.request_id, req.model, req.strategy, h, w
+            )
         if decision.round is not None:
             for b in decision.round.bids.values():
                 probe = b.duration.get("probe:conv:1")
@@ -1043,11 +1001,8 @@ class PeerDaemon:
                     req, decision, first, last, cur, spec, fingerprint, stats
                 )
         t_head = time.perf_counter()
-        logits, took = await loop.run_in_executor(
-            self.worker, timed, store.head, req.model, (h, w), cur
-        )
+        logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
         head_s = time.perf_counter() - t_head
-        self._observe([("head", head_flops(spec))], took)
         labels = store.labels(req.model)
         top = [
             TopK(i, label, p, float(logits.reshape(-1)[i]))
@@ -1492,9 +1447,8 @@ class PeerDaemon:
     async def _local_tile(self, tile: _Tile, slab: torch.Tensor, stats: RunStats) -> torch.Tensor:
         assert self.store is not None
         t0 = time.perf_counter()
-        y, took = await asyncio.get_running_loop().run_in_executor(
+        y = await asyncio.get_running_loop().run_in_executor(
             self.worker,
-            timed,
             self.store.run_tile,
             tile.model,
             tile.fingerprint,
@@ -1508,7 +1462,6 @@ class PeerDaemon:
         stats.compute[self.node_id] = (
             stats.compute.get(self.node_id, 0.0) + time.perf_counter() - t0
         )
-        self._observe(flops_by_kind(tile.trace).items(), took)
         return torch.from_numpy(y)
 
 
