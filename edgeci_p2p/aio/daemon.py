@@ -604,7 +604,7 @@ class PeerDaemon:
         )
         self.mailbox.claim(job.request_id, job.job_id)
         try:
-            return await run_strip_job(
+            out = await run_strip_job(
                 job,
                 self.store,
                 self.worker,
@@ -612,6 +612,8 @@ class PeerDaemon:
                 self._send_rows,
                 job.deadline_s if job.deadline_s is not None else STRIP_TIMEOUT,
             )
+            log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
+            return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)
 
