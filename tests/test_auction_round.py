@@ -292,6 +292,31 @@ def test_declines_cascade_to_local_without_releases() -> None:
     assert r.phase is Phase.LOCAL and not r.awards and sends == []
 
 
+def test_only_the_last_bid_and_a_declined_award_may_run_the_planner() -> None:
+    # The auctioneer hands exactly these to a thread; everything else is handled inline,
+    # so a message that does plan must be one may_decide says yes to.
+    planned: list[int] = []
+
+    def decide(call: CallForBids, bids: Any) -> dict[str, tuple[WorkItem, ...]]:
+        planned.append(len(bids))
+        return {b.bidder: call.items for b in bids}
+
+    r = AuctionRound(CALL, frozenset({A, B, C}), CFG, decide=decide)
+    r.start(0.0)
+    for k, p in enumerate((A, B, C)):
+        b = bid(p)
+        assert r.may_decide(b) == (k == 2)
+        r.receive_bid(b, 0.01)
+        assert len(planned) == (1 if k == 2 else 0)
+    ok = AwardReply("auc-1", A, r.awards[A].seq, True)
+    no = AwardReply("auc-1", B, r.awards[B].seq, False, "capacity")
+    assert not r.may_decide(ok) and r.may_decide(no)
+    r.receive_reply(ok, 0.02)
+    assert len(planned) == 1
+    r.receive_reply(no, 0.03)
+    assert len(planned) == 2
+
+
 def test_a_silent_winner_is_released_when_planned_around() -> None:
     # Its acceptance may still be on the way: it must be told to drop the hold.
     r = AuctionRound(CALL, frozenset({A, B}), CFG)

@@ -247,6 +247,14 @@ class AuctionRound:
             return "expired"
         return ""
 
+    def may_decide(self, msg: Bid | AwardReply) -> bool:
+        """Whether handling ``msg`` may run the planner (the last bid of the window, or a
+        declined award): the caller can handle every other message at once, and hand
+        only these to a thread."""
+        if isinstance(msg, AwardReply):
+            return not msg.accepted
+        return set(self.bids) | set(self.declined) | {msg.bidder} >= self.peers
+
     def receive_reply(self, reply: AwardReply, now: float) -> list[Send]:
         award = self.awards.get(reply.bidder)
         if (
