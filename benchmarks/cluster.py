@@ -447,8 +447,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--links",
         choices=["assumed", "measured", "testbed"],
         default="assumed",
-        help="assumed: links fitted from served tiles, starting from the daemon's prior "
-        "(as shipped); measured: that prior set to the link probe's bandwidth "
+        help="assumed: as shipped (each link's rate from the peers' own link probes, "
+        "else fitted from served tiles); measured: the fit's prior set to this benchmark's "
+        "link probe (benchmarks/peer_links.py); testbed: peers plan every link at the testbed's "
         "(benchmarks/peer_links.py); testbed: peers plan every link at the testbed's "
         "rate (edgeci-peer --link-mbit)",
     )

@@ -54,3 +54,30 @@ def test_rtt_is_the_least_recent_sample_so_queued_pongs_do_not_count() -> None:
     for k in range(RTT_WINDOW):  # the path itself got slower: the old minimum ages out
         m.heartbeat("a", 10.0 + k, rtt=0.004)
     assert m.members["a"].rtt == pytest.approx(0.004)
+
+
+def test_link_probes_give_the_links_rate_and_leave_the_rtt_alone() -> None:
+    from edgeci_p2p.core.membership import PROBE_EVERY, PROBE_MIN, PROBE_WINDOW
+
+    m = Membership("me")
+    m.handshake("a", "10.0.0.2", 7420, "a", {}, 0.0, "static")
+    a = m.members["a"]
+    assert not a.probe_due(0.2)  # the bare round trip first
+    m.heartbeat("a", 0.5, rtt=0.002)
+    assert a.probed_bandwidth is None and a.probe_due(1.0)
+    # 128 KiB on a 10 MB/s link: 13.1 ms beyond the 2 ms round trip; a pong that
+    # waited behind a busy peer's loop only makes a sample slower.
+    for k, extra in enumerate([0.0, 0.030, 0.0]):
+        m.probed("a", 1.0 + k, 131072, 0.002 + 131072 / 10e6 + extra)
+    assert a.probed_bandwidth == pytest.approx(10e6)
+    assert a.rtt == pytest.approx(0.002)  # probes are not heartbeat RTT samples
+    assert a.alive(3.0)
+    assert len(a.probe_samples) == PROBE_MIN and not a.probe_due(3.5)
+    assert a.probe_due(3.0 + PROBE_EVERY)
+    # A probe no slower than the bare round trip says nothing about the rate.
+    m.probed("a", 70.0, 131072, 0.001)
+    assert len(a.probe_samples) == PROBE_MIN
+    for k in range(PROBE_WINDOW):  # the link got slower: the old best ages out
+        m.probed("a", 100.0 + k, 131072, 0.002 + 131072 / 2e6)
+    assert a.probed_bandwidth == pytest.approx(2e6)
+    assert a.to_dict(110.0)["probed_mb_s"] == pytest.approx(2.0)

@@ -51,6 +51,7 @@ def samples() -> list[Message]:
         Hello(1, "cli-1", "", 0, {}, bytes(range(16)), role="client", auth=True),
         Auth(bytes(range(32))),
         Ping(7, 123.25),
+        Ping(8, 124.25, bytes(1000)),
         Pong(7, 123.25, 99.5),
         CallForBids(
             "auc-1",
@@ -307,6 +308,8 @@ def test_tile_request_slab_must_match_input() -> None:
 def test_locally_built_messages_are_validated_too() -> None:
     with pytest.raises(MessageError):
         Ping(1, float("nan"))
+    with pytest.raises(MessageError, match="pad"):
+        Ping(1, 0.0, bytes((1 << 20) + 1))
     with pytest.raises(MessageError):
         Bid("a", "b", 0.0, {"i": -1.0}, 0, 0.0, 0.0, 0.5, "")
     with pytest.raises(MessageError, match="duplicate"):

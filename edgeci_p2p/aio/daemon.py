@@ -45,6 +45,7 @@ from edgeci_p2p.core.cost import ComputeModel, Testbed
 from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, trace
 from edgeci_p2p.core.membership import (
     HEARTBEAT_INTERVAL,
+    PROBE_BYTES,
     BanList,
     DuplicateNodeError,
     Membership,
@@ -241,6 +242,8 @@ class PeerDaemon:
         self._forwards: dict[str, tuple[asyncio.Future[InferResult], str]] = {}
         self._forwarded_to: dict[str, int] = {}
         """Requests in flight that this node forwarded, per peer."""
+        self._probes: dict[tuple[str, int], int] = {}
+        """Link probes in flight: (node, ping seq) -> padding bytes."""
         self._probe_s: dict[str, float] = {}
         """Each node's seconds for the conv probe item, from its last bid (speed)."""
         self.port = config.port
@@ -453,7 +456,19 @@ class PeerDaemon:
             self._spawn(conn.send(Pong(msg.seq, msg.time, time.monotonic())))
         elif isinstance(msg, Pong):
             now = time.monotonic()
-            self.membership.heartbeat(conn.peer.node_id, now, max(0.0, now - msg.echo))
+            pad = self._probes.pop((conn.peer.node_id, msg.seq), 0)
+            if pad:
+                self.membership.probed(conn.peer.node_id, now, pad, max(0.0, now - msg.echo))
+                m = self.membership.members.get(conn.peer.node_id)
+                if m is not None and m.probed_bandwidth is not None:
+                    log.debug(
+                        "link probe to %s: %.1f ms, best %.1f MB/s",
+                        conn.peer.node_id,
+                        (now - msg.echo) * 1e3,
+                        m.probed_bandwidth / 1e6,
+                    )
+            else:
+                self.membership.heartbeat(conn.peer.node_id, now, max(0.0, now - msg.echo))
         elif isinstance(msg, TileRequest):
             self._spawn(self._run_tile_for(conn, msg))
         elif isinstance(msg, StripJob):
@@ -517,12 +532,25 @@ class PeerDaemon:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             self._ping_seq += 1
-            for conn in list(self.conns.values()):
-                self._spawn(self._ping(conn))
+            now = time.monotonic()
+            # Stale probe entries (a pong that never came) go with the round's seq.
+            for key in [k for k in self._probes if k[1] < self._ping_seq - 8]:
+                del self._probes[key]
+            for node, conn in list(self.conns.items()):
+                m = self.membership.members.get(node)
+                probe = m is not None and m.probe_due(now) and self._idle()
+                self._spawn(self._ping(conn, PROBE_BYTES if probe else 0))
 
-    async def _ping(self, conn: Connection) -> None:
+    def _idle(self) -> bool:
+        """No request, tile or strip of this node's in flight: a link probe measures the
+        link, not queueing behind our own traffic."""
+        return not (self._running_here or self._queued_tiles or self._pending or self._strip_tasks)
+
+    async def _ping(self, conn: Connection, pad: int = 0) -> None:
+        if pad:
+            self._probes[(conn.peer.node_id, self._ping_seq)] = pad
         with contextlib.suppress(ConnectionLost):
-            await conn.send(Ping(self._ping_seq, time.monotonic()))
+            await conn.send(Ping(self._ping_seq, time.monotonic(), bytes(pad) if pad else None))
 
     # ---- serving peers: tiles and bids ------------------------------------------------------
 
@@ -726,6 +754,10 @@ class PeerDaemon:
         rtt = m.rtt if m.rtt is not None else bid.rtt
         if self.config.link_bandwidth is not None:
             bw = self.config.link_bandwidth
+        elif m.probed_bandwidth is not None:
+            # The link's own rate: queueing at this node's NIC, which served tiles fold
+            # into their fit, is the simulator's to model.
+            bw = m.probed_bandwidth
         else:
             bw = m.bandwidth or DEFAULT_BANDWIDTH
             # The link model charges rtt/2 per transfer and a tile makes two (slab out,
@@ -947,9 +979,7 @@ class PeerDaemon:
                 decision.plan, strategy=req.strategy, notes={"decision": "forwarded: whole here"}
             )
         else:
-            decision, timing = await self.make_plan(
-                req.request_id, req.model, req.strategy, h, w
-            )
+            decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
         if decision.round is not None:
             for b in decision.round.bids.values():
                 probe = b.duration.get("probe:conv:1")

@@ -25,6 +25,14 @@ class DuplicateNodeError(Exception):
 
 RTT_WINDOW = 16
 """Heartbeat RTTs a member's ``rtt`` is the minimum of."""
+PROBE_BYTES = 128 << 10
+"""Padding of a link-probe ping: long enough for the link's rate to show in its RTT."""
+PROBE_WINDOW = 8
+"""Link-probe samples a member's ``probed_bandwidth`` is the best of."""
+PROBE_MIN = 3
+"""Probes taken back to back after a connection opens (then one per PROBE_EVERY)."""
+PROBE_EVERY = 60.0
+"""Seconds between link probes once a member has PROBE_MIN of them."""
 
 
 @dataclass
@@ -49,6 +57,24 @@ class Member:
     """Effective bytes/s fitted from those tiles (serialisation and hand-offs included)."""
     overhead: float | None = None
     """Fixed seconds per tile round trip fitted from them (beyond the ping RTT's share)."""
+    probe_samples: list[float] = field(default_factory=list)
+    """Bytes/s of recent link probes (a padded ping sent while this node was idle)."""
+    probed_at: float | None = None
+
+    @property
+    def probed_bandwidth(self) -> float | None:
+        """The link's rate: the best recent probe. A probe can only come out slower than
+        the link (a pong delayed by a busy or CPU-capped peer), never faster."""
+        return max(self.probe_samples) if self.probe_samples else None
+
+    def probe_due(self, now: float) -> bool:
+        """Time for a link probe (once the bare round trip is known: a probe's delay
+        beyond it is the link's rate)."""
+        if self.rtt is None:
+            return False
+        return len(self.probe_samples) < PROBE_MIN or (
+            self.probed_at is not None and now - self.probed_at >= PROBE_EVERY
+        )
 
     def observe_transfer(self, nbytes: int, seconds: float, keep: int = 48) -> None:
         """A tile's bytes in + out took ``seconds`` beyond its compute: refit the link.
@@ -83,6 +109,9 @@ class Member:
             "backlog_s": round(self.backlog_s, 4),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "bandwidth_mb_s": None if self.bandwidth is None else round(self.bandwidth / 1e6, 1),
+            "probed_mb_s": None
+            if self.probed_bandwidth is None
+            else round(self.probed_bandwidth / 1e6, 1),
             "tile_overhead_ms": None if self.overhead is None else round(self.overhead * 1e3, 2),
             "last_heartbeat_s": None
             if self.last_heartbeat is None
@@ -146,6 +175,20 @@ class Membership:
             m.rtt_samples.append(rtt)
             del m.rtt_samples[:-RTT_WINDOW]
             m.rtt = min(m.rtt_samples)
+
+    def probed(self, node_id: str, now: float, nbytes: int, rtt: float) -> None:
+        """The pong of a ping padded with ``nbytes`` came back after ``rtt`` seconds: a
+        sample of the link's rate (its RTT is not a heartbeat RTT sample)."""
+        m = self.members.get(node_id)
+        if m is None:
+            return
+        m.last_heartbeat = now
+        m.probed_at = now
+        base = m.rtt if m.rtt is not None else 0.0
+        if nbytes <= 0 or rtt <= base:
+            return  # no usable delay beyond the bare round trip
+        m.probe_samples.append(nbytes / (rtt - base))
+        del m.probe_samples[:-PROBE_WINDOW]
 
     def lost(self, node_id: str) -> None:
         """The connection closed: not alive until a new handshake."""

@@ -286,6 +286,10 @@ class Auth(Message):
             raise MessageError(f"auth.proof: {len(self.proof)} bytes, need 32")
 
 
+MAX_PING_PAD = 1 << 20
+"""Largest link-probe padding a ping may carry."""
+
+
 @dataclass(frozen=True)
 class Ping(Message):
     """Heartbeat; the receiver answers with a pong echoing ``seq`` and ``time``."""
@@ -295,6 +299,13 @@ class Ping(Message):
     """Sender's counter."""
     time: float
     """Sender's monotonic clock, seconds."""
+    pad: bytes | None = None
+    """Ignored bytes: a *link probe* (the pong comes back when they have crossed the
+    link, so the RTT shows the link's rate). At most MAX_PING_PAD."""
+
+    def check(self) -> None:
+        if self.pad is not None and len(self.pad) > MAX_PING_PAD:
+            raise MessageError(f"ping.pad: {len(self.pad)} bytes, at most {MAX_PING_PAD}")
 
 
 @dataclass(frozen=True)
