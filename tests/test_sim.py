@@ -178,3 +178,31 @@ def test_fast_path_for_one_task_per_device_equals_the_event_queue(shared: bool) 
         ]
         slow = run_stage(tasks, tb, 0.5, events=[])
         assert run_stage(tasks, tb, 0.5) == pytest.approx(slow, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["edgeci", "edgeci-halo", "aofl"])
+def test_an_image_requests_first_slabs_cost_a_byte_a_value(strategy: str) -> None:
+    """With pixels on the wire (input_itemsize 1) the first stage's remote slabs move a
+    quarter of the bytes, and nothing else changes."""
+    from dataclasses import replace
+
+    from edgeci_p2p.planners import plan as plan_with
+    from edgeci_p2p.planners.testbeds import load_testbed
+
+    spec = spec_for("vgg16")
+    px = replace(spec, input_itemsize=1)
+    assert spec.itemsize_at(0) == 4 and px.itemsize_at(0) == 1 and px.itemsize_at(1) == 4
+    tb = load_testbed("emulated-4")
+    p = plan_with(strategy, spec, tb)
+    floats, pixels = simulate(p, spec, tb), simulate(p, px, tb)
+    first = p.stages[0]
+    work = Workload(spec)
+    remote_in = sum(
+        3 * (n[1] - n[0]) * (n[3] - n[2])
+        for part in first.parts
+        if part.device != tb.auctioneer
+        for n in [work.work_region(first.start, first.stop, part.region).need]
+    )
+    assert first.start == 0 and remote_in > 0
+    assert floats.bytes_moved - pixels.bytes_moved == 3 * remote_in
+    assert pixels.latency <= floats.latency

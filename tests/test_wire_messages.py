@@ -305,6 +305,41 @@ def test_tile_request_slab_must_match_input() -> None:
         TileRequest("r", 0, "m", "f", 2, 2, Rect((0, 1), (0, 1)), Rect((0, 6), (0, 5)), x)
 
 
+def test_pixels_travel_as_uint8_only_where_a_message_says_so() -> None:
+    px = np.arange(2 * 3 * 6 * 5, dtype=np.uint8).reshape(2, 3, 6, 5)
+    out, slab = Rect((0, 1), (0, 1)), Rect((0, 6), (0, 5))
+    msg = TileRequest("r", 0, "m", "f", 0, 1, out, slab, px, pixels=True)
+    back = roundtrip(msg)
+    assert isinstance(back, TileRequest) and back.pixels
+    assert back.input.dtype == np.uint8 and np.array_equal(back.input, px)
+    # A quarter of the float32 frame's bytes, give or take the heads.
+    big = np.zeros((1, 3, 64, 64), np.uint8)
+    sizes = [
+        len(
+            framing.encode_frame(
+                TileRequest(
+                    "r", 0, "m", "f", 0, 1, out, Rect((0, 64), (0, 64)), x, pixels=p
+                ).to_wire()
+            )
+        )
+        for x, p in ((big, True), (big.astype(np.float32), None))
+    ]
+    assert sizes[0] < 0.26 * sizes[1]
+    with pytest.raises(MessageError, match="only as pixels"):
+        TileRequest("r", 0, "m", "f", 0, 1, out, slab, px)
+    with pytest.raises(MessageError, match="not unit 2"):
+        TileRequest("r", 0, "m", "f", 2, 3, out, slab, px, pixels=True)
+    with pytest.raises(MessageError, match="uint8"):
+        TileRequest("r", 0, "m", "f", 0, 1, out, slab, px.astype(np.float32), pixels=True)
+    with pytest.raises(MessageError, match="only as pixels"):
+        TileResult("r", 0, px, 0.1)
+    # On the wire too: a uint8 tensor where floats belong is refused.
+    wire = TileResult("r", 0, px.astype(np.float32), 0.1).to_wire()
+    wire["output"] = px
+    with pytest.raises(MessageError, match="only as pixels"):
+        messages.message_from_wire(wire)
+
+
 def test_locally_built_messages_are_validated_too() -> None:
     with pytest.raises(MessageError):
         Ping(1, float("nan"))

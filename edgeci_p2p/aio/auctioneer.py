@@ -161,7 +161,7 @@ class Auctioneer:
         self.config = config or RoundConfig()
         self.clock = clock
         self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
-        self._planners: dict[tuple[str, str, tuple[int, int, int]], CachedDecider] = {}
+        self._planners: dict[tuple[str, str, tuple[int, int, int], int], CachedDecider] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
 
@@ -180,8 +180,9 @@ class Auctioneer:
     # ---- one round ----------------------------------------------------------------------
 
     def _decider(self, strategy: str, spec: ModelSpec) -> CachedDecider:
-        """One cached decider per (strategy, model, input size), kept across requests."""
-        key = (strategy, spec.name, spec.input_shape)
+        """One cached decider per (strategy, model, input size, input bytes per value),
+        kept across requests."""
+        key = (strategy, spec.name, spec.input_shape, spec.input_itemsize)
         decider = self._planners.get(key)
         if decider is None:
             inner: AwasPlanner | StaticPlanner = (

@@ -54,7 +54,7 @@ from edgeci_p2p.core.plan import segments
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.hostinfo import cpu_quota_cores, measured_cpu_share
 from edgeci_p2p.nn.executor import crop, stitch
-from edgeci_p2p.nn.images import ImageError, decode, to_input, top_k
+from edgeci_p2p.nn.images import ImageError, decode, normalise, pixels_of, to_pixels, top_k
 from edgeci_p2p.nn.models import UnknownModelError
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
@@ -242,6 +242,8 @@ class PeerDaemon:
         self._forwards: dict[str, tuple[asyncio.Future[InferResult], str]] = {}
         self._forwarded_to: dict[str, int] = {}
         """Requests in flight that this node forwarded, per peer."""
+        self._pixels: dict[str, np.ndarray] = {}
+        """Requests answered here whose input is image pixels: sent on as uint8."""
         self._probes: dict[tuple[str, int], int] = {}
         """Link probes in flight: (node, ping seq) -> padding bytes."""
         self._probe_s: dict[str, float] = {}
@@ -566,7 +568,10 @@ class PeerDaemon:
             return
         self._queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
         self._queued_tiles += 1
+        x = req.input
         try:
+            if req.pixels:
+                x = normalise(req.input).numpy()
             y = await loop.run_in_executor(
                 self.worker,
                 self._tile_unless_cancelled,
@@ -578,7 +583,7 @@ class PeerDaemon:
                 req.start,
                 req.stop,
                 out,
-                req.input,
+                x,
                 slab,
             )
         except (WorkError, ValueError) as e:
@@ -630,6 +635,8 @@ class PeerDaemon:
                 for st in job.stages
             ],
         )
+        if job.pixels:
+            job = dataclasses.replace(job, input=normalise(job.input).numpy(), pixels=None)
         self.mailbox.claim(job.request_id, job.job_id)
         try:
             out = await run_strip_job(
@@ -796,6 +803,7 @@ class PeerDaemon:
         height: int,
         width: int,
         dry_run: bool = False,
+        pixels: bool = False,
     ) -> tuple[Decision, dict[str, float]]:
         """The AWAS round for one request: bids from the alive peers holding these
         weights, the plan the strategy makes from them, reservations on the winners."""
@@ -805,6 +813,8 @@ class PeerDaemon:
                 ErrorCode.BAD_REQUEST, f"unknown strategy {strategy!r}; one of {STRATEGIES}"
             )
         spec = self.store.spec(model, height, width)
+        if pixels:  # the input travels as uint8: plan its slabs at a byte a value
+            spec = dataclasses.replace(spec, input_itemsize=1)
         t0 = time.perf_counter()
         if strategy == "local":
             decision = self.auctioneer.local_decision(spec, None)
@@ -959,9 +969,11 @@ class PeerDaemon:
         loop = asyncio.get_running_loop()
         store = self.store
         lm = store.get(req.model)
+        px: np.ndarray | None
         if req.image is not None:
             img = await loop.run_in_executor(None, decode, req.image)
-            x = await loop.run_in_executor(None, to_input, img, req.size)
+            px = await loop.run_in_executor(None, to_pixels, img, req.size)
+            x = await loop.run_in_executor(None, normalise, px)
         else:
             assert req.tensor is not None
             arr = np.asarray(req.tensor, dtype=np.float32)
@@ -970,6 +982,19 @@ class PeerDaemon:
                     ErrorCode.BAD_REQUEST, f"tensor of shape {arr.shape}, need 1x3xHxW"
                 )
             x = torch.from_numpy(arr.copy())
+            # A tensor preprocessed from an image (the usual case) is sent on as its
+            # pixels, a quarter of the bytes, when they normalise back to it exactly.
+            px = await loop.run_in_executor(None, pixels_of, arr)
+        if px is not None:
+            self._pixels[req.request_id] = px
+        try:
+            return await self._infer_input(req, x, lm.fingerprint, t_start)
+        finally:
+            self._pixels.pop(req.request_id, None)
+
+    async def _infer_input(
+        self, req: InferRequest, x: torch.Tensor, fingerprint: str, t_start: float
+    ) -> InferResult:
         _, _, h, w = x.shape
         if req.hops > 0:
             # Passed on by a busy peer: this frame is this node's share of the stream,
@@ -979,14 +1004,21 @@ class PeerDaemon:
                 decision.plan, strategy=req.strategy, notes={"decision": "forwarded: whole here"}
             )
         else:
-            decision, timing = await self.make_plan(req.request_id, req.model, req.strategy, h, w)
+            decision, timing = await self.make_plan(
+                req.request_id,
+                req.model,
+                req.strategy,
+                h,
+                w,
+                pixels=req.request_id in self._pixels,
+            )
         if decision.round is not None:
             for b in decision.round.bids.values():
                 probe = b.duration.get("probe:conv:1")
                 if probe and not b.declined:
                     self._probe_s[b.bidder] = probe
         try:
-            return await self._execute(req, decision, timing, x, lm.fingerprint, t_start)
+            return await self._execute(req, decision, timing, x, fingerprint, t_start)
         except asyncio.CancelledError:
             await self._cancel_everywhere(req.request_id, decision)
             raise
@@ -1137,10 +1169,15 @@ class PeerDaemon:
         job_id = first
         tasks: dict[int, asyncio.Future[torch.Tensor]] = {}
         sent: dict[int, StripJob] = {}
+        px = self._pixels.get(req.request_id) if plan.stages[first].start == 0 else None
         for d, stages in jobs.stages.items():
             node = nodes[d]
-            slab = crop(cur, whole_in, Region(jobs.first_need[d], Span(0, iw)))
-            deadline = self._strip_deadline(node, spec, stages, decision.testbed, slab.numel() * 4)
+            need = jobs.first_need[d]
+            if px is not None and node != self.node_id:  # a quarter of the bytes
+                inp = np.ascontiguousarray(px[:, :, need.start : need.stop, :])
+            else:
+                inp = np.ascontiguousarray(crop(cur, whole_in, Region(need, Span(0, iw))).numpy())
+            deadline = self._strip_deadline(node, spec, stages, decision.testbed, inp.nbytes)
             job = StripJob(
                 req.request_id,
                 job_id,
@@ -1148,9 +1185,10 @@ class PeerDaemon:
                 req.model,
                 fingerprint,
                 stages,
-                np.ascontiguousarray(slab.numpy()),
+                inp,
                 input_hw=(spec.input_shape[1], spec.input_shape[2]),
                 deadline_s=deadline,
+                pixels=True if inp.dtype == np.uint8 else None,
             )
             self.auctioneer.mark_delivered(decision.round, node)
             sent[d] = job
@@ -1433,6 +1471,14 @@ class PeerDaemon:
         fut.node_id = node  # type: ignore[attr-defined]
         self._pending[key] = fut
         need, region = tile.trace.need, tile.trace.out
+        px = self._pixels.get(tile.request_id) if tile.trace.start == 0 else None
+        sent = (
+            np.ascontiguousarray(
+                px[:, :, need.rows.start : need.rows.stop, need.cols.start : need.cols.stop]
+            )
+            if px is not None
+            else np.ascontiguousarray(slab.numpy())
+        )
         t0 = time.perf_counter()
         try:
             await conn.send(
@@ -1447,8 +1493,9 @@ class PeerDaemon:
                         (region.rows.start, region.rows.stop), (region.cols.start, region.cols.stop)
                     ),
                     Rect((need.rows.start, need.rows.stop), (need.cols.start, need.cols.stop)),
-                    np.ascontiguousarray(slab.numpy()),
+                    sent,
                     input_hw=tile.input_hw,
+                    pixels=True if px is not None else None,
                 )
             )
             deadline = self._deadline(node, tile, testbed, slab.numel() * 8)
@@ -1457,7 +1504,7 @@ class PeerDaemon:
             self._pending.pop(key, None)
         elapsed = time.perf_counter() - t0
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
-        moved = slab.numel() * 4 + int(res.output.nbytes)
+        moved = int(sent.nbytes) + int(res.output.nbytes)
         stats.transfer_s += max(0.0, elapsed - res.compute_s)
         stats.bytes += moved
         member = self.membership.members.get(node)

@@ -285,7 +285,7 @@ def strip_items(
                 flops[kind] = flops.get(kind, 0) + f
                 calls[kind] = calls.get(kind, 0) + 1
             r0, r1, c0, c1 = rw.need
-            slab = c_in * (r1 - r0) * (c1 - c0) * FLOAT32_BYTES
+            slab = c_in * (r1 - r0) * (c1 - c0) * spec.itemsize_at(st.start)
             strip = c_out * p.region.area * FLOAT32_BYTES
             b_in = moved_in.get((k, q), 0) if after_halo else slab
             b_out = moved_out.get((k, q), 0) if st.transfer == "halo" else strip

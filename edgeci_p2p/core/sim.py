@@ -233,7 +233,7 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
         secs = sum(model.seconds(kind, f) for kind, f in w.unit_flops)
         remote = p.device != testbed.auctioneer
         r0, r1, c0, c1 = w.need
-        in_b = c_in * (r1 - r0) * (c1 - c0) * FLOAT32_BYTES if remote else 0
+        in_b = c_in * (r1 - r0) * (c1 - c0) * spec.itemsize_at(stage.start) if remote else 0
         out_b = c_out * p.region.area * FLOAT32_BYTES if remote else 0
         label = f"[{stage.start},{stage.stop}) {p.region.rows.start}:{p.region.rows.stop}"
         out.append(Task(p.device, in_b, secs, out_b, label))
@@ -407,7 +407,7 @@ def run_segment(
             lane_last[p.device] = (s, q)
             if s == 0 and p.device != aid:
                 r0, r1, cc0, cc1 = needs[s][q]
-                nbytes = c_in * (r1 - r0) * (cc1 - cc0) * FLOAT32_BYTES
+                nbytes = c_in * (r1 - r0) * (cc1 - cc0) * spec.itemsize_at(st.start)
                 txs.append(_Tx(aid, p.device, nbytes, s, q, f"[{st.start},{st.stop}) slab"))
                 lane_wait[s][q] += 1
             if s == last and p.device != aid:

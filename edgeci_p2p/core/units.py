@@ -100,6 +100,10 @@ class ModelSpec:
     fingerprint: str = ""
     """sha256 of the weights this spec was extracted with ('' when unknown)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    input_itemsize: int = 4
+    """Bytes per value of the network input on the wire: 4 (float32), or 1 when the
+    request is an image and its pixels travel (``pixels`` in docs/protocol.md). A
+    property of the request, not of the model: left out of the dict form."""
 
     def __post_init__(self) -> None:
         for i, u in enumerate(self.units):
@@ -114,6 +118,10 @@ class ModelSpec:
     @property
     def n_units(self) -> int:
         return len(self.units)
+
+    def itemsize_at(self, boundary: int) -> int:
+        """Bytes per value of the map at ``boundary`` when it travels."""
+        return self.input_itemsize if boundary == 0 else 4
 
     def shape_at(self, boundary: int) -> tuple[int, int, int]:
         """Shape of the map at cut point ``boundary`` (0 = network input, k = after unit k-1)."""

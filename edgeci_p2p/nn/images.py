@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -41,8 +42,8 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError(f"cannot decode image: {e}") from e
 
 
-def to_input(img: Image.Image, size: str = "224") -> Tensor:
-    """A normalised (1, 3, H, W) float32 batch.
+def to_pixels(img: Image.Image, size: str = "224") -> np.ndarray:
+    """The (1, 3, H, W) uint8 pixels the network input is normalised from.
 
     ``size="224"``: torchvision's standard resize to 256 and centre crop to 224.
     ``size="native"``: the image's own size, no resize or crop.
@@ -51,8 +52,40 @@ def to_input(img: Image.Image, size: str = "224") -> Tensor:
         img = TF.center_crop(TF.resize(img, 256), 224)  # type: ignore[assignment]
     elif size != "native":
         raise ValueError(f"size must be '224' or 'native', not {size!r}")
-    x = TF.to_tensor(img)
-    return TF.normalize(x, list(MEAN), list(STD)).unsqueeze(0).contiguous()
+    hwc = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)[None])
+
+
+def normalise(pixels: np.ndarray) -> Tensor:
+    """Float32 network input from (1, 3, H, W) uint8 pixels, as ``TF.to_tensor`` and
+    ``TF.normalize`` compute it. Element by element, so the rows of a slab normalise
+    to exactly the same floats as the same rows of the whole image: a peer given a
+    slab's pixels computes what the entry peer would have."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"pixels must be (1, 3, H, W) uint8, not {pixels.dtype} {pixels.shape}")
+    x = torch.from_numpy(np.array(pixels)).to(dtype=torch.float32).div(255)
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
+
+
+def pixels_of(x: np.ndarray) -> np.ndarray | None:
+    """The uint8 pixels ``x`` was normalised from, if it was (exactly: normalising them
+    gives ``x`` bit for bit); else None. Lets a preprocessed request travel as pixels."""
+    if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3 or not np.isfinite(x).all():
+        return None
+    mean = np.asarray(MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    raw = np.rint((x * std + mean) * 255)
+    if raw.min() < 0 or raw.max() > 255:
+        return None
+    px = raw.astype(np.uint8)
+    return px if np.array_equal(normalise(px).numpy(), x) else None
+
+
+def to_input(img: Image.Image, size: str = "224") -> Tensor:
+    """A normalised (1, 3, H, W) float32 batch (see :func:`to_pixels`)."""
+    return normalise(to_pixels(img, size))
 
 
 def load_input(path: str | Path, size: str = "224") -> Tensor:

@@ -92,7 +92,7 @@ class Context:
         lo, hi = self.table.need_rows(i, j, a, b)
         return Task(
             device,
-            c_in * w_in * (hi - lo) * FLOAT32_BYTES,
+            c_in * w_in * (hi - lo) * self.spec.itemsize_at(i),
             secs,
             c_out * w_out * (b - a) * FLOAT32_BYTES,
         )

@@ -53,7 +53,6 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from edgeci_p2p.core.cost import Testbed
-from edgeci_p2p.core.geometry import FLOAT32_BYTES
 from edgeci_p2p.core.plan import Plan, Stage, Transfer, segments
 from edgeci_p2p.core.sim import Task, run_stage, simulate
 from edgeci_p2p.core.units import ModelSpec
@@ -110,7 +109,8 @@ class _HaloDP:
         self.bw = [self.tb.link(d).bandwidth for d in range(n_dev)]
         self.rtt = [self.tb.link(d).rtt for d in range(n_dev)]
         self.row_bytes = [
-            c * w * FLOAT32_BYTES for c, _, w in (ctx.spec.shape_at(b) for b in range(ctx.n + 1))
+            c * w * ctx.spec.itemsize_at(b)
+            for b, (c, _, w) in enumerate(ctx.spec.shape_at(b) for b in range(ctx.n + 1))
         ]
         self._layouts: dict[tuple[int, int, bool, bool], Layout | None] = {}
 

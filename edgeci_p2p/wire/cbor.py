@@ -161,7 +161,9 @@ class _Decoder:
         tag_pos = self.pos
         major, _, tag = self.head()
         if major != 6 or tag not in tensors.DTYPE_BY_TAG:
-            raise _malformed("tensor data must be tag 85 (float32-LE) or 84 (float16-LE)", tag_pos)
+            raise _malformed(
+                "tensor data must be tag 85 (float32-LE), 84 (float16-LE) or 64 (uint8)", tag_pos
+            )
         major, _, n = self.head()
         if major != 2:
             raise _malformed("a typed array must hold a byte string", tag_pos)

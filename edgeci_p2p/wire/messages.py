@@ -113,10 +113,10 @@ def _coerce(value: object, tp: Any, path: str) -> Any:
     if origin is np.ndarray:
         if not isinstance(value, np.ndarray):
             raise MessageError(f"{path}: expected a tensor, got {type(value).__name__}")
-        if value.dtype not in (np.float32, np.float16) or not 1 <= value.ndim <= MAX_RANK:
+        if value.dtype not in (np.float32, np.float16, np.uint8) or not 1 <= value.ndim <= MAX_RANK:
             raise MessageError(
-                f"{path}: tensors are float32/float16 of rank 1..{MAX_RANK}, "
-                f"got {value.dtype} rank {value.ndim}"
+                f"{path}: tensors are float32/float16 (uint8 for pixels) of rank "
+                f"1..{MAX_RANK}, got {value.dtype} rank {value.ndim}"
             )
         return value
     if origin is tuple:
@@ -180,8 +180,18 @@ class Record:
         name = type(self).__name__
         for fname, tp in self._fields().items():
             value = _coerce(getattr(self, fname), tp, f"{name}.{fname}")
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype == np.uint8
+                and not self._pixels(fname)
+            ):
+                raise MessageError(f"{name}.{fname}: uint8 tensors travel only as pixels")
             object.__setattr__(self, fname, value)
         self.check()
+
+    def _pixels(self, fname: str) -> bool:
+        """Whether field ``fname`` holds uint8 pixels (messages with a ``pixels`` flag)."""
+        return fname == "input" and bool(getattr(self, "pixels", None))
 
     def check(self) -> None:
         """Cross-field and range checks; raise MessageError."""
@@ -489,6 +499,17 @@ class Rect(Record):
         return self.cols[1] - self.cols[0]
 
 
+def _check_pixels(owner: str, x: Tensor, pixels: bool | None, start: int) -> None:
+    if not pixels:
+        return
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3:
+        raise MessageError(
+            f"{owner}.input: pixels are N x 3 x H x W uint8, got {x.dtype} {list(x.shape)}"
+        )
+    if start != 0:
+        raise MessageError(f"{owner}: pixels are the network input, not unit {start}'s")
+
+
 @dataclass(frozen=True)
 class TileRequest(Message):
     """Run units [start, stop) of ``model`` over ``input`` to produce ``out``."""
@@ -514,10 +535,14 @@ class TileRequest(Message):
     shapes at every boundary depend on it; 'native'-size requests vary it)."""
     deadline_s: float | None = None
     """Result is useless after this many seconds from receipt."""
+    pixels: bool | None = None
+    """``input`` is uint8 RGB pixels of the network input (``start`` 0), to normalise
+    as the entry peer did (``nn/images.normalise``): a quarter of the bytes."""
 
     def check(self) -> None:
         if not 0 <= self.start < self.stop:
             raise MessageError(f"tile_request: unit range [{self.start}, {self.stop}) is empty")
+        _check_pixels("tile_request", self.input, self.pixels, self.start)
         if self.input.ndim != 4:
             raise MessageError(f"tile_request.input: rank {self.input.ndim}, need N x C x H x W")
         if self.input.shape[2:] != (self.slab.height, self.slab.width):
@@ -611,10 +636,14 @@ class StripJob(Message):
     input_hw: tuple[int, int] = (224, 224)
     deadline_s: float | None = None
     """Give up (and say so) after this many seconds from receipt."""
+    pixels: bool | None = None
+    """``input`` is uint8 RGB pixels of the network input (first stage starts at unit
+    0), to normalise as the entry peer did."""
 
     def check(self) -> None:
         if not self.stages:
             raise MessageError("strip_job: no stages")
+        _check_pixels("strip_job", self.input, self.pixels, self.stages[0].start)
         for a, b in zip(self.stages, self.stages[1:], strict=False):
             if a.stop != b.start:
                 raise MessageError(

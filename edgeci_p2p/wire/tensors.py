@@ -1,8 +1,9 @@
 """Tensors on the wire: RFC 8746 typed arrays, zero-copy decode, chunking.
 
-A tensor is ``tag 40 [dims, tag 85 bytes]`` (float32, little-endian) or
-``tag 40 [dims, tag 84 bytes]`` (float16, little-endian): a row-major
-multi-dimensional array (RFC 8746 section 3.1.1) over a typed array (section 2).
+A tensor is ``tag 40 [dims, tag 85 bytes]`` (float32, little-endian),
+``tag 40 [dims, tag 84 bytes]`` (float16, little-endian) or, for image pixels
+only, ``tag 40 [dims, tag 64 bytes]`` (uint8): a row-major multi-dimensional
+array (RFC 8746 section 3.1.1) over a typed array (section 2).
 Nothing else is accepted under tag 40 here: no plain-array contents, no other
 element types, no column-major tag 1040.
 
@@ -29,13 +30,15 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 TAG_NDARRAY: Final = 40
 """RFC 8746 multi-dimensional array, row-major."""
+TAG_UINT8: Final = 64
+"""RFC 8746 uint8 typed array: only image pixels travel so (``pixels`` messages)."""
 TAG_FLOAT16_LE: Final = 84
 TAG_FLOAT32_LE: Final = 85
 
@@ -44,11 +47,16 @@ MAX_RANK: Final = 8
 MAX_DIM: Final = 2**31 - 1
 """Largest single dimension accepted."""
 
-DTYPE_BY_TAG: Final[dict[int, np.dtype[np.floating]]] = {
+DTYPE_BY_TAG: Final[dict[int, np.dtype[Any]]] = {
     TAG_FLOAT32_LE: np.dtype("<f4"),
     TAG_FLOAT16_LE: np.dtype("<f2"),
+    TAG_UINT8: np.dtype("u1"),
 }
-DTYPE_NAMES: Final[dict[str, int]] = {"float32": TAG_FLOAT32_LE, "float16": TAG_FLOAT16_LE}
+DTYPE_NAMES: Final[dict[str, int]] = {
+    "float32": TAG_FLOAT32_LE,
+    "float16": TAG_FLOAT16_LE,
+    "uint8": TAG_UINT8,
+}
 """Dtype names used where a tensor is described without its bytes (chunk refs)."""
 
 Tensor = npt.NDArray[np.floating]
@@ -59,12 +67,15 @@ class TensorError(ValueError):
 
 
 def tag_for(array: npt.NDArray[np.generic]) -> int:
-    """The typed-array tag for ``array``'s dtype; only float32/float16 travel."""
+    """The typed-array tag for ``array``'s dtype; only float32/float16 (and uint8
+    pixels) travel."""
     if array.dtype.kind == "f" and array.dtype.itemsize == 4:
         return TAG_FLOAT32_LE
     if array.dtype.kind == "f" and array.dtype.itemsize == 2:
         return TAG_FLOAT16_LE
-    raise TensorError(f"tensors travel as float32 or float16, not {array.dtype}")
+    if array.dtype == np.uint8:
+        return TAG_UINT8
+    raise TensorError(f"tensors travel as float32, float16 or uint8, not {array.dtype}")
 
 
 def check_shape(dims: object) -> tuple[int, ...]:
@@ -88,7 +99,9 @@ def build(shape: tuple[int, ...], tag: int, data: memoryview) -> Tensor:
     """An array over ``data`` (no copy), after checking tag and byte length."""
     dtype = DTYPE_BY_TAG.get(tag)
     if dtype is None:
-        raise TensorError(f"typed-array tag {tag} is not float32-LE (85) or float16-LE (84)")
+        raise TensorError(
+            f"typed-array tag {tag} is not float32-LE (85), float16-LE (84) or uint8 (64)"
+        )
     need = math.prod(shape) * dtype.itemsize
     if data.nbytes != need:
         raise TensorError(
