@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from test_daemon import start_cluster, stop_all, wait_connected
 
+from edgeci_p2p.aio.daemon import DEFAULT_TILE_OVERHEAD
 from edgeci_p2p.auction.messages import Bid
 from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, PROBE_BYTES
 
@@ -34,7 +35,10 @@ async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> N
         bid = Bid("auc", b.node_id, 0.0, {"probe:conv:1": 0.01}, 1 << 30, 1e12, 0.0, 0.5)
         planned = a._measured_link(bid)
         assert planned.bandwidth == pytest.approx(member.probed_bandwidth)
-        assert planned.rtt == pytest.approx(member.rtt)
+        # Per transfer it still charges the per-tile overhead (the prior until tiles
+        # have been served): a probe measures the link, not the hand-offs around it.
+        assert member.overhead is None
+        assert planned.rtt == pytest.approx(max(member.rtt, DEFAULT_TILE_OVERHEAD))
         # A node with work of its own in flight does not probe: the probe would time
         # its own traffic, not the link.
         member.probe_samples.clear()
