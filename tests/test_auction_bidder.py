@@ -251,3 +251,14 @@ def test_declining_a_re_award_leaves_no_hold() -> None:
     reply = b.accept(bigger, 0.1)
     assert not reply.accepted and reply.reason == "capacity"
     assert "a" not in b.ledger.active and b.committed(0.1) == 0.0
+
+
+def test_an_idle_peer_has_no_backlog_however_long_its_work_was_predicted() -> None:
+    b = bidder()
+    b.add_work(2.0, 10.0, memory=1 << 20)
+    assert b.backlog(10.5) == pytest.approx(1.5)
+    assert b.free_memory(10.5) == b.memory_bytes - (1 << 20)
+    b.idle(10.5)  # it all finished early
+    assert b.backlog(10.5) == 0.0 and b.free_memory(10.5) == b.memory_bytes
+    b.add_work(1.0, 11.0)  # new work queues from now, not from the old predicted end
+    assert b.backlog(11.0) == pytest.approx(1.0)

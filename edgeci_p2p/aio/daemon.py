@@ -548,6 +548,12 @@ class PeerDaemon:
         link, not queueing behind our own traffic."""
         return not (self._running_here or self._queued_tiles or self._pending or self._strip_tasks)
 
+    def _settle(self) -> None:
+        """Work here just ended: with nothing left in flight, no backlog is either."""
+        # Strip jobs count among the queued tiles.
+        if self.bidder is not None and not (self._running_here or self._queued_tiles):
+            self.bidder.idle(time.monotonic())
+
     async def _ping(self, conn: Connection, pad: int = 0) -> None:
         if pad:
             self._probes[(conn.peer.node_id, self._ping_seq)] = pad
@@ -594,6 +600,7 @@ class PeerDaemon:
             return
         finally:
             self._queued_tiles -= 1
+            self._settle()
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
 
@@ -618,6 +625,7 @@ class PeerDaemon:
             return
         finally:
             self._queued_tiles -= 1
+            self._settle()
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(job.request_id, job.tile_id, out.output, out.compute_s))
 
@@ -826,7 +834,12 @@ class PeerDaemon:
                 if m.node_id in self.conns
             ]
             decision = await self.auctioneer.run(
-                request_id, spec, strategy, peers, adjust_bid=self._measured_link
+                request_id,
+                spec,
+                strategy,
+                peers,
+                adjust_bid=self._measured_link,
+                quiet=self._running_here <= 1 and not dry_run,
             )
             if dry_run and decision.round is not None:
                 for peer in decision.round.awards:
@@ -914,6 +927,7 @@ class PeerDaemon:
             return await self._infer_here(req)
         finally:
             self._running_here -= 1
+            self._settle()
 
     def _forward_target(self, req: InferRequest) -> str | None:
         """The peer to pass ``req`` on to, or None to run it here.

@@ -232,6 +232,14 @@ class Bidder:
         self.add_work(r.seconds, now, r.memory)
         return r
 
+    def idle(self, now: float) -> None:
+        """Nothing is queued or running here any more: the delivered work is done,
+        however long it was predicted to take. Without this, work that ran faster
+        than predicted stayed in the backlog until its predicted end, and the next
+        request's bids said this peer was busy."""
+        self.busy_until = min(self.busy_until, now)
+        self._jobs.clear()
+
     def add_work(self, seconds: float, now: float, memory: int = 0) -> float:
         """Queue ``seconds`` of work outside any auction (e.g. the peer's own request).
 
