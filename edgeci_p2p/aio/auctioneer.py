@@ -224,13 +224,7 @@ class Auctioneer:
         key = (strategy, spec.name, spec.input_shape, spec.input_itemsize)
         alone = self._alone.get(key)
         if quiet and alone is not None and alone[0] > self.clock() and alone[1] == set(peers):
-            local = self.local_decision(spec, None)
-            local.plan = replace(
-                local.plan,
-                strategy=strategy,
-                notes={"decision": "local: distributing predicted < 10% gain (recent round)"},
-            )
-            return local
+            return self._alone_decision(spec, strategy, None, "(recent round)")
         self._alone.pop(key, None)
         decider = self._decider(strategy, spec)
         lock = self._locks.setdefault(id(decider), threading.Lock())
@@ -292,14 +286,17 @@ class Auctioneer:
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
             self._alone[key] = (self.clock() + ALONE_TTL, frozenset(peers))
-            local = self.local_decision(spec, rnd)
-            local.plan = replace(
-                local.plan,
-                strategy=strategy,
-                notes={"decision": "local: distributing predicted < 10% gain"},
-            )
-            return local
+            return self._alone_decision(spec, strategy, rnd, "")
         return Decision(plan, testbed, rnd, left_out)
+
+    def _alone_decision(
+        self, spec: ModelSpec, strategy: str, rnd: AuctionRound | None, how: str
+    ) -> Decision:
+        """The local plan, under the requested strategy's name, saying why."""
+        local = self.local_decision(spec, rnd)
+        note = f"local: distributing predicted < {LOCAL_MARGIN:.0%} gain {how}".strip()
+        local.plan = replace(local.plan, strategy=strategy, notes={"decision": note})
+        return local
 
     def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
         if plan.predicted is None or len(set(plan.devices)) <= 1:
