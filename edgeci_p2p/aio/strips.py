@@ -292,6 +292,17 @@ def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float]:
     return y, time.perf_counter() - t
 
 
+def _covered(have: list[tuple[int, Array]], a: int, b: int) -> bool:
+    """Whether input rows ``[a, b)`` are all here (without gathering them)."""
+    at = a
+    for start, arr in sorted(have, key=lambda h: h[0]):
+        if start <= at < start + arr.shape[2]:
+            at = start + arr.shape[2]
+            if at >= b:
+                return True
+    return at >= b
+
+
 def _rows(have: list[tuple[int, Array]], a: int, b: int) -> Array | None:
     """Input rows ``[a, b)`` from what is here (own and received pieces), or None."""
     out: list[Array] = []
@@ -360,7 +371,7 @@ async def run_strip_job(
                 out.halo_in += int(got.nbytes)
                 waiting.remove(r)
             # Edges first when they can run; else whatever can (never idle needlessly).
-            ready = [(p, xin) for p in todo if (xin := _rows(have, *p.need)) is not None]
+            ready = [p for p in todo if _covered(have, *p.need)]
             if not ready:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -370,7 +381,9 @@ async def run_strip_job(
                 await mailbox.wait(job.request_id, job.job_id, left)
                 wait_s += time.perf_counter() - t
                 continue
-            p, xin = next(((p, xin) for p, xin in ready if p.sends), ready[0])
+            p = next((p for p in ready if p.sends), ready[0])
+            xin = _rows(have, *p.need)
+            assert xin is not None
             t0 = time.perf_counter()
             try:
                 yp, took = await loop.run_in_executor(
