@@ -36,13 +36,17 @@ async def test_a_recent_finding_that_alone_is_best_skips_the_next_round(
         a._running_here = 2
         busy, _ = await a.make_plan("r3", "resnet34", "edgeci", 224, 224)
         assert busy.round is not None
-        # Stale: a round again (and its finding is reused after it).
+        # Found with every peer idle, the finding holds ALONE_IDLE_TTL: busier peers
+        # could only make distributing worse.
         a._running_here = 1
         clock[0] += auctioneer_mod.ALONE_TTL + 0.1
-        stale, _ = await a.make_plan("r4", "resnet34", "edgeci", 224, 224)
+        held, _ = await a.make_plan("r4", "resnet34", "edgeci", 224, 224)
+        assert held.round is None
+        clock[0] += auctioneer_mod.ALONE_IDLE_TTL
+        stale, _ = await a.make_plan("r5", "resnet34", "edgeci", 224, 224)
         assert stale.round is not None
         # Another model, or another strategy, has its own finding.
-        other, _ = await a.make_plan("r5", "resnet34", "edgeci-halo", 224, 224)
+        other, _ = await a.make_plan("r6", "resnet34", "edgeci-halo", 224, 224)
         assert other.round is not None
     finally:
         a._running_here = 0
@@ -72,3 +76,13 @@ async def test_peers_that_finished_bid_no_backlog() -> None:
             assert d.bidder.backlog(time.monotonic()) == 0.0
     finally:
         await stop_all(daemons)
+
+
+def test_a_finding_made_while_a_peer_was_busy_holds_only_briefly() -> None:
+    from edgeci_p2p.auction.messages import Bid
+
+    idle = [Bid("auc", p, 0.0, {"probe:conv:1": 0.01}) for p in ("a", "b")]
+    busy = [*idle[:1], Bid("auc", "b", 0.05, {"probe:conv:1": 0.01})]
+    assert auctioneer_mod.alone_ttl(idle) == auctioneer_mod.ALONE_IDLE_TTL
+    assert auctioneer_mod.alone_ttl(busy) == auctioneer_mod.ALONE_TTL
+    assert auctioneer_mod.ALONE_TTL < auctioneer_mod.ALONE_IDLE_TTL

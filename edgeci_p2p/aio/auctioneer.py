@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +43,10 @@ LOCAL_MARGIN = 0.1
 ALONE_TTL = 1.0
 """Seconds a round's finding that distributing does not pay is reused while this node
 is otherwise idle and its peers are the same (then a round is held again)."""
+ALONE_IDLE_TTL = 10.0
+"""The same when every peer bid with no backlog: busier peers could only make
+distributing worse, so only a change of peers, links or this node's own load (which
+the other conditions catch) could turn the finding; held longer."""
 
 AUCTIONED = ("edgeci", "edgeci-halo")
 """Strategies planned by AWAS from live bids (backlog included); the baselines plan
@@ -218,8 +222,9 @@ class Auctioneer:
         ``adjust_bid`` lets the caller replace a bid's link figures with its own
         measurements of that peer's link before the round sees them. ``quiet``: this
         node runs no other request; then a round that found, less than
-        :data:`ALONE_TTL` ago and among the same peers, that distributing does not
-        pay is not held again (its answer would be the same, and it costs 6-9 ms).
+        :data:`ALONE_TTL` (:data:`ALONE_IDLE_TTL` if every peer was idle) ago and
+        among the same peers, that distributing does not pay is not held again (its
+        answer would be the same, and it costs 6-9 ms).
         """
         key = (strategy, spec.name, spec.input_shape, spec.input_itemsize)
         alone = self._alone.get(key)
@@ -285,7 +290,8 @@ class Auctioneer:
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
-            self._alone[key] = (self.clock() + ALONE_TTL, frozenset(peers))
+            ttl = alone_ttl(rnd.bids.values())
+            self._alone[key] = (self.clock() + ttl, frozenset(peers))
             return self._alone_decision(spec, strategy, rnd, "")
         return Decision(plan, testbed, rnd, left_out)
 
@@ -373,6 +379,11 @@ class Auctioneer:
             and peer not in rnd.delivered
         ):
             rnd.mark_delivered(peer, self.clock())
+
+
+def alone_ttl(bids: Iterable[am.Bid]) -> float:
+    """How long a finding that distributing does not pay, made from ``bids``, holds."""
+    return ALONE_IDLE_TTL if all(b.backlog <= 0 for b in bids) else ALONE_TTL
 
 
 def _releases(rnd: AuctionRound) -> list[Any]:
