@@ -209,3 +209,32 @@ async def test_huge_image_unknown_model_and_bad_image(daemon: PeerDaemon) -> Non
         # The same connection still answers.
         r = await c.infer(sample_image_path().read_bytes(), model="resnet34")
         assert len(r.top_k) == 5
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_request_id_already_being_answered_is_refused(daemon: PeerDaemon) -> None:
+    """Tiles, strip jobs and the input's pixels are found by request id: a second
+    request under the same id while the first runs is refused, and the first is
+    answered right (the same photo twice here, so a mix-up would not show in the
+    logits; the refusal is what keeps two different inputs apart)."""
+    from edgeci_p2p.wire.messages import InferRequest, InferResult
+
+    image = sample_image_path().read_bytes()
+    async with Client(f"127.0.0.1:{daemon.port}") as c1, Client(f"127.0.0.1:{daemon.port}") as c2:
+
+        async def send(c: Client) -> object:
+            req = InferRequest("same-id", "resnet34", image=image, strategy="local")
+            try:
+                return await c._call(req, InferResult, "same-id")
+            except ClientError as e:
+                return e
+
+        got = await asyncio.gather(send(c1), send(c2))
+    errors = [g for g in got if isinstance(g, ClientError)]
+    results = [g for g in got if isinstance(g, InferResult)]
+    assert len(errors) == 1 and len(results) == 1
+    assert errors[0].code == int(ErrorCode.BAD_REQUEST)
+    assert "already being answered" in str(errors[0])
+    assert len(results[0].top_k) == 5
+    assert not daemon._answering  # and the id is free again

@@ -242,6 +242,8 @@ class PeerDaemon:
         self._forwards: dict[str, tuple[asyncio.Future[InferResult], str]] = {}
         self._forwarded_to: dict[str, int] = {}
         """Requests in flight that this node forwarded, per peer."""
+        self._answering: set[str] = set()
+        """Ids of the requests this node is answering (here or through a forward)."""
         self._pixels: dict[str, np.ndarray] = {}
         """Requests answered here whose input is image pixels: sent on as uint8."""
         self._probes: dict[tuple[str, int], int] = {}
@@ -911,6 +913,20 @@ class PeerDaemon:
         """Answer ``req``: here, or, when this node is busy with earlier requests and
         a peer is idler, on that peer (a stream's frames spread over the cluster without
         the entry peer planning or decoding them). A forward that fails runs here."""
+        if req.request_id in self._answering:
+            # Tiles, strip jobs and the input's pixels are all found by request id.
+            raise RequestError(
+                ErrorCode.BAD_REQUEST,
+                f"request id {req.request_id!r} is already being answered here: "
+                "give every request its own id",
+            )
+        self._answering.add(req.request_id)
+        try:
+            return await self._infer_once(req)
+        finally:
+            self._answering.discard(req.request_id)
+
+    async def _infer_once(self, req: InferRequest) -> InferResult:
         target = self._forward_target(req)
         if target is not None:
             try:
