@@ -379,16 +379,16 @@ def run_segment(
                 pieces = edge_first_pieces(work, st.start, st.stop, rows, sent)
             else:
                 pieces = ()
-            own = next((x.region.rows for x in stages[s - 1].parts if x.device == p.device), None)
-            if s > 0 and (
-                own is None
-                or any(
+            if len(pieces) > 1 and s > 0:
+                own = next(
+                    (x.region.rows for x in stages[s - 1].parts if x.device == p.device), None
+                )
+                if own is None or any(
                     not own.start <= pc.need[0] < pc.need[1] <= own.stop
                     for pc in pieces
                     if not pc.sends
-                )
-            ):
-                pieces = ()  # the middle reads rows from neighbours too: it waits like the edges
+                ):
+                    pieces = ()  # the middle reads neighbours' rows too: it waits like the edges
             if len(pieces) > 1:
                 edge = sum(
                     model.seconds(k, f) for pc in pieces if pc.sends for k, f in pc.unit_flops
