@@ -386,6 +386,7 @@ class Bench:
             sys.executable, str(CLIENT), "--peer", self.address(0),
             "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
             "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
+            "--gap", str(a.gap),
         ]  # fmt: skip
         if lay.netns:
             argv = ["ip", "netns", "exec", lay.peers[0].namespace, *argv]
@@ -459,6 +460,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=8192,
         help="cpu.shares of the peers' cgroups (0 = the kernel default 1024): high, so that "
         "other load on the machine does not flatten the quotas",
+    )
+    p.add_argument(
+        "--gap",
+        type=float,
+        default=0.25,
+        help="seconds of quiet before each request: every strategy starts from refilled "
+        "CPU quotas, not from what the request before it left (0: back to back)",
     )
     p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
     p.add_argument("--start-timeout", type=float, default=300.0)

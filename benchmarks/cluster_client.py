@@ -5,6 +5,12 @@ model, then K rounds of one request per strategy (strategies interleaved, so a
 drift in machine load touches all of them alike) and prints one JSON object per
 line on stdout: ``{"event": "status"|"result"|"error", ...}``.
 
+Every request starts after ``--gap`` seconds of quiet, and each round starts the
+order one strategy later. Under CFS quotas a peer's speed over the next few hundred
+milliseconds depends on how much of the current 100 ms period's quota the request
+before used up; back to back, in a fixed order, each strategy would always inherit
+the state its predecessor left (``local`` always came after ``deepthings``).
+
     python benchmarks/cluster_client.py --peer HOST:PORT --expect-peers 3 --k 5 \
         [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...]
 """
@@ -62,7 +68,9 @@ async def measure(args: argparse.Namespace) -> int:
             for strategy in args.warmup.split(","):
                 await c.infer(x, model=model, strategy=strategy)
             for rep in range(args.k):
-                for strategy in strategies:
+                shift = rep % len(strategies)
+                for strategy in strategies[shift:] + strategies[:shift]:
+                    await asyncio.sleep(args.gap)
                     t0 = time.perf_counter()
                     try:
                         r = await c.infer(x, model=model, strategy=strategy)
@@ -105,6 +113,12 @@ def main() -> int:
     p.add_argument("--models", default="vgg16,resnet34")
     p.add_argument("--strategies", default="edgeci,aofl,edgeld,modnn,deepthings,local")
     p.add_argument("--warmup", default="edgeci", help="strategies of the warm-up requests")
+    p.add_argument(
+        "--gap",
+        type=float,
+        default=0.25,
+        help="seconds of quiet before each request (CPU quotas refill, queues drain)",
+    )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     args = p.parse_args()
