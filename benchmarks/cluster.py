@@ -136,8 +136,20 @@ def summarise(
     return rows
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """25th and 75th percentile (inclusive method; both equal the value when n = 1).
+
+    Under CFS quotas the same plan's latency spreads by a third from one request to the
+    next, so two medians closer than this spread do not rank two strategies."""
+    if len(values) == 1:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where the time went, per (model, strategy): medians of the daemon's timing."""
+    """Where the time went, per (model, strategy): medians of the daemon's timing, and
+    the latency's quartiles."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["strategy"]), []).append(r)
@@ -148,12 +160,15 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [v for v in map(f, rs) if v is not None]
             return round(statistics.median(values) * 1e3, 1) if values else None
 
+        p25, p75 = quartiles([float(x["latency_s"]) for x in rs])
         out.append(
             {
                 "model": model,
                 "strategy": strategy,
                 "n": len(rs),
                 "latency_ms": med(lambda x: x["latency_s"]),
+                "p25_ms": round(p25 * 1e3, 1),
+                "p75_ms": round(p75 * 1e3, 1),
                 "auction_ms": med(lambda x: x["auction_s"]),
                 "exec_ms": med(exec_seconds),
                 "predicted_ms": med(lambda x: x["predicted_s"]),
@@ -172,7 +187,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> str:
     head = (
-        f"{'model':<9} {'strategy':<11} {'median ms':>10} {'speedup':>8} {'effic.':>7} "
+        f"{'model':<9} {'strategy':<11} {'median ms':>10} {'p25-p75 ms':>13} {'speedup':>8} "
+        f"{'effic.':>7} "
         f"{'MB@auct':>8} {'pred.err':>8} | {'exec ms':>8} {'pred ms':>8} {'auction':>8} "
         f"{'devices':<10}"
     )
@@ -181,7 +197,8 @@ def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> 
     for r in rows:
         x = d[(r.model, r.strategy)]
         lines.append(
-            f"{r.model:<9} {r.strategy:<11} {r.median_ms:>10.1f} {_fmt(r.speedup, '.2f'):>8} "
+            f"{r.model:<9} {r.strategy:<11} {r.median_ms:>10.1f} "
+            f"{x['p25_ms']:>6.0f}-{x['p75_ms']:<6.0f} {_fmt(r.speedup, '.2f'):>8} "
             f"{_fmt(r.efficiency, '.2f'):>7} {r.bytes / 1e6:>8.2f} "
             f"{_fmt(r.prediction_error, '.1%'):>8} | {x['exec_ms']:>8.1f} "
             f"{_fmt(x['predicted_ms'], '.1f'):>8} {x['auction_ms']:>8.1f} "
@@ -206,8 +223,19 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
         xs = range(len(rs))
         meas = [r.median_ms for r in rs]
         pred = [d[(r.model, r.strategy)]["predicted_ms"] or float("nan") for r in rs]
-        colors = ["tab:green" if r.strategy == "edgeci" else "tab:blue" for r in rs]
-        ax.bar(xs, meas, color=colors, label="measured median (client)")
+        colors = ["tab:green" if r.strategy.startswith("edgeci") else "tab:blue" for r in rs]
+        spread = [
+            [m - d[(r.model, r.strategy)]["p25_ms"] for m, r in zip(meas, rs, strict=True)],
+            [d[(r.model, r.strategy)]["p75_ms"] - m for m, r in zip(meas, rs, strict=True)],
+        ]
+        ax.bar(
+            xs,
+            meas,
+            color=colors,
+            yerr=spread,
+            error_kw={"elinewidth": 0.8, "capsize": 3},
+            label="measured median (client), p25-p75",
+        )
         # The share of the bar spent before any tile runs: bid round, planning, awards.
         over = [d[(r.model, r.strategy)]["auction_ms"] for r in rs]
         ax.bar(
@@ -225,7 +253,7 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
             if r.speedup is not None:
                 ax.annotate(
                     f"{r.speedup:.2f}x",
-                    (x, r.median_ms),
+                    (x, max(r.median_ms, d[(r.model, r.strategy)]["p75_ms"])),
                     ha="center",
                     va="bottom",
                     fontsize=8,

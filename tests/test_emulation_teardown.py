@@ -328,3 +328,33 @@ def test_the_report_measures_speedup_against_local_and_error_against_execution()
     assert median_exec == pytest.approx(0.5 - 0.01 - 0.1)
     assert rows["edgeci"].prediction_error == round(abs(0.3 - median_exec) / median_exec, 3)
     assert rows["modnn"].prediction_error is None and rows["modnn"].bytes == 1000.0
+
+
+def test_the_report_gives_each_strategy_its_latency_quartiles() -> None:
+    from cluster import diagnostics, quartiles, summarise, table
+
+    assert quartiles([0.2]) == (0.2, 0.2)
+    assert quartiles([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx((0.2, 0.4))
+    results = [
+        {
+            "model": "resnet34",
+            "strategy": s,
+            "latency_s": t,
+            "total_s": t,
+            "auction_s": 0.0,
+            "head_s": 0.001,
+            "transfer_s": 0.0,
+            "bytes": 0.0,
+            "predicted_s": 0.14,
+            "devices": [0],
+            "stages": 1,
+        }
+        for s, ts in (("local", (0.10, 0.13, 0.14, 0.15, 0.17)), ("edgeci", (0.12, 0.14)))
+        for t in ts
+    ]
+    diag = {d["strategy"]: d for d in diagnostics(results)}
+    assert (diag["local"]["p25_ms"], diag["local"]["p75_ms"]) == (130.0, 150.0)
+    assert (diag["edgeci"]["p25_ms"], diag["edgeci"]["p75_ms"]) == (125.0, 135.0)
+    text = table(summarise(results, ideal=2.5), list(diag.values()), shaped=True)
+    assert "p25-p75 ms" in text.splitlines()[0]
+    assert "130-150" in text and "125-135" in text
