@@ -492,9 +492,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--gap",
         type=float,
-        default=0.25,
-        help="seconds of quiet before each request: every strategy starts from refilled "
-        "CPU quotas, not from what the request before it left (0: back to back)",
+        default=0.0,
+        help="seconds of quiet before each request (default 0: back to back, the steady "
+        "state of a loaded service; >= 0.2 refills every CFS quota first, which gives "
+        "each request a burst no real device has)",
     )
     p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
     p.add_argument("--start-timeout", type=float, default=300.0)

@@ -5,11 +5,12 @@ model, then K rounds of one request per strategy (strategies interleaved, so a
 drift in machine load touches all of them alike) and prints one JSON object per
 line on stdout: ``{"event": "status"|"result"|"error", ...}``.
 
-Every request starts after ``--gap`` seconds of quiet, and each round starts the
-order one strategy later. Under CFS quotas a peer's speed over the next few hundred
-milliseconds depends on how much of the current 100 ms period's quota the request
-before used up; back to back, in a fixed order, each strategy would always inherit
-the state its predecessor left (``local`` always came after ``deepthings``).
+Each round starts the order one strategy later. Under CFS quotas a peer's speed over
+the next few hundred milliseconds depends on how much of the current 100 ms period's
+quota the request before used up; in a fixed order each strategy would always
+inherit the state the same predecessor left. ``--gap`` seconds of quiet before each
+request (default 0, back to back) refill every quota instead, which gives every
+request a burst at full-core speed that a real device of that speed does not have.
 
     python benchmarks/cluster_client.py --peer HOST:PORT --expect-peers 3 --k 5 \
         [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...]
@@ -116,8 +117,8 @@ def main() -> int:
     p.add_argument(
         "--gap",
         type=float,
-        default=0.25,
-        help="seconds of quiet before each request (CPU quotas refill, queues drain)",
+        default=0.0,
+        help="seconds of quiet before each request (0: back to back)",
     )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
