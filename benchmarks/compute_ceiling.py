@@ -9,9 +9,11 @@ thread each, and no sockets. Every "request", the four workers start at once on 
 row strip of the input sized by their quota (VGG-16's convolutions are linear in
 the rows), the 0.6-core worker also runs the classifier, and the request ends when
 the last one finishes. That is perfect strip parallelism: no halo recompute, no
-transfer, no planning. ``--barriers`` adds what a halo exchange cannot avoid: no
-worker starts a layer before every worker has finished the layer before (a
-neighbour's halo rows), which is where one peer's CFS pause stalls the others.
+transfer, no planning. The other modes add what synchronisation costs: ``pool``
+and ``conv``, no worker starts a layer before every worker has finished the pool
+(or convolution) before it; ``halo``, before its neighbours (the strips above and
+below) have finished the convolution before it, which is all a halo exchange needs.
+That is where one peer's CFS pause stalls the others.
 
     sudo .venv/bin/python benchmarks/compute_ceiling.py [--k 20] [--model vgg16]
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import selectors
 import statistics
 import subprocess
 import sys
@@ -40,7 +43,7 @@ from emulation import Emulation, Layout, SystemHost, can_emulate, make_layout  #
 
 SHARES = (0.6, 0.4, 0.3, 0.2)
 IMAGE = 224
-MODES = ("free", "conv", "pool")
+MODES = ("free", "pool", "conv", "halo")
 
 
 # ---- worker (runs inside one cgroup) -------------------------------------------------
@@ -118,26 +121,45 @@ def strip_rows(shares: Sequence[float]) -> list[int]:
 
 
 def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float]]:
+    """All workers start at once; returns the wall time until the last is done and
+    each worker's own time. A worker that reports a barrier (it finished layer L)
+    waits until it may go on: in ``conv`` and ``pool`` mode once every worker has
+    finished layer L, in ``halo`` mode once its neighbours (the strips above and
+    below) have, which is all a halo exchange needs."""
     t0 = time.perf_counter()
+    wire = "conv" if mode == "halo" else mode
     for w in workers:
-        w.send(mode)
-    pending = list(workers)
+        w.send(wire)
+    n = len(workers)
+    reached = [0] * n  # barriers passed (layers finished) per worker
+    waiting = [False] * n
     done: dict[int, float] = {}
-    while pending:
-        # Lockstep: every worker reports each barrier; release them together once all
-        # have arrived (the slowest neighbour gates the layer).
-        replies = [(w, w.recv()) for w in pending]
-        still = []
-        for w, r in replies:
-            if r.startswith("done"):
-                done[id(w)] = float(r.split()[1])
-            else:
-                still.append(w)
-        for w in still:
-            w.send("go")
-        pending = still
+    sel = selectors.DefaultSelector()
+    for i, w in enumerate(workers):
+        sel.register(w.stdout, selectors.EVENT_READ, i)
+    try:
+        while len(done) < n:
+            for key, _ in sel.select():
+                i = key.data
+                r = workers[i].recv()
+                if r.startswith("done"):
+                    done[i] = float(r.split()[1])
+                    reached[i] = 1 << 30
+                    sel.unregister(key.fileobj)
+                else:
+                    reached[i] += 1
+                    waiting[i] = True
+            for i in range(n):
+                if not waiting[i]:
+                    continue
+                gate = [i - 1, i + 1] if mode == "halo" else range(n)
+                if all(reached[j] >= reached[i] for j in gate if 0 <= j < n):
+                    waiting[i] = False
+                    workers[i].send("go")
+    finally:
+        sel.close()
     wall = 1000 * (time.perf_counter() - t0)
-    return wall, [done[id(w)] for w in workers]
+    return wall, [done[i] for i in range(n)]
 
 
 def _measure(
@@ -232,9 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds of quiet before each request (0: back to back, as benchmarks/cluster.py)",
     )  # fmt: skip
     p.add_argument(
-        "--modes", default="free,conv,pool",
-        help="free: no synchronisation; conv: every worker waits for all after each "
-        "conv layer (a halo exchange per layer); pool: after each pool (per block)",
+        "--modes", default="free,pool,conv,halo",
+        help="free: no synchronisation; pool: every worker waits for all after each pool "
+        "(one exchange per block); conv: for all after each conv layer; halo: for its "
+        "neighbours after each conv layer (a halo exchange per layer)",
     )  # fmt: skip
     p.add_argument(
         "--split", type=lambda v: [int(x) for x in v.split(",")],
