@@ -20,6 +20,7 @@ from edgeci_p2p.wire.messages import (
     Chunk,
     Error,
     HaloRows,
+    HeadJob,
     Hello,
     InferRequest,
     InferResult,
@@ -94,6 +95,15 @@ def samples() -> list[Message]:
             deadline_s=1.5,
         ),
         TileResult("req-1", 3, rng.standard_normal((1, 64, 2, 5)).astype(np.float32), 0.02),
+        HeadJob(
+            "req-1",
+            999_999,
+            "vgg16",
+            "f" * 16,
+            rng.standard_normal((1, 512, 7, 7)).astype(np.float32),
+            input_hw=(224, 224),
+            deadline_s=0.5,
+        ),
         StripJob(
             "req-1",
             9,
@@ -280,6 +290,20 @@ BAD_WIRE: list[tuple[str, dict[str, Any]]] = [
         {
             **TileResult("r", 0, np.zeros((1, 1, 1, 1), np.float32), 0.0).to_wire(),
             "output": np.zeros((1, 1, 1), np.float32),
+        },
+    ),
+    (
+        "rank-2 head input",
+        {
+            **HeadJob("r", 0, "m", "f", np.zeros((1, 1, 1, 1), np.float32)).to_wire(),
+            "input": np.zeros((1, 512), np.float32),
+        },
+    ),
+    (
+        "pixels as a head input",
+        {
+            **HeadJob("r", 0, "m", "f", np.zeros((1, 1, 1, 1), np.float32)).to_wire(),
+            "input": np.zeros((1, 3, 7, 7), np.uint8),
         },
     ),
     (

@@ -42,7 +42,7 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.round import RoundConfig
 from edgeci_p2p.core.cost import ComputeModel, Testbed
-from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, trace
+from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, head_flops, trace
 from edgeci_p2p.core.membership import (
     HEARTBEAT_INTERVAL,
     PROBE_BYTES,
@@ -68,6 +68,7 @@ from edgeci_p2p.wire.messages import (
     Cancel,
     Error,
     HaloRows,
+    HeadJob,
     InferRequest,
     InferResult,
     Message,
@@ -93,6 +94,8 @@ log = logging.getLogger("edgeci.peer")
 STRATEGIES = ("edgeci", "edgeci-halo", "local", "modnn", "deepthings", "edgeld", "aofl")
 STRIP_TILE_BASE = 1 << 24
 """Strip jobs' tile ids start here (gather tiles' ids stay far below)."""
+HEAD_TILE_ID = STRIP_TILE_BASE - 1
+"""The tile id of a request's head job (``Plan.head_device``)."""
 STRIP_TIMEOUT = 60.0
 """Seconds a strip job without a deadline of its own may take here."""
 DEFAULT_BANDWIDTH = 2e8
@@ -475,6 +478,8 @@ class PeerDaemon:
                 self.membership.heartbeat(conn.peer.node_id, now, max(0.0, now - msg.echo))
         elif isinstance(msg, TileRequest):
             self._spawn(self._run_tile_for(conn, msg))
+        elif isinstance(msg, HeadJob):
+            self._spawn(self._run_head_for(conn, msg))
         elif isinstance(msg, StripJob):
             key = (msg.request_id, msg.tile_id)
             self._strip_tasks[key] = self._spawn(self._run_strip_for(conn, msg))
@@ -605,6 +610,39 @@ class PeerDaemon:
             self._settle()
         with contextlib.suppress(ConnectionLost):
             await conn.send(TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
+
+    async def _run_head_for(self, conn: Connection, job: HeadJob) -> None:
+        """The head of an auctioneer's request (its plan put it here): the logits back as
+        a tile result, N x classes x 1 x 1."""
+        assert self.store is not None
+        if self._queued_tiles >= self.config.max_queued_tiles:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", job.request_id))
+            return
+        self._queued_tiles += 1
+        t0 = time.perf_counter()
+        try:
+            self.store.get(job.model, job.fingerprint)
+            want = self.store.spec(job.model, *job.input_hw).head.in_shape
+            if tuple(job.input.shape[1:]) != want:
+                raise WorkError(
+                    f"head_job: the last map of {job.model} at {list(job.input_hw)} is "
+                    f"{list(want)}, got {list(job.input.shape[1:])}"
+                )
+            hw = (int(job.input_hw[0]), int(job.input_hw[1]))
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self.worker, self.store.head, job.model, hw, torch.from_numpy(job.input.copy())
+            )
+        except (WorkError, UnknownModelError, ValueError) as e:
+            with contextlib.suppress(ConnectionLost):
+                await conn.send(Error(int(ErrorCode.BAD_REQUEST), str(e), job.request_id))
+            return
+        finally:
+            self._queued_tiles -= 1
+            self._settle()
+        out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(TileResult(job.request_id, job.tile_id, out, time.perf_counter() - t0))
 
     async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
         """A strip job from an auctioneer: run it, answer with the last strip or an error."""
@@ -1095,7 +1133,9 @@ class PeerDaemon:
                     req, decision, first, last, cur, spec, fingerprint, stats
                 )
         t_head = time.perf_counter()
-        logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
+        logits = await self._remote_head(req, decision, cur, spec, fingerprint, stats)
+        if logits is None:
+            logits = await loop.run_in_executor(self.worker, store.head, req.model, (h, w), cur)
         head_s = time.perf_counter() - t_head
         labels = store.labels(req.model)
         top = [
@@ -1128,6 +1168,72 @@ class PeerDaemon:
             timing_out,
             plan_dict,
         )
+
+    async def _remote_head(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        cur: torch.Tensor,
+        spec: ModelSpec,
+        fingerprint: str,
+        stats: RunStats,
+    ) -> torch.Tensor | None:
+        """The logits from the plan's head device, or None to run the head here: when
+        the plan keeps it here, or that device fails, refuses or misses its deadline
+        (the map is still here, so the request loses only the time spent waiting)."""
+        plan, nodes = decision.plan, decision.nodes
+        if plan.head_device is None or plan.head_device == plan.auctioneer:
+            return None
+        node = nodes[plan.head_device]
+        conn = self.conns.get(node)
+        if node == self.node_id or conn is None:
+            return None
+        x = np.ascontiguousarray(cur.numpy(), dtype=np.float32)
+        tb = decision.testbed
+        predicted = (
+            tb.link(plan.head_device).seconds(x.nbytes)
+            + tb.devices[plan.head_device].compute.seconds("head", head_flops(spec))
+            if node in tb.names
+            else 0.0
+        )
+        deadline = predicted * self.config.tile_deadline_factor + self.config.tile_deadline_margin
+        loop = asyncio.get_running_loop()
+        key = (req.request_id, HEAD_TILE_ID)
+        fut: asyncio.Future[TileResult] = loop.create_future()
+        fut.node_id = node  # type: ignore[attr-defined]
+        self._pending[key] = fut
+        job = HeadJob(
+            req.request_id,
+            HEAD_TILE_ID,
+            req.model,
+            fingerprint,
+            x,
+            input_hw=(spec.input_shape[1], spec.input_shape[2]),
+            deadline_s=deadline,
+        )
+        try:
+            await conn.send(job)
+            res = await asyncio.wait_for(fut, deadline)
+            got = res.output.shape
+            if got != (x.shape[0], spec.head.num_classes, 1, 1):
+                raise RequestError(
+                    ErrorCode.REQUEST_FAILED,
+                    f"logits of shape {list(got)}, not {[x.shape[0], spec.head.num_classes]}",
+                )
+        except (ConnectionLost, RequestError, TimeoutError) as e:
+            stats.retries += 1
+            log.warning(
+                "head of %s on %s failed (%s); running it here",
+                req.request_id,
+                node,
+                str(e) or type(e).__name__,
+            )
+            return None
+        finally:
+            self._pending.pop(key, None)
+        stats.bytes += x.nbytes + res.output.nbytes
+        stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
+        return torch.from_numpy(res.output.reshape(res.output.shape[0], -1).copy())
 
     async def _gather_stage(
         self,

@@ -40,12 +40,21 @@ from edgeci_p2p.auction.winner import bottleneck_assignment
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
 from edgeci_p2p.core.geometry import FLOAT32_BYTES, full_flops, head_flops
 from edgeci_p2p.core.plan import Part, Plan, Stage, moves_between, segments
-from edgeci_p2p.core.sim import Event, head_seconds, run_segment, simulate, stage_tasks
+from edgeci_p2p.core.sim import (
+    Event,
+    head_at_seconds,
+    head_bytes,
+    head_seconds,
+    run_segment,
+    simulate,
+    stage_tasks,
+)
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.head import place_head
 
 STRATEGIES: tuple[str, ...] = ("edgeci", "edgeci-halo")
 """What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments."""
@@ -205,11 +214,14 @@ def place_strips(
         else:
             stages.append(st)
             total += old
-    placed = ctx.make_plan(
-        plan.strategy,
-        stages,
-        predicted=total + ctx.head_seconds(),
-        notes={**plan.notes, "placed_by": "epsilon-auction"},
+    placed = replace(
+        ctx.make_plan(
+            plan.strategy,
+            stages,
+            predicted=total + head_at_seconds(ctx.spec, ctx.testbed, plan.head_at),
+            notes={**plan.notes, "placed_by": "epsilon-auction"},
+        ),
+        head_device=plan.head_device,
     )
     if offsets is not None and judge is not None and judge(placed) >= judge(plan):
         return plan
@@ -465,12 +477,15 @@ class AwasPlanner:
         judge: Callable[[Plan], float],
     ) -> tuple[Plan, Testbed, dict[str, str]]:
         """DPFL on the share-model cluster of ``bids``, then strips placed twice: by
-        exact strip times, then by backlog plus strip time (kept if ``judge`` agrees)."""
+        exact strip times, then by backlog plus strip time (kept if ``judge`` agrees);
+        then the head placed (:func:`~edgeci_p2p.planners.head.place_head`)."""
         tb, left = testbed_from_bids(call, bids, span, self.shared_medium, self.min_share)
         ctx = Context(self.spec, tb)
         plan = place_strips(self._planner(ctx), ctx)
         offsets = [backlog.get(n, 0.0) for n in tb.names]
-        return place_strips(plan, ctx, offsets, judge), tb, left
+        placed = place_strips(plan, ctx, offsets, judge)
+        # The head last: strip placement rebuilds the plan with the head at home.
+        return place_head(placed, self.spec, tb), tb, left
 
 
 def _without_backlog(b: Bid) -> Bid:
@@ -549,4 +564,11 @@ def predict_with_backlog(
                 radio_in = radio_out
             end = max(end, radio_out + link.rtt / 2)
         t = end
-    return max(t, free[aid]) + head_seconds(spec, testbed)
+    h = index[plan.devices[plan.head_at]]
+    if h == aid:
+        return max(t, free[aid]) + head_seconds(spec, testbed)
+    # The last map out to the head device, the head after its own queue, the logits back.
+    out_b, back_b = head_bytes(spec)
+    link = testbed.link(h)
+    run = testbed.devices[h].compute.seconds("head", head_flops(spec))
+    return max(t + link.seconds(out_b), free[h]) + run + link.seconds(back_b)

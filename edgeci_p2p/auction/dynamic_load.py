@@ -46,8 +46,9 @@ from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.messages import Award, Release
 from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
 from edgeci_p2p.core.cost import LinkModel, Testbed
+from edgeci_p2p.core.geometry import head_flops
 from edgeci_p2p.core.plan import Part, Plan, Stage, single_stage
-from edgeci_p2p.core.sim import Task, head_seconds, simulate, stage_tasks
+from edgeci_p2p.core.sim import Task, head_bytes, head_seconds, simulate, stage_tasks
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 
@@ -183,7 +184,19 @@ def execute(
         parts = tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts)
         tasks = stage_tasks(Stage(st.start, st.stop, parts), spec, tb, work)
         t = _run_stage(tasks, tb, world, t)
-    return world.run_task_compute(tb.auctioneer, t, head_seconds(spec, tb))
+    h, aid = index[plan.devices[plan.head_at]], tb.auctioneer
+    if h == aid:
+        return world.run_task_compute(aid, t, head_seconds(spec, tb))
+    # The head on another device: the last map out on the auctioneer's radio, the head
+    # in that device's queue, the logits back.
+    out_b, back_b = head_bytes(spec)
+    link = tb.links[h]
+    dur = out_b / link.bandwidth
+    sent = world.radio(aid, True).reserve(t, dur) + dur + link.rtt / 2
+    run = tb.devices[h].compute.seconds("head", head_flops(spec))
+    done = world.run_task_compute(h, sent, run)
+    dur = back_b / link.bandwidth
+    return world.radio(aid, False).reserve(done, dur) + dur + link.rtt / 2
 
 
 def _run_stage(tasks: Sequence[Task], tb: Testbed, world: World, t0: float) -> float:

@@ -5,7 +5,11 @@ unit range ``[start, stop)`` (boundaries as in :mod:`edgeci_p2p.core.geometry`)
 and splits the map it produces at boundary ``stop`` into :class:`Part` objects,
 each an output region (a full-width row strip or a 2-D tile) computed by one
 device. A stage run wholly on one device is a single part covering the map.
-The head (global pool + classifier) always runs on the auctioneer.
+The last map is always assembled on the auctioneer. The head (global pool +
+classifier) runs there too, unless ``Plan.head_device`` names another device: the
+auctioneer then sends that device the whole last map and gets the logits back
+(a slow entry device, a camera say, would otherwise run VGG's 124M-weight
+classifier itself).
 
 How data moves between stages is explicit, per boundary, in ``Stage.transfer``
 (how the stage's output leaves it) and ``Stage.schedule`` (how its inputs are
@@ -91,7 +95,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
-    """A whole inference: stages then the head on the auctioneer."""
+    """A whole inference: stages, then the head (on the auctioneer or ``head_device``)."""
 
     model: str
     strategy: str
@@ -104,6 +108,13 @@ class Plan:
     """The planner's own latency prediction in seconds (None when it has none)."""
     notes: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form planner facts (chosen parameters), kept in the dict form."""
+    head_device: int | None = None
+    """The device that runs the head on the last map, if not the auctioneer."""
+
+    @property
+    def head_at(self) -> int:
+        """The device that runs the head."""
+        return self.auctioneer if self.head_device is None else self.head_device
 
     # ---- human-readable form ------------------------------------------------------------
 
@@ -118,7 +129,8 @@ class Plan:
             parts = " ".join(_part_str(p, self.devices, tiles) for p in st.parts)
             sched = "" if st.schedule == "push" else f" ({st.schedule})"
             lines.append(f"  units [{st.start:>2},{st.stop:>2}){sched}: {parts} -> {st.transfer}")
-        lines.append(f"  head @ {self.devices[self.auctioneer]}")
+        via = "" if self.head_at == self.auctioneer else " (the last map sent there)"
+        lines.append(f"  head @ {self.devices[self.head_at]}{via}")
         return "\n".join(lines)
 
     # ---- plain-dict form (CBOR / JSON) ---------------------------------------------------
@@ -130,6 +142,7 @@ class Plan:
             "testbed": self.testbed,
             "devices": list(self.devices),
             "auctioneer": self.auctioneer,
+            **({} if self.head_device is None else {"head_device": self.head_device}),
             "predicted": self.predicted,
             "notes": dict(self.notes),
             "stages": [
@@ -173,6 +186,7 @@ class Plan:
                 )
             )
         pred = d.get("predicted")
+        head = d.get("head_device")
         return cls(
             model=str(d["model"]),
             strategy=str(d["strategy"]),
@@ -182,6 +196,7 @@ class Plan:
             auctioneer=int(d.get("auctioneer", 0)),
             predicted=None if pred is None else float(pred),
             notes=dict(d.get("notes", {})),
+            head_device=None if head is None else int(head),
         )
 
 
@@ -262,6 +277,8 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
         raise PlanError(f"plan is for model {plan.model!r}, spec is {spec.name!r}")
     if not 0 <= plan.auctioneer < n_dev:
         raise PlanError(f"auctioneer index {plan.auctioneer} outside 0..{n_dev - 1}")
+    if not 0 <= plan.head_at < n_dev:
+        raise PlanError(f"head device index {plan.head_device} outside 0..{n_dev - 1}")
     if not plan.stages:
         raise PlanError("plan has no stages")
     expect = 0

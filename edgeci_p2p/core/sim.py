@@ -43,7 +43,8 @@ is its simulated latency):
 * ``push`` stages request every input slab at the stage start, in part order;
   ``pull`` stages (work stealing) request a device's next slab when the device
   starts computing its current part (one tile of look-ahead).
-* The head runs on the auctioneer after the last stage.
+* The head runs on the auctioneer after the last stage, or on ``plan.head_device``
+  after the last map has crossed its link (the logits come back the same way).
 """
 
 from __future__ import annotations
@@ -241,7 +242,30 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
 
 
 def head_seconds(spec: ModelSpec, testbed: Testbed) -> float:
+    """The head on the auctioneer."""
     return testbed.devices[testbed.auctioneer].compute.seconds("head", head_flops(spec))
+
+
+def head_bytes(spec: ModelSpec) -> tuple[int, int]:
+    """Bytes of the head's input (the whole last map) and of its output (the logits)."""
+    c, h, w = spec.head.in_shape
+    return c * h * w * FLOAT32_BYTES, spec.head.num_classes * FLOAT32_BYTES
+
+
+def head_at_seconds(spec: ModelSpec, testbed: Testbed, device: int) -> float:
+    """From the last map assembled on the auctioneer to the logits there, with the head
+    on ``device``."""
+    if device == testbed.auctioneer:
+        return head_seconds(spec, testbed)
+    return remote_head_seconds(spec, testbed, device)
+
+
+def remote_head_seconds(spec: ModelSpec, testbed: Testbed, device: int) -> float:
+    """The head on ``device``: the last map there, the head, the logits back."""
+    out_b, back_b = head_bytes(spec)
+    link = testbed.link(device)
+    run = testbed.devices[device].compute.seconds("head", head_flops(spec))
+    return link.seconds(out_b) + run + link.seconds(back_b)
 
 
 def simulate(
@@ -278,9 +302,26 @@ def simulate(
         via_auctioneer += seg.auctioneer_bytes
         ends.extend(seg.stage_ends)
         t = seg.latency
-    head = head_seconds(spec, testbed)
+    h, aid, k = plan.head_at, testbed.auctioneer, len(plan.stages)
+    head = testbed.devices[h].compute.seconds("head", head_flops(spec))
+    if h != aid:
+        # The last map out to the head device, the logits back; nothing else is on the
+        # links by then.
+        link = testbed.link(h)
+        out_b, back_b = head_bytes(spec)
+        sent = t + link.seconds(out_b)
+        back = sent + head + link.seconds(back_b)
+        if events is not None:
+            events.append(Event(aid, "send", t, sent, k, "head map"))
+            events.append(Event(h, "recv", t, sent, k, "head map"))
+            events.append(Event(h, "compute", sent, sent + head, k, "head"))
+            events.append(Event(h, "send", sent + head, back, k, "logits"))
+            events.append(Event(aid, "recv", sent + head, back, k, "logits"))
+        moved += out_b + back_b
+        via_auctioneer += out_b + back_b
+        return SimResult(back, moved, tuple(ends), tuple(events or ()), via_auctioneer)
     if events is not None and head > 0:
-        events.append(Event(testbed.auctioneer, "compute", t, t + head, len(plan.stages), "head"))
+        events.append(Event(aid, "compute", t, t + head, k, "head"))
     return SimResult(t + head, moved, tuple(ends), tuple(events or ()), via_auctioneer)
 
 

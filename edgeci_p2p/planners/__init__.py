@@ -3,7 +3,8 @@
 ``edgeci`` is DPFL (:mod:`.dpfl`); ``edgeci-halo`` adds strip-resident segments with
 peer-to-peer halo exchange (:mod:`.halo`); ``local``, ``modnn``, ``deepthings``,
 ``edgeld`` and ``aofl`` are the baselines of BRIEF 2.5, each in its own module
-with a docstring naming the choices made in its favour.
+with a docstring naming the choices made in its favour. Our two strategies also
+place the head (:mod:`.head`); the baselines run it on the auctioneer.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from edgeci_p2p.planners.deepthings import plan_deepthings
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.edgeld import plan_edgeld
 from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.head import place_head
 from edgeci_p2p.planners.local import plan_local
 from edgeci_p2p.planners.modnn import plan_modnn
 
 Planner = Callable[[ModelSpec, Testbed, Context | None], Plan]
 
 PLANNERS: dict[str, Planner] = {
-    "edgeci": lambda s, t, c: plan_edgeci(s, t, ctx=c),
-    "edgeci-halo": lambda s, t, c: plan_edgeci_halo(s, t, ctx=c),
+    "edgeci": lambda s, t, c: place_head(plan_edgeci(s, t, ctx=c), s, t),
+    "edgeci-halo": lambda s, t, c: place_head(plan_edgeci_halo(s, t, ctx=c), s, t),
     "local": lambda s, t, c: plan_local(s, t, c),
     "modnn": lambda s, t, c: plan_modnn(s, t, c),
     "deepthings": lambda s, t, c: plan_deepthings(s, t, c),

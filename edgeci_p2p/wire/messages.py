@@ -575,6 +575,38 @@ class TileResult(Message):
         _nonneg("tile_result", compute_s=self.compute_s)
 
 
+@dataclass(frozen=True)
+class HeadJob(Message):
+    """Auctioneer -> peer: run the head (global pool + classifier) on the whole last map.
+
+    Answered with a ``tile_result`` of the same ids whose ``output`` is the logits,
+    N x classes x 1 x 1, or an ``error``. The auctioneer sends it when the plan puts
+    the head on that peer (``Plan.head_device``) and runs the head itself if the
+    answer does not come."""
+
+    TYPE: ClassVar[str] = "head_job"
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("input",)
+    request_id: str
+    tile_id: int
+    model: str
+    fingerprint: str
+    input: Tensor
+    """The last unit's whole output map, N x C x H x W float32."""
+    input_hw: tuple[int, int] = (224, 224)
+    """Height and width of the network input (the last map's shape depends on it)."""
+    deadline_s: float | None = None
+
+    def check(self) -> None:
+        if self.input.ndim != 4:
+            raise MessageError(f"head_job.input: rank {self.input.ndim}, need N x C x H x W")
+        if self.input.dtype != np.float32:
+            raise MessageError(f"head_job.input: {self.input.dtype}, need float32")
+        if min(self.input_hw) < 1:
+            raise MessageError(f"head_job.input_hw: {list(self.input_hw)} is not a size")
+        if self.deadline_s is not None:
+            _nonneg("head_job", deadline_s=self.deadline_s)
+
+
 # --- strip-resident work (halo exchange) -----------------------------------------------------
 
 
@@ -824,7 +856,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Ping, Pong, CallForBids, Bid, Award, AwardReply, Release,
-        TileRequest, TileResult, StripJob, HaloRows,
+        TileRequest, TileResult, HeadJob, StripJob, HaloRows,
         InferRequest, InferResult, Cancel, Error, Peers, PeersResult, PlanRequest, PlanResult,
         Chunk,
     )

@@ -1,0 +1,96 @@
+"""The head on the plan's head device, through real daemons: exact logits, a refusal
+that leaves the head on the auctioneer, and a head job with the wrong map refused."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+from test_daemon import start_cluster, stop_all, wait_connected
+from test_halo_daemon import moving_plan, run_plan
+from test_reliability import assert_exact, reference
+
+from edgeci_p2p.aio.daemon import HEAD_TILE_ID, PeerDaemon, RequestError
+from edgeci_p2p.core.plan import Plan, single_stage, validate
+from edgeci_p2p.wire.messages import HeadJob, TileResult
+
+
+def alone_then_head_on(d: PeerDaemon, nodes: list[str], head: int) -> Plan:
+    """Every unit on the auctioneer (device 0), the head on device ``head``."""
+    assert d.store is not None
+    spec = d.store.spec("resnet34", 224, 224)
+    stages = (single_stage(spec, 0, spec.n_units, 0),)
+    plan = Plan(spec.name, "edgeci", "test", tuple(nodes), stages, 0, head_device=head)
+    validate(plan, spec)
+    return plan
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_the_head_runs_on_the_plans_head_device_and_the_logits_are_exact() -> None:
+    daemons = await start_cluster(3, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        nodes = [d.node_id for d in daemons]
+        logits, timing = await run_plan(daemons[0], alone_then_head_on(daemons[0], nodes, 2), "h1")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0
+        # Only the head ran on node 2; the last map went there, the logits came back.
+        assert set(timing["compute"]) == {nodes[0], nodes[2]}  # type: ignore[arg-type]
+        assert timing["bytes"] == 512 * 7 * 7 * 4 + 1000 * 4
+        # The same with strips that end on all three peers first.
+        spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
+        halo = dataclasses.replace(moving_plan(spec, nodes), head_device=1)
+        logits, timing = await run_plan(daemons[0], halo, "h2")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0
+        assert not daemons[1]._pending and not daemons[0]._pending
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() -> None:
+    daemons = await start_cluster(2, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        nodes = [d.node_id for d in daemons]
+        daemons[1].config.max_queued_tiles = 0  # it answers every job with "busy"
+        logits, timing = await run_plan(daemons[0], alone_then_head_on(daemons[0], nodes, 1), "h3")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 1
+        assert set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
+    finally:
+        await stop_all(daemons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_a_head_job_with_the_wrong_map_is_refused_and_the_peer_serves_on() -> None:
+    daemons = await start_cluster(2, ["resnet34"])
+    try:
+        await wait_connected(daemons)
+        a, b = daemons
+        fp = a.store.get("resnet34").fingerprint  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        for rid, x in (
+            ("bad", np.zeros((1, 256, 7, 7), np.float32)),  # not ResNet-34's last map
+            ("good", np.ones((1, 512, 7, 7), np.float32)),
+        ):
+            fut: asyncio.Future[TileResult] = loop.create_future()
+            fut.node_id = b.node_id  # type: ignore[attr-defined]
+            a._pending[(rid, HEAD_TILE_ID)] = fut
+            await a.conns[b.node_id].send(HeadJob(rid, HEAD_TILE_ID, "resnet34", fp, x))
+            if rid == "bad":
+                with pytest.raises(RequestError, match="last map"):
+                    await asyncio.wait_for(fut, 30)
+            else:
+                res = await asyncio.wait_for(fut, 30)
+                assert res.output.shape == (1, 1000, 1, 1)
+            a._pending.pop((rid, HEAD_TILE_ID))
+        assert b.node_id in a.conns  # the connection stayed up
+    finally:
+        await stop_all(daemons)
