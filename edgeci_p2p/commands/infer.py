@@ -15,7 +15,9 @@ def register(sub: Any) -> None:
     p.add_argument("--peer", required=True, metavar="HOST:PORT", help="any peer of the cluster")
     p.add_argument("--model", default="resnet34")
     p.add_argument(
-        "--strategy", default="edgeci", help="edgeci, local, modnn, deepthings, edgeld or aofl"
+        "--strategy",
+        default="edgeci",
+        help="edgeci, edgeci-halo, local, modnn, deepthings, edgeld or aofl",
     )
     p.add_argument(
         "--size",

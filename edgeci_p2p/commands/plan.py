@@ -15,7 +15,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="vgg16", help="vgg11..vgg19[_bn], resnet18, resnet34")
     p.add_argument("--testbed", default="pi4-wifi-4", help="a shipped testbed name or a JSON path")
     p.add_argument(
-        "--strategy", default="edgeci", help="edgeci, local, modnn, deepthings, edgeld, aofl"
+        "--strategy",
+        default="edgeci",
+        help="edgeci, edgeci-halo, local, modnn, deepthings, edgeld, aofl",
     )
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224))
     p.add_argument("--json", action="store_true", help="print the plan and simulation as JSON")
