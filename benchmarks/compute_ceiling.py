@@ -120,6 +120,19 @@ def strip_rows(shares: Sequence[float]) -> list[int]:
     return [max(32, math.ceil(IMAGE * s / total)) for s in shares]
 
 
+def released(mode: str, reached: Sequence[int], waiting: Sequence[bool]) -> list[int]:
+    """The waiting workers that may start their next layer: in ``halo`` mode once the
+    strips above and below have finished as many layers (a worker that is done has
+    finished them all), otherwise once every worker has."""
+    n = len(reached)
+    out = []
+    for i in range(n):
+        gate = [j for j in (i - 1, i + 1) if 0 <= j < n] if mode == "halo" else range(n)
+        if waiting[i] and all(reached[j] >= reached[i] for j in gate):
+            out.append(i)
+    return out
+
+
 def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float]]:
     """All workers start at once; returns the wall time until the last is done and
     each worker's own time. A worker that reports a barrier (it finished layer L)
@@ -149,13 +162,9 @@ def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float
                 else:
                     reached[i] += 1
                     waiting[i] = True
-            for i in range(n):
-                if not waiting[i]:
-                    continue
-                gate = [i - 1, i + 1] if mode == "halo" else range(n)
-                if all(reached[j] >= reached[i] for j in gate if 0 <= j < n):
-                    waiting[i] = False
-                    workers[i].send("go")
+            for i in released(mode, reached, waiting):
+                waiting[i] = False
+                workers[i].send("go")
     finally:
         sel.close()
     wall = 1000 * (time.perf_counter() - t0)

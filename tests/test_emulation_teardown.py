@@ -358,3 +358,14 @@ def test_the_report_gives_each_strategy_its_latency_quartiles() -> None:
     text = table(summarise(results, ideal=2.5), list(diag.values()), shaped=True)
     assert "p25-p75 ms" in text.splitlines()[0]
     assert "130-150" in text and "125-135" in text
+
+
+def test_the_ceiling_releases_a_halo_strip_on_its_neighbours_and_lockstep_on_all() -> None:
+    from compute_ceiling import released
+
+    # Worker 0 finished 3 layers, 1 finished 3, 2 is still at 2, 3 is done.
+    reached, waiting = [3, 3, 2, 1 << 30], [True, True, False, False]
+    assert released("halo", reached, waiting) == [0]  # 1 waits for its neighbour 2
+    assert released("conv", reached, waiting) == []  # everyone waits for 2
+    assert released("conv", [3, 3, 3, 1 << 30], [True, True, True, False]) == [0, 1, 2]
+    assert released("halo", [1, 0], [True, False]) == []
