@@ -569,15 +569,22 @@ class PeerDaemon:
 
     # ---- serving peers: tiles and bids ------------------------------------------------------
 
+    async def _refused_when_full(self, conn: Connection, request_id: str) -> bool:
+        """With ``max_queued_tiles`` pieces of auctioneers' work queued, a new one (tile,
+        strip job or head job) gets a 'busy' error at once instead of a place in line."""
+        if self._queued_tiles < self.config.max_queued_tiles:
+            return False
+        with contextlib.suppress(ConnectionLost):
+            await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", request_id))
+        return True
+
     async def _run_tile_for(self, conn: Connection, req: TileRequest) -> None:
         assert self.store is not None and self.compute is not None
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         out = Region(Span(*req.out.rows), Span(*req.out.cols))
         slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
-        if self._queued_tiles >= self.config.max_queued_tiles:
-            with contextlib.suppress(ConnectionLost):
-                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", req.request_id))
+        if await self._refused_when_full(conn, req.request_id):
             return
         self._queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
         self._queued_tiles += 1
@@ -615,9 +622,7 @@ class PeerDaemon:
         """The head of an auctioneer's request (its plan put it here): the logits back as
         a tile result, N x classes x 1 x 1."""
         assert self.store is not None
-        if self._queued_tiles >= self.config.max_queued_tiles:
-            with contextlib.suppress(ConnectionLost):
-                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", job.request_id))
+        if await self._refused_when_full(conn, job.request_id):
             return
         self._queued_tiles += 1
         t0 = time.perf_counter()
@@ -647,9 +652,7 @@ class PeerDaemon:
     async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
         """A strip job from an auctioneer: run it, answer with the last strip or an error."""
         assert self.store is not None
-        if self._queued_tiles >= self.config.max_queued_tiles:
-            with contextlib.suppress(ConnectionLost):
-                await conn.send(Error(int(ErrorCode.BUSY), "tile queue full", job.request_id))
+        if await self._refused_when_full(conn, job.request_id):
             return
         self._queued_tiles += 1
         try:
