@@ -1,10 +1,12 @@
 """The head on the plan's head device, through real daemons: exact logits, a refusal
-that leaves the head on the auctioneer, and a head job with the wrong map refused."""
+that leaves the head on the auctioneer (and bans the peer), and a head job with the
+wrong map refused."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -59,10 +61,16 @@ async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() ->
         await wait_connected(daemons)
         nodes = [d.node_id for d in daemons]
         daemons[1].config.max_queued_tiles = 0  # it answers every job with "busy"
-        logits, timing = await run_plan(daemons[0], alone_then_head_on(daemons[0], nodes, 1), "h3")
+        plan = alone_then_head_on(daemons[0], nodes, 1)
+        logits, timing = await run_plan(daemons[0], plan, "h3")
         assert_exact(logits, reference())
         assert timing["retries"] == 1
         assert set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
+        # Banned like a failed tile: the same plan again runs the head here at once.
+        assert daemons[0]._bans.banned(nodes[1], time.monotonic())
+        logits, timing = await run_plan(daemons[0], plan, "h4")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0 and set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
     finally:
         await stop_all(daemons)
 

@@ -1189,7 +1189,7 @@ class PeerDaemon:
             return None
         node = nodes[plan.head_device]
         conn = self.conns.get(node)
-        if node == self.node_id or conn is None:
+        if node == self.node_id or conn is None or self._bans.banned(node, time.monotonic()):
             return None
         x = np.ascontiguousarray(cur.numpy(), dtype=np.float32)
         tb = decision.testbed
@@ -1225,15 +1225,21 @@ class PeerDaemon:
                 )
         except (ConnectionLost, RequestError, TimeoutError) as e:
             stats.retries += 1
+            # Banned like a failed tile: later plans leave it out, and a decision cached
+            # before the ban runs the head here instead of waiting on it again.
+            seconds = self._bans.ban(node, time.monotonic())
             log.warning(
-                "head of %s on %s failed (%s); running it here",
+                "head of %s on %s failed (%s); running it here, %s banned for %.0f s",
                 req.request_id,
                 node,
                 str(e) or type(e).__name__,
+                node,
+                seconds,
             )
             return None
         finally:
             self._pending.pop(key, None)
+        self._bans.clear(node)
         stats.bytes += x.nbytes + res.output.nbytes
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         return torch.from_numpy(res.output.reshape(res.output.shape[0], -1).copy())
