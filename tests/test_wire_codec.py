@@ -269,3 +269,24 @@ def test_mutable_input_buffers_are_copied() -> None:
     buf[:] = b"\x00" * len(buf)  # the caller reuses its receive buffer
     payload = reader.next_frame()
     assert payload is not None and cbor.decode(payload) == "hello"
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 1001])
+@pytest.mark.parametrize("zeros", [0.5, 0.95, 1.0])
+def test_zero_suppression_round_trips_any_length_bit_for_bit(n: int, zeros: float) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    x[rng.random((1, n)) < zeros] = 0.0
+    packed = tensors.zero_suppress(x)
+    nnz = int(np.count_nonzero(x))
+    if packed is None:  # declined only when it would not save a tenth
+        assert (n + 7) // 8 + 4 * nnz > 0.9 * x.nbytes
+        return
+    assert packed.nnz == nnz
+    back = tensors.zero_restore(x.shape, tensors.TAG_FLOAT32_LE, packed.nnz, packed.body)
+    assert back.tobytes() == x.tobytes()
+
+
+def test_zero_suppression_declines_dense_and_integer_tensors() -> None:
+    assert tensors.zero_suppress(np.ones((1, 3, 8, 8), np.float32)) is None
+    assert tensors.zero_suppress(np.zeros((1, 3, 8, 8), np.uint8)) is None

@@ -308,3 +308,139 @@ def test_too_many_open_streams_are_refused() -> None:
         }
         b.receive_data(framing.encode_frame(body))
     refused(b, ErrorCode.FRAME_TOO_LARGE)
+
+
+def _relu_map(shape: tuple[int, ...], seed: int = 5, dtype: type = np.float32) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return np.maximum(x, 0)
+
+
+def _tile_result_ref(data: bytes) -> dict[str, object]:
+    """The tensor reference a tile_result frame announces."""
+    reader = framing.FrameReader()
+    reader.feed(data)
+    first = reader.next_frame()
+    assert first is not None
+    body = framing.decode_payload(first)
+    assert isinstance(body, dict) and isinstance(body["output"], dict)
+    return body["output"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_map_after_relu_travels_zero_suppressed_and_arrives_bit_for_bit(dtype: type) -> None:
+    a, b = connect(None, None)
+    pump(a, b)
+    x = _relu_map((1, 64, 28, 28), dtype=dtype)
+    x[0, 0, 0, :3] = [-0.0, np.inf, np.nan]  # a signed zero is a value, not a zero
+    data = a.send(TileResult("r", 7, x, 0.1))
+    ref = _tile_result_ref(data)
+    nnz = int(np.count_nonzero(x.view(np.uint32 if dtype == np.float32 else np.uint16)))
+    assert ref["encoding"] == "zero-bitmask" and ref["nnz"] == nnz
+    assert len(data) < 0.6 * x.nbytes
+    b.receive_data(data)
+    (got,) = drain(b)
+    assert isinstance(got, TileResult)
+    assert got.output.dtype == x.dtype and got.output.shape == x.shape
+    assert got.output.tobytes() == x.tobytes()
+
+
+def test_a_dense_map_and_a_small_map_travel_plain() -> None:
+    a, b = connect(None, None)
+    pump(a, b)
+    dense = np.random.default_rng(1).standard_normal((1, 64, 28, 28)).astype(np.float32)
+    small = _relu_map((1, 4, 8, 8))
+    for x in (dense, small):
+        data = a.send(TileResult("r", 1, x, 0.1))
+        assert len(data) > x.nbytes
+        b.receive_data(data)
+        (got,) = drain(b)
+        assert isinstance(got, TileResult) and np.array_equal(got.output, x)
+
+
+def test_zero_suppression_can_be_turned_off() -> None:
+    a, b = connect(None, None, zero_suppress_bytes=None)
+    pump(a, b)
+    x = _relu_map((1, 64, 28, 28))
+    data = a.send(TileResult("r", 1, x, 0.1))
+    assert len(data) > x.nbytes
+    b.receive_data(data)
+    (got,) = drain(b)
+    assert isinstance(got, TileResult) and np.array_equal(got.output, x)
+
+
+def test_zero_suppressed_map_larger_than_a_chunk_travels_in_chunks() -> None:
+    a, b = connect(None, None, chunk_bytes=10_000)
+    pump(a, b)
+    x = _relu_map((1, 32, 28, 28))
+    data = a.send(TileResult("r", 1, x, 0.1))
+    ref = _tile_result_ref(data)
+    assert ref["encoding"] == "zero-bitmask" and isinstance(ref["chunks"], int)
+    assert ref["chunks"] > 1
+    b.receive_data(data)
+    (got,) = drain(b)
+    assert isinstance(got, TileResult) and got.output.tobytes() == x.tobytes()
+
+
+def _sparse_frames(mask: bytes, values: np.ndarray, shape: list[int], nnz: int) -> bytes:
+    ref = {
+        "chunked": 3,
+        "dtype": "float32",
+        "shape": shape,
+        "chunks": 1,
+        "encoding": "zero-bitmask",
+        "nnz": nnz,
+    }
+    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
+    chunk = {"type": "chunk", "stream": 3, "index": 0, "data": mask + values.tobytes()}
+    return framing.encode_frame(body) + framing.encode_frame(chunk)
+
+
+@pytest.mark.parametrize(
+    "mask,values,nnz,why",
+    [
+        (b"\xa0", np.array([1.0, 2.0, 3.0], np.float32), 3, "marks 2 values"),  # 2 bits, 3 said
+        (b"\xa1", np.array([1.0, 2.0, 3.0], np.float32), 3, "padding bits"),  # bit 8 of 7
+        (b"\xa0", np.array([1.0], np.float32), 2, "total 5 of 9 bytes"),  # short of nnz
+    ],
+)
+def test_a_wrong_zero_bitmask_closes_the_connection_with_an_error_code(
+    mask: bytes, values: np.ndarray, nnz: int, why: str
+) -> None:
+    a, b = connect(None, None)
+    pump(a, b)
+    b.receive_data(_sparse_frames(mask, values, [1, 1, 1, 7], nnz))
+    with pytest.raises(RemoteProtocolError) as err:
+        drain(b)
+    assert err.value.code is ErrorCode.INVALID_MESSAGE and why in err.value.message
+    assert b.state is State.CLOSED
+    assert [e.code for e in error_frames(b.data_to_send())] == [ErrorCode.INVALID_MESSAGE.value]
+
+
+def test_a_tiny_mask_cannot_announce_a_huge_map() -> None:
+    """The receiver's limit counts the decoded size, not the few bytes on the wire."""
+    a, b = connect(None, None)
+    pump(a, b)
+    ref = {
+        "chunked": 1,
+        "dtype": "float32",
+        "shape": [1, 512, 1024, 1024],
+        "chunks": 1,
+        "encoding": "zero-bitmask",
+        "nnz": 0,
+    }
+    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
+    b.receive_data(framing.encode_frame(body))
+    refused(b, ErrorCode.FRAME_TOO_LARGE)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"encoding": "zlib", "nnz": 1}, {"encoding": "zero-bitmask", "nnz": 99}, {"nnz": 1}],
+)
+def test_a_chunk_reference_with_a_bad_encoding_is_refused(extra: dict[str, object]) -> None:
+    a, b = connect(None, None)
+    pump(a, b)
+    ref = {"chunked": 1, "dtype": "float32", "shape": [1, 1, 2, 4], "chunks": 1, **extra}
+    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
+    b.receive_data(framing.encode_frame(body))
+    refused(b, ErrorCode.INVALID_MESSAGE)

@@ -53,6 +53,8 @@ from edgeci_p2p.wire.messages import Chunk, Hello, Message
 
 DEFAULT_CHUNK_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PENDING: Final = 256 * 1024 * 1024
+DEFAULT_ZERO_SUPPRESS_BYTES: Final = 16 * 1024
+"""Below this a tensor's link time is too short to be worth a pass over it."""
 
 
 class State(Enum):
@@ -104,6 +106,9 @@ class SessionConfig:
     """Largest frame accepted and sent."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """Tensors with more bytes than this are sent in chunks."""
+    zero_suppress_bytes: int | None = DEFAULT_ZERO_SUPPRESS_BYTES
+    """Float tensors of at least this many bytes are sent zero-suppressed (in chunks)
+    when that takes at most 90% of their bytes; None sends every tensor plain."""
     max_pending_bytes: int = DEFAULT_MAX_PENDING
     """Most bytes of announced chunked tensors held at once."""
     max_streams: int = 64
@@ -214,15 +219,28 @@ class Session:
         self._outbox = []
         body = message.to_wire()
         chunks: list[tuple[int, list[memoryview]]] = []
+        sparse_from = self.config.zero_suppress_bytes
         for name in message.TENSOR_FIELDS:
             value = body.get(name)
-            if isinstance(value, np.ndarray) and value.nbytes > self.config.chunk_bytes:
-                stream = self._next_stream
-                self._next_stream = (self._next_stream + 1) % 2**32
+            if not isinstance(value, np.ndarray):
+                continue
+            packed = None
+            if sparse_from is not None and value.nbytes >= sparse_from:
+                packed = tensors.zero_suppress(value)
+            if packed is None and value.nbytes <= self.config.chunk_bytes:
+                continue
+            stream = self._next_stream
+            self._next_stream = (self._next_stream + 1) % 2**32
+            if packed is None:
                 parts = tensors.split_chunks(value, self.config.chunk_bytes)
-                ref = tensors.ChunkRef(stream, value.dtype.name, value.shape, len(parts))
-                body[name] = ref.to_dict()
-                chunks.append((stream, parts))
+                nnz = None
+            else:
+                parts = tensors.split_bytes(packed.body, self.config.chunk_bytes)
+                nnz = packed.nnz
+            dtype = tensors.contiguous_le(value).dtype.name
+            ref = tensors.ChunkRef(stream, dtype, value.shape, len(parts), nnz)
+            body[name] = ref.to_dict()
+            chunks.append((stream, parts))
         frames.append(self._frame(body))
         for stream, parts in chunks:
             for i, part in enumerate(parts):
@@ -382,7 +400,7 @@ class Session:
                 raise RemoteProtocolError(bad, f"stream {ref.stream} already in use")
             if ref.chunks > max(1, ref.nbytes):
                 raise RemoteProtocolError(bad, f"stream {ref.stream}: more chunks than bytes")
-            total += ref.nbytes
+            total += ref.held_bytes
             refs.append((name, ref))
         if len(self._pending) + len(refs) > self.config.max_streams:
             raise RemoteProtocolError(
@@ -413,12 +431,13 @@ class Session:
         assembler = pending.streams[name]
         try:
             assembler.add(msg.index, memoryview(msg.data))
+            if not assembler.complete:
+                return
+            array = assembler.array()
         except tensors.TensorError as e:
             raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, str(e)) from None
-        if not assembler.complete:
-            return
         del self._pending[msg.stream]
-        self._pending_bytes -= assembler.ref.nbytes
-        pending.body[name] = assembler.array()
+        self._pending_bytes -= assembler.ref.held_bytes
+        pending.body[name] = array
         if all(a.complete for a in pending.streams.values()):
             self._dispatch(self._parse(pending.body))

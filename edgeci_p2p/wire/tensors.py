@@ -23,6 +23,13 @@ Chunking: a tensor bigger than the sender's chunk limit travels after its
 message as ``chunk`` frames (``docs/protocol.md``); :func:`split_chunks` cuts
 the bytes and :class:`TensorAssembler` puts them back together, refusing any
 size it did not announce.
+
+Zero suppression: a chunked float tensor may travel as ``zero-bitmask``: one bit
+per value (1 = non-zero, numpy ``packbits`` order, most significant bit first)
+followed by the non-zero values in row-major order. Maps after a ReLU are about
+half zeros (far more with trained weights), so this is lossless and about half
+the bytes. "Zero" means all bits zero: a ``-0.0`` travels as a value, so the
+decoded array is bit for bit the sent one.
 """
 
 from __future__ import annotations
@@ -161,10 +168,79 @@ def _bytes_view(array: Tensor) -> memoryview:
 
 def split_chunks(array: Tensor, chunk_bytes: int) -> list[memoryview]:
     """The tensor's bytes cut into consecutive views of at most ``chunk_bytes``."""
+    return split_bytes(_bytes_view(contiguous_le(array)), chunk_bytes)
+
+
+def split_bytes(body: memoryview, chunk_bytes: int) -> list[memoryview]:
+    """``body`` cut into consecutive views of at most ``chunk_bytes`` (one, if empty)."""
     if chunk_bytes <= 0:
         raise TensorError("chunk size must be positive")
-    body = _bytes_view(contiguous_le(array))
     return [body[i : i + chunk_bytes] for i in range(0, max(body.nbytes, 1), chunk_bytes)]
+
+
+ZERO_BITMASK: Final = "zero-bitmask"
+"""The one chunk encoding besides plain bytes (see the module docstring)."""
+ZERO_BITMASK_MAX_FRACTION: Final = 0.9
+"""Zero suppression is used only when it takes at most this share of the plain bytes:
+below that, the encoding's CPU (a pass to find zeros, a copy of the values) buys
+too little link time."""
+
+
+@dataclass(frozen=True)
+class ZeroSuppressed:
+    """A float tensor as its non-zero mask and values (the ``zero-bitmask`` bytes)."""
+
+    nnz: int
+    body: memoryview
+
+
+def _nonzero(flat: Tensor) -> npt.NDArray[np.bool_]:
+    """Which values are not all-zero bits (so ``-0.0`` counts as a value)."""
+    ints = np.uint32 if flat.dtype.itemsize == 4 else np.uint16
+    mask: npt.NDArray[np.bool_] = flat.view(ints) != 0
+    return mask
+
+
+def zero_suppress(array: Tensor) -> ZeroSuppressed | None:
+    """``array`` as ``zero-bitmask`` bytes, or None when that would not save enough.
+
+    Only float32/float16 tensors qualify (pixels are small and dense).
+    """
+    data = contiguous_le(array)
+    if data.dtype.kind != "f" or data.size == 0:
+        return None
+    flat = data.reshape(-1)
+    mask = _nonzero(flat)
+    nnz = int(np.count_nonzero(mask))
+    mask_bytes = (flat.size + 7) // 8
+    if mask_bytes + nnz * flat.itemsize > ZERO_BITMASK_MAX_FRACTION * data.nbytes:
+        return None
+    out = np.empty(mask_bytes + nnz * flat.itemsize, dtype=np.uint8)
+    out[:mask_bytes] = np.packbits(mask)
+    out[mask_bytes:].view(flat.dtype)[:] = flat[mask]
+    return ZeroSuppressed(nnz, out.data)
+
+
+def zero_restore(shape: tuple[int, ...], tag: int, nnz: int, body: memoryview) -> Tensor:
+    """The dense tensor from ``zero-bitmask`` bytes, after checking them exactly."""
+    dtype = DTYPE_BY_TAG[tag]
+    n = math.prod(shape)
+    mask_bytes = (n + 7) // 8
+    if body.nbytes != mask_bytes + nnz * dtype.itemsize:
+        raise TensorError(
+            f"zero-bitmask tensor of shape {list(shape)} with {nnz} values needs "
+            f"{mask_bytes + nnz * dtype.itemsize} bytes, got {body.nbytes}"
+        )
+    raw = np.frombuffer(body, dtype=np.uint8)
+    bits = np.unpackbits(raw[:mask_bytes], count=n).view(np.bool_)
+    if n % 8 and int(raw[mask_bytes - 1]) & ((1 << (8 - n % 8)) - 1):
+        raise TensorError("zero-bitmask: padding bits after the last value are set")
+    if int(np.count_nonzero(bits)) != nnz:
+        raise TensorError(f"zero-bitmask: the mask marks {np.count_nonzero(bits)} values, not {nnz}")
+    values = np.frombuffer(body, dtype=dtype, offset=mask_bytes, count=nnz)
+    out: Tensor = np.zeros(n, dtype=dtype)
+    out[bits] = values
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -179,22 +255,45 @@ class ChunkRef:
     """Dimensions, row-major."""
     chunks: int
     """How many chunk frames follow (at least 1)."""
+    nnz: int | None = None
+    """Set when the chunks hold ``zero-bitmask`` bytes: how many values are non-zero."""
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the tensor once decoded."""
+        return expected_nbytes(self.shape, DTYPE_NAMES[self.dtype])
 
     @property
     def nbytes(self) -> int:
-        return expected_nbytes(self.shape, DTYPE_NAMES[self.dtype])
+        """Bytes the chunks carry."""
+        if self.nnz is None:
+            return self.dense_nbytes
+        mask_bytes = (math.prod(self.shape) + 7) // 8
+        return mask_bytes + self.nnz * DTYPE_BY_TAG[DTYPE_NAMES[self.dtype]].itemsize
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory the receiver holds for it: the chunks' buffer, plus the decoded
+        tensor when zero-suppressed (so a small mask cannot make a huge tensor
+        behind the receiver's limit)."""
+        return self.nbytes + (0 if self.nnz is None else self.dense_nbytes)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        d: dict[str, object] = {
             "chunked": self.stream,
             "dtype": self.dtype,
             "shape": list(self.shape),
             "chunks": self.chunks,
         }
+        if self.nnz is not None:
+            d["encoding"] = ZERO_BITMASK
+            d["nnz"] = self.nnz
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ChunkRef:
-        if set(d) != {"chunked", "dtype", "shape", "chunks"}:
+        plain = {"chunked", "dtype", "shape", "chunks"}
+        if set(d) != plain and set(d) != plain | {"encoding", "nnz"}:
             raise TensorError(f"a chunked-tensor reference has keys {sorted(d)}")
         stream, dtype, chunks = d["chunked"], d["dtype"], d["chunks"]
         if type(stream) is not int or not 0 <= stream < 2**32:
@@ -203,7 +302,17 @@ class ChunkRef:
             raise TensorError(f"chunked-tensor dtype {dtype!r} is not float32 or float16")
         if type(chunks) is not int or chunks < 1:
             raise TensorError("chunked-tensor chunk count must be a positive integer")
-        return cls(stream, dtype, check_shape(d["shape"]), chunks)
+        shape = check_shape(d["shape"])
+        if "encoding" not in d:
+            return cls(stream, dtype, shape, chunks)
+        if d["encoding"] != ZERO_BITMASK:
+            raise TensorError(f"chunked-tensor encoding {d['encoding']!r} is not {ZERO_BITMASK}")
+        if dtype == "uint8":
+            raise TensorError("pixels are not zero-suppressed")
+        nnz = d["nnz"]
+        if type(nnz) is not int or not 0 <= nnz <= math.prod(shape):
+            raise TensorError(f"chunked-tensor nnz {nnz!r} is not an integer in 0..{math.prod(shape)}")
+        return cls(stream, dtype, shape, chunks, nnz)
 
 
 class TensorAssembler:
@@ -243,4 +352,7 @@ class TensorAssembler:
     def array(self) -> Tensor:
         if not self.complete:
             raise TensorError(f"stream {self.ref.stream} is incomplete")
-        return build(self.ref.shape, DTYPE_NAMES[self.ref.dtype], memoryview(self._buf))
+        tag = DTYPE_NAMES[self.ref.dtype]
+        if self.ref.nnz is not None:
+            return zero_restore(self.ref.shape, tag, self.ref.nnz, memoryview(self._buf))
+        return build(self.ref.shape, tag, memoryview(self._buf))
