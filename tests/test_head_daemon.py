@@ -10,13 +10,25 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from test_daemon import start_cluster, stop_all, wait_connected
 from test_halo_daemon import moving_plan, run_plan
-from test_reliability import assert_exact, reference
+from test_reliability import IMAGE, assert_exact, reference
 
 from edgeci_p2p.aio.daemon import HEAD_TILE_ID, PeerDaemon, RequestError
 from edgeci_p2p.core.plan import Plan, single_stage, validate
+from edgeci_p2p.nn.images import decode, to_input
+from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.messages import HeadJob, TileResult
+from edgeci_p2p.wire.tensors import payload_nbytes
+
+
+def last_map() -> np.ndarray:
+    """ResNet-34's map before its head, for the test image."""
+    module = shared_model("resnet34").module
+    with torch.no_grad():
+        features = torch.nn.Sequential(*list(module.children())[:-2])
+        return features(to_input(decode(IMAGE), "224")).numpy()  # type: ignore[no-any-return]
 
 
 def alone_then_head_on(d: PeerDaemon, nodes: list[str], head: int) -> Plan:
@@ -41,7 +53,9 @@ async def test_the_head_runs_on_the_plans_head_device_and_the_logits_are_exact()
         assert timing["retries"] == 0
         # Only the head ran on node 2; the last map went there, the logits came back.
         assert set(timing["compute"]) == {nodes[0], nodes[2]}  # type: ignore[arg-type]
-        assert timing["bytes"] == 512 * 7 * 7 * 4 + 1000 * 4
+        # (the map as it crossed: zero-suppressed, docs/protocol.md 5.4)
+        assert timing["bytes"] == payload_nbytes(last_map()) + 1000 * 4
+        assert timing["bytes"] < 512 * 7 * 7 * 4
         # The same with strips that end on all three peers first.
         spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         halo = dataclasses.replace(moving_plan(spec, nodes), head_device=1)

@@ -290,3 +290,24 @@ def test_zero_suppression_round_trips_any_length_bit_for_bit(n: int, zeros: floa
 def test_zero_suppression_declines_dense_and_integer_tensors() -> None:
     assert tensors.zero_suppress(np.ones((1, 3, 8, 8), np.float32)) is None
     assert tensors.zero_suppress(np.zeros((1, 3, 8, 8), np.uint8)) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 28, 28), (1, 4, 8, 8), (1, 3, 5, 7)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_payload_nbytes_is_what_the_session_sends(shape: tuple[int, ...], relu: bool) -> None:
+    from edgeci_p2p.wire.messages import TileResult
+    from edgeci_p2p.wire.session import Session, SessionConfig
+
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    if relu:
+        x = np.maximum(x, 0)
+    a, b = Session(SessionConfig("A")), Session(SessionConfig("B"))
+    b.receive_data(a.start())
+    a.receive_data(b.start())
+    while a.next_event() is not None:
+        pass
+    empty = len(a.send(TileResult("r", 1, np.zeros((1, 1, 1, 0), np.float32), 0.0)))
+    sent = len(a.send(TileResult("r", 1, x, 0.0)))
+    overhead = 160 if tensors.payload_nbytes(x) < x.nbytes else 16  # ref map, chunk frame
+    assert 0 <= sent - empty - tensors.payload_nbytes(x) <= overhead
+    assert (tensors.payload_nbytes(x) < x.nbytes) == (relu and x.nbytes >= 16 * 1024)

@@ -168,7 +168,7 @@ class Auctioneer:
         self.config = config or RoundConfig()
         self.clock = clock
         self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
-        self._planners: dict[tuple[str, str, tuple[int, int, int], int], CachedDecider] = {}
+        self._planners: dict[tuple[Any, ...], CachedDecider] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._alone: dict[tuple[Any, ...], tuple[float, frozenset[str]]] = {}
         """(strategy, model, size, itemsize) -> until when, and among which peers, a
@@ -190,9 +190,9 @@ class Auctioneer:
     # ---- one round ----------------------------------------------------------------------
 
     def _decider(self, strategy: str, spec: ModelSpec) -> CachedDecider:
-        """One cached decider per (strategy, model, input size, input bytes per value),
-        kept across requests."""
-        key = (strategy, spec.name, spec.input_shape, spec.input_itemsize)
+        """One cached decider per (strategy, model, input size, input bytes per value,
+        maps' wire fractions), kept across requests."""
+        key = (strategy, spec.name, spec.input_shape, spec.input_itemsize, spec.wire_fraction)
         decider = self._planners.get(key)
         if decider is None:
             inner: AwasPlanner | StaticPlanner = (
@@ -226,7 +226,7 @@ class Auctioneer:
         among the same peers, that distributing does not pay is not held again (its
         answer would be the same, and it costs 6-9 ms).
         """
-        key = (strategy, spec.name, spec.input_shape, spec.input_itemsize)
+        key = (strategy, spec.name, spec.input_shape, spec.input_itemsize, spec.wire_fraction)
         alone = self._alone.get(key)
         if quiet and alone is not None and alone[0] > self.clock() and alone[1] == set(peers):
             return self._alone_decision(spec, strategy, None, "(recent round)")

@@ -42,6 +42,7 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.round import RoundConfig
 from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.geometry import Region, Span, Trace, full_region, head_flops, trace
 from edgeci_p2p.core.membership import (
     HEARTBEAT_INTERVAL,
@@ -88,6 +89,7 @@ from edgeci_p2p.wire.messages import (
     message_from_wire,
 )
 from edgeci_p2p.wire.session import SessionConfig
+from edgeci_p2p.wire.tensors import payload_nbytes
 
 log = logging.getLogger("edgeci.peer")
 
@@ -232,6 +234,9 @@ class PeerDaemon:
         self._ping_seq = 0
         self._bans = BanList()
         self._planned_links: dict[str, tuple[float, float]] = {}
+        # Zeros counted in the maps this node assembled, per (model, height, width):
+        # what zero suppression leaves of each boundary's bytes, for planning.
+        self._wire: dict[tuple[str, int, int], WireFractions] = {}
         self._cancelled_tiles: set[tuple[str, int]] = set()
         self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
         self._cancelled: set[str] = set()
@@ -866,6 +871,9 @@ class PeerDaemon:
         spec = self.store.spec(model, height, width)
         if pixels:  # the input travels as uint8: plan its slabs at a byte a value
             spec = dataclasses.replace(spec, input_itemsize=1)
+        seen = self._wire.get((model, height, width))
+        if seen is not None and seen.seen:
+            spec = dataclasses.replace(spec, wire_fraction=seen.for_planning())
         t0 = time.perf_counter()
         if strategy == "local":
             decision = self.auctioneer.local_decision(spec, None)
@@ -1128,6 +1136,7 @@ class PeerDaemon:
         spec = store.spec(req.model, h, w)
         stats = RunStats()
         cur = x
+        seen = self._wire.setdefault((req.model, h, w), WireFractions(spec.n_units + 1))
         for first, last in segments(plan):
             if first == last:
                 cur = await self._gather_stage(req, decision, first, cur, spec, fingerprint, stats)
@@ -1135,6 +1144,10 @@ class PeerDaemon:
                 cur = await self._halo_segment(
                     req, decision, first, last, cur, spec, fingerprint, stats
                 )
+            if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
+                # bit patterns, as the wire counts them (a -0.0 travels as a value)
+                bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
+                seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
         t_head = time.perf_counter()
         logits = await self._remote_head(req, decision, cur, spec, fingerprint, stats)
         if logits is None:
@@ -1240,7 +1253,7 @@ class PeerDaemon:
         finally:
             self._pending.pop(key, None)
         self._bans.clear(node)
-        stats.bytes += x.nbytes + res.output.nbytes
+        stats.bytes += payload_nbytes(x) + payload_nbytes(res.output)
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         return torch.from_numpy(res.output.reshape(res.output.shape[0], -1).copy())
 
@@ -1446,7 +1459,7 @@ class PeerDaemon:
             self._pending.pop(key, None)
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
-        stats.bytes += int(job.input.nbytes) + int(res.output.nbytes)
+        stats.bytes += payload_nbytes(job.input) + payload_nbytes(res.output)
         assert self.store is not None
         out = np.array(res.output, dtype=np.float32)
         last = job.stages[-1]
@@ -1649,7 +1662,7 @@ class PeerDaemon:
             self._pending.pop(key, None)
         elapsed = time.perf_counter() - t0
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
-        moved = int(sent.nbytes) + int(res.output.nbytes)
+        moved = payload_nbytes(sent) + payload_nbytes(res.output)  # as they crossed the link
         stats.transfer_s += max(0.0, elapsed - res.compute_s)
         stats.bytes += moved
         member = self.membership.members.get(node)

@@ -34,6 +34,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
 from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob, StripStage
+from edgeci_p2p.wire.tensors import payload_nbytes
 
 Array = npt.NDArray[np.float32]
 
@@ -368,7 +369,7 @@ async def run_strip_job(
                         f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
                     )
                 have.append((r.rows[0], got))
-                out.halo_in += int(got.nbytes)
+                out.halo_in += payload_nbytes(got)
                 waiting.remove(r)
             # Edges first when they can run; else whatever can (never idle needlessly).
             ready = [p for p in todo if _covered(have, *p.need)]
@@ -410,7 +411,7 @@ async def run_strip_job(
                     part = np.ascontiguousarray(
                         yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
                     )
-                    out.halo_out += int(part.nbytes)
+                    out.halo_out += payload_nbytes(part)
                     msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
                     sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
                     unsent.remove(s)

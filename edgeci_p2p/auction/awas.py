@@ -38,7 +38,7 @@ from edgeci_p2p.auction.bidder import Bidder, probe_items
 from edgeci_p2p.auction.messages import Bid, CallForBids, WorkItem
 from edgeci_p2p.auction.winner import bottleneck_assignment
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
-from edgeci_p2p.core.geometry import FLOAT32_BYTES, full_flops, head_flops
+from edgeci_p2p.core.geometry import full_flops, head_flops
 from edgeci_p2p.core.plan import Part, Plan, Stage, moves_between, segments
 from edgeci_p2p.core.sim import (
     Event,
@@ -297,8 +297,8 @@ def strip_items(
                 flops[kind] = flops.get(kind, 0) + f
                 calls[kind] = calls.get(kind, 0) + 1
             r0, r1, c0, c1 = rw.need
-            slab = c_in * (r1 - r0) * (c1 - c0) * spec.itemsize_at(st.start)
-            strip = c_out * p.region.area * FLOAT32_BYTES
+            slab = spec.wire_bytes(st.start, c_in * (r1 - r0) * (c1 - c0))
+            strip = spec.wire_bytes(st.stop, c_out * p.region.area)
             b_in = moved_in.get((k, q), 0) if after_halo else slab
             b_out = moved_out.get((k, q), 0) if st.transfer == "halo" else strip
             r = p.region
@@ -332,7 +332,7 @@ def _halo_bytes(
         src = {p.device: q for q, p in enumerate(prev.parts)}
         dst = {p.device: q for q, p in enumerate(st.parts)}
         for m in moves_between(prev.parts, st.parts, needs, st.start):
-            nbytes = c * w * m.rows.size * FLOAT32_BYTES
+            nbytes = spec.wire_bytes(st.start, c * w * m.rows.size)
             got[(k, dst[m.dst])] = got.get((k, dst[m.dst]), 0) + nbytes
             sent[(k - 1, src[m.src])] = sent.get((k - 1, src[m.src]), 0) + nbytes
     return got, sent

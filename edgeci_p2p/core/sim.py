@@ -234,8 +234,8 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
         secs = sum(model.seconds(kind, f) for kind, f in w.unit_flops)
         remote = p.device != testbed.auctioneer
         r0, r1, c0, c1 = w.need
-        in_b = c_in * (r1 - r0) * (c1 - c0) * spec.itemsize_at(stage.start) if remote else 0
-        out_b = c_out * p.region.area * FLOAT32_BYTES if remote else 0
+        in_b = spec.wire_bytes(stage.start, c_in * (r1 - r0) * (c1 - c0)) if remote else 0
+        out_b = spec.wire_bytes(stage.stop, c_out * p.region.area) if remote else 0
         label = f"[{stage.start},{stage.stop}) {p.region.rows.start}:{p.region.rows.stop}"
         out.append(Task(p.device, in_b, secs, out_b, label))
     return out
@@ -249,7 +249,7 @@ def head_seconds(spec: ModelSpec, testbed: Testbed) -> float:
 def head_bytes(spec: ModelSpec) -> tuple[int, int]:
     """Bytes of the head's input (the whole last map) and of its output (the logits)."""
     c, h, w = spec.head.in_shape
-    return c * h * w * FLOAT32_BYTES, spec.head.num_classes * FLOAT32_BYTES
+    return spec.wire_bytes(spec.n_units, c * h * w), spec.head.num_classes * FLOAT32_BYTES
 
 
 def head_at_seconds(spec: ModelSpec, testbed: Testbed, device: int) -> float:
@@ -400,7 +400,7 @@ def run_segment(
         c_in, _, w_in = spec.shape_at(st.start)
         _, _, w_out = spec.shape_at(st.stop)
         c_out = spec.shape_at(st.stop)[0]
-        row_in = c_in * w_in * FLOAT32_BYTES
+        row_in = spec.wire_bytes(st.start, c_in * w_in)
         n = len(st.parts)
         cut.append([])
         lane_wait.append([0] * n)
@@ -448,11 +448,11 @@ def run_segment(
             lane_last[p.device] = (s, q)
             if s == 0 and p.device != aid:
                 r0, r1, cc0, cc1 = needs[s][q]
-                nbytes = c_in * (r1 - r0) * (cc1 - cc0) * spec.itemsize_at(st.start)
+                nbytes = spec.wire_bytes(st.start, c_in * (r1 - r0) * (cc1 - cc0))
                 txs.append(_Tx(aid, p.device, nbytes, s, q, f"[{st.start},{st.stop}) slab"))
                 lane_wait[s][q] += 1
             if s == last and p.device != aid:
-                out_b = c_out * p.region.area * FLOAT32_BYTES
+                out_b = spec.wire_bytes(st.stop, c_out * p.region.area)
                 strip_out[s][q].append(len(txs))
                 txs.append(_Tx(p.device, aid, out_b, s, -1, f"[{st.start},{st.stop}) strip"))
         if s > 0:

@@ -104,6 +104,12 @@ class ModelSpec:
     """Bytes per value of the network input on the wire: 4 (float32), or 1 when the
     request is an image and its pixels travel (``pixels`` in docs/protocol.md). A
     property of the request, not of the model: left out of the dict form."""
+    wire_fraction: tuple[float, ...] = ()
+    """Per boundary 0..n, the share of its float32 bytes a map sends: maps after a
+    ReLU travel zero-suppressed (docs/protocol.md 5.4), about half their bytes with
+    seeded weights and less with trained ones. Measured on the maps this node sees
+    (:mod:`edgeci_p2p.core.density`); empty means every map travels whole. A property
+    of the weights and the inputs, not of the model: left out of the dict form."""
 
     def __post_init__(self) -> None:
         for i, u in enumerate(self.units):
@@ -120,8 +126,18 @@ class ModelSpec:
         return len(self.units)
 
     def itemsize_at(self, boundary: int) -> int:
-        """Bytes per value of the map at ``boundary`` when it travels."""
+        """Bytes per value of the map at ``boundary`` as an array."""
         return self.input_itemsize if boundary == 0 else 4
+
+    def wire_itemsize(self, boundary: int) -> float:
+        """Bytes per value the map at ``boundary`` costs on the wire (zero suppression
+        counted: see ``wire_fraction``)."""
+        frac = self.wire_fraction[boundary] if boundary < len(self.wire_fraction) else 1.0
+        return self.itemsize_at(boundary) * (1.0 if boundary == 0 else frac)
+
+    def wire_bytes(self, boundary: int, values: int) -> int:
+        """Bytes that ``values`` values of the map at ``boundary`` cost on the wire."""
+        return round(values * self.wire_itemsize(boundary))
 
     def shape_at(self, boundary: int) -> tuple[int, int, int]:
         """Shape of the map at cut point ``boundary`` (0 = network input, k = after unit k-1)."""

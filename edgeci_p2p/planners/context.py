@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edgeci_p2p.core.cost import LinearFit, Testbed
-from edgeci_p2p.core.geometry import FLOAT32_BYTES, proportional_strips
+from edgeci_p2p.core.geometry import proportional_strips
 from edgeci_p2p.core.plan import Plan, Stage, single_stage, strip_stage
 from edgeci_p2p.core.sim import Task, head_seconds, run_stage
 from edgeci_p2p.core.units import ModelSpec
@@ -92,9 +92,9 @@ class Context:
         lo, hi = self.table.need_rows(i, j, a, b)
         return Task(
             device,
-            c_in * w_in * (hi - lo) * self.spec.itemsize_at(i),
+            self.spec.wire_bytes(i, c_in * w_in * (hi - lo)),
             secs,
-            c_out * w_out * (b - a) * FLOAT32_BYTES,
+            self.spec.wire_bytes(j, c_out * w_out * (b - a)),
         )
 
     def strips_cost(self, i: int, j: int, edges: Sequence[int], devices: Sequence[int]) -> float:

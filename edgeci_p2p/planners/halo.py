@@ -109,7 +109,7 @@ class _HaloDP:
         self.bw = [self.tb.link(d).bandwidth for d in range(n_dev)]
         self.rtt = [self.tb.link(d).rtt for d in range(n_dev)]
         self.row_bytes = [
-            c * w * ctx.spec.itemsize_at(b)
+            c * w * ctx.spec.wire_itemsize(b)
             for b, (c, _, w) in enumerate(ctx.spec.shape_at(b) for b in range(ctx.n + 1))
         ]
         self._layouts: dict[tuple[int, int, bool, bool], Layout | None] = {}

@@ -53,8 +53,7 @@ from edgeci_p2p.wire.messages import Chunk, Hello, Message
 
 DEFAULT_CHUNK_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PENDING: Final = 256 * 1024 * 1024
-DEFAULT_ZERO_SUPPRESS_BYTES: Final = 16 * 1024
-"""Below this a tensor's link time is too short to be worth a pass over it."""
+DEFAULT_ZERO_SUPPRESS_BYTES: Final = tensors.ZERO_SUPPRESS_MIN_BYTES
 
 
 class State(Enum):

@@ -186,6 +186,11 @@ below that, the encoding's CPU (a pass to find zeros, a copy of the values) buys
 too little link time."""
 
 
+ZERO_SUPPRESS_MIN_BYTES: Final = 16 * 1024
+"""The reference sender's default: below this a tensor's link time is too short to be
+worth a pass over it."""
+
+
 @dataclass(frozen=True)
 class ZeroSuppressed:
     """A float tensor as its non-zero mask and values (the ``zero-bitmask`` bytes)."""
@@ -221,6 +226,17 @@ def zero_suppress(array: Tensor) -> ZeroSuppressed | None:
     return ZeroSuppressed(nnz, out.data)
 
 
+def payload_nbytes(array: Tensor, zero_suppress_from: int | None = ZERO_SUPPRESS_MIN_BYTES) -> int:
+    """The tensor bytes a session sends for ``array`` (its frame heads aside): the
+    zero-suppressed size when the session would suppress it, else its plain size."""
+    if array.dtype.kind != "f" or zero_suppress_from is None or array.nbytes < zero_suppress_from:
+        return int(array.nbytes)
+    ints = np.uint32 if array.dtype.itemsize == 4 else np.uint16
+    nnz = int(np.count_nonzero(np.ascontiguousarray(array).view(ints)))
+    packed = (array.size + 7) // 8 + nnz * array.dtype.itemsize
+    return packed if packed <= ZERO_BITMASK_MAX_FRACTION * array.nbytes else int(array.nbytes)
+
+
 def zero_restore(shape: tuple[int, ...], tag: int, nnz: int, body: memoryview) -> Tensor:
     """The dense tensor from ``zero-bitmask`` bytes, after checking them exactly."""
     dtype = DTYPE_BY_TAG[tag]
@@ -236,7 +252,9 @@ def zero_restore(shape: tuple[int, ...], tag: int, nnz: int, body: memoryview) -
     if n % 8 and int(raw[mask_bytes - 1]) & ((1 << (8 - n % 8)) - 1):
         raise TensorError("zero-bitmask: padding bits after the last value are set")
     if int(np.count_nonzero(bits)) != nnz:
-        raise TensorError(f"zero-bitmask: the mask marks {np.count_nonzero(bits)} values, not {nnz}")
+        raise TensorError(
+            f"zero-bitmask: the mask marks {np.count_nonzero(bits)} values, not {nnz}"
+        )
     values = np.frombuffer(body, dtype=dtype, offset=mask_bytes, count=nnz)
     out: Tensor = np.zeros(n, dtype=dtype)
     out[bits] = values
@@ -311,7 +329,9 @@ class ChunkRef:
             raise TensorError("pixels are not zero-suppressed")
         nnz = d["nnz"]
         if type(nnz) is not int or not 0 <= nnz <= math.prod(shape):
-            raise TensorError(f"chunked-tensor nnz {nnz!r} is not an integer in 0..{math.prod(shape)}")
+            raise TensorError(
+                f"chunked-tensor nnz {nnz!r} is not an integer in 0..{math.prod(shape)}"
+            )
         return cls(stream, dtype, shape, chunks, nnz)
 
 
