@@ -383,6 +383,8 @@ class Bench:
             ]  # fmt: skip
             if self.args.links == "testbed" and lay.rate_mbit is not None:
                 argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
+            if self.args.no_zero_suppression:
+                argv += ["--no-zero-suppression"]
             if not load_testbed(self.args.testbed).shared_medium:
                 argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
             if lay.netns:
@@ -498,6 +500,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "each request a burst no real device has)",
     )
     p.add_argument("--static-peers", action="store_true", help="also --peer the auctioneer")
+    p.add_argument(
+        "--no-zero-suppression",
+        action="store_true",
+        help="peers send every map whole (edgeci-peer --no-zero-suppression), for comparison",
+    )
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
     p.add_argument(

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(for links of a known, fixed rate)",
     )
     p.add_argument(
+        "--no-zero-suppression",
+        action="store_true",
+        help="send every feature map whole (by default maps after a ReLU travel as a bitmask "
+        "plus their non-zero values: lossless, about half the bytes; off can pay only on "
+        "links much faster than this CPU)",
+    )
+    p.add_argument(
         "--weights",
         action="append",
         default=[],
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights=weights,
             shared_medium=args.links == "shared",
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
+            zero_suppression=not args.no_zero_suppression,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

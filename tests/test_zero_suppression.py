@@ -109,6 +109,24 @@ async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() 
         await stop_all(daemons)
 
 
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_a_peer_that_sends_maps_whole_works_beside_those_that_do_not() -> None:
+    """``edgeci-peer --no-zero-suppression``: the receiving side accepts both forms."""
+    daemons = await start_cluster(3, ["resnet34"], zero_suppression=False)
+    try:
+        await wait_connected(daemons)
+        assert daemons[1]._session_config().zero_suppress_bytes is None
+        assert daemons[0]._session_config().zero_suppress_bytes is not None
+        nodes = [x.node_id for x in daemons]
+        spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
+        logits, timing = await run_plan(daemons[0], moving_plan(spec, nodes), "w1")
+        assert_exact(logits, reference())
+        assert timing["retries"] == 0
+    finally:
+        await stop_all(daemons)
+
+
 def _segments(p: object) -> list[tuple[int, int]]:
     from edgeci_p2p.core.plan import Plan, segments
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from edgeci_p2p.aio.auctioneer import AUCTIONED, Auctioneer, Decision, own_bidder
@@ -88,7 +89,7 @@ from edgeci_p2p.wire.messages import (
     TopK,
     message_from_wire,
 )
-from edgeci_p2p.wire.session import SessionConfig
+from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
 
 log = logging.getLogger("edgeci.peer")
@@ -171,6 +172,7 @@ class PeerConfig:
     max_queued_tiles: int = 64
     """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
     read_timeout: float = 10.0
+    """Seconds a half-received frame may wait for the rest before the connection closes."""
     forward_timeout: float = 60.0
     """Seconds a forwarded request may take on its peer before it runs here instead."""
     shared_medium: bool = True
@@ -178,7 +180,9 @@ class PeerConfig:
     link_bandwidth: float | None = None
     """Bytes/s to plan every link with, instead of fitting links from served tiles
     (links known in advance, e.g. wired at a fixed rate)."""
-    """Seconds a half-received frame may wait for the rest before the connection closes."""
+    zero_suppression: bool = True
+    """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
+    either way."""
 
 
 def load_node_id(state_dir: Path) -> tuple[str, Any]:
@@ -354,6 +358,16 @@ class PeerDaemon:
             port=self.port,
             models=self.store.fingerprints,
             key=self.config.cluster_key,
+            zero_suppress_bytes=(
+                DEFAULT_ZERO_SUPPRESS_BYTES if self.config.zero_suppression else None
+            ),
+        )
+
+    def _wire_nbytes(self, array: npt.NDArray[np.float32]) -> int:
+        """A tensor's bytes as this node's sessions send it (a peer that sends maps
+        whole is counted as if it did not: the figures are this node's view)."""
+        return payload_nbytes(
+            array, DEFAULT_ZERO_SUPPRESS_BYTES if self.config.zero_suppression else None
         )
 
     # ---- connections -------------------------------------------------------------------
@@ -702,6 +716,7 @@ class PeerDaemon:
                 self.mailbox,
                 self._send_rows,
                 job.deadline_s if job.deadline_s is not None else STRIP_TIMEOUT,
+                self._wire_nbytes,
             )
             log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
             return out
@@ -1253,7 +1268,7 @@ class PeerDaemon:
         finally:
             self._pending.pop(key, None)
         self._bans.clear(node)
-        stats.bytes += payload_nbytes(x) + payload_nbytes(res.output)
+        stats.bytes += self._wire_nbytes(x) + self._wire_nbytes(res.output)
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         return torch.from_numpy(res.output.reshape(res.output.shape[0], -1).copy())
 
@@ -1459,7 +1474,7 @@ class PeerDaemon:
             self._pending.pop(key, None)
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
         stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
-        stats.bytes += payload_nbytes(job.input) + payload_nbytes(res.output)
+        stats.bytes += self._wire_nbytes(job.input) + self._wire_nbytes(res.output)
         assert self.store is not None
         out = np.array(res.output, dtype=np.float32)
         last = job.stages[-1]
@@ -1662,7 +1677,7 @@ class PeerDaemon:
             self._pending.pop(key, None)
         elapsed = time.perf_counter() - t0
         stats.compute[node] = stats.compute.get(node, 0.0) + res.compute_s
-        moved = payload_nbytes(sent) + payload_nbytes(res.output)  # as they crossed the link
+        moved = self._wire_nbytes(sent) + self._wire_nbytes(res.output)  # as they crossed the link
         stats.transfer_s += max(0.0, elapsed - res.compute_s)
         stats.bytes += moved
         member = self.membership.members.get(node)

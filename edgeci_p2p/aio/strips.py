@@ -328,12 +328,14 @@ async def run_strip_job(
     mailbox: Mailbox,
     send_rows: SendRows,
     timeout: float,
+    wire_nbytes: Callable[[npt.NDArray[np.float32]], int] = payload_nbytes,
 ) -> StripOutcome:
     """Run ``job`` here: each stage on ``worker`` (its edge rows first, see
     :func:`stage_pieces`), halo rows out through ``send_rows`` as soon as they are
     computed and in through ``mailbox``. Returns the last strip and the compute seconds.
 
     The caller has claimed the job's mailbox box and ends it afterwards.
+    ``wire_nbytes`` counts the halo bytes as they cross (zero-suppressed or not).
     """
     # Sends run while the stage goes on; all must have left before the job reports
     # success (a lost neighbour fails the job).
@@ -369,7 +371,7 @@ async def run_strip_job(
                         f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
                     )
                 have.append((r.rows[0], got))
-                out.halo_in += payload_nbytes(got)
+                out.halo_in += wire_nbytes(got)
                 waiting.remove(r)
             # Edges first when they can run; else whatever can (never idle needlessly).
             ready = [p for p in todo if _covered(have, *p.need)]
@@ -411,7 +413,7 @@ async def run_strip_job(
                     part = np.ascontiguousarray(
                         yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
                     )
-                    out.halo_out += payload_nbytes(part)
+                    out.halo_out += wire_nbytes(part)
                     msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
                     sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
                     unsent.remove(s)
