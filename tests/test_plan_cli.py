@@ -80,3 +80,18 @@ def test_bench_sim_json_rows_and_table(capsys: pytest.CaptureFixture[str]) -> No
     table = capsys.readouterr().out
     assert "latency reduction" in table and "deepthings" in table
     assert "edgeci-halo (strip-resident, peer-to-peer halos) vs edgeci" in table
+
+
+def test_plan_with_zeros_plans_faster_and_refuses_a_bad_share(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def planned(*extra: str) -> dict[str, float]:
+        argv = ["plan", "--model", "vgg16", "--testbed", "emulated-4", "--json", *extra]
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    whole, half = planned(), planned("--zeros", "0.5")
+    # maps cross in about half their bytes: the plan offloads more and is faster
+    assert half["latency_ms"] < 0.97 * whole["latency_ms"]
+    assert main(["plan", "--model", "vgg16", "--testbed", "emulated-4", "--zeros", "1.5"]) == 1
+    assert "share of zeros" in capsys.readouterr().err

@@ -146,3 +146,14 @@ def test_zero_suppressed_and_plain_maps_decode_to_the_same_array() -> None:
     assert packed is not None
     back = tensors.zero_restore(x.shape, tensors.TAG_FLOAT32_LE, packed.nnz, packed.body)
     assert back.tobytes() == x.tobytes()
+
+
+def test_uniform_fractions_for_the_cli() -> None:
+    from edgeci_p2p.core.density import uniform_fractions
+
+    assert uniform_fractions(3, 0.0) == ()
+    f = uniform_fractions(3, 0.5)
+    assert f[0] == 1.0 and f[1:] == (pytest.approx(1 / 32 + 0.5),) * 3
+    assert uniform_fractions(2, 0.05) == (1.0, 1.0, 1.0)  # too few zeros: sent whole
+    with pytest.raises(ValueError, match="share of zeros"):
+        uniform_fractions(3, -0.1)

@@ -27,6 +27,14 @@ def register(sub: Any) -> None:
     s.add_argument("--strategies", nargs="+", default=None, help="default: all")
     s.add_argument("--json", action="store_true", help="print a JSON list of rows")
     s.add_argument(
+        "--zeros",
+        type=float,
+        default=0.0,
+        help="share of zeros in the maps after the input (they travel zero-suppressed, "
+        "docs/protocol.md 5.4; about 0.5 with seeded weights, more with trained ones); "
+        "default 0: every map planned whole",
+    )
+    s.add_argument(
         "--scenario",
         choices=("static", "dynamic-load"),
         default="static",
@@ -36,7 +44,12 @@ def register(sub: Any) -> None:
     s.set_defaults(func=run_sim)
 
 
-def sim_rows(models: list[str], testbeds: list[str], strategies: list[str]) -> list[dict[str, Any]]:
+def sim_rows(
+    models: list[str], testbeds: list[str], strategies: list[str], zeros: float = 0.0
+) -> list[dict[str, Any]]:
+    import dataclasses
+
+    from edgeci_p2p.core.density import uniform_fractions
     from edgeci_p2p.core.plan import validate
     from edgeci_p2p.core.sim import simulate
     from edgeci_p2p.nn.models import check_model_name
@@ -49,6 +62,8 @@ def sim_rows(models: list[str], testbeds: list[str], strategies: list[str]) -> l
     for model in models:
         check_model_name(model)
         spec = spec_for(model)
+        if zeros:
+            spec = dataclasses.replace(spec, wire_fraction=uniform_fractions(spec.n_units, zeros))
         for name in testbeds:
             tb = load_testbed(name)
             ctx = Context(spec, tb)
@@ -139,7 +154,7 @@ def run_sim(args: argparse.Namespace) -> int:
         return 0
     testbeds = args.testbeds or testbed_names()
     strategies = args.strategies or list(STRATEGIES)
-    rows = sim_rows(args.models, testbeds, strategies)
+    rows = sim_rows(args.models, testbeds, strategies, args.zeros)
     if args.json:
         print(json.dumps(rows))
     else:

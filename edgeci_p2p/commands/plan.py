@@ -20,6 +20,14 @@ def register(sub: Any) -> None:
         help="edgeci, edgeci-halo, local, modnn, deepthings, edgeld, aofl",
     )
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224))
+    p.add_argument(
+        "--zeros",
+        type=float,
+        default=0.0,
+        help="share of zeros in the maps after the input (they travel zero-suppressed, "
+        "docs/protocol.md 5.4; about 0.5 with seeded weights, more with trained ones); "
+        "default 0: every map planned whole",
+    )
     p.add_argument("--json", action="store_true", help="print the plan and simulation as JSON")
     p.add_argument("--gantt", metavar="PNG", help="draw the simulated timeline to this file")
     p.add_argument(
@@ -50,8 +58,10 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
+    from edgeci_p2p.core.density import uniform_fractions
     from edgeci_p2p.core.plan import validate
     from edgeci_p2p.core.sim import simulate
     from edgeci_p2p.nn.models import check_model_name
@@ -61,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_name(args.model)
     spec = spec_for(args.model, *args.size)
+    if args.zeros:
+        spec = dataclasses.replace(spec, wire_fraction=uniform_fractions(spec.n_units, args.zeros))
     if args.peer:
         p, tb, planning = _live(args)
     else:

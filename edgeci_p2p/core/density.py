@@ -68,3 +68,14 @@ class WireFractions:
         ):
             self.planned = now
         return self.planned
+
+
+def uniform_fractions(n_units: int, zeros: float) -> tuple[float, ...]:
+    """Wire fractions for a network whose every map after the input has this share of
+    zeros (``edgeci plan --zeros``): the input travels whole."""
+    if not 0.0 <= zeros <= 1.0:
+        raise ValueError(f"a share of zeros is in 0..1, not {zeros}")
+    if zeros == 0.0:
+        return ()
+    f = wire_fraction(10**6, round((1 - zeros) * 10**6))
+    return (1.0, *([f] * n_units))
