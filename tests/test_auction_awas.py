@@ -24,7 +24,7 @@ from edgeci_p2p.auction.dynamic_load import Calendar, Scenario, dynamic_load
 from edgeci_p2p.auction.messages import Award, AwardReply
 from edgeci_p2p.auction.round import AuctionRound, Phase
 from edgeci_p2p.core.cost import Testbed as Cluster
-from edgeci_p2p.core.plan import validate
+from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
@@ -296,3 +296,34 @@ def test_a_busy_entry_peer_sends_the_frame_to_idle_ones() -> None:
     idle = bidders_for(tb)
     plan_ = AwasPlanner(spec).plan_from_bids(call, [b.bid(call, 0.0) for b in idle.values()])
     assert len({p.device for st in plan_.stages for p in st.parts}) > 1
+
+
+def test_an_idle_cluster_is_planned_once_and_to_the_same_plan() -> None:
+    """With no backlog anywhere, the share-model cluster is the idle cluster: the plan
+    already made is reused (a planner run costs seconds on a slow entry peer)."""
+    spec = small_spec()
+    tb = fake_testbed([2.0, 5.0, 1.0, 3.0], [50, 100, 20, 80])
+    call = probe_call("a", tb.names[0], spec)
+
+    def counted(planner: AwasPlanner, backlog: dict[str, float] | None) -> tuple[Plan, int]:
+        runs = []
+        inner = planner._planner
+
+        def counting(ctx: Context):  # type: ignore[no-untyped-def]
+            runs.append(ctx.testbed.name)
+            return inner(ctx)
+
+        planner._planner = counting  # type: ignore[method-assign]
+        bids = [b.bid(call, 0.0) for b in bidders_for(tb, backlog).values()]
+        return planner.plan_from_bids(call, bids), len(runs)
+
+    plan_, runs = counted(AwasPlanner(spec), None)
+    assert runs == 1
+    # The same plan as planning the share-model cluster afresh.
+    bids = [b.bid(call, 0.0) for b in bidders_for(tb).values()]
+    fresh = AwasPlanner(spec)
+    again, _, _ = fresh._plan(call, bids, 1.0, {}, lambda p: 0.0)
+    assert plan_ == again
+    # A queue somewhere makes the share-model cluster differ: both are planned.
+    _, runs = counted(AwasPlanner(spec), {tb.names[1]: 0.05})
+    assert runs >= 2

@@ -415,9 +415,11 @@ class AwasPlanner:
             return predict_with_backlog(p, self.spec, idle_tb, backlog, work)
 
         first = self.previous
+        fresh: tuple[Testbed, Plan] | None = None
         if first is None or not set(first.devices) <= set(idle_tb.names):
             idle_ctx = Context(self.spec, idle_tb)
             first = place_strips(self._planner(idle_ctx), idle_ctx)
+            fresh = (idle_tb, first)
         span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
         candidates = [(first, idle_tb, left_idle)]
         still_good = (
@@ -431,7 +433,7 @@ class AwasPlanner:
             # Re-plan unless the last plan still predicts within 10% of what it did, on
             # the same peers, with no queue worth the name: bids differ by noise from
             # request to request, and a planner run costs 0.1-0.7 s.
-            candidates.append(self._plan(call, bids, span, backlog, judge))
+            candidates.append(self._plan(call, bids, span, backlog, judge, fresh))
         # A peer works through its queue first (FIFO), and DPFL's stages wait for
         # their slowest strip: a long queue is better avoided than shared.
         queued = sorted(
@@ -475,13 +477,22 @@ class AwasPlanner:
         span: float,
         backlog: Mapping[str, float],
         judge: Callable[[Plan], float],
+        planned: tuple[Testbed, Plan] | None = None,
     ) -> tuple[Plan, Testbed, dict[str, str]]:
         """DPFL on the share-model cluster of ``bids``, then strips placed twice: by
         exact strip times, then by backlog plus strip time (kept if ``judge`` agrees);
-        then the head placed (:func:`~edgeci_p2p.planners.head.place_head`)."""
+        then the head placed (:func:`~edgeci_p2p.planners.head.place_head`).
+
+        ``planned``: a cluster and its DPFL plan with strips placed, just made; when
+        the share-model cluster is that same cluster (no peer has a backlog), the
+        planner is not run again (a run costs 0.1-0.7 s, several times that on a slow
+        entry peer)."""
         tb, left = testbed_from_bids(call, bids, span, self.shared_medium, self.min_share)
         ctx = Context(self.spec, tb)
-        plan = place_strips(self._planner(ctx), ctx)
+        if planned is not None and planned[0] == tb:
+            plan = planned[1]
+        else:
+            plan = place_strips(self._planner(ctx), ctx)
         offsets = [backlog.get(n, 0.0) for n in tb.names]
         placed = place_strips(plan, ctx, offsets, judge)
         # The head last: strip placement rebuilds the plan with the head at home.
