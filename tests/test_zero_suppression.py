@@ -86,6 +86,8 @@ async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() 
         nodes = [x.node_id for x in daemons]
         spec = d.store.spec("resnet34", 224, 224)
         p = moving_plan(spec, nodes)
+        await d.make_plan("z0", "resnet34", "edgeci", 224, 224, dry_run=True)  # nothing seen
+        assert [k[4] for k in d.auctioneer._planners if k[0] == "edgeci"] == [()]
         logits, timing = await run_plan(d, p, "z1")
         assert_exact(logits, reference())
         seen = d._wire[("resnet34", 224, 224)]
@@ -103,8 +105,9 @@ async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() 
         assert at_seen.bytes_moved < 0.9 * whole.bytes_moved
         # The next plan is made with them (its decider is keyed by them).
         await d.make_plan("z2", "resnet34", "edgeci", 224, 224, dry_run=True)
+        # (one decider per kind of request: the one planned whole is gone)
         keys = [k for k in d.auctioneer._planners if k[0] == "edgeci"]
-        assert keys and keys[-1][4] == seen.for_planning() and keys[-1][4][0] == 1.0
+        assert len(keys) == 1 and keys[0][4] == seen.for_planning() and keys[0][4][0] == 1.0
     finally:
         await stop_all(daemons)
 

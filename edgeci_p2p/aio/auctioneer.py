@@ -195,6 +195,10 @@ class Auctioneer:
         key = (strategy, spec.name, spec.input_shape, spec.input_itemsize, spec.wire_fraction)
         decider = self._planners.get(key)
         if decider is None:
+            # New wire fractions replace the old ones' decider: a long-lived node whose
+            # inputs drift keeps one per kind of request, not one per drift.
+            for old in [k for k in self._planners if k[:4] == key[:4]]:
+                self._locks.pop(id(self._planners.pop(old)), None)
             inner: AwasPlanner | StaticPlanner = (
                 AwasPlanner(
                     spec,
