@@ -5,12 +5,17 @@ model, then K rounds of one request per strategy (strategies interleaved, so a
 drift in machine load touches all of them alike) and prints one JSON object per
 line on stdout: ``{"event": "status"|"result"|"error", ...}``.
 
-Each round starts the order one strategy later. Under CFS quotas a peer's speed over
-the next few hundred milliseconds depends on how much of the current 100 ms period's
-quota the request before used up; in a fixed order each strategy would always
-inherit the state the same predecessor left. ``--gap`` seconds of quiet before each
-request (default 0, back to back) refill every quota instead, which gives every
-request a burst at full-core speed that a real device of that speed does not have.
+Each round sends the strategies in a new order, a shuffle seeded by the round's
+number. Under CFS quotas a peer's speed over the next few hundred milliseconds
+depends on how much of the current 100 ms period's quota the request before used
+up; in a fixed order each strategy would always inherit the state the same
+predecessor left. (Rotating the order, as this client did before, is not enough:
+it keeps every strategy behind the same predecessor in all but one round. A run
+had `edgeci` and `local` run the same one-peer ResNet-34 plan at 177.5 and 152.5
+ms: `edgeci` always followed `local`, whose request had spent the quota.)
+``--gap`` seconds of quiet before each request (default 0, back to back) refill
+every quota instead, which gives every request a burst at full-core speed that a
+real device of that speed does not have.
 
     python benchmarks/cluster_client.py --peer HOST:PORT --expect-peers 3 --k 5 \
         [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...]
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -69,8 +75,9 @@ async def measure(args: argparse.Namespace) -> int:
             for strategy in args.warmup.split(","):
                 await c.infer(x, model=model, strategy=strategy)
             for rep in range(args.k):
-                shift = rep % len(strategies)
-                for strategy in strategies[shift:] + strategies[:shift]:
+                order = list(strategies)
+                random.Random(rep).shuffle(order)
+                for strategy in order:
                     await asyncio.sleep(args.gap)
                     t0 = time.perf_counter()
                     try:
