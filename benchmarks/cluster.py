@@ -580,6 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.raw is not None:
         args.raw.write_text("".join(json.dumps(r) + "\n" for r in results))
+    # Report in the order asked for (requests went in a shuffled order each round).
+    order = [s for s in args.strategies.split(",") if s]
+    models = list(dict.fromkeys(r["model"] for r in results))
+    results = sorted(
+        results,
+        key=lambda r: (models.index(r["model"]), order.index(r["strategy"])),
+    )
     rows = summarise(results, ideal)
     diag = diagnostics(results)
     shaped = layout.netns
