@@ -10,7 +10,7 @@ import pytest
 
 from edgeci_p2p.core.cost import ComputeModel, LinearFit
 from edgeci_p2p.nn import profiler
-from edgeci_p2p.nn.profiler import Profile, cache_path, load_or_measure, measure
+from edgeci_p2p.nn.profiler import Profile, best_of_passes, cache_path, load_or_measure, measure
 
 SMALL = {
     # 1 and 64 stem rows: 2 and 136 MFLOP. At 1 and 8 rows both ran in the ~0.4 ms a
@@ -32,7 +32,24 @@ def test_a_small_measurement_fits_positive_speeds_and_reports_progress() -> None
     conv = prof.points["conv"]
     assert conv[1][0] > conv[0][0] and conv[1][1] > conv[0][1]
     assert prof.compute.seconds("head", 1e6) == prof.compute.fits["conv"].seconds(1e6)
-    assert "profiling (1 thread(s)): 7/7" in out.getvalue()
+    assert "profiling (1 thread(s)): 14/14" in out.getvalue()  # 7 points, 2 passes
+
+
+def test_a_long_disturbance_spoils_one_pass_not_every_repeat_of_a_point() -> None:
+    """Each run takes 1 s, or 3 s while something else holds the CPU (the first 15 s):
+    back to back, the first point's five repeats would all fall in it."""
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def run() -> None:
+        now[0] += 3.0 if now[0] < 15.0 else 1.0
+
+    ticks: list[int] = []
+    best = best_of_passes([run, run, run], 5, clock=clock, on_run=ticks.append)
+    assert best == [1.0, 1.0, 1.0]
+    assert ticks == [0, 1, 2] * 5
 
 
 def test_cache_is_keyed_by_host_torch_and_threads_and_reused(

@@ -2,8 +2,9 @@
 
 The profiler times single units through :class:`~edgeci_p2p.nn.executor.FusedExecutor`
 (the code path a peer really runs) on row strips of several heights, takes the
-minimum of a few repeats per point (the machine may be shared; the minimum is
-the least disturbed estimate of what the CPU can do), and fits a line per kind
+minimum of a few passes over all points (the machine may be shared; the minimum
+is the least disturbed estimate of what the CPU can do, and passes spread each
+point's repeats over the whole run), and fits a line per kind
 with :meth:`~edgeci_p2p.core.cost.LinearFit.fit`:
 
 * ``conv``: VGG-11 conv units at three depths;
@@ -18,12 +19,13 @@ daemon's bids reuse one measurement. The whole run stays within about 20 s.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -108,12 +110,21 @@ def cache_path(threads: int) -> Path:
     return cache_dir() / f"profile-{safe}-torch{torch.__version__}-t{threads}.json"
 
 
-def _time_min(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
+def best_of_passes(
+    runs: Sequence[Callable[[], object]],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    on_run: Callable[[int], None] = lambda k: None,
+) -> list[float]:
+    """The least seconds each of ``runs`` took over ``repeats`` passes over all of them
+    (pass by pass, not each run's repeats back to back)."""
+    best = [float("inf")] * len(runs)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, run in enumerate(runs):
+            t0 = clock()
+            run()
+            best[k] = min(best[k], clock() - t0)
+            on_run(k)
     return best
 
 
@@ -131,7 +142,7 @@ def measure(
     torch.set_num_threads(threads)
     start = time.perf_counter()
     executors: dict[str, FusedExecutor] = {}
-    total = sum(len(h) for runs in plan.values() for _, _, h in runs) + len(heads)
+    total = repeats * (sum(len(h) for runs in plan.values() for _, _, h in runs) + len(heads))
     done = 0
 
     def tick(what: str) -> None:
@@ -147,6 +158,12 @@ def measure(
             executors[name] = FusedExecutor(model, spec_for(name))
         return executors[name]
 
+    # Every point first, then the repeats as passes over all of them: a disturbance
+    # (a CFS throttle, a neighbour starting up on the same cores) that lasts a while
+    # spoils one pass of each point it overlaps, not every repeat of one point. Back
+    # to back, a peer starting beside three others once fitted ResNet blocks 2x slow
+    # and its cluster ran ResNet-34 distributed at twice the time of one peer.
+    jobs: list[tuple[str, float, Callable[[], object], str]] = []
     points: dict[str, list[tuple[float, float]]] = {}
     try:
         gen = torch.Generator().manual_seed(0)
@@ -162,18 +179,23 @@ def measure(
                         c_in = unit.in_shape[0]
                         need = tr.need
                         slab = torch.randn((1, c_in, need.rows.size, need.cols.size), generator=gen)
-                        ex.run_trace(tr, slab, need)  # warm-up
-                        secs = _time_min(lambda: ex.run_trace(tr, slab, need), repeats)  # noqa: B023
-                        points.setdefault(kind, []).append((float(tr.flops), secs))
-                        tick(f"{kind} {unit_name} x{rows}")
+                        run = functools.partial(ex.run_trace, tr, slab, need)
+                        jobs.append((kind, float(tr.flops), run, f"{kind} {unit_name} x{rows}"))
             for model_name in heads:
                 ex = executor(model_name)
                 c, h, w = ex.spec.head.in_shape
                 x = torch.randn((1, c, h, w), generator=gen)
-                ex.head(x)
-                secs = _time_min(lambda: ex.head(x), repeats)  # noqa: B023
-                points.setdefault("head", []).append((float(head_flops(ex.spec)), secs))
-                tick(f"head {model_name}")
+                run = functools.partial(ex.head, x)
+                jobs.append(("head", float(head_flops(ex.spec)), run, f"head {model_name}"))
+            for _, _, run, _ in jobs:
+                run()  # warm-up
+            best = best_of_passes(
+                [run for _, _, run, _ in jobs],
+                repeats,
+                on_run=lambda k: tick(jobs[k][3]),
+            )
+            for (kind, flops, _, _), secs in zip(jobs, best, strict=True):
+                points.setdefault(kind, []).append((flops, secs))
     finally:
         torch.set_num_threads(old_threads)
         if progress is not None:
