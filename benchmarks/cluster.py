@@ -424,7 +424,7 @@ class Bench:
             sys.executable, str(CLIENT), "--peer", self.address(0),
             "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
             "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
-            "--gap", str(a.gap),
+            "--gap", str(a.gap), "--settle", str(a.settle),
         ]  # fmt: skip
         if lay.netns:
             argv = ["ip", "netns", "exec", lay.peers[0].namespace, *argv]
@@ -498,6 +498,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=8192,
         help="cpu.shares of the peers' cgroups (0 = the kernel default 1024): high, so that "
         "other load on the machine does not flatten the quotas",
+    )
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="unmeasured requests of the same strategy before each measured one (default 1: "
+        "each is measured in the CFS state its own kind leaves, not its predecessor's)",
     )
     p.add_argument(
         "--gap",
@@ -608,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{testbed.name}: cpu {shares} of a core, {rate:g} mbit tbf links, K={args.k}"
         if shaped
         else f"UNSHAPED loopback ({len(shares)} peers, no caps), K={args.k}"
-    ) + f"; profile: {args.profile}, links: {args.links}"
+    ) + f"; settle {args.settle}; profile: {args.profile}, links: {args.links}"
     print(title)
     print(table(rows, diag, shaped))
     chart(rows, diag, args.chart, title)
@@ -623,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "shares": shares if shaped else None,
                     "rate_mbit": rate if shaped else None,
                     "k": args.k,
+                    "settle": args.settle,
+                    "gap": args.gap,
                     "profile": args.profile,
                     "links": args.links,
                     "link_probe": bench.link if bench is not None else None,

@@ -12,7 +12,13 @@ up; in a fixed order each strategy would always inherit the state the same
 predecessor left. (Rotating the order, as this client did before, is not enough:
 it keeps every strategy behind the same predecessor in all but one round. A run
 had `edgeci` and `local` run the same one-peer ResNet-34 plan at 177.5 and 152.5
-ms: `edgeci` always followed `local`, whose request had spent the quota.)
+ms: `edgeci` always followed `local`, whose request had spent the quota.) A shuffle
+is not enough either: a one-peer ResNet-34 request ran in 105-127 ms (median)
+after `modnn` or `edgeld`, which leave the entry peer's quota unspent, and in
+162-177 ms after the others, so whichever strategy the shuffle put behind them
+more often looked faster. So each measured request follows ``--settle`` (default
+1) unmeasured requests of its own strategy: every strategy is measured in the
+state it leaves behind itself, as in a service answering a stream of requests.
 ``--gap`` seconds of quiet before each request (default 0, back to back) refill
 every quota instead, which gives every request a burst at full-core speed that a
 real device of that speed does not have.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -78,6 +85,9 @@ async def measure(args: argparse.Namespace) -> int:
                 order = list(strategies)
                 random.Random(rep).shuffle(order)
                 for strategy in order:
+                    for _ in range(args.settle):  # unmeasured: see the module docstring
+                        with contextlib.suppress(ClientError, TimeoutError):
+                            await c.infer(x, model=model, strategy=strategy)
                     await asyncio.sleep(args.gap)
                     t0 = time.perf_counter()
                     try:
@@ -126,6 +136,12 @@ def main() -> int:
         type=float,
         default=0.0,
         help="seconds of quiet before each request (0: back to back)",
+    )
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="unmeasured requests of the same strategy just before each measured one",
     )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
