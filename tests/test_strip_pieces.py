@@ -184,7 +184,9 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
         box.claim("r", 1)
 
         async def late() -> None:
-            await asyncio.sleep(0.2)
+            # Late by far more than the middle takes (5 ms alone; a CI run under load
+            # once took over 0.2 s to reach it), yet well inside the job's timeout.
+            await asyncio.sleep(1.0)
             log.append("rows arrive")
             for st in job.stages[1:]:
                 for r in st.recv:
@@ -194,7 +196,7 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
 
         task = asyncio.ensure_future(late()) if deliver else None
         with ThreadPoolExecutor(1) as ex:
-            await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=1.0)  # type: ignore[arg-type]
+            await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=3.0)  # type: ignore[arg-type]
         if task is not None:
             await task
 
