@@ -254,17 +254,23 @@ def test_backlogged_peer_gets_an_edge_strip() -> None:
     assert judge(placed) < judge(base)
 
 
-def test_a_still_good_plan_is_kept_and_a_changed_cluster_replanned() -> None:
-    spec = small_spec()
-    planner = AwasPlanner(spec)
-    runs = []
+def count_planner_runs(planner: AwasPlanner) -> list[str]:
+    """The names of the clusters ``planner`` runs its strategy's planner on, from now."""
+    runs: list[str] = []
     inner = planner._planner
 
-    def counting(ctx: Context):  # type: ignore[no-untyped-def]
+    def counting(ctx: Context) -> Plan:
         runs.append(ctx.testbed.name)
         return inner(ctx)
 
     planner._planner = counting  # type: ignore[method-assign]
+    return runs
+
+
+def test_a_still_good_plan_is_kept_and_a_changed_cluster_replanned() -> None:
+    spec = small_spec()
+    planner = AwasPlanner(spec)
+    runs = count_planner_runs(planner)
 
     def decide(gflops: list[float], auction: str) -> None:
         tb = fake_testbed(gflops, [50, 100, 20, 80])
@@ -306,14 +312,7 @@ def test_an_idle_cluster_is_planned_once_and_to_the_same_plan() -> None:
     call = probe_call("a", tb.names[0], spec)
 
     def counted(planner: AwasPlanner, backlog: dict[str, float] | None) -> tuple[Plan, int]:
-        runs = []
-        inner = planner._planner
-
-        def counting(ctx: Context):  # type: ignore[no-untyped-def]
-            runs.append(ctx.testbed.name)
-            return inner(ctx)
-
-        planner._planner = counting  # type: ignore[method-assign]
+        runs = count_planner_runs(planner)
         bids = [b.bid(call, 0.0) for b in bidders_for(tb, backlog).values()]
         return planner.plan_from_bids(call, bids), len(runs)
 

@@ -1,0 +1,18 @@
+"""One module per ``edgeci`` subcommand; what several of them share lives here."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_zeros_argument(p: argparse.ArgumentParser) -> None:
+    """``--zeros Z``: plan as if every map after the input had this share of zeros
+    (:func:`edgeci_p2p.core.density.with_zeros`)."""
+    p.add_argument(
+        "--zeros",
+        type=float,
+        default=0.0,
+        help="share of zeros in the maps after the input (they travel zero-suppressed, "
+        "docs/protocol.md 5.4; about 0.5 with seeded weights, more with trained ones); "
+        "default 0: every map planned whole",
+    )

@@ -8,6 +8,8 @@ import argparse
 import json
 from typing import Any
 
+from edgeci_p2p.commands import add_zeros_argument
+
 DEFAULT_MODELS = ("vgg16", "resnet34")
 OURS = ("edgeci", "edgeci-halo")
 
@@ -26,14 +28,7 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--strategies", nargs="+", default=None, help="default: all")
     s.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    s.add_argument(
-        "--zeros",
-        type=float,
-        default=0.0,
-        help="share of zeros in the maps after the input (they travel zero-suppressed, "
-        "docs/protocol.md 5.4; about 0.5 with seeded weights, more with trained ones); "
-        "default 0: every map planned whole",
-    )
+    add_zeros_argument(s)
     s.add_argument(
         "--scenario",
         choices=("static", "dynamic-load"),
@@ -47,9 +42,7 @@ def register(sub: Any) -> None:
 def sim_rows(
     models: list[str], testbeds: list[str], strategies: list[str], zeros: float = 0.0
 ) -> list[dict[str, Any]]:
-    import dataclasses
-
-    from edgeci_p2p.core.density import uniform_fractions
+    from edgeci_p2p.core.density import with_zeros
     from edgeci_p2p.core.plan import validate
     from edgeci_p2p.core.sim import simulate
     from edgeci_p2p.nn.models import check_model_name
@@ -62,8 +55,7 @@ def sim_rows(
     for model in models:
         check_model_name(model)
         spec = spec_for(model)
-        if zeros:
-            spec = dataclasses.replace(spec, wire_fraction=uniform_fractions(spec.n_units, zeros))
+        spec = with_zeros(spec, zeros)
         for name in testbeds:
             tb = load_testbed(name)
             ctx = Context(spec, tb)

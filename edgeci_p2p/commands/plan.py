@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from edgeci_p2p.commands import add_zeros_argument
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -20,14 +22,7 @@ def register(sub: Any) -> None:
         help="edgeci, edgeci-halo, local, modnn, deepthings, edgeld, aofl",
     )
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224))
-    p.add_argument(
-        "--zeros",
-        type=float,
-        default=0.0,
-        help="share of zeros in the maps after the input (they travel zero-suppressed, "
-        "docs/protocol.md 5.4; about 0.5 with seeded weights, more with trained ones); "
-        "default 0: every map planned whole",
-    )
+    add_zeros_argument(p)
     p.add_argument("--json", action="store_true", help="print the plan and simulation as JSON")
     p.add_argument("--gantt", metavar="PNG", help="draw the simulated timeline to this file")
     p.add_argument(
@@ -58,10 +53,9 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
     import time
 
-    from edgeci_p2p.core.density import uniform_fractions
+    from edgeci_p2p.core.density import with_zeros
     from edgeci_p2p.core.plan import validate
     from edgeci_p2p.core.sim import simulate
     from edgeci_p2p.nn.models import check_model_name
@@ -71,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_name(args.model)
     spec = spec_for(args.model, *args.size)
-    if args.zeros:
-        spec = dataclasses.replace(spec, wire_fraction=uniform_fractions(spec.n_units, args.zeros))
+    spec = with_zeros(spec, args.zeros)
     if args.peer:
         p, tb, planning = _live(args)
     else:

@@ -9,8 +9,11 @@ assembles and plans with what it saw (``ModelSpec.wire_fraction``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+
+from edgeci_p2p.core.units import ModelSpec
 
 SUPPRESSED_MAX_FRACTION = 0.9
 """A sender zero-suppresses a map only when that takes at most this share of its
@@ -79,3 +82,10 @@ def uniform_fractions(n_units: int, zeros: float) -> tuple[float, ...]:
         return ()
     f = wire_fraction(10**6, round((1 - zeros) * 10**6))
     return (1.0, *([f] * n_units))
+
+
+def with_zeros(spec: ModelSpec, zeros: float) -> ModelSpec:
+    """``spec`` planned as if every map after the input had this share of zeros."""
+    if not zeros:
+        return spec
+    return dataclasses.replace(spec, wire_fraction=uniform_fractions(spec.n_units, zeros))
