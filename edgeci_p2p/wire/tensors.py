@@ -218,23 +218,30 @@ def _mostly_nonzero(flat: Tensor) -> bool:
     return int(np.count_nonzero(_nonzero(sample))) > 0.9 * sample.size
 
 
+def _suppression(flat: Tensor) -> tuple[npt.NDArray[np.bool_], int, int] | None:
+    """``(mask, nnz, bytes)`` of ``flat`` zero-suppressed, or None when that would not
+    take at most ZERO_BITMASK_MAX_FRACTION of its bytes (the one rule for both the
+    sender and :func:`payload_nbytes`)."""
+    if flat.dtype.kind != "f" or flat.size == 0 or _mostly_nonzero(flat):
+        return None
+    mask = _nonzero(flat)
+    nnz = int(np.count_nonzero(mask))
+    size = (flat.size + 7) // 8 + nnz * flat.itemsize
+    return (mask, nnz, size) if size <= ZERO_BITMASK_MAX_FRACTION * flat.nbytes else None
+
+
 def zero_suppress(array: Tensor) -> ZeroSuppressed | None:
     """``array`` as ``zero-bitmask`` bytes, or None when that would not save enough.
 
     Only float32/float16 tensors qualify (pixels are small and dense).
     """
-    data = contiguous_le(array)
-    if data.dtype.kind != "f" or data.size == 0:
+    flat = contiguous_le(array).reshape(-1)
+    found = _suppression(flat)
+    if found is None:
         return None
-    flat = data.reshape(-1)
-    if _mostly_nonzero(flat):
-        return None
-    mask = _nonzero(flat)
-    nnz = int(np.count_nonzero(mask))
+    mask, nnz, size = found
     mask_bytes = (flat.size + 7) // 8
-    if mask_bytes + nnz * flat.itemsize > ZERO_BITMASK_MAX_FRACTION * data.nbytes:
-        return None
-    out = np.empty(mask_bytes + nnz * flat.itemsize, dtype=np.uint8)
+    out = np.empty(size, dtype=np.uint8)
     out[:mask_bytes] = np.packbits(mask)
     out[mask_bytes:].view(flat.dtype)[:] = flat[mask]
     return ZeroSuppressed(nnz, out.data)
@@ -243,14 +250,10 @@ def zero_suppress(array: Tensor) -> ZeroSuppressed | None:
 def payload_nbytes(array: Tensor, zero_suppress_from: int | None = ZERO_SUPPRESS_MIN_BYTES) -> int:
     """The tensor bytes a session sends for ``array`` (its frame heads aside): the
     zero-suppressed size when the session would suppress it, else its plain size."""
-    if array.dtype.kind != "f" or zero_suppress_from is None or array.nbytes < zero_suppress_from:
+    if zero_suppress_from is None or array.nbytes < zero_suppress_from:
         return int(array.nbytes)
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if _mostly_nonzero(flat):
-        return int(array.nbytes)
-    nnz = int(np.count_nonzero(_nonzero(flat)))
-    packed = (array.size + 7) // 8 + nnz * array.dtype.itemsize
-    return packed if packed <= ZERO_BITMASK_MAX_FRACTION * array.nbytes else int(array.nbytes)
+    found = _suppression(np.ascontiguousarray(array).reshape(-1))
+    return int(array.nbytes) if found is None else found[2]
 
 
 def zero_restore(shape: tuple[int, ...], tag: int, nnz: int, body: memoryview) -> Tensor:
