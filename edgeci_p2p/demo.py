@@ -37,13 +37,19 @@ def ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
+    said: list[str] = []
     while time.monotonic() < deadline and proc.poll() is None:
         if sel.select(timeout=0.5):
             line = proc.stdout.readline()
+            said.append(line)
             m = re.search(r"ready on port (\d+)", line)
             if m:
                 return int(m.group(1))
-    raise RuntimeError(f"a peer failed to start (exit code {proc.poll()})")
+    if proc.poll() is not None:
+        said.append(proc.stdout.read())  # what it printed before it exited
+    tail = "".join(said).strip().splitlines()[-5:]
+    why = ("; it said: " + " | ".join(tail)) if tail else ""
+    raise RuntimeError(f"a peer failed to start (exit code {proc.poll()}){why}")
 
 
 def start_peer(

@@ -111,3 +111,15 @@ def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
     r = edgeci("peers", "--peer", "127.0.0.1:1")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_peer_that_fails_to_start_says_why() -> None:
+    """``make demo`` and the subprocess tests report the peer's own last words."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.exit('edgeci-peer: error: port in use')"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    with pytest.raises(RuntimeError, match=r"exit code 1\); it said: edgeci-peer: error: port"):
+        ready_port(proc, 20)

@@ -83,3 +83,21 @@ def test_unreadable_cache_is_measured_again(
     prof, cached = load_or_measure(1, progress=err)
     assert not cached and "ignoring unreadable profile cache" in err.getvalue()
     assert Profile.from_dict(json.loads(cache_path(1).read_text())) == prof
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing_but_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(profiler, "PLAN", SMALL)
+    monkeypatch.setattr(profiler, "HEADS", ())
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("EDGECI_CACHE_DIR", str(blocked))
+    err = io.StringIO()
+    prof, cached = load_or_measure(1, progress=err)
+    assert not cached and "conv" in prof.compute.fits
+    assert "could not cache the profile" in err.getvalue()
+    # Written normally, no temporary file is left beside the cache.
+    monkeypatch.setenv("EDGECI_CACHE_DIR", str(tmp_path / "cache"))
+    load_or_measure(1, progress=None)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache_path(1).name]

@@ -19,6 +19,7 @@ daemon's bids reuse one measurement. The whole run stays within about 20 s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -235,8 +236,17 @@ def load_or_measure(
             if progress is not None:
                 progress.write(f"ignoring unreadable profile cache {path}: {e}\n")
     prof = measure(threads, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(prof.to_dict(), indent=1))
-    tmp.replace(path)
+    # Peers started together on one host share this file: each writes its own
+    # temporary file and renames it into place (the last one wins, none breaks). With
+    # one shared ".tmp" name, a peer whose file another had renamed away exited.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(prof.to_dict(), indent=1))
+        tmp.replace(path)
+    except OSError as e:  # a cache we cannot write costs the next start 2 s, nothing more
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if progress is not None:
+            progress.write(f"could not cache the profile at {path}: {e}\n")
     return prof, False
