@@ -315,6 +315,21 @@ def _relu_map(shape: tuple[int, ...], seed: int = 5, dtype: type = np.float32) -
     return np.maximum(x, 0)
 
 
+def _through(a: Session, b: Session, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """``x`` sent from ``a`` as a tile result: the bytes on the wire and what ``b`` got."""
+    data = a.send(TileResult("r", 1, x, 0.1))
+    b.receive_data(data)
+    (got,) = drain(b)
+    assert isinstance(got, TileResult)
+    return data, got.output
+
+
+def _tile_result_with(ref: dict[str, object]) -> bytes:
+    """A tile_result frame whose output is the chunk reference ``ref``."""
+    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
+    return framing.encode_frame(body)
+
+
 def _tile_result_ref(data: bytes) -> dict[str, object]:
     """The tensor reference a tile_result frame announces."""
     reader = framing.FrameReader()
@@ -350,35 +365,29 @@ def test_a_dense_map_and_a_small_map_travel_plain() -> None:
     dense = np.random.default_rng(1).standard_normal((1, 64, 28, 28)).astype(np.float32)
     small = _relu_map((1, 4, 8, 8))
     for x in (dense, small):
-        data = a.send(TileResult("r", 1, x, 0.1))
+        data, out = _through(a, b, x)
         assert len(data) > x.nbytes
-        b.receive_data(data)
-        (got,) = drain(b)
-        assert isinstance(got, TileResult) and np.array_equal(got.output, x)
+        assert np.array_equal(out, x)
 
 
 def test_zero_suppression_can_be_turned_off() -> None:
     a, b = connect(None, None, zero_suppress_bytes=None)
     pump(a, b)
     x = _relu_map((1, 64, 28, 28))
-    data = a.send(TileResult("r", 1, x, 0.1))
+    data, out = _through(a, b, x)
     assert len(data) > x.nbytes
-    b.receive_data(data)
-    (got,) = drain(b)
-    assert isinstance(got, TileResult) and np.array_equal(got.output, x)
+    assert np.array_equal(out, x)
 
 
 def test_zero_suppressed_map_larger_than_a_chunk_travels_in_chunks() -> None:
     a, b = connect(None, None, chunk_bytes=10_000)
     pump(a, b)
     x = _relu_map((1, 32, 28, 28))
-    data = a.send(TileResult("r", 1, x, 0.1))
+    data, out = _through(a, b, x)
     ref = _tile_result_ref(data)
     assert ref["encoding"] == "zero-bitmask" and isinstance(ref["chunks"], int)
     assert ref["chunks"] > 1
-    b.receive_data(data)
-    (got,) = drain(b)
-    assert isinstance(got, TileResult) and got.output.tobytes() == x.tobytes()
+    assert out.tobytes() == x.tobytes()
 
 
 def _sparse_frames(mask: bytes, values: np.ndarray, shape: list[int], nnz: int) -> bytes:
@@ -390,9 +399,8 @@ def _sparse_frames(mask: bytes, values: np.ndarray, shape: list[int], nnz: int) 
         "encoding": "zero-bitmask",
         "nnz": nnz,
     }
-    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
     chunk = {"type": "chunk", "stream": 3, "index": 0, "data": mask + values.tobytes()}
-    return framing.encode_frame(body) + framing.encode_frame(chunk)
+    return _tile_result_with(ref) + framing.encode_frame(chunk)
 
 
 @pytest.mark.parametrize(
@@ -428,8 +436,7 @@ def test_a_tiny_mask_cannot_announce_a_huge_map() -> None:
         "encoding": "zero-bitmask",
         "nnz": 0,
     }
-    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
-    b.receive_data(framing.encode_frame(body))
+    b.receive_data(_tile_result_with(ref))
     refused(b, ErrorCode.FRAME_TOO_LARGE)
 
 
@@ -441,6 +448,5 @@ def test_a_chunk_reference_with_a_bad_encoding_is_refused(extra: dict[str, objec
     a, b = connect(None, None)
     pump(a, b)
     ref = {"chunked": 1, "dtype": "float32", "shape": [1, 1, 2, 4], "chunks": 1, **extra}
-    body = {"type": "tile_result", "request_id": "r", "tile_id": 0, "output": ref, "compute_s": 0}
-    b.receive_data(framing.encode_frame(body))
+    b.receive_data(_tile_result_with(ref))
     refused(b, ErrorCode.INVALID_MESSAGE)
