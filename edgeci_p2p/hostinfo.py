@@ -3,47 +3,187 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_MOUNTINFO = Path("/proc/self/mountinfo")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class CgroupMount:
+    """One mounted cgroup hierarchy: where it is mounted, which cgroup its top shows
+    (``/`` unless a container bind-mounted a sub-tree), v1 or v2, and for v1 the
+    controllers it carries."""
+
+    path: Path
+    root: str
+    version: int
+    controllers: frozenset[str] = frozenset()
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+V1_CONTROLLERS = frozenset(
+    [
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "net_prio",
+        "blkio",
+        "perf_event",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
+    ]
+)
+"""The v1 controllers; a v1 mount's other options (xattr, name=systemd, ...) are not."""
+
+
+def cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
+    """The cgroup hierarchies in a ``/proc/<pid>/mountinfo`` text."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(rest) < 3:
+            continue
+        fstype, options = rest[0], rest[2].split(",")
+        if fstype == "cgroup2":
+            mounts.append(CgroupMount(Path(_unescape(fields[4])), _unescape(fields[3]), 2))
+        elif fstype == "cgroup":
+            ctl = frozenset(options) & V1_CONTROLLERS
+            mounts.append(CgroupMount(Path(_unescape(fields[4])), _unescape(fields[3]), 1, ctl))
+    return mounts
+
+
+def conventional_mounts(root: Path = CGROUP_ROOT) -> list[CgroupMount]:
+    """Where distributions mount the hierarchies, for when mountinfo cannot be read:
+    v2 at ``root`` (or ``root/unified`` beside v1), v1's cpu controller at
+    ``root/cpu`` or ``root/cpu,cpuacct``."""
+    cpu = frozenset({"cpu", "cpuacct"})
+    return [
+        CgroupMount(root, "/", 2),
+        CgroupMount(root / "unified", "/", 2),
+        CgroupMount(root / "cpu", "/", 1, cpu),
+        CgroupMount(root / "cpu,cpuacct", "/", 1, cpu),
+        CgroupMount(root / "cpuacct,cpu", "/", 1, cpu),
+    ]
+
+
+def _quota_at(d: Path, version: int) -> float | None:
+    """The quota set in one cgroup directory, in cores; None when it sets none."""
+    try:
+        if version == 2:
+            quota, period = (d / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_us = int((d / "cpu.cfs_quota_us").read_text())
+        period_us = int((d / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def _dirs_up(mount: CgroupMount, cgroup_path: str) -> Iterator[Path]:
+    """The cgroup's own directory under ``mount`` and each parent up to the mount's top."""
+    path, top = PurePosixPath(cgroup_path), PurePosixPath(mount.root)
+    try:
+        rel = path.relative_to(top)
+    except ValueError:
+        return  # a cgroup this mount does not show
+    d = mount.path / rel
+    if not (d / "cgroup.procs").is_file():
+        return  # not mounted here (a bare directory, or an empty /sys)
+    while True:
+        yield d
+        if d == mount.path:
+            return
+        d = d.parent
+
+
+def quota_in(mount: CgroupMount, cgroup_path: str) -> tuple[bool, float | None]:
+    """(whether the cgroup is visible under ``mount``, the tightest quota on the way
+    from it up to the mount's top, in cores). A quota on a parent caps its children too:
+    a container limited to 2 cores whose process sits in a sub-group without a quota
+    still gets 2."""
+    found, tightest = False, None
+    for d in _dirs_up(mount, cgroup_path):
+        found = True
+        q = _quota_at(d, mount.version)
+        if q is not None and (tightest is None or q < tightest):
+            tightest = q
+    return found, tightest
 
 
 def cpu_quota_cores(
-    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+    proc_cgroup: Path = PROC_CGROUP,
+    root: Path = CGROUP_ROOT,
+    mountinfo: Path | None = PROC_MOUNTINFO,
 ) -> float | None:
-    """The CPU quota of this process's cgroup in cores (None: no quota).
+    """The CPU quota of this process's cgroup in cores (None: no quota, or none visible).
 
     A profiler's runs of a few milliseconds fit inside one CFS period's quota, so
     a peer capped at 0.2 of a core measures itself at full speed; bids must be
     scaled by the quota instead. Reads cgroup v1 (``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us``) and v2 (``cpu.max``).
+    ``cpu.cfs_period_us``) and v2 (``cpu.max``, "QUOTA PERIOD" or "max PERIOD"), on
+    the hierarchies ``mountinfo`` lists (found through their mount points, so a
+    hybrid host's v2 at ``/sys/fs/cgroup/unified`` and a container's bind-mounted
+    sub-tree work too) and, failing that, where they are usually mounted under
+    ``root``. The quota is the tightest between the process's own cgroup and the top.
+
+    Inside ``ip netns exec`` the cgroup file systems are gone (it mounts a fresh /sys);
+    the emulation therefore enters a peer's network namespace with ``nsenter --net``,
+    which keeps them.
     """
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
+    mounts: list[CgroupMount] = []
+    if mountinfo is not None:
+        try:
+            mounts = cgroup_mounts(mountinfo.read_text())
+        except OSError:
+            mounts = []
+    mounts += conventional_mounts(root)
+    tightest: float | None = None
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _, controllers, path = parts
-        rel = path.lstrip("/")
-        if controllers == "":  # cgroup v2
-            try:
-                quota, period = (root / rel / "cpu.max").read_text().split()[:2]
-            except (OSError, ValueError):
-                continue
-            if quota != "max":
-                return int(quota) / int(period)
+        if controllers == "":
+            candidates = [m for m in mounts if m.version == 2]
         elif "cpu" in controllers.split(","):
-            for mount in (controllers, "cpu", "cpu,cpuacct"):
-                d = root / mount / rel
-                try:
-                    quota_us = int((d / "cpu.cfs_quota_us").read_text())
-                    period_us = int((d / "cpu.cfs_period_us").read_text())
-                except (OSError, ValueError):
-                    continue
-                return quota_us / period_us if quota_us > 0 else None
-    return None
+            candidates = [m for m in mounts if m.version == 1 and "cpu" in m.controllers]
+        else:
+            continue
+        for m in candidates:
+            found, q = quota_in(m, path)
+            if q is not None and (tightest is None or q < tightest):
+                tightest = q
+            if found:
+                break  # the first mount that shows the cgroup is the one to read
+    return tightest
 
 
 THROTTLE_GAP = 0.005

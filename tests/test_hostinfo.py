@@ -6,31 +6,149 @@ from pathlib import Path
 
 import pytest
 
-from edgeci_p2p.hostinfo import cpu_quota_cores, measured_cpu_share, share_between_throttles
+from edgeci_p2p.hostinfo import (
+    CgroupMount,
+    cgroup_mounts,
+    cpu_quota_cores,
+    measured_cpu_share,
+    quota_in,
+    share_between_throttles,
+)
+
+
+def _cgroup(d: Path, **files: str) -> Path:
+    """A directory that looks like a cgroup (it has ``cgroup.procs``), with ``files``
+    (``cpu_max`` stands for ``cpu.max``)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cgroup.procs").write_text("")
+    for name, text in files.items():
+        (d / name.replace("_", ".", 1)).write_text(text)
+    return d
+
+
+def _v1(d: Path, quota_us: int, period_us: int = 100_000) -> Path:
+    return _cgroup(d, cpu_cfs_quota_us=f"{quota_us}\n", cpu_cfs_period_us=f"{period_us}\n")
 
 
 def test_cgroup_v1_quota(tmp_path: Path) -> None:
     proc = tmp_path / "cgroup"
     proc.write_text("12:memory:/x\n4:cpu,cpuacct:/edgeci-bench/peer2\n")
-    d = tmp_path / "sys" / "cpu,cpuacct" / "edgeci-bench" / "peer2"
-    d.mkdir(parents=True)
-    (d / "cpu.cfs_quota_us").write_text("30000\n")
-    (d / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "sys") == 0.3
+    sys = tmp_path / "sys"
+    _v1(sys / "cpu,cpuacct", -1)
+    _v1(sys / "cpu,cpuacct" / "edgeci-bench", -1)
+    d = _v1(sys / "cpu,cpuacct" / "edgeci-bench" / "peer2", 30000)
+    assert cpu_quota_cores(proc, sys, mountinfo=None) == 0.3
     (d / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpu_quota_cores(proc, tmp_path / "sys") is None
+    assert cpu_quota_cores(proc, sys, mountinfo=None) is None
+
+
+def test_cgroup_v1_short_period(tmp_path: Path) -> None:
+    # The emulation's short CFS periods: 1333 us of every 10 ms is 0.1333 of a core.
+    proc = tmp_path / "cgroup"
+    proc.write_text("1:cpu:/edgeci-bench-3\n0::/\n")
+    _v1(tmp_path / "sys" / "cpu", -1)
+    _v1(tmp_path / "sys" / "cpu" / "edgeci-bench-3", 1333, 10_000)
+    assert cpu_quota_cores(proc, tmp_path / "sys", mountinfo=None) == pytest.approx(0.1333)
 
 
 def test_cgroup_v2_quota_and_none(tmp_path: Path) -> None:
     proc = tmp_path / "cgroup"
     proc.write_text("0::/user.slice/peer\n")
-    d = tmp_path / "sys" / "user.slice" / "peer"
-    d.mkdir(parents=True)
-    (d / "cpu.max").write_text("60000 100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "sys") == 0.6
+    sys = tmp_path / "sys"
+    _cgroup(sys)
+    _cgroup(sys / "user.slice", cpu_max="max 100000\n")
+    d = _cgroup(sys / "user.slice" / "peer", cpu_max="60000 100000\n")
+    assert cpu_quota_cores(proc, sys, mountinfo=None) == 0.6
     (d / "cpu.max").write_text("max 100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "sys") is None
-    assert cpu_quota_cores(tmp_path / "missing", tmp_path / "sys") is None
+    assert cpu_quota_cores(proc, sys, mountinfo=None) is None
+    assert cpu_quota_cores(tmp_path / "missing", sys, mountinfo=None) is None
+    # A group without the cpu controller has no cpu.max at all.
+    (d / "cpu.max").unlink()
+    assert cpu_quota_cores(proc, sys, mountinfo=None) is None
+
+
+def test_cgroup_v2_a_parent_quota_caps_the_child(tmp_path: Path) -> None:
+    # A container limited to 2 cores whose process sits in a sub-group with no quota
+    # of its own gets 2 cores; a child quota tighter than its parent's wins.
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/box/inner\n")
+    sys = tmp_path / "sys"
+    _cgroup(sys)
+    _cgroup(sys / "box", cpu_max="200000 100000\n")
+    inner = _cgroup(sys / "box" / "inner", cpu_max="max 100000\n")
+    assert cpu_quota_cores(proc, sys, mountinfo=None) == 2.0
+    (inner / "cpu.max").write_text("4000 10000\n")
+    assert cpu_quota_cores(proc, sys, mountinfo=None) == 0.4
+
+
+MOUNTINFO_HYBRID = """\
+24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 24 0:25 / /sys rw,nosuid - sysfs sysfs rw
+31 30 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+34 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+"""
+
+
+def test_mountinfo_lists_the_hierarchies() -> None:
+    mounts = cgroup_mounts(MOUNTINFO_HYBRID)
+    assert [(str(m.path), m.version) for m in mounts] == [
+        ("/sys/fs/cgroup/unified", 2),
+        ("/sys/fs/cgroup/systemd", 1),
+        ("/sys/fs/cgroup/cpu,cpuacct", 1),
+        ("/sys/fs/cgroup/memory", 1),
+    ]
+    assert mounts[2].controllers == {"cpu", "cpuacct"}
+    assert mounts[1].controllers == frozenset()  # name=systemd is no controller
+    escaped = "40 31 0:31 / /mnt/cg\\040v2 rw - cgroup2 none rw\n"
+    assert cgroup_mounts(escaped)[0].path == Path("/mnt/cg v2")
+
+
+def test_cgroup_v2_found_through_mountinfo_anywhere(tmp_path: Path) -> None:
+    # cgroup2 mounted somewhere unusual: only mountinfo can say where.
+    mnt = tmp_path / "elsewhere"
+    _cgroup(mnt)
+    _cgroup(mnt / "edgeci-bench-1", cpu_max="26667 100000\n")
+    info = tmp_path / "mountinfo"
+    info.write_text(f"50 24 0:40 / {mnt} rw - cgroup2 cgroup2 rw\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/edgeci-bench-1\n")
+    assert cpu_quota_cores(proc, tmp_path / "nosys", info) == pytest.approx(0.26667)
+    assert cpu_quota_cores(proc, tmp_path / "nosys", mountinfo=None) is None
+
+
+def test_cgroup_v1_beside_an_empty_v2_on_a_hybrid_host(tmp_path: Path) -> None:
+    # This machine's layout: v1 cpu at /sys/fs/cgroup/cpu, v2 (no controllers) at unified,
+    # and /proc/self/cgroup lists both.
+    sys = tmp_path / "sys"
+    _cgroup(sys / "unified")
+    _cgroup(sys / "unified" / "edgeci-bench-0")
+    _v1(sys / "cpu", -1)
+    _v1(sys / "cpu" / "edgeci-bench-0", 40000)
+    proc = tmp_path / "cgroup"
+    proc.write_text("4:memory:/\n1:cpu:/edgeci-bench-0\n0::/edgeci-bench-0\n")
+    assert cpu_quota_cores(proc, sys, mountinfo=None) == 0.4
+
+
+def test_a_bind_mounted_subtree_is_read_relative_to_its_root(tmp_path: Path) -> None:
+    # A container sees the host's /docker/abc at its /sys/fs/cgroup/cpu.
+    mnt = tmp_path / "cpu"
+    _v1(mnt, 50000)
+    mount = CgroupMount(mnt, "/docker/abc", 1, frozenset({"cpu"}))
+    assert quota_in(mount, "/docker/abc") == (True, 0.5)
+    assert quota_in(mount, "/elsewhere") == (False, None)
+    _v1(mnt / "sub", 80000)
+    assert quota_in(mount, "/docker/abc/sub") == (True, 0.5)
+
+
+def test_an_empty_sys_as_inside_ip_netns_exec(tmp_path: Path) -> None:
+    # ip netns exec mounts a fresh sysfs: /sys/fs/cgroup is an empty directory.
+    (tmp_path / "sys").mkdir()
+    proc = tmp_path / "cgroup"
+    proc.write_text("1:cpu:/edgeci-bench-0\n0::/\n")
+    assert cpu_quota_cores(proc, tmp_path / "sys", mountinfo=None) is None
 
 
 def test_measured_cpu_share_is_a_share() -> None:
