@@ -10,6 +10,12 @@ numpy float32/float16 arrays (RFC 8746 on the wire).
 Validation runs in ``__post_init__``, so a message built locally is checked by
 the same code as one received; failures raise :class:`MessageError`, which the
 session turns into a remote or local protocol error depending on direction.
+
+The validator reads each field's annotation. A tensor field says so explicitly
+(:data:`TensorField`, ``Annotated[Tensor, TENSOR]``): what ``numpy.typing.NDArray``
+is made of changes between numpy versions (numpy 2.5 makes it a PEP 695 type
+alias, whose ``typing.get_origin`` is the alias, not ``np.ndarray``), so it is
+never looked into.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Union
+from typing import Annotated, Any, ClassVar, Final, TypeAlias, Union
 
 import numpy as np
 
@@ -30,6 +36,17 @@ PROTOCOL_VERSION: Final = 1
 ROLES: Final = ("peer", "client")
 SIZES: Final = ("224", "native")
 MAX_PLAIN_DEPTH: Final = 24
+
+
+@dataclass(frozen=True)
+class TensorMarker:
+    """Annotation metadata: the field holds a tensor (``docs/protocol.md`` section 5)."""
+
+
+TENSOR: Final = TensorMarker()
+TensorField: TypeAlias = Annotated[Tensor, TENSOR]
+"""The annotation of every tensor field. The validator finds tensor fields by the
+:data:`TENSOR` marker alone, whatever numpy's ``NDArray`` is made of."""
 
 
 # --- field coercion ----------------------------------------------------------
@@ -62,9 +79,31 @@ def _plain(value: object, path: str, depth: int = 0) -> object:
     raise MessageError(f"{path}: {type(value).__name__} is not plain data")
 
 
+def _tensor(value: object, path: str) -> Any:
+    if not isinstance(value, np.ndarray):
+        raise MessageError(f"{path}: expected a tensor, got {type(value).__name__}")
+    if value.dtype not in (np.float32, np.float16, np.uint8) or not 1 <= value.ndim <= MAX_RANK:
+        raise MessageError(
+            f"{path}: tensors are float32/float16 (uint8 for pixels) of rank "
+            f"1..{MAX_RANK}, got {value.dtype} rank {value.ndim}"
+        )
+    return value
+
+
+def is_tensor_annotation(tp: Any) -> bool:
+    """Whether ``tp`` (an ``Optional`` of it included) is marked :data:`TENSOR`."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(is_tensor_annotation(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) is Annotated and TENSOR in tp.__metadata__
+
+
 def _coerce(value: object, tp: Any, path: str) -> Any:
     """``value`` checked against the annotation ``tp`` (and lightly converted)."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        if TENSOR in tp.__metadata__:
+            return _tensor(value, path)
+        raise TypeError(f"{path}: unsupported field annotation {tp!r}")  # a bug in this module
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None:
@@ -109,15 +148,6 @@ def _coerce(value: object, tp: Any, path: str) -> Any:
             return bytes(value)
         if not isinstance(value, bytes):
             raise MessageError(f"{path}: expected a byte string, got {type(value).__name__}")
-        return value
-    if origin is np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise MessageError(f"{path}: expected a tensor, got {type(value).__name__}")
-        if value.dtype not in (np.float32, np.float16, np.uint8) or not 1 <= value.ndim <= MAX_RANK:
-            raise MessageError(
-                f"{path}: tensors are float32/float16 (uint8 for pixels) of rank "
-                f"1..{MAX_RANK}, got {value.dtype} rank {value.ndim}"
-            )
         return value
     if origin is tuple:
         args = typing.get_args(tp)
@@ -172,8 +202,13 @@ class Record:
     @classmethod
     def _fields(cls) -> dict[str, Any]:
         if not cls._hints:
-            hints = typing.get_type_hints(cls)
-            cls._hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            hints = typing.get_type_hints(cls, include_extras=True)
+            fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            # The session chunks exactly TENSOR_FIELDS; no other field may hold a tensor.
+            marked = tuple(n for n, tp in fields.items() if is_tensor_annotation(tp))
+            if marked != getattr(cls, "TENSOR_FIELDS", ()):
+                raise TypeError(f"{cls.__name__}: tensor fields {marked} are not TENSOR_FIELDS")
+            cls._hints = fields
         return cls._hints
 
     def __post_init__(self) -> None:
@@ -528,7 +563,7 @@ class TileRequest(Message):
     """Output region at boundary ``stop`` to produce."""
     slab: Rect
     """Region at boundary ``start`` that ``input`` covers."""
-    input: Tensor
+    input: TensorField
     """Input slab, N x C x H x W, H and W equal to the slab's height and width."""
     input_hw: tuple[int, int] = (224, 224)
     """Height and width of the network input the unit range belongs to (the map
@@ -564,7 +599,7 @@ class TileResult(Message):
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("output",)
     request_id: str
     tile_id: int
-    output: Tensor
+    output: TensorField
     """N x C x H x W over the request's ``out`` region."""
     compute_s: float
     """Seconds spent computing (for the auctioneer's cost model)."""
@@ -590,7 +625,7 @@ class HeadJob(Message):
     tile_id: int
     model: str
     fingerprint: str
-    input: Tensor
+    input: TensorField
     """The last unit's whole output map, N x C x H x W float32."""
     input_hw: tuple[int, int] = (224, 224)
     """Height and width of the network input (the last map's shape depends on it)."""
@@ -663,7 +698,7 @@ class StripJob(Message):
     model: str
     fingerprint: str
     stages: list[StripStage]
-    input: Tensor
+    input: TensorField
     """The first stage's input rows (its ``need``), N x C x H x W, full width."""
     input_hw: tuple[int, int] = (224, 224)
     deadline_s: float | None = None
@@ -709,7 +744,7 @@ class HaloRows(Message):
     job_id: int
     boundary: int
     rows: tuple[int, int]
-    data: Tensor
+    data: TensorField
     """N x C x (rows) x W."""
 
     def check(self) -> None:
@@ -734,7 +769,7 @@ class InferRequest(Message):
     model: str
     image: bytes | None = None
     """Encoded image (JPEG or PNG)."""
-    tensor: Tensor | None = None
+    tensor: TensorField | None = None
     """Preprocessed input, 1 x 3 x H x W."""
     strategy: str = "edgeci"
     """Partitioning strategy (``edgeci``, ``local``, baselines)."""
@@ -777,7 +812,7 @@ class InferResult(Message):
     model: str
     strategy: str
     top_k: list[TopK]
-    logits: Tensor
+    logits: TensorField
     """Raw classifier output, 1 x classes."""
     timing: dict[str, float | dict[str, float]]
     """Seconds: ``bid``, ``plan``, ``transfer``, ``head``, ``total`` and
