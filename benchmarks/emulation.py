@@ -1,5 +1,5 @@
 """An emulated edge cluster on one machine: network namespaces, tbf-shaped veth links,
-cgroup v1 CPU quotas, one peer process per namespace; and its teardown.
+cgroup CPU quotas (v1 or v2), one peer process per namespace; and its teardown.
 
 Layout (names start with ``prefix``, default ``edgeci-bench``)::
 
@@ -10,10 +10,25 @@ Layout (names start with ``prefix``, default ``edgeci-bench``)::
 Every veth end is created directly inside its namespace, so nothing of the
 cluster ever lives in the root namespace and deleting the namespaces removes
 every link and every qdisc with them. Each link is shaped with tbf on the egress
-of both ends (the peer's upload and its download). CPU caps are cgroup v1
-directories ``/sys/fs/cgroup/cpu/<prefix>-<i>``; a peer joins its cgroup through
-a ``sh`` wrapper *before* it execs, so the process is capped from its first
-instruction (its self-profiling included).
+of both ends (the peer's upload and its download). CPU caps are cgroup directories
+``<root>/<prefix>-<i>``: on cgroup v1 ``/sys/fs/cgroup/cpu/...`` with
+``cpu.cfs_period_us``/``cpu.cfs_quota_us`` (joined through ``tasks``), on cgroup v2
+``/sys/fs/cgroup/...`` with ``cpu.max`` "QUOTA PERIOD" (joined through
+``cgroup.procs``, the controller enabled by ``+cpu`` in the root's
+``cgroup.subtree_control``). The CFS period is a parameter (:data:`DEFAULT_PERIOD_US`):
+a short one spreads a capped peer's pauses thinly, so it behaves like a slower CPU
+rather than a full-speed one stopped for most of each period. A peer joins its
+cgroup through a ``sh`` wrapper *before* it execs, so the process is capped from
+its first instruction (its self-profiling included), optionally pins itself to a
+core (``taskset``, the homogeneous layout), and enters its namespace with
+``nsenter --net``: unlike ``ip netns exec`` that keeps the host's /sys, so the peer
+can read its own quota from the cgroup files (edgeci_p2p/hostinfo.py).
+
+Layouts (:func:`headroom_shares`, :func:`homogeneous_cpus`): the testbed's shares as
+they are; ``headroom``, the same ratios scaled so that the quotas add up to at most
+half the machine (the default below 8 cores: the peers, their event loops, the
+client and the benchmark then never contend for cores); ``homogeneous``, N uncapped
+peers each pinned to a core of its own, one core left for everything else.
 
 All side effects go through a :class:`Host`, so the teardown logic can be tested
 without root by a fake host that records commands (tests/test_emulation_teardown.py).
@@ -27,6 +42,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,10 +54,122 @@ from types import FrameType
 from typing import Protocol
 
 PREFIX = "edgeci-bench"
+PREFIXES = ("edgeci-bench", "edgeci-ceil", "edgeci-cfs")
+"""Every prefix this repository's benchmarks build under (``cluster.py --cleanup``)."""
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
+CGROUP_V2_ROOT = "/sys/fs/cgroup"
 CFS_PERIOD_US = 100_000
+"""The kernel's default CFS period."""
+DEFAULT_PERIOD_US = 100_000
+"""The period the emulation uses unless told otherwise (``--cfs-period-ms``)."""
+MIN_QUOTA_US = 1000
+"""The kernel refuses a quota (and a period) below 1 ms."""
+NETNS_DIR = "/var/run/netns"
 SUBNET = "10.231.7"
 """A private /24 that exists only inside the namespaces this module creates."""
+
+
+@dataclass(frozen=True)
+class CgroupFS:
+    """Where and how CPU quotas are set: cgroup v1's cpu controller or cgroup v2."""
+
+    version: int
+    root: str
+    """v1: the cpu controller's mount; v2: the unified hierarchy's root."""
+
+    @property
+    def join_file(self) -> str:
+        """The file a process writes its pid to, to move itself into a cgroup."""
+        return "tasks" if self.version == 1 else "cgroup.procs"
+
+    def quota_files(self, share: float, period_us: int) -> list[tuple[str, str]]:
+        """(file, text) pairs that cap a cgroup at ``share`` of a core, in write order."""
+        quota = round(share * period_us)
+        if self.version == 1:
+            return [("cpu.cfs_period_us", f"{period_us}\n"), ("cpu.cfs_quota_us", f"{quota}\n")]
+        return [("cpu.max", f"{quota} {period_us}\n")]
+
+    def weight_file(self, cpu_shares: int) -> tuple[str, str]:
+        """The relative weight, given in v1 ``cpu.shares`` units (default 1024); v2's
+        ``cpu.weight`` is 100 by default, so it gets the same ratio to its default."""
+        if self.version == 1:
+            return "cpu.shares", f"{cpu_shares}\n"
+        return "cpu.weight", f"{v2_weight(cpu_shares)}\n"
+
+    def __str__(self) -> str:
+        return f"cgroup v{self.version} ({self.root})"
+
+
+CGROUP_V1 = CgroupFS(1, CGROUP_CPU)
+CGROUP_V2 = CgroupFS(2, CGROUP_V2_ROOT)
+
+
+def v2_weight(cpu_shares: int) -> int:
+    """v1 ``cpu.shares`` (default 1024) as v2 ``cpu.weight`` (default 100, 1..10000)."""
+    return max(1, min(10000, round(cpu_shares * 100 / 1024)))
+
+
+def detect_cgroup(
+    want: str = "auto", v1_root: str = CGROUP_CPU, v2_root: str = CGROUP_V2_ROOT
+) -> tuple[CgroupFS | None, str]:
+    """The cgroup file system that can cap CPUs here (v1 first where both exist, as on a
+    hybrid host whose cpu controller is bound to v1), or None and why not."""
+    v1 = Path(v1_root, "cpu.cfs_quota_us").is_file()
+    controllers = Path(v2_root, "cgroup.controllers")
+    v2 = controllers.is_file() and "cpu" in controllers.read_text().split()
+    if want in ("auto", "v1") and v1:
+        return CgroupFS(1, v1_root), f"cgroup v1 cpu quotas at {v1_root}"
+    if want in ("auto", "v2") and v2:
+        return CgroupFS(2, v2_root), f"cgroup v2 cpu.max under {v2_root}"
+    if want == "v1":
+        return None, f"no cgroup v1 cpu controller at {v1_root}"
+    if want == "v2":
+        return None, f"no cgroup v2 cpu controller at {v2_root} ({controllers} lacks cpu)"
+    return None, (
+        f"no cgroup v1 cpu controller at {v1_root} and no cgroup v2 cpu controller at {v2_root}"
+    )
+
+
+def machine_cores() -> list[int]:
+    """The cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+HEADROOM_BELOW_CORES = 8
+"""Below this many cores the headroom layout is the default."""
+
+
+def default_layout(cores: int) -> str:
+    return "headroom" if cores < HEADROOM_BELOW_CORES else "testbed"
+
+
+def headroom_shares(shares: Sequence[float], cores: int) -> list[float]:
+    """``shares`` scaled, ratios kept, so that they add up to at most half of ``cores``
+    (unchanged where they already do): on 2 cores 0.6/0.4/0.3/0.2 become
+    0.4/0.2667/0.2/0.1333, whose ideal speed-up is still 2.5. The other half is for
+    what the quotas do not cover: every peer's event loop and networking, the client,
+    the benchmark, and whatever else the machine runs."""
+    if not shares or min(shares) <= 0:
+        raise ValueError(f"shares must be positive, got {list(shares)}")
+    scale = min(1.0, cores / 2 / sum(shares))
+    return [round(s * scale, 4) for s in shares]
+
+
+def homogeneous_cpus(n: int, cores: Sequence[int]) -> list[int]:
+    """Distinct cores for ``n`` uncapped peers, leaving the first core for the client,
+    the benchmark and the rest of the machine; ValueError when there are too few."""
+    if n < 1:
+        raise ValueError(f"--homogeneous needs at least 1 peer, got {n}")
+    if n > len(cores) - 1:
+        raise ValueError(
+            f"--homogeneous {n} needs {n + 1} cores (one per peer, one for the client "
+            f"and the benchmark); this machine offers {len(cores)} ({list(cores)}): "
+            f"at most --homogeneous {max(0, len(cores) - 1)} here"
+        )
+    return list(cores[1 : n + 1])
 
 
 class CommandError(RuntimeError):
@@ -171,8 +299,10 @@ class PeerSlot:
     namespace: str
     address: str
     share: float | None
-    """Fraction of one core (cgroup cfs quota over a 100 ms period); None = uncapped."""
+    """Fraction of one core (cgroup cfs quota over the layout's period); None = uncapped."""
     cgroup: str | None
+    cpu: int | None = None
+    """The core the peer is pinned to (``taskset``); None = any."""
 
 
 @dataclass(frozen=True)
@@ -184,10 +314,14 @@ class Layout:
     netns: bool = True
     """False: no namespaces, every peer on 127.0.0.1 (the unshaped fallback)."""
     cpu_weight: int | None = None
-    """cgroup v1 ``cpu.shares`` of each peer's group (default 1024 when None). A quota
-    only caps: on a machine busy with other work, a 0.6-core peer gets its fair share
-    of what is left, no more than a 0.3-core one. A high weight lets every peer get up
-    to its quota first, so the quotas, not the neighbours, set the device speeds."""
+    """cgroup v1 ``cpu.shares`` of each peer's group (default 1024 when None; on v2 the
+    same ratio to ``cpu.weight``'s default 100). A quota only caps: on a machine busy
+    with other work, a 0.6-core peer gets its fair share of what is left, no more than
+    a 0.3-core one. A high weight lets every peer get up to its quota first, so the
+    quotas, not the neighbours, set the device speeds."""
+    period_us: int = DEFAULT_PERIOD_US
+    """The CFS period of every capped peer's cgroup."""
+    cgroup: CgroupFS = CGROUP_V1
 
     @property
     def switch(self) -> str:
@@ -204,27 +338,49 @@ def make_layout(
     prefix: str = PREFIX,
     netns: bool = True,
     cpu_weight: int | None = None,
+    period_us: int = DEFAULT_PERIOD_US,
+    cgroup: CgroupFS | None = None,
+    cpus: Sequence[int | None] | None = None,
 ) -> Layout:
+    """The cluster's plan: a peer per share (None: uncapped), pinned to ``cpus`` where
+    given, capped through ``cgroup`` (None: whichever :func:`detect_cgroup` finds, v1
+    where there is none)."""
+    if cgroup is None:
+        cgroup = detect_cgroup()[0] or CGROUP_V1
     if not 1 <= len(shares) <= 200:
         raise ValueError(f"need 1..200 peers, got {len(shares)}")
     if not netns and rate_mbit is not None:
         raise ValueError("links can only be shaped inside network namespaces")
+    if not MIN_QUOTA_US <= period_us <= 1_000_000:
+        raise ValueError(f"CFS period {period_us} us out of range (1000..1000000)")
     for s in shares:
         if s is not None and not 0.01 <= s <= 64:
             raise ValueError(f"cpu share {s} out of range (0.01..64 cores)")
+        if s is not None and round(s * period_us) < MIN_QUOTA_US:
+            raise ValueError(
+                f"cpu share {s} over a {period_us} us period is a quota below the "
+                f"kernel's minimum of {MIN_QUOTA_US} us: use a longer period"
+            )
+    cpus = [None] * len(shares) if cpus is None else list(cpus)
+    if len(cpus) != len(shares):
+        raise ValueError(f"{len(cpus)} pinned cores for {len(shares)} peers")
+    pinned = [c for c in cpus if c is not None]
+    if len(set(pinned)) != len(pinned):
+        raise ValueError(f"peers pinned to the same core: {cpus}")
     peers = tuple(
         PeerSlot(
             i,
             f"{prefix}-{i}" if netns else "",
             f"{SUBNET}.{10 + i}" if netns else "127.0.0.1",
             s,
-            None if s is None else f"{CGROUP_CPU}/{prefix}-{i}",
+            None if s is None else f"{cgroup.root}/{prefix}-{i}",
+            c,
         )
-        for i, s in enumerate(shares)
+        for i, (s, c) in enumerate(zip(shares, cpus, strict=True))
     )
     if cpu_weight is not None and not 2 <= cpu_weight <= 262144:
         raise ValueError(f"cpu weight {cpu_weight} out of range (2..262144)")
-    return Layout(prefix, peers, rate_mbit, netns, cpu_weight)
+    return Layout(prefix, peers, rate_mbit, netns, cpu_weight, period_us, cgroup)
 
 
 def tbf(ns: str, dev: str, rate_mbit: float) -> list[str]:
@@ -275,6 +431,13 @@ class Emulation:
             )
         self._torn_down = False
         h, lay = self.host, self.layout
+        if lay.cgroup.version == 2 and any(p.cgroup is not None for p in lay.peers):
+            # v2: the cpu controller must be enabled in the parent (here the root) for its
+            # children to have cpu.max. Left enabled afterwards: it is on by default on
+            # systemd machines, and other groups may rely on it by then.
+            control = f"{lay.cgroup.root}/cgroup.subtree_control"
+            if "cpu" not in h.read(control).split():
+                h.write(control, "+cpu\n")
         if not lay.netns:
             for p in lay.peers:
                 self._make_cgroup(p)
@@ -305,22 +468,34 @@ class Emulation:
 
     def _make_cgroup(self, p: PeerSlot) -> None:
         if p.cgroup is not None and p.share is not None:
-            h = self.host
+            h, lay = self.host, self.layout
             h.mkdir(p.cgroup)
-            h.write(f"{p.cgroup}/cpu.cfs_period_us", f"{CFS_PERIOD_US}\n")
-            h.write(f"{p.cgroup}/cpu.cfs_quota_us", f"{round(p.share * CFS_PERIOD_US)}\n")
-            if self.layout.cpu_weight is not None:
-                h.write(f"{p.cgroup}/cpu.shares", f"{self.layout.cpu_weight}\n")
+            for name, text in lay.cgroup.quota_files(p.share, lay.period_us):
+                h.write(f"{p.cgroup}/{name}", text)
+            if lay.cpu_weight is not None:
+                name, text = lay.cgroup.weight_file(lay.cpu_weight)
+                h.write(f"{p.cgroup}/{name}", text)
+
+    def command(self, slot: PeerSlot, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run in the slot's cgroup, on its core and in its namespace:
+        ``sh`` joins the cgroup and execs ``taskset``, which execs ``nsenter``, which
+        execs ``argv``: one pid, capped and pinned from its first instruction."""
+        inner = list(argv)
+        if slot.namespace:
+            # nsenter --net, not ip netns exec: the latter mounts a fresh /sys, which
+            # hides the cgroup files a peer reads its quota from.
+            inner = ["nsenter", f"--net={NETNS_DIR}/{slot.namespace}", "--", *inner]
+        if slot.cpu is not None:
+            inner = ["taskset", "-c", str(slot.cpu), *inner]
+        if slot.cgroup is not None:
+            join = f"{slot.cgroup}/{self.layout.cgroup.join_file}"
+            inner = ["sh", "-c", f'echo $$ > {join} && exec "$@"', "sh", *inner]
+        return inner
 
     def spawn(self, slot: PeerSlot, argv: Sequence[str], env: Mapping[str, str], log: str) -> int:
         """Start ``argv`` inside the slot's namespace and cgroup; the pid is recorded for
         teardown before anything else can go wrong."""
-        inner = ["ip", "netns", "exec", slot.namespace, *argv] if slot.namespace else list(argv)
-        if slot.cgroup is not None:
-            # Join the cgroup first, then exec (ip netns exec execs too): one pid, capped
-            # from the start.
-            inner = ["sh", "-c", f'echo $$ > {slot.cgroup}/tasks && exec "$@"', "sh", *inner]
-        pid = self.host.spawn(inner, env, log)
+        pid = self.host.spawn(self.command(slot, argv), env, log)
         self.pids.append(pid)
         return pid
 
@@ -332,10 +507,9 @@ class Emulation:
         return [n for n in names if n.startswith(self.layout.prefix + "-")]
 
     def _our_cgroups(self) -> list[str]:
+        root = self.layout.cgroup.root
         return [
-            f"{CGROUP_CPU}/{d}"
-            for d in self.host.listdir(CGROUP_CPU)
-            if d.startswith(self.layout.prefix + "-")
+            f"{root}/{d}" for d in self.host.listdir(root) if d.startswith(self.layout.prefix + "-")
         ]
 
     def teardown(self, grace: float = 5.0) -> Leftovers:
@@ -477,12 +651,16 @@ def install_signal_handlers(
     return restore
 
 
-def can_emulate(host: Host | None = None) -> tuple[bool, str]:
-    """Whether this process can build a shaped cluster, and if not, why."""
+def can_emulate(host: Host | None = None, cgroup: str = "auto") -> tuple[bool, str]:
+    """Whether this process can build a shaped cluster, and if not, why (``cgroup``:
+    auto, v1 or v2, the cgroup version to cap CPUs with)."""
     if os.geteuid() != 0:
         return False, "not root (namespaces, tc and cgroups need root)"
-    if not Path(f"{CGROUP_CPU}/cpu.cfs_quota_us").is_file():
-        return False, f"no cgroup v1 cpu controller at {CGROUP_CPU}"
+    fs, why = detect_cgroup(cgroup)
+    if fs is None:
+        return False, why
+    if shutil.which("nsenter") is None:
+        return False, "no nsenter (util-linux) to enter a peer's network namespace"
     host = host or SystemHost()
     probe = f"{PREFIX}-probe{os.getpid()}"
     try:
@@ -494,4 +672,4 @@ def can_emulate(host: Host | None = None) -> tuple[bool, str]:
         host.run(["tc", "-V"])
     except (CommandError, FileNotFoundError) as e:
         return False, f"no tc: {e}"
-    return True, "root, network namespaces, tc and cgroup v1 cpu quotas available"
+    return True, f"root, network namespaces, tc and {why}"

@@ -19,15 +19,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from emulation import (
-    CFS_PERIOD_US,
     CGROUP_CPU,
+    CGROUP_V1,
+    CGROUP_V2,
+    CGROUP_V2_ROOT,
+    NETNS_DIR,
+    CgroupFS,
     CommandError,
     Emulation,
+    Layout,
     Terminated,
-    make_layout,
 )
+from emulation import make_layout as _make_layout
 
 SHARES = [0.6, 0.4, 0.3, 0.2]
+CGROUPS = [CGROUP_V1, CGROUP_V2]
+
+
+def make_layout(*args: object, cgroup: CgroupFS = CGROUP_V1, **kw: object) -> Layout:
+    """The emulation's layout, on cgroup v1 unless told (never what this machine has)."""
+    return _make_layout(*args, cgroup=cgroup, **kw)  # type: ignore[arg-type]
 
 
 class FakeHost:
@@ -38,8 +49,13 @@ class FakeHost:
         self.commands: list[list[str]] = []
         self.namespaces: dict[str, set[int]] = {"someone-else": set()}
         self.qdiscs: dict[str, list[str]] = {}
-        self.cgroups: dict[str, set[int]] = {f"{CGROUP_CPU}/other-group": set()}
-        self.files: dict[str, str] = {}
+        self.cgroups: dict[str, set[int]] = {
+            f"{CGROUP_CPU}/other-group": set(),
+            f"{CGROUP_V2_ROOT}/other-group": set(),
+        }
+        self.files: dict[str, str] = {f"{CGROUP_V2_ROOT}/cgroup.subtree_control": "memory pids\n"}
+        self.pinned: dict[int, int] = {}
+        """pid -> the core taskset pinned it to."""
         self.procs: dict[int, bool] = {}
         """pid -> ignores SIGTERM."""
         self.unkillable: set[int] = set()
@@ -104,8 +120,21 @@ class FakeHost:
 
     def write(self, path: str, text: str) -> None:
         self._effect(["write", path, text])
-        if os.path.dirname(path) not in self.cgroups:
+        d, name = os.path.split(path)
+        if path == f"{CGROUP_V2_ROOT}/cgroup.subtree_control":
+            assert text.strip() == "+cpu", text
+            self.files[path] += " cpu"
+            return
+        if d not in self.cgroups:
             raise FileNotFoundError(path)
+        v2 = os.path.dirname(d) == CGROUP_V2_ROOT
+        v2_cpu = "cpu" in self.files[f"{CGROUP_V2_ROOT}/cgroup.subtree_control"].split()
+        if v2 and name.startswith("cpu.") and not v2_cpu:
+            raise FileNotFoundError(path)  # no cpu.* files until the parent enables cpu
+        if name.startswith("cpu.cfs") or name == "cpu.shares":
+            assert not v2, f"a v1 file in a v2 cgroup: {path}"
+        if name in ("cpu.max", "cpu.weight"):
+            assert v2, f"a v2 file in a v1 cgroup: {path}"
         self.files[path] = text
 
     def mkdir(self, path: str) -> None:
@@ -123,10 +152,14 @@ class FakeHost:
         del self.cgroups[path]
 
     def listdir(self, path: str) -> list[str]:
-        assert path == CGROUP_CPU
-        return sorted(["cpu.shares", "tasks"] + [os.path.basename(c) for c in self.cgroups])
+        assert path in (CGROUP_CPU, CGROUP_V2_ROOT)
+        files = ["cpu.shares", "tasks"] if path == CGROUP_CPU else ["cgroup.procs", "cpu.stat"]
+        subdirs = [os.path.basename(c) for c in self.cgroups if os.path.dirname(c) == path]
+        return sorted(files + subdirs)
 
     def read(self, path: str) -> str:
+        if path in self.files:
+            return self.files[path]
         cg, name = os.path.split(path)
         assert name == "cgroup.procs"
         return "".join(f"{p}\n" for p in sorted(self.cgroups.get(cg, set())))
@@ -136,16 +169,23 @@ class FakeHost:
         self._effect(["spawn", *a])
         pid = self.next_pid
         self.next_pid += 1
-        if a[0] == "sh":  # the cgroup wrapper: echo $$ > <cgroup>/tasks && exec ...
-            cg = a[2].split(">")[1].split("&&")[0].strip().rsplit("/", 1)[0]
+        if a[0] == "sh":  # the cgroup wrapper: echo $$ > <cgroup>/<join file> && exec ...
+            cg, join = a[2].split(">")[1].split("&&")[0].strip().rsplit("/", 1)
             if cg not in self.cgroups:
                 raise AssertionError(f"spawned into missing cgroup {cg}")
+            assert join == ("cgroup.procs" if os.path.dirname(cg) == CGROUP_V2_ROOT else "tasks")
             self.cgroups[cg].add(pid)
             a = a[4:]
-        if a[:3] == ["ip", "netns", "exec"]:
-            if a[3] not in self.namespaces:
-                raise AssertionError(f"spawned into missing namespace {a[3]}")
-            self.namespaces[a[3]].add(pid)
+        if a[0] == "taskset":
+            assert a[1] == "-c"
+            self.pinned[pid] = int(a[2])
+            a = a[3:]
+        if a[0] == "nsenter":
+            ns = a[1].removeprefix(f"--net={NETNS_DIR}/")
+            assert a[2] == "--"
+            if ns not in self.namespaces:
+                raise AssertionError(f"spawned into missing namespace {ns}")
+            self.namespaces[ns].add(pid)
         self.procs[pid] = False
         return pid
 
@@ -184,17 +224,20 @@ class FakeHost:
         return left
 
 
-def run_benchmark(host: FakeHost, shares: Sequence[float | None] = SHARES) -> Emulation:
-    emu = Emulation(make_layout(shares, 100.0), host)
+def run_benchmark(
+    host: FakeHost, shares: Sequence[float | None] = SHARES, cgroup: CgroupFS = CGROUP_V1
+) -> Emulation:
+    emu = Emulation(make_layout(shares, 100.0, cgroup=cgroup), host)
     with emu.running():
         for slot in emu.layout.peers:
             emu.spawn(slot, ["edgeci-peer", "--host", slot.address], {}, "/dev/null")
     return emu
 
 
-def test_a_full_run_builds_the_cluster_and_leaves_nothing() -> None:
+@pytest.mark.parametrize("cgroup", CGROUPS, ids=str)
+def test_a_full_run_builds_the_cluster_and_leaves_nothing(cgroup: CgroupFS) -> None:
     host = FakeHost()
-    emu = Emulation(make_layout(SHARES, 100.0, cpu_weight=8192), host)
+    emu = Emulation(make_layout(SHARES, 100.0, cpu_weight=8192, cgroup=cgroup), host)
     with emu.running():
         for slot in emu.layout.peers:
             emu.spawn(slot, ["edgeci-peer"], {}, "/dev/null")
@@ -207,29 +250,46 @@ def test_a_full_run_builds_the_cluster_and_leaves_nothing() -> None:
         assert shaped == 2 * len(SHARES)
         for slot in emu.layout.peers:
             assert slot.cgroup is not None and slot.share is not None
+            assert slot.cgroup.startswith(cgroup.root + "/")
             assert host.cgroups[slot.cgroup] & set(emu.pids)
-            quota = int(host.files[f"{slot.cgroup}/cpu.cfs_quota_us"])
-            assert quota == round(slot.share * CFS_PERIOD_US)
-            assert host.files[f"{slot.cgroup}/cpu.shares"] == "8192\n"
+            period = emu.layout.period_us
+            if cgroup.version == 1:
+                assert host.files[f"{slot.cgroup}/cpu.cfs_period_us"] == f"{period}\n"
+                quota = int(host.files[f"{slot.cgroup}/cpu.cfs_quota_us"])
+                assert host.files[f"{slot.cgroup}/cpu.shares"] == "8192\n"
+            else:
+                q, p = host.files[f"{slot.cgroup}/cpu.max"].split()
+                quota = int(q)
+                assert int(p) == period
+                assert host.files[f"{slot.cgroup}/cpu.weight"] == "800\n"
+            assert quota == round(slot.share * period)
             assert host.namespaces[slot.namespace] & set(emu.pids)
     assert host.ours() == []
     assert not emu.leftovers()
     # Other people's namespaces and cgroups are never touched.
-    assert "someone-else" in host.namespaces and f"{CGROUP_CPU}/other-group" in host.cgroups
+    assert "someone-else" in host.namespaces
+    assert {f"{CGROUP_CPU}/other-group", f"{CGROUP_V2_ROOT}/other-group"} <= set(host.cgroups)
+    # v2: the controller stays enabled in the root (see Emulation.setup).
+    v2_control = host.files[f"{CGROUP_V2_ROOT}/cgroup.subtree_control"].split()
+    assert ("cpu" in v2_control) == (cgroup.version == 2)
 
 
-def _side_effects_of_a_full_run() -> int:
+def _side_effects_of_a_full_run(cgroup: CgroupFS) -> int:
     host = FakeHost()
-    run_benchmark(host)
+    run_benchmark(host, cgroup=cgroup)
     return host.effects
 
 
-@pytest.mark.parametrize("step", range(1, _side_effects_of_a_full_run() + 1))
-def test_an_interrupt_at_any_step_still_removes_everything(step: int) -> None:
+@pytest.mark.parametrize(
+    ("cgroup", "step"),
+    [(c, n) for c in CGROUPS for n in range(1, _side_effects_of_a_full_run(c) + 1)],
+    ids=lambda v: str(v) if isinstance(v, int) else f"v{v.version}",
+)
+def test_an_interrupt_at_any_step_still_removes_everything(cgroup: CgroupFS, step: int) -> None:
     host = FakeHost(interrupt_at=step)
     # The interrupt always reaches the caller, even when it arrived during teardown.
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(host)
+        run_benchmark(host, cgroup=cgroup)
     assert host.ours() == [], f"interrupted at side effect {step}: {host.commands[step - 1]}"
     assert "someone-else" in host.namespaces
 
@@ -369,3 +429,17 @@ def test_the_ceiling_releases_a_halo_strip_on_its_neighbours_and_lockstep_on_all
     assert released("conv", reached, waiting) == []  # everyone waits for 2
     assert released("conv", [3, 3, 3, 1 << 30], [True, True, True, False]) == [0, 1, 2]
     assert released("halo", [1, 0], [True, False]) == []
+
+
+def test_homogeneous_peers_are_pinned_uncapped_and_torn_down() -> None:
+    from emulation import homogeneous_cpus
+
+    host = FakeHost()
+    cpus = homogeneous_cpus(3, range(8))
+    emu = Emulation(make_layout([None] * 3, 100.0, cpus=cpus), host)
+    with emu.running():
+        pids = [emu.spawn(slot, ["edgeci-peer"], {}, "/dev/null") for slot in emu.layout.peers]
+        assert [host.pinned[p] for p in pids] == [1, 2, 3]
+        assert not [c for c in host.cgroups if "edgeci-bench" in c]  # uncapped: no cgroups
+        assert all(host.namespaces[s.namespace] for s in emu.layout.peers)
+    assert host.ours() == []
