@@ -19,6 +19,7 @@ from edgeci_p2p.wire.messages import (
     Message,
     Peers,
     PeersResult,
+    PlanOptions,
     PlanRequest,
     PlanResult,
 )
@@ -31,6 +32,12 @@ class ClientError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{message} (code {code})")
         self.code = code
+
+
+def read_key(path: str | Path) -> bytes:
+    """A cluster key file's key: its bytes less leading and trailing ASCII whitespace
+    (``docs/protocol.md`` section 6), so a trailing newline is not part of the key."""
+    return Path(path).read_bytes().strip(b" \t\r\n\x0b\x0c")
 
 
 def parse_address(addr: str, default_port: int = 7420) -> tuple[str, int]:
@@ -118,16 +125,20 @@ class Client:
         strategy: str = "edgeci",
         size: str = "224",
         top_k: int = 5,
+        verify: bool = False,
     ) -> InferResult:
-        """Classify an image (encoded bytes, a path, or a 1x3xHxW float32 array)."""
+        """Classify an image (encoded bytes, a path, or a 1x3xHxW float32 array; ``size``
+        applies to images only). With ``verify`` the peer also runs the unsplit model
+        and reports the difference in ``InferResult.max_abs_diff``."""
         rid = secrets.token_hex(8)
         if isinstance(image, str | Path):
             image = Path(image).read_bytes()
+        opts: dict[str, Any] = dict(strategy=strategy, size=size, top_k=top_k, verify=verify)
         if isinstance(image, bytes):
-            req = InferRequest(rid, model, image=image, strategy=strategy, size=size, top_k=top_k)
+            req = InferRequest(rid, model, image=image, **opts)
         else:
             arr = np.ascontiguousarray(image, dtype=np.float32)
-            req = InferRequest(rid, model, tensor=arr, strategy=strategy, size=size, top_k=top_k)
+            req = InferRequest(rid, model, tensor=arr, **opts)
         result: InferResult = await self._call(req, InferResult, rid)
         return result
 
@@ -140,7 +151,7 @@ class Client:
         self, model: str, strategy: str = "edgeci", size: tuple[int, int] = (224, 224)
     ) -> dict[str, Any]:
         rid = secrets.token_hex(8)
-        body = {"model": model, "strategy": strategy, "size": list(size)}
+        body = PlanOptions(model, strategy, size).to_dict()
         res: PlanResult = await self._call(PlanRequest(rid, body), PlanResult, rid)
         return dict(res.body)
 
@@ -173,4 +184,4 @@ class SyncClient:
         return body
 
 
-__all__ = ["Client", "ClientError", "ConnectionLost", "SyncClient", "parse_address"]
+__all__ = ["Client", "ClientError", "ConnectionLost", "SyncClient", "parse_address", "read_key"]

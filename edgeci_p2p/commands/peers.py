@@ -19,13 +19,17 @@ def register(sub: Any) -> None:
         metavar="ADDR",
         help="find a peer by browsing mDNS on this interface address (repeatable)",
     )
-    p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
+    p.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        help="file with the shared cluster key (whitespace around it is stripped)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeci_p2p.aio.client import Client
+    from edgeci_p2p.aio.client import Client, read_key
 
     async def go() -> list[dict[str, Any]]:
         address = args.peer
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                     f"no edgeci peer answered mDNS on {', '.join(args.mdns_interface)}"
                 )
             address = f"{found[0].host}:{found[0].port}"
-        key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+        key = read_key(args.cluster_key_file) if args.cluster_key_file else None
         async with Client(address, key=key) as c:
             return await c.peers()
 

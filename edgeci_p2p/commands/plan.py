@@ -36,14 +36,11 @@ def register(sub: Any) -> None:
 
 def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
     """Plan on the live cluster behind ``--peer``: its bids become the testbed."""
-    from edgeci_p2p.aio.client import SyncClient
+    from edgeci_p2p.aio.client import SyncClient, read_key
     from edgeci_p2p.core.cost import Testbed
     from edgeci_p2p.core.plan import Plan
 
-    key = None
-    if args.cluster_key_file:
-        with open(args.cluster_key_file, "rb") as f:
-            key = f.read().strip()
+    key = read_key(args.cluster_key_file) if args.cluster_key_file else None
     body = SyncClient(args.peer, key=key).plan(args.model, args.strategy, tuple(args.size))
     return (
         Plan.from_dict(body["plan"]),

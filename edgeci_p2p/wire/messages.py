@@ -770,14 +770,17 @@ class InferRequest(Message):
     image: bytes | None = None
     """Encoded image (JPEG or PNG)."""
     tensor: TensorField | None = None
-    """Preprocessed input, 1 x 3 x H x W."""
+    """Preprocessed input, 1 x 3 x H x W, float32 or float16 (widened to float32);
+    run at its own H x W (``size`` is for images only)."""
     strategy: str = "edgeci"
     """Partitioning strategy (``edgeci``, ``local``, baselines)."""
     size: str = "224"
-    """``"224"`` (resize and centre-crop) or ``"native"``."""
+    """How an ``image`` is preprocessed: ``"224"`` (resize and centre-crop) or
+    ``"native"``. Not used for a ``tensor``."""
     top_k: int = 5
     verify: bool = False
-    """Also run the unsplit model and report the difference."""
+    """Also run the unsplit model on the same input and report the largest
+    difference of the logits in ``infer_result.max_abs_diff``."""
     hops: int = 0
     """How many peers passed this request on (a busy entry peer forwards a stream's
     frame to an idle peer, which runs it and never forwards it again)."""
@@ -819,6 +822,13 @@ class InferResult(Message):
     ``compute`` (a map node_id -> seconds)."""
     plan: dict[str, Any] = field(default_factory=dict)
     """The executed plan as plain data (opaque at this layer)."""
+    max_abs_diff: float | None = None
+    """Only for a request with ``verify``: the largest absolute difference between
+    ``logits`` and the unsplit model's logits for the same input."""
+
+    def check(self) -> None:
+        if self.max_abs_diff is not None:
+            _nonneg("infer_result", max_abs_diff=self.max_abs_diff)
 
 
 @dataclass(frozen=True)
@@ -848,7 +858,11 @@ class Peers(Message):
     TYPE: ClassVar[str] = "peers"
     request_id: str
     body: dict[str, Any] = field(default_factory=dict)
-    """Options (plain data, interpreted by the daemon)."""
+    """No options are defined: empty (a non-empty body is refused, not ignored)."""
+
+    def check(self) -> None:
+        if self.body:
+            raise MessageError(f"peers.body: no options are defined, got {sorted(self.body)}")
 
 
 @dataclass(frozen=True)
@@ -856,7 +870,8 @@ class PeersResult(Message):
     TYPE: ClassVar[str] = "peers_result"
     request_id: str
     body: dict[str, Any] = field(default_factory=dict)
-    """Cluster view (plain data, e.g. ``{"peers": [{node_id, name, addr, models, ...}]}``)."""
+    """Cluster view, ``{"peers": [entry, ...]}`` (plain data; the entries' keys are
+    listed in ``docs/protocol.md`` 4.4)."""
 
 
 @dataclass(frozen=True)
@@ -866,7 +881,24 @@ class PlanRequest(Message):
     TYPE: ClassVar[str] = "plan"
     request_id: str
     body: dict[str, Any] = field(default_factory=dict)
-    """Options such as model, strategy, size (plain data)."""
+    """The options, :class:`PlanOptions` as plain data (checked by the receiver, which
+    answers a body that is not one with error 200, ``BAD_REQUEST``)."""
+
+
+@dataclass(frozen=True)
+class PlanOptions(Record):
+    """What a ``plan`` request's ``body`` holds. ``PlanOptions.from_dict(body)`` checks
+    it (MessageError, a ValueError, when it is not one); ``to_dict()`` makes a body."""
+
+    model: str
+    """Model name, as in ``infer_request``."""
+    strategy: str = "edgeci"
+    size: tuple[int, int] = (224, 224)
+    """Height and width of the network input to plan for, ``[H, W]``."""
+
+    def check(self) -> None:
+        if min(self.size) < 1:
+            raise MessageError(f"plan.body.size: {list(self.size)} is not a size [H, W]")
 
 
 @dataclass(frozen=True)
@@ -874,7 +906,7 @@ class PlanResult(Message):
     TYPE: ClassVar[str] = "plan_result"
     request_id: str
     body: dict[str, Any] = field(default_factory=dict)
-    """The plan and its predicted latency (plain data)."""
+    """The plan and how it was made (plain data; keys in ``docs/protocol.md`` 4.4)."""
 
 
 @dataclass(frozen=True)
