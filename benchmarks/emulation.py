@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
@@ -60,8 +60,12 @@ CGROUP_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_V2_ROOT = "/sys/fs/cgroup"
 CFS_PERIOD_US = 100_000
 """The kernel's default CFS period."""
-DEFAULT_PERIOD_US = 100_000
-"""The period the emulation uses unless told otherwise (``--cfs-period-ms``)."""
+DEFAULT_PERIOD_US = 10_000
+"""The period the emulation uses unless told otherwise (``--cfs-period-ms``): 10 ms, from
+a first rough reading of ``benchmarks/cfs_period.py --quick`` on the loaded 2-core
+machine (100 ms: 36-69% of the operations of the 0.2-0.4-core peers ran at full speed,
+the rest waited out pauses; 20 and 10 ms: none did, 10 ms had the tighter tails). To be
+confirmed by the full measurement on a quiet machine (docs/cluster-benchmark.md)."""
 MIN_QUOTA_US = 1000
 """The kernel refuses a quota (and a period) below 1 ms."""
 NETNS_DIR = "/var/run/netns"
@@ -332,6 +336,20 @@ class Layout:
         return [p.namespace for p in self.peers] + [self.switch] if self.netns else []
 
 
+def check_quotas(shares: Sequence[float | None], period_us: int) -> None:
+    """ValueError unless the kernel accepts ``period_us`` and every share's quota over it."""
+    if not MIN_QUOTA_US <= period_us <= 1_000_000:
+        raise ValueError(f"CFS period {period_us} us out of range (1000..1000000)")
+    for s in shares:
+        if s is not None and not 0.01 <= s <= 64:
+            raise ValueError(f"cpu share {s} out of range (0.01..64 cores)")
+        if s is not None and round(s * period_us) < MIN_QUOTA_US:
+            raise ValueError(
+                f"cpu share {s} over a {period_us} us period is a quota below the "
+                f"kernel's minimum of {MIN_QUOTA_US} us: use a longer period"
+            )
+
+
 def make_layout(
     shares: Sequence[float | None],
     rate_mbit: float | None,
@@ -351,16 +369,7 @@ def make_layout(
         raise ValueError(f"need 1..200 peers, got {len(shares)}")
     if not netns and rate_mbit is not None:
         raise ValueError("links can only be shaped inside network namespaces")
-    if not MIN_QUOTA_US <= period_us <= 1_000_000:
-        raise ValueError(f"CFS period {period_us} us out of range (1000..1000000)")
-    for s in shares:
-        if s is not None and not 0.01 <= s <= 64:
-            raise ValueError(f"cpu share {s} out of range (0.01..64 cores)")
-        if s is not None and round(s * period_us) < MIN_QUOTA_US:
-            raise ValueError(
-                f"cpu share {s} over a {period_us} us period is a quota below the "
-                f"kernel's minimum of {MIN_QUOTA_US} us: use a longer period"
-            )
+    check_quotas(shares, period_us)
     cpus = [None] * len(shares) if cpus is None else list(cpus)
     if len(cpus) != len(shares):
         raise ValueError(f"{len(cpus)} pinned cores for {len(shares)} peers")
@@ -491,6 +500,36 @@ class Emulation:
             join = f"{slot.cgroup}/{self.layout.cgroup.join_file}"
             inner = ["sh", "-c", f'echo $$ > {join} && exec "$@"', "sh", *inner]
         return inner
+
+    def adopt(self, slot: PeerSlot, pid: int) -> None:
+        """Move a running process (all its threads) into the slot's cgroup, and count it
+        as ours for teardown: a worker can then start (import torch, load a model) at
+        full speed and be capped only for what is measured."""
+        self.pids.append(pid)
+        if slot.cgroup is not None:
+            self.host.write(f"{slot.cgroup}/cgroup.procs", f"{pid}\n")
+
+    def retune(self, period_us: int) -> None:
+        """Give every capped peer a new CFS period, its share unchanged."""
+        lay = replace(self.layout, period_us=period_us)
+        check_quotas([p.share for p in lay.peers], period_us)
+        for p in lay.peers:
+            if p.cgroup is not None and p.share is not None:
+                for name, text in lay.cgroup.quota_files(p.share, period_us):
+                    self.host.write(f"{p.cgroup}/{name}", text)
+        self.layout = lay
+
+    def cpu_stat(self, slot: PeerSlot) -> dict[str, int]:
+        """The slot's cgroup ``cpu.stat`` (nr_periods, nr_throttled, and throttled_time in
+        ns on v1 or throttled_usec on v2); empty for an uncapped slot."""
+        if slot.cgroup is None:
+            return {}
+        out = {}
+        for line in self.host.read(f"{slot.cgroup}/cpu.stat").splitlines():
+            k, _, v = line.partition(" ")
+            if v.strip().isdigit():
+                out[k] = int(v)
+        return out
 
     def spawn(self, slot: PeerSlot, argv: Sequence[str], env: Mapping[str, str], log: str) -> int:
         """Start ``argv`` inside the slot's namespace and cgroup; the pid is recorded for

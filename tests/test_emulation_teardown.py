@@ -135,6 +135,13 @@ class FakeHost:
             assert not v2, f"a v1 file in a v2 cgroup: {path}"
         if name in ("cpu.max", "cpu.weight"):
             assert v2, f"a v2 file in a v1 cgroup: {path}"
+        if name in ("cgroup.procs", "tasks"):  # moves a running process in
+            pid = int(text)
+            assert pid in self.procs, f"no process {pid}"
+            for members in self.cgroups.values():
+                members.discard(pid)
+            self.cgroups[d].add(pid)
+            return
         self.files[path] = text
 
     def mkdir(self, path: str) -> None:
@@ -161,6 +168,10 @@ class FakeHost:
         if path in self.files:
             return self.files[path]
         cg, name = os.path.split(path)
+        if name == "cpu.stat":
+            return (
+                "nr_periods 10\nnr_throttled 4\nthrottled_time 123\n" if cg in self.cgroups else ""
+            )
         assert name == "cgroup.procs"
         return "".join(f"{p}\n" for p in sorted(self.cgroups.get(cg, set())))
 
@@ -442,4 +453,31 @@ def test_homogeneous_peers_are_pinned_uncapped_and_torn_down() -> None:
         assert [host.pinned[p] for p in pids] == [1, 2, 3]
         assert not [c for c in host.cgroups if "edgeci-bench" in c]  # uncapped: no cgroups
         assert all(host.namespaces[s.namespace] for s in emu.layout.peers)
+    assert host.ours() == []
+
+
+@pytest.mark.parametrize("cgroup", CGROUPS, ids=str)
+def test_a_warm_process_is_adopted_and_the_period_retuned(cgroup: CgroupFS) -> None:
+    host = FakeHost()
+    emu = Emulation(make_layout([0.4, 0.2], None, netns=False, cgroup=cgroup), host)
+    with emu.running():
+        pid = host.next_pid
+        host.next_pid += 1
+        host.procs[pid] = True  # a warm worker started outside; ignores SIGTERM
+        slot = emu.layout.peers[1]
+        assert slot.cgroup is not None
+        emu.adopt(slot, pid)
+        assert pid in host.cgroups[slot.cgroup] and pid in emu.pids
+        emu.retune(10_000)
+        assert emu.layout.period_us == 10_000
+        if cgroup.version == 1:
+            assert host.files[f"{slot.cgroup}/cpu.cfs_period_us"] == "10000\n"
+            assert host.files[f"{slot.cgroup}/cpu.cfs_quota_us"] == "2000\n"
+        else:
+            assert host.files[f"{slot.cgroup}/cpu.max"] == "2000 10000\n"
+        with pytest.raises(ValueError, match="minimum"):
+            emu.retune(2000)  # 0.2 x 2 ms = 400 us: the kernel would refuse it
+        assert emu.layout.period_us == 10_000
+        assert emu.cpu_stat(slot) == {"nr_periods": 10, "nr_throttled": 4, "throttled_time": 123}
+    assert not host.alive(pid)
     assert host.ours() == []
