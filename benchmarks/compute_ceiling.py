@@ -1,24 +1,27 @@
 """What the emulated cluster's CPUs allow, with no network at all: the efficiency ceiling.
 
 Parallel efficiency on ``emulated-4`` is measured against an ideal speed-up of 2.5
-(quotas 0.6 + 0.4 + 0.3 + 0.2 over the best 0.6). That ideal assumes four capped
-peers compute side by side as fast as each does alone. This benchmark measures
-whether they can on this machine (two cores, CFS quotas over 100 ms periods): the
-same cgroups as ``benchmarks/cluster.py``, one worker process per peer, one torch
-thread each, and no sockets. Every "request", the four workers start at once on a
-row strip of the input sized by their quota (VGG-16's convolutions are linear in
-the rows), the 0.6-core worker also runs the classifier, and the request ends when
-the last one finishes. That is perfect strip parallelism: no halo recompute, no
-transfer, no planning. The other modes add what synchronisation costs: ``pool``
-and ``conv``, no worker starts a layer before every worker has finished the pool
-(or convolution) before it; ``halo``, before its neighbours (the strips above and
-below) have finished the convolution before it, which is all a halo exchange needs.
-That is where one peer's CFS pause stalls the others.
+(quotas 0.6 + 0.4 + 0.3 + 0.2 over the best 0.6, or the headroom layout's 0.4 +
+0.2667 + 0.2 + 0.1333 over 0.4). That ideal assumes four capped peers compute side
+by side as fast as each does alone. This benchmark measures whether they can on
+this machine: the same cgroups, CFS period and layout as ``benchmarks/cluster.py``,
+one worker process per peer, one torch thread each, and no sockets. Every
+"request", the workers start at once on a row strip of the input sized by their
+quota (the convolutions are linear in the rows), the fastest worker also runs the
+head, and the request ends when the last one finishes. That is perfect strip
+parallelism: no halo recompute, no transfer, no planning. The other modes add what
+synchronisation costs: ``pool`` and ``conv``, no worker starts a layer before every
+worker has finished the pool (or unit: a convolution of VGG, a BasicBlock of
+ResNet) before it; ``halo``, before its neighbours (the strips above and below)
+have finished the unit before it, which is all a halo exchange needs. That is where
+one peer's CFS pause stalls the others. The ceiling is the best of the modes.
 
-    sudo .venv/bin/python benchmarks/compute_ceiling.py [--k 20] [--model vgg16]
+    sudo .venv/bin/python benchmarks/compute_ceiling.py [--k 20] [--model vgg16|resnet34]
+        [--layout headroom|testbed] [--homogeneous N] [--cfs-period-ms 10] [--cgroup v2]
 
-Prints per mode the median latency, speed-up over the 0.6-core worker alone and the
-efficiency against the ideal 2.5, and the last line as JSON with ``--json``.
+Prints per mode the median latency, speed-up over the fastest worker alone and the
+efficiency against the ideal, and the last line as JSON with ``--json``.
+``benchmarks/cluster.py`` runs it in the same invocation (:func:`ceiling`).
 """
 
 from __future__ import annotations
@@ -33,20 +36,67 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from emulation import Emulation, Layout, SystemHost, can_emulate, make_layout  # noqa: E402
+from emulation import (  # noqa: E402
+    DEFAULT_PERIOD_US,
+    CgroupFS,
+    Emulation,
+    Layout,
+    SystemHost,
+    can_emulate,
+    default_layout,
+    detect_cgroup,
+    headroom_shares,
+    homogeneous_cpus,
+    machine_cores,
+    make_layout,
+)
 
 SHARES = (0.6, 0.4, 0.3, 0.2)
 IMAGE = 224
 MODES = ("free", "pool", "conv", "halo")
+MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34")
 
 
 # ---- worker (runs inside one cgroup) -------------------------------------------------
+
+
+def split_model(model: Any) -> tuple[list[Any], set[int], set[int], Any]:
+    """A VGG or ResNet (BasicBlock) as a chain of layers, the indices after which a
+    ``conv`` barrier falls (each unit: a VGG convolution with its ReLU, the ResNet stem's
+    ReLU and every BasicBlock), those after which a ``pool`` barrier falls (each VGG
+    pool; the ResNet stem's pool and each stage's last block, before the map halves),
+    and the head (the 512x7x7 map to logits)."""
+    import torch
+
+    if hasattr(model, "features"):
+        layers = list(model.features)
+        conv_ends = {i for i, m in enumerate(layers) if isinstance(m, torch.nn.ReLU)}
+        pool_ends = {i for i, m in enumerate(layers) if isinstance(m, torch.nn.MaxPool2d)}
+
+        def head(h: Any) -> Any:
+            return model.classifier(torch.flatten(model.avgpool(h), 1))
+
+        return layers, conv_ends, pool_ends, head
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    layers = [model.conv1, model.bn1, model.relu, model.maxpool]
+    conv_ends, pool_ends = {2}, {3}
+    for stage in stages:
+        for block in stage:
+            conv_ends.add(len(layers))
+            layers.append(block)
+        pool_ends.add(len(layers) - 1)
+
+    def resnet_head(h: Any) -> Any:
+        return model.fc(torch.flatten(model.avgpool(h), 1))
+
+    return layers, conv_ends, pool_ends, resnet_head
 
 
 def worker(model_name: str, rows: int, classifier: bool) -> None:
@@ -56,13 +106,9 @@ def worker(model_name: str, rows: int, classifier: bool) -> None:
 
     torch.set_num_threads(1)
     model = load_model(model_name, use_hub_cache=False).module
-    feats = list(model.features) if hasattr(model, "features") else None
-    if feats is None:
-        raise SystemExit(f"{model_name}: only models with .features (VGG) are supported")
-    # Barrier points per mode: after every conv (a halo exchange per layer) or after
+    # Barrier points per mode: after every unit (a halo exchange per layer) or after
     # every pool (one per fused block).
-    conv_ends = {i for i, m in enumerate(feats) if isinstance(m, torch.nn.ReLU)}
-    pool_ends = {i for i, m in enumerate(feats) if isinstance(m, torch.nn.MaxPool2d)}
+    feats, conv_ends, pool_ends, run_head = split_model(model)
     x0 = torch.randn(1, 3, rows, IMAGE)
     head = torch.randn(1, 512, 7, 7)
     out: IO[str] = sys.stdout
@@ -79,7 +125,7 @@ def worker(model_name: str, rows: int, classifier: bool) -> None:
                     if sys.stdin.readline().strip() != "go":
                         raise SystemExit(0)
             if classifier:
-                model.classifier(torch.flatten(model.avgpool(head), 1))
+                run_head(head)
 
     step("free")  # warm-up: allocator, kernels
     out.write("ready\n")
@@ -114,10 +160,12 @@ class Worker:
         return line.strip()
 
 
-def strip_rows(shares: Sequence[float]) -> list[int]:
-    # Rows by quota; at least 32 so that five 2x2 pools leave a row.
-    total = sum(shares)
-    return [max(32, math.ceil(IMAGE * s / total)) for s in shares]
+def strip_rows(shares: Sequence[float | None]) -> list[int]:
+    """Rows by quota (uncapped workers alike); at least 32 so that five halvings leave a
+    row."""
+    weights = [1.0 if s is None else s for s in shares]
+    total = sum(weights)
+    return [max(32, math.ceil(IMAGE * s / total)) for s in weights]
 
 
 def released(mode: str, reached: Sequence[int], waiting: Sequence[bool]) -> list[int]:
@@ -172,62 +220,99 @@ def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float
 
 
 def _measure(
-    args: argparse.Namespace,
+    model: str,
+    k: int,
+    modes: Sequence[str],
+    gap: float,
     layout: Layout,
     rows: Sequence[int],
     emu: Emulation,
     workers: list[Worker],
 ) -> tuple[dict[str, list[float]], dict[str, list[list[float]]]]:
-    # Peer 0's cgroup holds two workers: the whole model alone (the best single
-    # device, never run at the same time as the strips) and its strip.
-    jobs = [(IMAGE, True), *[(r, i == 0) for i, r in enumerate(rows)]]
-    slots = [layout.peers[0], *layout.peers]
+    # The fastest peer's cgroup holds two workers: the whole model alone (the best
+    # single device, never run at the same time as the strips) and its strip, which
+    # also runs the head.
+    best = max(range(len(layout.peers)), key=lambda i: layout.peers[i].share or 1.0)
+    jobs = [(IMAGE, True), *[(r, i == best) for i, r in enumerate(rows)]]
+    slots = [layout.peers[best], *layout.peers]
     for slot, (r, head) in zip(slots, jobs, strict=True):
-        assert slot.cgroup is not None
         argv = [sys.executable, str(Path(__file__).resolve()), "--worker",
-                "--model", args.model, "--rows", str(r)]  # fmt: skip
+                "--model", model, "--rows", str(r)]  # fmt: skip
         if head:
             argv.append("--classifier")
-        inner = ["sh", "-c", f'echo $$ > {slot.cgroup}/tasks && exec "$@"', "sh", *argv]
+        # Started uncapped (pinned where the layout pins) and moved into the cgroup once
+        # warm: loading torch and a model at 0.13 of a core would take most of a minute.
         proc = subprocess.Popen(
-            inner, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            emu.command(replace(slot, cgroup=None), argv), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
         )  # fmt: skip
         emu.pids.append(proc.pid)
         workers.append(Worker(proc))
     for w in workers:
         if w.recv() != "ready":
             raise RuntimeError(f"worker pid {w.proc.pid} did not start")
+    for slot, w in zip(slots, workers, strict=True):
+        emu.adopt(slot, w.proc.pid)
     alone, strips = workers[0], workers[1:]
-    times: dict[str, list[float]] = {"local": [], **{m: [] for m in args.modes}}
-    per_peer: dict[str, list[list[float]]] = {m: [] for m in args.modes}
-    for k in range(args.k):
-        time.sleep(args.gap)  # 0 by default: back to back, as the cluster benchmark
+    times: dict[str, list[float]] = {"local": [], **{m: [] for m in modes}}
+    per_peer: dict[str, list[list[float]]] = {m: [] for m in modes}
+    for i in range(k):
+        time.sleep(gap)  # 0 by default: back to back, as the cluster benchmark
         times["local"].append(one_request([alone], "free")[0])
-        for m in args.modes:
-            time.sleep(args.gap)
+        for m in modes:
+            time.sleep(gap)
             wall, each = one_request(strips, m)
             times[m].append(wall)
             per_peer[m].append(each)
-        print(f"  request {k + 1}/{args.k}", file=sys.stderr, flush=True)
+        print(f"  {model} ceiling: request {i + 1}/{k}", file=sys.stderr, flush=True)
     for w in workers:
         w.send("quit")
     return times, per_peer
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    ok, why = can_emulate()
-    if not ok:
-        raise SystemExit(f"compute_ceiling needs cgroup v1 cpu quotas as root: {why}")
-    shares = list(SHARES)
-    rows = strip_rows(shares) if args.split is None else args.split
-    layout = make_layout(shares, None, prefix="edgeci-ceil", netns=False, cpu_weight=8192)
+def ceiling(
+    model: str,
+    shares: Sequence[float | None],
+    *,
+    k: int = 10,
+    modes: Sequence[str] = MODES,
+    gap: float = 0.0,
+    period_us: int = DEFAULT_PERIOD_US,
+    cgroup: CgroupFS | None = None,
+    cpus: Sequence[int | None] | None = None,
+    cpu_weight: int | None = 8192,
+    split: Sequence[int] | None = None,
+    ideal: float | None = None,
+) -> dict[str, Any]:
+    """Measure the ceiling of ``model`` on a cluster of ``shares`` (None: an uncapped
+    peer, then best pinned to ``cpus``): per mode the median latency, speed-up over the
+    fastest worker alone and efficiency against ``ideal`` (default: sum of the shares
+    over the largest; the number of peers when uncapped); ``ceiling`` is the best
+    efficiency of the modes and ``ceiling_mode`` the mode that reached it. Needs root
+    and a cgroup cpu controller when any share is capped."""
+    if any(s is not None for s in shares):
+        if cgroup is None:
+            cgroup, why = detect_cgroup()
+            if cgroup is None:
+                raise RuntimeError(f"compute ceiling needs cgroup cpu quotas: {why}")
+        if os.geteuid() != 0:
+            raise RuntimeError("compute ceiling needs root for its cgroups")
+    rows = strip_rows(shares) if split is None else list(split)
+    layout = make_layout(
+        list(shares), None, prefix="edgeci-ceil", netns=False, cpu_weight=cpu_weight,
+        period_us=period_us, cgroup=cgroup, cpus=cpus,
+    )  # fmt: skip
     emu = Emulation(layout, SystemHost())
-    results: dict[str, Any] = {"shares": shares, "rows": rows, "k": args.k, "modes": {}}
+    results: dict[str, Any] = {
+        "model": model, "shares": list(shares), "rows": rows, "k": k,
+        "period_ms": period_us / 1000, "cgroup": str(layout.cgroup),
+        "cpus": list(cpus) if cpus is not None else None, "modes": {},
+    }  # fmt: skip
     with emu.running():
         workers: list[Worker] = []
         try:
-            times, per_peer = _measure(args, layout, rows, emu, workers)
+            times, per_peer = _measure(model, k, modes, gap, layout, rows, emu, workers)
         finally:
             # Reap our workers here: a zombie would count as a left-over process.
             for w in workers:
@@ -235,10 +320,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     w.proc.kill()
                 w.proc.wait(timeout=10)
     local = statistics.median(times["local"])
-    ideal = sum(shares) / max(shares)
+    if ideal is None:
+        capped = [s for s in shares if s is not None]
+        ideal = sum(capped) / max(capped) if len(capped) == len(shares) else len(shares)
     results["local_ms"] = local
     results["ideal_speedup"] = ideal
-    for m in args.modes:
+    for m in modes:
         med = statistics.median(times[m])
         results["modes"][m] = {
             "median_ms": med,
@@ -248,7 +335,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 statistics.median(r[i] for r in per_peer[m]) for i in range(len(shares))
             ],
         }
+    best = max(modes, key=lambda m: results["modes"][m]["efficiency"])
+    results["ceiling"] = results["modes"][best]["efficiency"]
+    results["ceiling_mode"] = best
     return results
+
+
+def layout_shares(
+    layout: str, base: Sequence[float], cores: int, homogeneous: int | None = None
+) -> tuple[str, list[float | None], list[int | None] | None]:
+    """(the layout's name, its shares, its pinned cores) for ``--layout`` (auto, headroom,
+    testbed) over the testbed's ``base`` shares, or ``--homogeneous N`` (N uncapped
+    peers pinned to distinct cores; ValueError when the machine has too few)."""
+    if homogeneous is not None:
+        cpus: list[int | None] = list(homogeneous_cpus(homogeneous, machine_cores()))
+        return f"homogeneous-{homogeneous}", [None] * homogeneous, cpus
+    name = default_layout(cores) if layout == "auto" else layout
+    if name == "headroom":
+        return name, list(headroom_shares(base, cores)), None
+    return name, list(base), None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    ok, why = can_emulate(cgroup=args.cgroup)
+    if not ok:
+        raise SystemExit(f"compute_ceiling needs root and cgroup cpu quotas: {why}")
+    name, shares, cpus = layout_shares(args.layout, SHARES, len(machine_cores()), args.homogeneous)
+    res = ceiling(
+        args.model, shares, k=args.k, modes=args.modes, gap=args.gap,
+        period_us=round(args.cfs_period_ms * 1000), cgroup=detect_cgroup(args.cgroup)[0],
+        cpus=cpus, split=args.split,
+    )  # fmt: skip
+    res["layout"] = name
+    return res
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,7 +375,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rows", type=int, default=IMAGE, help=argparse.SUPPRESS)
     p.add_argument("--classifier", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--model", default="vgg16", choices=["vgg16"])
+    p.add_argument("--model", default="vgg16", choices=MODELS)
+    p.add_argument(
+        "--layout", choices=["auto", "headroom", "testbed"], default="auto",
+        help="headroom: the 0.6/0.4/0.3/0.2 ratios within half the machine (the default "
+        "below 8 cores); testbed: 0.6/0.4/0.3/0.2 of a core",
+    )  # fmt: skip
+    p.add_argument(
+        "--homogeneous", type=int, metavar="N",
+        help="N uncapped workers, each pinned to a core of its own (N <= cores - 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cfs-period-ms", type=float, default=DEFAULT_PERIOD_US / 1000,
+        help="CFS period of the capped workers (benchmarks/cfs_period.py compares them)",
+    )  # fmt: skip
+    p.add_argument("--cgroup", choices=["auto", "v1", "v2"], default="auto")
     p.add_argument("--k", type=int, default=20, help="requests per mode")
     p.add_argument(
         "--gap", type=float, default=0.0,
@@ -277,21 +410,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         worker(args.model, args.rows, args.classifier)
         return 0
+    n = args.homogeneous or len(SHARES)
     if args.split is not None and (
-        len(args.split) != len(SHARES) or min(args.split) < 32 or sum(args.split) > 4 * IMAGE
+        len(args.split) != n or min(args.split) < 32 or sum(args.split) > 4 * IMAGE
     ):
-        p.error(f"--split needs {len(SHARES)} row counts of at least 32 (five 2x2 pools)")
+        p.error(f"--split needs {n} row counts of at least 32 (five 2x2 pools)")
+    if args.homogeneous is not None:
+        try:
+            homogeneous_cpus(args.homogeneous, machine_cores())
+        except ValueError as e:
+            p.error(str(e))
     args.modes = [m for m in args.modes.split(",") if m]
     for m in args.modes:
         if m not in MODES:
             p.error(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
     res = run(args)
-    print(f"shares {res['shares']}  strip rows {res['rows']}  K={res['k']}")
-    print(f"local (0.6-core peer, whole model): {res['local_ms']:.1f} ms")
+    print(
+        f"{res['model']}, layout {res['layout']}: shares {res['shares']}  strip rows "
+        f"{res['rows']}  K={res['k']}  CFS period {res['period_ms']:g} ms, {res['cgroup']}"
+    )
+    print(f"local (fastest peer, whole model): {res['local_ms']:.1f} ms")
     print(f"{'mode':6} {'median ms':>10} {'speedup':>8} {'effic.':>7}  per-peer median ms")
     for m, r in res["modes"].items():
         per = " ".join(f"{t:6.1f}" for t in r["per_peer_median_ms"])
         print(f"{m:6} {r['median_ms']:10.1f} {r['speedup']:8.2f} {r['efficiency']:7.2f}  {per}")
+    print(
+        f"ceiling: {res['ceiling']:.2f} of the ideal {res['ideal_speedup']:.2f}x "
+        f"({res['ceiling_mode']})"
+    )
     if args.json:
         print(json.dumps(res))
     return 0
