@@ -172,10 +172,11 @@ def round_to_grid(rows: Sequence[float], height: int, step: int) -> list[int]:
     return edges
 
 
-def _compact(
+def compact_strips(
     edges: Sequence[int], devices: Sequence[int]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Drop empty strips."""
+    """Strip edges and devices without the empty strips (``devices[k]`` holds
+    ``[edges[k], edges[k+1])``)."""
     e, d = [edges[0]], []
     for a, b, dev in zip(edges, edges[1:], devices, strict=False):
         if b > a:
@@ -236,7 +237,7 @@ def split_block(
             del devs[worst]  # this device would only slow the block down
             shape = ((0, height), (devs[0],))
             continue
-        shape = _compact(round_to_grid(rows, height, step), devs)
+        shape = compact_strips(round_to_grid(rows, height, step), devs)
         if len(shape[1]) >= 2:
             out.append(BlockChoice(ctx.strips_cost(i, j, *shape), *shape))
         break

@@ -59,6 +59,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.planners.context import Affine, Context
 from edgeci_p2p.planners.dpfl import (
     DEFAULT_RESOLUTION,
+    compact_strips,
     equal_finish_rows,
     grid_step,
     plan_edgeci,
@@ -138,7 +139,7 @@ class _HaloDP:
             if rows[worst] < step / 2:
                 del devs[worst]
                 continue
-            edges, kept = _compact(round_to_grid(rows, height, step), devs)
+            edges, kept = compact_strips(round_to_grid(rows, height, step), devs)
             if len(kept) >= 2:
                 got = (edges, kept)
             break
@@ -206,7 +207,7 @@ class _HaloDP:
         step = grid_step(h_out, self.resolution)
         edges, devs = held
         rows = [(b - a) * h_out / h_in for a, b in pairwise(edges)]
-        out = _compact(round_to_grid(rows, h_out, step), devs)
+        out = compact_strips(round_to_grid(rows, h_out, step), devs)
         return out if len(out[1]) >= 2 else None
 
     def _cost(self, i: int, j: int, held: Layout | None, out_res: bool, lay: Layout) -> float:
@@ -294,16 +295,6 @@ def _strip_terms(af: Affine, in_res: bool, out_res: bool) -> Affine:
         y0=0.0 if out_res else af.y0,
         lat=af.lat * hops / 2,
     )
-
-
-def _compact(edges: Sequence[int], devices: Sequence[int]) -> Layout:
-    """Drop empty strips."""
-    e, d = [edges[0]], []
-    for a, b, dev in zip(edges, edges[1:], devices, strict=False):
-        if b > a:
-            e.append(b)
-            d.append(dev)
-    return tuple(e), tuple(d)
 
 
 def device_orders(ctx: Context) -> list[tuple[int, ...]]:
