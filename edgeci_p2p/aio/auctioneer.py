@@ -4,9 +4,8 @@ The pure :class:`~edgeci_p2p.auction.round.AuctionRound` decides; this module
 only waits: it sends what the round returns (to peers over their connections,
 to this node's own :class:`~edgeci_p2p.auction.bidder.Bidder` directly), feeds
 bids and award replies back in, and calls ``handle_timer`` when the round's
-timer is due. The decider is :class:`~edgeci_p2p.auction.awas.AwasPlanner`
-(AWAS + DPFL) for ``edgeci`` and a static planner for the baselines, which
-plan on the bid-derived device models without backlog, as their papers assume.
+timer is due. What a round decides with (the deciders, their cache, the memo of
+findings that running alone is best) is pure: :mod:`edgeci_p2p.auction.decider`.
 """
 
 from __future__ import annotations
@@ -16,136 +15,38 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from edgeci_p2p.auction import decider as dec
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.awas import (
-    AwasPlanner,
-    probe_call,
-    strip_items,
-    testbed_from_bids,
-    with_own_bid,
-)
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
-from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.auction.decider import (
+    ALONE_IDLE_TTL,
+    ALONE_TTL,
+    AloneMemo,
+    CachedDecider,
+    Decision,
+    StaticPlanner,
+    alone_ttl,
+)
+from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig, Send
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinkModel, Testbed
 from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.core.units import ModelSpec
-from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners import plan as plan_with
 
 log = logging.getLogger("edgeci.auction")
 
-LOCAL_MARGIN = 0.1
-"""AWAS+DPFL must predict at least this much gain over this node alone to distribute."""
-ALONE_TTL = 1.0
-"""Seconds a round's finding that distributing does not pay is reused while this node
-is otherwise idle and its peers are the same (then a round is held again)."""
-ALONE_IDLE_TTL = 10.0
-"""The same when every peer bid with no backlog: busier peers could only make
-distributing worse, so only a change of peers, links or this node's own load (which
-the other conditions catch) could turn the finding; held longer."""
-
-AUCTIONED = ("edgeci", "edgeci-halo")
+AUCTIONED = OURS
 """Strategies planned by AWAS from live bids (backlog included); the baselines plan
 once on the bidders' idle speeds, as their papers assume."""
 
 Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]]
 """Send an auction message to a peer; False when it could not be sent."""
-
-
-class StaticPlanner:
-    """A round's decider for the baselines: plan once on the bidders' idle speeds."""
-
-    def __init__(
-        self,
-        strategy: str,
-        spec: ModelSpec,
-        own: ComputeModel,
-        shared_medium: bool = True,
-    ) -> None:
-        self.strategy, self.spec, self.shared_medium = strategy, spec, shared_medium
-        self.plan: Plan | None = None
-        self.testbed: Testbed | None = None
-        self.own = own
-        self._work = Workload(spec)
-
-    def __call__(
-        self, call: am.CallForBids, bids: Sequence[am.Bid]
-    ) -> Mapping[str, tuple[am.WorkItem, ...]]:
-        usable = with_own_bid(call, bids, self.own)
-        if usable is None:
-            self.plan = None
-            return {}
-        idle = [replace(b, backlog=0.0) for b in usable]
-        tb, _ = testbed_from_bids(call, idle, 1.0, self.shared_medium)
-        self.plan = plan_with(self.strategy, self.spec, tb)
-        self.testbed = tb
-        return strip_items(self.plan, self.spec, self._work)
-
-
-class CachedDecider:
-    """Remembers decisions by the bids they were made from (noise rounded away).
-
-    An AWAS+DPFL decision costs one or more DPFL runs (0.1-0.5 s for 3-4 peers
-    here), longer than a ResNet-34 forward; an unchanged cluster (same measured
-    speeds and links, backlogs within 10 ms) gets the same plan back at once.
-    """
-
-    def __init__(self, inner: AwasPlanner | StaticPlanner, size: int = 64) -> None:
-        self.inner = inner
-        self.size = size
-        self.plan: Plan | None = None
-        self.testbed: Testbed | None = None
-        self.left_out: dict[str, str] = {}
-        self._memo: dict[tuple[Any, ...], tuple[Any, Plan | None, Testbed | None, dict[str, str]]]
-        self._memo = {}
-
-    @staticmethod
-    def key(call: am.CallForBids, bids: Sequence[am.Bid]) -> tuple[Any, ...]:
-        per_bid = tuple(
-            (
-                b.bidder,
-                round(b.backlog / 0.05),  # 50 ms buckets of queued work
-                tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
-                float(f"{b.bandwidth:.2g}"),
-                round(b.rtt, 3),
-                b.declined,
-            )
-            for b in sorted(bids, key=lambda b: b.bidder)
-        )
-        return (*per_bid, call.fingerprint)
-
-    def __call__(
-        self, call: am.CallForBids, bids: Sequence[am.Bid]
-    ) -> Mapping[str, tuple[am.WorkItem, ...]]:
-        k = self.key(call, bids)
-        hit = self._memo.get(k)
-        if hit is None:
-            items = self.inner(call, bids)
-            left = dict(getattr(self.inner, "left_out", {}))
-            hit = (items, self.inner.plan, self.inner.testbed, left)
-            if len(self._memo) >= self.size:
-                self._memo.pop(next(iter(self._memo)))
-            self._memo[k] = hit
-        items, self.plan, self.testbed, self.left_out = hit
-        return items  # type: ignore[no-any-return]
-
-
-@dataclass
-class Decision:
-    """The outcome of a request's auction: the plan to run and how it was reached."""
-
-    plan: Plan
-    testbed: Testbed
-    round: AuctionRound | None
-    left_out: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def nodes(self) -> list[str]:
-        return list(self.plan.devices)
 
 
 class Auctioneer:
@@ -170,9 +71,9 @@ class Auctioneer:
         self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
         self._planners: dict[tuple[Any, ...], CachedDecider] = {}
         self._locks: dict[int, threading.Lock] = {}
-        self._alone: dict[tuple[Any, ...], tuple[float, frozenset[str]]] = {}
-        """(strategy, model, size, itemsize) -> until when, and among which peers, a
-        round found that distributing does not pay."""
+        self._alone = AloneMemo()
+        """Per (strategy, model, size, itemsize, wire fractions): a recent finding that
+        distributing does not pay."""
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
 
     # ---- inputs from the connections ---------------------------------------------------
@@ -231,10 +132,9 @@ class Auctioneer:
         answer would be the same, and it costs 6-9 ms).
         """
         key = (strategy, spec.name, spec.input_shape, spec.input_itemsize, spec.wire_fraction)
-        alone = self._alone.get(key)
-        if quiet and alone is not None and alone[0] > self.clock() and alone[1] == set(peers):
+        if quiet and self._alone.holds(key, peers, self.clock()):
             return self._alone_decision(spec, strategy, None, "(recent round)")
-        self._alone.pop(key, None)
+        self._alone.forget(key)
         decider = self._decider(strategy, spec)
         lock = self._locks.setdefault(id(decider), threading.Lock())
         # What this round decided, captured when it decided: the decider is shared by
@@ -294,8 +194,7 @@ class Auctioneer:
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
-            ttl = alone_ttl(rnd.bids.values())
-            self._alone[key] = (self.clock() + ttl, frozenset(peers))
+            self._alone.remember(key, rnd.bids.values(), peers, self.clock())
             return self._alone_decision(spec, strategy, rnd, "")
         return Decision(plan, testbed, rnd, left_out)
 
@@ -304,15 +203,14 @@ class Auctioneer:
     ) -> Decision:
         """The local plan, under the requested strategy's name, saying why."""
         local = self.local_decision(spec, rnd)
-        note = f"local: distributing predicted < {LOCAL_MARGIN:.0%} gain {how}".strip()
+        note = f"local: distributing predicted < {dec.LOCAL_MARGIN:.0%} gain {how}".strip()
         local.plan = replace(local.plan, strategy=strategy, notes={"decision": note})
         return local
 
     def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
         if plan.predicted is None or len(set(plan.devices)) <= 1:
             return True
-        local = self.local_decision(spec, None).plan.predicted
-        return local is None or plan.predicted < local * (1.0 - LOCAL_MARGIN)
+        return dec.worth_distributing(plan, self.local_decision(spec, None).plan.predicted)
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""
@@ -330,9 +228,7 @@ class Auctioneer:
             got = self._local_plans[key] = (self.bidder.compute, plan_with("local", spec, tb), tb)
         return Decision(got[1], got[2], rnd)
 
-    def _own_device(self) -> Any:
-        from edgeci_p2p.core.cost import DeviceModel
-
+    def _own_device(self) -> DeviceModel:
         return DeviceModel(self.node_id, self.bidder.compute, self.bidder.memory_bytes)
 
     async def _dispatch(
@@ -385,14 +281,7 @@ class Auctioneer:
             rnd.mark_delivered(peer, self.clock())
 
 
-def alone_ttl(bids: Iterable[am.Bid]) -> float:
-    """How long a finding that distributing does not pay, made from ``bids``, holds."""
-    return ALONE_IDLE_TTL if all(b.backlog <= 0 for b in bids) else ALONE_TTL
-
-
-def _releases(rnd: AuctionRound) -> list[Any]:
-    from edgeci_p2p.auction.round import Send
-
+def _releases(rnd: AuctionRound) -> list[Send]:
     out = [Send(p, am.Release(rnd.call.auction_id, p)) for p in sorted(rnd.awards)]
     rnd.awards.clear()
     return out
@@ -401,11 +290,22 @@ def _releases(rnd: AuctionRound) -> list[Any]:
 def own_bidder(node_id: str, compute: ComputeModel, fingerprints: Sequence[str]) -> Bidder:
     """This node's bidder: measured compute model, served weights, an optimistic link
     (the auctioneer overrides link figures with what it measured)."""
-    from edgeci_p2p.core.cost import LinkModel
-
     return Bidder(
         node_id,
         compute,
         LinkModel(1e9, 0.001),
         fingerprints=frozenset(fingerprints),
     )
+
+
+__all__ = [
+    "ALONE_IDLE_TTL",
+    "ALONE_TTL",
+    "AUCTIONED",
+    "Auctioneer",
+    "CachedDecider",
+    "Decision",
+    "StaticPlanner",
+    "alone_ttl",
+    "own_bidder",
+]

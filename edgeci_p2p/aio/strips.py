@@ -7,11 +7,10 @@ The auctioneer sends each peer one ``strip_job`` (its rows per stage, which rows
 arrive from whom, which it sends on) with the first stage's input, and gets the
 last stage's strip back as a ``tile_result``.
 
-This module holds the parts that are neither the auctioneer's bookkeeping nor
-the connections: building the jobs from a plan (:func:`strip_jobs`), the
-mailbox where halo rows wait for the stage that reads them (:class:`Mailbox`),
-and the peer side of a job (:func:`run_strip_job`), which the auctioneer also
-runs for its own strip.
+This module holds the peer side: the mailbox where halo rows wait for the stage
+that reads them (:class:`Mailbox`) and the run of a job (:func:`run_strip_job`),
+which the auctioneer also uses for its own strip. Building the jobs from a plan is
+pure: :mod:`edgeci_p2p.policy.strip_jobs`.
 """
 
 from __future__ import annotations
@@ -29,11 +28,11 @@ import numpy.typing as npt
 
 from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
-from edgeci_p2p.core.plan import Plan, row_moves
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
-from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob, StripStage
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import HaloRows, StripJob, StripStage
 from edgeci_p2p.wire.tensors import payload_nbytes
 
 Array = npt.NDArray[np.float32]
@@ -45,68 +44,16 @@ MAX_ORPHAN_BYTES = 256 << 20
 
 
 class StripJobError(Exception):
-    """A strip job cannot go on here (bad job, missing neighbour, deadline)."""
+    """A strip job cannot go on here (bad job, missing neighbour)."""
+
+    code = ErrorCode.REQUEST_FAILED
+    """The wire code of the error reply to the auctioneer."""
 
 
-# ---- building jobs from a plan (auctioneer) ---------------------------------------------------
+class RowsNeverArrived(StripJobError):
+    """A neighbour's halo rows did not arrive before the job's deadline."""
 
-
-@dataclass(frozen=True)
-class SegmentJobs:
-    """One halo segment's jobs: per device index, its stages; and the map rows each
-    device's first stage reads (cut from the segment's input on the auctioneer)."""
-
-    stages: dict[int, list[StripStage]]
-    first_need: dict[int, Span]
-    out_rows: dict[int, Span]
-    """The rows of the segment's last map each device returns."""
-
-
-def strip_jobs(
-    spec: ModelSpec, plan: Plan, first: int, last: int, nodes: list[str]
-) -> SegmentJobs | None:
-    """The strip jobs of stages ``first..last`` (a halo segment), or None when the
-    segment cannot run as strip jobs (then it runs as gather stages: correct, only
-    slower): a device must hold one strip from the segment's first stage on, in
-    consecutive stages. It may leave early (the planner drops a device from a map
-    too small to share): its last stage then sends its rows on, and the strip it
-    returns is not used."""
-    stages = plan.stages[first : last + 1]
-    devices = stages[0].devices
-    for k, st in enumerate(stages):
-        if len(st.parts) != len(st.devices) or not set(st.devices) <= set(devices):
-            return None
-        if k > 0 and not set(st.devices) <= set(stages[k - 1].devices):
-            return None  # a device that left cannot come back
-    per: dict[int, list[StripStage]] = {d: [] for d in devices}
-    need_of: dict[int, Span] = {}
-    for k, st in enumerate(stages):
-        moves_in = row_moves(spec, stages[k - 1], st) if k > 0 else ()
-        moves_out = row_moves(spec, st, stages[k + 1]) if k + 1 < len(stages) else ()
-        for p in st.parts:
-            need = trace(spec, st.start, st.stop, p.region).need.rows
-            if k == 0:
-                need_of[p.device] = need
-            per[p.device].append(
-                StripStage(
-                    st.start,
-                    st.stop,
-                    (p.region.rows.start, p.region.rows.stop),
-                    (need.start, need.stop),
-                    [
-                        RowsFrom(nodes[m.src], (m.rows.start, m.rows.stop))
-                        for m in moves_in
-                        if m.dst == p.device
-                    ],
-                    [
-                        RowsFrom(nodes[m.dst], (m.rows.start, m.rows.stop))
-                        for m in moves_out
-                        if m.src == p.device
-                    ],
-                )
-            )
-    out_rows = {p.device: p.region.rows for p in stages[-1].parts}
-    return SegmentJobs(per, need_of, out_rows)
+    code = ErrorCode.DEADLINE_EXCEEDED
 
 
 # ---- the mailbox (every peer) -------------------------------------------------------------------
@@ -192,7 +139,7 @@ class Mailbox:
         while (got := self.poll(request_id, job_id, boundary, rows)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StripJobError(f"rows {list(rows)} at boundary {boundary} never arrived")
+                raise RowsNeverArrived(f"rows {list(rows)} at boundary {boundary} never arrived")
             await self.wait(request_id, job_id, left)
         return got
 
@@ -379,7 +326,7 @@ async def run_strip_job(
                 left = deadline - time.monotonic()
                 if left <= 0:
                     rows = [list(r.rows) for r in waiting]
-                    raise StripJobError(f"rows {rows} at boundary {st.start} never arrived")
+                    raise RowsNeverArrived(f"rows {rows} at boundary {st.start} never arrived")
                 t = time.perf_counter()
                 await mailbox.wait(job.request_id, job.job_id, left)
                 wait_s += time.perf_counter() - t

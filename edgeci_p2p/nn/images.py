@@ -11,6 +11,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
+from edgeci_p2p.wire.errors import ErrorCode
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 40_000_000
@@ -19,6 +21,9 @@ MAX_PIXELS = 40_000_000
 
 class ImageError(ValueError):
     """The image could not be used (unreadable, or too large)."""
+
+    code = ErrorCode.BAD_REQUEST
+    """The wire code of the error reply."""
 
 
 def sample_image_path() -> Path:

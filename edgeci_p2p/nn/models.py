@@ -23,6 +23,8 @@ import torch
 import torchvision
 from torch import nn
 
+from edgeci_p2p.wire.errors import ErrorCode
+
 SUPPORTED_MODELS: tuple[str, ...] = (
     "vgg11",
     "vgg11_bn",
@@ -45,6 +47,9 @@ INPUT_GAIN = 0.25
 
 class UnknownModelError(ValueError):
     """The caller asked for a model this project does not describe."""
+
+    code = ErrorCode.BAD_REQUEST
+    """The wire code of the error reply."""
 
 
 @dataclass(frozen=True)

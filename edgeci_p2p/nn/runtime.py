@@ -18,10 +18,20 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import describe
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
+from edgeci_p2p.wire.errors import ErrorCode
 
 
 class WorkError(ValueError):
-    """A tile or request this peer cannot run (unknown model, wrong weights, bad region)."""
+    """A tile or request this peer cannot run (wrong weights, bad region)."""
+
+    code = ErrorCode.BAD_REQUEST
+    """The wire code of the error reply."""
+
+
+class ModelNotServed(WorkError):
+    """The model asked for is not one this peer serves."""
+
+    code = ErrorCode.UNKNOWN_MODEL
 
 
 _LOADED: dict[tuple[str, str | None], LoadedModel] = {}
@@ -61,7 +71,9 @@ class ModelStore:
     def get(self, name: str, fingerprint: str | None = None) -> LoadedModel:
         m = self.models.get(name)
         if m is None:
-            raise WorkError(f"model {name!r} is not served here (serving {sorted(self.models)})")
+            raise ModelNotServed(
+                f"model {name!r} is not served here (serving {sorted(self.models)})"
+            )
         if fingerprint is not None and fingerprint != m.fingerprint:
             raise WorkError(
                 f"weights of {name} differ: asked for {fingerprint[:12]}, have {m.fingerprint[:12]}"

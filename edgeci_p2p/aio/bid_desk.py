@@ -1,0 +1,137 @@
+"""Auction messages in and out, and the AWAS round of each request this node plans.
+
+As a bidder this node answers calls for bids, awards and releases from its own
+:class:`~edgeci_p2p.auction.bidder.Bidder`; as an auctioneer it feeds bids and award
+replies to its :class:`~edgeci_p2p.aio.auctioneer.Auctioneer`, with each bid's link
+figures replaced by what this node measured of that peer
+(:class:`~edgeci_p2p.policy.links.PlannedLinks`). The conversion between wire and
+AWAS messages is :mod:`edgeci_p2p.auction.on_wire`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from edgeci_p2p.aio.auctioneer import Auctioneer, Decision
+from edgeci_p2p.aio.connection import Connection
+from edgeci_p2p.aio.errors import RequestError
+from edgeci_p2p.aio.mesh import Mesh, reply
+from edgeci_p2p.aio.node import Node
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.on_wire import WireAuctionMessage, from_wire, to_wire
+from edgeci_p2p.auction.round import RoundConfig
+from edgeci_p2p.planners import STRATEGIES
+from edgeci_p2p.policy.links import PlannedLinks
+from edgeci_p2p.wire.errors import ErrorCode
+
+log = logging.getLogger("edgeci.peer")
+
+PROBE_ITEM = "probe:conv:1"
+"""The probe item whose bid seconds measure a peer's speed (for forwarding)."""
+
+
+class BidDesk:
+    """This node's side of every auction, as bidder and as auctioneer."""
+
+    def __init__(self, node: Node, mesh: Mesh, links: PlannedLinks) -> None:
+        self.node, self.mesh = node, mesh
+        self.links = links
+        self.auctioneer = Auctioneer(
+            node.node_id,
+            node.bidder,
+            self._send,
+            RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
+            shared_medium=node.config.shared_medium,
+        )
+        self.probe_s: dict[str, float] = {}
+        """Each node's seconds for the conv probe item, from its last bid (speed)."""
+
+    # ---- messages in ------------------------------------------------------------------------
+
+    def on_message(self, conn: Connection, msg: WireAuctionMessage) -> None:
+        bidder, now = self.node.bidder, time.monotonic()
+        try:
+            m = from_wire(msg)
+            if isinstance(m, am.CallForBids):
+                bid = bidder.bid(m, now)
+                # Work queued outside the ledger may overdraw the memory estimate.
+                bid = dataclasses.replace(bid, free_memory=max(0, bid.free_memory))
+                self.node.tasks.spawn(reply(conn, to_wire(bid)))
+            elif isinstance(m, am.Award):
+                self.node.tasks.spawn(reply(conn, to_wire(bidder.accept(m, now))))
+            elif isinstance(m, am.Release):
+                bidder.release(m.auction_id)
+            elif isinstance(m, am.Bid):
+                self.auctioneer.on_bid(m)
+            else:
+                self.auctioneer.on_reply(m)
+        except (am.MessageError, ValueError, KeyError) as e:
+            log.warning("bad %s from %s: %s", msg.TYPE, conn.peer.node_id, e)
+
+    async def _send(self, to: str, msg: am.CallForBids | am.Award | am.Release) -> bool:
+        return await self.mesh.send(to, to_wire(msg))
+
+    def measured_link(self, bid: am.Bid) -> am.Bid:
+        """``bid`` with the link figures this node plans that peer with."""
+        return self.links.adjust(bid, self.node.membership.members.get(bid.bidder))
+
+    # ---- a request's round ------------------------------------------------------------------
+
+    async def make_plan(
+        self,
+        request_id: str,
+        model: str,
+        strategy: str,
+        height: int,
+        width: int,
+        dry_run: bool = False,
+        pixels: bool = False,
+    ) -> tuple[Decision, dict[str, float]]:
+        """The AWAS round for one request: bids from the alive peers holding these
+        weights, the plan the strategy makes from them, reservations on the winners."""
+        if strategy not in STRATEGIES:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"unknown strategy {strategy!r}; one of {STRATEGIES}"
+            )
+        spec = self.node.store.spec(model, height, width)
+        if pixels:  # the input travels as uint8: plan its slabs at a byte a value
+            spec = dataclasses.replace(spec, input_itemsize=1)
+        seen = self.node.wire.get((model, height, width))
+        if seen is not None and seen.seen:
+            spec = dataclasses.replace(spec, wire_fraction=seen.for_planning())
+        t0 = time.perf_counter()
+        if strategy == "local":
+            decision = self.auctioneer.local_decision(spec, None)
+        else:
+            now = time.monotonic()
+            peers = [
+                m.node_id
+                for m in self.node.membership.serving(model, spec.fingerprint, now)
+                if m.node_id in self.mesh.conns
+            ]
+            decision = await self.auctioneer.run(
+                request_id,
+                spec,
+                strategy,
+                peers,
+                adjust_bid=self.measured_link,
+                quiet=self.node.load.running_here <= 1 and not dry_run,
+            )
+            if dry_run and decision.round is not None:
+                for peer in decision.round.awards:
+                    if peer == self.node.node_id:
+                        self.node.bidder.release(request_id)
+                    else:
+                        await self._send(peer, am.Release(request_id, peer))
+        return decision, {"auction": time.perf_counter() - t0}
+
+    def remember_speeds(self, decision: Decision) -> None:
+        """Each bidder's seconds for the probe item, for choosing where to forward."""
+        if decision.round is None:
+            return
+        for b in decision.round.bids.values():
+            probe = b.duration.get(PROBE_ITEM)
+            if probe and not b.declined:
+                self.probe_s[b.bidder] = probe

@@ -1,0 +1,89 @@
+"""A peer's configuration (``edgeci-peer``'s flags) and its persistent node id."""
+
+from __future__ import annotations
+
+import fcntl
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from edgeci_p2p.core.membership import DuplicateNodeError
+from edgeci_p2p.policy.deadlines import DeadlinePolicy
+
+
+@dataclass
+class PeerConfig:
+    """How a peer runs: its addresses, discovery, models, limits and timeouts."""
+
+    host: str = "0.0.0.0"
+    port: int = 7420
+    name: str = ""
+    state_dir: Path | None = None
+    mdns_interfaces: list[str] = field(default_factory=list)
+    no_mdns: bool = False
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    cluster_key: bytes | None = None
+    threads: int = 1
+    models: list[str] = field(default_factory=lambda: ["vgg16", "resnet34"])
+    weights: dict[str, str] = field(default_factory=dict)
+    bid_window: float = 0.1
+    tile_deadline_factor: float = 4.0
+    """A remote tile is given up after predicted time x this factor + the margin."""
+    tile_deadline_margin: float = 2.0
+    hedge_factor: float = 2.0
+    """A remote tile still running after predicted time x this + hedge_margin gets a
+    second copy on the next peer (or here); the first result wins."""
+    hedge_margin: float = 0.5
+    tile_retries: int = 2
+    """Other peers tried for a lost tile before the auctioneer computes it itself."""
+    max_requests: int = 8
+    """Requests served at once as auctioneer; more get a 'busy' error."""
+    max_queued_tiles: int = 64
+    """Tiles accepted from auctioneers and not yet done; more get a 'busy' error."""
+    read_timeout: float = 10.0
+    """Seconds a half-received frame may wait for the rest before the connection closes."""
+    forward_timeout: float = 60.0
+    """Seconds a forwarded request may take on its peer before it runs here instead."""
+    shared_medium: bool = True
+    """Plan (as auctioneer) for one shared medium (Wi-Fi) rather than switched links."""
+    link_bandwidth: float | None = None
+    """Bytes/s to plan every link with, instead of fitting links from served tiles
+    (links known in advance, e.g. wired at a fixed rate)."""
+    zero_suppression: bool = True
+    """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
+    either way."""
+
+    @property
+    def deadlines(self) -> DeadlinePolicy:
+        """The deadline and hedging policy these fields describe."""
+        return DeadlinePolicy(
+            self.tile_deadline_factor,
+            self.tile_deadline_margin,
+            self.hedge_factor,
+            self.hedge_margin,
+        )
+
+
+def load_node_id(state_dir: Path) -> tuple[str, IO[str]]:
+    """The persistent node id in ``state_dir`` and a held lock on the directory.
+
+    A second process on the same state dir would present the same id: refuse it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / "lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DuplicateNodeError(
+            f"another edgeci-peer is running with --state-dir {state_dir} (same node id); "
+            "give each peer its own --state-dir"
+        ) from None
+    path = state_dir / "node_id"
+    if path.is_file():
+        node_id = path.read_text().strip()
+    else:
+        node_id = secrets.token_hex(8)
+        path.write_text(node_id + "\n")
+    return node_id, lock

@@ -1,0 +1,162 @@
+"""The front door: client requests in (``infer_request``, ``plan``, ``peers``), each
+admitted, answered here or forwarded, and answered with a result or an error reply
+carrying the error's own wire code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from edgeci_p2p.aio.bid_desk import BidDesk
+from edgeci_p2p.aio.connection import Connection, ConnectionLost
+from edgeci_p2p.aio.errors import RequestError, code_of
+from edgeci_p2p.aio.forwarder import Forwarder
+from edgeci_p2p.aio.mesh import Mesh, reply
+from edgeci_p2p.aio.node import Node
+from edgeci_p2p.aio.request import RequestRunner
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import (
+    Error,
+    InferRequest,
+    InferResult,
+    Peers,
+    PeersResult,
+    PlanRequest,
+    PlanResult,
+)
+
+log = logging.getLogger("edgeci.peer")
+
+
+class FrontDoor:
+    """Client requests: admission, forward or run, and the reply."""
+
+    def __init__(
+        self,
+        node: Node,
+        mesh: Mesh,
+        desk: BidDesk,
+        runner: RequestRunner,
+        forwarder: Forwarder,
+        settle: Callable[[], None],
+        cluster_view: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        self.node, self.mesh, self.desk = node, mesh, desk
+        self.runner, self.forwarder = runner, forwarder
+        self.settle = settle
+        self.cluster_view = cluster_view
+        self.answering: set[str] = set()
+        """Ids of the requests this node is answering (here or through a forward)."""
+        self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
+
+    # ---- messages in ------------------------------------------------------------------------
+
+    def on_infer(self, conn: Connection, msg: InferRequest) -> None:
+        task = self.node.tasks.spawn(self._infer_for(conn, msg))
+        tasks = self._client_tasks.setdefault(id(conn), set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_plan(self, conn: Connection, msg: PlanRequest) -> None:
+        self.node.tasks.spawn(self._plan_for(conn, msg))
+
+    def on_peers(self, conn: Connection, msg: Peers) -> None:
+        self.node.tasks.spawn(
+            reply(conn, PeersResult(msg.request_id, {"peers": self.cluster_view()}))
+        )
+
+    def on_closed(self, conn: Connection) -> None:
+        """A client that went away cancels its requests: their tiles are cancelled on
+        every peer and their reservations released."""
+        for task in self._client_tasks.pop(id(conn), set()):
+            task.cancel()
+
+    # ---- answering --------------------------------------------------------------------------
+
+    async def _plan_for(self, conn: Connection, req: PlanRequest) -> None:
+        try:
+            model = str(req.body.get("model", "resnet34"))
+            strategy = str(req.body.get("strategy", "edgeci"))
+            h, w = (int(v) for v in req.body.get("size", (224, 224)))
+            decision, timing = await self.desk.make_plan(
+                req.request_id, model, strategy, h, w, dry_run=True
+            )
+            body = {
+                "plan": decision.plan.to_dict(),
+                "text": str(decision.plan),
+                "nodes": decision.nodes,
+                "timing": timing,
+                "testbed": decision.testbed.to_dict(),
+                "left_out": decision.left_out,
+            }
+            await conn.send(PlanResult(req.request_id, body))
+        except (RequestError, ValueError) as e:  # WorkError, UnknownModelError included
+            await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
+        except ConnectionLost:
+            pass
+
+    async def _infer_for(self, conn: Connection, req: InferRequest) -> None:
+        load = self.node.load
+        if load.requests >= self.node.config.max_requests:
+            # Beyond capacity: say so at once rather than queue without bound.
+            busy = (
+                f"busy: {load.requests} requests in progress here; retry or send it to another peer"
+            )
+            await reply(conn, Error(int(ErrorCode.BUSY), busy, req.request_id))
+            return
+        load.requests += 1
+        try:
+            result = await self.infer(req)
+        except (RequestError, ValueError) as e:  # WorkError, ImageError... included
+            await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("request %s failed", req.request_id)
+            await reply(conn, Error(int(ErrorCode.REQUEST_FAILED), repr(e), req.request_id))
+            return
+        finally:
+            load.requests -= 1
+        await reply(conn, result)
+
+    async def infer(self, req: InferRequest) -> InferResult:
+        """Answer ``req``: here, or, when this node is busy with earlier requests and
+        a peer is idler, on that peer (a stream's frames spread over the cluster without
+        the entry peer planning or decoding them). A forward that fails runs here."""
+        if req.request_id in self.answering:
+            # Tiles, strip jobs and the input's pixels are all found by request id.
+            raise RequestError(
+                ErrorCode.BAD_REQUEST,
+                f"request id {req.request_id!r} is already being answered here: "
+                "give every request its own id",
+            )
+        self.answering.add(req.request_id)
+        try:
+            return await self._infer_once(req)
+        finally:
+            self.answering.discard(req.request_id)
+
+    async def _infer_once(self, req: InferRequest) -> InferResult:
+        target = self.forwarder.target(req)
+        if target is not None:
+            try:
+                return await self.forwarder.forward(target, req)
+            except (ConnectionLost, RequestError, TimeoutError) as e:
+                log.warning(
+                    "request %s forwarded to %s failed (%s); running it here",
+                    req.request_id,
+                    target,
+                    str(e) or type(e).__name__,
+                )
+        self.node.load.running_here += 1
+        try:
+            return await self.runner.answer(req)
+        finally:
+            self.node.load.running_here -= 1
+            self.settle()
+
+
+__all__ = ["FrontDoor"]

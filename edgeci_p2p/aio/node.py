@@ -1,0 +1,96 @@
+"""What the parts of one peer share: who it is, what it serves, its load, its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+from edgeci_p2p.aio.config import PeerConfig
+from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.core.cost import ComputeModel
+from edgeci_p2p.core.density import WireFractions
+from edgeci_p2p.core.membership import BanList, Membership
+from edgeci_p2p.nn.runtime import ModelStore
+from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
+from edgeci_p2p.wire.tensors import payload_nbytes
+
+
+@dataclass
+class Load:
+    """What this peer has in flight (the counters admission and idleness read)."""
+
+    requests: int = 0
+    """Client requests accepted here and not yet answered (``max_requests``)."""
+    running_here: int = 0
+    """Requests this node is answering itself (not forwarded)."""
+    queued_tiles: int = 0
+    """Tiles, strip jobs and head jobs accepted from auctioneers and not yet done."""
+
+
+class Tasks:
+    """Strong references to spawned tasks (asyncio keeps only weak ones)."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self.adopt(asyncio.get_running_loop().create_task(coro))
+
+    def adopt(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        return task
+
+    async def cancel_all(self, timeout: float) -> None:
+        for t in list(self.running):
+            t.cancel()
+        if self.running:
+            await asyncio.wait(list(self.running), timeout=timeout)
+
+
+@dataclass
+class Node:
+    """One peer as its parts see it. Built by :meth:`PeerDaemon.start` once the models
+    are loaded and the compute model measured."""
+
+    config: PeerConfig
+    node_id: str
+    name: str
+    store: ModelStore
+    compute: ComputeModel
+    """This node's measured compute model (bids and predictions for work here)."""
+    bidder: Bidder
+    worker: ThreadPoolExecutor
+    """The one thread tile work runs on, so the event loop never blocks."""
+    membership: Membership
+    bans: BanList
+    tasks: Tasks
+    port: int = 0
+    load: Load = field(default_factory=Load)
+    wire: dict[tuple[str, int, int], WireFractions] = field(default_factory=dict)
+    """Zeros counted in the maps this node assembled, per (model, height, width): what
+    zero suppression leaves of each boundary's bytes, for planning."""
+
+    @property
+    def zero_suppress_bytes(self) -> int | None:
+        return DEFAULT_ZERO_SUPPRESS_BYTES if self.config.zero_suppression else None
+
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(
+            node_id=self.node_id,
+            name=self.name,
+            port=self.port,
+            models=self.store.fingerprints,
+            key=self.config.cluster_key,
+            zero_suppress_bytes=self.zero_suppress_bytes,
+        )
+
+    def wire_nbytes(self, array: npt.NDArray[Any]) -> int:
+        """A tensor's bytes as this node's sessions send it (a peer that sends maps
+        whole is counted as if it did not: the figures are this node's view)."""
+        return payload_nbytes(array, self.zero_suppress_bytes)

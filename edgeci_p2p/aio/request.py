@@ -1,0 +1,173 @@
+"""Answering a request here: decode its input, hold its auction, run its plan stage by
+stage, its head, and build the answer. One :class:`~edgeci_p2p.aio.run.RequestRun`
+per request carries its state through the collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from edgeci_p2p.aio.auctioneer import Decision
+from edgeci_p2p.aio.bid_desk import BidDesk
+from edgeci_p2p.aio.errors import RequestError
+from edgeci_p2p.aio.head import RemoteHead
+from edgeci_p2p.aio.mesh import Mesh
+from edgeci_p2p.aio.node import Node
+from edgeci_p2p.aio.replies import Replies
+from edgeci_p2p.aio.run import RequestRun
+from edgeci_p2p.aio.stages import Stages
+from edgeci_p2p.aio.worker import PeerWorker
+from edgeci_p2p.core.density import WireFractions
+from edgeci_p2p.core.plan import segments
+from edgeci_p2p.nn.images import decode, normalise, pixels_of, to_pixels, top_k
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import Cancel, InferRequest, InferResult, TileResult, TopK
+
+log = logging.getLogger("edgeci.peer")
+
+
+class RequestRunner:
+    """Runs requests this node answers itself."""
+
+    def __init__(
+        self,
+        node: Node,
+        mesh: Mesh,
+        replies: Replies[TileResult],
+        desk: BidDesk,
+        worker: PeerWorker,
+        stages: Stages,
+        head: RemoteHead,
+    ) -> None:
+        self.node, self.mesh, self.replies, self.desk = node, mesh, replies, desk
+        self.worker, self.stages, self.head = worker, stages, head
+
+    async def answer(self, req: InferRequest) -> InferResult:
+        """Decode the input, plan (an auction, or whole here for a forwarded request),
+        run the plan; a cancelled request is cancelled on every peer."""
+        t_start = time.perf_counter()
+        fingerprint = self.node.store.get(req.model).fingerprint
+        x, px = await self._input(req)
+        _, _, h, w = x.shape
+        if req.hops > 0:
+            # Passed on by a busy peer: this frame is this node's share of the stream,
+            # run whole here without another auction (and its planning) on top.
+            decision, timing = await self.desk.make_plan(req.request_id, req.model, "local", h, w)
+            decision.plan = dataclasses.replace(
+                decision.plan, strategy=req.strategy, notes={"decision": "forwarded: whole here"}
+            )
+        else:
+            decision, timing = await self.desk.make_plan(
+                req.request_id, req.model, req.strategy, h, w, pixels=px is not None
+            )
+        self.desk.remember_speeds(decision)
+        return await self.execute(req, decision, timing, x, fingerprint, t_start, px)
+
+    async def execute(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        timing: dict[str, float],
+        x: torch.Tensor,
+        fingerprint: str,
+        t_start: float,
+        pixels: npt.NDArray[np.uint8] | None = None,
+    ) -> InferResult:
+        """Run ``decision`` for ``req``; a cancelled request is cancelled on every peer."""
+        _, _, h, w = x.shape
+        spec = self.node.store.spec(req.model, h, w)
+        run = RequestRun(req, decision, timing, spec, fingerprint, x, pixels, t_start)
+        try:
+            return await self._execute(run)
+        except asyncio.CancelledError:
+            await self._cancel_everywhere(run)
+            raise
+
+    async def _input(self, req: InferRequest) -> tuple[torch.Tensor, npt.NDArray[np.uint8] | None]:
+        """The normalised input and, when it has exact ones, its uint8 pixels."""
+        loop = asyncio.get_running_loop()
+        if req.image is not None:
+            img = await loop.run_in_executor(None, decode, req.image)
+            px = await loop.run_in_executor(None, to_pixels, img, req.size)
+            return await loop.run_in_executor(None, normalise, px), px
+        assert req.tensor is not None
+        arr = np.asarray(req.tensor, dtype=np.float32)
+        if arr.ndim != 4 or arr.shape[:2] != (1, 3):
+            raise RequestError(ErrorCode.BAD_REQUEST, f"tensor of shape {arr.shape}, need 1x3xHxW")
+        # A tensor preprocessed from an image (the usual case) is sent on as its
+        # pixels, a quarter of the bytes, when they normalise back to it exactly.
+        return torch.from_numpy(arr.copy()), await loop.run_in_executor(None, pixels_of, arr)
+
+    async def _cancel_everywhere(self, run: RequestRun) -> None:
+        """The client went away: cancel the request's tiles on every peer and release
+        the reservations that were not used."""
+        log.info("request %s cancelled by its client", run.request_id)
+        self.worker.cancel_request(run.request_id)
+        for node in set(run.nodes) - {self.node.node_id}:
+            await self.mesh.send(node, Cancel(run.request_id))
+        self.replies.cancel_request(run.request_id)
+
+    async def _execute(self, run: RequestRun) -> InferResult:
+        """Run the plan stage by stage; the auctioneer keeps every slab until its tile
+        is back, so a lost tile can be given to another peer or computed here."""
+        store, req, plan = self.node.store, run.req, run.plan
+        _, _, h, w = run.x.shape
+        self.worker.deliver_own(req.request_id)
+        cur = run.x
+        seen = self.node.wire.setdefault((req.model, h, w), WireFractions(run.spec.n_units + 1))
+        for first, last in segments(plan):
+            if first == last:
+                cur = await self.stages.gather_stage(run, first, cur)
+            else:
+                cur = await self.stages.halo_segment(run, first, last, cur)
+            if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
+                # bit patterns, as the wire counts them (a -0.0 travels as a value)
+                bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
+                seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
+        t_head = time.perf_counter()
+        logits = await self.head.logits(run, cur)
+        if logits is None:
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker, store.head, req.model, (h, w), cur
+            )
+        return self._result(run, logits, time.perf_counter() - t_head)
+
+    def _result(self, run: RequestRun, logits: torch.Tensor, head_s: float) -> InferResult:
+        req, plan, stats = run.req, run.plan, run.stats
+        labels = self.node.store.labels(req.model)
+        top = [
+            TopK(i, label, p, float(logits.reshape(-1)[i]))
+            for i, label, p in top_k(logits, labels, req.top_k)
+        ]
+        timing_out: dict[str, float | dict[str, float]] = {
+            **run.timing,
+            "compute": stats.compute,
+            "transfer": stats.transfer_s,
+            "bytes": float(stats.bytes),
+            "retries": float(stats.retries),
+            "hedges": float(stats.hedges),
+            "head": head_s,
+            "total": time.perf_counter() - run.t_start,
+        }
+        plan_dict = plan.to_dict()
+        plan_dict["nodes"] = run.nodes
+        plan_dict["text"] = str(plan)
+        # What the plan was made from (the bid-derived cluster), for judging predictions.
+        plan_dict["testbed"] = run.testbed.to_dict()
+        if run.decision.round is not None:
+            plan_dict["backlogs"] = {n: b.backlog for n, b in run.decision.round.bids.items()}
+        return InferResult(
+            req.request_id,
+            req.model,
+            req.strategy,
+            top,
+            logits.numpy().astype(np.float32),
+            timing_out,
+            plan_dict,
+        )

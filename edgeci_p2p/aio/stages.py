@@ -1,0 +1,200 @@
+"""The auctioneer's stages: gathered through this node, or strip-resident segments.
+
+A gather stage sends each part's input slab out from here and stitches the parts'
+outputs (:class:`~edgeci_p2p.aio.tiles.TileDispatcher` runs each part). A halo
+segment (``edgeci-halo``) sends one strip job per peer; halo rows go peer to peer
+and the last strips come back here. If any strip job fails, the others are
+cancelled and the segment runs again the gather way from the input this node still
+holds, without the failed peer (banned, so its parts go elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from edgeci_p2p.aio.auctioneer import Auctioneer
+from edgeci_p2p.aio.connection import ConnectionLost
+from edgeci_p2p.aio.errors import RequestError
+from edgeci_p2p.aio.mesh import Mesh
+from edgeci_p2p.aio.node import Node
+from edgeci_p2p.aio.replies import Replies
+from edgeci_p2p.aio.run import RequestRun
+from edgeci_p2p.aio.tiles import Tile, TileDispatcher
+from edgeci_p2p.aio.worker import PeerWorker
+from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.nn.executor import crop, stitch
+from edgeci_p2p.policy.deadlines import strip_job_seconds
+from edgeci_p2p.policy.strip_jobs import strip_jobs
+from edgeci_p2p.policy.tile_ids import GatherTile, strip_job_id
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import Cancel, StripJob, StripStage, TileResult
+
+log = logging.getLogger("edgeci.peer")
+
+
+class Stages:
+    """Runs a plan's stages for a request: gather stages and halo segments."""
+
+    def __init__(
+        self,
+        node: Node,
+        mesh: Mesh,
+        replies: Replies[TileResult],
+        tiles: TileDispatcher,
+        worker: PeerWorker,
+        auctioneer: Auctioneer,
+    ) -> None:
+        self.node, self.mesh, self.replies = node, mesh, replies
+        self.tiles, self.worker, self.auctioneer = tiles, worker, auctioneer
+
+    async def gather_stage(self, run: RequestRun, si: int, cur: torch.Tensor) -> torch.Tensor:
+        """One stage the star way: each part's input slab out from here, its output back."""
+        spec, stage, nodes = run.spec, run.plan.stages[si], run.nodes
+        _, oh, ow = spec.shape_at(stage.stop)
+        _, ih, iw = spec.shape_at(stage.start)
+        whole_in = full_region(ih, iw)
+        for part in stage.parts:
+            self.auctioneer.mark_delivered(run.decision.round, nodes[part.device])
+        jobs = []
+        for pi, part in enumerate(stage.parts):
+            tile = Tile(GatherTile(si, pi), trace(spec, stage.start, stage.stop, part.region))
+            slab = crop(cur, whole_in, tile.trace.need)
+            jobs.append(self.tiles.run_part(run, nodes[part.device], tile, slab))
+        outs = await asyncio.gather(*jobs)
+        return stitch(outs, [p.region for p in stage.parts], oh, ow)
+
+    async def gather_segment(
+        self, run: RequestRun, first: int, last: int, cur: torch.Tensor
+    ) -> torch.Tensor:
+        for si in range(first, last + 1):
+            cur = await self.gather_stage(run, si, cur)
+        return cur
+
+    async def halo_segment(
+        self, run: RequestRun, first: int, last: int, cur: torch.Tensor
+    ) -> torch.Tensor:
+        """Stages ``first..last`` strip-resident: one strip job per peer, halo rows
+        peer to peer, the last strips back here."""
+        spec, plan, nodes, me = run.spec, run.plan, run.nodes, self.node.node_id
+        jobs = strip_jobs(spec, plan, first, last, nodes)
+        now = time.monotonic()
+        if jobs is None or any(
+            nodes[d] != me and self.node.bans.banned(nodes[d], now) for d in jobs.stages
+        ):
+            return await self.gather_segment(run, first, last, cur)
+        _, ih, iw = spec.shape_at(plan.stages[first].start)
+        whole_in = full_region(ih, iw)
+        job_id = first
+        tasks: dict[int, asyncio.Future[torch.Tensor]] = {}
+        sent: dict[int, StripJob] = {}
+        px = run.pixels if plan.stages[first].start == 0 else None
+        for d, stages in jobs.stages.items():
+            node = nodes[d]
+            need = jobs.first_need[d]
+            inp: npt.NDArray[Any]
+            if px is not None and node != me:  # a quarter of the bytes
+                inp = np.ascontiguousarray(px[:, :, need.start : need.stop, :])
+            else:
+                inp = np.ascontiguousarray(crop(cur, whole_in, Region(need, Span(0, iw))).numpy())
+            deadline = self._strip_deadline(run, node, stages, inp.nbytes)
+            job = StripJob(
+                run.request_id,
+                job_id,
+                strip_job_id(first, d),
+                run.model,
+                run.fingerprint,
+                stages,
+                inp,
+                input_hw=run.input_hw,
+                deadline_s=deadline,
+                pixels=True if inp.dtype == np.uint8 else None,
+            )
+            self.auctioneer.mark_delivered(run.decision.round, node)
+            sent[d] = job
+            tasks[d] = asyncio.ensure_future(
+                self._own_strip(run, job)
+                if node == me
+                else self._remote_strip(run, node, job, deadline)
+            )
+        try:
+            await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for t in tasks.values():
+                t.cancel()
+            raise
+        failed = [d for d, t in tasks.items() if t.done() and t.exception() is not None]
+        if failed:
+            for d, t in tasks.items():
+                t.cancel()
+                if nodes[d] != me and not t.done():
+                    await self.mesh.send(nodes[d], Cancel(run.request_id, sent[d].tile_id))
+            for d in failed:
+                err = tasks[d].exception()
+                run.stats.retries += 1
+                if nodes[d] != me:
+                    seconds = self.node.bans.ban(nodes[d], time.monotonic())
+                    log.warning(
+                        "strip job %s/%d on %s failed (%s); banned for %.0f s, rerunning "
+                        "units [%d, %d) without it",
+                        run.request_id,
+                        job_id,
+                        nodes[d],
+                        str(err) or type(err).__name__,
+                        seconds,
+                        plan.stages[first].start,
+                        plan.stages[last].stop,
+                    )
+            return await self.gather_segment(run, first, last, cur)
+        end = plan.stages[last]
+        _, oh, ow = spec.shape_at(end.stop)
+        outs = [tasks[p.device].result() for p in end.parts]
+        return stitch(outs, [p.region for p in end.parts], oh, ow)
+
+    def _strip_deadline(
+        self, run: RequestRun, node: str, stages: Sequence[StripStage], nbytes: int
+    ) -> float:
+        """Seconds to wait for a strip job: its predicted compute and input x factor + margin."""
+        rows = [(st.start, st.stop, (st.rows[0], st.rows[1])) for st in stages]
+        predicted = strip_job_seconds(run.testbed, node, run.spec, rows, nbytes, self.node.compute)
+        return self.node.config.deadlines.deadline(predicted)
+
+    async def _own_strip(self, run: RequestRun, job: StripJob) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = await self.worker.strip_job(job)
+        run.stats.computed(self.node.node_id, out.compute_s)
+        # This node's halo rows cross its own link like any peer's.
+        run.stats.bytes += out.halo_in + out.halo_out
+        log.debug("own strip of %s done in %.3f s", job.request_id, time.perf_counter() - t0)
+        return torch.from_numpy(out.output)
+
+    async def _remote_strip(
+        self, run: RequestRun, node: str, job: StripJob, deadline: float
+    ) -> torch.Tensor:
+        conn = self.mesh.get(node)
+        if conn is None:
+            raise ConnectionLost(f"no connection to {node}")
+        t0 = time.perf_counter()
+        with self.replies.awaiting((job.request_id, job.tile_id), node) as fut:
+            await conn.send(job)
+            res = await asyncio.wait_for(fut, deadline)
+        run.stats.computed(node, res.compute_s)
+        run.stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
+        run.stats.bytes += self.node.wire_nbytes(job.input) + self.node.wire_nbytes(res.output)
+        out = np.array(res.output, dtype=np.float32)
+        last = job.stages[-1]
+        c, _, w = run.spec.shape_at(last.stop)
+        want = (job.input.shape[0], c, last.rows[1] - last.rows[0], w)
+        if out.shape != want:
+            raise RequestError(
+                ErrorCode.REQUEST_FAILED,
+                f"{node} returned a strip of shape {out.shape}, not {want}",
+            )
+        return torch.from_numpy(out)

@@ -1,0 +1,274 @@
+"""The peer side: work auctioneers give this node (tiles, strip jobs, head jobs).
+
+Admission (at most ``max_queued_tiles`` pieces queued; more get ``busy`` at once),
+the run on the worker thread, the answer as a ``tile_result`` or an error reply,
+cancellation (a whole request, or one copy of a hedged tile), and the backlog the
+next bids wait behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeci_p2p.aio.connection import Connection
+from edgeci_p2p.aio.errors import CancelledTile, code_of
+from edgeci_p2p.aio.mesh import Mesh, reply
+from edgeci_p2p.aio.node import Node
+from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
+from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.nn.images import normalise
+from edgeci_p2p.nn.runtime import WorkError
+from edgeci_p2p.policy.recent import RecentSet
+from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.messages import (
+    Cancel,
+    Error,
+    HaloRows,
+    HeadJob,
+    StripJob,
+    TileRequest,
+    TileResult,
+)
+
+log = logging.getLogger("edgeci.peer")
+
+STRIP_TIMEOUT = 60.0
+"""Seconds a strip job without a deadline of its own may take here."""
+
+Part = tuple[int, int, Region]
+"""A piece of queued work: units [start, stop) producing ``region``."""
+
+
+class PeerWorker:
+    """Runs auctioneers' work on this node's worker thread and keeps its backlog."""
+
+    def __init__(self, node: Node, mesh: Mesh) -> None:
+        self.node, self.mesh = node, mesh
+        self.mailbox = Mailbox()
+        """Halo rows waiting for the strip-job stage that reads them."""
+        self.strip_tasks: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        self.cancelled = RecentSet[str]()
+        """Requests cancelled here: their queued tiles are skipped."""
+        self.cancelled_tiles = RecentSet[tuple[str, int]]()
+        """Single tiles cancelled (the losing copy of a hedged tile)."""
+        self.delivered = RecentSet[str]()
+        """Auctions whose reservation here has become queued work (first tile arrived)."""
+
+    # ---- messages in ------------------------------------------------------------------------
+
+    def on_tile(self, conn: Connection, req: TileRequest) -> None:
+        self.node.tasks.spawn(self._run_tile_for(conn, req))
+
+    def on_head(self, conn: Connection, job: HeadJob) -> None:
+        self.node.tasks.spawn(self._run_head_for(conn, job))
+
+    def on_strip(self, conn: Connection, job: StripJob) -> None:
+        key = (job.request_id, job.tile_id)
+        task = self.strip_tasks[key] = self.node.tasks.spawn(self._run_strip_for(conn, job))
+        task.add_done_callback(lambda _: self.strip_tasks.pop(key, None))
+
+    def on_rows(self, conn: Connection, msg: HaloRows) -> None:
+        if not self.mailbox.put(msg):
+            log.debug("halo rows for ended job %s/%d dropped", msg.request_id, msg.job_id)
+
+    def on_cancel(self, conn: Connection, msg: Cancel) -> None:
+        for (rid, tid), task in list(self.strip_tasks.items()):
+            if rid == msg.request_id and msg.tile_id in (None, tid):
+                task.cancel()
+        if msg.tile_id is None:
+            self.cancel_request(msg.request_id)
+        else:  # one copy of a hedged tile lost the race (or a strip job's run failed)
+            self.cancelled_tiles.add((msg.request_id, msg.tile_id))
+
+    def cancel_request(self, request_id: str) -> None:
+        """A request was cancelled: drop its queued tiles and its reservation here."""
+        self.cancelled.add(request_id)
+        self.node.bidder.release(request_id)
+
+    # ---- the work ---------------------------------------------------------------------------
+
+    async def _admitted(self, conn: Connection, request_id: str) -> bool:
+        """With ``max_queued_tiles`` pieces of auctioneers' work queued, a new one (tile,
+        strip job or head job) gets a 'busy' error at once instead of a place in line."""
+        if self.node.load.queued_tiles < self.node.config.max_queued_tiles:
+            self.node.load.queued_tiles += 1
+            return True
+        await reply(conn, Error(int(ErrorCode.BUSY), "tile queue full", request_id))
+        return False
+
+    def _done(self) -> None:
+        self.node.load.queued_tiles -= 1
+        self.settle()
+
+    async def _run_tile_for(self, conn: Connection, req: TileRequest) -> None:
+        t0 = time.perf_counter()
+        out = Region(Span(*req.out.rows), Span(*req.out.cols))
+        slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
+        if not await self._admitted(conn, req.request_id):
+            return
+        x = req.input
+        try:
+            self.queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
+            if req.pixels:
+                x = normalise(req.input).numpy()
+            y = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker,
+                self._tile_unless_cancelled,
+                req.request_id,
+                req.tile_id,
+                req.model,
+                req.fingerprint,
+                tuple(req.input_hw),
+                req.start,
+                req.stop,
+                out,
+                x,
+                slab,
+            )
+        except ValueError as e:  # WorkError included
+            await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
+            return
+        except CancelledTile:
+            return
+        finally:
+            self._done()
+        await reply(conn, TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
+
+    async def _run_head_for(self, conn: Connection, job: HeadJob) -> None:
+        """The head of an auctioneer's request (its plan put it here): the logits back as
+        a tile result, N x classes x 1 x 1."""
+        store = self.node.store
+        if not await self._admitted(conn, job.request_id):
+            return
+        t0 = time.perf_counter()
+        try:
+            store.get(job.model, job.fingerprint)
+            want = store.spec(job.model, *job.input_hw).head.in_shape
+            if tuple(job.input.shape[1:]) != want:
+                raise WorkError(
+                    f"head_job: the last map of {job.model} at {list(job.input_hw)} is "
+                    f"{list(want)}, got {list(job.input.shape[1:])}"
+                )
+            hw = (int(job.input_hw[0]), int(job.input_hw[1]))
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker, store.head, job.model, hw, torch.from_numpy(job.input.copy())
+            )
+        except ValueError as e:  # WorkError, UnknownModelError included
+            await reply(conn, Error(int(code_of(e)), str(e), job.request_id))
+            return
+        finally:
+            self._done()
+        out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
+        await reply(conn, TileResult(job.request_id, job.tile_id, out, time.perf_counter() - t0))
+
+    async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
+        """A strip job from an auctioneer: run it, answer with the last strip or an error."""
+        if not await self._admitted(conn, job.request_id):
+            return
+        try:
+            out = await self.strip_job(job)
+        except asyncio.CancelledError:
+            return  # the auctioneer cancelled it (a neighbour failed); nothing is due
+        except (StripJobError, ValueError) as e:  # WorkError, UnknownModelError included
+            code = code_of(e, ErrorCode.REQUEST_FAILED)
+            await reply(conn, Error(int(code), f"strip job: {e}", job.request_id))
+            return
+        finally:
+            self._done()
+        await reply(conn, TileResult(job.request_id, job.tile_id, out.output, out.compute_s))
+
+    async def strip_job(self, job: StripJob) -> StripOutcome:
+        """Run a strip job here (for an auctioneer, or this node's own strip)."""
+        store = self.node.store
+        store.get(job.model, job.fingerprint)
+        spec = store.spec(job.model, *job.input_hw)
+        self.queue_work(
+            job.request_id,
+            job.model,
+            job.input_hw,
+            [
+                (st.start, st.stop, Region(Span(*st.rows), Span(0, spec.shape_at(st.stop)[2])))
+                for st in job.stages
+            ],
+        )
+        if job.pixels:
+            job = dataclasses.replace(job, input=normalise(job.input).numpy(), pixels=None)
+        self.mailbox.claim(job.request_id, job.job_id)
+        try:
+            out = await run_strip_job(
+                job,
+                store,
+                self.node.worker,
+                self.mailbox,
+                self._send_rows,
+                job.deadline_s if job.deadline_s is not None else STRIP_TIMEOUT,
+                self.node.wire_nbytes,
+            )
+            log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
+            return out
+        finally:
+            self.mailbox.end(job.request_id, job.job_id)
+
+    async def _send_rows(self, node: str, msg: HaloRows) -> None:
+        if node == self.node.node_id:
+            self.mailbox.put(msg)
+            return
+        conn = self.mesh.get(node)
+        if conn is None:
+            raise StripJobError(f"no connection to neighbour {node}")
+        if not await reply(conn, msg):
+            raise StripJobError(f"neighbour {node} went away")
+
+    def _tile_unless_cancelled(self, request_id: str, tile_id: int, *args: Any) -> Any:
+        """Worker thread: skip tiles whose request (or copy) was cancelled while queued."""
+        if request_id in self.cancelled or (request_id, tile_id) in self.cancelled_tiles:
+            raise CancelledTile(request_id)
+        return self.node.store.run_tile(*args)
+
+    # ---- backlog ----------------------------------------------------------------------------
+
+    def queue_work(
+        self, request_id: str, model: str, input_hw: tuple[int, int], parts: Sequence[Part]
+    ) -> None:
+        """Account for work in this peer's backlog (what its next bids wait behind).
+
+        The first tile of an auction turns its reservation into queued work; tiles
+        without a live reservation (lapsed lease) are queued at their predicted cost.
+        """
+        now = time.monotonic()
+        if request_id in self.delivered:
+            return
+        if self.node.bidder.deliver(request_id, now) is not None:
+            self.delivered.add(request_id)
+            return
+        try:
+            spec = self.node.store.spec(model, *input_hw)
+            self.node.bidder.add_work(
+                sum(self.node.compute.trace_seconds(trace(spec, a, b, out)) for a, b, out in parts),
+                now,
+            )
+        except (ValueError, IndexError):  # WorkError included
+            pass
+
+    def deliver_own(self, request_id: str) -> None:
+        """This node's own reservation for a request it runs becomes queued work."""
+        if self.node.bidder.deliver(request_id, time.monotonic()):
+            self.delivered.add(request_id)
+
+    def settle(self) -> None:
+        """Work here just ended: with nothing left in flight, no backlog is either."""
+        load = self.node.load
+        # Strip jobs count among the queued tiles.
+        if not (load.running_here or load.queued_tiles):
+            self.node.bidder.idle(time.monotonic())
+
+
+__all__ = ["STRIP_TIMEOUT", "PeerWorker"]

@@ -1,0 +1,161 @@
+"""What a round decides with, and what it decided (pure; time is passed in as ``now``).
+
+A round's *decider* turns a call for bids and the bids into work items per peer and
+remembers the plan it made: :class:`~edgeci_p2p.auction.awas.AwasPlanner` for our
+strategies (AWAS + DPFL on live bids, backlog included), :class:`StaticPlanner` for
+the baselines (one plan on the bidders' idle speeds, as their papers assume), both
+behind a :class:`CachedDecider` keyed by the bids. :class:`AloneMemo` remembers a
+recent finding that distributing does not pay, so that an idle node does not hold
+the same round again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.awas import AwasPlanner, strip_items, testbed_from_bids, with_own_bid
+from edgeci_p2p.auction.round import AuctionRound
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.plan import Plan
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.planners import plan as plan_with
+
+LOCAL_MARGIN = 0.1
+"""AWAS+DPFL must predict at least this much gain over this node alone to distribute."""
+ALONE_TTL = 1.0
+"""Seconds a round's finding that distributing does not pay is reused while this node
+is otherwise idle and its peers are the same (then a round is held again)."""
+ALONE_IDLE_TTL = 10.0
+"""The same when every peer bid with no backlog: busier peers could only make
+distributing worse, so only a change of peers, links or this node's own load (which
+the other conditions catch) could turn the finding; held longer."""
+
+
+class StaticPlanner:
+    """A round's decider for the baselines: plan once on the bidders' idle speeds."""
+
+    def __init__(
+        self,
+        strategy: str,
+        spec: ModelSpec,
+        own: ComputeModel,
+        shared_medium: bool = True,
+    ) -> None:
+        self.strategy, self.spec, self.shared_medium = strategy, spec, shared_medium
+        self.plan: Plan | None = None
+        self.testbed: Testbed | None = None
+        self.own = own
+        self._work = Workload(spec)
+
+    def __call__(
+        self, call: am.CallForBids, bids: Sequence[am.Bid]
+    ) -> Mapping[str, tuple[am.WorkItem, ...]]:
+        usable = with_own_bid(call, bids, self.own)
+        if usable is None:
+            self.plan = None
+            return {}
+        idle = [replace(b, backlog=0.0) for b in usable]
+        tb, _ = testbed_from_bids(call, idle, 1.0, self.shared_medium)
+        self.plan = plan_with(self.strategy, self.spec, tb)
+        self.testbed = tb
+        return strip_items(self.plan, self.spec, self._work)
+
+
+class CachedDecider:
+    """Remembers decisions by the bids they were made from (noise rounded away).
+
+    An AWAS+DPFL decision costs one or more DPFL runs (0.1-0.5 s for 3-4 peers
+    here), longer than a ResNet-34 forward; an unchanged cluster (same measured
+    speeds and links, backlogs within 10 ms) gets the same plan back at once.
+    """
+
+    def __init__(self, inner: AwasPlanner | StaticPlanner, size: int = 64) -> None:
+        self.inner = inner
+        self.size = size
+        self.plan: Plan | None = None
+        self.testbed: Testbed | None = None
+        self.left_out: dict[str, str] = {}
+        self._memo: dict[tuple[Any, ...], tuple[Any, Plan | None, Testbed | None, dict[str, str]]]
+        self._memo = {}
+
+    @staticmethod
+    def key(call: am.CallForBids, bids: Sequence[am.Bid]) -> tuple[Any, ...]:
+        per_bid = tuple(
+            (
+                b.bidder,
+                round(b.backlog / 0.05),  # 50 ms buckets of queued work
+                tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
+                float(f"{b.bandwidth:.2g}"),
+                round(b.rtt, 3),
+                b.declined,
+            )
+            for b in sorted(bids, key=lambda b: b.bidder)
+        )
+        return (*per_bid, call.fingerprint)
+
+    def __call__(
+        self, call: am.CallForBids, bids: Sequence[am.Bid]
+    ) -> Mapping[str, tuple[am.WorkItem, ...]]:
+        k = self.key(call, bids)
+        hit = self._memo.get(k)
+        if hit is None:
+            items = self.inner(call, bids)
+            left = dict(getattr(self.inner, "left_out", {}))
+            hit = (items, self.inner.plan, self.inner.testbed, left)
+            if len(self._memo) >= self.size:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[k] = hit
+        items, self.plan, self.testbed, self.left_out = hit
+        return items
+
+
+@dataclass
+class Decision:
+    """The outcome of a request's auction: the plan to run and how it was reached."""
+
+    plan: Plan
+    testbed: Testbed
+    round: AuctionRound | None
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.plan.devices)
+
+
+def alone_ttl(bids: Iterable[am.Bid]) -> float:
+    """How long a finding that distributing does not pay, made from ``bids``, holds."""
+    return ALONE_IDLE_TTL if all(b.backlog <= 0 for b in bids) else ALONE_TTL
+
+
+def worth_distributing(plan: Plan, local_predicted: float | None) -> bool:
+    """Whether ``plan`` predicts at least :data:`LOCAL_MARGIN` gain over running here
+    (``local_predicted``). The model leaves per-tile costs out (encoding, hand-offs):
+    a smaller predicted gain is not worth the risk."""
+    if plan.predicted is None or len(set(plan.devices)) <= 1:
+        return True
+    return local_predicted is None or plan.predicted < local_predicted * (1.0 - LOCAL_MARGIN)
+
+
+class AloneMemo:
+    """Per kind of request, until when and among which peers a round found that
+    distributing does not pay."""
+
+    def __init__(self) -> None:
+        self._found: dict[Hashable, tuple[float, frozenset[str]]] = {}
+
+    def holds(self, key: Hashable, peers: Iterable[str], now: float) -> bool:
+        found = self._found.get(key)
+        return found is not None and found[0] > now and found[1] == set(peers)
+
+    def forget(self, key: Hashable) -> None:
+        self._found.pop(key, None)
+
+    def remember(
+        self, key: Hashable, bids: Iterable[am.Bid], peers: Iterable[str], now: float
+    ) -> None:
+        self._found[key] = (now + alone_ttl(bids), frozenset(peers))

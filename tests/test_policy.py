@@ -1,0 +1,188 @@
+"""The shell's pure policy (edgeci_p2p/policy, auction/decider.py, auction/on_wire.py),
+checked without a daemon: tile ids, deadlines, fallbacks, forwarding, link hysteresis,
+bounded memories, the round's memo of findings and the auction <-> wire conversion."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeci_p2p.auction import decider
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.on_wire import from_wire, to_wire
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
+from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.core.membership import Member
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.policy.deadlines import DeadlinePolicy, strip_job_seconds, tile_seconds
+from edgeci_p2p.policy.fallbacks import fallback_order
+from edgeci_p2p.policy.forwarding import forward_target, may_forward
+from edgeci_p2p.policy.links import DEFAULT_TILE_OVERHEAD, PlannedLinks, measured_link
+from edgeci_p2p.policy.recent import RecentSet
+from edgeci_p2p.policy.tile_ids import (
+    HEAD_TILE_ID,
+    STRIP_TILE_BASE,
+    GatherTile,
+    hedged,
+    strip_job_id,
+)
+
+# ---- tile ids: the numbers old and new peers share -----------------------------------------
+
+
+def test_tile_ids_are_the_numbers_every_version_puts_on_the_wire() -> None:
+    # Stage 3, part 2, attempt 1 was 3*1000+2 -> *8+1; its hedge attempt+4.
+    assert GatherTile(3, 2).base == 3002
+    assert GatherTile(3, 2).attempt(1) == 3002 * 8 + 1
+    assert GatherTile(3, 2).attempt(hedged(1)) == 3002 * 8 + 5
+    assert strip_job_id(5, 2) == (1 << 24) + 5 * 64 + 2 == STRIP_TILE_BASE + 322
+    assert HEAD_TILE_ID == (1 << 24) - 1
+    # Gather ids of any real plan stay below the head's and the strips'.
+    assert GatherTile(2000, 999).attempt(7) < HEAD_TILE_ID
+    with pytest.raises(ValueError):
+        GatherTile(0, 1000)
+    with pytest.raises(ValueError):
+        strip_job_id(0, 64)
+
+
+def test_ids_of_different_tiles_and_attempts_never_collide() -> None:
+    ids = {GatherTile(s, p).attempt(a) for s in range(20) for p in range(8) for a in range(8)}
+    assert len(ids) == 20 * 8 * 8
+    strips = {strip_job_id(s, d) for s in range(40) for d in range(64)}
+    assert len(strips) == 40 * 64 and not ids & strips and HEAD_TILE_ID not in ids | strips
+
+
+# ---- deadlines ------------------------------------------------------------------------------
+
+
+def _testbed() -> Testbed:
+    fast = ComputeModel({"conv": LinearFit(1e-10, 0.0)})
+    slow = ComputeModel({"conv": LinearFit(4e-10, 0.0)})
+    return Testbed(
+        "t",
+        (DeviceModel("a", fast, 1 << 30), DeviceModel("b", slow, 1 << 30)),
+        (LinkModel(1e9, 0.0), LinkModel(1e6, 0.002)),
+    )
+
+
+def test_deadline_and_hedge_scale_the_prediction() -> None:
+    p = DeadlinePolicy(factor=4.0, margin=2.0, hedge_factor=2.0, hedge_margin=0.5)
+    assert p.deadline(0.25) == 3.0
+    assert p.hedge_after(0.25) == 1.0
+    assert p.hedge_after(1.0) < p.deadline(1.0)
+
+
+def test_tile_prediction_uses_the_plans_device_and_link_else_this_node() -> None:
+    spec = spec_for("vgg16", 64, 64)
+    tb = _testbed()
+    tr = trace(spec, 0, 2, Region(Span(0, 32), Span(0, 64)))
+    own = ComputeModel({"conv": LinearFit(2e-10, 0.0)})
+    on_b = tile_seconds(tb, "b", tr, 10_000, own)
+    assert on_b == pytest.approx(
+        tb.devices[1].compute.trace_seconds(tr) + tb.links[1].seconds(10_000)
+    )
+    assert tile_seconds(tb, "stranger", tr, 10_000, own) == own.trace_seconds(tr)
+    assert tile_seconds(tb, "stranger", tr, 10_000, None) == 0.0
+    rows = [(0, 2, (0, 32))]
+    assert strip_job_seconds(tb, "b", spec, rows, 10_000, own) == pytest.approx(on_b)
+
+
+# ---- fallbacks and forwarding -----------------------------------------------------------------
+
+
+def _member(node: str, gflops: float) -> Member:
+    m = Member(node, "127.0.0.1", 1)
+    m.speed_gflops = gflops
+    return m
+
+
+def test_a_lost_tile_goes_to_the_fastest_usable_others_then_here() -> None:
+    serving = [_member("slow", 1.0), _member("first", 9.0), _member("fast", 5.0),
+               _member("banned", 8.0), _member("mid", 3.0)]  # fmt: skip
+    order = fallback_order("first", serving, lambda n: n != "banned", 2, "me")
+    assert order == ["fast", "mid", "me"]
+    assert fallback_order("first", serving, lambda n: False, 2, "me") == ["me"]
+
+
+def test_forwarding_picks_the_queue_that_ends_first_if_it_beats_ours() -> None:
+    probe = {"me": 0.1, "a": 0.1, "b": 0.05}
+    # Busy with one request: ours ends at 0.2; b's (empty) at 0.05.
+    assert forward_target(1, probe["me"], ["a", "b"], probe, {}) == "b"
+    # b already has three of ours in flight: 0.2 is not sooner than our 0.2; a's is 0.1.
+    assert forward_target(1, probe["me"], ["a", "b"], probe, {"b": 3}) == "a"
+    # Unmeasured peers and an unmeasured self never forward.
+    assert forward_target(1, None, ["a"], probe, {}) is None
+    assert forward_target(1, 0.1, ["unknown"], probe, {}) is None
+    assert not may_forward(0, "edgeci", 0)  # idle: run it here
+    assert not may_forward(1, "edgeci", 3)  # already forwarded once
+    assert not may_forward(0, "aofl", 3)  # baselines run where they entered
+    assert may_forward(0, "edgeci-halo", 1)
+
+
+# ---- link figures -----------------------------------------------------------------------------
+
+
+def test_planned_links_take_measurements_and_change_only_past_2x() -> None:
+    m = Member("peer", "10.0.0.2", 7420)
+    m.rtt = 0.001
+    assert measured_link(m, 0.5, None) == (2e8, DEFAULT_TILE_OVERHEAD)  # the priors
+    assert measured_link(m, 0.5, 11e6) == (11e6, 0.001)  # a known rate wins
+    links = PlannedLinks()
+    m.probe_samples = [50e6]
+    first = links.adjust(am.Bid("a", "peer", bandwidth=1e9, rtt=0.0), m)
+    assert (first.bandwidth, first.rtt) == (m.probed_bandwidth, DEFAULT_TILE_OVERHEAD)
+    m.probe_samples = [80e6]  # within 2x: the planned figures hold (the plan cache hits)
+    assert links.adjust(am.Bid("b", "peer"), m).bandwidth == first.bandwidth
+    m.probe_samples = [120e6]  # past 2x: re-planned
+    assert links.adjust(am.Bid("c", "peer"), m).bandwidth == 120e6
+    bid = am.Bid("d", "stranger", bandwidth=3.0, rtt=4.0)
+    assert links.adjust(bid, None) is bid
+
+
+# ---- bounded memories -------------------------------------------------------------------------
+
+
+def test_recent_set_forgets_the_oldest_first() -> None:
+    r = RecentSet[int](3)
+    for k in (1, 2, 3):
+        r.add(k)
+    r.add(1)  # re-added: now the newest
+    r.add(4)
+    assert list(r) == [3, 1, 4] and 2 not in r and 4 in r and len(r) == 3
+    with pytest.raises(ValueError):
+        RecentSet[int](0)
+
+
+# ---- the round's memo and margin ------------------------------------------------------------
+
+
+def test_alone_memo_holds_for_the_same_peers_until_its_ttl() -> None:
+    memo = decider.AloneMemo()
+    idle = [am.Bid("r", p, 0.0) for p in ("a", "b")]
+    memo.remember("k", idle, ["a", "b"], now=100.0)
+    assert memo.holds("k", ["b", "a"], 100.0 + decider.ALONE_IDLE_TTL - 0.1)
+    assert not memo.holds("k", ["a"], 101.0)  # other peers
+    assert not memo.holds("k", ["a", "b"], 100.0 + decider.ALONE_IDLE_TTL)
+    busy = [am.Bid("r", "a", 0.5)]
+    memo.remember("k", busy, ["a"], now=0.0)
+    assert not memo.holds("k", ["a"], decider.ALONE_TTL + 0.01)
+    memo.forget("k")
+    assert not memo.holds("k", ["a"], 0.0)
+
+
+# ---- auction messages on the wire -----------------------------------------------------------
+
+
+def test_every_auction_message_crosses_the_wire_and_back_unchanged() -> None:
+    item = am.WorkItem("s0", {"conv": 1_000_000}, 10, 20, 30, {"conv": 1})
+    msgs: list[am.CallForBids | am.Bid | am.Award | am.AwardReply | am.Release] = [
+        am.CallForBids("r", "me", "fp", (item,), 0.1),
+        am.Bid("r", "p", 0.5, {"s0": 0.2}, 1 << 20, 1e8, 0.002, 1.0, ""),
+        am.Award("r", "p", (item,), 2, 5.0, 0.5),
+        am.AwardReply("r", "p", 2, False, "capacity"),
+        am.Release("r", "p"),
+    ]
+    for m in msgs:
+        wire = to_wire(m)
+        names = {am.CallForBids: "call_for_bids", am.Bid: "bid", am.Award: "award"}
+        assert names.get(type(m), wire.TYPE) == wire.TYPE
+        assert from_wire(wire) == m  # type: ignore[arg-type]
