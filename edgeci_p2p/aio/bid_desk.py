@@ -131,7 +131,12 @@ class BidDesk:
         """Each bidder's seconds for the probe item, for choosing where to forward."""
         if decision.round is None:
             return
+        flops = {i.item_id: sum(i.flops.values()) for i in decision.round.call.items}
         for b in decision.round.bids.values():
             probe = b.duration.get(PROBE_ITEM)
             if probe and not b.declined:
                 self.probe_s[b.bidder] = probe
+                member = self.node.membership.members.get(b.bidder)
+                if member is not None:  # for `peers` and the fallback order
+                    member.speed_gflops = flops.get(PROBE_ITEM, 0.0) / probe / 1e9
+                    member.backlog_s = b.backlog

@@ -54,6 +54,7 @@ from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
+from edgeci_p2p.wire.errors import ErrorCode
 
 log = logging.getLogger("edgeci.peer")
 
@@ -184,7 +185,7 @@ class PeerDaemon:
         on(wm.HeadJob, parts.serving.on_head)
         on(wm.StripJob, parts.serving.on_strip)
         on(wm.HaloRows, parts.serving.on_rows)
-        on(wm.Cancel, parts.serving.on_cancel)
+        on(wm.Cancel, self._on_cancel)
         on(wm.TileResult, self._on_tile_result)
         on(wm.CallForBids, parts.desk.on_message)
         on(wm.Bid, parts.desk.on_message)
@@ -205,6 +206,7 @@ class PeerDaemon:
         if self._server is not None:
             self._server.close()
         if self._parts is not None:
+            await self._parts.mesh.say_goodbye()
             self._parts.replies.fail_all(ConnectionLost("daemon shutting down"))
         for t in list(self.tasks.running):
             t.cancel()
@@ -217,11 +219,20 @@ class PeerDaemon:
 
     # ---- messages the daemon itself answers ---------------------------------------------------
 
+    def _on_cancel(self, conn: Connection, msg: wm.Cancel) -> None:
+        self.parts.front.on_cancel(conn, msg)  # a client's (or forwarding peer's) request
+        self.parts.serving.on_cancel(conn, msg)  # tiles and strip jobs given to this node
+
     def _on_tile_result(self, conn: Connection, msg: wm.TileResult) -> None:
         if not self.parts.replies.resolve((msg.request_id, msg.tile_id), msg):
             log.warning("tile_result for unknown tile %s/%s", msg.request_id, msg.tile_id)
 
     def _on_error(self, conn: Connection, msg: wm.Error) -> None:
+        if msg.request_id is None and msg.code == ErrorCode.INTERNAL:
+            # The other side is shutting down: an end like EOF, not a failure of ours.
+            log.info("%s is shutting down: %s", conn.peer.node_id, msg.message)
+            self.tasks.spawn(conn.close())
+            return
         self.parts.forwarder.on_error(conn, msg)
         if msg.request_id is not None:
             # Only the tiles this peer was running: the request lives on elsewhere.

@@ -18,11 +18,13 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.request import RequestRunner
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import (
+    Cancel,
     Error,
     InferRequest,
     InferResult,
     Peers,
     PeersResult,
+    PlanOptions,
     PlanRequest,
     PlanResult,
 )
@@ -49,15 +51,34 @@ class FrontDoor:
         self.cluster_view = cluster_view
         self.answering: set[str] = set()
         """Ids of the requests this node is answering (here or through a forward)."""
-        self._client_tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self._client_tasks: dict[int, dict[str, asyncio.Task[Any]]] = {}
+        """Per connection, its requests being answered (by request id) and not yet sent."""
 
     # ---- messages in ------------------------------------------------------------------------
 
     def on_infer(self, conn: Connection, msg: InferRequest) -> None:
         task = self.node.tasks.spawn(self._infer_for(conn, msg))
-        tasks = self._client_tasks.setdefault(id(conn), set())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        tasks = self._client_tasks.setdefault(id(conn), {})
+        if msg.request_id not in tasks:  # a duplicate id is refused by infer(), not tracked
+            tasks[msg.request_id] = task
+            task.add_done_callback(lambda _: self._untrack(conn, msg.request_id, task))
+
+    def _untrack(self, conn: Connection, request_id: str, task: asyncio.Task[Any]) -> None:
+        tasks = self._client_tasks.get(id(conn))
+        if tasks is not None and tasks.get(request_id) is task:
+            del tasks[request_id]
+
+    def on_cancel(self, conn: Connection, msg: Cancel) -> None:
+        """A client cancels its own request: cancelled everywhere as if it had gone away,
+        and answered with 204 instead of a result (nothing if the result already left)."""
+        if msg.tile_id is not None:
+            return
+        task = self._client_tasks.get(id(conn), {}).pop(msg.request_id, None)
+        if task is None or task.done():
+            return
+        task.cancel()
+        cancelled = Error(int(ErrorCode.CANCELLED), "cancelled by the client", msg.request_id)
+        self.node.tasks.spawn(reply(conn, cancelled))
 
     def on_plan(self, conn: Connection, msg: PlanRequest) -> None:
         self.node.tasks.spawn(self._plan_for(conn, msg))
@@ -70,18 +91,17 @@ class FrontDoor:
     def on_closed(self, conn: Connection) -> None:
         """A client that went away cancels its requests: their tiles are cancelled on
         every peer and their reservations released."""
-        for task in self._client_tasks.pop(id(conn), set()):
+        for task in self._client_tasks.pop(id(conn), {}).values():
             task.cancel()
 
     # ---- answering --------------------------------------------------------------------------
 
     async def _plan_for(self, conn: Connection, req: PlanRequest) -> None:
         try:
-            model = str(req.body.get("model", "resnet34"))
-            strategy = str(req.body.get("strategy", "edgeci"))
-            h, w = (int(v) for v in req.body.get("size", (224, 224)))
+            opts = PlanOptions.from_dict(req.body, "plan.body")
+            h, w = opts.size
             decision, timing = await self.desk.make_plan(
-                req.request_id, model, strategy, h, w, dry_run=True
+                req.request_id, opts.model, opts.strategy, h, w, dry_run=True
             )
             body = {
                 "plan": decision.plan.to_dict(),
@@ -120,6 +140,8 @@ class FrontDoor:
             return
         finally:
             load.requests -= 1
+        # Answered: from now on a cancel of this request finds nothing to cancel.
+        self._client_tasks.get(id(conn), {}).pop(req.request_id, None)
         await reply(conn, result)
 
     async def infer(self, req: InferRequest) -> InferResult:

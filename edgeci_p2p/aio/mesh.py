@@ -37,6 +37,8 @@ class Mesh:
         """Called with a peer's node id when its connection ends."""
         self.on_closed: list[Callable[[Connection], None]] = []
         """Called with every connection (peer or client) that ends."""
+        self.open: dict[int, Connection] = {}
+        """Every connection past its handshake, peers' and clients'."""
         self._guard = ReplayGuard()
         self._dialing: set[tuple[str, int]] = set()
 
@@ -101,6 +103,15 @@ class Mesh:
             delay = min(delay * 2, 5.0)
 
     async def _serve(self, conn: Connection, source: str, dialed: tuple[str, int] | None) -> None:
+        self.open[id(conn)] = conn
+        try:
+            await self._serve_open(conn, source, dialed)
+        finally:
+            self.open.pop(id(conn), None)
+
+    async def _serve_open(
+        self, conn: Connection, source: str, dialed: tuple[str, int] | None
+    ) -> None:
         peer = conn.peer
         is_peer = peer.role == "peer"
         if is_peer:
@@ -142,6 +153,15 @@ class Mesh:
             if node_id and node_id not in self.conns and port.isdigit() and host != "0.0.0.0":
                 self.node.membership.sighted(node_id, host, int(port), "gossip")
                 self.node.tasks.spawn(self.dial_once(host, int(port), "gossip"))
+
+    async def say_goodbye(self, timeout: float = 0.5) -> None:
+        """Tell every open connection that this peer is shutting down (150), best effort."""
+        bye = Error(int(ErrorCode.INTERNAL), "shutting down")
+        sends = [asyncio.ensure_future(reply(c, bye)) for c in list(self.open.values())]
+        if sends:
+            _, late = await asyncio.wait(sends, timeout=timeout)
+            for t in late:
+                t.cancel()
 
     async def close_all(self) -> None:
         for c in list(self.conns.values()):

@@ -136,7 +136,21 @@ class RequestRunner:
             logits = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker, store.head, req.model, (h, w), cur
             )
-        return self._result(run, logits, time.perf_counter() - t_head)
+        result = self._result(run, logits, time.perf_counter() - t_head)
+        if req.verify:  # after ``total`` was taken: the check is not the request's time
+            result = dataclasses.replace(result, max_abs_diff=await self._verify(run, logits))
+        return result
+
+    async def _verify(self, run: RequestRun, logits: torch.Tensor) -> float:
+        """The largest difference between ``logits`` and the unsplit model's on this node
+        (``infer_request.verify``); a failed check fails the request."""
+        try:
+            ref = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker, self.node.store.forward, run.model, run.x
+            )
+        except (ValueError, RuntimeError) as e:
+            raise RequestError(ErrorCode.REQUEST_FAILED, f"verify: {e}") from e
+        return float((logits.reshape(ref.shape) - ref).abs().max())
 
     def _result(self, run: RequestRun, logits: torch.Tensor, head_s: float) -> InferResult:
         req, plan, stats = run.req, run.plan, run.stats

@@ -34,6 +34,12 @@ class ModelNotServed(WorkError):
     code = ErrorCode.UNKNOWN_MODEL
 
 
+class WeightsDiffer(WorkError):
+    """Work for other weights of a model than this peer holds (fingerprints differ)."""
+
+    code = ErrorCode.FINGERPRINT_MISMATCH
+
+
 _LOADED: dict[tuple[str, str | None], LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
 
@@ -75,7 +81,7 @@ class ModelStore:
                 f"model {name!r} is not served here (serving {sorted(self.models)})"
             )
         if fingerprint is not None and fingerprint != m.fingerprint:
-            raise WorkError(
+            raise WeightsDiffer(
                 f"weights of {name} differ: asked for {fingerprint[:12]}, have {m.fingerprint[:12]}"
             )
         return m
