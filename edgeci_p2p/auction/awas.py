@@ -200,7 +200,7 @@ def place_strips(
         cost = [
             [
                 (offsets[d] if offsets is not None else 0.0)
-                + _strip_seconds(ctx, d, st.start, st.stop, a, b)
+                + ctx.own_link_seconds(d, st.start, st.stop, a, b)
                 for d in devs
             ]
             for a, b in itertools.pairwise(edges)
@@ -253,14 +253,6 @@ def _place_gather_stages(
     if lat < before:
         return replace(placed, predicted=lat, notes={**plan.notes, "placed_by": "epsilon-auction"})
     return plan
-
-
-def _strip_seconds(ctx: Context, device: int, i: int, j: int, a: int, b: int) -> float:
-    t = ctx.strip_task(device, i, j, a, b)
-    if device == ctx.aid:
-        return t.seconds
-    link = ctx.testbed.links[device]
-    return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
 
 
 def _stage_cost(ctx: Context, st: Stage) -> float:

@@ -27,20 +27,11 @@ from edgeci_p2p.planners.dpfl import round_to_grid
 from edgeci_p2p.planners.modnn import speed_order
 
 
-def _own_time(ctx: Context, d: int, i: int, j: int, a: int, b: int) -> float:
-    """AOFL's time for device ``d``: its transfers over its own link plus compute."""
-    t = ctx.strip_task(d, i, j, a, b)
-    if d == ctx.aid:
-        return t.seconds
-    link = ctx.testbed.links[d]
-    return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
-
-
 def aofl_block(ctx: Context, i: int, j: int) -> tuple[float, tuple[int, ...], tuple[int, ...]]:
     """(AOFL-predicted time, edges, devices) of block ``[i, j)``."""
     h = ctx.spec.shape_at(j)[1]
     best: tuple[float, tuple[int, ...], tuple[int, ...]] = min(
-        (_own_time(ctx, d, i, j, 0, h), (0, h), (d,)) for d in range(ctx.n_dev)
+        (ctx.own_link_seconds(d, i, j, 0, h), (0, h), (d,)) for d in range(ctx.n_dev)
     )
     devs = speed_order(ctx.testbed)
     while len(devs) >= 2 and h >= 2:
@@ -59,7 +50,7 @@ def aofl_block(ctx: Context, i: int, j: int) -> tuple[float, tuple[int, ...], tu
             continue
         edges = round_to_grid(rows, h, 1)
         pairs = [(a, b, d) for a, b, d in zip(edges, edges[1:], devs, strict=False) if b > a]
-        pred = max(_own_time(ctx, d, i, j, a, b) for a, b, d in pairs)
+        pred = max(ctx.own_link_seconds(d, i, j, a, b) for a, b, d in pairs)
         if pred < best[0]:
             best = (pred, (0, *(b for _, b, _ in pairs)), tuple(d for _, _, d in pairs))
         break

@@ -106,13 +106,22 @@ class Context:
         ]
         return run_stage(tasks, self.testbed)
 
-    def single_cost(self, device: int, i: int, j: int) -> float:
-        h = self.spec.shape_at(j)[1]
-        t = self.strip_task(device, i, j, 0, h)
+    def own_link_seconds(self, device: int, i: int, j: int, a: int, b: int) -> float:
+        """Rows ``[a, b)`` of units ``[i, j)`` on ``device`` as if its link were its own.
+
+        Its slab in and strip out at the full rate of its link, plus one round trip,
+        plus compute; the auctioneer moves no bytes. No shared medium, no queueing:
+        the stand-alone time AOFL and EdgeLD plan with, and AWAS's strip estimate.
+        """
+        t = self.strip_task(device, i, j, a, b)
         if device == self.aid:
             return t.seconds
         link = self.testbed.links[device]
         return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
+
+    def single_cost(self, device: int, i: int, j: int) -> float:
+        """Block ``[i, j)`` whole on ``device``: :meth:`own_link_seconds` of all its rows."""
+        return self.own_link_seconds(device, i, j, 0, self.spec.shape_at(j)[1])
 
     def lower_bound(self, i: int, j: int) -> float:
         """No split of block ``[i, j)`` can beat all devices computing it with no overhead."""

@@ -40,14 +40,6 @@ def resolution_cuts(spec: ModelSpec) -> list[int]:
     return sorted(set([*cuts, spec.n_units]))
 
 
-def standalone_time(ctx: Context, d: int, i: int, j: int, a: int, b: int) -> float:
-    t = ctx.strip_task(d, i, j, a, b)
-    if d == ctx.aid:
-        return t.seconds
-    link = ctx.testbed.links[d]
-    return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
-
-
 def ocbp(ctx: Context, i: int, j: int, order: Sequence[int], weights: Sequence[float]) -> Stage:
     h = ctx.spec.shape_at(j)[1]
     edges, devs = strips_by_weight(h, order, weights)
@@ -56,7 +48,7 @@ def ocbp(ctx: Context, i: int, j: int, order: Sequence[int], weights: Sequence[f
     def times(sz: Sequence[int]) -> list[float]:
         out, a = [], 0
         for d, n in zip(devs, sz, strict=True):
-            out.append(standalone_time(ctx, d, i, j, a, a + n) if n else 0.0)
+            out.append(ctx.own_link_seconds(d, i, j, a, a + n) if n else 0.0)
             a += n
         return out
 
