@@ -18,6 +18,7 @@ nothing of ``edgeci_p2p``'s wire code is used to talk to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import os
@@ -26,6 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +75,25 @@ class Loop:
         self.loop.close()
 
 
-def start_peer(loop: Loop, **config: Any) -> Any:
+@contextmanager
+def peers(loop: Loop, n: int = 1, **config: Any) -> Iterator[list[Any]]:
+    """``n`` daemons serving ResNet-34 on 127.0.0.1 (the others know the first), always
+    stopped; waiting until they see each other is the caller's."""
     from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
 
-    daemon = PeerDaemon(
-        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=[MODEL], **config)
-    )
-    loop.run(daemon.start())
-    return daemon
+    daemons: list[Any] = []
+    try:
+        for i in range(n):
+            seed = [("127.0.0.1", daemons[0].port)] if i else []
+            cfg = PeerConfig(
+                host="127.0.0.1", port=0, no_mdns=True, models=[MODEL], peers=seed, **config
+            )
+            daemons.append(PeerDaemon(cfg))
+            loop.run(daemons[-1].start())
+        yield daemons
+    finally:
+        for d in daemons:
+            loop.run(d.stop())
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +106,14 @@ def loop() -> Iterator[Loop]:
 @pytest.fixture(scope="module")
 def open_peer(loop: Loop) -> Iterator[Any]:
     """No cluster key; one request at a time (so that a second one is BUSY)."""
-    daemon = start_peer(loop, max_requests=1)
-    yield daemon
-    loop.run(daemon.stop())
+    with peers(loop, max_requests=1) as (daemon,):
+        yield daemon
 
 
 @pytest.fixture(scope="module")
 def keyed_peer(loop: Loop) -> Iterator[Any]:
-    daemon = start_peer(loop, cluster_key=KEY)
-    yield daemon
-    loop.run(daemon.stop())
+    with peers(loop, cluster_key=KEY) as (daemon,):
+        yield daemon
 
 
 @pytest.fixture
@@ -322,10 +333,7 @@ def test_peers(client: Conn, open_peer: Any) -> None:
 
 def test_peers_of_a_two_peer_cluster(loop: Loop) -> None:
     # The entries of other peers carry the link keys the own entry lacks.
-    a = start_peer(loop)
-    b = start_peer(loop, peers=[("127.0.0.1", a.port)])
-    c = Conn.open(a.port)
-    try:
+    with peers(loop, 2) as (a, b), contextlib.closing(Conn.open(a.port)) as c:
         c.handshake()
         deadline = time.monotonic() + 20
         while True:
@@ -339,10 +347,6 @@ def test_peers_of_a_two_peer_cluster(loop: Loop) -> None:
         assert other["id"] == b.node_id and "self" not in other
         assert other["address"] == f"127.0.0.1:{b.port}" and other["models"] == entries[0]["models"]
         assert {"bandwidth_mb_s", "probed_mb_s", "tile_overhead_ms"} <= set(other)
-    finally:
-        c.close()
-        loop.run(b.stop())
-        loop.run(a.stop())
 
 
 def test_plan(client: Conn) -> None:
@@ -358,9 +362,6 @@ def test_a_plan_size_that_is_not_h_w_is_error_200(client: Conn) -> None:
         request_error(client, {"type": "plan", "request_id": new_id(), "body": body}, 200)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="daemon change pending: plan.body checked as PlanOptions (issue 19)"
-)
 def test_a_plan_body_that_is_not_plan_options_is_error_200(client: Conn) -> None:
     # (A size of 224, an int, gets no answer at all now: a TypeError in the daemon.)
     for body in (
@@ -376,18 +377,12 @@ def test_a_plan_for_a_model_not_served_is_error_201(client: Conn) -> None:
     request_error(client, {"type": "plan", "request_id": new_id(), "body": body}, 201)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="daemon change pending: verify -> infer_result.max_abs_diff (issue 19)"
-)
 def test_verify_reports_the_difference_from_the_unsplit_model(client: Conn) -> None:
     res = infer(client, image=png(), verify=True)
     assert 0 <= res["max_abs_diff"] <= 1e-4
     assert "max_abs_diff" not in infer(client, image=png())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="daemon change pending: a client's cancel is answered with 204 (issue 19)"
-)
 def test_a_cancelled_request_is_answered_with_204(client: Conn) -> None:
     rid = new_id()
     x = tensor(np.zeros((1, 3, 448, 448), np.float32))
@@ -554,19 +549,12 @@ def test_106_a_reflected_nonce(open_peer: Any, connect: Callable[[Any], Conn]) -
     fatal(c, 106)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="daemon change pending: a stopping peer sends 150 on its connections"
-)
 def test_150_a_peer_that_stops(loop: Loop) -> None:
-    daemon = start_peer(loop)
-    c = Conn.open(daemon.port)
-    try:
+    with peers(loop) as (daemon,), contextlib.closing(Conn.open(daemon.port)) as c:
         c.handshake()
         alive(c)
         loop.run(daemon.stop())
         fatal(c, 150)
-    finally:
-        c.close()
 
 
 def test_200_bad_requests(client: Conn) -> None:
@@ -577,15 +565,26 @@ def test_200_bad_requests(client: Conn) -> None:
     request_error(client, {**req, "request_id": new_id(), "image": png(), "strategy": "x"}, 200)
 
 
+def test_200_a_request_id_already_being_answered(
+    keyed_peer: Any, connect: Callable[[Any], Conn]
+) -> None:
+    c = connect(keyed_peer)
+    c.handshake(KEY)
+    rid = new_id()
+    x = tensor(np.zeros((1, 3, 224, 224), np.float32))
+    msg = encode({"type": "infer_request", "request_id": rid, "model": MODEL, "tensor": x})
+    c.send_raw(msg + msg)
+    answers = sorted((conforming(c.recv_any()) for _ in range(2)), key=lambda m: m["type"])
+    assert [a["type"] for a in answers] == ["error", "infer_result"], answers
+    assert answers[0]["code"] == 200 and answers[0]["request_id"] == rid
+
+
 def test_201_unknown_model(client: Conn) -> None:
     for model in ("vgg16", "no-such-model"):
         msg = {"type": "infer_request", "request_id": new_id(), "model": model, "image": png()}
         request_error(client, msg, 201)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="daemon change pending: a fingerprint mismatch is 202, not 200"
-)
 def test_202_fingerprint_mismatch(client: Conn) -> None:
     x = np.zeros((1, 3, 32, 32), np.float32)
     request_error(client, tile_request("0" * 64, x), 202)
