@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The pure core: no torch, asyncio, sockets or zeroconf (tests/test_purity.py checks).
-PURE := edgeci_p2p/core edgeci_p2p/wire edgeci_p2p/auction edgeci_p2p/planners edgeci_p2p/policy edgeci_p2p/stream/stats.py
+PURE := edgeci_p2p/core edgeci_p2p/wire edgeci_p2p/auction edgeci_p2p/planners edgeci_p2p/policy edgeci_p2p/scenarios edgeci_p2p/stream/stats.py
 # mypy --strict runs over the pure core and the asyncio shell.
 TYPED := $(PURE) edgeci_p2p/aio
 

@@ -14,12 +14,12 @@ import time
 
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.dynamic_load import Scenario, run_command
 from edgeci_p2p.auction.messages import Bid, CallForBids, WorkItem
 from edgeci_p2p.auction.winner import PriceTable, optimal_assignment, reverse_auction
 from edgeci_p2p.core.cost import ComputeModel, LinearFit, LinkModel
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.scenarios.dynamic_load import Scenario, run_command
 
 
 def instance(rng: random.Random, unrelated: bool) -> tuple[list[str], list[Bid]]:

@@ -20,7 +20,6 @@ from edgeci_p2p.auction.awas import (
 )
 from edgeci_p2p.auction.awas import testbed_from_bids as derive_testbed
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.dynamic_load import Calendar, Scenario, dynamic_load
 from edgeci_p2p.auction.messages import Award, AwardReply
 from edgeci_p2p.auction.round import AuctionRound, Phase
 from edgeci_p2p.core.cost import Testbed as Cluster
@@ -31,6 +30,7 @@ from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
+from edgeci_p2p.scenarios.dynamic_load import Calendar, Scenario, dynamic_load
 
 
 @cache
@@ -212,8 +212,8 @@ def test_dynamic_load_rows() -> None:
 def test_bench_command_output_forms() -> None:
     import json
 
-    from edgeci_p2p.auction.dynamic_load import run_command
     from edgeci_p2p.nn.spec import spec_for
+    from edgeci_p2p.scenarios.dynamic_load import run_command
 
     sc = Scenario(requests=3, seeds=1)
     out = run_command(

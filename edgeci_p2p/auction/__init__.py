@@ -5,5 +5,7 @@
 * :mod:`.round`: the auctioneer's side of one auction, a state machine with timers.
 * :mod:`.winner`: reverse auction + local search, Bertsekas' epsilon-auction.
 * :mod:`.awas`: AWAS + DPFL (bids -> device models -> plans -> placed strips).
-* :mod:`.dynamic_load`: the shared-cluster simulation behind ``bench sim --scenario dynamic-load``.
+
+The shared-cluster simulation behind ``bench sim --scenario dynamic-load`` that runs
+AWAS per request is a scenario, :mod:`edgeci_p2p.scenarios.dynamic_load`.
 """

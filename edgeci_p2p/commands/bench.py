@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
         choices=("static", "dynamic-load"),
         default="static",
         help="dynamic-load: Poisson requests on a shared, loaded cluster (AWAS re-bids "
-        "per request vs static-capacity baselines; see edgeci_p2p/auction/dynamic_load.py)",
+        "per request vs static-capacity baselines; see edgeci_p2p/scenarios/dynamic_load.py)",
     )
     s.set_defaults(func=run_sim)
 
@@ -139,8 +139,8 @@ def run_sim(args: argparse.Namespace) -> int:
     from edgeci_p2p.planners.testbeds import testbed_names
 
     if args.scenario == "dynamic-load":
-        from edgeci_p2p.auction.dynamic_load import run_command
         from edgeci_p2p.nn.spec import spec_for
+        from edgeci_p2p.scenarios.dynamic_load import run_command
 
         print(run_command(args.models, args.testbeds, args.strategies, args.json, spec_for))
         return 0

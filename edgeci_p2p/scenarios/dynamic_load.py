@@ -23,7 +23,7 @@ Strategies:
   state at the arrival time (its measured model slowed by its current
   background share, its queue of accepted work), the round runs (bids arrive
   after one round trip, awards are confirmed after another, both added to the
-  latency) and the work goes where the bids say (:mod:`.awas`).
+  latency) and the work goes where the bids say (:mod:`edgeci_p2p.auction.awas`).
 * the baselines (``aofl``, ``edgeld``, ``modnn``, ...): their plan for the
   unloaded testbed with that auctioneer (static capacities), computed once.
 
