@@ -7,6 +7,7 @@ import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,13 +15,20 @@ import pytest_asyncio
 import torch
 from PIL import Image
 
-from edgeci_p2p.aio.client import Client, ClientError
+from edgeci_p2p.aio.client import ClientError
 from edgeci_p2p.aio.daemon import STRATEGIES, PeerConfig, PeerDaemon
 from edgeci_p2p.core.membership import DuplicateNodeError
-from edgeci_p2p.nn.images import decode, sample_image_path, to_input
+from edgeci_p2p.nn.images import sample_image_path
 from edgeci_p2p.nn.models import load_model
-from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.messages import Ping
+from tests.daemons import (
+    client,
+    cluster,
+    reference,
+    start_daemons,
+    stop_all,  # noqa: F401 (test_zero_suppression imports it from here)
+    wait_connected,
+)
 
 MODELS = ["resnet34", "vgg16"]
 
@@ -33,54 +41,16 @@ def small_nonsquare_png() -> bytes:
     return buf.getvalue()
 
 
-async def wait_connected(daemons: list[PeerDaemon], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(d.membership.alive(time.monotonic())) == len(daemons) - 1 for d in daemons):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("daemons did not see each other")
+async def start_cluster(n: int, models: list[str], **second_config: Any) -> list[PeerDaemon]:
+    """test_zero_suppression still starts its daemons with this (``second_config`` goes to
+    the second daemon only); stopped with ``stop_all``, waited for with ``wait_connected``."""
+    return await start_daemons(n, models=models, per_peer={1: second_config})
 
 
-async def start_cluster(n: int, models: list[str], **first_kwargs: object) -> list[PeerDaemon]:
-    """``n`` daemons; the others know only the first (gossip finds the rest)."""
-    first = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=models))
-    await first.start()
-    daemons = [first]
-    for i in range(n - 1):
-        kwargs: dict[str, object] = dict(
-            host="127.0.0.1",
-            port=0,
-            no_mdns=True,
-            models=models,
-            peers=[("127.0.0.1", first.port)],
-        )
-        if i == 0:
-            kwargs.update(first_kwargs)
-        d = PeerDaemon(PeerConfig(**kwargs))  # type: ignore[arg-type]
-        await d.start()
-        daemons.append(d)
-    return daemons
-
-
-async def stop_all(daemons: list[PeerDaemon]) -> None:
-    for d in daemons:
-        await asyncio.wait_for(d.stop(), 15)
-
-
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[list[PeerDaemon]]:
-    daemons = await start_cluster(3, MODELS)
-    try:
-        await wait_connected(daemons)
+@pytest_asyncio.fixture(name="cluster")
+async def three_peers() -> AsyncIterator[list[PeerDaemon]]:
+    async with cluster(3, models=MODELS) as daemons:
         yield daemons
-    finally:
-        await stop_all(daemons)
-
-
-def reference_logits(model: str, image: bytes, size: str) -> torch.Tensor:
-    with torch.no_grad():
-        return shared_model(model).module(to_input(decode(image), size))  # type: ignore[no-any-return]
 
 
 @pytest.mark.asyncio
@@ -89,10 +59,10 @@ async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon])
     images = {"224": sample_image_path().read_bytes(), "native": small_nonsquare_png()}
     for model in MODELS:
         for size, image in images.items():
-            ref = reference_logits(model, image, size)
+            ref = reference(model, image, size)
             for i, strategy in enumerate(STRATEGIES):
                 entry = cluster[i % len(cluster)]  # any peer takes a request
-                async with Client(f"127.0.0.1:{entry.port}") as c:
+                async with client(entry) as c:
                     r = await asyncio.wait_for(
                         c.infer(image, model=model, strategy=strategy, size=size), 120
                     )
@@ -108,8 +78,8 @@ async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon])
 @pytest.mark.timeout(120)
 async def test_overlapping_requests_on_one_connection(cluster: list[PeerDaemon]) -> None:
     image = small_nonsquare_png()
-    ref = reference_logits("resnet34", image, "native")
-    async with Client(f"127.0.0.1:{cluster[1].port}") as c:
+    ref = reference("resnet34", image, "native")
+    async with client(cluster[1]) as c:
         results = await asyncio.gather(
             *(c.infer(image, model="resnet34", size="native") for _ in range(4))
         )
@@ -120,7 +90,7 @@ async def test_overlapping_requests_on_one_connection(cluster: list[PeerDaemon])
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_peers_view_and_bad_requests(cluster: list[PeerDaemon]) -> None:
-    async with Client(f"127.0.0.1:{cluster[0].port}") as c:
+    async with client(cluster[0]) as c:
         peers = await c.peers()
         assert {p["id"] for p in peers} == {d.node_id for d in cluster}
         assert all(p["alive"] for p in peers)
@@ -164,20 +134,16 @@ async def test_peer_with_different_weights_gets_no_work(tmp_path: Path) -> None:
     other = load_model("resnet34", use_hub_cache=False, seed=7)
     path = tmp_path / "resnet34-other.pth"
     torch.save(other.module.state_dict(), path)
-    daemons = await start_cluster(3, ["resnet34"], weights={"resnet34": str(path)})
-    odd = daemons[1]
-    try:
-        await wait_connected(daemons)
+    async with cluster(3, per_peer={1: {"weights": {"resnet34": str(path)}}}) as daemons:
+        odd = daemons[1]
         image = sample_image_path().read_bytes()
-        ref = reference_logits("resnet34", image, "224")
+        ref = reference("resnet34", image, "224")
         for strategy in ("edgeci", "modnn"):
-            async with Client(f"127.0.0.1:{daemons[0].port}") as c:
+            async with client(daemons[0]) as c:
                 r = await c.infer(image, model="resnet34", strategy=strategy)
             assert odd.node_id not in r.plan["nodes"]
             assert odd.node_id not in r.timing["compute"]  # type: ignore[operator]
             torch.testing.assert_close(torch.from_numpy(np.array(r.logits)).reshape(ref.shape), ref)
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
@@ -193,66 +159,24 @@ async def test_duplicate_node_id_is_refused(tmp_path: Path) -> None:
     assert again.node_id == node_id
     again._lock_file.close()
     # A remote peer presenting our own id is refused too.
-    a = PeerDaemon(
-        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=["resnet34"]), node_id="same"
-    )
-    await a.start()
-    b = PeerDaemon(
-        PeerConfig(
-            host="127.0.0.1",
-            port=0,
-            no_mdns=True,
-            models=["resnet34"],
-            peers=[("127.0.0.1", a.port)],
-        ),
-        node_id="same",
-    )
-    await b.start()
-    try:
+    async with cluster(2, node_ids=["same", "same"], wait=False) as (a, b):
         await asyncio.sleep(1.0)
         assert not a.membership.members and not b.membership.members
-    finally:
-        await stop_all([a, b])
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_cluster_key_admits_members_and_refuses_others() -> None:
     key = b"correct horse battery staple 42"
-    a = PeerDaemon(
-        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=["resnet34"], cluster_key=key)
-    )
-    await a.start()
-    member = PeerDaemon(
-        PeerConfig(
-            host="127.0.0.1",
-            port=0,
-            no_mdns=True,
-            models=["resnet34"],
-            cluster_key=key,
-            peers=[("127.0.0.1", a.port)],
-        )
-    )
-    outsider = PeerDaemon(
-        PeerConfig(
-            host="127.0.0.1",
-            port=0,
-            no_mdns=True,
-            models=["resnet34"],
-            peers=[("127.0.0.1", a.port)],
-        )
-    )
-    await member.start()
-    await outsider.start()
-    try:
+    outsider = {2: {"cluster_key": None}}
+    async with cluster(3, cluster_key=key, per_peer=outsider, wait=False) as daemons:
+        a, member, _ = daemons
         await wait_connected([a, member])
         await asyncio.sleep(0.5)
         assert set(a.membership.members) == {member.node_id}
-        async with Client(f"127.0.0.1:{a.port}", key=key) as c:
+        async with client(a, key=key) as c:
             r = await c.infer(sample_image_path().read_bytes(), model="resnet34")
         assert set(r.plan["nodes"]) <= {a.node_id, member.node_id}
         with pytest.raises(Exception, match=r"(?i)auth|closed|refused"):
-            async with Client(f"127.0.0.1:{a.port}") as c:
+            async with client(a) as c:
                 await c.peers()
-    finally:
-        await stop_all([a, member, outsider])

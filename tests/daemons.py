@@ -1,0 +1,219 @@
+"""Clusters of peers for the daemon tests, and what those tests share.
+
+``cluster(n)`` starts ``n`` in-process daemons on 127.0.0.1, waits until each sees
+every other alive, and always stops them all; ``peer_processes`` starts and stops
+``edgeci-peer`` subprocesses. Waits poll a condition up to a generous deadline.
+
+Only the daemon's public face is used here (``PeerConfig``, ``start``/``stop``,
+``cluster_view()``, ``node_id``, ``port``): its internals are free to move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeci_p2p.aio.client import Client
+from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
+from edgeci_p2p.demo import MODEL, ready_port, start_peer
+from edgeci_p2p.nn.images import decode, sample_image_path, to_input
+from edgeci_p2p.nn.runtime import shared_model
+
+HOST = "127.0.0.1"
+WAIT_S = 30.0
+"""How long a condition may take to come true before the wait fails."""
+STOP_S = 15.0
+"""How long one daemon may take to stop."""
+
+IMAGE = sample_image_path().read_bytes()
+"""The sample photo, as a client sends it."""
+
+
+# ---- waiting ------------------------------------------------------------------------------
+
+
+async def wait_until(
+    condition: Callable[[], object | Awaitable[object]],
+    what: str,
+    *,
+    timeout: float = WAIT_S,
+    poll: float = 0.05,
+) -> None:
+    """Poll ``condition`` (sync or async) until it is true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = condition()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not so after {timeout:g} s")
+        await asyncio.sleep(poll)
+
+
+def sees_all_alive(d: PeerDaemon, others: set[str]) -> bool:
+    """Whether ``d``'s cluster view holds exactly ``others`` alive besides itself."""
+    alive = {p["id"] for p in d.cluster_view() if p["alive"] and p["id"] != d.node_id}
+    return alive == others
+
+
+async def wait_connected(daemons: Sequence[PeerDaemon], timeout: float = WAIT_S) -> None:
+    """Until every one of ``daemons`` sees all the others, and only them, alive."""
+    ids = {d.node_id for d in daemons}
+    await wait_until(
+        lambda: all(sees_all_alive(d, ids - {d.node_id}) for d in daemons),
+        "daemons see each other alive",
+        timeout=timeout,
+    )
+
+
+# ---- in-process daemons --------------------------------------------------------------------
+
+
+def address(d: PeerDaemon) -> str:
+    return f"{HOST}:{d.port}"
+
+
+def client(d: PeerDaemon, key: bytes | None = None) -> Client:
+    """A client of ``d`` (use as ``async with client(d) as c``)."""
+    return Client(address(d), key=key)
+
+
+async def stop_all(daemons: Sequence[PeerDaemon]) -> None:
+    """Stop every daemon, even when one fails to; then raise the first failure."""
+    failures: list[BaseException] = []
+    for d in daemons:
+        try:
+            await asyncio.wait_for(d.stop(), STOP_S)
+        except Exception as e:
+            failures.append(e)
+    if failures:
+        raise failures[0]
+
+
+async def start_daemons(
+    n: int,
+    *,
+    per_peer: Mapping[int, Mapping[str, Any]] | None = None,
+    node_ids: Sequence[str | None] | None = None,
+    mdns: bool = False,
+    **config: Any,
+) -> list[PeerDaemon]:
+    """Start ``n`` daemons on 127.0.0.1, any free port, serving ResNet-34 unless
+    ``models=`` says otherwise. ``config`` holds ``PeerConfig`` fields for all of them,
+    ``per_peer[i]`` fields for daemon ``i`` only.
+
+    Without mDNS each daemon after the first knows only the first as a static peer
+    (gossip finds the rest); with ``mdns=True`` they have no static peers and find
+    each other over mDNS bound to 127.0.0.1. Those started are stopped if one fails."""
+    daemons: list[PeerDaemon] = []
+    try:
+        for i in range(n):
+            fields: dict[str, Any] = {
+                "host": HOST,
+                "port": 0,
+                "models": ["resnet34"],
+                "no_mdns": not mdns,
+                "mdns_interfaces": [HOST] if mdns else [],
+            }
+            if i > 0 and not mdns:
+                fields["peers"] = [(HOST, daemons[0].port)]
+            fields.update(config)
+            fields.update((per_peer or {}).get(i, {}))
+            d = PeerDaemon(PeerConfig(**fields), node_id=node_ids[i] if node_ids else None)
+            daemons.append(d)
+            await d.start()
+    except BaseException:
+        await stop_all(daemons)
+        raise
+    return daemons
+
+
+@asynccontextmanager
+async def cluster(
+    n: int,
+    *,
+    wait: bool = True,
+    timeout: float = WAIT_S,
+    per_peer: Mapping[int, Mapping[str, Any]] | None = None,
+    node_ids: Sequence[str | None] | None = None,
+    mdns: bool = False,
+    **config: Any,
+) -> AsyncIterator[list[PeerDaemon]]:
+    """``start_daemons(n, ...)``, then (unless ``wait=False``) until all see each other
+    alive; yields the daemons and stops them all however the block ends."""
+    daemons = await start_daemons(n, per_peer=per_peer, node_ids=node_ids, mdns=mdns, **config)
+    try:
+        if wait:
+            await wait_connected(daemons, timeout)
+        yield daemons
+    finally:
+        await stop_all(daemons)
+
+
+# ---- edgeci-peer subprocesses --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0) -> None:
+    """SIGTERM the peers still running; kill any that has not exited after ``timeout``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def peer_processes(
+    tmp_path: Path, n: int, *, models: str = MODEL, ready_timeout: float = 120.0
+) -> Iterator[list[PeerProcess]]:
+    """``n`` ``edgeci-peer`` processes named p0, p1, ... (mDNS on 127.0.0.1, no static
+    peers, one profile cache under ``tmp_path``), once each serves; stopped on exit."""
+    env = {"EDGECI_CACHE_DIR": str(tmp_path / "cache")}
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i in range(n):
+            procs.append(start_peer(str(tmp_path / f"p{i}"), f"p{i}", models=models, env=env))
+        yield [PeerProcess(p, ready_port(p, ready_timeout)) for p in procs]
+    finally:
+        stop_processes(procs)
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+
+def reference(model: str = "resnet34", image: bytes = IMAGE, size: str = "224") -> torch.Tensor:
+    """The unsplit model's logits for ``image``."""
+    with torch.no_grad():
+        return shared_model(model).module(to_input(decode(image), size))  # type: ignore[no-any-return]
+
+
+def assert_exact(logits: object, ref: torch.Tensor) -> None:
+    got = torch.from_numpy(np.array(logits, dtype=np.float32)).reshape(ref.shape)
+    torch.testing.assert_close(got, ref)
