@@ -7,21 +7,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_daemon import start_cluster, stop_all, wait_connected
-from test_reliability import IMAGE, assert_exact, occupy, reference
+from test_reliability import occupy
 
-from edgeci_p2p.aio.client import Client
+from tests.daemons import IMAGE, assert_exact, client, cluster, reference
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    entry = daemons[0]
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
+        entry = daemons[0]
         ref = reference()
-        async with Client(f"127.0.0.1:{entry.port}") as c:
+        async with client(entry) as c:
             await c.infer(IMAGE, model="resnet34")  # the bids tell the entry each speed
             assert len(entry._probe_s) == 3
             results = await asyncio.gather(*(c.infer(IMAGE, model="resnet34") for _ in range(6)))
@@ -32,20 +29,15 @@ async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
         assert answered_by - {entry.node_id}, "no frame was passed on"
         assert any(r.plan["notes"].get("decision") == "forwarded: whole here" for r in results)
         assert not entry._forwards and not any(entry._forwarded_to.values())
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_forward_that_times_out_runs_on_the_entry() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    entry = daemons[0]
-    entry.config.forward_timeout = 0.5
-    try:
-        await wait_connected(daemons)
+    async with cluster(3, per_peer={0: {"forward_timeout": 0.5}}) as daemons:
+        entry = daemons[0]
         ref = reference()
-        async with Client(f"127.0.0.1:{entry.port}") as c:
+        async with client(entry) as c:
             await c.infer(IMAGE, model="resnet34")
             blockers = [await occupy(d, 4.0) for d in daemons[1:]]  # both peers stall
             results = await asyncio.gather(*(c.infer(IMAGE, model="resnet34") for _ in range(3)))
@@ -54,23 +46,17 @@ async def test_a_forward_that_times_out_runs_on_the_entry() -> None:
             assert r.plan["nodes"][r.plan["auctioneer"]] == entry.node_id
         for b in blockers:
             await b
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_strategies_other_than_ours_are_not_forwarded() -> None:
-    daemons = await start_cluster(2, ["resnet34"])
-    entry = daemons[0]
-    try:
-        await wait_connected(daemons)
-        async with Client(f"127.0.0.1:{entry.port}") as c:
+    async with cluster(2) as daemons:
+        entry = daemons[0]
+        async with client(entry) as c:
             await c.infer(IMAGE, model="resnet34")
             results = await asyncio.gather(
                 *(c.infer(IMAGE, model="resnet34", strategy="local") for _ in range(3))
             )
         for r in results:
             assert r.plan["nodes"][r.plan["auctioneer"]] == entry.node_id
-    finally:
-        await stop_all(daemons)

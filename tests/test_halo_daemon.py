@@ -10,11 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from test_daemon import start_cluster, stop_all, wait_connected
-from test_reliability import IMAGE, assert_exact, occupy, reference
+from test_reliability import occupy
 
 from edgeci_p2p.aio.auctioneer import Decision
-from edgeci_p2p.aio.client import Client
 from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job, strip_jobs
 from edgeci_p2p.core.geometry import Region, Span
@@ -23,6 +21,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.images import decode, to_input, to_pixels
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.wire.messages import HaloRows, InferRequest, RowsFrom, StripJob
+from tests.daemons import IMAGE, assert_exact, client, cluster, reference
 
 
 def strips(spec: ModelSpec, start: int, stop: int, weights: list[float], transfer: str) -> Stage:
@@ -173,9 +172,7 @@ async def test_rows_arriving_while_a_stage_waits_wake_it() -> None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         plan = moving_plan(spec, [d.node_id for d in daemons])
         logits, timing = await run_plan(daemons[0], plan, "halo-1")
@@ -185,16 +182,12 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         # The peers' mailboxes are empty again, their jobs ended.
         await asyncio.sleep(0.1)
         assert all(len(d.mailbox) == 0 and not d._strip_tasks for d in daemons)
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_peer_that_leaves_the_segment_early_still_runs_strip_resident() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         plan = leaving_plan(spec, [d.node_id for d in daemons])
         jobs = strip_jobs(spec, plan, 0, 2, [d.node_id for d in daemons])
@@ -209,8 +202,6 @@ async def test_a_peer_that_leaves_the_segment_early_still_runs_strip_resident() 
         )
         _, star_timing = await run_plan(daemons[0], star, "halo-3-star")
         assert timing["bytes"] < star_timing["bytes"]  # type: ignore[operator]
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
@@ -218,9 +209,7 @@ async def test_a_peer_that_leaves_the_segment_early_still_runs_strip_resident() 
 async def test_an_image_travels_to_the_first_stage_as_pixels_and_stays_exact() -> None:
     """The input slabs go out as uint8 pixels (strip jobs and star tiles alike), each
     peer normalises its rows itself, and the logits are still the unsplit model's."""
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         d = daemons[0]
         spec = d.store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         nodes = [x.node_id for x in daemons]
@@ -252,16 +241,12 @@ async def test_an_image_travels_to_the_first_stage_as_pixels_and_stays_exact() -
             remote_floats = 3 * 224 * 224 * 4 * 2 / 3
             saved = as_floats["bytes"] - as_pixels["bytes"]  # type: ignore[operator]
             assert saved > 0.9 * 0.75 * remote_floats, (name, saved)
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_peer_lost_mid_segment_loses_nothing() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         plan = moving_plan(spec, [d.node_id for d in daemons])
         victim = daemons[2]
@@ -279,22 +264,16 @@ async def test_a_peer_lost_mid_segment_loses_nothing() -> None:
         assert timing["retries"] >= 1
         assert daemons[0]._bans.banned(victim.node_id, time.monotonic())
         await blocker
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_edgeci_halo_strategy_end_to_end() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
-        async with Client(f"127.0.0.1:{daemons[1].port}") as c:
+    async with cluster(3) as daemons:
+        async with client(daemons[1]) as c:
             r = await c.infer(IMAGE, model="resnet34", strategy="edgeci-halo")
         assert_exact(r.logits, reference())
         assert r.strategy == "edgeci-halo" and r.plan["strategy"] == "edgeci-halo"
-    finally:
-        await stop_all(daemons)
 
 
 def test_known_link_rate_replaces_fitted_links_and_ping_noise_keeps_the_plan() -> None:

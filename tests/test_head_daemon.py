@@ -11,9 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_daemon import start_cluster, stop_all, wait_connected
 from test_halo_daemon import moving_plan, run_plan
-from test_reliability import IMAGE, assert_exact, reference
 
 from edgeci_p2p.aio.daemon import HEAD_TILE_ID, PeerDaemon, RequestError
 from edgeci_p2p.core.plan import Plan, single_stage, validate
@@ -21,6 +19,7 @@ from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.messages import HeadJob, TileResult
 from edgeci_p2p.wire.tensors import payload_nbytes
+from tests.daemons import IMAGE, assert_exact, cluster, reference
 
 
 def last_map() -> np.ndarray:
@@ -44,9 +43,7 @@ def alone_then_head_on(d: PeerDaemon, nodes: list[str], head: int) -> Plan:
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_the_head_runs_on_the_plans_head_device_and_the_logits_are_exact() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         nodes = [d.node_id for d in daemons]
         logits, timing = await run_plan(daemons[0], alone_then_head_on(daemons[0], nodes, 2), "h1")
         assert_exact(logits, reference())
@@ -63,16 +60,12 @@ async def test_the_head_runs_on_the_plans_head_device_and_the_logits_are_exact()
         assert_exact(logits, reference())
         assert timing["retries"] == 0
         assert not daemons[1]._pending and not daemons[0]._pending
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() -> None:
-    daemons = await start_cluster(2, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(2) as daemons:
         nodes = [d.node_id for d in daemons]
         daemons[1].config.max_queued_tiles = 0  # it answers every job with "busy"
         plan = alone_then_head_on(daemons[0], nodes, 1)
@@ -85,16 +78,12 @@ async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() ->
         logits, timing = await run_plan(daemons[0], plan, "h4")
         assert_exact(logits, reference())
         assert timing["retries"] == 0 and set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_head_job_with_the_wrong_map_is_refused_and_the_peer_serves_on() -> None:
-    daemons = await start_cluster(2, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(2) as daemons:
         a, b = daemons
         fp = a.store.get("resnet34").fingerprint  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
@@ -114,5 +103,3 @@ async def test_a_head_job_with_the_wrong_map_is_refused_and_the_peer_serves_on()
                 assert res.output.shape == (1, 1000, 1, 1)
             a._pending.pop((rid, HEAD_TILE_ID))
         assert b.node_id in a.conns  # the connection stayed up
-    finally:
-        await stop_all(daemons)
