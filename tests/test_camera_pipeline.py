@@ -9,7 +9,6 @@ import importlib.util
 import io
 import json
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -22,12 +21,13 @@ import torch
 from PIL import Image
 
 from edgeci_p2p.aio.client import ClientError
-from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
+from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.models import load_model
 from edgeci_p2p.stream.pipeline import FrameResult
 from edgeci_p2p.stream.sources import SourceError, SyntheticCamera, open_source
 from edgeci_p2p.stream.stats import StreamStats, percentile
+from tests.daemons import address, cluster
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "camera_pipeline.py"
 MODELS = ["resnet34"]
@@ -42,30 +42,10 @@ def load_example() -> ModuleType:
     return module
 
 
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[list[PeerDaemon]]:
-    first = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=MODELS))
-    await first.start()
-    second = PeerDaemon(
-        PeerConfig(
-            host="127.0.0.1",
-            port=0,
-            no_mdns=True,
-            models=MODELS,
-            peers=[("127.0.0.1", first.port)],
-        )
-    )
-    await second.start()
-    daemons = [first, second]
-    try:
-        deadline = time.monotonic() + 20
-        while not all(len(d.membership.alive(time.monotonic())) == 1 for d in daemons):
-            assert time.monotonic() < deadline, "daemons did not see each other"
-            await asyncio.sleep(0.05)
+@pytest_asyncio.fixture(name="cluster")
+async def two_peers() -> AsyncIterator[list[PeerDaemon]]:
+    async with cluster(2, models=MODELS) as daemons:
         yield daemons
-    finally:
-        for d in daemons:
-            await asyncio.wait_for(d.stop(), 15)
 
 
 def model_input(frame: FrameResult) -> torch.Tensor:
@@ -109,7 +89,7 @@ async def run_example(argv: list[str]) -> tuple[list[str], list[FrameResult], An
 async def test_synthetic_camera_stream_matches_the_unsplit_model(
     cluster: list[PeerDaemon], tmp_path: Path
 ) -> None:
-    peer = f"127.0.0.1:{cluster[1].port}"
+    peer = address(cluster[1])
     argv = ["--peer", peer, "--frames", "4", "--in-flight", "2", "--json"]
     lines, frames, summary = await run_example([*argv, "--out", str(tmp_path / "out")])
 
@@ -145,7 +125,7 @@ async def test_folder_of_images_sent_as_tensors(
     folder.mkdir()
     for i in (0, 20, 40):
         camera.frame(i).save(folder / f"img{i:03d}.png")
-    peer = f"127.0.0.1:{cluster[0].port}"
+    peer = address(cluster[0])
     # More frames asked for than the folder holds: the stream ends with the folder.
     argv = ["--peer", peer, "--source", str(folder), "--frames", "10", "--in-flight", "3"]
     lines, frames, summary = await run_example([*argv, "--encoding", "tensor", "--json"])

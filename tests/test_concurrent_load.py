@@ -8,15 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_daemon import start_cluster, stop_all, wait_connected
 
-from edgeci_p2p.aio.client import Client
 from edgeci_p2p.aio.daemon import PeerDaemon
-from edgeci_p2p.nn.images import decode, sample_image_path, to_input
-from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.messages import InferResult
+from tests.daemons import IMAGE, client, cluster, reference
 
-IMAGE = sample_image_path().read_bytes()
 STRATEGIES = ("edgeci", "modnn", "aofl")
 
 
@@ -33,7 +29,7 @@ async def nine_in_flight(
     open. ``held`` collects every reservation id seen in a ledger meanwhile."""
 
     async def one_client(ci: int) -> list[tuple[str, InferResult]]:
-        async with Client(f"127.0.0.1:{daemons[ci].port}") as c:
+        async with client(daemons[ci]) as c:
             strategies = [STRATEGIES[(ci + k) % len(STRATEGIES)] for k in range(3)]
             results = await asyncio.gather(
                 *(c.infer(IMAGE, model="resnet34", strategy=s) for s in strategies)
@@ -57,11 +53,8 @@ async def nine_in_flight(
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
 async def test_three_auctioneers_nine_requests_in_flight_all_answered_exactly() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
-        with torch.no_grad():
-            ref = shared_model("resnet34").module(to_input(decode(IMAGE), "224"))
+    async with cluster(3) as daemons:
+        ref = reference()
         answered = await nine_in_flight(daemons, set())
         flat = [pair for per_client in answered for pair in per_client]
         assert len(flat) == 9
@@ -73,16 +66,12 @@ async def test_three_auctioneers_nine_requests_in_flight_all_answered_exactly() 
         for ci, per_client in enumerate(answered):
             for _, r in per_client:
                 assert r.plan["nodes"][r.plan["auctioneer"]] == daemons[ci].node_id
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
 async def test_no_reservation_is_left_once_all_are_answered() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         held: set[str] = set()
         answered = await nine_in_flight(daemons, held)
         # Under this load the planners often keep a request local (busy bidders), so
@@ -102,5 +91,3 @@ async def test_no_reservation_is_left_once_all_are_answered() -> None:
             if d.bidder
         }
         assert not any(left.values()), f"reservations (id: seq) left after all answers: {left}"
-    finally:
-        await stop_all(daemons)

@@ -16,24 +16,19 @@ import pytest_asyncio
 
 from edgeci_p2p.aio.client import Client, ClientError
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect
-from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
+from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.nn.images import sample_image_path
 from edgeci_p2p.wire import framing
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import Error, Hello, Rect, TileRequest, TileResult
 from edgeci_p2p.wire.session import SessionConfig
+from tests.daemons import client, cluster
 
 
 @pytest_asyncio.fixture
 async def daemon() -> AsyncIterator[PeerDaemon]:
-    d = PeerDaemon(
-        PeerConfig(host="127.0.0.1", port=0, no_mdns=True, models=["resnet34"], read_timeout=0.5)
-    )
-    await d.start()
-    try:
+    async with cluster(1, read_timeout=0.5) as (d,):
         yield d
-    finally:
-        await asyncio.wait_for(d.stop(), 15)
 
 
 async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> list[dict[str, object]]:
@@ -66,7 +61,7 @@ def error_codes(frames: list[dict[str, object]]) -> list[object]:
 
 
 async def still_serving(d: PeerDaemon) -> None:
-    async with Client(f"127.0.0.1:{d.port}") as c:
+    async with client(d) as c:
         assert [p["id"] for p in await c.peers()] == [d.node_id]
 
 
@@ -196,7 +191,7 @@ def png_header(width: int, height: int) -> bytes:
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_huge_image_unknown_model_and_bad_image(daemon: PeerDaemon) -> None:
-    async with Client(f"127.0.0.1:{daemon.port}") as c:
+    async with client(daemon) as c:
         with pytest.raises(ClientError, match=r"(?i)pixels|limit|bomb") as info:
             await c.infer(png_header(50_000, 50_000), model="resnet34")
         assert info.value.code == int(ErrorCode.BAD_REQUEST)
@@ -221,7 +216,7 @@ async def test_a_request_id_already_being_answered_is_refused(daemon: PeerDaemon
     from edgeci_p2p.wire.messages import InferRequest, InferResult
 
     image = sample_image_path().read_bytes()
-    async with Client(f"127.0.0.1:{daemon.port}") as c1, Client(f"127.0.0.1:{daemon.port}") as c2:
+    async with client(daemon) as c1, client(daemon) as c2:
 
         async def send(c: Client) -> object:
             req = InferRequest("same-id", "resnet34", image=image, strategy="local")

@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_daemon import start_cluster, stop_all, wait_connected
 
 from edgeci_p2p.aio.daemon import DEFAULT_TILE_OVERHEAD
 from edgeci_p2p.auction.messages import Bid
 from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, PROBE_BYTES
+from tests.daemons import cluster
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> None:
-    a, b = await start_cluster(2, ["resnet34"])
-    try:
-        await wait_connected([a, b])
+    async with cluster(2) as (a, b):
         member = a.membership.members[b.node_id]
         for _ in range(20):  # a plain ping for the bare RTT, then probes
             if member.probed_at is not None:
@@ -54,5 +52,3 @@ async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> N
                 break
             await asyncio.sleep(HEARTBEAT_INTERVAL / 2)
         assert member.probed_at != before
-    finally:
-        await stop_all([a, b])
