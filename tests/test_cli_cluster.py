@@ -4,41 +4,32 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgeci_p2p.demo import ready_port, start_peer
+from edgeci_p2p.demo import ready_port
 from edgeci_p2p.nn.images import sample_image_path
+from tests.daemons import peer_processes
 
 BIN = Path(sys.executable).parent
-READY = re.compile(r"ready on port (\d+)")
 
 
 @pytest.fixture
 def peers(tmp_path: Path) -> Iterator[list[int]]:
-    env = {"EDGECI_CACHE_DIR": str(tmp_path / "cache")}
-    procs = []
-    try:
-        for i in range(3):
-            procs.append(start_peer(str(tmp_path / f"peer{i}"), f"p{i}", env=env))
-        yield [ready_port(p, 120) for p in procs]
+    with peer_processes(tmp_path, 3) as running:
+        yield [p.port for p in running]
         # SIGTERM shuts a peer down cleanly (exit code 0).
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            assert p.wait(timeout=20) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for p in running:
+            p.proc.send_signal(signal.SIGTERM)
+        for p in running:
+            assert p.proc.wait(timeout=20) == 0
 
 
 def edgeci(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -47,14 +38,24 @@ def edgeci(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+def answer(r: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON last line of a command that must have succeeded."""
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def infer_verified(peer: str, image: str, *options: str) -> Any:
+    """``edgeci infer --verify --json`` of ResNet-34 through ``peer``."""
+    args = ["--peer", peer, "--model", "resnet34", *options, "--verify", "--json", image]
+    return answer(edgeci("infer", *args))
+
+
 @pytest.mark.timeout(300)
 def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
     entry = f"127.0.0.1:{peers[0]}"
     deadline = time.monotonic() + 30
     while True:
-        r = edgeci("peers", "--peer", entry, "--json")
-        assert r.returncode == 0, r.stderr
-        view = json.loads(r.stdout.strip().splitlines()[-1])
+        view = answer(edgeci("peers", "--peer", entry, "--json"))
         if sum(1 for p in view if p["alive"]) == 3:
             break
         assert time.monotonic() < deadline, f"mDNS did not find the peers: {view}"
@@ -62,43 +63,16 @@ def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
     assert {p["name"] for p in view} == {"p0", "p1", "p2"}
 
     # Without an address: browse mDNS on 127.0.0.1 to find a peer, then ask it.
-    r = edgeci("peers", "--mdns-interface", "127.0.0.1", "--json")
-    assert r.returncode == 0, r.stderr
-    assert {p["name"] for p in json.loads(r.stdout.strip().splitlines()[-1])} == {"p0", "p1", "p2"}
+    found = answer(edgeci("peers", "--mdns-interface", "127.0.0.1", "--json"))
+    assert {p["name"] for p in found} == {"p0", "p1", "p2"}
 
     image = str(sample_image_path())
-    r = edgeci(
-        "infer",
-        "--peer",
-        f"127.0.0.1:{peers[1]}",
-        "--model",
-        "resnet34",
-        "--verify",
-        "--json",
-        image,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = infer_verified(f"127.0.0.1:{peers[1]}", image)
     assert out["model"] == "resnet34" and out["strategy"] == "edgeci"
     assert len(out["top5"]) == 5 and out["latency_ms"] > 0 and out["plan"]["stages"]
     assert out["max_abs_diff"] <= 1e-5 + 1.3e-6 * out["max_abs_ref"]
 
-    r = edgeci(
-        "infer",
-        "--peer",
-        entry,
-        "--model",
-        "resnet34",
-        "--strategy",
-        "modnn",
-        "--size",
-        "native",
-        "--verify",
-        "--json",
-        image,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = infer_verified(entry, image, "--strategy", "modnn", "--size", "native")
     assert out["max_abs_diff"] <= 1e-5 + 1.3e-6 * out["max_abs_ref"]
 
     gantt = tmp_path / "live.png"
