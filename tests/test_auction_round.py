@@ -50,41 +50,27 @@ class Case:
 
 
 A, B, C = "peer-a", "peer-b", "peer-c"
+BOTH_BID = [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B))]
+"""The script's start where A and B both bid."""
+AWARDED = [Input.BID, Input.BID, Input.CLOSE, Input.AWARD]
+"""Two bids in, the window closed, the items awarded."""
+BOTH_ACCEPT = [Input.ACCEPT, Input.ACCEPT, Input.ALL_ACCEPTED]
 
 CASES = [
     Case(
         "all bids in: closes before the window, awards, commits, done",
         (A, B),
-        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("reply-all", 0.03), ("deliver-all", 0.04)],
+        [*BOTH_BID, ("reply-all", 0.03), ("deliver-all", 0.04)],
         Phase.DONE,
-        [
-            Input.BID,
-            Input.BID,
-            Input.CLOSE,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.ACCEPT,
-            Input.ALL_ACCEPTED,
-            Input.DELIVER,
-            Input.DELIVER,
-            Input.ALL_DELIVERED,
-        ],
+        [*AWARDED, *BOTH_ACCEPT, Input.DELIVER, Input.DELIVER, Input.ALL_DELIVERED],
         {A, B},
     ),
     Case(
         "window closes with a silent peer: decide with the bids in hand",
         (A, B, C),
-        [("bid", 0.01, bid(A)), ("bid", 0.02, bid(B)), ("timer", 0.1), ("reply-all", 0.11)],
+        [*BOTH_BID, ("timer", 0.1), ("reply-all", 0.11)],
         Phase.COMMITTED,
-        [
-            Input.BID,
-            Input.BID,
-            Input.CLOSE,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.ACCEPT,
-            Input.ALL_ACCEPTED,
-        ],
+        [*AWARDED, *BOTH_ACCEPT],
         {A, B},
     ),
     Case(
@@ -101,7 +87,7 @@ CASES = [
         (A, B, C),
         [("bid", 0.01, bid(A, speed=10.0, valid_for=0.05)), ("bid", 0.02, bid(B)), ("timer", 0.1)],
         Phase.AWARDING,
-        [Input.BID, Input.BID, Input.CLOSE, Input.AWARD],
+        AWARDED,
         {B},
         {A: "expired"},
         {A},
@@ -131,23 +117,9 @@ CASES = [
     Case(
         "a winner declining its award: re-plan without it",
         (A, B),
-        [
-            ("bid", 0.01, bid(A)),
-            ("bid", 0.02, bid(B)),
-            ("reply", 0.03, A, False),
-            ("reply-all", 0.04),
-        ],
+        [*BOTH_BID, ("reply", 0.03, A, False), ("reply-all", 0.04)],
         Phase.COMMITTED,
-        [
-            Input.BID,
-            Input.BID,
-            Input.CLOSE,
-            Input.AWARD,
-            Input.REJECT,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.ALL_ACCEPTED,
-        ],
+        [*AWARDED, Input.REJECT, Input.AWARD, Input.ACCEPT, Input.ALL_ACCEPTED],
         {B},
         {},
         {A},
@@ -155,25 +127,9 @@ CASES = [
     Case(
         "a winner that never confirms is dropped at the reply timeout",
         (A, B),
-        [
-            ("bid", 0.01, bid(A)),
-            ("bid", 0.02, bid(B)),
-            ("reply", 0.03, B, True),
-            ("timer", 0.08),
-            ("reply-all", 0.09),
-        ],
+        [*BOTH_BID, ("reply", 0.03, B, True), ("timer", 0.08), ("reply-all", 0.09)],
         Phase.COMMITTED,
-        [
-            Input.BID,
-            Input.BID,
-            Input.CLOSE,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.REJECT,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.ALL_ACCEPTED,
-        ],
+        [*AWARDED, Input.ACCEPT, Input.REJECT, Input.AWARD, Input.ACCEPT, Input.ALL_ACCEPTED],
         {B},
         {},
         {A},
@@ -181,26 +137,9 @@ CASES = [
     Case(
         "an expired lease (work not delivered in time): re-plan without that peer",
         (A, B),
-        [
-            ("bid", 0.01, bid(A)),
-            ("bid", 0.02, bid(B)),
-            ("reply-all", 0.03),
-            ("deliver", 0.5, B),
-            ("timer", 1.02),
-        ],
+        [*BOTH_BID, ("reply-all", 0.03), ("deliver", 0.5, B), ("timer", 1.02)],
         Phase.AWARDING,
-        [
-            Input.BID,
-            Input.BID,
-            Input.CLOSE,
-            Input.AWARD,
-            Input.ACCEPT,
-            Input.ACCEPT,
-            Input.ALL_ACCEPTED,
-            Input.DELIVER,
-            Input.LAPSE,
-            Input.AWARD,
-        ],
+        [*AWARDED, *BOTH_ACCEPT, Input.DELIVER, Input.LAPSE, Input.AWARD],
         {B},
         {},
         {A},
