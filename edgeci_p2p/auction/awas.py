@@ -42,6 +42,7 @@ from edgeci_p2p.core.geometry import full_flops, head_flops
 from edgeci_p2p.core.plan import Part, Plan, Stage, moves_between, segments
 from edgeci_p2p.core.sim import (
     Event,
+    Task,
     head_at_seconds,
     head_bytes,
     head_seconds,
@@ -505,6 +506,51 @@ def _without_backlog(b: Bid) -> Bid:
     )
 
 
+Transfer = Callable[[float, float], float]
+"""(ready, seconds on the link) -> when the transfer has left the auctioneer's radio."""
+Compute = Callable[[int, float, float], float]
+"""(device, ready, seconds of compute) -> when the device is done."""
+
+
+def push_stage(
+    tasks: Sequence[Task],
+    testbed: Testbed,
+    t0: float,
+    scatter: Transfer,
+    compute: Compute,
+    gather: Transfer,
+) -> float:
+    """The simulator's push stage over queues the caller keeps; when its last output is in.
+
+    Slabs go out in part order from ``t0`` (``scatter``), each part computes once its
+    slab is in, in arrival order (``compute``), outputs come back in the order the
+    parts finish (``gather``); each transfer arrives half the device's round trip
+    after it leaves the radio. Parts on the auctioneer, and empty transfers, move
+    nothing. :func:`predict_with_backlog` runs it on FIFO queues with per-device
+    offsets, the dynamic-load scenario on calendars with background load.
+    """
+    aid = testbed.auctioneer
+    arrive: list[float] = []
+    for x in tasks:
+        if x.device == aid or x.in_bytes == 0:
+            arrive.append(t0)
+            continue
+        link = testbed.links[x.device]
+        arrive.append(scatter(t0, x.in_bytes / link.bandwidth) + link.rtt / 2)
+    done = [0.0] * len(tasks)
+    for k in sorted(range(len(tasks)), key=lambda k: (arrive[k], k)):
+        done[k] = compute(tasks[k].device, arrive[k], tasks[k].seconds)
+    end = t0
+    for k in sorted(range(len(tasks)), key=lambda k: (done[k], k)):
+        x = tasks[k]
+        if x.device == aid or x.out_bytes == 0:
+            end = max(end, done[k])
+            continue
+        link = testbed.links[x.device]
+        end = max(end, gather(done[k], x.out_bytes / link.bandwidth) + link.rtt / 2)
+    return end
+
+
 def predict_with_backlog(
     plan: Plan,
     spec: ModelSpec,
@@ -521,8 +567,23 @@ def predict_with_backlog(
     index = {n: i for i, n in enumerate(testbed.names)}
     free = [backlog.get(n, 0.0) for n in testbed.names]
     aid = testbed.auctioneer
-    radio_in = radio_out = 0.0
+    # When the auctioneer's radio is free to send (queue 0) and to receive (queue 1);
+    # one half-duplex queue on a shared medium.
+    radio = [0.0, 0.0]
+    out_q = 0 if testbed.shared_medium else 1
     t = 0.0
+
+    def fifo(q: int) -> Transfer:
+        def transfer(ready: float, dur: float) -> float:
+            radio[q] = max(ready, radio[q]) + dur
+            return radio[q]
+
+        return transfer
+
+    def compute(d: int, ready: float, seconds: float) -> float:
+        free[d] = max(ready, free[d]) + seconds
+        return free[d]
+
     mapped = [
         replace(st, parts=tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts))
         for st in plan.stages
@@ -536,37 +597,11 @@ def predict_with_backlog(
             for e in events:
                 if e.lane == "compute":
                     free[e.device] = max(free[e.device], e.stop)
-            t = radio_in = radio_out = seg.latency
+            t = radio[0] = radio[1] = seg.latency
             continue
         st = mapped[first]
         tasks = stage_tasks(Stage(st.start, st.stop, st.parts), spec, testbed, work)
-        arrive: list[float] = []
-        for x in tasks:
-            if x.device == aid or x.in_bytes == 0:
-                arrive.append(t)
-                continue
-            link = testbed.links[x.device]
-            radio_in = max(t, radio_in) + x.in_bytes / link.bandwidth
-            if testbed.shared_medium:
-                radio_out = radio_in
-            arrive.append(radio_in + link.rtt / 2)
-        done = [0.0] * len(tasks)
-        for k in sorted(range(len(tasks)), key=lambda k: (arrive[k], k)):
-            d = tasks[k].device
-            free[d] = max(arrive[k], free[d]) + tasks[k].seconds
-            done[k] = free[d]
-        end = t
-        for k in sorted(range(len(tasks)), key=lambda k: (done[k], k)):
-            x = tasks[k]
-            if x.device == aid or x.out_bytes == 0:
-                end = max(end, done[k])
-                continue
-            link = testbed.links[x.device]
-            radio_out = max(done[k], radio_out) + x.out_bytes / link.bandwidth
-            if testbed.shared_medium:
-                radio_in = radio_out
-            end = max(end, radio_out + link.rtt / 2)
-        t = end
+        t = push_stage(tasks, testbed, t, fifo(0), compute, fifo(out_q))
     h = index[plan.devices[plan.head_at]]
     if h == aid:
         return max(t, free[aid]) + head_seconds(spec, testbed)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgeci_p2p.auction.awas import AwasPlanner, probe_call
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call, push_stage
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.messages import Award, Release
 from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig
@@ -201,27 +201,14 @@ def execute(
 
 def _run_stage(tasks: Sequence[Task], tb: Testbed, world: World, t0: float) -> float:
     aid = tb.auctioneer
-    arrive: list[float] = []
-    for t in tasks:  # slabs go out in part order
-        if t.device == aid or t.in_bytes == 0:
-            arrive.append(t0)
-            continue
-        link = tb.links[t.device]
-        dur = t.in_bytes / link.bandwidth
-        arrive.append(world.radio(aid, True).reserve(t0, dur) + dur + link.rtt / 2)
-    done = [0.0] * len(tasks)
-    for k in sorted(range(len(tasks)), key=lambda k: (arrive[k], k)):
-        done[k] = world.run_task_compute(tasks[k].device, arrive[k], tasks[k].seconds)
-    end = t0
-    for k in sorted(range(len(tasks)), key=lambda k: (done[k], k)):
-        t = tasks[k]
-        if t.device == aid or t.out_bytes == 0:
-            end = max(end, done[k])
-            continue
-        link = tb.links[t.device]
-        dur = t.out_bytes / link.bandwidth
-        end = max(end, world.radio(aid, False).reserve(done[k], dur) + dur + link.rtt / 2)
-    return end
+
+    def scatter(ready: float, dur: float) -> float:
+        return world.radio(aid, True).reserve(ready, dur) + dur
+
+    def gather(ready: float, dur: float) -> float:
+        return world.radio(aid, False).reserve(ready, dur) + dur
+
+    return push_stage(tasks, tb, t0, scatter, world.run_task_compute, gather)
 
 
 # ---- one request per strategy ----------------------------------------------------------------
