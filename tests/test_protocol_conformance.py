@@ -46,6 +46,7 @@ from tests.conformance_client import (
     tensor,
     untensor,
 )
+from tests.daemons import cluster
 
 pytestmark = pytest.mark.slow
 
@@ -77,23 +78,14 @@ class Loop:
 
 @contextmanager
 def peers(loop: Loop, n: int = 1, **config: Any) -> Iterator[list[Any]]:
-    """``n`` daemons serving ResNet-34 on 127.0.0.1 (the others know the first), always
-    stopped; waiting until they see each other is the caller's."""
-    from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
-
-    daemons: list[Any] = []
+    """``tests/daemons.cluster(n, ...)`` (ResNet-34 on 127.0.0.1, connected, always
+    stopped), held open from this thread."""
+    cm = cluster(n, models=[MODEL], **config)
+    daemons = loop.run(cm.__aenter__())
     try:
-        for i in range(n):
-            seed = [("127.0.0.1", daemons[0].port)] if i else []
-            cfg = PeerConfig(
-                host="127.0.0.1", port=0, no_mdns=True, models=[MODEL], peers=seed, **config
-            )
-            daemons.append(PeerDaemon(cfg))
-            loop.run(daemons[-1].start())
         yield daemons
     finally:
-        for d in daemons:
-            loop.run(d.stop())
+        loop.run(cm.__aexit__(None, None, None))
 
 
 @pytest.fixture(scope="module")
