@@ -57,11 +57,17 @@ class RemoteHead:
             x,
             input_hw=run.input_hw,
             deadline_s=deadline,
+            trace=True if run.timeline is not None else None,
         )
+        me, m0, stage = self.node.node_id, time.monotonic(), len(plan.stages)
         try:
             with self.replies.awaiting((run.request_id, HEAD_TILE_ID), node) as fut:
                 await conn.send(job)
+                m1 = time.monotonic()
                 res = await asyncio.wait_for(fut, deadline)
+            run.span(me, "send", m0, m1, "send", stage, HEAD_TILE_ID)
+            run.span(me, "wait", m1, time.monotonic(), "wait", stage, HEAD_TILE_ID)
+            run.remote_spans(node, res.spans, self.node.offset(node), stage, HEAD_TILE_ID)
             got = res.output.shape
             if got != (x.shape[0], spec.head.num_classes, 1, 1):
                 raise RequestError(

@@ -13,6 +13,7 @@ from edgeci_p2p.aio.connection import Connection
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, PROBE_BYTES
+from edgeci_p2p.core.timeline import ClockSync
 from edgeci_p2p.wire.messages import Ping, Pong
 
 log = logging.getLogger("edgeci.peer")
@@ -51,6 +52,7 @@ class Heartbeats:
     def on_pong(self, conn: Connection, msg: Pong) -> None:
         now = time.monotonic()
         peer = conn.peer.node_id
+        self.node.clocks.setdefault(peer, ClockSync()).sample(msg.echo, msg.time, now)
         pad = self._probes.pop((peer, msg.seq), 0)
         if not pad:
             self.node.membership.heartbeat(peer, now, max(0.0, now - msg.echo))

@@ -15,6 +15,7 @@ from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
+from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
@@ -72,9 +73,18 @@ class Node:
     tasks: Tasks
     port: int = 0
     load: Load = field(default_factory=Load)
+    clocks: dict[str, ClockSync] = field(default_factory=dict)
+    """Each peer's clock offset from heartbeat round trips (for request timelines)."""
     wire: dict[tuple[str, int, int], WireFractions] = field(default_factory=dict)
     """Zeros counted in the maps this node assembled, per (model, height, width): what
     zero suppression leaves of each boundary's bytes, for planning."""
+
+    def offset(self, node: str) -> Offset | None:
+        """``node``'s clock offset from this one (None: not measured yet); 0 for itself."""
+        if node == self.node_id:
+            return Offset(0.0, 0.0)
+        sync = self.clocks.get(node)
+        return sync.estimate if sync is not None else None
 
     @property
     def zero_suppress_bytes(self) -> int | None:

@@ -22,9 +22,11 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.stages import Stages
-from edgeci_p2p.aio.worker import PeerWorker
+from edgeci_p2p.aio.worker import PeerWorker, timed
 from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.plan import segments
+from edgeci_p2p.core.sim import simulate
+from edgeci_p2p.core.timeline import Timeline
 from edgeci_p2p.nn.images import decode, normalise, pixels_of, to_pixels, top_k
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import Cancel, InferRequest, InferResult, TileResult, TopK
@@ -52,9 +54,12 @@ class RequestRunner:
         """Decode the input, plan (an auction, or whole here for a forwarded request),
         run the plan; a cancelled request is cancelled on every peer."""
         t_start = time.perf_counter()
+        m0 = time.monotonic()
+        timeline = Timeline(m0) if req.trace else None
         fingerprint = self.node.store.get(req.model).fingerprint
         x, px = await self._input(req)
         _, _, h, w = x.shape
+        m1 = time.monotonic()
         if req.hops > 0:
             # Passed on by a busy peer: this frame is this node's share of the stream,
             # run whole here without another auction (and its planning) on top.
@@ -67,7 +72,11 @@ class RequestRunner:
                 req.request_id, req.model, req.strategy, h, w, pixels=px is not None
             )
         self.desk.remember_speeds(decision)
-        return await self.execute(req, decision, timing, x, fingerprint, t_start, px)
+        if timeline is not None:
+            me = self.node.node_id
+            timeline.add(me, "decode", m0, m1, "compute")
+            timeline.add(me, "auction", m1, time.monotonic(), "control")
+        return await self.execute(req, decision, timing, x, fingerprint, t_start, px, timeline)
 
     async def execute(
         self,
@@ -78,11 +87,17 @@ class RequestRunner:
         fingerprint: str,
         t_start: float,
         pixels: npt.NDArray[np.uint8] | None = None,
+        timeline: Timeline | None = None,
     ) -> InferResult:
-        """Run ``decision`` for ``req``; a cancelled request is cancelled on every peer."""
+        """Run ``decision`` for ``req``; a cancelled request is cancelled on every peer.
+        A traced request (``req.trace``) records its spans on ``timeline`` (a new one
+        from now when None)."""
         _, _, h, w = x.shape
         spec = self.node.store.spec(req.model, h, w)
+        if req.trace and timeline is None:
+            timeline = Timeline(time.monotonic())
         run = RequestRun(req, decision, timing, spec, fingerprint, x, pixels, t_start)
+        run.timeline = timeline
         try:
             return await self._execute(run)
         except asyncio.CancelledError:
@@ -116,10 +131,11 @@ class RequestRunner:
     async def _execute(self, run: RequestRun) -> InferResult:
         """Run the plan stage by stage; the auctioneer keeps every slab until its tile
         is back, so a lost tile can be given to another peer or computed here."""
-        store, req, plan = self.node.store, run.req, run.plan
+        store, req, plan, me = self.node.store, run.req, run.plan, self.node.node_id
         _, _, h, w = run.x.shape
         self.worker.deliver_own(req.request_id)
         cur = run.x
+        started = time.monotonic()
         seen = self.node.wire.setdefault((req.model, h, w), WireFractions(run.spec.n_units + 1))
         for first, last in segments(plan):
             if first == last:
@@ -128,15 +144,27 @@ class RequestRunner:
                 cur = await self.stages.halo_segment(run, first, last, cur)
             if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
                 # bit patterns, as the wire counts them (a -0.0 travels as a value)
+                m = time.monotonic()
                 bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
                 seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
+                run.span(me, "count-zeros", m, time.monotonic(), "control", last)
         t_head = time.perf_counter()
-        logits = await self.head.logits(run, cur)
-        if logits is None:
-            logits = await asyncio.get_running_loop().run_in_executor(
-                self.node.worker, store.head, req.model, (h, w), cur
+        remote = await self.head.logits(run, cur)
+        if remote is not None:
+            logits = remote
+        else:
+            m = time.monotonic()
+            logits, h0, h1 = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker, timed, store.head, req.model, (h, w), cur
             )
+            run.span(me, "queue", m, h0, "wait", len(plan.stages))
+            run.span(me, "head", h0, h1, "compute", len(plan.stages))
+        m = time.monotonic()
         result = self._result(run, logits, time.perf_counter() - t_head)
+        run.span(me, "result", m, time.monotonic(), "control")
+        if run.timeline is not None:
+            annotate(run.timeline, run, started - run.timeline.t0)
+            result = dataclasses.replace(result, trace=run.timeline.to_dict())
         if req.verify:  # after ``total`` was taken: the check is not the request's time
             result = dataclasses.replace(result, max_abs_diff=await self._verify(run, logits))
         return result
@@ -185,3 +213,29 @@ class RequestRunner:
             timing_out,
             plan_dict,
         )
+
+
+def annotate(timeline: Timeline, run: RequestRun, exec_start: float) -> None:
+    """Give each span the plan's prediction for the same step: the simulated interval
+    of its device, stage and lane (shifted to when execution began, ``exec_start``
+    seconds into the request)."""
+    spec = run.spec
+    if run.pixels is not None:  # planned with the input at a byte a value
+        spec = dataclasses.replace(spec, input_itemsize=1)
+    try:
+        sim = simulate(run.plan, spec, run.testbed, record=True)
+    except ValueError:  # a plan whose testbed does not match (forced in tests)
+        return
+    predicted: dict[tuple[str, int, str], tuple[float, float]] = {}
+    for e in sim.events:
+        key = (run.nodes[e.device], e.stage, e.lane)
+        a, b = predicted.get(key, (e.start, e.stop))
+        predicted[key] = (min(a, e.start), max(b, e.stop))
+    spans = []
+    for s in timeline.spans:
+        lane = "compute" if s.name in ("compute", "head", "strip") else s.lane
+        got = predicted.get((s.node, s.stage, lane)) if s.stage is not None else None
+        if got is not None and lane in ("compute", "send", "recv"):
+            s = dataclasses.replace(s, predicted=(exec_start + got[0], exec_start + got[1]))
+        spans.append(s)
+    timeline.spans = spans

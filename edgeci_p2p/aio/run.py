@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +12,7 @@ import torch
 from edgeci_p2p.aio.auctioneer import Decision
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.plan import Plan
+from edgeci_p2p.core.timeline import Offset, Timeline
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.wire.messages import InferRequest
 
@@ -50,6 +52,36 @@ class RequestRun:
     pixels, a quarter of the bytes."""
     t_start: float
     stats: RunStats = field(default_factory=RunStats)
+    timeline: Timeline | None = None
+    """The request's spans on every node, when it asked for them (``trace``)."""
+
+    def span(
+        self,
+        node: str,
+        name: str,
+        start: float,
+        stop: float,
+        lane: str = "compute",
+        stage: int | None = None,
+        tile: int | None = None,
+    ) -> None:
+        """Record a step measured here (``time.monotonic`` values), if traced."""
+        if self.timeline is not None:
+            self.timeline.add(node, name, start, stop, lane, stage, tile)
+
+    def remote_spans(
+        self,
+        node: str,
+        spans: list[list[Any]] | None,
+        offset: Offset | None,
+        stage: int | None = None,
+        tile: int | None = None,
+    ) -> None:
+        """Record the steps a peer reported on its own clock (``tile_result.spans``)."""
+        if self.timeline is None or not spans:
+            return
+        for name, start, stop, lane in spans:
+            self.timeline.add_remote(node, str(name), start, stop, offset, str(lane), stage, tile)
 
     @property
     def request_id(self) -> str:

@@ -30,6 +30,7 @@ from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.tiles import Tile, TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.timeline import Offset
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.policy.deadlines import strip_job_seconds
 from edgeci_p2p.policy.strip_jobs import strip_jobs
@@ -64,12 +65,17 @@ class Stages:
         for part in stage.parts:
             self.auctioneer.mark_delivered(run.decision.round, nodes[part.device])
         jobs = []
+        me, m0 = self.node.node_id, time.monotonic()
         for pi, part in enumerate(stage.parts):
             tile = Tile(GatherTile(si, pi), trace(spec, stage.start, stage.stop, part.region))
             slab = crop(cur, whole_in, tile.trace.need)
             jobs.append(self.tiles.run_part(run, nodes[part.device], tile, slab))
+        run.span(me, "cut", m0, time.monotonic(), "control", si)
         outs = await asyncio.gather(*jobs)
-        return stitch(outs, [p.region for p in stage.parts], oh, ow)
+        m1 = time.monotonic()
+        out = stitch(outs, [p.region for p in stage.parts], oh, ow)
+        run.span(me, "stitch", m1, time.monotonic(), "control", si)
+        return out
 
     async def gather_segment(
         self, run: RequestRun, first: int, last: int, cur: torch.Tensor
@@ -116,6 +122,7 @@ class Stages:
                 input_hw=run.input_hw,
                 deadline_s=deadline,
                 pixels=True if inp.dtype == np.uint8 else None,
+                trace=True if run.timeline is not None and node != me else None,
             )
             self.auctioneer.mark_delivered(run.decision.round, node)
             sent[d] = job
@@ -156,7 +163,10 @@ class Stages:
         end = plan.stages[last]
         _, oh, ow = spec.shape_at(end.stop)
         outs = [tasks[p.device].result() for p in end.parts]
-        return stitch(outs, [p.region for p in end.parts], oh, ow)
+        m1 = time.monotonic()
+        out = stitch(outs, [p.region for p in end.parts], oh, ow)
+        run.span(me, "stitch", m1, time.monotonic(), "control", last)
+        return out
 
     def _strip_deadline(
         self, run: RequestRun, node: str, stages: Sequence[StripStage], nbytes: int
@@ -169,6 +179,7 @@ class Stages:
     async def _own_strip(self, run: RequestRun, job: StripJob) -> torch.Tensor:
         t0 = time.perf_counter()
         out = await self.worker.strip_job(job)
+        run.remote_spans(self.node.node_id, out.spans, Offset(0.0, 0.0), job.job_id, job.tile_id)
         run.stats.computed(self.node.node_id, out.compute_s)
         # This node's halo rows cross its own link like any peer's.
         run.stats.bytes += out.halo_in + out.halo_out
@@ -182,9 +193,14 @@ class Stages:
         if conn is None:
             raise ConnectionLost(f"no connection to {node}")
         t0 = time.perf_counter()
+        me, m0 = self.node.node_id, time.monotonic()
         with self.replies.awaiting((job.request_id, job.tile_id), node) as fut:
             await conn.send(job)
+            m1 = time.monotonic()
             res = await asyncio.wait_for(fut, deadline)
+        run.span(me, "send", m0, m1, "send", job.job_id, job.tile_id)
+        run.span(me, "wait", m1, time.monotonic(), "wait", job.job_id, job.tile_id)
+        run.remote_spans(node, res.spans, self.node.offset(node), job.job_id, job.tile_id)
         run.stats.computed(node, res.compute_s)
         run.stats.transfer_s += max(0.0, time.perf_counter() - t0 - res.compute_s)
         run.stats.bytes += self.node.wire_nbytes(job.input) + self.node.wire_nbytes(res.output)

@@ -25,6 +25,7 @@ from edgeci_p2p.aio.mesh import Mesh
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.run import RequestRun
+from edgeci_p2p.aio.worker import timed
 from edgeci_p2p.core.geometry import Trace
 from edgeci_p2p.policy.deadlines import tile_seconds
 from edgeci_p2p.policy.fallbacks import fallback_order
@@ -178,6 +179,7 @@ class TileDispatcher:
             else np.ascontiguousarray(slab.numpy())
         )
         t0 = time.perf_counter()
+        me, m0 = self.node.node_id, time.monotonic()
         with self.replies.awaiting((run.request_id, tile_id), node) as fut:
             await conn.send(
                 TileRequest(
@@ -194,11 +196,17 @@ class TileDispatcher:
                     sent,
                     input_hw=run.input_hw,
                     pixels=True if px is not None else None,
+                    trace=True if run.timeline is not None else None,
                 )
             )
+            m1 = time.monotonic()
             predicted = self._predicted(run, node, tile, slab.numel() * 8)
             res = await asyncio.wait_for(fut, self.node.config.deadlines.deadline(predicted))
         elapsed = time.perf_counter() - t0
+        stage, base = tile.id.stage, tile.id.base
+        run.span(me, "send", m0, m1, "send", stage, base)
+        run.span(me, "wait", m1, time.monotonic(), "wait", stage, base)
+        run.remote_spans(node, res.spans, self.node.offset(node), stage, base)
         stats = run.stats
         stats.computed(node, res.compute_s)
         moved = self.node.wire_nbytes(sent) + self.node.wire_nbytes(res.output)  # as they crossed
@@ -222,8 +230,10 @@ class TileDispatcher:
 
     async def local_tile(self, run: RequestRun, tile: Tile, slab: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        y = await asyncio.get_running_loop().run_in_executor(
+        m0 = time.monotonic()
+        y, started, stopped = await asyncio.get_running_loop().run_in_executor(
             self.node.worker,
+            timed,
             self.node.store.run_tile,
             run.model,
             run.fingerprint,
@@ -235,4 +245,7 @@ class TileDispatcher:
             tile.trace.need,
         )
         run.stats.computed(self.node.node_id, time.perf_counter() - t0)
+        me, stage, base = self.node.node_id, tile.id.stage, tile.id.base
+        run.span(me, "queue", m0, started, "wait", stage, base)
+        run.span(me, "compute", started, stopped, "compute", stage, base)
         return torch.from_numpy(y)

@@ -12,8 +12,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ log = logging.getLogger("edgeci.peer")
 STRIP_TIMEOUT = 60.0
 """Seconds a strip job without a deadline of its own may take here."""
 
+T = TypeVar("T")
 Part = tuple[int, int, Region]
 """A piece of queued work: units [start, stop) producing ``region``."""
 
@@ -115,11 +116,12 @@ class PeerWorker:
         if not await self._admitted(conn, req.request_id):
             return
         x = req.input
+        admitted = time.monotonic()
         try:
             self.queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
             if req.pixels:
                 x = normalise(req.input).numpy()
-            y = await asyncio.get_running_loop().run_in_executor(
+            y, started, stopped = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker,
                 self._tile_unless_cancelled,
                 req.request_id,
@@ -140,7 +142,9 @@ class PeerWorker:
             return
         finally:
             self._done()
-        await reply(conn, TileResult(req.request_id, req.tile_id, y, time.perf_counter() - t0))
+        spans = _spans(admitted, started, stopped) if req.trace else None
+        took = time.perf_counter() - t0
+        await reply(conn, TileResult(req.request_id, req.tile_id, y, took, spans))
 
     async def _run_head_for(self, conn: Connection, job: HeadJob) -> None:
         """The head of an auctioneer's request (its plan put it here): the logits back as
@@ -149,6 +153,7 @@ class PeerWorker:
         if not await self._admitted(conn, job.request_id):
             return
         t0 = time.perf_counter()
+        admitted = time.monotonic()
         try:
             store.get(job.model, job.fingerprint)
             want = store.spec(job.model, *job.input_hw).head.in_shape
@@ -158,8 +163,13 @@ class PeerWorker:
                     f"{list(want)}, got {list(job.input.shape[1:])}"
                 )
             hw = (int(job.input_hw[0]), int(job.input_hw[1]))
-            logits = await asyncio.get_running_loop().run_in_executor(
-                self.node.worker, store.head, job.model, hw, torch.from_numpy(job.input.copy())
+            logits, started, stopped = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker,
+                timed,
+                store.head,
+                job.model,
+                hw,
+                torch.from_numpy(job.input.copy()),
             )
         except ValueError as e:  # WorkError, UnknownModelError included
             await reply(conn, Error(int(code_of(e)), str(e), job.request_id))
@@ -167,7 +177,9 @@ class PeerWorker:
         finally:
             self._done()
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
-        await reply(conn, TileResult(job.request_id, job.tile_id, out, time.perf_counter() - t0))
+        spans = _spans(admitted, started, stopped) if job.trace else None
+        took = time.perf_counter() - t0
+        await reply(conn, TileResult(job.request_id, job.tile_id, out, took, spans))
 
     async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
         """A strip job from an auctioneer: run it, answer with the last strip or an error."""
@@ -183,7 +195,8 @@ class PeerWorker:
             return
         finally:
             self._done()
-        await reply(conn, TileResult(job.request_id, job.tile_id, out.output, out.compute_s))
+        spans = out.spans if job.trace else None
+        await reply(conn, TileResult(job.request_id, job.tile_id, out.output, out.compute_s, spans))
 
     async def strip_job(self, job: StripJob) -> StripOutcome:
         """Run a strip job here (for an auctioneer, or this node's own strip)."""
@@ -227,11 +240,14 @@ class PeerWorker:
         if not await reply(conn, msg):
             raise StripJobError(f"neighbour {node} went away")
 
-    def _tile_unless_cancelled(self, request_id: str, tile_id: int, *args: Any) -> Any:
-        """Worker thread: skip tiles whose request (or copy) was cancelled while queued."""
+    def _tile_unless_cancelled(
+        self, request_id: str, tile_id: int, *args: Any
+    ) -> tuple[Any, float, float]:
+        """Worker thread: skip tiles whose request (or copy) was cancelled while queued;
+        the tile and when it started and stopped (``time.monotonic``)."""
         if request_id in self.cancelled or (request_id, tile_id) in self.cancelled_tiles:
             raise CancelledTile(request_id)
-        return self.node.store.run_tile(*args)
+        return timed(self.node.store.run_tile, *args)
 
     # ---- backlog ----------------------------------------------------------------------------
 
@@ -271,4 +287,16 @@ class PeerWorker:
             self.node.bidder.idle(time.monotonic())
 
 
-__all__ = ["STRIP_TIMEOUT", "PeerWorker"]
+__all__ = ["STRIP_TIMEOUT", "PeerWorker", "timed"]
+
+
+def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
+    """Worker thread: ``fn(*args)`` and when it started and stopped (``time.monotonic``)."""
+    started = time.monotonic()
+    out = fn(*args)
+    return out, started, time.monotonic()
+
+
+def _spans(admitted: float, started: float, stopped: float) -> list[list[Any]]:
+    """A job's steps here for ``tile_result.spans``: queued, then computed."""
+    return [["queue", admitted, started, "wait"], ["compute", started, stopped, "compute"]]

@@ -573,6 +573,8 @@ class TileRequest(Message):
     pixels: bool | None = None
     """``input`` is uint8 RGB pixels of the network input (``start`` 0), to normalise
     as the entry peer did (``nn/images.normalise``): a quarter of the bytes."""
+    trace: bool | None = None
+    """Report this tile's steps in ``tile_result.spans``."""
 
     def check(self) -> None:
         if not 0 <= self.start < self.stop:
@@ -603,6 +605,9 @@ class TileResult(Message):
     """N x C x H x W over the request's ``out`` region."""
     compute_s: float
     """Seconds spent computing (for the auctioneer's cost model)."""
+    spans: list[list[Any]] | None = None
+    """When the work was sent with ``trace``: its steps here, ``[name, start, stop,
+    lane]`` on this peer's own clock (``time.monotonic``)."""
 
     def check(self) -> None:
         if self.output.ndim != 4:
@@ -630,6 +635,8 @@ class HeadJob(Message):
     input_hw: tuple[int, int] = (224, 224)
     """Height and width of the network input (the last map's shape depends on it)."""
     deadline_s: float | None = None
+    trace: bool | None = None
+    """Report this job's steps in ``tile_result.spans``."""
 
     def check(self) -> None:
         if self.input.ndim != 4:
@@ -706,6 +713,8 @@ class StripJob(Message):
     pixels: bool | None = None
     """``input`` is uint8 RGB pixels of the network input (first stage starts at unit
     0), to normalise as the entry peer did."""
+    trace: bool | None = None
+    """Report this job's steps in ``tile_result.spans``."""
 
     def check(self) -> None:
         if not self.stages:
@@ -784,6 +793,9 @@ class InferRequest(Message):
     hops: int = 0
     """How many peers passed this request on (a busy entry peer forwards a stream's
     frame to an idle peer, which runs it and never forwards it again)."""
+    trace: bool | None = None
+    """Record the request's timeline on every node and answer it in
+    ``infer_result.trace`` (peers must be of this protocol version or later)."""
 
     def check(self) -> None:
         if (self.image is None) == (self.tensor is None):
@@ -823,6 +835,8 @@ class InferResult(Message):
     plan: dict[str, Any] = field(default_factory=dict)
     """The executed plan as plain data (opaque at this layer)."""
     max_abs_diff: float | None = None
+    trace: dict[str, Any] | None = None
+    """When the request had ``trace``: its timeline (``core/timeline.Timeline.to_dict``)."""
     """Only for a request with ``verify``: the largest absolute difference between
     ``logits`` and the unsplit model's logits for the same input."""
 
