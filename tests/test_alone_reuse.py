@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgeci_p2p.aio import auctioneer as auctioneer_mod
+from edgeci_p2p.auction import decider as auctioneer_mod
 from tests.daemons import IMAGE, client, cluster
 
 
@@ -27,17 +27,17 @@ async def test_a_recent_finding_that_alone_is_best_skips_the_next_round(
             first, _ = await a.make_plan("r1", "resnet34", "edgeci", 224, 224)
             assert first.round is not None  # a round was held ...
             assert "predicted < 99% gain" in first.plan.notes["decision"]  # ... found alone best
-            a._running_here = 1  # the request being planned is the only one here
+            a.load.running_here = 1  # the request being planned is the only one here
             again, _ = await a.make_plan("r2", "resnet34", "edgeci", 224, 224)
             assert again.round is None and "recent round" in again.plan.notes["decision"]
             assert again.nodes == [a.node_id]
             # Busy with another request: its queue may change the answer, so a round.
-            a._running_here = 2
+            a.load.running_here = 2
             busy, _ = await a.make_plan("r3", "resnet34", "edgeci", 224, 224)
             assert busy.round is not None
             # Found with every peer idle, the finding holds ALONE_IDLE_TTL: busier peers
             # could only make distributing worse.
-            a._running_here = 1
+            a.load.running_here = 1
             clock[0] += auctioneer_mod.ALONE_TTL + 0.1
             held, _ = await a.make_plan("r4", "resnet34", "edgeci", 224, 224)
             assert held.round is None
@@ -48,7 +48,7 @@ async def test_a_recent_finding_that_alone_is_best_skips_the_next_round(
             other, _ = await a.make_plan("r6", "resnet34", "edgeci-halo", 224, 224)
             assert other.round is not None
         finally:
-            a._running_here = 0
+            a.load.running_here = 0
 
 
 @pytest.mark.asyncio
@@ -64,7 +64,7 @@ async def test_peers_that_finished_bid_no_backlog() -> None:
             res = await c.infer(IMAGE, model="resnet34", strategy="aofl")
         assert len(res.timing["compute"]) >= 2  # type: ignore[arg-type]
         for d in daemons:
-            assert d.bidder is not None and d._queued_tiles == 0
+            assert d.bidder is not None and d.load.queued_tiles == 0
             assert d.bidder.backlog(time.monotonic()) == 0.0
 
 

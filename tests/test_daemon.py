@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from edgeci_p2p.aio.client import ClientError
-from edgeci_p2p.aio.daemon import STRATEGIES, PeerConfig, PeerDaemon
+from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
 from edgeci_p2p.core.membership import DuplicateNodeError
 from edgeci_p2p.nn.images import sample_image_path
 from edgeci_p2p.nn.models import load_model
+from edgeci_p2p.planners import STRATEGIES
 from edgeci_p2p.wire.messages import Ping
 from tests.daemons import (
     client,

@@ -20,7 +20,7 @@ async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
         ref = reference()
         async with client(entry) as c:
             await c.infer(IMAGE, model="resnet34")  # the bids tell the entry each speed
-            assert len(entry._probe_s) == 3
+            assert len(entry.parts.desk.probe_s) == 3
             results = await asyncio.gather(*(c.infer(IMAGE, model="resnet34") for _ in range(6)))
         for r in results:
             assert_exact(r.logits, ref)
@@ -28,7 +28,7 @@ async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
         answered_by = {r.plan["nodes"][r.plan["auctioneer"]] for r in results}
         assert answered_by - {entry.node_id}, "no frame was passed on"
         assert any(r.plan["notes"].get("decision") == "forwarded: whole here" for r in results)
-        assert not entry._forwards and not any(entry._forwarded_to.values())
+        assert not entry.forwarder.answers and not any(entry.forwarder.in_flight.values())
 
 
 @pytest.mark.asyncio

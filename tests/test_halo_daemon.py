@@ -14,12 +14,13 @@ from test_reliability import occupy
 
 from edgeci_p2p.aio.auctioneer import Decision
 from edgeci_p2p.aio.daemon import PeerDaemon
-from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job, strip_jobs
+from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job
 from edgeci_p2p.core.geometry import Region, Span
 from edgeci_p2p.core.plan import Part, Plan, Stage, row_moves, validate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.images import decode, to_input, to_pixels
 from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.policy.strip_jobs import strip_jobs
 from edgeci_p2p.wire.messages import HaloRows, InferRequest, RowsFrom, StripJob
 from tests.daemons import IMAGE, assert_exact, client, cluster, reference
 
@@ -68,7 +69,7 @@ def leaving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
 
 
 async def run_plan(
-    d: PeerDaemon, plan: Plan, request_id: str
+    d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, object]]:
     """The auctioneer's execution path with a forced plan (no auction)."""
     assert d.store is not None and d.auctioneer is not None
@@ -77,8 +78,8 @@ async def run_plan(
     local = d.auctioneer.local_decision(spec, None)
     decision = Decision(plan, local.testbed, None)
     req = InferRequest(request_id, "resnet34", tensor=x.numpy(), strategy="edgeci-halo")
-    res = await d._execute(
-        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter()
+    res = await d.execute(
+        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter(), pixels
     )
     return np.asarray(res.logits, dtype=np.float32), dict(res.timing)
 
@@ -181,7 +182,7 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         assert set(timing["compute"]) == {d.node_id for d in daemons}  # type: ignore[arg-type]
         # The peers' mailboxes are empty again, their jobs ended.
         await asyncio.sleep(0.1)
-        assert all(len(d.mailbox) == 0 and not d._strip_tasks for d in daemons)
+        assert all(len(d.mailbox) == 0 and not d.serving.strip_tasks for d in daemons)
 
 
 @pytest.mark.asyncio
@@ -232,9 +233,7 @@ async def test_an_image_travels_to_the_first_stage_as_pixels_and_stays_exact() -
             ),
         ):
             _, as_floats = await run_plan(d, plan, f"px-{name}-float")
-            d._pixels[f"px-{name}"] = px
-            logits, as_pixels = await run_plan(d, plan, f"px-{name}")
-            d._pixels.clear()
+            logits, as_pixels = await run_plan(d, plan, f"px-{name}", px)
             assert_exact(logits, reference())
             # Two of three peers' first-stage slabs travel (the auctioneer's own never
             # does): at 1 byte a value instead of 4, three quarters of them are saved.
@@ -262,7 +261,7 @@ async def test_a_peer_lost_mid_segment_loses_nothing() -> None:
         )
         assert_exact(logits, reference())
         assert timing["retries"] >= 1
-        assert daemons[0]._bans.banned(victim.node_id, time.monotonic())
+        assert daemons[0].bans.banned(victim.node_id, time.monotonic())
         await blocker
 
 
@@ -286,10 +285,10 @@ def test_known_link_rate_replaces_fitted_links_and_ping_noise_keeps_the_plan() -
     m.rtt = 0.0001
     for _ in range(6):
         m.observe_transfer(1_000_000, 0.5)  # a slow, queue-inflated fit: ignored
-    first = d._measured_link(Bid("a", "peer", bandwidth=1e9, rtt=0.0))
+    first = d.measured_link(Bid("a", "peer", bandwidth=1e9, rtt=0.0))
     assert first.bandwidth == 11.75e6 and first.rtt == 0.0001
     m.rtt = 0.0004  # ping noise under load: not a new cluster, so the cached plan holds
-    assert d._measured_link(Bid("b", "peer")).rtt == 0.0001
+    assert d.measured_link(Bid("b", "peer")).rtt == 0.0001
     m.rtt = 0.004  # a real change re-plans
-    assert d._measured_link(Bid("c", "peer")).rtt == 0.004
+    assert d.measured_link(Bid("c", "peer")).rtt == 0.004
     d.worker.shutdown(wait=False)

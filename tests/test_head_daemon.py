@@ -13,11 +13,12 @@ import pytest
 import torch
 from test_halo_daemon import moving_plan, run_plan
 
-from edgeci_p2p.aio.daemon import HEAD_TILE_ID, PeerDaemon, RequestError
+from edgeci_p2p.aio.daemon import PeerDaemon, RequestError
 from edgeci_p2p.core.plan import Plan, single_stage, validate
 from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.runtime import shared_model
-from edgeci_p2p.wire.messages import HeadJob, TileResult
+from edgeci_p2p.policy.tile_ids import HEAD_TILE_ID
+from edgeci_p2p.wire.messages import HeadJob
 from edgeci_p2p.wire.tensors import payload_nbytes
 from tests.daemons import IMAGE, assert_exact, cluster, reference
 
@@ -59,7 +60,7 @@ async def test_the_head_runs_on_the_plans_head_device_and_the_logits_are_exact()
         logits, timing = await run_plan(daemons[0], halo, "h2")
         assert_exact(logits, reference())
         assert timing["retries"] == 0
-        assert not daemons[1]._pending and not daemons[0]._pending
+        assert not daemons[1].replies and not daemons[0].replies
 
 
 @pytest.mark.asyncio
@@ -74,7 +75,7 @@ async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() ->
         assert timing["retries"] == 1
         assert set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
         # Banned like a failed tile: the same plan again runs the head here at once.
-        assert daemons[0]._bans.banned(nodes[1], time.monotonic())
+        assert daemons[0].bans.banned(nodes[1], time.monotonic())
         logits, timing = await run_plan(daemons[0], plan, "h4")
         assert_exact(logits, reference())
         assert timing["retries"] == 0 and set(timing["compute"]) == {nodes[0]}  # type: ignore[arg-type]
@@ -86,20 +87,16 @@ async def test_a_head_job_with_the_wrong_map_is_refused_and_the_peer_serves_on()
     async with cluster(2) as daemons:
         a, b = daemons
         fp = a.store.get("resnet34").fingerprint  # type: ignore[union-attr]
-        loop = asyncio.get_running_loop()
         for rid, x in (
             ("bad", np.zeros((1, 256, 7, 7), np.float32)),  # not ResNet-34's last map
             ("good", np.ones((1, 512, 7, 7), np.float32)),
         ):
-            fut: asyncio.Future[TileResult] = loop.create_future()
-            fut.node_id = b.node_id  # type: ignore[attr-defined]
-            a._pending[(rid, HEAD_TILE_ID)] = fut
-            await a.conns[b.node_id].send(HeadJob(rid, HEAD_TILE_ID, "resnet34", fp, x))
-            if rid == "bad":
-                with pytest.raises(RequestError, match="last map"):
-                    await asyncio.wait_for(fut, 30)
-            else:
-                res = await asyncio.wait_for(fut, 30)
-                assert res.output.shape == (1, 1000, 1, 1)
-            a._pending.pop((rid, HEAD_TILE_ID))
+            with a.replies.awaiting((rid, HEAD_TILE_ID), b.node_id) as fut:
+                await a.conns[b.node_id].send(HeadJob(rid, HEAD_TILE_ID, "resnet34", fp, x))
+                if rid == "bad":
+                    with pytest.raises(RequestError, match="last map"):
+                        await asyncio.wait_for(fut, 30)
+                else:
+                    res = await asyncio.wait_for(fut, 30)
+                    assert res.output.shape == (1, 1000, 1, 1)
         assert b.node_id in a.conns  # the connection stayed up

@@ -232,4 +232,4 @@ async def test_a_request_id_already_being_answered_is_refused(daemon: PeerDaemon
     assert errors[0].code == int(ErrorCode.BAD_REQUEST)
     assert "already being answered" in str(errors[0])
     assert len(results[0].top_k) == 5
-    assert not daemon._answering  # and the id is free again
+    assert not daemon.front.answering  # and the id is free again

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from edgeci_p2p.aio.daemon import DEFAULT_TILE_OVERHEAD
 from edgeci_p2p.auction.messages import Bid
 from edgeci_p2p.core.membership import HEARTBEAT_INTERVAL, PROBE_BYTES
+from edgeci_p2p.policy.links import DEFAULT_TILE_OVERHEAD
 from tests.daemons import cluster
 
 
@@ -31,7 +31,7 @@ async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> N
         )
         assert member.probed_bandwidth is not None
         bid = Bid("auc", b.node_id, 0.0, {"probe:conv:1": 0.01}, 1 << 30, 1e12, 0.0, 0.5)
-        planned = a._measured_link(bid)
+        planned = a.measured_link(bid)
         assert planned.bandwidth == pytest.approx(member.probed_bandwidth)
         # Per transfer it still charges the per-tile overhead (the prior until tiles
         # have been served): a probe measures the link, not the hand-offs around it.
@@ -40,13 +40,13 @@ async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> N
         # A node with work of its own in flight does not probe: the probe would time
         # its own traffic, not the link.
         member.probe_samples.clear()
-        a._running_here += 1
+        a.load.running_here += 1
         try:
             before = member.probed_at
             await asyncio.sleep(HEARTBEAT_INTERVAL * 2.5)
             assert member.probed_at == before
         finally:
-            a._running_here -= 1
+            a.load.running_here -= 1
         for _ in range(10):  # idle again: probing resumes
             if member.probed_at != before:
                 break

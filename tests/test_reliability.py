@@ -53,7 +53,7 @@ async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> N
         assert time.monotonic() - t0 < 3.0, "the request waited for the straggler"
         assert_exact(r.logits, ref)
         assert r.timing["retries"] >= 1  # type: ignore[operator]
-        assert auctioneer._bans.banned(slow.node_id, time.monotonic())
+        assert auctioneer.bans.banned(slow.node_id, time.monotonic())
         await blocker
 
 
@@ -74,12 +74,12 @@ async def test_a_straggler_is_hedged_and_the_losing_copy_cancelled() -> None:
         assert_exact(r.logits, ref)
         assert r.timing["hedges"] >= 1  # type: ignore[operator]
         deadline = time.monotonic() + 2
-        while not slow._cancelled_tiles and time.monotonic() < deadline:
+        while not slow.serving.cancelled_tiles and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert slow._cancelled_tiles, "the straggling copy was not cancelled"
+        assert slow.serving.cancelled_tiles, "the straggling copy was not cancelled"
         await blocker
         await asyncio.sleep(0.2)
-        assert slow._queued_tiles == 0  # the cancelled copies were skipped, not run
+        assert slow.load.queued_tiles == 0  # the cancelled copies were skipped, not run
 
 
 @pytest.mark.asyncio
@@ -117,16 +117,16 @@ async def test_client_disconnect_cancels_tiles_everywhere_and_releases_reservati
         await conn.close()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if all(rid in d._cancelled for d in daemons):
+            if all(rid in d.serving.cancelled for d in daemons):
                 break
             await asyncio.sleep(0.05)
-        assert all(rid in d._cancelled for d in daemons)
+        assert all(rid in d.serving.cancelled for d in daemons)
         for b in blockers:
             await b
         await asyncio.sleep(0.3)
         for d in daemons:
             assert d.bidder is not None and rid not in d.bidder.ledger.active
-            assert d._queued_tiles == 0 and d._requests == 0
+            assert d.load.queued_tiles == 0 and d.load.requests == 0
 
 
 @pytest.mark.asyncio
@@ -141,7 +141,7 @@ async def test_beyond_capacity_gets_busy_instead_of_queueing() -> None:
         done = [r for r in results if not isinstance(r, BaseException)]
         assert busy and done
         assert all(e.code == int(ErrorCode.BUSY) for e in busy)
-        assert d._requests == 0
+        assert d.load.requests == 0
 
 
 @pytest.mark.timeout(400)

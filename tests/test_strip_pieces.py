@@ -16,7 +16,6 @@ from edgeci_p2p.aio.strips import (
     StripJobError,
     run_strip_job,
     stage_pieces,
-    strip_jobs,
 )
 from edgeci_p2p.core.geometry import Region, Span, region_flops
 from edgeci_p2p.core.pieces import MAX_SEAM_OVERHEAD
@@ -25,6 +24,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.policy.strip_jobs import strip_jobs
 from edgeci_p2p.wire.messages import HaloRows, StripJob, StripStage
 
 SPECS = {name: spec_for(name) for name in ("vgg16", "resnet34")}

@@ -90,7 +90,7 @@ async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() 
         assert [k[4] for k in d.auctioneer._planners if k[0] == "edgeci"] == [()]
         logits, timing = await run_plan(d, p, "z1")
         assert_exact(logits, reference())
-        seen = d._wire[("resnet34", 224, 224)]
+        seen = d.started.wire[("resnet34", 224, 224)]
         ends = {p.stages[last].stop for _, last in _segments(p)}
         assert set(seen.seen) == ends
         assert all(0.03 < f < 0.9 for f in seen.seen.values())
@@ -119,8 +119,8 @@ async def test_a_peer_that_sends_maps_whole_works_beside_those_that_do_not() -> 
     daemons = await start_cluster(3, ["resnet34"], zero_suppression=False)
     try:
         await wait_connected(daemons)
-        assert daemons[1]._session_config().zero_suppress_bytes is None
-        assert daemons[0]._session_config().zero_suppress_bytes is not None
+        assert daemons[1].started.session_config().zero_suppress_bytes is None
+        assert daemons[0].started.session_config().zero_suppress_bytes is not None
         nodes = [x.node_id for x in daemons]
         spec = daemons[0].store.spec("resnet34", 224, 224)  # type: ignore[union-attr]
         logits, timing = await run_plan(daemons[0], moving_plan(spec, nodes), "w1")
