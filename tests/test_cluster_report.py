@@ -1,0 +1,69 @@
+"""benchmarks/cluster.py's report: efficiency as a fraction of the compute ceiling
+measured in the same invocation, and the closing note."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from cluster import Row, closing_note, diagnostics, main, summarise, table, with_ceiling
+
+
+def _rec(strategy: str, latency: float, predicted: float | None = None) -> dict[str, object]:
+    return {
+        "model": "vgg16", "strategy": strategy, "latency_s": latency, "total_s": latency,
+        "auction_s": 0.0, "head_s": 0.0, "transfer_s": 0.0, "bytes": 0.0,
+        "predicted_s": predicted, "devices": [0], "stages": 1,
+    }  # fmt: skip
+
+
+RESULTS = (
+    [_rec("local", t, 1.0) for t in (0.98, 1.0, 1.02)]
+    + [_rec("edgeci", t, 0.5) for t in (0.49, 0.5, 0.51)]
+    + [_rec("aofl", t, 0.6) for t in (0.55, 0.6, 0.65)]
+)
+CEILING = {
+    "vgg16": {
+        "k": 10, "local_ms": 900.0, "ceiling": 0.8, "ceiling_mode": "halo",
+        "modes": {"free": {"efficiency": 0.76}, "halo": {"efficiency": 0.8}},
+    }
+}  # fmt: skip
+
+
+def test_ceiling_efficiency_is_efficiency_over_the_ceiling() -> None:
+    rows = {r.strategy: r for r in with_ceiling(summarise(RESULTS, ideal=2.5), CEILING)}
+    assert rows["edgeci"].efficiency == 0.8  # 2x of an ideal 2.5
+    assert rows["edgeci"].ceiling_efficiency == 1.0
+    assert rows["local"].ceiling_efficiency == pytest.approx(0.5)
+    # No ceiling for a model (not measured, or --no-ceiling): None, not a guess.
+    other = Row("resnet34", "edgeci", 100.0, 1.2, 0.48, 0.0, None)
+    assert with_ceiling([other], CEILING)[0].ceiling_efficiency is None
+    assert with_ceiling([other], {})[0].ceiling_efficiency is None
+
+
+def test_the_table_and_the_closing_note_give_the_same_figures() -> None:
+    rows = with_ceiling(summarise(RESULTS, ideal=2.5), CEILING)
+    diag = diagnostics(RESULTS)
+    assert "of ceil" in table(rows, diag, shaped=True).splitlines()[0]
+    note = closing_note(rows, diag, CEILING)
+    assert note[0].startswith("vgg16: compute ceiling") and "ceiling 0.80 (halo)" in note[0]
+    assert "ours best edgeci 500 ms, efficiency 0.80 = 1.00 of the ceiling" in note[1]
+    assert "prediction error 2.0%" in note[1]  # median of 2.0%, 0, 1.96%
+    assert "best baseline aofl 600 ms, quartiles apart (495-505 vs 575-625)" in note[1]
+    assert closing_note(rows, diag, {})[0].startswith("vgg16: fastest edgeci")
+
+
+def test_homogeneous_too_many_peers_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import compute_ceiling
+
+    monkeypatch.setattr(compute_ceiling, "machine_cores", lambda: [0, 1])
+    monkeypatch.setattr("cluster.machine_cores", lambda: [0, 1])
+    assert main(["--homogeneous", "4", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "refused: --homogeneous 4 needs 5 cores" in err
