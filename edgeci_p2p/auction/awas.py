@@ -52,13 +52,15 @@ from edgeci_p2p.core.sim import (
 )
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
+from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.head import place_head
 
-STRATEGIES: tuple[str, ...] = ("edgeci", "edgeci-halo")
-"""What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments."""
+STRATEGIES: tuple[str, ...] = OURS
+"""What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments
+(:data:`edgeci_p2p.planners.OURS`)."""
 
 _FLOPS_CACHE: dict[tuple[str, tuple[int, int, int]], list[tuple[str, int]]] = {}
 

@@ -11,7 +11,6 @@ from typing import Any
 from edgeci_p2p.commands import add_zeros_argument
 
 DEFAULT_MODELS = ("vgg16", "resnet34")
-OURS = ("edgeci", "edgeci-halo")
 
 
 def register(sub: Any) -> None:
@@ -82,6 +81,8 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
     ``+x%`` means EdgeCI's latency is x% lower than the baseline's
     (``1 - ours / theirs``); the speed-up ``theirs / ours`` is in parentheses.
     """
+    from edgeci_p2p.planners import OURS
+
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     baselines = [s for s in strategies if s not in OURS]
     keyed = {(r["model"], r["testbed"], r["strategy"]): r for r in rows}
