@@ -440,9 +440,11 @@ class Bench:
         the mix by the quota it reads again. An uncapped profile scaled by the quota is
         exactly the slower CPU each capped peer emulates (what a real device of that
         speed would measure of itself). At nice -19: the capped peers' cgroups win
-        their quotas from other work on the machine by weight (``--cpu-weight``), and so
-        must this (measured at nice 0 beside a load average of 5 on 2 cores, it came out
-        at 66 instead of ~95 GFLOP/s, and every bid 1.45x too slow)."""
+        their quotas from other work on the machine by weight (``--cpu-weight``), and
+        this should too. It is still one short measurement: beside a load average of 5
+        on 2 cores two consecutive profiles gave 122 and 56 GFLOP/s, and every bid is
+        off by as much, so take it on a quiet machine (the JSON's
+        ``profile_conv_gflops`` says what it was)."""
         t0 = time.monotonic()
         cache = self.workdir / "cache-uncapped"
         env = {**self.env(0), "EDGECI_CACHE_DIR": str(cache)}
