@@ -54,7 +54,7 @@ from types import FrameType
 from typing import Protocol
 
 PREFIX = "edgeci-bench"
-PREFIXES = ("edgeci-bench", "edgeci-ceil", "edgeci-cfs")
+PREFIXES = ("edgeci-bench", "edgeci-ceil", "edgeci-cfs", "edgeci-stream")
 """Every prefix this repository's benchmarks build under (``cluster.py --cleanup``)."""
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_V2_ROOT = "/sys/fs/cgroup"
