@@ -503,6 +503,9 @@ class Bench:
                 "--name", f"peer{i}{pct}", "--state-dir", str(self.workdir / f"state{i}"),
                 "--threads", "1", "--models", self.args.models,
                 "--cluster-key-file", str(self.key_file), "--log-level", self.args.peer_log_level,
+                # Each namespace emulates a device of its own: its CPU is its quota, not
+                # a share of this machine's cores (edgeci-peer --host-id).
+                "--host-id", f"emulated-{i}",
             ]  # fmt: skip
             if self.args.links == "testbed" and lay.rate_mbit is not None:
                 argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here

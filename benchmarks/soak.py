@@ -73,8 +73,14 @@ class Peer:
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def start(self) -> None:
+        # Planned as machines of their own (--host-id), as on real devices: on one
+        # machine they would share its cores and the entry peer would keep the work.
         self.proc = start_peer(
-            self.state_dir, f"soak-{self.index}", models=self.model, env=self.env
+            self.state_dir,
+            f"soak-{self.index}",
+            models=self.model,
+            env=self.env,
+            extra=["--host-id", f"soak-{self.index}"],
         )
         self.port = ready_port(self.proc, 240)
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()

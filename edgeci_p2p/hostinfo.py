@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -239,3 +242,24 @@ def measured_cpu_share(
         if now >= end_at:
             break
     return share_between_throttles(resumes, start, (last, cpu_clock()))
+
+
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+
+
+def machine_id(files: Sequence[Path] = MACHINE_ID_FILES) -> str:
+    """An id of this machine for bids (peers on one machine share its cores): a hash of
+    the OS's machine id (never the id itself), else of the host name."""
+    for f in files:
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return hashlib.sha256(b"edgeci-host:" + text.encode()).hexdigest()[:16]
+    return hashlib.sha256(b"edgeci-host:" + socket.gethostname().encode()).hexdigest()[:16]
+
+
+def machine_cpus() -> float:
+    """Cores of this machine (all of them, whatever this process may use)."""
+    return float(os.cpu_count() or 1)

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=PATH",
         help="torchvision weights file for a model (repeatable)",
     )
+    p.add_argument(
+        "--host-id",
+        help="the machine id this peer's bids carry (default: a hash of this machine's id): "
+        "peers with one id share its cores and are planned as one pool of CPU; give each "
+        "emulated peer its own to plan them as separate machines",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -99,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shared_medium=args.links == "shared",
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
             zero_suppression=not args.no_zero_suppression,
+            host_id=args.host_id,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

@@ -115,7 +115,8 @@ async def start_daemons(
     ``models=`` says otherwise. ``config`` holds ``PeerConfig`` fields for all of them,
     ``per_peer[i]`` fields for daemon ``i`` only.
 
-    Without mDNS each daemon after the first knows only the first as a static peer
+    Each daemon bids as a machine of its own (``host_id``) unless ``config`` says
+    otherwise. Without mDNS each daemon after the first knows only the first as a static peer
     (gossip finds the rest); with ``mdns=True`` they have no static peers and find
     each other over mDNS bound to 127.0.0.1. Those started are stopped if one fails."""
     daemons: list[PeerDaemon] = []
@@ -127,6 +128,9 @@ async def start_daemons(
                 "models": ["resnet34"],
                 "no_mdns": not mdns,
                 "mdns_interfaces": [HOST] if mdns else [],
+                # Planned as separate machines (the tests exercise distribution); peers
+                # that share one are pooled (tests/test_hosts.py).
+                "host_id": f"test-host-{i}",
             }
             if i > 0 and not mdns:
                 fields["peers"] = [(HOST, daemons[0].port)]

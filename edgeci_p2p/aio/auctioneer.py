@@ -32,6 +32,7 @@ from edgeci_p2p.auction.decider import (
     StaticPlanner,
     alone_ttl,
 )
+from edgeci_p2p.auction.hosts import pool_colocated
 from edgeci_p2p.auction.round import AuctionRound, Phase, RoundConfig, Send
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinkModel, Testbed
 from edgeci_p2p.core.plan import Plan, validate
@@ -144,8 +145,10 @@ class Auctioneer:
         def decide(
             call: am.CallForBids, bids: Sequence[am.Bid]
         ) -> Mapping[str, tuple[am.WorkItem, ...]]:
+            # Peers sharing a machine share its cores (auction/hosts.py).
+            pooled = pool_colocated(bids, self.node_id)
             with lock:
-                items = decider(call, bids)
+                items = decider(call, pooled)
                 picked.append((decider.plan, decider.testbed, dict(decider.left_out)))
             return items
 
@@ -287,14 +290,25 @@ def _releases(rnd: AuctionRound) -> list[Send]:
     return out
 
 
-def own_bidder(node_id: str, compute: ComputeModel, fingerprints: Sequence[str]) -> Bidder:
+def own_bidder(
+    node_id: str,
+    compute: ComputeModel,
+    fingerprints: Sequence[str],
+    host: str = "",
+    cpus: float = 0.0,
+    host_cpus: float = 0.0,
+) -> Bidder:
     """This node's bidder: measured compute model, served weights, an optimistic link
-    (the auctioneer overrides link figures with what it measured)."""
+    (the auctioneer overrides link figures with what it measured), and the machine it
+    runs on (``host``, its ``cpus`` there, the machine's ``host_cpus``)."""
     return Bidder(
         node_id,
         compute,
         LinkModel(1e9, 0.001),
         fingerprints=frozenset(fingerprints),
+        host=host,
+        cpus=cpus,
+        host_cpus=host_cpus,
     )
 
 

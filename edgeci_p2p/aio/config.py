@@ -50,6 +50,11 @@ class PeerConfig:
     link_bandwidth: float | None = None
     """Bytes/s to plan every link with, instead of fitting links from served tiles
     (links known in advance, e.g. wired at a fixed rate)."""
+    host_id: str | None = None
+    """The machine id this peer's bids carry (default: this machine's,
+    :func:`edgeci_p2p.hostinfo.machine_id`). Peers with the same id share its cores
+    and are planned as one pool of CPU; give emulated or test peers ids of their
+    own to plan them as separate machines."""
     zero_suppression: bool = True
     """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
     either way."""

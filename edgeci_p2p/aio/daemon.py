@@ -49,7 +49,7 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.membership import BanList, Membership
-from edgeci_p2p.hostinfo import cpu_quota_cores, measured_cpu_share
+from edgeci_p2p.hostinfo import cpu_quota_cores, machine_cpus, machine_id, measured_cpu_share
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.links import PlannedLinks
@@ -120,8 +120,15 @@ class PeerDaemon:
         cfg = self.config
         torch.set_num_threads(cfg.threads)
         store = await loop.run_in_executor(self.worker, ModelStore, cfg.models, cfg.weights)
-        compute = await self._measured_compute(loop)
-        bidder = own_bidder(self.node_id, compute, list(store.fingerprints.values()))
+        compute, cpus = await self._measured_compute(loop)
+        bidder = own_bidder(
+            self.node_id,
+            compute,
+            list(store.fingerprints.values()),
+            host=cfg.host_id or machine_id(),
+            cpus=cpus,
+            host_cpus=machine_cpus(),
+        )
         node = self.node = Node(
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
             self.membership, self.bans, self.tasks, self.port,
@@ -156,10 +163,12 @@ class PeerDaemon:
             ", ".join(f"{n}={f[:12]}" for n, f in store.fingerprints.items()),
         )
 
-    async def _measured_compute(self, loop: asyncio.AbstractEventLoop) -> ComputeModel:
+    async def _measured_compute(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[ComputeModel, float]:
         """The measured compute model behind every bid: `edgeci profile`'s cached result
         for this host and thread count, measured now (about 2 s) when there is none,
-        scaled to the CPU quota this peer runs under."""
+        scaled to the CPU quota this peer runs under; and the cores its tiles can use."""
         threads = self.config.threads
         profile, _ = await loop.run_in_executor(self.worker, load_or_measure, threads, False, None)
         compute: ComputeModel = profile.compute
@@ -175,7 +184,7 @@ class PeerDaemon:
                 quota,
                 100 * quota / threads,
             )
-        return compute
+        return compute, float(threads if quota is None else min(quota, threads))
 
     def _route(self, parts: _Parts) -> None:
         on = parts.router.on

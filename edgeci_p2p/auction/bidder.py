@@ -18,7 +18,7 @@ on it beyond its capacity.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeci_p2p.auction.messages import Award, AwardReply, Bid, CallForBids, WorkItem
 from edgeci_p2p.core.cost import ComputeModel, LinkModel
@@ -88,6 +88,12 @@ class Bidder:
     peer and should re-plan rather than silently wait."""
     fingerprints: frozenset[str] | None = None
     """Models this peer has weights for (None: any)."""
+    host: str = ""
+    """Its machine's id, sent in bids (peers on one machine share its cores)."""
+    cpus: float = 0.0
+    """Cores its tile work can use."""
+    host_cpus: float = 0.0
+    """Cores of its machine."""
     ledger: ReservationLedger = field(default_factory=ReservationLedger)
     busy_until: float = 0.0
     """When the accepted, delivered work queue drains (peer's clock)."""
@@ -150,6 +156,9 @@ class Bidder:
             bandwidth=self.link.bandwidth,
             rtt=self.link.rtt,
             valid_for=self.valid_for,
+            host=self.host,
+            cpus=self.cpus,
+            host_cpus=self.host_cpus,
         )
         if self.fingerprints is not None and call.fingerprint not in self.fingerprints:
             return _declined(base, f"no weights for model {call.fingerprint[:12]!r}")
@@ -164,16 +173,7 @@ class Bidder:
             durations[it.item_id] = self.duration(it)
         if not durations:
             return _declined(base, "no item fits in free memory and capacity")
-        return Bid(
-            base.auction_id,
-            base.bidder,
-            base.backlog,
-            durations,
-            base.free_memory,
-            base.bandwidth,
-            base.rtt,
-            base.valid_for,
-        )
+        return replace(base, duration=durations)
 
     # ---- promises -----------------------------------------------------------------------
 
@@ -252,17 +252,7 @@ class Bidder:
 
 
 def _declined(base: Bid, reason: str) -> Bid:
-    return Bid(
-        base.auction_id,
-        base.bidder,
-        base.backlog,
-        {},
-        base.free_memory,
-        base.bandwidth,
-        base.rtt,
-        base.valid_for,
-        declined=reason,
-    )
+    return replace(base, duration={}, declined=reason)
 
 
 def probe_items(flops_by_kind: Iterable[tuple[str, int]]) -> tuple[WorkItem, ...]:

@@ -138,12 +138,19 @@ class Bid:
     """Seconds after arrival at which the auctioneer must consider the bid stale."""
     declined: str = ""
     """Non-empty: the peer takes nothing in this auction, and says why."""
+    host: str = ""
+    """An id of the machine the bidder runs on (a hash of its machine id), so that
+    peers sharing one machine are planned as one pool of CPU; empty: unknown."""
+    cpus: float = 0.0
+    """Cores the bidder's tile work can use (its threads, or its CPU quota if less)."""
+    host_cpus: float = 0.0
+    """Cores of the bidder's machine."""
 
     def finish(self, item_id: str) -> float:
         return self.backlog + self.duration[item_id]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "auction": self.auction_id,
             "bidder": self.bidder,
             "backlog": self.backlog,
@@ -154,6 +161,9 @@ class Bid:
             "valid_for": self.valid_for,
             "declined": self.declined,
         }
+        if self.host:
+            d.update(host=self.host, cpus=self.cpus, host_cpus=self.host_cpus)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Bid:
@@ -170,6 +180,9 @@ class Bid:
             rtt=float(d.get("rtt", 0.0)),
             valid_for=float(d.get("valid_for", 0.5)),
             declined=str(d.get("declined", "")),
+            host=str(d.get("host") or ""),
+            cpus=float(d.get("cpus") or 0.0),
+            host_cpus=float(d.get("host_cpus") or 0.0),
         )
 
 

@@ -449,6 +449,12 @@ class Bid(Message):
     """Seconds after arrival after which the bid is stale."""
     declined: str
     """Empty when bidding; otherwise the bidder takes nothing, and this says why."""
+    host: str | None = None
+    """An id of the bidder's machine (peers on one machine share its cores)."""
+    cpus: float | None = None
+    """Cores the bidder's tile work can use."""
+    host_cpus: float | None = None
+    """Cores of the bidder's machine."""
 
     def check(self) -> None:
         _nonneg(
