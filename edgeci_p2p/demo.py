@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import selectors
 import signal
 import subprocess
@@ -90,8 +91,10 @@ def start_peer(
     )
 
 
-def _edgeci(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "edgeci"), *args], capture_output=True, text=True)
+def _edgeci(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """An ``edgeci`` subcommand (``args[0]``), with the demo's cluster key file."""
+    argv = [str(BIN / "edgeci"), args[0], *(["--cluster-key-file", key] if key else []), *args[1:]]
+    return subprocess.run(argv, capture_output=True, text=True)
 
 
 def main() -> int:
@@ -104,24 +107,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgeci-demo-") as tmp:
         try:
             _say(f"starting {PEERS} peers on 127.0.0.1 (mDNS on 127.0.0.1, no static peers)...")
+            # A fresh cluster key: other peers on this machine's loopback (a second demo,
+            # a test run) are seen over mDNS but cannot join this cluster.
+            key = f"{tmp}/cluster.key"
+            Path(key).write_text(secrets.token_hex(16))
             for i in range(PEERS):
-                procs.append(start_peer(f"{tmp}/peer{i}", f"demo-{i}"))
+                extra = ["--cluster-key-file", key]
+                procs.append(start_peer(f"{tmp}/peer{i}", f"demo-{i}", extra=extra))
             ports = [ready_port(p) for p in procs]
             entry = f"127.0.0.1:{ports[0]}"
             deadline = time.monotonic() + 30
             while True:
-                r = _edgeci("peers", "--peer", entry, "--json")
+                r = _edgeci("peers", "--peer", entry, "--json", key=key)
                 view = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
                 if sum(1 for p in view if p.get("alive")) == PEERS:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"peers did not find each other: {r.stderr or view}")
                 time.sleep(0.3)
-            _say(_edgeci("peers", "--peer", entry).stdout)
+            _say(_edgeci("peers", "--peer", entry, key=key).stdout)
 
             # Warm-up (first use of each tile shape builds oneDNN kernels), then measure.
             for strategy in ("edgeci", "local"):
-                _edgeci("infer", "--peer", entry, "--model", MODEL, "--strategy", strategy, image)
+                _edgeci(
+                    "infer",
+                    "--peer",
+                    entry,
+                    "--model",
+                    MODEL,
+                    "--strategy",
+                    strategy,
+                    image,
+                    key=key,
+                )
             results = {}
             for strategy in ("edgeci", "local"):
                 lat = []
@@ -137,6 +155,7 @@ def main() -> int:
                         "--verify",
                         "--json",
                         image,
+                        key=key,
                     )
                     if r.returncode != 0:
                         raise RuntimeError(r.stderr.strip())

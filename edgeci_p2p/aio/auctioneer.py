@@ -193,12 +193,20 @@ class Auctioneer:
             )
             return self.local_decision(spec, rnd)
         validate(plan, spec)
-        if strategy in AUCTIONED and not self._worth_distributing(plan, spec):
+        alone = len(set(plan.devices)) <= 1  # no other peer usable (declined, pooled...)
+        if strategy in AUCTIONED and (alone or not self._worth_distributing(plan, spec)):
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
-            # gain smaller than LOCAL_MARGIN is not worth the risk. Give back the holds.
+            # gain smaller than LOCAL_MARGIN is not worth the risk; and a plan on this
+            # node alone runs best as the one-stage local plan. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
             self._alone.remember(key, rnd.bids.values(), peers, self.clock())
-            return self._alone_decision(spec, strategy, rnd, "")
+            decision = self._alone_decision(spec, strategy, rnd, "")
+            if alone:
+                why = "; ".join(f"{p[:8]}: {r}" for p, r in sorted(left_out.items()))
+                note = "local: no other peer can take work" + (f" ({why})" if why else "")
+                decision.plan = replace(decision.plan, notes={"decision": note})
+            decision.left_out = left_out
+            return decision
         return Decision(plan, testbed, rnd, left_out)
 
     def _alone_decision(
