@@ -126,14 +126,19 @@ class Client:
         size: str = "224",
         top_k: int = 5,
         verify: bool = False,
+        trace: bool = False,
     ) -> InferResult:
         """Classify an image (encoded bytes, a path, or a 1x3xHxW float32 array; ``size``
         applies to images only). With ``verify`` the peer also runs the unsplit model
-        and reports the difference in ``InferResult.max_abs_diff``."""
+        and reports the difference in ``InferResult.max_abs_diff``; with ``trace`` it
+        records the request's timeline on every node (``InferResult.trace``,
+        ``core/timeline.Timeline.to_dict``)."""
         rid = secrets.token_hex(8)
         if isinstance(image, str | Path):
             image = Path(image).read_bytes()
         opts: dict[str, Any] = dict(strategy=strategy, size=size, top_k=top_k, verify=verify)
+        if trace:  # absent otherwise: an older peer's strict decoding never sees the key
+            opts["trace"] = True
         if isinstance(image, bytes):
             req = InferRequest(rid, model, image=image, **opts)
         else:
