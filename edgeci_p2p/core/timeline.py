@@ -177,51 +177,160 @@ class Timeline:
 
     # ---- reading it -----------------------------------------------------------------------------
 
+    @property
+    def origin(self) -> str | None:
+        """The node that ran the request (the auctioneer): the one that answered it
+        (its ``result`` span), else the first span's node."""
+        for s in self.spans:
+            if s.name == "result":
+                return s.node
+        return self.spans[0].node if self.spans else None
+
+    @property
+    def nodes(self) -> list[str]:
+        """Every node with a span: the origin first, then in order of appearance."""
+        seen = dict.fromkeys([self.origin] if self.origin is not None else [])
+        seen.update(dict.fromkeys(s.node for s in self.spans))
+        return [n for n in seen if n is not None]
+
+    def predicted_spans(self) -> list[Span]:
+        """The plan's timeline as spans: one per distinct predicted interval (several
+        tiles of a node and stage share theirs), on the lane it was predicted for
+        (:func:`predicted_lane`), named after the span that carries it."""
+        out: dict[tuple[str, str, float, float], Span] = {}
+        for s in self.spans:
+            if s.predicted is None:
+                continue
+            a, b = s.predicted
+            lane = predicted_lane(s)
+            out.setdefault(
+                (s.node, lane, a, b), Span(s.node, s.name, a, b, lane, s.stage, None, (a, b))
+            )
+        return sorted(out.values(), key=lambda s: (s.start, s.stop))
+
     def chrome(self, names: dict[str, str] | None = None) -> dict[str, Any]:
-        """Chrome trace-event JSON (opens in Perfetto): a process per node, a thread per
-        lane, measured spans as complete events; predictions as a second thread."""
+        """Chrome trace-event JSON (opens in Perfetto): a process per node (the origin
+        first), a thread per lane, measured spans as complete events; the plan's
+        predictions on threads of their own (``compute (plan)``...). Spans that overlap
+        on one lane (waits for several peers at once) go to extra threads of that lane
+        (``wait 2``...), since a trace viewer nests the events of one thread."""
         names = names or {}
-        nodes = sorted({s.node for s in self.spans})
-        pid = {n: i + 1 for i, n in enumerate(nodes)}
-        tid = {lane: i + 1 for i, lane in enumerate(LANES)}
+        predicted = self.predicted_spans()
         events: list[dict[str, Any]] = []
-        for n in nodes:
+        for pid, n in enumerate(self.nodes, 1):
             label = names.get(n, n)
-            if n in self.offsets:
+            if n in self.offsets and n != self.origin:
                 o = self.offsets[n]
                 label += f" (clock offset {o.offset * 1e3:+.2f} ms, +/- {o.error * 1e3:.2f} ms)"
-            events.append({"ph": "M", "name": "process_name", "pid": pid[n],
+            events.append({"ph": "M", "name": "process_name", "pid": pid,
                            "args": {"name": label}})  # fmt: skip
-            for lane, t in tid.items():
-                events.append({"ph": "M", "name": "thread_name", "pid": pid[n], "tid": t,
-                               "args": {"name": lane}})  # fmt: skip
-            events.append({"ph": "M", "name": "thread_name", "pid": pid[n], "tid": 99,
-                           "args": {"name": "predicted"}})  # fmt: skip
-        for s in self.spans:
-            args: dict[str, Any] = {"stage": s.stage, "tile": s.tile}
-            if s.predicted is not None:
-                args["predicted_ms"] = [round(s.predicted[0] * 1e3, 3),
-                                        round(s.predicted[1] * 1e3, 3)]  # fmt: skip
-            events.append({"ph": "X", "name": s.name, "pid": pid[s.node],
-                           "tid": tid.get(s.lane, len(LANES) + 1), "ts": s.start * 1e6,
-                           "dur": max(0.0, s.seconds) * 1e6, "args": args})  # fmt: skip
-            if s.predicted is not None:
-                a, b = s.predicted
-                events.append({"ph": "X", "name": f"{s.name} (plan)", "pid": pid[s.node],
-                               "tid": 99, "ts": a * 1e6, "dur": max(0.0, b - a) * 1e6})  # fmt: skip
+            events.append({"ph": "M", "name": "process_sort_index", "pid": pid,
+                           "args": {"sort_index": pid}})  # fmt: skip
+            mine = [(s, False) for s in self.on(n)] + [(s, True) for s in predicted if s.node == n]
+            for tid, (track, group) in enumerate(_tracks(mine), 1):
+                events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+                               "args": {"name": track}})  # fmt: skip
+                events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
+                               "args": {"sort_index": tid}})  # fmt: skip
+                for s, plan in group:
+                    args: dict[str, Any] = {"stage": s.stage}
+                    if not plan:
+                        args["tile"] = s.tile
+                    if s.predicted is not None and not plan:
+                        a, b = s.predicted
+                        args["predicted_ms"] = [round(a * 1e3, 3), round(b * 1e3, 3)]
+                    events.append({
+                        "ph": "X", "name": f"{s.name} (plan)" if plan else s.name,
+                        "pid": pid, "tid": tid, "ts": s.start * 1e6,
+                        "dur": max(0.0, s.seconds) * 1e6, "args": args,
+                    })  # fmt: skip
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
     def critical_path(self) -> list[Span]:
-        """The chain of spans that ends last: from the last span back, each time the
-        span (on any node) that ended latest before the current one started."""
-        spans = sorted(self.spans, key=lambda s: (s.stop, s.start))
-        if not spans:
-            return []
-        path = [spans[-1]]
-        while True:
-            cur = path[-1]
-            before = [s for s in spans if s.stop <= cur.start + 1e-6 and s is not cur]
+        """The chain of spans that ends last (see :func:`critical_path`)."""
+        return critical_path(self.spans, self.origin)
+
+
+COMPUTE_NAMES = ("compute", "head", "strip")
+"""Spans that run a part of the model: predicted on their node's compute lane."""
+
+
+def _tracks(spans: Sequence[tuple[Span, bool]]) -> list[tuple[str, list[tuple[Span, bool]]]]:
+    """One node's spans (each flagged True for a prediction) as named tracks in lane
+    order, measured before predicted: a track per lane, and more where spans of a lane
+    overlap (``wait 2``...), since a trace viewer nests the events of one track."""
+    tracks: dict[tuple[bool, int, int], tuple[str, list[tuple[Span, bool]]]] = {}
+    ends: dict[tuple[bool, int], list[float]] = {}
+    for s, plan in sorted(spans, key=lambda sp: (sp[0].start, -sp[0].stop)):
+        lane = s.lane if s.lane in LANES else "other"
+        rank = LANES.index(lane) if lane in LANES else len(LANES)
+        slots = ends.setdefault((plan, rank), [])
+        slot = next((i for i, e in enumerate(slots) if e <= s.start + 1e-9), len(slots))
+        if slot == len(slots):
+            slots.append(s.stop)
+        slots[slot] = s.stop
+        name = f"{lane} (plan)" if plan else lane
+        track = tracks.setdefault((plan, rank, slot), (f"{name} {slot + 1}" if slot else name, []))
+        track[1].append((s, plan))
+    return [tracks[k] for k in sorted(tracks)]
+
+
+def predicted_lane(span: Span) -> str:
+    """The lane of the plan's prediction a span carries (the simulator's: compute,
+    send or recv)."""
+    return "compute" if span.name in COMPUTE_NAMES else span.lane
+
+
+def critical_path(spans: Sequence[Span], origin: str | None = None) -> list[Span]:
+    """The chain of spans that ends last: from the last span back, each time the span
+    (on any node) that ended latest before the current one started, with two causal
+    links that times alone would miss:
+
+    - a node's first span of a tile (other than on ``origin``) follows the ``send``
+      of that tile from another node, even when clock error or a busy sender's late
+      return from its send makes the send seem to end after the receiver began;
+    - a ``wait`` span of a tile whose other steps are on the timeline (the peer that
+      ran it reported them) is not a step of its own: the chain goes through those
+      steps instead, so that it shows what the wait was for.
+
+    Consecutive steps may leave gaps (a transfer between nodes, or the event loop).
+    """
+    spans = sorted(spans, key=lambda s: (s.stop, s.start))
+    if not spans:
+        return []
+    by_tile: dict[int, list[Span]] = {}
+    for s in spans:
+        if s.tile is not None:
+            by_tile.setdefault(s.tile, []).append(s)
+
+    def container(s: Span) -> bool:
+        return (
+            s.name == "wait"
+            and s.tile is not None
+            and any(o.node != s.node and o.lane != "send" for o in by_tile[s.tile])
+        )
+
+    def sender(s: Span) -> Span | None:
+        if s.node == origin or s.tile is None:
+            return None
+        mine = [o for o in by_tile[s.tile] if o.node == s.node]
+        if min(mine, key=lambda o: o.start) is not s:
+            return None
+        sends = [o for o in by_tile[s.tile]
+                 if o.node != s.node and o.lane == "send" and o.start <= s.start]  # fmt: skip
+        return max(sends, key=lambda o: o.start, default=None)
+
+    steps = [s for s in spans if not container(s)] or spans
+    path = [steps[-1]]
+    while True:
+        cur = path[-1]
+        prev = sender(cur)
+        if prev is None:
+            before = [s for s in steps if s.stop <= cur.start + 1e-6 and s is not cur]
             if not before:
                 break
-            path.append(max(before, key=lambda s: (s.stop, s.seconds)))
-        return path[::-1]
+            prev = max(before, key=lambda s: (s.stop, s.seconds))
+        if prev in path:  # never loop (identical spans)
+            break
+        path.append(prev)
+    return path[::-1]
