@@ -252,7 +252,8 @@ def _with_minimal_strips(
     edges: Sequence[int], kept: Sequence[int], devices: Sequence[int], step: int
 ) -> tuple[int, ...] | None:
     """Edges that give every device of ``devices`` a strip: the dropped ones get one
-    grid step each, taken from the largest strip (refinement then moves them)."""
+    grid step each, taken from the largest strip (refinement then moves them).
+    Inner edges stay on the grid (None if a strip would empty)."""
     sizes = dict(zip(kept, (b - a for a, b in pairwise(edges)), strict=True))
     for d in devices:
         if d not in sizes:
@@ -262,8 +263,13 @@ def _with_minimal_strips(
             sizes[donor] -= step
             sizes[d] = step
     out = [0]
-    for d in devices:
+    for d in devices[:-1]:
         out.append(out[-1] + sizes[d])
+    # A donor strip that ended on the map's last row was off the grid by the map's
+    # remainder: snap the edges after it back.
+    out = [round(e / step) * step for e in out] + [edges[-1]]
+    if any(b <= a for a, b in pairwise(out)):
+        return None
     return tuple(out)
 
 
