@@ -27,23 +27,16 @@ import numpy.typing as npt
 import torch
 
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
-from edgeci_p2p.aio.bid_desk import BidDesk
 from edgeci_p2p.aio.config import PeerConfig, load_node_id
 from edgeci_p2p.aio.connection import Connection, ConnectionLost
 from edgeci_p2p.aio.discovery import Discovery
-from edgeci_p2p.aio.errors import RequestError, received_code
+from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.front import FrontDoor
-from edgeci_p2p.aio.head import RemoteHead
-from edgeci_p2p.aio.heartbeat import Heartbeats
-from edgeci_p2p.aio.mesh import GOSSIP_PREFIX, Mesh
 from edgeci_p2p.aio.node import Load, Node, Tasks
+from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
-from edgeci_p2p.aio.request import RequestRunner
-from edgeci_p2p.aio.router import Router
-from edgeci_p2p.aio.stages import Stages
 from edgeci_p2p.aio.strips import Mailbox
-from edgeci_p2p.aio.tiles import TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
@@ -54,37 +47,8 @@ from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
-from edgeci_p2p.wire.errors import ErrorCode
 
 log = logging.getLogger("edgeci.peer")
-
-
-class _Parts:
-    """The parts of a started daemon."""
-
-    def __init__(self, node: Node, links: PlannedLinks, cluster_view: Any, idle: Any) -> None:
-        self.router = Router()
-        self.mesh = Mesh(node, self.router)
-        self.replies: Replies[wm.TileResult] = Replies()
-        self.serving = PeerWorker(node, self.mesh)
-        self.desk = BidDesk(node, self.mesh, links)
-        self.forwarder = Forwarder(node, self.mesh, self.desk.probe_s)
-        tiles = TileDispatcher(node, self.mesh, self.replies)
-        stages = Stages(node, self.mesh, self.replies, tiles, self.serving, self.desk.auctioneer)
-        head = RemoteHead(node, self.mesh, self.replies)
-        self.runner = RequestRunner(
-            node, self.mesh, self.replies, self.desk, self.serving, stages, head
-        )
-        self.front = FrontDoor(
-            node,
-            self.mesh,
-            self.desk,
-            self.runner,
-            self.forwarder,
-            self.serving.settle,
-            cluster_view,
-        )
-        self.heartbeats = Heartbeats(node, self.mesh, idle)
 
 
 class PeerDaemon:
@@ -109,7 +73,7 @@ class PeerDaemon:
         self.port = config.port
         self.ready = asyncio.Event()
         self.node: Node | None = None
-        self._parts: _Parts | None = None
+        self._parts: Parts | None = None
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
 
@@ -133,10 +97,7 @@ class PeerDaemon:
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
             self.membership, self.bans, self.tasks, self.port,
         )  # fmt: skip
-        parts = self._parts = _Parts(node, self.links, self.cluster_view, self._idle)
-        self._route(parts)
-        parts.mesh.on_peer_lost.append(self._peer_lost)
-        parts.mesh.on_closed.append(parts.front.on_closed)
+        parts = self._parts = Parts(node, self.links, self.cluster_view)
         self._server = await asyncio.start_server(parts.mesh.accept, cfg.host, cfg.port)
         self.port = node.port = self._server.sockets[0].getsockname()[1]
         if not cfg.no_mdns:
@@ -186,28 +147,6 @@ class PeerDaemon:
             )
         return compute, float(threads if quota is None else min(quota, threads))
 
-    def _route(self, parts: _Parts) -> None:
-        on = parts.router.on
-        on(wm.Ping, parts.heartbeats.on_ping)
-        on(wm.Pong, parts.heartbeats.on_pong)
-        on(wm.TileRequest, parts.serving.on_tile)
-        on(wm.HeadJob, parts.serving.on_head)
-        on(wm.StripJob, parts.serving.on_strip)
-        on(wm.HaloRows, parts.serving.on_rows)
-        on(wm.Cancel, self._on_cancel)
-        on(wm.TileResult, self._on_tile_result)
-        on(wm.CallForBids, parts.desk.on_message)
-        on(wm.Bid, parts.desk.on_message)
-        on(wm.Award, parts.desk.on_message)
-        on(wm.AwardReply, parts.desk.on_message)
-        on(wm.Release, parts.desk.on_message)
-        on(wm.InferRequest, parts.front.on_infer)
-        on(wm.PlanRequest, parts.front.on_plan)
-        on(wm.Peers, parts.front.on_peers)
-        on(wm.PeersResult, self._on_gossip)
-        on(wm.InferResult, parts.forwarder.on_result)
-        on(wm.Error, self._on_error)
-
     async def stop(self) -> None:
         if self._discovery is not None:
             with contextlib.suppress(Exception):
@@ -226,52 +165,10 @@ class PeerDaemon:
         if self._lock_file is not None:
             self._lock_file.close()
 
-    # ---- messages the daemon itself answers ---------------------------------------------------
-
-    def _on_cancel(self, conn: Connection, msg: wm.Cancel) -> None:
-        self.parts.front.on_cancel(conn, msg)  # a client's (or forwarding peer's) request
-        self.parts.serving.on_cancel(conn, msg)  # tiles and strip jobs given to this node
-
-    def _on_tile_result(self, conn: Connection, msg: wm.TileResult) -> None:
-        if not self.parts.replies.resolve((msg.request_id, msg.tile_id), msg):
-            log.warning("tile_result for unknown tile %s/%s", msg.request_id, msg.tile_id)
-
-    def _on_error(self, conn: Connection, msg: wm.Error) -> None:
-        if msg.request_id is None and msg.code == ErrorCode.INTERNAL:
-            # The other side is shutting down: an end like EOF, not a failure of ours.
-            log.info("%s is shutting down: %s", conn.peer.node_id, msg.message)
-            self.tasks.spawn(conn.close())
-            return
-        self.parts.forwarder.on_error(conn, msg)
-        if msg.request_id is not None:
-            # Only the tiles this peer was running: the request lives on elsewhere.
-            error = RequestError(received_code(msg.code), msg.message)
-            self.parts.replies.fail_request_from(msg.request_id, conn.peer.node_id, error)
-
-    def _on_gossip(self, conn: Connection, msg: wm.PeersResult) -> None:
-        if msg.request_id.startswith(GOSSIP_PREFIX):
-            self.parts.mesh.learn(msg.body.get("peers", []))
-
-    def _peer_lost(self, node_id: str) -> None:
-        error = ConnectionLost(f"peer {node_id} went away")
-        self.parts.replies.fail_node(node_id, error)
-        self.parts.forwarder.answers.fail_node(node_id, error)
-
-    def _idle(self) -> bool:
-        """No request, tile or strip of this node's in flight: a link probe measures the
-        link, not queueing behind our own traffic."""
-        load = self.load
-        return not (
-            load.running_here
-            or load.queued_tiles
-            or len(self.parts.replies)
-            or self.parts.serving.strip_tasks
-        )
-
     # ---- the public face ----------------------------------------------------------------------
 
     @property
-    def parts(self) -> _Parts:
+    def parts(self) -> Parts:
         if self._parts is None:
             raise RuntimeError(f"peer {self.name} is not started")
         return self._parts
