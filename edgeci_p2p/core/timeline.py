@@ -281,17 +281,25 @@ def predicted_lane(span: Span) -> str:
     return "compute" if span.name in COMPUTE_NAMES else span.lane
 
 
-def critical_path(spans: Sequence[Span], origin: str | None = None) -> list[Span]:
-    """The chain of spans that ends last: from the last span back, each time the span
-    (on any node) that ended latest before the current one started, with two causal
-    links that times alone would miss:
+def critical_path(
+    spans: Sequence[Span], origin: str | None = None, causal: bool = True
+) -> list[Span]:
+    """The chain of spans that ends last, from the last span back.
+
+    With ``causal`` (spans of a request, ``origin`` the node that ran it), each step's
+    predecessor is the step its node did before it (what ended there last before it
+    began), except where another node's work is what it waited for:
 
     - a node's first span of a tile (other than on ``origin``) follows the ``send``
       of that tile from another node, even when clock error or a busy sender's late
       return from its send makes the send seem to end after the receiver began;
     - a ``wait`` span of a tile whose other steps are on the timeline (the peer that
-      ran it reported them) is not a step of its own: the chain goes through those
-      steps instead, so that it shows what the wait was for.
+      ran it reported them) is not a step of its own: the chain goes through the
+      step of that tile that ended last on another node instead, so that it shows
+      what the wait was for. A ``wait`` with nothing reported stays a step.
+
+    Without ``causal`` (a plan's predicted spans, which carry no tiles), each step's
+    predecessor is the span on any node that ended latest before it began.
 
     Consecutive steps may leave gaps (a transfer between nodes, or the event loop).
     """
@@ -303,12 +311,11 @@ def critical_path(spans: Sequence[Span], origin: str | None = None) -> list[Span
         if s.tile is not None:
             by_tile.setdefault(s.tile, []).append(s)
 
-    def container(s: Span) -> bool:
-        return (
-            s.name == "wait"
-            and s.tile is not None
-            and any(o.node != s.node and o.lane != "send" for o in by_tile[s.tile])
-        )
+    def nested(s: Span) -> list[Span]:
+        """What another node reported doing for the tile ``s`` waited for."""
+        if not causal or s.name != "wait" or s.tile is None:
+            return []
+        return [o for o in by_tile[s.tile] if o.node != s.node and o.lane != "send"]
 
     def sender(s: Span) -> Span | None:
         if s.node == origin or s.tile is None:
@@ -320,17 +327,21 @@ def critical_path(spans: Sequence[Span], origin: str | None = None) -> list[Span
                  if o.node != s.node and o.lane == "send" and o.start <= s.start]  # fmt: skip
         return max(sends, key=lambda o: o.start, default=None)
 
-    steps = [s for s in spans if not container(s)] or spans
-    path = [steps[-1]]
-    while True:
-        cur = path[-1]
-        prev = sender(cur)
-        if prev is None:
-            before = [s for s in steps if s.stop <= cur.start + 1e-6 and s is not cur]
-            if not before:
-                break
-            prev = max(before, key=lambda s: (s.stop, s.seconds))
-        if prev in path:  # never loop (identical spans)
-            break
+    def latest(candidates: Iterable[Span]) -> Span | None:
+        return max(candidates, key=lambda s: (s.stop, s.seconds), default=None)
+
+    def before(cur: Span) -> Span | None:
+        if causal and (prev := sender(cur)) is not None:
+            return prev
+        ended = [s for s in spans if s.stop <= cur.start + 1e-6 and s is not cur]
+        prev = latest(s for s in ended if s.node == cur.node) if causal else None
+        prev = prev or latest(ended)
+        if prev is not None and (inside := nested(prev)):
+            return latest(inside)
+        return prev
+
+    last = latest(s for s in spans if not nested(s)) or spans[-1]
+    path = [last]
+    while (prev := before(path[-1])) is not None and prev not in path:
         path.append(prev)
     return path[::-1]
