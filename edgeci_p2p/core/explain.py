@@ -131,7 +131,7 @@ def predicted_window(timeline: Timeline) -> tuple[float, float] | None:
 
 def predicted_path(timeline: Timeline) -> list[Span]:
     """The critical path of the plan's own timeline (its predicted spans)."""
-    return critical_path(timeline.predicted_spans())
+    return critical_path(timeline.predicted_spans(), causal=False)
 
 
 def where_the_time_went(timeline: Timeline) -> dict[str, tuple[float, float | None]]:
@@ -171,6 +171,7 @@ def explain(
         )
     width = max([len(names.get(n, n)) for n in timeline.nodes] + [4])
     lines.append(f"  {'at ms':>8} {'ms':>7} {'pred ms':>7}  {'node':<{width}}  step")
+    shown: set[tuple[str, tuple[float, float] | None]] = set()
     for st in steps(path, 0.0, head):
         s = st.span
         if st.gap >= min_gap:
@@ -178,13 +179,16 @@ def explain(
             lines.append(
                 f"  {_ms(s.start - st.gap):>8} {_ms(st.gap):>7} {'':>7}  {'':<{width}}  ({what})"
             )
-        pred = None if s.predicted is None else s.predicted[1] - s.predicted[0]
+        pred = "-" if s.predicted is None else _ms(s.predicted[1] - s.predicted[0])
+        if s.predicted is not None and (s.node, s.predicted) in shown:
+            pred = "same"  # one prediction for several steps (a strip's pieces, say)
+        shown.add((s.node, s.predicted))
         where = ", ".join(
             f"{k} {v}" for k, v in (("stage", s.stage), ("tile", s.tile)) if v is not None
         )
         step = f"{s.name} ({where})" if where else s.name
         lines.append(
-            f"  {_ms(s.start):>8} {_ms(st.seconds):>7} {_ms(pred):>7}  "
+            f"  {_ms(s.start):>8} {_ms(st.seconds):>7} {pred:>7}  "
             f"{names.get(s.node, s.node):<{width}}  {step}"
         )
     lines += ["", f"where the time went on the critical path  {'measured':>10} {'predicted':>10}"]
