@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeci_p2p.core.timeline import Timeline
 
 
 def register(sub: Any) -> None:
@@ -36,26 +40,59 @@ def register(sub: Any) -> None:
         type=Path,
         help="file with the shared cluster key (whitespace around it is stripped)",
     )
+    p.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="record the request's timeline on every node and write it as Chrome trace-event "
+        "JSON (open it in https://ui.perfetto.dev or chrome://tracing)",
+    )
+    p.add_argument(
+        "--gantt",
+        type=Path,
+        metavar="PNG",
+        help="draw the request's measured timeline per node over its plan's (implies tracing)",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print the request's critical path, measured against predicted, and where the "
+        "time went (implies tracing)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object as the last line")
     p.add_argument("image", type=Path)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeci_p2p.aio.client import Client, read_key
+    from edgeci_p2p.aio.client import Client, ClientError, ConnectionLost, read_key
 
     data = args.image.read_bytes()
     key = read_key(args.cluster_key_file) if args.cluster_key_file else None
+    traced = bool(args.trace or args.gantt or args.explain)
+    names: dict[str, str] = {}
+    answered = 0.0
 
     async def go() -> Any:
+        nonlocal answered
         async with Client(args.peer, key=key) as c:
-            return await c.infer(
-                data, model=args.model, strategy=args.strategy, size=args.size, verify=args.verify
+            result = await c.infer(
+                data,
+                model=args.model,
+                strategy=args.strategy,
+                size=args.size,
+                verify=args.verify,
+                trace=traced,
             )
+            answered = time.perf_counter()
+            if traced:  # the nodes' names, from the cluster view (after the timed request)
+                with contextlib.suppress(ClientError, ConnectionLost):
+                    names.update({p["id"]: p.get("name") or p["id"] for p in await c.peers()})
+            return result
 
     t0 = time.perf_counter()
     result = asyncio.run(go())
-    latency = time.perf_counter() - t0
+    latency = answered - t0
     out: dict[str, Any] = {
         "model": result.model,
         "strategy": result.strategy,
@@ -72,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         out["max_abs_diff"] = result.max_abs_diff
         # For scale: the unsplit model's largest |logit| is within max_abs_diff of this.
         out["max_abs_ref"] = float(np.abs(np.asarray(result.logits)).max())
+    report: list[str] = []
+    if traced:
+        if result.trace is None:
+            raise ConnectionError("the peer sent no trace (an edgeci-peer older than 'trace'?)")
+        report = _traced(args, result.trace, dict(result.plan), names, out)
     if not args.json:
         print(f"{result.model} via {result.strategy}: {out['latency_ms']} ms")
         print(result.plan.get("text", ""))
@@ -82,5 +124,72 @@ def run(args: argparse.Namespace) -> int:
                 f"  verify: max_abs_diff {out['max_abs_diff']:.3g} "
                 f"(max_abs_ref {out['max_abs_ref']:.3g})"
             )
+        for line in report:
+            print(line)
     print(json.dumps(out) if args.json else "", end="\n" if args.json else "")
     return 0
+
+
+def _traced(
+    args: argparse.Namespace,
+    trace: dict[str, Any],
+    plan: dict[str, Any],
+    names: dict[str, str],
+    out: dict[str, Any],
+) -> list[str]:
+    """Write the trace (``--trace``) and the chart (``--gantt``); the lines of
+    ``--explain`` (also into ``out`` for ``--json``)."""
+    from edgeci_p2p.core.explain import explain, where_the_time_went
+    from edgeci_p2p.core.timeline import Timeline
+
+    timeline = Timeline.from_dict(trace)
+    names = _names(timeline, plan, names)
+    if args.trace:
+        doc = timeline.chrome(names)
+        doc["otherData"] = {
+            "model": str(plan.get("model", args.model)),
+            "strategy": args.strategy,
+            "plan": str(plan.get("text", "")),
+        }
+        args.trace.write_text(json.dumps(doc))
+        out["trace_file"] = str(args.trace)
+    if args.gantt:
+        from edgeci_p2p.gantt import draw_timeline
+
+        draw_timeline(timeline, args.gantt, names, _title(timeline, plan, args))
+        out["gantt_file"] = str(args.gantt)
+    if not args.explain:
+        return []
+    out["where_the_time_went_ms"] = {
+        k: [round(m * 1e3, 2), None if p is None else round(p * 1e3, 2)]
+        for k, (m, p) in where_the_time_went(timeline).items()
+    }
+    return ["", *explain(timeline, names)]
+
+
+def _names(timeline: Timeline, plan: dict[str, Any], names: dict[str, str]) -> dict[str, str]:
+    """Each node's name: the cluster view's, else the plan's testbed's, else its id."""
+    out = {n: n for n in timeline.nodes}
+    testbed = plan.get("testbed")
+    if isinstance(testbed, dict):
+        devices = testbed.get("devices", [])
+        for node, dev in zip(plan.get("nodes", []), devices, strict=False):
+            if isinstance(dev, dict) and dev.get("name"):
+                out[str(node)] = str(dev["name"])
+    out.update(names)
+    return out
+
+
+def _title(timeline: Timeline, plan: dict[str, Any], args: argparse.Namespace) -> str:
+    from edgeci_p2p.core.explain import predicted_window
+
+    model = plan.get("model", args.model)
+    title = f"{model}, {plan.get('strategy', args.strategy)}: measured {timeline.end * 1e3:.0f} ms"
+    window = predicted_window(timeline)
+    if window is not None:
+        p0, p1 = window
+        title += (
+            f"; from the plan's start {(timeline.end - p0) * 1e3:.0f} ms "
+            f"against {(p1 - p0) * 1e3:.0f} ms predicted"
+        )
+    return title
