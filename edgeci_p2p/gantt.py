@@ -113,6 +113,7 @@ def draw_timeline(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -147,10 +148,9 @@ def draw_timeline(
             ax.broken_barh(
                 [(s.start * scale, s.seconds * scale)],
                 (y - 0.42, 0.84),
-                facecolors=colour,
-                alpha=0.22,
-                edgecolor=colour,
-                linewidth=0.5,
+                facecolors=to_rgba(colour, 0.22),
+                edgecolor="white",  # consecutive predicted stages stay apart
+                linewidth=1.0,
             )
     # What was measured: solid, narrower, in front.
     seen: dict[str, str] = {}
@@ -197,7 +197,7 @@ def draw_timeline(
     ax.set_ylim(-0.8, top + 0.2)
     handles: list[Patch | Line2D] = [Patch(color=c, label=k) for k, c in seen.items()]
     handles += [
-        Patch(facecolor="#888888", alpha=0.25, label="predicted (plan)"),
+        Patch(facecolor=to_rgba(COLOURS["compute"], 0.22), label="predicted (plan)"),
         Line2D([], [], color="grey", linestyle=":", label="stage end"),
         Line2D([], [], color="#9ecae1", linestyle="--", label="predicted stage end"),
         Line2D([], [], color="black", label="plan starts"),
