@@ -24,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeci_p2p.aio.auctioneer import Decision
 from edgeci_p2p.aio.client import Client
 from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
+from edgeci_p2p.core.plan import Plan
 from edgeci_p2p.demo import MODEL, ready_port, start_peer
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 from edgeci_p2p.nn.runtime import shared_model
+from edgeci_p2p.wire.messages import InferRequest
 
 HOST = "127.0.0.1"
 WAIT_S = 30.0
@@ -165,6 +168,32 @@ async def cluster(
         yield daemons
     finally:
         await stop_all(daemons)
+
+
+# ---- driving a daemon from a test ------------------------------------------------------------
+
+
+async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
+    """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
+    fut = asyncio.get_running_loop().run_in_executor(d.worker, time.sleep, seconds)
+    await asyncio.sleep(0.02)
+    return fut
+
+
+async def run_plan(
+    d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, object]]:
+    """The auctioneer's execution path with a forced plan (no auction)."""
+    assert d.store is not None and d.auctioneer is not None
+    x = to_input(decode(IMAGE), "224")
+    spec = d.store.spec("resnet34", 224, 224)
+    local = d.auctioneer.local_decision(spec, None)
+    decision = Decision(plan, local.testbed, None)
+    req = InferRequest(request_id, "resnet34", tensor=x.numpy(), strategy="edgeci-halo")
+    res = await d.execute(
+        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter(), pixels
+    )
+    return np.asarray(res.logits, dtype=np.float32), dict(res.timing)
 
 
 # ---- edgeci-peer subprocesses --------------------------------------------------------------

@@ -3,11 +3,13 @@ plan invariant checker every planner test uses."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
-from edgeci_p2p.core.plan import Plan, validate
+from edgeci_p2p.core.geometry import Region, Span
+from edgeci_p2p.core.plan import Part, Plan, Stage, validate
 from edgeci_p2p.core.units import ModelSpec
 
 
@@ -64,3 +66,33 @@ def check_plan(plan: Plan, spec: ModelSpec, tb: Testbed) -> None:
     assert plan.devices == tuple(tb.names)
     assert plan.auctioneer == tb.auctioneer
     assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def strips(spec: ModelSpec, start: int, stop: int, weights: list[float], transfer: str) -> Stage:
+    """Full-width strips of ``[start, stop)``'s output in proportion to ``weights``."""
+    _, h, w = spec.shape_at(stop)
+    total, edges, acc = sum(weights), [0], 0.0
+    for x in weights[:-1]:
+        acc += x
+        edges.append(max(edges[-1] + 1, round(h * acc / total)))
+    edges.append(h)
+    parts = tuple(
+        Part(Region(Span(a, b), Span(0, w)), d)
+        for d, (a, b) in enumerate(itertools.pairwise(edges))
+    )
+    return Stage(start, stop, parts, transfer)  # type: ignore[arg-type]
+
+
+def moving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
+    """Three halo-linked stages whose strip boundaries move, then a gathering stage."""
+    n = spec.n_units
+    a, b, c = 2, 5, 9
+    stages = (
+        strips(spec, 0, a, [1, 1, 1], "halo"),
+        strips(spec, a, b, [3, 1, 2], "halo"),
+        strips(spec, b, c, [1, 2, 1], "gather"),
+        Stage(c, n, (Part(Region(Span(0, spec.shape_at(n)[1]), Span(0, spec.shape_at(n)[2])), 1),)),
+    )
+    plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
+    validate(plan, spec)
+    return plan

@@ -8,7 +8,6 @@ import random
 from functools import cache
 
 import pytest
-from planfakes import fake_testbed
 
 from edgeci_p2p.auction.awas import (
     AwasPlanner,
@@ -31,6 +30,7 @@ from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.scenarios.dynamic_load import Calendar, Scenario, dynamic_load
+from tests.planfakes import fake_testbed
 
 
 @cache

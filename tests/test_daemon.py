@@ -7,7 +7,6 @@ import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,8 +25,6 @@ from tests.daemons import (
     client,
     cluster,
     reference,
-    start_daemons,
-    stop_all,  # noqa: F401 (test_zero_suppression imports it from here)
     wait_connected,
 )
 
@@ -40,12 +37,6 @@ def small_nonsquare_png() -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-async def start_cluster(n: int, models: list[str], **second_config: Any) -> list[PeerDaemon]:
-    """test_zero_suppression still starts its daemons with this (``second_config`` goes to
-    the second daemon only); stopped with ``stop_all``, waited for with ``wait_connected``."""
-    return await start_daemons(n, models=models, per_peer={1: second_config})
 
 
 @pytest_asyncio.fixture(name="cluster")

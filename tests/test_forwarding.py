@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_reliability import occupy
 
-from tests.daemons import IMAGE, assert_exact, client, cluster, reference
+from tests.daemons import IMAGE, assert_exact, client, cluster, occupy, reference
 
 
 @pytest.mark.asyncio

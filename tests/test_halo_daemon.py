@@ -5,54 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import time
 
 import numpy as np
 import pytest
-from test_reliability import occupy
 
-from edgeci_p2p.aio.auctioneer import Decision
 from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job
-from edgeci_p2p.core.geometry import Region, Span
-from edgeci_p2p.core.plan import Part, Plan, Stage, row_moves, validate
+from edgeci_p2p.core.plan import Plan, row_moves, validate
 from edgeci_p2p.core.units import ModelSpec
-from edgeci_p2p.nn.images import decode, to_input, to_pixels
+from edgeci_p2p.nn.images import decode, to_pixels
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.policy.strip_jobs import strip_jobs
-from edgeci_p2p.wire.messages import HaloRows, InferRequest, RowsFrom, StripJob
-from tests.daemons import IMAGE, assert_exact, client, cluster, reference
-
-
-def strips(spec: ModelSpec, start: int, stop: int, weights: list[float], transfer: str) -> Stage:
-    """Full-width strips of ``[start, stop)``'s output in proportion to ``weights``."""
-    _, h, w = spec.shape_at(stop)
-    total, edges, acc = sum(weights), [0], 0.0
-    for x in weights[:-1]:
-        acc += x
-        edges.append(max(edges[-1] + 1, round(h * acc / total)))
-    edges.append(h)
-    parts = tuple(
-        Part(Region(Span(a, b), Span(0, w)), d)
-        for d, (a, b) in enumerate(itertools.pairwise(edges))
-    )
-    return Stage(start, stop, parts, transfer)  # type: ignore[arg-type]
-
-
-def moving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
-    """Three halo-linked stages whose strip boundaries move, then a gathering stage."""
-    n = spec.n_units
-    a, b, c = 2, 5, 9
-    stages = (
-        strips(spec, 0, a, [1, 1, 1], "halo"),
-        strips(spec, a, b, [3, 1, 2], "halo"),
-        strips(spec, b, c, [1, 2, 1], "gather"),
-        Stage(c, n, (Part(Region(Span(0, spec.shape_at(n)[1]), Span(0, spec.shape_at(n)[2])), 1),)),
-    )
-    plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
-    validate(plan, spec)
-    return plan
+from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob
+from tests.daemons import IMAGE, assert_exact, client, cluster, occupy, reference, run_plan
+from tests.planfakes import moving_plan, strips
 
 
 def leaving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
@@ -66,22 +33,6 @@ def leaving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
     plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
     validate(plan, spec)
     return plan
-
-
-async def run_plan(
-    d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
-) -> tuple[np.ndarray, dict[str, object]]:
-    """The auctioneer's execution path with a forced plan (no auction)."""
-    assert d.store is not None and d.auctioneer is not None
-    x = to_input(decode(IMAGE), "224")
-    spec = d.store.spec("resnet34", 224, 224)
-    local = d.auctioneer.local_decision(spec, None)
-    decision = Decision(plan, local.testbed, None)
-    req = InferRequest(request_id, "resnet34", tensor=x.numpy(), strategy="edgeci-halo")
-    res = await d.execute(
-        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter(), pixels
-    )
-    return np.asarray(res.logits, dtype=np.float32), dict(res.timing)
 
 
 # ---- pure parts of the strip machinery ---------------------------------------------------------

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_halo_daemon import moving_plan, run_plan
 
 from edgeci_p2p.aio.daemon import PeerDaemon, RequestError
 from edgeci_p2p.core.plan import Plan, single_stage, validate
@@ -20,7 +19,8 @@ from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.policy.tile_ids import HEAD_TILE_ID
 from edgeci_p2p.wire.messages import HeadJob
 from edgeci_p2p.wire.tensors import payload_nbytes
-from tests.daemons import IMAGE, assert_exact, cluster, reference
+from tests.daemons import IMAGE, assert_exact, cluster, reference, run_plan
+from tests.planfakes import moving_plan
 
 
 def last_map() -> np.ndarray:

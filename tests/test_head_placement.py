@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from planfakes import check_plan, fake_testbed
 
 from edgeci_p2p.core.geometry import head_flops
 from edgeci_p2p.core.plan import Plan, PlanError, validate
@@ -14,6 +13,7 @@ from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import BASELINES, plan
 from edgeci_p2p.planners.head import HEAD_MIN_GAIN, place_head
 from edgeci_p2p.planners.testbeds import load_testbed
+from tests.planfakes import check_plan, fake_testbed
 
 VGG = spec_for("vgg16")
 

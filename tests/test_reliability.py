@@ -13,7 +13,6 @@ import pytest
 
 from edgeci_p2p.aio.client import Client, ClientError
 from edgeci_p2p.aio.connection import connect
-from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import InferRequest
 from edgeci_p2p.wire.session import SessionConfig
@@ -22,17 +21,11 @@ from tests.daemons import (
     assert_exact,
     client,
     cluster,
+    occupy,
     peer_processes,
     reference,
     wait_until,
 )
-
-
-async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
-    """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
-    fut = asyncio.get_running_loop().run_in_executor(d.worker, time.sleep, seconds)
-    await asyncio.sleep(0.02)
-    return fut
 
 
 @pytest.mark.asyncio

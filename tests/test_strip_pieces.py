@@ -118,9 +118,8 @@ class RecordingStore:
 def middle_job(spec: ModelSpec) -> StripJob:
     """The middle peer of three over VGG-16's pool1, conv2_1, conv2_2 (units 2, 3, 4):
     it sends its edge rows to both neighbours and reads theirs at each boundary."""
-    from test_halo_daemon import strips
-
     from edgeci_p2p.core.plan import Plan as P
+    from tests.planfakes import strips
 
     stages = (
         strips(spec, 2, 3, [1, 2, 1], "halo"),

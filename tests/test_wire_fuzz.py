@@ -14,12 +14,12 @@ import tracemalloc
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_wire_messages import samples
 
 from edgeci_p2p.wire import cbor, framing, messages
 from edgeci_p2p.wire.errors import MessageError, RemoteProtocolError
 from edgeci_p2p.wire.messages import Hello
 from edgeci_p2p.wire.session import ConnectionClosed, Session, SessionConfig, State
+from tests.test_wire_messages import samples
 
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 EXAMPLES = int(os.environ.get("WIRE_FUZZ_EXAMPLES", 20000 if _THOROUGH else 1500))

@@ -8,9 +8,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_daemon import start_cluster, stop_all, wait_connected
-from test_halo_daemon import moving_plan, run_plan
-from test_reliability import assert_exact, reference
 
 from edgeci_p2p.core.density import REPLAN_STEP, WireFractions, wire_fraction
 from edgeci_p2p.core.plan import validate
@@ -18,6 +15,8 @@ from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
+from tests.daemons import assert_exact, cluster, reference, run_plan
+from tests.planfakes import moving_plan
 
 
 def test_the_wire_fraction_is_mask_plus_values_or_whole() -> None:
@@ -78,9 +77,7 @@ def test_plans_count_the_suppressed_bytes_and_offload_no_less() -> None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() -> None:
-    daemons = await start_cluster(3, ["resnet34"])
-    try:
-        await wait_connected(daemons)
+    async with cluster(3) as daemons:
         d = daemons[0]
         assert d.store is not None and d.auctioneer is not None
         nodes = [x.node_id for x in daemons]
@@ -108,17 +105,13 @@ async def test_the_auctioneer_learns_the_fractions_from_the_maps_it_assembles() 
         # (one decider per kind of request: the one planned whole is gone)
         keys = [k for k in d.auctioneer._planners if k[0] == "edgeci"]
         assert len(keys) == 1 and keys[0][4] == seen.for_planning() and keys[0][4][0] == 1.0
-    finally:
-        await stop_all(daemons)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_a_peer_that_sends_maps_whole_works_beside_those_that_do_not() -> None:
     """``edgeci-peer --no-zero-suppression``: the receiving side accepts both forms."""
-    daemons = await start_cluster(3, ["resnet34"], zero_suppression=False)
-    try:
-        await wait_connected(daemons)
+    async with cluster(3, per_peer={1: {"zero_suppression": False}}) as daemons:
         assert daemons[1].started.session_config().zero_suppress_bytes is None
         assert daemons[0].started.session_config().zero_suppress_bytes is not None
         nodes = [x.node_id for x in daemons]
@@ -126,8 +119,6 @@ async def test_a_peer_that_sends_maps_whole_works_beside_those_that_do_not() -> 
         logits, timing = await run_plan(daemons[0], moving_plan(spec, nodes), "w1")
         assert_exact(logits, reference())
         assert timing["retries"] == 0
-    finally:
-        await stop_all(daemons)
 
 
 def _segments(p: object) -> list[tuple[int, int]]:
@@ -142,9 +133,7 @@ def test_zero_suppressed_and_plain_maps_decode_to_the_same_array() -> None:
     the bit pattern is what travels, so the decoded map equals the sent one exactly."""
     from edgeci_p2p.wire import tensors
 
-    x = np.maximum(np.random.default_rng(0).standard_normal((1, 64, 56, 56)), 0).astype(
-        np.float32
-    )
+    x = np.maximum(np.random.default_rng(0).standard_normal((1, 64, 56, 56)), 0).astype(np.float32)
     packed = tensors.zero_suppress(x)
     assert packed is not None
     back = tensors.zero_restore(x.shape, tensors.TAG_FLOAT32_LE, packed.nnz, packed.body)
