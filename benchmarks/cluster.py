@@ -260,6 +260,48 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def where_the_time_went(
+    results: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """From traced results (``--traces``): per model and strategy, per category of
+    ``core/explain`` (compute, transfer, waiting, event loop, planning, head...), the
+    median milliseconds on the critical path, measured and as the plan predicted."""
+    from edgeci_p2p.core.explain import CATEGORIES
+
+    out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("where"):
+            groups.setdefault((r["model"], r["strategy"]), []).append(r["where"])
+    for (model, strategy), wheres in groups.items():
+        cats: dict[str, list[float | None]] = {}
+        for c in CATEGORIES:
+            meas = [w[c][0] for w in wheres if c in w]
+            pred = [w[c][1] for w in wheres if c in w and w[c][1] is not None]
+            cats[c] = [
+                round(statistics.median(meas) * 1e3, 1) if meas else None,
+                round(statistics.median(pred) * 1e3, 1) if pred else None,
+            ]
+        out.setdefault(model, {})[strategy] = cats
+    return out
+
+
+def time_table(where: dict[str, dict[str, dict[str, list[float | None]]]]) -> str:
+    """The ``where_the_time_went`` medians as text: measured / predicted ms."""
+    from edgeci_p2p.core.explain import CATEGORIES
+
+    head = f"{'model':<9} {'strategy':<11} " + " ".join(f"{c[:10]:>13}" for c in CATEGORIES)
+    lines = ["where the time went (critical path, median ms: measured/predicted)", head]
+    for model, per in where.items():
+        for strategy, cats in per.items():
+            cells = []
+            for c in CATEGORIES:
+                m, p = cats[c]
+                cells.append(f"{_fmt(m, '.0f')}/{_fmt(p, '.0f')}".rjust(13))
+            lines.append(f"{model:<9} {strategy:<11} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -551,6 +593,7 @@ class Bench:
             "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
             "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
             "--gap", str(a.gap), "--settle", str(a.settle),
+            *(["--traces", str(a.traces)] if a.traces is not None else []),
         ]  # fmt: skip
         if lay.netns:
             argv = ["ip", "netns", "exec", lay.peers[0].namespace, *argv]
@@ -633,6 +676,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ceiling-k", type=int, help="requests per mode of the compute ceiling (default: --k)"
+    )
+    p.add_argument(
+        "--traces",
+        type=Path,
+        metavar="DIR",
+        help="trace every measured request and keep each one's Chrome trace and timeline "
+        "in DIR (opens in Perfetto; `edgeci infer --trace` writes the same); the report gains "
+        "a table of where the time went against the plan, per strategy",
     )
     p.add_argument("--k", type=int, default=10, help="requests per strategy and model")
     p.add_argument("--quick", action="store_true", help="K=2: a check in a few minutes")
@@ -879,6 +930,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) + f"; settle {args.settle}; profile: {args.profile}, links: {args.links}"
     print(title)
     print(table(rows, diag, shaped))
+    where = where_the_time_went(results)
+    if where:
+        print(time_table(where))
     for line in closing_note(rows, diag, ceilings):
         print(line)
     chart(rows, diag, args.chart, title)
@@ -887,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             json.dumps(
                 {
+                    "where_the_time_went": where or None,
                     "rows": [asdict(r) for r in rows],
                     "shaped": shaped,
                     "testbed": testbed.name,

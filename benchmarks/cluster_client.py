@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeci_p2p.aio.client import Client, ClientError, ConnectionLost
+from edgeci_p2p.core.explain import where_the_time_went
+from edgeci_p2p.core.timeline import Timeline
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 
 
@@ -76,6 +78,9 @@ async def measure(args: argparse.Namespace) -> int:
     x = to_input(decode(sample_image_path().read_bytes()), "224").numpy()
     models = [m for m in args.models.split(",") if m]
     strategies = [s for s in args.strategies.split(",") if s]
+    traces = args.traces is not None
+    if traces:
+        Path(args.traces).mkdir(parents=True, exist_ok=True)
     async with Client(args.peer, key=key, timeout=args.timeout) as c:
         for model in models:
             emit(event="status", msg=f"warm-up {model}")
@@ -91,12 +96,20 @@ async def measure(args: argparse.Namespace) -> int:
                     await asyncio.sleep(args.gap)
                     t0 = time.perf_counter()
                     try:
-                        r = await c.infer(x, model=model, strategy=strategy)
+                        r = await c.infer(x, model=model, strategy=strategy, trace=traces)
                     except (ClientError, TimeoutError) as e:
                         emit(event="error", model=model, strategy=strategy, rep=rep, msg=str(e))
                         continue
                     latency = time.perf_counter() - t0
                     t: dict[str, Any] = dict(r.timing)
+                    where = None
+                    if r.trace is not None:
+                        tl = Timeline.from_dict(r.trace)
+                        where = {k: list(v) for k, v in where_the_time_went(tl).items()}
+                        path = Path(args.traces) / f"{model}-{strategy}-{rep:02d}.json"
+                        path.write_text(
+                            json.dumps({**tl.chrome(), "timeline": r.trace, "plan": r.plan})
+                        )
                     emit(
                         event="result",
                         model=model,
@@ -118,6 +131,7 @@ async def measure(args: argparse.Namespace) -> int:
                         plan_text=r.plan.get("text", ""),
                         believed=r.plan.get("testbed"),
                         backlogs=r.plan.get("backlogs"),
+                        where=where,
                     )
     return 0
 
@@ -142,6 +156,11 @@ def main() -> int:
         type=int,
         default=1,
         help="unmeasured requests of the same strategy just before each measured one",
+    )
+    p.add_argument(
+        "--traces",
+        help="trace every measured request (infer_request.trace) and keep its Chrome trace "
+        "and timeline as DIR/MODEL-STRATEGY-REP.json",
     )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")

@@ -67,3 +67,29 @@ def test_homogeneous_too_many_peers_is_refused_before_anything_starts(
     assert main(["--homogeneous", "4", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "refused: --homogeneous 4 needs 5 cores" in err
+
+
+def test_traced_results_give_medians_of_where_the_time_went() -> None:
+    from cluster import time_table, where_the_time_went
+
+    from edgeci_p2p.core.explain import CATEGORIES
+
+    def where(compute: float, transfer: float) -> dict[str, list[float | None]]:
+        w: dict[str, list[float | None]] = {c: [0.0, None] for c in CATEGORIES}
+        w["compute"] = [compute, compute * 0.8]
+        w["transfer"] = [transfer, 0.01]
+        return w
+
+    results = [
+        {"model": "vgg16", "strategy": "edgeci", "where": where(0.1, 0.02)},
+        {"model": "vgg16", "strategy": "edgeci", "where": where(0.3, 0.04)},
+        {"model": "vgg16", "strategy": "edgeci", "where": where(0.2, 0.03)},
+        {"model": "vgg16", "strategy": "local", "where": None},  # not traced: left out
+    ]
+    got = where_the_time_went(results)
+    assert list(got["vgg16"]) == ["edgeci"]
+    cats = got["vgg16"]["edgeci"]
+    assert cats["compute"] == [200.0, 160.0] and cats["transfer"] == [30.0, 10.0]
+    assert cats["planning"] == [0.0, None]
+    text = time_table(got)
+    assert "200/160" in text and "30/10" in text and "0/-" in text
