@@ -77,11 +77,15 @@ class RequestRun:
         stage: int | None = None,
         tile: int | None = None,
     ) -> None:
-        """Record the steps a peer reported on its own clock (``tile_result.spans``)."""
+        """Record the steps a peer reported on its own clock (``tile_result.spans``); a
+        step that names its stage's first unit (a strip job's) gets that stage."""
         if self.timeline is None or not spans:
             return
-        for name, start, stop, lane in spans:
-            self.timeline.add_remote(node, str(name), start, stop, offset, str(lane), stage, tile)
+        first_unit = {st.start: i for i, st in enumerate(self.plan.stages)}
+        for span in spans:
+            name, start, stop, lane = span[:4]
+            at = first_unit.get(int(span[4]), stage) if len(span) > 4 else stage
+            self.timeline.add_remote(node, str(name), start, stop, offset, str(lane), at, tile)
 
     @property
     def request_id(self) -> str:

@@ -212,7 +212,8 @@ class StripOutcome:
     pieces: list[tuple[tuple[tuple[str, int], ...], float]] = field(default_factory=list)
     """Per piece computed: its FLOPs per unit kind and its compute seconds."""
     spans: list[list[Any]] = field(default_factory=list)
-    """Its steps for a request's timeline: ``[name, start, stop, lane]``, ``time.monotonic``."""
+    """Its steps for a request's timeline: ``[name, start, stop, lane, first unit of the
+    stage]``, ``time.monotonic``."""
 
     def describe(self) -> str:
         return " ".join(f"[{u}]wait {w * 1e3:.0f}/run {c * 1e3:.0f}" for u, w, c in self.timeline)
@@ -332,7 +333,7 @@ async def run_strip_job(
                 t = time.perf_counter()
                 m = time.monotonic()
                 await mailbox.wait(job.request_id, job.job_id, left)
-                out.spans.append(["halo-wait", m, time.monotonic(), "wait"])
+                out.spans.append(["halo-wait", m, time.monotonic(), "wait", st.start])
                 wait_s += time.perf_counter() - t
                 continue
             p = next((p for p in ready if p.sends), ready[0])
@@ -357,7 +358,7 @@ async def run_strip_job(
             except ValueError as e:  # WorkError included
                 raise WorkError(str(e)) from e
             run_s += time.perf_counter() - t0
-            out.spans.append(["compute", m, time.monotonic(), "compute"])
+            out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
             out.pieces.append((p.unit_flops, took))
             todo.remove(p)
             done.append((p.rows[0], yp))
