@@ -103,8 +103,9 @@ def test_dpfl_matches_exhaustive_search_on_120_random_small_instances() -> None:
 
 
 def test_dpfl_matches_exhaustive_search_on_four_devices_and_8_to_10_units() -> None:
-    # The rank orders alone were up to 12% off here (issue 26); the order search
-    # closes it: at most 0.12% off on 200 such instances.
+    # Before the order search (issue 26) DPFL was up to 7.7% off on these, and more
+    # than 0.5% off on 34 of them; now it matches exhaustive search on all of them
+    # (and on 300).
     worst, seed = worst_gap(four_device_instances(100))
     assert worst <= 0.005, f"seed {seed}: exhaustive search is {worst:.2%} better than DPFL"
 
@@ -118,14 +119,13 @@ def test_vgg16_on_pi3_aofl_4_gets_the_scatter_order_the_rank_orders_missed() -> 
     assert p.predicted <= 11.9763 * (1 + 1e-5)
 
 
-def test_neighbour_orders_swap_move_and_bring_in_a_device() -> None:
+def test_neighbour_orders_swap_move_and_bring_in_the_fastest_unused_device() -> None:
     got = neighbour_orders((2, 0, 1), ranked=[0, 3, 1, 2, 4])
     assert len(got) == len(set(got)) and (2, 0, 1) not in got
     assert {(0, 2, 1), (1, 0, 2), (2, 1, 0)} <= set(got)  # swaps
     assert {(0, 1, 2), (1, 2, 0)} <= set(got)  # moves
-    assert {(3, 2, 0, 1), (2, 3, 0, 1), (2, 0, 3, 1), (2, 0, 1, 3), (2, 0, 1, 4)} <= set(got)
-    assert len(got) == 3 + 2 + 2 * 4  # adjacent moves are swaps
-    assert got.index((2, 0, 1, 3)) < got.index((4, 2, 0, 1))  # faster ones first
+    assert {(3, 2, 0, 1), (2, 3, 0, 1), (2, 0, 3, 1), (2, 0, 1, 3)} <= set(got)
+    assert len(got) == 3 + 2 + 4  # adjacent moves are swaps; device 4 is slower than 3
 
 
 def test_a_device_brought_back_by_force_keeps_strip_edges_on_the_grid() -> None:

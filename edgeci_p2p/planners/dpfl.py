@@ -12,9 +12,7 @@ split of block ``[i, j)`` found as follows:
    and the scatter order): every order of every subset for up to
    ``all_orders_upto`` devices; else devices are ranked for the block by their
    time per output row (slab in + compute + strip out) and the candidates are
-   all subsets in rank order, each also with the auctioneer moved to every
-   position, for up to ``all_subsets_upto`` devices; else the rank prefixes
-   (stopping once two longer prefixes in a row do not help).
+   the rank prefixes (stopping once two longer prefixes in a row do not help).
 3. Strip heights for a set are chosen so that the devices finish together: with
    each device's times affine in its strip height, the largest strip a device
    can finish by makespan ``T`` (after the slabs scattered before it, with the
@@ -26,17 +24,32 @@ split of block ``[i, j)`` found as follows:
    coarse grids) are refined by moving strip edges one grid step while the
    exact makespan improves. Dropped devices also come back as one-step strips
    for refinement to judge, since rounding on a coarse grid can mislead.
+5. The order search. The rank orders of step 2 miss better ones beyond three
+   devices: which device's slab goes first, and which strips sit on the map's
+   borders (less halo), depend on every device's link and speed and on the
+   block's input and output sizes, and rounding on the row grid reorders close
+   candidates; no simple rule (fastest or slowest link first, as divisible-load
+   theory has it for one direction or the other) picks the best order. So,
+   after the DP, the blocks of every plan within :data:`SEARCH_WITHIN` of the
+   best one (the best way to the block's start, the block, the best way on from
+   its end) get more orders, split and refined as in steps 3-4: with up to
+   :data:`SEARCH_ALL_UPTO` devices every order of every subset; beyond, a local
+   search (:func:`search_orders`) from the block's :data:`SEARCH_SEEDS` best
+   splits (swap two devices, move one, or bring one in; go to the best
+   neighbour while it improves). The DP then re-runs over the improved block
+   costs.
 
 The DP also skips blocks whose lower bound (all devices computing with no
 overhead) cannot beat the best ``T[j]`` found so far.
 
-All of it is O(1) per candidate thanks to the separable strip tables, which is
-what keeps planning VGG-16 on eight devices well under 100 ms.
+All of it is O(1) per candidate thanks to the separable strip tables, and the
+order search only visits the blocks that can matter, which is what keeps
+planning VGG-16 on eight devices well under 100 ms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations, pairwise, permutations
 
@@ -51,6 +64,17 @@ DEFAULT_RESOLUTION = 56
 
 COARSE_GRID = 12
 """Maps with at most this many grid rows get every candidate refined."""
+
+SEARCH_WITHIN = 0.1
+"""The order search (step 5) runs on the blocks of every plan within this fraction
+of the best plan the candidate orders give."""
+
+SEARCH_ALL_UPTO = 4
+"""With up to this many devices it tries every order of every subset."""
+
+SEARCH_SEEDS = 2
+"""Beyond that, the local search (:func:`search_orders`) starts from this many of a
+block's best splits (distinct orders)."""
 
 
 @dataclass(frozen=True)
@@ -71,39 +95,14 @@ def ranked_devices(ctx: Context, i: int, j: int) -> list[int]:
     return sorted(range(ctx.n_dev), key=lambda d: (ctx.affine(d, i, j).per_row, d))
 
 
-def candidate_sets(
-    ranked: Sequence[int], all_subsets_upto: int, all_orders_upto: int = 3, aid: int = -1
-) -> list[list[tuple[int, ...]]]:
-    """Ordered device sets of two or more, in groups (the orders of one set).
-
-    Every order of every subset for up to ``all_orders_upto`` devices; else the
-    subsets (up to ``all_subsets_upto`` devices), each in rank order and with
-    the auctioneer ``aid`` moved to every other position; else the prefixes of
-    the rank order. The auctioneer pays no
-    transfer, so an interior strip (the most halo) costs it least; remote
-    devices then get border strips.
-    """
+def candidate_sets(ranked: Sequence[int], all_orders_upto: int = 3) -> list[list[tuple[int, ...]]]:
+    """Ordered device sets of two or more, in groups (the orders of one set): every
+    order of every subset for up to ``all_orders_upto`` devices, else the prefixes of
+    the rank order (the order search then tries more where it can matter)."""
     n = len(ranked)
     if n <= all_orders_upto:
         return [list(permutations(c)) for k in range(2, n + 1) for c in combinations(ranked, k)]
-    if n <= all_subsets_upto:
-        sets = [c for k in range(2, n + 1) for c in combinations(ranked, k)]
-        return [_auctioneer_moves(c, aid, len(c)) for c in sets]
-    # Many devices: rank order only, to stay within the planning-time budget.
     return [[tuple(ranked[:k])] for k in range(2, n + 1)]
-
-
-def _auctioneer_moves(devices: tuple[int, ...], aid: int, positions: int) -> list[tuple[int, ...]]:
-    """``devices`` and the orders with the auctioneer at positions ``0..positions-1``."""
-    if aid not in devices:
-        return [devices]
-    rest = [d for d in devices if d != aid]
-    out = [devices]
-    for pos in range(min(positions, len(devices))):
-        moved = (*rest[:pos], aid, *rest[pos:])
-        if moved != devices:
-            out.append(moved)
-    return out
 
 
 def equal_finish_rows(
@@ -273,17 +272,33 @@ def _with_minimal_strips(
     return tuple(out)
 
 
-def best_block(
+@dataclass
+class BlockSearch:
+    """What the candidate search of one block found, kept for the order search."""
+
+    best: BlockChoice
+    refined: list[BlockChoice]
+    """The refined candidates (the order search starts from the best of them)."""
+    tried: set[tuple[int, ...]]
+    """Device orders already split."""
+    splits: set[tuple[tuple[int, ...], tuple[int, ...]]]
+    """Their splits ``(edges, devices)`` (the same split comes from several orders when
+    devices are dropped)."""
+    ranked: list[int]
+    step: int
+    coarse: bool
+
+
+def search_block(
     ctx: Context,
     i: int,
     j: int,
     resolution: int,
-    all_subsets_upto: int,
     refine_within: float,
     bound: float = float("inf"),
     all_orders_upto: int = 3,
-) -> BlockChoice:
-    """The cheapest split of block ``[i, j)`` found (see the module docstring).
+) -> BlockSearch:
+    """The cheapest split of block ``[i, j)`` over the candidate orders (step 2).
 
     Candidates are refined only if within ``refine_within`` of the best so far
     and of ``bound`` (the cost above which the DP could not use this block).
@@ -291,18 +306,20 @@ def best_block(
     height = ctx.spec.shape_at(j)[1]
     singles = [BlockChoice(ctx.single_cost(d, i, j), (0, height), (d,)) for d in range(ctx.n_dev)]
     best = min(singles, key=lambda c: c.cost)
-    if height < 2 or ctx.n_dev < 2:
-        return best
     step = grid_step(height, resolution)
-    found: dict[tuple[tuple[int, ...], tuple[int, ...]], BlockChoice] = {}
     ranked = ranked_devices(ctx, i, j)
-    prefixes = ctx.n_dev > all_subsets_upto
+    out = BlockSearch(best, [], set(), set(), ranked, step, height // step <= COARSE_GRID)
+    if height < 2 or ctx.n_dev < 2:
+        return out
+    cands: dict[tuple[tuple[int, ...], tuple[int, ...]], BlockChoice] = {}
+    prefixes = ctx.n_dev > all_orders_upto
     worse = 0
     last = float("inf")
-    for group in candidate_sets(ranked, all_subsets_upto, all_orders_upto, ctx.aid):
+    for group in candidate_sets(ranked, all_orders_upto):
+        out.tried.update(group)
         got = [c for devs in group for c in split_block(ctx, i, j, devs, step)]
         for c in got:
-            found.setdefault((c.edges, c.devices), c)
+            cands.setdefault((c.edges, c.devices), c)
         if prefixes:
             # Rank prefixes: once two more devices in a row stop helping, the slower
             # ones after them will not help either.
@@ -311,14 +328,129 @@ def best_block(
             last = min(last, cost)
             if worse >= 2:
                 break
-    cands = sorted(found.values(), key=lambda c: c.cost)
-    # On a coarse grid rounding moves strips by a large fraction and refining is
-    # cheap: refine every candidate there.
-    coarse = height // step <= COARSE_GRID
-    for c in cands:
-        if not coarse and c.cost * (1 - refine_within) > min(best.cost, bound):
+    out.splits.update(cands)
+    _refine_best(ctx, i, j, cands.values(), out, refine_within, bound)
+    return out
+
+
+def _refine_best(
+    ctx: Context,
+    i: int,
+    j: int,
+    cands: Iterable[BlockChoice],
+    found: BlockSearch,
+    refine_within: float,
+    bound: float,
+) -> None:
+    """Refine ``cands`` from the cheapest while within ``refine_within`` of
+    ``found.best`` and of ``bound``; on a coarse grid, where rounding moves strips by
+    a large fraction and refining is cheap, refine them all."""
+    for c in sorted(cands, key=lambda c: c.cost):
+        if not found.coarse and c.cost * (1 - refine_within) > min(found.best.cost, bound):
             break
-        r = refine(ctx, i, j, c, step)
+        r = refine(ctx, i, j, c, found.step)
+        found.refined.append(r)
+        if r.cost < found.best.cost:
+            found.best = r
+
+
+def neighbour_orders(devices: Sequence[int], ranked: Sequence[int]) -> list[tuple[int, ...]]:
+    """Device orders one step from ``devices``: two devices swapped, one device moved to
+    another position, or the fastest device of ``ranked`` not in ``devices`` inserted
+    anywhere."""
+    order = tuple(devices)
+    k = len(order)
+    out: list[tuple[int, ...]] = []
+    for a, b in combinations(range(k), 2):
+        swapped = list(order)
+        swapped[a], swapped[b] = swapped[b], swapped[a]
+        out.append(tuple(swapped))
+    for a in range(k):
+        rest = order[:a] + order[a + 1 :]
+        out += [(*rest[:p], order[a], *rest[p:]) for p in range(k) if p != a]
+    unused = [d for d in ranked if d not in order]
+    if unused:
+        out += [(*order[:p], unused[0], *order[p:]) for p in range(k + 1)]
+    return [o for o in dict.fromkeys(out) if o != order]
+
+
+def search_orders(
+    ctx: Context,
+    i: int,
+    j: int,
+    seed: BlockChoice,
+    found: BlockSearch,
+    refine_within: float,
+    bound: float,
+) -> BlockChoice:
+    """Local search over device orders from ``seed``: split every untried
+    :func:`neighbour_orders` order, refine the splits within ``refine_within`` of the
+    best and of ``bound`` (all of them on a coarse grid), go to the best split found
+    and repeat until no neighbour improves. Orders split here join ``found.tried``."""
+    cur = seed
+    while True:
+        nxt = cur
+        for order in neighbour_orders(cur.devices, found.ranked):
+            if order in found.tried:
+                continue
+            found.tried.add(order)
+            for c in split_block(ctx, i, j, order, found.step):
+                if (c.edges, c.devices) in found.splits:
+                    continue
+                found.splits.add((c.edges, c.devices))
+                if not found.coarse and c.cost * (1 - refine_within) > min(nxt.cost, bound):
+                    continue
+                r = refine(ctx, i, j, c, found.step)
+                if r.cost < nxt.cost * (1 - 1e-12):
+                    nxt = r
+        if nxt is cur:
+            return cur
+        cur = nxt
+
+
+def improve_order(
+    ctx: Context,
+    i: int,
+    j: int,
+    found: BlockSearch,
+    refine_within: float,
+    bound: float = float("inf"),
+    search_within: float = SEARCH_WITHIN,
+) -> BlockChoice:
+    """``found.best``, or better: with up to :data:`SEARCH_ALL_UPTO` devices, the
+    best split over every order of every subset; beyond, :func:`search_orders`
+    from the :data:`SEARCH_SEEDS` best refined splits (distinct orders) within
+    ``search_within`` of it and of ``bound``."""
+    if ctx.spec.shape_at(j)[1] < 2:
+        return found.best  # a one-row map: no strips
+    if ctx.n_dev <= SEARCH_ALL_UPTO:
+        devices = range(ctx.n_dev)
+        orders = [
+            order
+            for k in range(2, ctx.n_dev + 1)
+            for subset in combinations(devices, k)
+            for order in permutations(subset)
+            if order not in found.tried
+        ]
+        found.tried.update(orders)
+        cands = {
+            (c.edges, c.devices): c
+            for order in orders
+            for c in split_block(ctx, i, j, order, found.step)
+            if (c.edges, c.devices) not in found.splits
+        }
+        found.splits.update(cands)
+        _refine_best(ctx, i, j, cands.values(), found, refine_within, bound)
+        return found.best
+    best = found.best
+    seeds: list[BlockChoice] = []
+    for r in sorted(found.refined, key=lambda r: r.cost):
+        if r.cost * (1 - search_within) >= min(best.cost, bound) or len(seeds) == SEARCH_SEEDS:
+            break
+        if len(r.devices) >= 2 and all(r.devices != s.devices for s in seeds):
+            seeds.append(r)
+    for seed in seeds:
+        r = search_orders(ctx, i, j, seed, found, refine_within, bound)
         if r.cost < best.cost:
             best = r
     return best
@@ -334,32 +466,61 @@ class DPResult:
 def dp_blocks(
     ctx: Context,
     resolution: int = DEFAULT_RESOLUTION,
-    all_subsets_upto: int = 4,
     refine_within: float = 0.15,
     all_orders_upto: int = 3,
+    search_within: float = SEARCH_WITHIN,
 ) -> DPResult:
-    """The bottom-up DP over cut points with argmin backtracking."""
+    """The bottom-up DP over cut points with argmin backtracking, then the order
+    search on the blocks of the plans within ``search_within`` of the best (0: none)."""
     n = ctx.n
     total = [0.0] + [float("inf")] * n
-    arg: list[tuple[int, BlockChoice] | None] = [None] * (n + 1)
+    searched: dict[tuple[int, int], BlockSearch] = {}
     for j in range(1, n + 1):
         # Short blocks first: they are usually best, so the lower bound prunes more.
         for i in range(j - 1, -1, -1):
             if total[i] == float("inf") or total[i] + ctx.lower_bound(i, j) >= total[j]:
                 continue
-            c = best_block(
+            found = search_block(
                 ctx,
                 i,
                 j,
                 resolution,
-                all_subsets_upto,
                 refine_within,
                 total[j] - total[i],
                 all_orders_upto,
             )
-            if total[i] + c.cost < total[j]:
-                total[j] = total[i] + c.cost
-                arg[j] = (i, c)
+            searched[(i, j)] = found
+            total[j] = min(total[j], total[i] + found.best.cost)
+    costs = {ij: found.best for ij, found in searched.items()}
+    if search_within > 0:
+        # A block can be on a plan within search_within of the best one only if it
+        # costs less than `room`: what such a plan leaves it after the best way to
+        # its start and the best way on from its end.
+        after = _suffix_totals(n, costs)
+        limit = total[n] / (1 - search_within)
+        for (i, j), found in searched.items():
+            room = limit - total[i] - after[j]
+            if found.best.cost < room:
+                costs[(i, j)] = improve_order(ctx, i, j, found, refine_within, room, search_within)
+    return _best_plan(n, costs)
+
+
+def _suffix_totals(n: int, costs: Mapping[tuple[int, int], BlockChoice]) -> list[float]:
+    """Cheapest sum of block costs in ``costs`` from each boundary to ``n``."""
+    total = [float("inf")] * n + [0.0]
+    for (i, j), c in sorted(costs.items(), key=lambda kv: -kv[0][0]):
+        total[i] = min(total[i], c.cost + total[j])
+    return total
+
+
+def _best_plan(n: int, costs: Mapping[tuple[int, int], BlockChoice]) -> DPResult:
+    """The cheapest chain of blocks in ``costs`` from boundary 0 to ``n``."""
+    total = [0.0] + [float("inf")] * n
+    arg: list[tuple[int, BlockChoice] | None] = [None] * (n + 1)
+    for (i, j), c in sorted(costs.items(), key=lambda kv: kv[0][1]):
+        if total[i] + c.cost < total[j]:
+            total[j] = total[i] + c.cost
+            arg[j] = (i, c)
     blocks: list[tuple[int, int, BlockChoice]] = []
     j = n
     while j > 0:
@@ -376,11 +537,10 @@ def plan_edgeci(
     spec: ModelSpec,
     testbed: Testbed,
     resolution: int = DEFAULT_RESOLUTION,
-    all_subsets_upto: int = 4,
     ctx: Context | None = None,
 ) -> Plan:
     ctx = ctx or Context(spec, testbed)
-    res = dp_blocks(ctx, resolution, all_subsets_upto)
+    res = dp_blocks(ctx, resolution)
     stages: list[Stage] = []
     for i, j, c in res.blocks:
         if len(c.devices) == 1:
