@@ -8,9 +8,9 @@ are barriers, so it is additive), which is what ``Context.strips_cost`` and
 ``Context.single_cost`` compute. The exhaustive search enumerates every
 segmentation and, per block, every ordered device set and every grid edge vector.
 
-Up to three devices DPFL tries every order itself; with four it tries the rank
-orders and then searches the orders around the best ones (``search_orders``), which
-is what the four-device instances check.
+Up to three devices DPFL tries every order of every block itself; with four it
+plans with the rank orders and then tries every order on the blocks that can matter
+(its order search), which is what the four-device instances check.
 """
 
 from __future__ import annotations
