@@ -32,18 +32,25 @@ starts the block together):
   testbed's medium as the simulator times them (one queue on a shared medium;
   per-device uplink and downlink queues on switched links).
 
-Every candidate ``D`` (:func:`device_orders`: all devices fastest first, all with the
-auctioneer on top, then smaller rank prefixes, so devices too slow to help are
-dropped; at most :data:`MAX_DEVICE_SETS`) gives a plan, which is simulated exactly
-(:func:`edgeci_p2p.core.sim.simulate`: no barriers inside a segment). The best one
-is refined on the simulator (:func:`refine_strips`: strip edges moved one grid step
-at a time, in all stages of a segment at once or in one stage) and compared with
-DPFL's own gather-only plan on the same context; the faster is returned, so
-``edgeci-halo`` never simulates slower than ``edgeci``. Its ``predicted`` is the
-simulator's number; ``notes`` record both predictions and which won.
+Every candidate ``D`` (:func:`device_orders`: the order of DPFL's longest
+multi-strip stage, which DPFL's own order search chose, then all devices fastest
+first, all with the auctioneer on top, then smaller rank prefixes, so devices too
+slow to help are dropped; at most :data:`MAX_DEVICE_SETS`) gives a plan, which is
+simulated exactly (:func:`edgeci_p2p.core.sim.simulate`: no barriers inside a
+segment). As in DPFL, no fixed rule picks the best order (scatter and gather
+order, which strips sit on the map's borders, which devices are neighbours), so
+the best :data:`ORDER_SEARCH_STARTS` plans get a local search over ``D`` with their
+stages kept (:func:`search_order`: swap two devices, move one or bring one in,
+re-lay the strips as the DP would, simulate; go to the best neighbour while it
+improves); a new best order gets a DP run of its own. The best plan is refined on
+the simulator (:func:`refine_strips`: strip edges moved one grid step at a time,
+in all stages of a segment at once or in one stage) and compared with DPFL's own
+gather-only plan on the same context; the faster is returned, so ``edgeci-halo``
+never simulates slower than ``edgeci``. Its ``predicted`` is the simulator's
+number; ``notes`` record both predictions and which won.
 
-Planning takes 0.17-0.3 s for VGG-16 and ResNet-34 on the shipped testbeds (about
-half of it DPFL's own DP).
+Planning takes 0.3-0.7 s for VGG-16 and ResNet-34 on the shipped testbeds (about
+half of it DPFL's own DP), measured on a loaded two-core machine.
 """
 
 from __future__ import annotations
@@ -62,12 +69,20 @@ from edgeci_p2p.planners.dpfl import (
     compact_strips,
     equal_finish_rows,
     grid_step,
+    neighbour_orders,
     plan_edgeci,
     round_to_grid,
 )
 
 MAX_DEVICE_SETS = 4
 """At most this many device sets get a DP run (the most promising first; planning time)."""
+
+ORDER_SEARCH_STARTS = 2
+"""The order search (:func:`search_order`) starts from the plans of this many of them
+(the best first)."""
+
+MAX_ORDER_SIMS = 60
+"""At most this many simulations for each order search (planning time)."""
 
 Layout = tuple[tuple[int, ...], tuple[int, ...]]
 """Strip edges (``len(devices) + 1`` rows) and the device of each strip, top to bottom."""
@@ -297,16 +312,86 @@ def _strip_terms(af: Affine, in_res: bool, out_res: bool) -> Affine:
     )
 
 
-def device_orders(ctx: Context) -> list[tuple[int, ...]]:
-    """Candidate ordered device sets for halo segments, most promising first: the rank
-    prefixes (fastest first) from all devices down to two, each in rank order, then the
-    whole set with the auctioneer on top (it pays no scatter, so it can start at once)."""
+def compute_rank(ctx: Context) -> list[int]:
+    """Devices fastest first (by the time of one GFLOP of convolution)."""
     tb = ctx.testbed
-    ranked = sorted(range(ctx.n_dev), key=lambda d: (tb.devices[d].compute.seconds("conv", 1e9), d))
+    return sorted(range(ctx.n_dev), key=lambda d: (tb.devices[d].compute.seconds("conv", 1e9), d))
+
+
+def device_orders(ctx: Context, gather_only: Plan | None = None) -> list[tuple[int, ...]]:
+    """Candidate ordered device sets for halo segments, most promising first: the device
+    order of ``gather_only``'s longest multi-strip stage (DPFL's order search chose it
+    for scatters and gathers like a segment's), then the rank prefixes (fastest first)
+    from all devices down to two, each in rank order, then the whole set with the
+    auctioneer on top (it pays no scatter, so it can start at once)."""
+    ranked = compute_rank(ctx)
     out = [tuple(ranked[:k]) for k in range(ctx.n_dev, 1, -1)]
     if ranked[0] != ctx.aid:
         out.insert(1, (ctx.aid, *(d for d in ranked if d != ctx.aid)))
+    if gather_only is not None:
+        split = [st for st in gather_only.stages if len(st.parts) >= 2]
+        if split:
+            longest = max(split, key=lambda st: _stage_seconds(ctx, st))
+            order = tuple(p.device for p in longest.parts)
+            out = [order, *(o for o in out if o != order)]
     return out
+
+
+def _stage_seconds(ctx: Context, st: Stage) -> float:
+    return ctx.strips_cost(st.start, st.stop, _edges(ctx.spec, st), [p.device for p in st.parts])
+
+
+def _relaid(ctx: Context, blocks: Sequence[_Block], dp: _HaloDP) -> list[_Block] | None:
+    """``blocks`` (the same stages and boundary kinds) with the strips of ``dp``'s device
+    order, as its DP would lay them out (None if a resident stage has no layout)."""
+    out: list[_Block] = []
+    held: Layout | None = None
+    for b in blocks:
+        out_res = b.transfer == "halo"
+        if held is None and not out_res:
+            lay = b.layout if len(b.layout[1]) == 1 else dp.gather_block(b.i, b.j)[1]
+        else:
+            cost, lay = dp.cost(b.i, b.j, held, out_res)
+            if cost == float("inf"):
+                return None
+        out.append(_Block(b.i, b.j, lay, b.transfer))
+        held = lay if out_res else None
+    return out
+
+
+def search_order(
+    ctx: Context,
+    blocks: Sequence[_Block],
+    devices: tuple[int, ...],
+    latency: float,
+    resolution: int,
+    max_sims: int = MAX_ORDER_SIMS,
+) -> tuple[float, list[_Block], tuple[int, ...]]:
+    """Local search over the device order of a halo plan with its stages kept: swap two
+    devices, move one, or bring in the fastest unused one (:func:`~.dpfl.neighbour_orders`),
+    the strips re-laid as the DP would, each simulated; go to the best neighbour while
+    it improves, within ``max_sims`` simulations."""
+    ranked = compute_rank(ctx)
+    cur = (latency, list(blocks), devices)
+    tried = {devices}
+    sims = 0
+    while sims < max_sims:
+        nxt = cur
+        for order in neighbour_orders(cur[2], ranked):
+            if order in tried or sims >= max_sims:
+                continue
+            tried.add(order)
+            relaid = _relaid(ctx, cur[1], _HaloDP(ctx, order, resolution))
+            if relaid is None:
+                continue
+            sims += 1
+            lat = simulate(_to_plan(ctx, relaid), ctx.spec, ctx.testbed, ctx.work, False).latency
+            if lat < nxt[0] * (1 - 1e-12):
+                nxt = (lat, relaid, order)
+        if nxt is cur:
+            break
+        cur = nxt
+    return cur
 
 
 def _to_plan(ctx: Context, blocks: Sequence[_Block]) -> Plan:
@@ -411,23 +496,38 @@ def plan_edgeci_halo(
     ctx = ctx or Context(spec, testbed)
     gather_only = plan_edgeci(spec, testbed, resolution, ctx=ctx)
     g_pred = simulate(gather_only, spec, testbed, ctx.work, record=False).latency
-    best: tuple[float, Plan | None, tuple[int, ...]] = (float("inf"), None, ())
+    found: list[tuple[float, list[_Block], tuple[int, ...]]] = []
     worse = 0
-    for devs in device_orders(ctx)[:MAX_DEVICE_SETS]:
+    for devs in device_orders(ctx, gather_only)[:MAX_DEVICE_SETS]:
         blocks = _HaloDP(ctx, devs, resolution).run()
-        worse += best[1] is not None
+        worse += bool(found)
         if blocks is not None and any(b.transfer == "halo" for b in blocks):
-            p = _to_plan(ctx, blocks)
-            lat = simulate(p, spec, testbed, ctx.work, record=False).latency
-            if lat < best[0]:
-                best, worse = (lat, p, devs), 0
+            lat = simulate(_to_plan(ctx, blocks), spec, testbed, ctx.work, record=False).latency
+            if not found or lat < min(f[0] for f in found):
+                worse = 0
+            found.append((lat, blocks, devs))
         # Fewer devices: once a halo plan is found and two smaller sets in a row do
         # not beat it, smaller ones will not either (planning time).
         if worse >= 2:
             break
-    h_pred, halo, devs = best
-    if halo is not None:
-        halo, h_pred = refine_strips(halo, ctx, h_pred, resolution)
+    halo: Plan | None = None
+    h_pred, devs = float("inf"), ()
+    if found:
+        found.sort(key=lambda f: f[0])
+        best: list[_Block] = []
+        for lat, blocks, order in found[:ORDER_SEARCH_STARTS]:
+            lat, blocks, order = search_order(ctx, blocks, order, lat, resolution)
+            if lat < h_pred:
+                h_pred, best, devs = lat, blocks, order
+        if devs not in [f[2] for f in found]:
+            # The order search kept the stages of the old order: the DP may cut
+            # differently for the new one.
+            again = _HaloDP(ctx, devs, resolution).run()
+            if again is not None and any(b.transfer == "halo" for b in again):
+                lat = simulate(_to_plan(ctx, again), spec, testbed, ctx.work, False).latency
+                if lat < h_pred:
+                    h_pred, best = lat, again
+        halo, h_pred = refine_strips(_to_plan(ctx, best), ctx, h_pred, resolution)
     notes: dict[str, object] = {
         "resolution": resolution,
         "gather_predicted": g_pred,
