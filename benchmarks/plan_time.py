@@ -2,6 +2,7 @@
 strip tables, per model on a testbed. Prints min and median over repeats.
 
     .venv/bin/python benchmarks/plan_time.py [--testbed mixed-8] [--repeats 15]
+        [--strategies edgeci edgeci-halo] [--all]
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ def main() -> None:
     ap.add_argument("--testbed", default="mixed-8")
     ap.add_argument("--models", nargs="+", default=["vgg16", "resnet34"])
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--all", action="store_true", help="time the baselines too")
+    ap.add_argument("--strategies", nargs="+", default=["edgeci"], choices=STRATEGIES)
+    ap.add_argument("--all", action="store_true", help="time every strategy, baselines too")
     args = ap.parse_args()
     tb = load_testbed(args.testbed)
-    strategies = STRATEGIES if args.all else ("edgeci",)
+    strategies = STRATEGIES if args.all else tuple(args.strategies)
     print(f"planning time on {tb.name} ({len(tb.devices)} devices), cold, {args.repeats} runs")
     print(f"{'model':<10} {'strategy':<11} {'min ms':>8} {'median ms':>10} {'stages':>7}")
     for model in args.models:
