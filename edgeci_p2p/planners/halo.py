@@ -49,8 +49,8 @@ gather-only plan on the same context; the faster is returned, so ``edgeci-halo``
 never simulates slower than ``edgeci``. Its ``predicted`` is the simulator's
 number; ``notes`` record both predictions and which won.
 
-Planning takes 0.3-0.7 s for VGG-16 and ResNet-34 on the shipped testbeds (about
-half of it DPFL's own DP), measured on a loaded two-core machine.
+Planning takes 0.27-0.6 s for VGG-16 and ResNet-34 on the shipped testbeds (about
+half of it DPFL's own DP; ``docs/device-orders.md``).
 """
 
 from __future__ import annotations
