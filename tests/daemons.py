@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -175,8 +176,15 @@ async def cluster(
 
 async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
     """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
-    fut = asyncio.get_running_loop().run_in_executor(d.worker, time.sleep, seconds)
-    await asyncio.sleep(0.02)
+    started = threading.Event()
+
+    def block() -> None:
+        started.set()
+        time.sleep(seconds)
+
+    fut = asyncio.get_running_loop().run_in_executor(d.worker, block)
+    # Returns once the worker is blocked (not after a guessed delay).
+    assert await asyncio.to_thread(started.wait, WAIT_S), "the worker never started"
     return fut
 
 
