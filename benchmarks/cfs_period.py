@@ -46,6 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from compute_ceiling import Worker  # noqa: E402
 from emulation import (  # noqa: E402
     Emulation,
     SystemHost,
@@ -159,27 +160,17 @@ def closest_to_a_slower_cpu(per_period: dict[float, list[dict[str, float]]]) -> 
 # ---- parent --------------------------------------------------------------------------
 
 
-class Worker:
-    def __init__(self, rows: int) -> None:
-        self.proc = subprocess.Popen(
+def start_worker(rows: int) -> Worker:
+    """This script as a worker process (one thread), driven line by line."""
+    return Worker(
+        subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", "--rows", str(rows)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
         )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
-
-    def send(self, line: str) -> None:
-        self.stdin.write(line + "\n")
-        self.stdin.flush()
-
-    def recv(self) -> str:
-        line = self.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker pid {self.proc.pid} exited (rc {self.proc.poll()})")
-        return line.strip()
+    )
 
 
 def run_round(workers: Sequence[Worker], seconds: float) -> list[dict[str, list[float]]]:
@@ -218,12 +209,12 @@ def measure(
     workers: list[Worker] = []
     with emu.running():
         try:
-            ref = Worker(rows)
+            ref = start_worker(rows)
             workers.append(ref)
             emu.pids.append(ref.proc.pid)
             capped = []
             for _ in layout.peers:
-                w = Worker(rows)
+                w = start_worker(rows)
                 workers.append(w)
                 emu.pids.append(w.proc.pid)
                 capped.append(w)
