@@ -135,6 +135,10 @@ async def start_daemons(
                 # Planned as separate machines (the tests exercise distribution); peers
                 # that share one are pooled (tests/test_hosts.py).
                 "host_id": f"test-host-{i}",
+                # Tests set speeds and plans on purpose, and a loaded machine's timings
+                # must not move bids in the middle of one (tests/test_calibration.py
+                # turns it on).
+                "calibrate_speed": False,
             }
             if i > 0 and not mdns:
                 fields["peers"] = [(HOST, daemons[0].port)]

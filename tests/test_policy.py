@@ -186,3 +186,27 @@ def test_every_auction_message_crosses_the_wire_and_back_unchanged() -> None:
         names = {am.CallForBids: "call_for_bids", am.Bid: "bid", am.Award: "award"}
         assert names.get(type(m), wire.TYPE) == wire.TYPE
         assert from_wire(wire) == m  # type: ignore[arg-type]
+
+
+def test_calibration_moves_the_bids_only_past_its_band_and_after_enough_pieces() -> None:
+    from edgeci_p2p.policy.calibration import SpeedCalibration
+
+    cal = SpeedCalibration(min_samples=3, band=0.15)
+    assert cal.observe(0.010, 0.013) is None  # one piece is not a slow peer
+    assert cal.observe(0.010, 0.013) is None
+    assert cal.observe(0.010, 0.013) == pytest.approx(1.3)  # third piece: past the band
+    assert cal.slowdown == pytest.approx(1.3)
+    # Within 15% of the factor in force: the bids stay (a new bid is a new plan).
+    for _ in range(20):
+        assert cal.observe(0.010, 0.0138) is None
+    assert cal.slowdown == pytest.approx(1.3)
+    assert cal.estimate == pytest.approx(1.38, rel=0.01)
+    # Pieces too short to time, and nonsense, are not observed at all.
+    n = cal.samples
+    assert cal.observe(0.0005, 0.5) is None and cal.observe(0.01, 0.0) is None
+    assert cal.samples == n
+    # A stalled machine is bounded: 100x slower counts as the highest factor.
+    cal2 = SpeedCalibration(min_samples=1)
+    assert cal2.observe(0.01, 1.0) == pytest.approx(cal2.highest)
+    with pytest.raises(ValueError):
+        SpeedCalibration(lowest=1.5)

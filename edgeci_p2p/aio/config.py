@@ -58,6 +58,10 @@ class PeerConfig:
     zero_suppression: bool = True
     """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
     either way."""
+    calibrate_speed: bool = True
+    """Bid with the profile scaled by how much slower (or faster) than predicted the
+    work this peer serves runs (:mod:`edgeci_p2p.policy.calibration`); off: bid the
+    profile as measured at start, whatever happens."""
 
     @property
     def deadlines(self) -> DeadlinePolicy:

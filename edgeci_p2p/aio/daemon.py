@@ -189,7 +189,9 @@ class PeerDaemon:
 
     @compute.setter
     def compute(self, model: ComputeModel) -> None:
-        self.started.compute = model
+        """A compute model to predict this node's work with from now on (calibration
+        then scales this one)."""
+        self.started.compute = self.started.profiled = model
 
     @property
     def bidder(self) -> Bidder:

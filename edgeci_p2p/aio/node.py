@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,11 @@ from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
+from edgeci_p2p.policy.calibration import SpeedCalibration
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
+
+log = logging.getLogger("edgeci.node")
 
 
 @dataclass
@@ -78,6 +82,29 @@ class Node:
     wire: dict[tuple[str, int, int], WireFractions] = field(default_factory=dict)
     """Zeros counted in the maps this node assembled, per (model, height, width): what
     zero suppression leaves of each boundary's bytes, for planning."""
+    calibration: SpeedCalibration = field(default_factory=SpeedCalibration)
+    profiled: ComputeModel | None = None
+    """The compute model as profiled at start (``compute`` is it, calibrated)."""
+
+    def __post_init__(self) -> None:
+        if self.profiled is None:
+            self.profiled = self.compute
+
+    def served(self, kind_flops: Iterable[tuple[str, float]], seconds: float) -> None:
+        """Work of ``kind_flops`` ((kind, FLOPs) per call) computed here in ``seconds``:
+        calibrate the compute model behind bids and predictions with how long it took."""
+        if not self.config.calibrate_speed or self.profiled is None:
+            return
+        predicted = sum(self.profiled.seconds(k, f) for k, f in kind_flops)
+        slowdown = self.calibration.observe(predicted, seconds)
+        if slowdown is None:
+            return
+        self.compute = self.bidder.compute = self.profiled.scaled(1.0 / slowdown)
+        log.info(
+            "speed calibrated from %d pieces of served work: %.2fx the profile's times",
+            self.calibration.samples,
+            slowdown,
+        )
 
     def offset(self, node: str) -> Offset | None:
         """``node``'s clock offset from this one (None: not measured yet); 0 for itself."""

@@ -24,6 +24,7 @@ from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.stages import Stages
 from edgeci_p2p.aio.worker import PeerWorker, timed
 from edgeci_p2p.core.density import WireFractions
+from edgeci_p2p.core.geometry import head_flops
 from edgeci_p2p.core.plan import segments
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Timeline
@@ -157,6 +158,7 @@ class RequestRunner:
             logits, h0, h1 = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker, timed, store.head, req.model, (h, w), cur
             )
+            self.node.served([("head", head_flops(run.spec))], h1 - h0)
             run.span(me, "queue", m, h0, "wait", len(plan.stages))
             run.span(me, "head", h0, h1, "compute", len(plan.stages))
         m = time.monotonic()

@@ -26,6 +26,7 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.worker import timed
+from edgeci_p2p.core.cost import flops_by_kind
 from edgeci_p2p.core.geometry import Trace
 from edgeci_p2p.policy.deadlines import tile_seconds
 from edgeci_p2p.policy.fallbacks import fallback_order
@@ -245,6 +246,7 @@ class TileDispatcher:
             tile.trace.need,
         )
         run.stats.computed(self.node.node_id, time.perf_counter() - t0)
+        self.node.served(flops_by_kind(tile.trace).items(), stopped - started)
         me, stage, base = self.node.node_id, tile.id.stage, tile.id.base
         run.span(me, "queue", m0, started, "wait", stage, base)
         run.span(me, "compute", started, stopped, "compute", stage, base)

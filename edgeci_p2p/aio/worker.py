@@ -9,6 +9,7 @@ next bids wait behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -23,7 +24,8 @@ from edgeci_p2p.aio.errors import CancelledTile, code_of
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
-from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.core.cost import flops_by_kind
+from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
 from edgeci_p2p.nn.images import normalise
 from edgeci_p2p.nn.runtime import WorkError
 from edgeci_p2p.policy.recent import RecentSet
@@ -142,6 +144,10 @@ class PeerWorker:
             return
         finally:
             self._done()
+        with contextlib.suppress(ValueError, IndexError):
+            spec = self.node.store.spec(req.model, *req.input_hw)
+            work = trace(spec, req.start, req.stop, out)
+            self.node.served(flops_by_kind(work).items(), stopped - started)
         spans = _spans(admitted, started, stopped) if req.trace else None
         took = time.perf_counter() - t0
         await reply(conn, TileResult(req.request_id, req.tile_id, y, took, spans))
@@ -176,6 +182,7 @@ class PeerWorker:
             return
         finally:
             self._done()
+        self.node.served([("head", head_flops(store.spec(job.model, *hw)))], stopped - started)
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
         spans = _spans(admitted, started, stopped) if job.trace else None
         took = time.perf_counter() - t0
@@ -226,6 +233,8 @@ class PeerWorker:
                 self.node.wire_nbytes,
             )
             log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
+            for unit_flops, took in out.pieces:
+                self.node.served(unit_flops, took)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)
