@@ -553,6 +553,8 @@ class Bench:
                 argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
             if self.args.no_zero_suppression:
                 argv += ["--no-zero-suppression"]
+            if self.args.no_speed_calibration:
+                argv += ["--no-speed-calibration"]
             if not load_testbed(self.args.testbed).shared_medium:
                 argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
             if lay.netns:
@@ -740,6 +742,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-zero-suppression",
         action="store_true",
         help="peers send every map whole (edgeci-peer --no-zero-suppression), for comparison",
+    )
+    p.add_argument(
+        "--no-speed-calibration",
+        action="store_true",
+        help="peers bid their start-up profile as measured (edgeci-peer "
+        "--no-speed-calibration), for comparison",
     )
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument(

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(for links of a known, fixed rate)",
     )
     p.add_argument(
+        "--no-speed-calibration",
+        action="store_true",
+        help="bid with the start-up profile as measured, whatever the served work shows "
+        "(by default bids follow how much slower or faster than profiled this peer's "
+        "tiles run, once that differs by more than 15%%)",
+    )
+    p.add_argument(
         "--no-zero-suppression",
         action="store_true",
         help="send every feature map whole (by default maps after a ReLU travel as a bitmask "
@@ -105,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shared_medium=args.links == "shared",
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
             zero_suppression=not args.no_zero_suppression,
+            calibrate_speed=not args.no_speed_calibration,
             host_id=args.host_id,
         )
         run_forever(config)

@@ -18,17 +18,18 @@ async def test_a_peer_that_computes_faster_than_it_bid_bids_faster_after_serving
         # settles on its lower bound.
         d.compute = profiled.scaled(0.01)
         claimed = d.compute
-        for i in range(4):
+        for i in range(6):
             req = InferRequest(f"cal-{i}", "resnet34", image=IMAGE, strategy="local")
             res = await d.infer(req)
             assert np.array(res.logits).size == 1000
         node = d.started
         cal = node.calibration
-        assert cal.samples >= cal.min_samples
-        assert cal.slowdown == pytest.approx(cal.lowest)
+        assert cal.windows >= cal.min_windows
+        # At its floor: the grid point nearest the lower bound.
+        assert cal.lowest <= cal.slowdown < cal.lowest * cal.grid
         for kind, fit in claimed.fits.items():
-            assert d.compute.fits[kind].a == pytest.approx(fit.a * cal.lowest)
-            assert d.bidder.compute.fits[kind].a == pytest.approx(fit.a * cal.lowest)
+            assert d.compute.fits[kind].a == pytest.approx(fit.a * cal.slowdown)
+            assert d.bidder.compute.fits[kind].a == pytest.approx(fit.a * cal.slowdown)
 
 
 @pytest.mark.asyncio
@@ -37,4 +38,4 @@ async def test_calibration_off_keeps_the_profile() -> None:
         d.compute = claimed = d.compute.scaled(0.01)
         for i in range(3):
             await d.infer(InferRequest(f"off-{i}", "resnet34", image=IMAGE, strategy="local"))
-        assert d.compute is claimed and d.started.calibration.samples == 0
+        assert d.compute is claimed and d.started.calibration.windows == 0

@@ -188,25 +188,35 @@ def test_every_auction_message_crosses_the_wire_and_back_unchanged() -> None:
         assert from_wire(wire) == m  # type: ignore[arg-type]
 
 
-def test_calibration_moves_the_bids_only_past_its_band_and_after_enough_pieces() -> None:
+def test_calibration_moves_the_bids_by_windows_past_its_band_onto_a_grid() -> None:
     from edgeci_p2p.policy.calibration import SpeedCalibration
 
-    cal = SpeedCalibration(min_samples=3, band=0.15)
-    assert cal.observe(0.010, 0.013) is None  # one piece is not a slow peer
-    assert cal.observe(0.010, 0.013) is None
-    assert cal.observe(0.010, 0.013) == pytest.approx(1.3)  # third piece: past the band
-    assert cal.slowdown == pytest.approx(1.3)
-    # Within 15% of the factor in force: the bids stay (a new bid is a new plan).
-    for _ in range(20):
-        assert cal.observe(0.010, 0.0138) is None
-    assert cal.slowdown == pytest.approx(1.3)
-    assert cal.estimate == pytest.approx(1.38, rel=0.01)
-    # Pieces too short to time, and nonsense, are not observed at all.
-    n = cal.samples
+    cal = SpeedCalibration(window_s=0.095, min_windows=2, band=0.2, grid=1.1)
+    # Ten pieces fill a window of 0.095 predicted seconds; one window is not a slow peer.
+    for _ in range(9):
+        assert cal.observe(0.010, 0.013) is None
+    assert cal.observe(0.010, 0.013) is None and cal.windows == 1
+    for _ in range(9):
+        assert cal.observe(0.010, 0.013) is None
+    # Second window: 1.3x is past the 20% band; in force as the nearest 1.1**k.
+    assert cal.observe(0.010, 0.013) == pytest.approx(1.1**3)
+    assert cal.slowdown == pytest.approx(1.331)
+    # Noisy pieces are judged by their windows' sums: a window of 0.8x and 1.8x
+    # pieces that adds up to 1.3x leaves the bids as they are.
+    for _ in range(10):
+        for p, m in ((0.010, 0.008), (0.010, 0.018)):
+            assert cal.observe(p, m) is None
+    assert cal.estimate == pytest.approx(1.3, rel=0.01)
+    # Within the band of the factor in force: the bids stay (a new bid is a new plan).
+    for _ in range(50):
+        assert cal.observe(0.010, 0.015) is None
+    assert cal.slowdown == pytest.approx(1.331)
+    # Pieces too short to time, and nonsense, are not counted at all.
+    before = (cal.predicted, cal.measured)
     assert cal.observe(0.0005, 0.5) is None and cal.observe(0.01, 0.0) is None
-    assert cal.samples == n
+    assert (cal.predicted, cal.measured) == before
     # A stalled machine is bounded: 100x slower counts as the highest factor.
-    cal2 = SpeedCalibration(min_samples=1)
+    cal2 = SpeedCalibration(window_s=0.01, min_windows=1)
     assert cal2.observe(0.01, 1.0) == pytest.approx(cal2.highest)
     with pytest.raises(ValueError):
         SpeedCalibration(lowest=1.5)

@@ -101,8 +101,8 @@ class Node:
             return
         self.compute = self.bidder.compute = self.profiled.scaled(1.0 / slowdown)
         log.info(
-            "speed calibrated from %d pieces of served work: %.2fx the profile's times",
-            self.calibration.samples,
+            "speed calibrated over %d windows of served work: %.2fx the profile's times",
+            self.calibration.windows,
             slowdown,
         )
 
