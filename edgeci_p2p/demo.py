@@ -193,7 +193,7 @@ def main() -> int:
             )
             _say(
                 "(weights are seeded random ones, identical on every peer: the classes are "
-                "meaningless; see README 'Weights' for real ones)"
+                "meaningless; see docs/deploy.md 'Weights files' for real ones)"
             )
             ok = all(
                 o["max_abs_diff"] <= 1e-5 + 1.3e-6 * o["max_abs_ref"] for o, _ in results.values()

@@ -7,8 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeci_p2p.aio.client import parse_address
+
+if TYPE_CHECKING:
+    from edgeci_p2p.aio.config import PeerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,41 +85,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> PeerConfig:
+    """The peer configuration that parsed ``edgeci-peer`` flags describe (reads the key file).
+
+    Raises ValueError or OSError on a bad flag value or an unreadable key file."""
+    from edgeci_p2p.aio.config import PeerConfig
+
+    weights = {}
+    for item in args.weights:
+        model, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--weights {item!r}: expected MODEL=PATH")
+        weights[model] = path
+    key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+    return PeerConfig(
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        state_dir=args.state_dir,
+        mdns_interfaces=args.mdns_interface,
+        no_mdns=args.no_mdns,
+        peers=[parse_address(a) for a in args.peer],
+        cluster_key=key,
+        threads=args.threads,
+        models=[m for m in args.models.split(",") if m],
+        weights=weights,
+        shared_medium=args.links == "shared",
+        link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
+        zero_suppression=not args.no_zero_suppression,
+        calibrate_speed=not args.no_speed_calibration,
+        host_id=args.host_id,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    from edgeci_p2p.aio.daemon import PeerConfig, run_forever
+    from edgeci_p2p.aio.daemon import run_forever
     from edgeci_p2p.core.membership import DuplicateNodeError
 
     try:
-        weights = {}
-        for item in args.weights:
-            model, sep, path = item.partition("=")
-            if not sep:
-                raise ValueError(f"--weights {item!r}: expected MODEL=PATH")
-            weights[model] = path
-        key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
-        config = PeerConfig(
-            host=args.host,
-            port=args.port,
-            name=args.name,
-            state_dir=args.state_dir,
-            mdns_interfaces=args.mdns_interface,
-            no_mdns=args.no_mdns,
-            peers=[parse_address(a) for a in args.peer],
-            cluster_key=key,
-            threads=args.threads,
-            models=[m for m in args.models.split(",") if m],
-            weights=weights,
-            shared_medium=args.links == "shared",
-            link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
-            zero_suppression=not args.no_zero_suppression,
-            calibrate_speed=not args.no_speed_calibration,
-            host_id=args.host_id,
-        )
-        run_forever(config)
+        run_forever(config_from_args(args))
     except (ValueError, OSError, DuplicateNodeError) as e:
         print(f"edgeci-peer: error: {e}", file=sys.stderr)
         return 1
