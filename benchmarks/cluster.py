@@ -555,6 +555,8 @@ class Bench:
                 argv += ["--no-zero-suppression"]
             if self.args.no_speed_calibration:
                 argv += ["--no-speed-calibration"]
+            if self.args.no_gc_freeze:
+                argv += ["--no-gc-freeze"]
             if not load_testbed(self.args.testbed).shared_medium:
                 argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
             if lay.netns:
@@ -748,6 +750,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="peers bid their start-up profile as measured (edgeci-peer "
         "--no-speed-calibration), for comparison",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="peers leave start-up's objects to the collector (edgeci-peer --no-gc-freeze), "
+        "for comparison",
     )
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument(

@@ -18,7 +18,7 @@ async def test_a_peer_that_computes_faster_than_it_bid_bids_faster_after_serving
         # settles on its lower bound.
         d.compute = profiled.scaled(0.01)
         claimed = d.compute
-        for i in range(6):
+        for i in range(8):
             req = InferRequest(f"cal-{i}", "resnet34", image=IMAGE, strategy="local")
             res = await d.infer(req)
             assert np.array(res.logits).size == 1000

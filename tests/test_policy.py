@@ -191,7 +191,7 @@ def test_every_auction_message_crosses_the_wire_and_back_unchanged() -> None:
 def test_calibration_moves_the_bids_by_windows_past_its_band_onto_a_grid() -> None:
     from edgeci_p2p.policy.calibration import SpeedCalibration
 
-    cal = SpeedCalibration(window_s=0.095, min_windows=2, band=0.2, grid=1.1)
+    cal = SpeedCalibration(window_s=0.095, skip_windows=0, min_windows=2, band=0.2, grid=1.1)
     # Ten pieces fill a window of 0.095 predicted seconds; one window is not a slow peer.
     for _ in range(9):
         assert cal.observe(0.010, 0.013) is None
@@ -216,7 +216,11 @@ def test_calibration_moves_the_bids_by_windows_past_its_band_onto_a_grid() -> No
     assert cal.observe(0.0005, 0.5) is None and cal.observe(0.01, 0.0) is None
     assert (cal.predicted, cal.measured) == before
     # A stalled machine is bounded: 100x slower counts as the highest factor.
-    cal2 = SpeedCalibration(window_s=0.01, min_windows=1)
+    cal2 = SpeedCalibration(window_s=0.01, skip_windows=0, min_windows=1)
     assert cal2.observe(0.01, 1.0) == pytest.approx(cal2.highest)
+    # The first window (a cold peer's) is left out of the estimate.
+    cal3 = SpeedCalibration(window_s=0.01, skip_windows=1, min_windows=1)
+    assert cal3.observe(0.01, 0.03) is None and cal3.windows == 0
+    assert cal3.observe(0.01, 0.0101) is None and cal3.estimate == pytest.approx(1.01)
     with pytest.raises(ValueError):
         SpeedCalibration(lowest=1.5)
