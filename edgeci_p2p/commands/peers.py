@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
         f"{'id':<17} {'name':<14} {'address':<22} {'alive':<5} {'GFLOP/s':>8} "
         f"{'backlog s':>9} {'heartbeat s':>11}  models"
     )
+    # A peer's speed is known from its bids: '-' until it has bid in an auction here.
     for p in peers:
         hb = p.get("last_heartbeat_s")
         print(
             f"{p['id']:<17} {p.get('name', ''):<14} {p['address']:<22} "
-            f"{'yes' if p.get('alive') else 'no':<5} {p.get('speed_gflops', 0):>8} "
+            f"{'yes' if p.get('alive') else 'no':<5} {p.get('speed_gflops') or '-':>8} "
             f"{p.get('backlog_s', 0):>9} {'-' if hb is None else hb:>11}  "
             + ",".join(sorted(p.get("models", {})))
         )
