@@ -31,7 +31,9 @@ def _torch_threads() -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
-    """Every async test runs on the standard asyncio loop and, where installed, on uvloop."""
+    """Every async test runs on the standard asyncio loop and, where installed, on uvloop;
+    a test marked ``one_loop`` (a multi-second cluster scenario whose subject is the
+    cluster, not the loop) runs on the loop peers run on: uvloop where installed."""
     import asyncio
 
     factories: dict[str, object] = {"asyncio": asyncio.new_event_loop}
@@ -39,5 +41,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
         import uvloop
     except ImportError:
         return factories
+    if item.get_closest_marker("one_loop") is not None:
+        return {"uvloop": uvloop.new_event_loop}
     factories["uvloop"] = uvloop.new_event_loop
     return factories

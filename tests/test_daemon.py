@@ -46,6 +46,7 @@ async def three_peers() -> AsyncIterator[list[PeerDaemon]]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.one_loop
 @pytest.mark.timeout(600)
 async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon]) -> None:
     images = {"224": sample_image_path().read_bytes(), "native": small_nonsquare_png()}
@@ -122,6 +123,7 @@ async def test_heartbeat_answered_within_50ms_while_a_tile_computes(
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
+@pytest.mark.one_loop
 async def test_peer_with_different_weights_gets_no_work(tmp_path: Path) -> None:
     other = load_model("resnet34", use_hub_cache=False, seed=7)
     path = tmp_path / "resnet34-other.pth"

@@ -13,6 +13,7 @@ from tests.daemons import IMAGE, assert_exact, client, cluster, occupy, referenc
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
+@pytest.mark.one_loop
 async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
     async with cluster(3) as daemons:
         entry = daemons[0]
@@ -32,6 +33,7 @@ async def test_a_busy_entry_forwards_frames_to_idle_peers_exactly() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
+@pytest.mark.one_loop
 async def test_a_forward_that_times_out_runs_on_the_entry() -> None:
     async with cluster(3, per_peer={0: {"forward_timeout": 0.5}}) as daemons:
         entry = daemons[0]

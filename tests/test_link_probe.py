@@ -15,6 +15,7 @@ from tests.daemons import cluster
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
+@pytest.mark.one_loop
 async def test_idle_peers_probe_their_links_and_plan_with_the_probed_rate() -> None:
     async with cluster(2) as (a, b):
         member = a.membership.members[b.node_id]

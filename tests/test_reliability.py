@@ -30,6 +30,7 @@ from tests.daemons import (
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+@pytest.mark.one_loop
 async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> None:
     tight = {0: {"tile_deadline_factor": 1.0, "tile_deadline_margin": 0.3}}
     async with cluster(3, per_peer=tight) as daemons:
@@ -52,6 +53,7 @@ async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> N
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+@pytest.mark.one_loop
 async def test_a_straggler_is_hedged_and_the_losing_copy_cancelled() -> None:
     async with cluster(3) as daemons:
         auctioneer, slow = daemons[0], daemons[1]
