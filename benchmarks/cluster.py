@@ -202,6 +202,9 @@ def closing_note(
             text += f" = {best.ceiling_efficiency:.2f} of the ceiling"
         if best.prediction_error is not None:
             text += f", prediction error {best.prediction_error:.1%}"
+        mine = d.get((model, best.strategy), {})
+        if len(mine.get("devices") or []) <= 1 and mine.get("decision"):
+            text += f"; it ran on one peer ({mine['decision']})"
         if theirs:
             rival = min(theirs, key=lambda r: r.median_ms)
             a, b = d[(model, best.strategy)], d[(model, rival.strategy)]
@@ -255,9 +258,16 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "head_ms": med(lambda x: x["head_s"]),
                 "devices": rs[-1]["devices"],
                 "stages": rs[-1]["stages"],
+                "decision": _most_common([x.get("decision") for x in rs]),
             }
         )
     return out
+
+
+def _most_common(values: Sequence[Any]) -> Any:
+    """The value most requests of a group share (None when none has one)."""
+    present = [v for v in values if v is not None]
+    return max(dict.fromkeys(present), key=present.count) if present else None
 
 
 def where_the_time_went(

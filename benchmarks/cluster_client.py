@@ -129,6 +129,9 @@ async def measure(args: argparse.Namespace) -> int:
                         nodes=r.plan.get("nodes", []),
                         stages=len(r.plan.get("stages", [])),
                         plan_text=r.plan.get("text", ""),
+                        # Why the auctioneer ran it as it did (e.g. "local: distributing
+                        # predicted < 10% gain"): the report's answer for a one-peer plan.
+                        decision=(r.plan.get("notes") or {}).get("decision"),
                         believed=r.plan.get("testbed"),
                         backlogs=r.plan.get("backlogs"),
                         where=where,

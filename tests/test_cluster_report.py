@@ -55,6 +55,15 @@ def test_the_table_and_the_closing_note_give_the_same_figures() -> None:
     assert "prediction error 2.0%" in note[1]  # median of 2.0%, 0, 1.96%
     assert "best baseline aofl 600 ms, quartiles apart (495-505 vs 575-625)" in note[1]
     assert closing_note(rows, diag, {})[0].startswith("vgg16: fastest edgeci")
+    # A strategy that ran on one peer says why, from its plans' decision notes.
+    alone = [
+        {**r, "devices": [0], "decision": "local: distributing predicted < 10% gain"}
+        for r in RESULTS
+    ]
+    arows = with_ceiling(summarise(alone, ideal=2.5), {})
+    anote = closing_note(arows, diagnostics(alone), {})
+    assert "it ran on one peer (local: distributing predicted < 10% gain)" in anote[0]
+    assert "it ran on one peer" not in closing_note(rows, diag, {})[0]
 
 
 def test_homogeneous_too_many_peers_is_refused_before_anything_starts(
