@@ -62,7 +62,10 @@ def back(msg: AuctionMessage, got: wire.Message) -> AuctionMessage:
 ITEM = awas.WorkItem("i0", {"conv": 10**9}, 10, 20, 30, {"conv": 2})
 EXAMPLES: list[AuctionMessage] = [
     awas.CallForBids("a", "me", "fp", (ITEM,), 0.1),
-    awas.Bid("a", "p", 0.5, {"i0": 0.25}, 1 << 20, 1e7, 0.002, 0.5, "", "h1", 1.0, 2.0),
+    awas.Bid(
+        "a", "p", 0.5, {"i0": 0.25}, 1 << 20, 1e7, 0.002, 0.5, "", "h1", 1.0, 2.0,
+        ("features",), {"head": 494 << 20}, 300 << 20,
+    ),  # fmt: skip
     awas.Award("a", "p", (ITEM,), 3, 2.0, 0.5),
     awas.AwardReply("a", "p", 3, False, "capacity"),
     awas.Release("a", "p"),
