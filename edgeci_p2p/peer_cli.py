@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgeci_p2p.aio.client import parse_address
+from edgeci_p2p.meminfo import parse_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
     p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
     p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
+    p.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="bytes this peer may spend on model weights and work (e.g. 300M, 1.5G); by "
+        "default the room under its cgroup memory limit, else the machine's available "
+        "memory, less a margin. Feature layers load at start, a head only where work needs "
+        "it; work that would go past this is declined ('memory')",
+    )
+    p.add_argument(
+        "--weights-idle",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="drop weights loaded on demand (a head) after this long unused",
+    )
     p.add_argument(
         "--links",
         choices=["shared", "switched"],
@@ -106,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
             zero_suppression=not args.no_zero_suppression,
             host_id=args.host_id,
+            memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
+            weights_idle_s=args.weights_idle,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

@@ -154,6 +154,11 @@ class PeerWorker:
             return
         t0 = time.perf_counter()
         admitted = time.monotonic()
+        # Its award (the head item, with the weights to load) becomes queued work.
+        if job.request_id not in self.delivered and self.node.bidder.deliver(
+            job.request_id, admitted
+        ):
+            self.delivered.add(job.request_id)
         try:
             store.get(job.model, job.fingerprint)
             want = store.spec(job.model, *job.input_hw).head.in_shape

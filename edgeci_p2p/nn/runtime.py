@@ -184,6 +184,10 @@ class ModelStore:
     def fingerprints(self) -> dict[str, str]:
         return {n: m.fingerprint for n, m in self.models.items()}
 
+    def model_of(self, fingerprint: str) -> str:
+        """The model served here with these weights ('' if none)."""
+        return next((n for n, m in self.models.items() if m.fingerprint == fingerprint), "")
+
     def get(self, name: str, fingerprint: str | None = None) -> LoadedModel:
         m = self.models.get(name)
         if m is None:
