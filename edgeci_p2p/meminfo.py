@@ -121,3 +121,16 @@ def memory_budget(
     if available is not None:
         return Budget(less_margin(available), "available")
     return None
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``): tile
+    work frees its activations, but glibc keeps the pages in each thread's arena, so
+    a peer that has gone idle would otherwise keep its busiest moment's memory.
+    False where there is no glibc."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

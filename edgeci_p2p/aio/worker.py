@@ -24,6 +24,7 @@ from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
 from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.images import normalise
 from edgeci_p2p.nn.runtime import WorkError
 from edgeci_p2p.policy.recent import RecentSet
@@ -290,6 +291,8 @@ class PeerWorker:
         # Strip jobs count among the queued tiles.
         if not (load.running_here or load.queued_tiles):
             self.node.bidder.idle(time.monotonic())
+            # On the worker thread, after anything still queued there.
+            asyncio.get_running_loop().run_in_executor(self.node.worker, trim_heap)
 
 
 __all__ = ["STRIP_TIMEOUT", "PeerWorker", "timed"]

@@ -16,6 +16,7 @@ import torch
 
 from edgeci_p2p.core.geometry import Region, trace
 from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import describe
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
@@ -102,6 +103,7 @@ class ModelStore:
             self._held[name] = {}
             self._pinned[name] = frozenset(w.feature_parts)
             self.ensure(name, w.feature_parts, force=True)
+        trim_heap()  # the fingerprint drew every tensor once (VGG-16's fc1: 411 MB)
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
 
     # ---- weights held -------------------------------------------------------------------
