@@ -9,6 +9,7 @@ next bids wait behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -291,8 +292,10 @@ class PeerWorker:
         # Strip jobs count among the queued tiles.
         if not (load.running_here or load.queued_tiles):
             self.node.bidder.idle(time.monotonic())
-            # On the worker thread, after anything still queued there.
-            asyncio.get_running_loop().run_in_executor(self.node.worker, trim_heap)
+            # On the worker thread, after anything still queued there (not once the
+            # daemon has shut its worker down).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(self.node.worker, trim_heap)
 
 
 __all__ = ["STRIP_TIMEOUT", "PeerWorker", "timed"]
