@@ -13,6 +13,7 @@ import torch
 
 from edgeci_p2p.auction.bidder import Bidder, Holding
 from edgeci_p2p.auction.messages import Award, CallForBids, WorkItem
+from edgeci_p2p.commands.peers import models_held
 from edgeci_p2p.core import cost
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
 from edgeci_p2p.meminfo import Budget, cgroup_room, memory_budget, parse_size
@@ -157,3 +158,4 @@ async def test_a_peer_limited_below_the_classifier_answers_vgg16_exactly_without
         me = next(p for p in peers if p.get("self"))
         assert me["holds"] == {"vgg16": ["features"]} and me["rss_mb"] > 0
         assert any(HEAD in (p.get("holds") or {}).get("vgg16", []) for p in peers)
+        assert models_held(me) == "vgg16 (features)"
