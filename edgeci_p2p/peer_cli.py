@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeci_p2p.aio.client import parse_address
+from edgeci_p2p.meminfo import parse_size
 
 if TYPE_CHECKING:
     from edgeci_p2p.aio.config import PeerConfig
@@ -41,6 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
     p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
     p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
+    p.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="bytes this peer may spend on model weights and work (e.g. 300M, 1.5G); by "
+        "default the room under its cgroup memory limit, else the machine's available "
+        "memory, less a margin. Feature layers load at start, a head only where work needs "
+        "it; work that would go past this is declined ('memory')",
+    )
+    p.add_argument(
+        "--weights-idle",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="drop weights loaded on demand (a head) after this long unused",
+    )
     p.add_argument(
         "--links",
         choices=["shared", "switched"],
@@ -121,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
         zero_suppression=not args.no_zero_suppression,
         calibrate_speed=not args.no_speed_calibration,
+        memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
+        weights_idle_s=args.weights_idle,
         host_id=args.host_id,
     )
 

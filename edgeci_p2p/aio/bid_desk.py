@@ -22,7 +22,10 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.on_wire import WireAuctionMessage, from_wire, to_wire
 from edgeci_p2p.auction.round import RoundConfig
+from edgeci_p2p.meminfo import vm_rss
+from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.planners import STRATEGIES
+from edgeci_p2p.planners.head import head_peer, with_head_on
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire.errors import ErrorCode
 
@@ -45,6 +48,8 @@ class BidDesk:
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
         )
+        self.last_bids: dict[str, am.Bid] = {}
+        """Each peer's last bid to this node (what it holds, its memory)."""
         self.probe_s: dict[str, float] = {}
         """Each node's seconds for the conv probe item, from its last bid (speed)."""
 
@@ -57,7 +62,9 @@ class BidDesk:
             if isinstance(m, am.CallForBids):
                 bid = bidder.bid(m, now)
                 # Work queued outside the ledger may overdraw the memory estimate.
-                bid = dataclasses.replace(bid, free_memory=max(0, bid.free_memory))
+                bid = dataclasses.replace(
+                    bid, free_memory=max(0, bid.free_memory), rss=vm_rss() or 0
+                )
                 self.node.tasks.spawn(reply(conn, to_wire(bid)))
             elif isinstance(m, am.Award):
                 self.node.tasks.spawn(reply(conn, to_wire(bidder.accept(m, now))))
@@ -125,7 +132,37 @@ class BidDesk:
                         self.node.bidder.release(request_id)
                     else:
                         await self._send(peer, am.Release(request_id, peer))
+        if not self.node.store.fits(model, [HEAD]):
+            decision = self._head_elsewhere(decision, model)
         return decision, {"auction": time.perf_counter() - t0}
+
+    def _head_elsewhere(self, decision: Decision, model: str) -> Decision:
+        """This node cannot hold the head within its memory: a plan that keeps it here
+        (a local one, or one no bidder could take it in) sends it to the fastest peer
+        whose last bid said it holds the head or has room for it."""
+        plan = decision.plan
+        if plan.head_device is not None and plan.head_device != plan.auctioneer:
+            return decision
+        bids = dict(self.last_bids)
+        if decision.round is not None:
+            bids.update(decision.round.bids)
+        fp = self.node.store.get(model).fingerprint
+        now = time.monotonic()
+        alive = {m.node_id for m in self.node.membership.serving(model, fp, now)}
+        candidates = {
+            b.bidder: (b.free_memory, b.load.get(HEAD, 0), b.duration.get(PROBE_ITEM, 1e9))
+            for b in bids.values()
+            if b.bidder != self.node.node_id
+            and b.bidder in alive
+            and b.bidder in self.mesh.conns
+            and not b.declined
+            and not self.node.bans.banned(b.bidder, now)
+        }
+        peer = head_peer(candidates)
+        if peer is None:
+            return decision
+        decision.plan = with_head_on(plan, peer, "memory: the head does not fit here")
+        return decision
 
     def remember_speeds(self, decision: Decision) -> None:
         """Each bidder's seconds for the probe item, for choosing where to forward."""
@@ -133,6 +170,11 @@ class BidDesk:
             return
         flops = {i.item_id: sum(i.flops.values()) for i in decision.round.call.items}
         for b in decision.round.bids.values():
+            self.last_bids[b.bidder] = b
+            member = self.node.membership.members.get(b.bidder)
+            if member is not None and (b.rss or b.held):  # for `peers`
+                member.rss = b.rss
+                member.holds[self.node.store.model_of(decision.round.call.fingerprint)] = b.held
             probe = b.duration.get(PROBE_ITEM)
             if probe and not b.declined:
                 self.probe_s[b.bidder] = probe

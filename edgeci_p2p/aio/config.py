@@ -55,6 +55,11 @@ class PeerConfig:
     :func:`edgeci_p2p.hostinfo.machine_id`). Peers with the same id share its cores
     and are planned as one pool of CPU; give emulated or test peers ids of their
     own to plan them as separate machines."""
+    memory_limit: int | None = None
+    """Bytes this peer may spend on weights and work (None: measured, see
+    :mod:`edgeci_p2p.meminfo`)."""
+    weights_idle_s: float = 300.0
+    """Weights loaded on demand (a head) are dropped after this long unused."""
     zero_suppression: bool = True
     """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
     either way."""

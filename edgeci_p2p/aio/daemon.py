@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -39,12 +40,14 @@ from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.strips import Mailbox
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.auction.bidder import Bidder, Holding
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.hostinfo import cpu_quota_cores, machine_cpus, machine_id, measured_cpu_share
+from edgeci_p2p.meminfo import memory_budget, vm_rss
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
+from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
 
@@ -83,7 +86,18 @@ class PeerDaemon:
         loop = asyncio.get_running_loop()
         cfg = self.config
         torch.set_num_threads(cfg.threads)
-        store = await loop.run_in_executor(self.worker, ModelStore, cfg.models, cfg.weights)
+        # Measured before any weights load: what this peer may spend on weights and work.
+        budget = memory_budget(cfg.memory_limit)
+        store = await loop.run_in_executor(
+            self.worker,
+            functools.partial(
+                ModelStore,
+                cfg.models,
+                cfg.weights,
+                budget=None if budget is None else budget.bytes,
+                idle_s=cfg.weights_idle_s,
+            ),
+        )
         compute, cpus = await self._measured_compute(loop)
         bidder = own_bidder(
             self.node_id,
@@ -93,6 +107,8 @@ class PeerDaemon:
             cpus=cpus,
             host_cpus=machine_cpus(),
         )
+        bidder.memory_bytes = UNLIMITED if budget is None else budget.bytes
+        bidder.holding = functools.partial(holding, store)
         node = self.node = Node(
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
             self.membership, self.bans, self.tasks, self.port,
@@ -114,15 +130,26 @@ class PeerDaemon:
         for host, port in cfg.peers:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
+        self.tasks.spawn(self._drop_idle_weights(store))
         self.ready.set()
         log.info(
-            "%s (%s) listening on %s:%d, models %s",
+            "%s (%s) listening on %s:%d, models %s, memory budget %s",
             self.name,
             self.node_id,
             cfg.host,
             self.port,
             ", ".join(f"{n}={f[:12]}" for n, f in store.fingerprints.items()),
+            "none" if budget is None else f"{budget.bytes / 1e6:.0f} MB ({budget.source})",
         )
+
+    async def _drop_idle_weights(self, store: ModelStore) -> None:
+        """Now and then, drop the weights loaded on demand that no work used lately
+        (on the worker thread, so no tile loses its weights while it runs)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(1.0, min(store.idle_s / 4, 60.0)))
+            for model, part in await loop.run_in_executor(self.worker, store.drop_idle):
+                log.info("dropped the %s weights of %s (unused %.0f s)", part, model, store.idle_s)
 
     async def _measured_compute(
         self, loop: asyncio.AbstractEventLoop
@@ -278,6 +305,10 @@ class PeerDaemon:
             "name": self.name,
             "address": f"{self.config.host}:{self.port}",
             "models": node.store.fingerprints,
+            "rss_mb": round((vm_rss() or 0) / 1e6, 1),
+            "weights_mb": round(node.store.weights_bytes() / 1e6, 1),
+            "holds": node.store.holds(),
+            "budget_mb": None if node.store.budget is None else round(node.store.budget / 1e6, 1),
             "speed_gflops": round(node.compute.fits["conv"].gflops, 3),
             "backlog_s": round(node.bidder.backlog(now), 4),
             "rtt_ms": 0.0,
@@ -287,6 +318,24 @@ class PeerDaemon:
             "sources": [],
         }
         return [me] + [m.to_dict(now) for m in self.membership.members.values()]
+
+
+UNLIMITED = 1 << 62
+"""The bidder's memory when none could be measured."""
+
+
+def holding(store: ModelStore, fingerprint: str) -> Holding:
+    """What ``store`` holds, for a bid on the model with ``fingerprint``."""
+    total = store.weights_bytes()
+    name = next((n for n, f in store.fingerprints.items() if f == fingerprint), None)
+    if name is None:
+        return Holding(total)
+    w = store.weights[name]
+    load = {
+        "features": store.load_cost(name, w.feature_parts),
+        HEAD: store.load_cost(name, [HEAD]),
+    }
+    return Holding(total, tuple(store.holds()[name]), {k: v for k, v in load.items() if v})
 
 
 def run_forever(

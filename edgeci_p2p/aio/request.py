@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 
@@ -29,6 +30,7 @@ from edgeci_p2p.core.plan import segments
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Timeline
 from edgeci_p2p.nn.images import decode, normalise, pixels_of, to_pixels, top_k
+from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import Cancel, InferRequest, InferResult, TileResult, TopK
 
@@ -155,8 +157,17 @@ class RequestRunner:
             logits = remote
         else:
             m = time.monotonic()
+            if not store.fits(req.model, [HEAD]):
+                log.warning(
+                    "%s: running the head of %s here, past this peer's memory budget "
+                    "(no other peer could take it)",
+                    req.request_id,
+                    req.model,
+                )
+            # Here is the last resort: the head is loaded even past the budget.
+            head = functools.partial(store.head, force=True)
             logits, h0, h1 = await asyncio.get_running_loop().run_in_executor(
-                self.node.worker, timed, store.head, req.model, (h, w), cur
+                self.node.worker, timed, head, req.model, (h, w), cur
             )
             self.node.served([("head", head_flops(run.spec))], h1 - h0)
             run.span(me, "queue", m, h0, "wait", len(plan.stages))

@@ -26,6 +26,7 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
 from edgeci_p2p.core.cost import flops_by_kind
 from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
+from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.images import normalise
 from edgeci_p2p.nn.runtime import WorkError
 from edgeci_p2p.policy.recent import RecentSet
@@ -160,6 +161,11 @@ class PeerWorker:
             return
         t0 = time.perf_counter()
         admitted = time.monotonic()
+        # Its award (the head item, with the weights to load) becomes queued work.
+        if job.request_id not in self.delivered and self.node.bidder.deliver(
+            job.request_id, admitted
+        ):
+            self.delivered.add(job.request_id)
         try:
             store.get(job.model, job.fingerprint)
             want = store.spec(job.model, *job.input_hw).head.in_shape
@@ -294,6 +300,10 @@ class PeerWorker:
         # Strip jobs count among the queued tiles.
         if not (load.running_here or load.queued_tiles):
             self.node.bidder.idle(time.monotonic())
+            # On the worker thread, after anything still queued there (not once the
+            # daemon has shut its worker down).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(self.node.worker, trim_heap)
 
 
 __all__ = ["STRIP_TIMEOUT", "PeerWorker", "timed"]

@@ -147,8 +147,13 @@ def testbed_from_bids(
         if not _prices_model(b, call):
             left_out[b.bidder] = "priced no conv probe (no room for this model)"
             continue
+        features_load = b.load.get("features", 0)
+        if b.bidder != call.auctioneer and features_load > b.free_memory:
+            left_out[b.bidder] = "memory: cannot hold the model's feature weights"
+            continue
         compute = compute_from_bid(b, call).scaled(max(share, min_share))
-        devices.append(DeviceModel(b.bidder, compute, max(b.free_memory, 0)))
+        free = max(b.free_memory, 0)
+        devices.append(DeviceModel(b.bidder, compute, free, b.load.get("head", 0), features_load))
         links.append(LinkModel(b.bandwidth if b.bandwidth > 0 else 1e12, max(b.rtt, 0.0)))
     names = [d.name for d in devices]
     if call.auctioneer not in names:
@@ -393,7 +398,19 @@ class AwasPlanner:
         plan = self.plan_from_bids(call, usable)
         if self._work is None:
             self._work = Workload(self.spec)
-        return strip_items(plan, self.spec, self._work)
+        items = strip_items(plan, self.spec, self._work)
+        if plan.head_device is None or plan.head_device == plan.auctioneer:
+            return items
+        # The head device is awarded the head too, with the weights it said it must
+        # load: a peer whose memory cannot take them declines ("memory"), and the
+        # round re-plans without it.
+        peer = plan.devices[plan.head_device]
+        load = next((b.load.get("head", 0) for b in usable if b.bidder == peer), 0)
+        out_b, back_b = head_bytes(self.spec)
+        head = WorkItem(
+            "head", {"head": head_flops(self.spec)}, out_b, back_b, out_b + back_b + load
+        )
+        return {**items, peer: (*items.get(peer, ()), head)}
 
     def plan_from_bids(self, call: CallForBids, bids: Sequence[Bid]) -> Plan:
         """DPFL candidates on the bid-derived cluster; the one that finishes first
@@ -495,17 +512,8 @@ class AwasPlanner:
 
 
 def _without_backlog(b: Bid) -> Bid:
-    return Bid(
-        b.auction_id,
-        b.bidder,
-        0.0,
-        b.duration,
-        b.free_memory,
-        b.bandwidth,
-        b.rtt,
-        b.valid_for,
-        b.declined,
-    )
+    """``b`` with no backlog (and no machine: the idle cluster), its memory kept."""
+    return replace(b, backlog=0.0, host="", cpus=0.0, host_cpus=0.0)
 
 
 Transfer = Callable[[float, float], float]

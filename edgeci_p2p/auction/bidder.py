@@ -17,7 +17,7 @@ on it beyond its capacity.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from edgeci_p2p.auction.messages import Award, AwardReply, Bid, CallForBids, WorkItem
@@ -66,6 +66,22 @@ class ReservationLedger:
         return self.active.pop(auction_id, None)
 
 
+@dataclass(frozen=True)
+class Holding:
+    """The weights a peer holds, as its bids tell them: all models' bytes, and for the
+    model called (by fingerprint) the parts held and what loading each other part
+    (``features``, ``head``) would add."""
+
+    weights_bytes: int = 0
+    held: tuple[str, ...] = ()
+    load: Mapping[str, int] = field(default_factory=dict)
+
+
+def item_parts(item: WorkItem) -> tuple[str, ...]:
+    """The weights an item runs with: the head for a head item, else the features."""
+    return ("head",) if "head" in item.flops else ("features",)
+
+
 @dataclass
 class Bidder:
     """One peer's pricing and promise keeping."""
@@ -94,6 +110,9 @@ class Bidder:
     """Cores its tile work can use."""
     host_cpus: float = 0.0
     """Cores of its machine."""
+    holding: Callable[[str], Holding] | None = None
+    """The weights this peer holds, by fingerprint (None: nothing counted). Its
+    ``memory_bytes`` is then the whole budget, weights included."""
     ledger: ReservationLedger = field(default_factory=ReservationLedger)
     busy_until: float = 0.0
     """When the accepted, delivered work queue drains (peer's clock)."""
@@ -116,9 +135,18 @@ class Bidder:
         """Backlog plus reserved seconds: what any new work waits behind."""
         return self.backlog(now) + self.ledger.seconds()
 
-    def free_memory(self, now: float) -> int:
+    def held(self, fingerprint: str) -> Holding:
+        return self.holding(fingerprint) if self.holding is not None else Holding()
+
+    def free_memory(self, now: float, fingerprint: str = "") -> int:
+        """The budget less the weights held, the work running and the work reserved."""
         running = sum(m for done, m in self._jobs if done > now)
-        return self.memory_bytes - running - self.ledger.memory()
+        weights = self.held(fingerprint).weights_bytes
+        return self.memory_bytes - weights - running - self.ledger.memory()
+
+    def item_memory(self, item: WorkItem, holding: Holding) -> int:
+        """An item's working memory plus the weights it needs that are not held."""
+        return item.memory + sum(holding.load.get(p, 0) for p in item_parts(item))
 
     def tick(self, now: float) -> list[Reservation]:
         """Forget finished jobs and lapsed leases; return the lapsed reservations."""
@@ -148,17 +176,20 @@ class Bidder:
     def bid(self, call: CallForBids, now: float) -> Bid:
         """A sealed bid for ``call``: a duration for every item this peer can take."""
         self.tick(now)
+        holding = self.held(call.fingerprint)
         base = Bid(
             call.auction_id,
             self.name,
             backlog=self.committed(now),
-            free_memory=self.free_memory(now),
+            free_memory=self.free_memory(now, call.fingerprint),
             bandwidth=self.link.bandwidth,
             rtt=self.link.rtt,
             valid_for=self.valid_for,
             host=self.host,
             cpus=self.cpus,
             host_cpus=self.host_cpus,
+            held=holding.held,
+            load=dict(holding.load),
         )
         if self.fingerprints is not None and call.fingerprint not in self.fingerprints:
             return _declined(base, f"no weights for model {call.fingerprint[:12]!r}")
@@ -166,7 +197,7 @@ class Bidder:
             return _declined(base, "capacity")
         durations: dict[str, float] = {}
         for it in call.items:
-            if it.memory > base.free_memory:
+            if self.item_memory(it, holding) > base.free_memory:
                 continue
             if base.backlog + self.compute_seconds(it) > self.horizon + EPS:
                 continue
@@ -189,6 +220,8 @@ class Bidder:
         if previous is not None:
             self.ledger.take(award.auction_id)  # a re-plan replaces this auction's hold
         seconds = sum(self.compute_seconds(it) for it in award.items)
+        # Awards carry no fingerprint: the weights an award's items need are in their
+        # ``memory`` (the auctioneer adds what this peer's bid said loading would cost).
         memory = sum(it.memory for it in award.items)
         committed = self.committed(now)
         reason = ""

@@ -145,6 +145,12 @@ class Bid:
     """Cores the bidder's tile work can use (its threads, or its CPU quota if less)."""
     host_cpus: float = 0.0
     """Cores of the bidder's machine."""
+    held: tuple[str, ...] = ()
+    """The parts of the called model's weights the bidder holds ('features', 'head')."""
+    load: Mapping[str, int] = field(default_factory=dict)
+    """Bytes that loading each part it does not hold would add (part -> bytes)."""
+    rss: int = 0
+    """The bidder's resident memory, bytes (0: not said)."""
 
     def finish(self, item_id: str) -> float:
         return self.backlog + self.duration[item_id]
@@ -163,6 +169,8 @@ class Bid:
         }
         if self.host:
             d.update(host=self.host, cpus=self.cpus, host_cpus=self.host_cpus)
+        if self.held or self.load or self.rss:
+            d.update(held=list(self.held), load=dict(self.load), rss=self.rss)
         return d
 
     @classmethod
@@ -183,6 +191,9 @@ class Bid:
             host=str(d.get("host") or ""),
             cpus=float(d.get("cpus") or 0.0),
             host_cpus=float(d.get("host_cpus") or 0.0),
+            held=tuple(str(p) for p in d.get("held") or ()),
+            load={str(k): int(v) for k, v in (d.get("load") or {}).items()},
+            rss=int(d.get("rss") or 0),
         )
 
 

@@ -52,15 +52,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'id':<17} {'name':<14} {'address':<22} {'alive':<5} {'GFLOP/s':>8} "
-        f"{'backlog s':>9} {'heartbeat s':>11}  models"
+        f"{'backlog s':>9} {'heartbeat s':>11} {'RSS MB':>7}  models (weights held)"
     )
     # A peer's speed is known from its bids: '-' until it has bid in an auction here.
     for p in peers:
         hb = p.get("last_heartbeat_s")
+        rss = p.get("rss_mb")
         print(
             f"{p['id']:<17} {p.get('name', ''):<14} {p['address']:<22} "
             f"{'yes' if p.get('alive') else 'no':<5} {p.get('speed_gflops') or '-':>8} "
-            f"{p.get('backlog_s', 0):>9} {'-' if hb is None else hb:>11}  "
-            + ",".join(sorted(p.get("models", {})))
+            f"{p.get('backlog_s', 0):>9} {'-' if hb is None else hb:>11} "
+            f"{'-' if rss is None else rss:>7}  " + models_held(p)
         )
     return 0
+
+
+def models_held(peer: dict[str, Any]) -> str:
+    """``vgg16 (features+head), resnet34 (features)``: each model and the weights the
+    peer holds of it (as it said in its last bid; nothing when it never bid here)."""
+    holds = peer.get("holds") or {}
+    out = []
+    for m in sorted(peer.get("models", {})):
+        h = holds.get(m)
+        out.append(f"{m} ({'+'.join(h)})" if h else m)
+    return ", ".join(out)

@@ -108,13 +108,25 @@ class DeviceModel:
     name: str
     compute: ComputeModel
     memory_bytes: int = 1 << 30
+    """Bytes it can give to work (from a bid: its budget less the weights it holds)."""
+    head_load: int = 0
+    """Bytes of weights it must load to run the head (0: it holds the head)."""
+    features_load: int = 0
+    """Bytes of weights it must load to run feature units (0: it holds them)."""
+
+    def fits_head(self) -> bool:
+        """Whether it may run the head without going over its memory."""
+        return self.head_load <= max(self.memory_bytes, 0) or self.head_load == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "compute": self.compute.to_dict(),
             "memory_bytes": self.memory_bytes,
         }
+        if self.head_load or self.features_load:
+            d.update(head_load=self.head_load, features_load=self.features_load)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeviceModel:
@@ -122,6 +134,8 @@ class DeviceModel:
             str(d["name"]),
             ComputeModel.from_dict(d["compute"]),
             int(d.get("memory_bytes", 1 << 30)),
+            int(d.get("head_load", 0)),
+            int(d.get("features_load", 0)),
         )
 
 

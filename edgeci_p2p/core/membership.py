@@ -51,6 +51,10 @@ class Member:
     rtt_samples: list[float] = field(default_factory=list)
     speed_gflops: float = 0.0
     backlog_s: float = 0.0
+    rss: int = 0
+    """Its resident memory, bytes, from its last bid to this node (0: unknown)."""
+    holds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Model -> the weights it holds ('features', 'head'), from its last bids."""
     transfers: list[tuple[float, float]] = field(default_factory=list)
     """Recent (bytes moved, seconds beyond compute) of tiles sent to this peer."""
     bandwidth: float | None = None
@@ -107,6 +111,8 @@ class Member:
             "models": dict(self.models),
             "speed_gflops": round(self.speed_gflops, 3),
             "backlog_s": round(self.backlog_s, 4),
+            "rss_mb": round(self.rss / 1e6, 1) if self.rss else None,
+            "holds": {m: list(h) for m, h in self.holds.items()},
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "bandwidth_mb_s": None if self.bandwidth is None else round(self.bandwidth / 1e6, 1),
             "probed_mb_s": None

@@ -18,6 +18,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -97,6 +98,41 @@ def _param_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def first_conv_name(model: nn.Module) -> str:
+    """The first conv of ``model`` in module order: its random weights get ``INPUT_GAIN``."""
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), "")
+
+
+@torch.no_grad()
+def seed_tensor(
+    mod_name: str, mod: nn.Module, p_name: str, t: torch.Tensor, seed: int, first_conv: str
+) -> None:
+    """Draw parameter or buffer ``p_name`` of ``mod`` (named ``mod_name``) into ``t``.
+
+    Each tensor has its own generator (seeded by its full name), so drawing one
+    part of a model alone gives exactly the bits that drawing the whole model gives
+    (``nn/weights.py`` loads models by part this way). Tensors no rule names (BN's
+    ``num_batches_tracked``) keep what ``t`` holds: zeros, as torchvision builds them.
+    """
+    last_bn = mod_name.endswith("bn2") or mod_name.endswith("downsample.1")
+    full = f"{mod_name}.{p_name}" if mod_name else p_name
+    g = _param_generator(seed, full)
+    if isinstance(mod, nn.Conv2d | nn.Linear) and p_name == "weight":
+        fan_in = t[0].numel()
+        gain = INPUT_GAIN if mod_name == first_conv and isinstance(mod, nn.Conv2d) else 1.0
+        t.normal_(0.0, gain * math.sqrt(2.0 / fan_in), generator=g)
+    elif p_name == "bias":
+        t.uniform_(-0.05, 0.05, generator=g)
+    elif isinstance(mod, nn.BatchNorm2d):
+        if p_name == "weight":
+            lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)
+            t.uniform_(lo, hi, generator=g)
+        elif p_name == "running_mean":
+            t.normal_(0.0, 0.1, generator=g)
+        elif p_name == "running_var":
+            t.uniform_(0.5, 1.5, generator=g)
+
+
 @torch.no_grad()
 def seeded_init(model: nn.Module, seed: int = DEFAULT_SEED) -> None:
     """Deterministic, well-scaled random weights (He init; non-trivial BN statistics).
@@ -109,29 +145,20 @@ def seeded_init(model: nn.Module, seed: int = DEFAULT_SEED) -> None:
     tile shapes (oneDNN sums in a shape-dependent order, ~1e-6 relative) stay
     inside ``assert_close``'s default absolute tolerance as well as its relative one.
     """
-    first_conv = True
+    first = first_conv_name(model)
     for mod_name, mod in model.named_modules():
-        last_bn = mod_name.endswith("bn2") or mod_name.endswith("downsample.1")
         for p_name, t in list(mod.named_parameters(recurse=False)) + list(
             mod.named_buffers(recurse=False)
         ):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            g = _param_generator(seed, full)
-            if isinstance(mod, nn.Conv2d | nn.Linear) and p_name == "weight":
-                fan_in = t[0].numel()
-                gain = INPUT_GAIN if first_conv and isinstance(mod, nn.Conv2d) else 1.0
-                first_conv = first_conv and not isinstance(mod, nn.Conv2d)
-                t.normal_(0.0, gain * math.sqrt(2.0 / fan_in), generator=g)
-            elif p_name == "bias":
-                t.uniform_(-0.05, 0.05, generator=g)
-            elif isinstance(mod, nn.BatchNorm2d):
-                if p_name == "weight":
-                    lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)
-                    t.uniform_(lo, hi, generator=g)
-                elif p_name == "running_mean":
-                    t.normal_(0.0, 0.1, generator=g)
-                elif p_name == "running_var":
-                    t.uniform_(0.5, 1.5, generator=g)
+            seed_tensor(mod_name, mod, p_name, t, seed, first)
+
+
+def hash_entry(h: Any, name: str, t: torch.Tensor) -> None:
+    """One state_dict entry into the fingerprint's hash (see :func:`fingerprint`)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -139,11 +166,19 @@ def fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        hash_entry(h, name, state[name])
     return h.hexdigest()
+
+
+def weights_path(name: str, weights: str | Path | None, use_hub_cache: bool) -> Path | None:
+    """The weights file ``name`` is loaded from (None: seeded weights); a given path
+    that is not a file is an error."""
+    path = Path(weights) if weights is not None else None
+    if path is None and use_hub_cache:
+        path = hub_weights_path(name)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"weights file for {name} not found: {path}")
+    return path
 
 
 def load_model(
@@ -160,12 +195,8 @@ def load_model(
     """
     check_model_name(name)
     model: nn.Module = torchvision.models.get_model(name, weights=None)
-    path = Path(weights) if weights is not None else None
-    if path is None and use_hub_cache:
-        path = hub_weights_path(name)
+    path = weights_path(name, weights, use_hub_cache)
     if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file for {name} not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:
             model.load_state_dict(state)

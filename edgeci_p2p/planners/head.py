@@ -16,6 +16,7 @@ their papers do.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from edgeci_p2p.core.cost import Testbed
@@ -31,20 +32,61 @@ HEAD_MIN_GAIN_S = 0.005
 """... and at least this many seconds."""
 
 
+LOAD_BYTES_PER_S = 300e6
+"""How fast a peer loads weights it does not hold (drawing seeded weights or reading
+a file): a device that must first load the head pays that time, so the planner
+prefers one that holds it."""
+
+
+def load_seconds(testbed: Testbed, d: int) -> float:
+    return testbed.devices[d].head_load / LOAD_BYTES_PER_S
+
+
 def place_head(plan: Plan, spec: ModelSpec, testbed: Testbed) -> Plan:
     """``plan`` with ``head_device`` set to the device that finishes the head soonest,
     if that beats the auctioneer by :data:`HEAD_MIN_GAIN` and :data:`HEAD_MIN_GAIN_S`;
-    otherwise ``plan`` unchanged. ``predicted`` moves by the time saved."""
+    otherwise ``plan`` unchanged. ``predicted`` moves by the time saved.
+
+    A device that would have to load the head pays :func:`load_seconds` first, and one
+    whose memory cannot take the head is never chosen. When the auctioneer itself
+    cannot take it, the head goes to the soonest device that can, whatever the gain
+    (unchanged if none can: the auctioneer then runs it as a last resort)."""
     aid = testbed.auctioneer
-    here = head_seconds(spec, testbed)
-    best, where = here, aid
+    here_fits = testbed.devices[aid].fits_head()
+    here = head_seconds(spec, testbed) + load_seconds(testbed, aid)
+    best, where = (here, aid) if here_fits else (float("inf"), aid)
     for d in range(len(testbed.devices)):
-        if d != aid:
-            t = remote_head_seconds(spec, testbed, d)
+        if d != aid and testbed.devices[d].fits_head():
+            t = remote_head_seconds(spec, testbed, d) + load_seconds(testbed, d)
             if t < best:
                 best, where = t, d
-    if where == aid or here - best < max(HEAD_MIN_GAIN_S, HEAD_MIN_GAIN * here):
+    if where == aid:
+        return plan
+    if here_fits and here - best < max(HEAD_MIN_GAIN_S, HEAD_MIN_GAIN * here):
         return plan
     predicted = None if plan.predicted is None else plan.predicted - here + best
     notes = {**plan.notes, "head": {"device": where, "here_s": here, "there_s": best}}
+    if not here_fits:
+        notes["head"]["why"] = "memory: the head does not fit here"
     return replace(plan, head_device=where, predicted=predicted, notes=notes)
+
+
+def head_peer(candidates: Mapping[str, tuple[int, int, float]]) -> str | None:
+    """The peer to send the head to when the auctioneer cannot hold it, from each
+    peer's (free memory, bytes it must load for the head, probe seconds): the fastest
+    whose memory takes the head, those that hold it first; None when none can."""
+    fits = [
+        (load > 0, seconds, peer)
+        for peer, (free, load, seconds) in candidates.items()
+        if load == 0 or load <= free
+    ]
+    return min(fits)[2] if fits else None
+
+
+def with_head_on(plan: Plan, peer: str, why: str) -> Plan:
+    """``plan`` with its head on ``peer`` (added to its devices if it has no part)."""
+    devices = tuple(plan.devices)
+    if peer not in devices:
+        devices = (*devices, peer)
+    notes = {**plan.notes, "head": {"device": devices.index(peer), "why": why}}
+    return replace(plan, devices=devices, head_device=devices.index(peer), notes=notes)

@@ -455,8 +455,16 @@ class Bid(Message):
     """Cores the bidder's tile work can use."""
     host_cpus: float | None = None
     """Cores of the bidder's machine."""
+    held: list[str] | None = None
+    """Parts of the called model's weights the bidder holds (``features``, ``head``)."""
+    load: dict[str, int] | None = None
+    """Part -> bytes that loading it would add, for each part the bidder does not hold."""
+    rss: int | None = None
+    """The bidder's resident memory, bytes."""
 
     def check(self) -> None:
+        _nonneg("bid.load", **(self.load or {}))
+        _nonneg("bid", rss=self.rss or 0)
         _nonneg(
             "bid",
             backlog=self.backlog,

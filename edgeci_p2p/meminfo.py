@@ -1,0 +1,136 @@
+"""How much memory a peer may spend on weights and work, and how much it holds.
+
+The budget is, in order: ``--memory-limit`` (a person's choice, taken as given);
+else the room left under this process's cgroup memory limit; else the machine's
+available memory (``MemAvailable``); the measured two less a margin, for the
+allocator, the Python heap and the other programs on a small device. It is
+measured once at start, after torch is imported and before any weights load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC_MEMINFO = Path("/proc/meminfo")
+PROC_SELF_STATUS = Path("/proc/self/status")
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+MARGIN_BYTES = 64 << 20
+MARGIN_FRACTION = 0.10
+"""A measured budget is what is free less max(MARGIN_BYTES, MARGIN_FRACTION of it)."""
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"300M"``, ``"1.5G"``, ``"1048576"`` (binary units, an optional ``B``/``iB``)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a size: {text!r} (e.g. 300M, 1.5G, 1048576)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _kib_field(text: str, key: str) -> int | None:
+    m = re.search(rf"^{key}:\s+(\d+)\s*kB", text, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def vm_rss(status: Path = PROC_SELF_STATUS) -> int | None:
+    """Resident memory (VmRSS) of a process, bytes; ``/proc/<pid>/status``."""
+    try:
+        return _kib_field(status.read_text(), "VmRSS")
+    except OSError:
+        return None
+
+
+def mem_available(meminfo: Path = PROC_MEMINFO) -> int | None:
+    try:
+        return _kib_field(meminfo.read_text(), "MemAvailable")
+    except OSError:
+        return None
+
+
+def cgroup_room(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2 ``memory.max`` less
+    ``memory.current``, v1 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``),
+    the tightest from its cgroup up to the top; None when no limit is visible."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    tightest: int | None = None
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            base, limit_f, usage_f = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_f, usage_f = (
+                root / "memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        else:
+            continue
+        d = base / path.lstrip("/")
+        while True:
+            try:
+                limit_s = (d / limit_f).read_text().strip()
+                usage = int((d / usage_f).read_text())
+                # v1 says "no limit" with a huge number (PAGE_COUNTER_MAX pages).
+                if limit_s != "max" and int(limit_s) < 1 << 60:
+                    room = max(0, int(limit_s) - usage)
+                    tightest = room if tightest is None else min(tightest, room)
+            except (OSError, ValueError):
+                pass
+            if d == base or base not in d.parents:
+                break
+            d = d.parent
+    return tightest
+
+
+@dataclass(frozen=True)
+class Budget:
+    bytes: int
+    source: str
+    """'--memory-limit', 'cgroup' or 'available'."""
+
+
+def less_margin(free: int) -> int:
+    return max(0, free - max(MARGIN_BYTES, int(MARGIN_FRACTION * free)))
+
+
+def memory_budget(
+    limit: int | None,
+    room: int | None = None,
+    available: int | None = None,
+) -> Budget | None:
+    """What a peer may spend on weights and work (see the module docstring); None when
+    nothing can be measured. ``room`` and ``available`` default to this machine's."""
+    if limit is not None:
+        return Budget(limit, "--memory-limit")
+    room = cgroup_room() if room is None else room
+    if room is not None:
+        return Budget(less_margin(room), "cgroup")
+    available = mem_available() if available is None else available
+    if available is not None:
+        return Budget(less_margin(available), "available")
+    return None
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``): tile
+    work frees its activations, but glibc keeps the pages in each thread's arena, so
+    a peer that has gone idle would otherwise keep its busiest moment's memory.
+    False where there is no glibc."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

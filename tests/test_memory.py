@@ -1,0 +1,161 @@
+"""Weights by part and memory in the auction (issue 24): parts bit-identical to the
+whole model, the head loaded on demand within a budget and dropped when idle, the
+budget measured, planners that never put the head where it does not fit, and a
+cluster whose memory-limited entry peer answers VGG-16 exactly without its head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeci_p2p.auction.bidder import Bidder, Holding
+from edgeci_p2p.auction.messages import Award, CallForBids, WorkItem
+from edgeci_p2p.commands.peers import models_held
+from edgeci_p2p.core import cost
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
+from edgeci_p2p.meminfo import Budget, cgroup_room, memory_budget, parse_size
+from edgeci_p2p.nn.models import load_model
+from edgeci_p2p.nn.runtime import ModelStore, OverMemory, shared_model
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.nn.weights import HEAD, ModelWeights
+from edgeci_p2p.planners import plan as plan_with
+from edgeci_p2p.planners.head import head_peer, place_head
+from tests.daemons import client, cluster
+
+MB = 1 << 20
+
+
+def test_parts_are_bit_identical_to_the_whole_model_and_the_fingerprint_is_its() -> None:
+    w = ModelWeights("resnet18", use_hub_cache=False)
+    whole = load_model("resnet18", use_hub_cache=False)
+    assert w.fingerprint == whole.fingerprint
+    assert w.loaded() == frozenset()
+    for p in w.parts:
+        w.acquire(p)
+    got, want = w.module.state_dict(), whole.module.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    w.release(HEAD)
+    assert w.module.fc.weight.device.type == "meta" and HEAD not in w.loaded()
+    assert w.part_bytes[HEAD] == (512 * 1000 + 1000) * 4
+
+
+def test_the_head_loads_on_demand_once_within_the_budget_and_drops_when_idle() -> None:
+    clock = [0.0]
+    store = ModelStore(["resnet18"], budget=1 << 40, idle_s=10.0, clock=lambda: clock[0])
+    w = store.weights["resnet18"]
+    assert store.held("resnet18") == frozenset(w.feature_parts)
+    assert store.holds() == {"resnet18": ["features"]}
+    x = torch.randn(1, 3, 64, 64)
+    spec = store.spec("resnet18", 64, 64)
+    features = store.executor("resnet18", 64, 64).reference(x)
+    ref = shared_model("resnet18").module(x)
+    clock[0] = 1.0
+    logits = store.head("resnet18", (64, 64), features)
+    torch.testing.assert_close(logits, ref, rtol=0, atol=0)
+    assert store.holds() == {"resnet18": ["features", HEAD]}
+    assert store.load_cost("resnet18", [HEAD]) == 0
+    clock[0] = 10.5
+    assert store.drop_idle() == []  # used at 1.0: not yet idle for 10 s
+    clock[0] = 11.0
+    assert store.drop_idle() == [("resnet18", HEAD)]
+    assert store.held("resnet18") == frozenset(w.feature_parts)  # features stay
+    assert spec.n_units > 0
+    # A budget that holds the features but not the head refuses the head ("memory").
+    tight = ModelStore(["resnet18"], budget=w.nbytes(w.feature_parts) + MB)
+    assert not tight.fits("resnet18", [HEAD])
+    with pytest.raises(OverMemory) as e:
+        tight.head("resnet18", (64, 64), features)
+    assert e.value.reason == "memory" and HEAD not in tight.held("resnet18")
+    # ... unless forced (the auctioneer's last resort).
+    torch.testing.assert_close(
+        tight.head("resnet18", (64, 64), features, force=True), ref, rtol=0, atol=0
+    )
+
+
+def test_the_budget_is_the_flag_else_the_cgroup_room_else_available_less_a_margin(
+    tmp_path: Path,
+) -> None:
+    assert parse_size("300M") == 300 * MB and parse_size("1.5G") == 3 * (1 << 29)
+    assert parse_size("4096") == 4096 and parse_size("2GiB") == 2 << 30
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    assert memory_budget(300 * MB) == Budget(300 * MB, "--memory-limit")
+    assert memory_budget(None, room=1000 * MB) == Budget(900 * MB, "cgroup")
+    assert memory_budget(None, room=None, available=200 * MB) == Budget(136 * MB, "available")
+    # cgroup v2: the tightest room from the process's cgroup up to the top.
+    (tmp_path / "cg").write_text("0::/a/b\n")
+    root = tmp_path / "sys"
+    for d, limit, used in [("a/b", "max", 100), ("a", str(500 * MB), 300 * MB)]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / "memory.max").write_text(limit + "\n")
+        (root / d / "memory.current").write_text(f"{used}\n")
+    assert cgroup_room(tmp_path / "cg", root) == 200 * MB
+
+
+def _tb(devices: list[DeviceModel]) -> cost.Testbed:
+    return cost.Testbed("t", tuple(devices), tuple(LinkModel(100e6, 0.002) for _ in devices))
+
+
+def test_the_head_goes_only_where_it_fits_and_leaves_an_auctioneer_it_does_not_fit() -> None:
+    spec = spec_for("vgg16", 64, 64)
+    fast = ComputeModel({k: LinearFit(1e-11, 1e-4) for k in ("conv", "pool", "head")})
+    slow = ComputeModel({k: LinearFit(1e-9, 1e-4) for k in ("conv", "pool", "head")})
+    head = 500 * MB
+    # A slow auctioneer and a fast peer that has no room for the head: the head stays.
+    tb = _tb([DeviceModel("a", slow, 1 << 40), DeviceModel("b", fast, 100 * MB, head_load=head)])
+    plan = plan_with("local", spec, tb)
+    assert place_head(plan, spec, tb).head_device is None
+    # An auctioneer without room: the head moves to the peer that fits it, gain or not.
+    tb = _tb([DeviceModel("a", fast, 100 * MB, head_load=head), DeviceModel("b", slow, 1 << 40)])
+    moved = place_head(plan_with("local", spec, tb), spec, tb)
+    assert moved.head_device == 1 and "memory" in moved.notes["head"]["why"]
+    # Of two peers with room, the one that already holds the head.
+    assert head_peer({"x": (1 << 40, head, 0.01), "y": (1 << 40, 0, 0.02)}) == "y"
+    assert head_peer({"x": (100 * MB, head, 0.01)}) is None
+
+
+def test_a_bidder_declines_an_award_whose_weights_do_not_fit_with_memory() -> None:
+    compute = ComputeModel({"conv": LinearFit(1e-10, 1e-4), "head": LinearFit(1e-10, 1e-4)})
+    holding = Holding(60 * MB, ("features",), {HEAD: 500 * MB})
+    b = Bidder("p", compute, LinkModel(1e9), memory_bytes=200 * MB, holding=lambda fp: holding)
+    call = CallForBids("a1", "auc", "fp", (WorkItem("probe:conv:1", {"conv": 10**6}),))
+    bid = b.bid(call, 0.0)
+    assert bid.free_memory == 140 * MB and bid.held == ("features",)
+    assert bid.load == {HEAD: 500 * MB}
+    head = WorkItem("head", {"head": 10**8}, 100_000, 4000, 104_000 + 500 * MB)
+    reply = b.accept(Award("a1", "p", (head,)), 0.0)
+    assert not reply.accepted and reply.reason == "memory"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(240)
+async def test_a_peer_limited_below_the_classifier_answers_vgg16_exactly_without_its_head() -> None:
+    x = np.random.default_rng(24).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = shared_model("vgg16").module(torch.from_numpy(x))
+    limit = 200 * MB  # the features (59 MB) fit, the classifier (494 MB) does not
+    async with cluster(3, models=["vgg16"], per_peer={0: {"memory_limit": limit}}) as daemons:
+        small = daemons[0]
+        assert small.store.budget == limit
+        assert small.store.holds() == {"vgg16": ["features"]}
+        for entry in (small, daemons[1], small):
+            async with client(entry) as c:
+                res = await c.infer(x, model="vgg16", strategy="edgeci")
+            got = torch.from_numpy(np.array(res.logits, dtype=np.float32)).reshape(ref.shape)
+            torch.testing.assert_close(got, ref)
+            assert HEAD not in small.store.held("vgg16")
+        # The entry peer's own plan sent the head to a peer that could hold it.
+        assert res.plan["head_device"] is not None
+        assert res.plan["nodes"][res.plan["head_device"]] != small.node_id
+        # `peers`: resident memory and what each peer holds.
+        async with client(small) as c:
+            peers = await c.peers()
+        me = next(p for p in peers if p.get("self"))
+        assert me["holds"] == {"vgg16": ["features"]} and me["rss_mb"] > 0
+        assert any(HEAD in (p.get("holds") or {}).get("vgg16", []) for p in peers)
+        assert models_held(me) == "vgg16 (features)"
