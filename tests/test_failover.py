@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
+import io
+import threading
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from edgeci_p2p.aio.client import Client, parse_addresses
 from edgeci_p2p.policy.answered import AnsweredMemory, answer_key
+from edgeci_p2p.stream.pipeline import FrameResult
 from edgeci_p2p.wire.messages import InferRequest
 from tests.daemons import (
     IMAGE,
@@ -88,3 +94,49 @@ async def test_a_resent_request_that_finished_is_answered_from_memory() -> None:
         other = await d.infer(InferRequest("frame-7", "resnet34", tensor=x, strategy="local"))
         assert d.load.from_memory == 1
         assert not np.array_equal(np.asarray(other.logits), np.asarray(first.logits))
+
+
+def load_camera_example() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "examples" / "camera_pipeline.py"
+    spec = importlib.util.spec_from_file_location("camera_pipeline_failover", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_camera_pipeline_streams_through_its_entry_peers_death() -> None:
+    example = load_camera_example()
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(60)
+
+    async with cluster(2) as (entry, other):
+        peers = f"{address(entry)},{address(other)}"
+        args = example.build_parser().parse_args(
+            ["--peer", peers, "--frames", "5", "--in-flight", "2", "--strategy", "local"]
+        )
+        frames: list[FrameResult] = []
+
+        def shown(frame: FrameResult) -> None:
+            frames.append(frame)
+            if frame.index == 0:  # the entry's worker is held after what it has queued
+                entry.worker.submit(hold)
+
+        try:
+            run = asyncio.ensure_future(example.run(args, io.StringIO(), io.StringIO(), shown))
+            # The entry peer dies with frames it cannot finish in flight.
+            await wait_until(
+                lambda: started.is_set() and entry.front.answering, "a frame stuck on the entry"
+            )
+            await crash(entry, then=gate.set)
+            summary = await asyncio.wait_for(run, 120)
+        finally:
+            gate.set()
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4] and summary.frames == 5
+    assert frames[0].result.plan["nodes"] == [entry.node_id]
+    assert frames[-1].result.plan["nodes"] == [other.node_id]
