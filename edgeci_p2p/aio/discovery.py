@@ -139,10 +139,10 @@ async def browse(
     seconds: float = 3.0,
     *,
     service_type: str = SERVICE_TYPE,
-    enough: Callable[[int], bool] | None = None,
+    enough: Callable[[list[Sighting]], bool] | None = None,
 ) -> list[Sighting]:
     """Listen for peers on ``interfaces`` for ``seconds`` without announcing ourselves
-    (less once ``enough(number of sightings)`` is true)."""
+    (less once ``enough(the sightings so far)`` is true)."""
     found: dict[tuple[str, str, int], Sighting] = {}
     azc = AsyncZeroconf(interfaces=list(interfaces) or None, ip_version=IPVersion.V4Only)  # type: ignore[arg-type]
     tasks: set[asyncio.Task[None]] = set()
@@ -172,7 +172,7 @@ async def browse(
     try:
         deadline = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < deadline:
-            if enough is not None and enough(len(found)):
+            if enough is not None and enough(list(found.values())):
                 break
             await asyncio.sleep(min(0.05, seconds))
         if tasks:

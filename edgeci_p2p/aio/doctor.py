@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edgeci_p2p.aio.connection import ConnectionLost, handshake
-from edgeci_p2p.aio.discovery import SERVICE_TYPE, browse, local_interfaces
+from edgeci_p2p.aio.discovery import SERVICE_TYPE, Sighting, browse, local_interfaces
 from edgeci_p2p.policy.announce import Interface, announce_choices, announced
 from edgeci_p2p.policy.doctor import (
     Finding,
@@ -41,8 +41,8 @@ class DoctorOptions:
     timeout: float = 2.0
     """Seconds for one TCP connect, handshake or answer."""
     service_type: str = SERVICE_TYPE
-    enough: Callable[[int], bool] | None = None
-    """Stop browsing once this many sightings suffice (tests)."""
+    enough: Callable[[list[Sighting]], bool] | None = None
+    """Stop browsing once these sightings suffice (tests)."""
     interfaces: Sequence[Interface] | None = None
     """This machine's addresses (default: read from the system)."""
 
