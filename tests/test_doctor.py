@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -98,7 +99,10 @@ def failing(findings: list[Finding], subject: str) -> list[Finding]:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
-async def test_doctor_on_loopback_reports_each_problem_with_its_fix() -> None:
+async def test_doctor_on_loopback_reports_each_problem_with_its_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgeci.peer")
     # Started together (their mDNS registrations and CPU checks overlap); all stopped.
     started = await asyncio.gather(
         start_daemons(1, mdns=True, cluster_key=KEY, host_id="doctor-a"),
@@ -117,6 +121,9 @@ async def test_doctor_on_loopback_reports_each_problem_with_its_fix() -> None:
                 raise group
         (a_peer,), (b_peer,), (other_key,), dup = (g for g in started if isinstance(g, list))
         healthy = [a_peer, b_peer]
+        # Each mDNS peer logged at start the address it announces on.
+        said = [r.getMessage() for r in caplog.records if "mDNS: announcing on" in r.getMessage()]
+        assert len(said) == 2 and all(HOST in m for m in said), said
         await wait_connected(healthy)
         a, b = (f"{HOST}:{d.port}" for d in healthy)
 
