@@ -76,7 +76,8 @@ class PeerDaemon:
         """Fresh for every run of a peer: two processes presenting one node id (a copied
         state directory) differ in it (``edgeci doctor``)."""
         self.cpu_quota: float | None = None
-        """The cgroup CPU quota (cores) it runs under, None when none is set."""
+        """The cores its cgroup quota allows (or, without one, its measured share of a
+        loaded CPU times its threads); None when unlimited."""
         self.profile_created = 0.0
         """When (wall clock) the compute profile it bids with was measured."""
         self.ready = asyncio.Event()
@@ -146,7 +147,7 @@ class PeerDaemon:
             log.warning(
                 "mDNS: no address to announce on; other peers will not find this one over "
                 "mDNS: give them --peer %s:%d, or choose one with --mdns-interface ADDR",
-                cfg.host,
+                cfg.host if cfg.host != "0.0.0.0" else "THIS_HOST",
                 self.port,
             )
         return addresses
