@@ -19,6 +19,7 @@ from edgeci_p2p.policy.answered import AnsweredMemory, answer_key
 from edgeci_p2p.stream.pipeline import FrameResult
 from edgeci_p2p.wire.messages import InferRequest
 from tests.daemons import (
+    HOST,
     IMAGE,
     address,
     assert_exact,
@@ -35,6 +36,20 @@ def test_addresses_repeated_or_comma_separated() -> None:
     assert parse_addresses("h") == [("h", 7420)]
     with pytest.raises(ValueError):
         Client([])
+
+
+def test_infer_takes_several_peers_or_mdns() -> None:
+    from edgeci_p2p import cli
+    from edgeci_p2p.commands.infer import client_of
+
+    args = cli.build_parser().parse_args(
+        ["infer", "--peer", "h1:7421,h2:7422", "--peer", "h3:7423", "photo.jpg"]
+    )
+    assert client_of(args, None).addresses == [("h1", 7421), ("h2", 7422), ("h3", 7423)]
+    args = cli.build_parser().parse_args(["infer", "--mdns-interface", HOST, "photo.jpg"])
+    assert client_of(args, None).mdns_interfaces == [HOST]
+    with pytest.raises(ValueError, match="--peer"):
+        client_of(cli.build_parser().parse_args(["infer", "photo.jpg"]), None)
 
 
 def test_memory_is_keyed_by_id_and_content_bounded_and_forgets() -> None:
