@@ -10,11 +10,19 @@ so with a restart slower than the cadence several killable peers are down at onc
 Every answer is checked against the unsplit model; a request that errors is "lost"
 and its error message is kept.
 
+With ``--kill-entry`` the clients' entry peers are among those killed: peer 0 alone
+is never killed; client i enters at peer 1 + i mod (N-1) and is given every peer's
+address, so that a request whose entry peer dies is re-sent, under its id, to the
+next peer (client failover, ``aio/client.py``); a killed peer restarts on its port.
+The table then also counts the requests re-sent and checks that each request was
+answered exactly once.
+
     .venv/bin/python benchmarks/soak.py [--requests 400] [--clients 4] [--peers 4]
-        [--kill-every 3.0] [--model resnet34] [--json]
+        [--kill-every 3.0] [--kill-entry] [--model resnet34] [--json]
 
 Table on stdout, a progress line on stderr, ``--json`` adds a last line
-``{"completed", "lost", "exact", "p50_ms", "p95_ms", "kills", "rss_growth_mb"}``.
+``{"completed", "lost", "exact", "p50_ms", "p95_ms", "kills", "rss_growth_mb"}``
+(with ``--kill-entry`` also ``"resent"`` and ``"answered_once"``).
 Peer 0's resident memory (VmRSS) is sampled after the warm-up (the first 20
 requests, before the killer starts) and at the end. Subprocesses are always stopped
 (try/finally, also on Ctrl-C).
@@ -66,8 +74,12 @@ class Peer:
     """One ``edgeci-peer`` subprocess; its output is drained (a full pipe would block
     the peer) and the last lines kept for diagnosis."""
 
-    def __init__(self, index: int, state_dir: str, model: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, index: int, state_dir: str, model: str, env: dict[str, str], same_port: bool
+    ) -> None:
         self.index, self.state_dir, self.model, self.env = index, state_dir, model, env
+        self.same_port = same_port
+        """Restart on the port of the first start (clients hold its address)."""
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -80,7 +92,8 @@ class Peer:
             f"soak-{self.index}",
             models=self.model,
             env=self.env,
-            extra=["--host-id", f"soak-{self.index}"],
+            extra=["--host-id", f"soak-{self.index}"]
+            + (["--port", str(self.port)] if self.same_port and self.port else []),
         )
         self.port = ready_port(self.proc, 240)
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
@@ -118,6 +131,10 @@ class Tally:
     worst_excess: float = -1.0
     """max over results of diff - tolerance; <= 0 means every result was exact."""
     reconnects: int = 0
+    resent: int = 0
+    """Requests sent again after their entry peer was lost (--kill-entry)."""
+    answers: collections.Counter[int] = field(default_factory=collections.Counter)
+    """Answers per request index."""
     kills: int = 0
     kill_errors: list[str] = field(default_factory=list)
     restart_s: list[float] = field(default_factory=list)
@@ -163,6 +180,14 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
             flush=True,
         )
 
+    def addresses(ci: int, target: int) -> list[str]:
+        if not args.kill_entry:
+            return [f"127.0.0.1:{peers[target].port}"]
+        # The entry first, then every other peer to fail over to.
+        entry = 1 + ci % (len(peers) - 1)
+        order = [entry] + [j for j in range(len(peers)) if j != entry]
+        return [f"127.0.0.1:{peers[j].port}" for j in order]
+
     async def client(ci: int) -> None:
         nonlocal finished
         target = ci % STABLE
@@ -171,7 +196,7 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
             while (i := next(counter)) < args.requests:
                 strategy = STRATEGIES[i % len(STRATEGIES)]
                 if c is None:
-                    c = Client(f"127.0.0.1:{peers[target].port}", timeout=args.timeout)
+                    c = Client(addresses(ci, target), timeout=args.timeout)
                     await c.__aenter__()
                 t0 = time.perf_counter()
                 try:
@@ -186,6 +211,7 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
                 except Exception as e:
                     tally.lost.append((i, strategy, f"{type(e).__name__}: {e}"))
                 else:
+                    tally.answers[i] += 1
                     tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
                     got = np.asarray(r.logits, dtype=np.float32).reshape(-1)
                     diff = (
@@ -204,6 +230,7 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
                     done.set()
         finally:
             if c is not None:
+                tally.resent += c.resent
                 await c.close()
 
     async def restart(victim: Peer) -> None:
@@ -219,7 +246,7 @@ async def soak(args: argparse.Namespace, peers: list[Peer]) -> tuple[Tally, floa
         # several killable peers can be down at once. A victim still restarting from
         # its previous kill is waited for (killing a half-started peer tests nothing).
         await warm.wait()
-        victims = itertools.cycle(peers[STABLE:])
+        victims = itertools.cycle(peers[1:] if args.kill_entry else peers[STABLE:])
         restarts: dict[int, asyncio.Task[None]] = {}
         try:
             while not done.is_set():
@@ -269,6 +296,11 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--kill-every", type=float, default=3.0)
+    ap.add_argument(
+        "--kill-entry",
+        action="store_true",
+        help="the clients' entry peers are killed too (all but peer 0); clients fail over",
+    )
     ap.add_argument("--model", default="resnet34")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--json", action="store_true")
@@ -279,7 +311,9 @@ def main() -> int:
     peers: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="edgeci-soak-") as tmp:
         env = {"EDGECI_CACHE_DIR": f"{tmp}/cache"}
-        peers = [Peer(i, f"{tmp}/peer{i}", args.model, env) for i in range(args.peers)]
+        peers = [
+            Peer(i, f"{tmp}/peer{i}", args.model, env, args.kill_entry) for i in range(args.peers)
+        ]
         try:
             # Peer 0 first: it profiles this machine once into the shared cache, and the
             # others then read it instead of measuring all at once on the same cores.
@@ -288,9 +322,10 @@ def main() -> int:
             for p in peers[1:]:
                 p.start()
             asyncio.run(wait_all_alive(f"127.0.0.1:{peers[0].port}", args.peers))
+            first_victim = 1 if args.kill_entry else STABLE
             _log(
                 f"[soak] {args.peers} peers alive; {args.clients} clients, {args.requests} "
-                f"requests, killing one of peers {STABLE}..{args.peers - 1} every "
+                f"requests, killing one of peers {first_victim}..{args.peers - 1} every "
                 f"{args.kill_every:g} s"
             )
             t0 = time.monotonic()
@@ -313,6 +348,12 @@ def main() -> int:
         "kills": tally.kills,
         "rss_growth_mb": round(rss_end - rss_warm, 1),
     }
+    answered_once = sorted(tally.answers) == list(range(args.requests)) and all(
+        n == 1 for n in tally.answers.values()
+    )
+    if args.kill_entry:
+        out["resent"] = tally.resent
+        out["answered_once"] = answered_once
     rows = [
         ("requests", f"{args.requests} ({args.clients} clients, {args.peers} peers, {args.model})"),
         ("completed", str(out["completed"])),
@@ -331,6 +372,11 @@ def main() -> int:
         ("wall time", f"{wall:.0f} s"),
         ("client reconnects", str(tally.reconnects)),
     ]
+    if args.kill_entry:
+        rows += [
+            ("re-sent after entry loss", str(tally.resent)),
+            ("each answered once", "yes" if answered_once else "NO"),
+        ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -345,7 +391,8 @@ def main() -> int:
         print(e)
     if args.json:
         print(json.dumps(out))
-    return 0 if (not tally.lost and exact) else 1
+    once = answered_once or not args.kill_entry
+    return 0 if (not tally.lost and exact and once) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 COMMANDS: tuple[str, ...] = (
     "bench",
+    "doctor",
     "infer",
     "peers",
     "plan",

@@ -2,11 +2,14 @@
 
     edgeci-peer --host 127.0.0.1 --port 7421 --no-mdns --models resnet34 &
     edgeci-peer --host 127.0.0.1 --port 7422 --no-mdns --models resnet34 --peer 127.0.0.1:7421 &
-    python examples/camera_pipeline.py --peer 127.0.0.1:7421 --frames 40 --in-flight 4 \
-        [--source synthetic|camera:0|VIDEO|FOLDER|IMAGE] [--out DIR|FILE.mp4] [--json]
+    python examples/camera_pipeline.py --peer 127.0.0.1:7421,127.0.0.1:7422 --frames 40 \
+        --in-flight 4 [--source synthetic|camera:0|VIDEO|FOLDER|IMAGE] [--out DIR|FILE.mp4] \
+        [--json]
 
-Frames go over ONE connection to any peer (that peer is the auctioneer); up to
-``--in-flight`` of them are outstanding at once. Each frame's top-5 is printed as it
+Frames go over ONE connection to a peer (the first ``--peer`` that answers, or one
+found with ``--mdns-interface``); up to ``--in-flight`` of them are outstanding at
+once. If that peer dies, the frames it had not answered are sent again to the next
+peer and the stream goes on: no frame is lost. Each frame's top-5 is printed as it
 completes (in frame order), a live fps / p50 / p95 line updates on stderr, ``--out`` writes
 the annotated frames, and ``--json`` ends stdout with
 ``{"frames", "fps", "p50_ms", "p95_ms"}``. The default source is a synthetic camera that
@@ -44,7 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--peer", default="127.0.0.1:7420", metavar="HOST:PORT")
+    ap.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer (repeatable, or comma-separated: the next takes over if one dies); "
+        "default 127.0.0.1:7420",
+    )
+    ap.add_argument(
+        "--mdns-interface",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="find the peers by browsing mDNS on this interface address",
+    )
     ap.add_argument("--model", default="resnet34")
     ap.add_argument(
         "--source",
@@ -82,7 +99,9 @@ async def run(
     source = open_source(args.source, args.frame_size)
     writer: FrameWriter | None = open_writer(args.out) if args.out is not None else None
     progress = Progress(err)
-    print(f"source: {source.description}; {config.in_flight} in flight to {args.peer}", file=err)
+    peers = args.peer or ([] if args.mdns_interface else ["127.0.0.1:7420"])
+    where = ",".join(peers) or "mDNS on " + ",".join(args.mdns_interface)
+    print(f"source: {source.description}; {config.in_flight} in flight to {where}", file=err)
 
     def show(frame: FrameResult, stats: StreamStats) -> None:
         progress.clear()
@@ -95,7 +114,7 @@ async def run(
 
     stats = StreamStats()
     try:
-        async with Client(args.peer) as client:
+        async with Client(peers, mdns_interfaces=args.mdns_interface) as client:
             await stream(client, source, config, show, stats)
     except asyncio.CancelledError:  # Ctrl-C: still say what the stream achieved
         progress.clear()
@@ -128,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"camera_pipeline: {e}", file=sys.stderr)
         return 2
     except (ClientError, ConnectionLost, OSError) as e:
-        print(f"camera_pipeline: {args.peer}: {e}", file=sys.stderr)
+        print(f"camera_pipeline: {','.join(args.peer)}: {e}", file=sys.stderr)
         return 1
     return 0
 

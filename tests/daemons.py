@@ -178,6 +178,40 @@ async def cluster(
 # ---- driving a daemon from a test ------------------------------------------------------------
 
 
+async def crash(d: PeerDaemon, *, then: Callable[[], object] = lambda: None) -> None:
+    """Stop ``d`` as a SIGKILL would: every connection reset at once, no goodbye; then
+    ``then()`` (e.g. release its held worker: what it finishes now reaches no one) and
+    ``d`` stopped, so that nothing of it runs on. Stopping it again later is harmless."""
+    for conn in list(d.parts.mesh.open.values()):
+        conn.writer.transport.abort()
+    then()
+    await asyncio.wait_for(d.stop(), STOP_S)
+
+
+@dataclass
+class HeldWorker:
+    held: threading.Event
+    """Set once the worker is held."""
+    release: Callable[[], None]
+
+
+@contextmanager
+def blocked_worker(d: PeerDaemon) -> Iterator[HeldWorker]:
+    """``d``'s tile worker held (no tile or local run finishes there) until ``release()``
+    or the block exits."""
+    held, free = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        free.wait(STOP_S * 4)
+
+    d.worker.submit(hold)
+    try:
+        yield HeldWorker(held, free.set)
+    finally:
+        free.set()
+
+
 async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
     """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
     started = threading.Event()

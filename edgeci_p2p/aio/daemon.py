@@ -30,7 +30,7 @@ import torch
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
 from edgeci_p2p.aio.config import PeerConfig, load_node_id
 from edgeci_p2p.aio.connection import Connection, ConnectionLost
-from edgeci_p2p.aio.discovery import Discovery
+from edgeci_p2p.aio.discovery import Discovery, local_interfaces
 from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.front import FrontDoor
@@ -48,6 +48,7 @@ from edgeci_p2p.meminfo import memory_budget, vm_rss
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.nn.weights import HEAD
+from edgeci_p2p.policy.announce import announce_choices, announced
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
 
@@ -74,6 +75,14 @@ class PeerDaemon:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeci-tile")
         self.tasks = Tasks()
         self.port = config.port
+        self.instance = secrets.token_hex(8)
+        """Fresh for every run of a peer: two processes presenting one node id (a copied
+        state directory) differ in it (``edgeci doctor``)."""
+        self.cpu_quota: float | None = None
+        """The cores its cgroup quota allows (or, without one, its measured share of a
+        loaded CPU times its threads); None when unlimited."""
+        self.profile_created = 0.0
+        """When (wall clock) the compute profile it bids with was measured."""
         self.ready = asyncio.Event()
         self.node: Node | None = None
         self._parts: Parts | None = None
@@ -116,15 +125,16 @@ class PeerDaemon:
         parts = self._parts = Parts(node, self.links, self.cluster_view)
         self._server = await asyncio.start_server(parts.mesh.accept, cfg.host, cfg.port)
         self.port = node.port = self._server.sockets[0].getsockname()[1]
-        if not cfg.no_mdns:
+        if cfg.no_mdns:
+            log.info("mDNS off (--no-mdns): peers only from --peer and gossip")
+        elif addresses := self._announce_addresses():
             self._discovery = Discovery(
                 self.node_id,
                 self.port,
                 1,
                 parts.mesh.on_sighting,
-                interfaces=cfg.mdns_interfaces,
-                announce_addresses=cfg.mdns_interfaces
-                or ([cfg.host] if cfg.host != "0.0.0.0" else []),
+                interfaces=addresses,
+                announce_addresses=addresses,
             )
             await self._discovery.async_start()
         for host, port in cfg.peers:
@@ -151,6 +161,24 @@ class PeerDaemon:
             for model, part in await loop.run_in_executor(self.worker, store.drop_idle):
                 log.info("dropped the %s weights of %s (unused %.0f s)", part, model, store.idle_s)
 
+    def _announce_addresses(self) -> list[str]:
+        """The addresses to announce on over mDNS (``policy/announce.py``), each choice
+        logged: which are announced, which skipped and why."""
+        cfg = self.config
+        choices = announce_choices(local_interfaces(), cfg.mdns_interfaces, cfg.host)
+        for c in choices:
+            verb = "announcing on" if c.announced else "skipping"
+            log.info("mDNS: %s %s %s (%s)", verb, c.name, c.address, c.why)
+        addresses = announced(choices)
+        if not addresses:
+            log.warning(
+                "mDNS: no address to announce on; other peers will not find this one over "
+                "mDNS: give them --peer %s:%d, or choose one with --mdns-interface ADDR",
+                cfg.host if cfg.host != "0.0.0.0" else "THIS_HOST",
+                self.port,
+            )
+        return addresses
+
     async def _measured_compute(
         self, loop: asyncio.AbstractEventLoop
     ) -> tuple[ComputeModel, float]:
@@ -160,10 +188,12 @@ class PeerDaemon:
         threads = self.config.threads
         profile, _ = await loop.run_in_executor(self.worker, load_or_measure, threads, False, None)
         compute: ComputeModel = profile.compute
+        self.profile_created = profile.created
         quota = cpu_quota_cores()
         if quota is None:
             share = await loop.run_in_executor(self.worker, measured_cpu_share)
             quota = share * threads if share < 0.85 else None
+        self.cpu_quota = quota
         if quota is not None and quota < threads:
             # Short profiling runs fit inside one CFS period's quota: scale to the cap.
             compute = compute.scaled(quota / threads)
@@ -316,6 +346,12 @@ class PeerDaemon:
             "alive": True,
             "self": True,
             "sources": [],
+            "instance": self.instance,
+            "threads": self.config.threads,
+            "cpu_quota": self.cpu_quota,
+            "profile_age_s": (
+                round(time.time() - self.profile_created, 1) if self.profile_created else None
+            ),
         }
         return [me] + [m.to_dict(now) for m in self.membership.members.values()]
 

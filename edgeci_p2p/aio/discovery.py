@@ -15,8 +15,11 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from edgeci_p2p.policy.announce import Interface
 
 SERVICE_TYPE = "_edgeci._tcp.local."
 log = logging.getLogger("edgeci.discovery")
@@ -30,6 +33,16 @@ class Sighting:
     host: str
     port: int
     version: int
+
+
+def local_interfaces() -> list[Interface]:
+    """This machine's IPv4 addresses and the interfaces holding them."""
+    return [
+        Interface(str(a.nice_name), str(ip.ip))
+        for a in ifaddr.get_adapters()
+        for ip in a.ips
+        if ip.is_IPv4
+    ]
 
 
 def _txt(info: AsyncServiceInfo, key: str) -> str:
@@ -121,8 +134,15 @@ class Discovery:
         self._azc = None
 
 
-async def browse(interfaces: Sequence[str], seconds: float = 3.0) -> list[Sighting]:
-    """Listen for peers on ``interfaces`` for ``seconds`` without announcing ourselves."""
+async def browse(
+    interfaces: Sequence[str],
+    seconds: float = 3.0,
+    *,
+    service_type: str = SERVICE_TYPE,
+    enough: Callable[[list[Sighting]], bool] | None = None,
+) -> list[Sighting]:
+    """Listen for peers on ``interfaces`` for ``seconds`` without announcing ourselves
+    (less once ``enough(the sightings so far)`` is true)."""
     found: dict[tuple[str, str, int], Sighting] = {}
     azc = AsyncZeroconf(interfaces=list(interfaces) or None, ip_version=IPVersion.V4Only)  # type: ignore[arg-type]
     tasks: set[asyncio.Task[None]] = set()
@@ -148,9 +168,13 @@ async def browse(interfaces: Sequence[str], seconds: float = 3.0) -> list[Sighti
             tasks.add(t)
             t.add_done_callback(tasks.discard)
 
-    browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+    browser = AsyncServiceBrowser(azc.zeroconf, service_type, handlers=[on_change])
     try:
-        await asyncio.sleep(seconds)
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if enough is not None and enough(list(found.values())):
+                break
+            await asyncio.sleep(min(0.05, seconds))
         if tasks:
             await asyncio.wait(list(tasks), timeout=2.0)
     finally:

@@ -5,7 +5,9 @@ carrying the error's own wire code."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.request import RequestRunner
+from edgeci_p2p.policy.answered import AnsweredMemory, answer_key
 from edgeci_p2p.wire.errors import ErrorCode
 from edgeci_p2p.wire.messages import (
     Cancel,
@@ -51,6 +54,8 @@ class FrontDoor:
         self.cluster_view = cluster_view
         self.answering: set[str] = set()
         """Ids of the requests this node is answering (here or through a forward)."""
+        self.answered: AnsweredMemory[InferResult] = AnsweredMemory()
+        """Recent answers, for a client's re-sent request (``policy/answered.py``)."""
         self._client_tasks: dict[int, dict[str, asyncio.Task[Any]]] = {}
         """Per connection, its requests being answered (by request id) and not yet sent."""
 
@@ -147,7 +152,14 @@ class FrontDoor:
     async def infer(self, req: InferRequest) -> InferResult:
         """Answer ``req``: here, or, when this node is busy with earlier requests and
         a peer is idler, on that peer (a stream's frames spread over the cluster without
-        the entry peer planning or decoding them). A forward that fails runs here."""
+        the entry peer planning or decoding them). A forward that fails runs here.
+        A request answered here a moment ago (same id, same content) is answered from
+        memory: a client re-sends it when its entry peer died before relaying it."""
+        key = answer_key(req)
+        remembered = self.answered.recall(key, time.monotonic())
+        if remembered is not None:
+            self.node.load.from_memory += 1
+            return dataclasses.replace(remembered, request_id=req.request_id)
         if req.request_id in self.answering:
             # Tiles, strip jobs and the input's pixels are all found by request id.
             raise RequestError(
@@ -157,9 +169,11 @@ class FrontDoor:
             )
         self.answering.add(req.request_id)
         try:
-            return await self._infer_once(req)
+            result = await self._infer_once(req)
         finally:
             self.answering.discard(req.request_id)
+        self.answered.remember(key, result, time.monotonic())
+        return result
 
     async def _infer_once(self, req: InferRequest) -> InferResult:
         target = self.forwarder.target(req)

@@ -35,6 +35,8 @@ class Load:
     """Requests this node is answering itself (not forwarded)."""
     queued_tiles: int = 0
     """Tiles, strip jobs and head jobs accepted from auctioneers and not yet done."""
+    from_memory: int = 0
+    """Re-sent requests answered from the memory of recent answers (not run again)."""
 
 
 class Tasks:

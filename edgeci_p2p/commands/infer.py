@@ -14,9 +14,39 @@ if TYPE_CHECKING:
     from edgeci_p2p.core.timeline import Timeline
 
 
+def add_peer_arguments(p: argparse.ArgumentParser) -> None:
+    """``--peer`` (repeatable, or comma-separated) or ``--mdns-interface``: the peers a
+    client may send to; when the first is lost mid-request, the next takes over."""
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer of the cluster (repeatable, or a comma-separated list): requests go to "
+        "the first that answers and, if it is lost before answering, to the next",
+    )
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="find peers by browsing mDNS on this interface address (repeatable); "
+        "with --peer, those are tried first",
+    )
+
+
+def client_of(args: argparse.Namespace, key: bytes | None, **kwargs: Any) -> Any:
+    """The :class:`~edgeci_p2p.aio.client.Client` that ``--peer``/``--mdns-interface`` name."""
+    from edgeci_p2p.aio.client import Client
+
+    if not args.peer and not args.mdns_interface:
+        raise ValueError("give --peer HOST:PORT (repeatable) or --mdns-interface ADDR")
+    return Client(args.peer, key=key, mdns_interfaces=args.mdns_interface, **kwargs)
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("infer", help="classify an image on the cluster")
-    p.add_argument("--peer", required=True, metavar="HOST:PORT", help="any peer of the cluster")
+    add_peer_arguments(p)
     p.add_argument("--model", default="resnet34")
     p.add_argument(
         "--strategy",
@@ -65,7 +95,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeci_p2p.aio.client import Client, ClientError, ConnectionLost, read_key
+    from edgeci_p2p.aio.client import ClientError, ConnectionLost, read_key
 
     data = args.image.read_bytes()
     key = read_key(args.cluster_key_file) if args.cluster_key_file else None
@@ -75,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         nonlocal answered
-        async with Client(args.peer, key=key) as c:
+        async with client_of(args, key) as c:
             result = await c.infer(
                 data,
                 model=args.model,
