@@ -252,7 +252,7 @@ def test_the_peer_reads_its_key_file_as_documented(
     path = tmp_path / "key"
     path.write_bytes(KEY + b"\n")
     seen = []
-    monkeypatch.setattr(daemon, "run_forever", seen.append)
+    monkeypatch.setattr(daemon, "run_forever", lambda config, **_: seen.append(config))
     assert peer_cli.main(["--no-mdns", "--cluster-key-file", str(path)]) == 0
     assert seen[0].cluster_key == KEY
 
