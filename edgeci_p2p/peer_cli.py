@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgeci_p2p.aio.client import parse_address
+from edgeci_p2p.aio.config import parse_http
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "peers with one id share its cores and are planned as one pool of CPU; give each "
         "emulated peer its own to plan them as separate machines",
     )
+    p.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus /metrics, a JSON API (/api/cluster, /api/requests) and a "
+        "dashboard page on this address (off by default; loopback when only a port is "
+        "given; beyond loopback with a cluster key, a token derived from the key is "
+        "required, printed in the dashboard's address)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -106,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
             zero_suppression=not args.no_zero_suppression,
             host_id=args.host_id,
+            http=None if args.http is None else parse_http(args.http),
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:
