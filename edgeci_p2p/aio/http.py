@@ -70,8 +70,16 @@ def token_for(host: str, key: bytes | None) -> str | None:
 class HttpFront:
     """The HTTP side of one started daemon."""
 
-    def __init__(self, daemon: PeerDaemon, host: str, port: int, token: str | None) -> None:
+    def __init__(
+        self,
+        daemon: PeerDaemon,
+        host: str,
+        port: int,
+        token: str | None,
+        max_upload: int = MAX_UPLOAD,
+    ) -> None:
         self.daemon = daemon
+        self.max_upload = max_upload
         self.host, self.port = host, port
         self.token = token
         self._runner: web.AppRunner | None = None
@@ -85,7 +93,7 @@ class HttpFront:
         return f"http://{host}:{self.port}/{query}"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth], client_max_size=MAX_UPLOAD)
+        app = web.Application(middlewares=[self._auth], client_max_size=self.max_upload)
         app.router.add_get("/", self.index)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/metrics", self.metrics)
