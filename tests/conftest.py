@@ -31,7 +31,9 @@ def _torch_threads() -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
-    """Every async test runs on the standard asyncio loop and, where installed, on uvloop."""
+    """Every async test runs on the standard asyncio loop and, where installed, on uvloop;
+    one marked ``daemon_loop`` only on the loop ``edgeci-peer`` runs on (uvloop where
+    installed): a slow end-to-end test whose subject is not the loop."""
     import asyncio
 
     factories: dict[str, object] = {"asyncio": asyncio.new_event_loop}
@@ -39,5 +41,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
         import uvloop
     except ImportError:
         return factories
+    if item.get_closest_marker("daemon_loop") is not None:
+        return {"uvloop": uvloop.new_event_loop}
     factories["uvloop"] = uvloop.new_event_loop
     return factories

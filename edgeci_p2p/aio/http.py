@@ -165,7 +165,7 @@ class HttpFront:
                 link["measured_by"].append(seer)
                 for k in ("rtt_ms", "bandwidth_mb_s", "probed_mb_s"):
                     if p.get(k) is not None and link.get(k) is None:
-                        link[k] = p[k]
+                        link[k] = p[k]  # either end's figure: the first that has one
         peers = []
         for p in view:
             own = views.get(p["id"], [{}])[0]

@@ -38,12 +38,15 @@ function drawGraph(cluster) {
   for (const link of cluster.links) {
     if (!at[link.a] || !at[link.b]) continue;
     const [x1, y1] = at[link.a], [x2, y2] = at[link.b];
-    const rate = link.bandwidth_mb_s ?? link.probed_mb_s;
+    const rate = link.probed_mb_s ?? link.bandwidth_mb_s;
     const label = (rate === null || rate === undefined ? "measuring" : fmt(rate) + " MB/s")
       + " · " + fmt(link.rtt_ms, 2) + " ms";
     const g = el("g", { class: "link", "data-a": link.a, "data-b": link.b });
     g.append(el("line", { x1, y1, x2, y2 }));
-    g.append(el("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: "link-label" }, label));
+    // Labels sit a little off each line's middle, towards the outside of the graph.
+    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+    const lx = mx + (mx - cx) * 0.35, ly = my + (my - cy) * 0.35 + 4;
+    g.append(el("text", { x: lx, y: ly, class: "link-label" }, label));
     svg.append(g);
   }
   for (const p of peers) {
@@ -143,7 +146,7 @@ function drawTimeline(svg, trace) {
     }
   });
   svg.append(el("text", { x: left, y: height - 4 }, "0"));
-  svg.append(el("text", { x: width - 80, y: height - 4 },
+  svg.append(el("text", { x: width - 10, y: height - 4, "text-anchor": "end" },
     (1000 * end).toFixed(0) + " ms  (filled: measured, dashed: predicted)"));
 }
 
