@@ -324,10 +324,11 @@ def run_forever(config: PeerConfig) -> None:  # pragma: no cover - exercised via
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await daemon.start()
-        if daemon.http is not None:  # before the ready line, which readers wait for
-            print(f"edgeci-peer {daemon.name} dashboard on {daemon.http.url}", flush=True)
+        # One line (readers wait for it): the dashboard's address on it when there is one.
+        http = f", dashboard on {daemon.http.url}" if daemon.http is not None else ""
         print(
-            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}", flush=True
+            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}{http}",
+            flush=True,
         )
         await stop.wait()
         log.info("shutting down")
