@@ -74,7 +74,6 @@ async def test_metrics_move_as_requests_are_served() -> None:
                 value(before, "edgeci_request_seconds_count", **hist) + 1
             )
             assert value(after, "edgeci_auction_seconds_count") >= 1
-            assert value(after, "edgeci_decisions_total") >= value(before, "edgeci_decisions_total")
             b = daemons[1].node_id
             sent = value(after, "edgeci_peer_sent_bytes_total", peer=b)
             assert sent > value(before, "edgeci_peer_sent_bytes_total", peer=b)  # bids, tiles
