@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeci_p2p.aio.config import parse_http
 from edgeci_p2p.aio.http import HttpFront, dashboard_token, token_for
-from tests.daemons import IMAGE, client, cluster
+from tests.daemons import IMAGE, client, cluster, wait_until
 
 HOST = "127.0.0.1"
 
@@ -57,6 +57,9 @@ async def test_metrics_move_as_requests_are_served() -> None:
         a = daemons[0]
         assert a.http is not None and daemons[1].http is None
         base = f"http://{HOST}:{a.http.port}"
+        b = daemons[1].node_id
+        member = a.membership.members[b]
+        await wait_until(lambda: member.rtt is not None, "a heartbeat round trip to b")
         async with aiohttp.ClientSession() as s:
             status, text = await get(s, base + "/metrics")
             assert status == 200
@@ -74,7 +77,6 @@ async def test_metrics_move_as_requests_are_served() -> None:
                 value(before, "edgeci_request_seconds_count", **hist) + 1
             )
             assert value(after, "edgeci_auction_seconds_count") >= 1
-            b = daemons[1].node_id
             sent = value(after, "edgeci_peer_sent_bytes_total", peer=b)
             assert sent > value(before, "edgeci_peer_sent_bytes_total", peer=b)  # bids, tiles
             assert value(after, "edgeci_peer_alive", peer=b) == 1.0
