@@ -7,7 +7,7 @@ PURE := edgeci_p2p/core edgeci_p2p/wire edgeci_p2p/auction edgeci_p2p/planners e
 # mypy --strict runs over the pure core and the asyncio shell.
 TYPED := $(PURE) edgeci_p2p/aio
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo dashboard test lint typecheck pytest bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) -m edgeci_p2p.demo
+
+# The demo's three peers kept up, the first with its dashboard (the address is printed).
+dashboard: $(VENV)/.installed
+	$(PY) -m edgeci_p2p.demo --dashboard
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check edgeci_p2p tests benchmarks examples

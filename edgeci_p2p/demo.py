@@ -1,4 +1,6 @@
-"""``make demo``: a three-peer cluster on loopback serving a real, verified inference.
+"""``make demo``: a three-peer cluster on loopback serving a real, verified inference
+(``make dashboard``, ``--dashboard``: the same cluster kept up with the first peer's
+dashboard, whose address it prints).
 
 Starts three ``edgeci-peer`` processes on 127.0.0.1 (mDNS bound to 127.0.0.1, no
 static peers), waits until they have found each other, runs
@@ -35,6 +37,12 @@ def _say(msg: str) -> None:
 
 def ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
     """The port a started ``edgeci-peer`` reports once it serves (it prints one line)."""
+    return ready(proc, timeout)[0]
+
+
+def ready(proc: subprocess.Popen[str], timeout: float = 180.0) -> tuple[int, str | None]:
+    """The port a started ``edgeci-peer`` reports once it serves, and its dashboard's
+    address when it was started with ``--http`` (on the same line)."""
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -46,7 +54,8 @@ def ready_port(proc: subprocess.Popen[str], timeout: float = 180.0) -> int:
             said.append(line)
             m = re.search(r"ready on port (\d+)", line)
             if m:
-                return int(m.group(1))
+                d = re.search(r"dashboard on (\S+)", line)
+                return int(m.group(1)), d.group(1) if d else None
     if proc.poll() is not None:
         said.append(proc.stdout.read())  # what it printed before it exited
     tail = "".join(said).strip().splitlines()[-5:]
@@ -97,7 +106,12 @@ def _edgeci(*args: str, key: str | None = None) -> subprocess.CompletedProcess[s
     return subprocess.run(argv, capture_output=True, text=True)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    dashboard = "--dashboard" in args
+    if set(args) - {"--dashboard"}:
+        print("usage: python -m edgeci_p2p.demo [--dashboard]", file=sys.stderr)
+        return 2
     image = str(sample_image_path())
     _say("edgeci-p2p demo: measuring this machine (edgeci profile --threads 1 --refresh)...")
     # Measured afresh: the peers read this profile from the cache, and one measured
@@ -118,8 +132,11 @@ def main() -> int:
             Path(key).write_text(secrets.token_hex(16))
             for i in range(PEERS):
                 extra = ["--cluster-key-file", key]
+                if dashboard and i == 0:  # loopback: no token asked for
+                    extra += ["--http", "127.0.0.1:0"]
                 procs.append(start_peer(f"{tmp}/peer{i}", f"demo-{i}", extra=extra))
-            ports = [ready_port(p) for p in procs]
+            started = [ready(p) for p in procs]
+            ports = [port for port, _ in started]
             entry = f"127.0.0.1:{ports[0]}"
             deadline = time.monotonic() + 30
             while True:
@@ -131,6 +148,8 @@ def main() -> int:
                     raise RuntimeError(f"peers did not find each other: {r.stderr or view}")
                 time.sleep(0.3)
             _say(_edgeci("peers", "--peer", entry, key=key).stdout)
+            if dashboard:
+                return _serve_dashboard(started[0][1], procs)
 
             # Warm-up (first use of each tile shape builds oneDNN kernels), then measure.
             for strategy in ("edgeci", "local"):
@@ -218,6 +237,20 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
             _say("peers stopped")
+
+
+def _serve_dashboard(url: str | None, procs: Sequence[subprocess.Popen[str]]) -> int:
+    """Keep the cluster up with its dashboard until Ctrl-C (or a peer exits)."""
+    if url is None:
+        raise RuntimeError("the entry peer printed no dashboard address")
+    _say(f"dashboard: {url}  (also {url.rstrip('/')}/metrics; Ctrl-C stops the cluster)")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    _say("a peer exited")
+    return 1
 
 
 if __name__ == "__main__":

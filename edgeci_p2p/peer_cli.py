@@ -14,6 +14,7 @@ from edgeci_p2p.meminfo import parse_size
 
 if TYPE_CHECKING:
     from edgeci_p2p.aio.config import PeerConfig
+from edgeci_p2p.aio.config import parse_http
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "peers with one id share its cores and are planned as one pool of CPU; give each "
         "emulated peer its own to plan them as separate machines",
     )
+    p.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus /metrics, a JSON API (/api/cluster, /api/requests) and a "
+        "dashboard page on this address (off by default; loopback when only a port is "
+        "given; beyond loopback with a cluster key, a token derived from the key is "
+        "required, printed in the dashboard's address)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -140,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
         host_id=args.host_id,
+        http=None if args.http is None else parse_http(args.http),
     )
 
 

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgeci_p2p.auction import decider as dec
@@ -50,6 +50,20 @@ Sender = Callable[[str, am.CallForBids | am.Award | am.Release], Awaitable[bool]
 """Send an auction message to a peer; False when it could not be sent."""
 
 
+@dataclass
+class PlanningStats:
+    """What this node's rounds spent deciding (counters for the metrics)."""
+
+    seconds: float = 0.0
+    decisions: int = 0
+    cache_hits: int = 0
+
+    def add(self, seconds: float, cache_hit: bool) -> None:
+        self.seconds += seconds
+        self.decisions += 1
+        self.cache_hits += int(cache_hit)
+
+
 class Auctioneer:
     """Runs this node's auction rounds; one per request, several may overlap."""
 
@@ -76,6 +90,8 @@ class Auctioneer:
         """Per (strategy, model, size, itemsize, wire fractions): a recent finding that
         distributing does not pay."""
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
+        self.planning = PlanningStats()
+        """Time spent deciding and how often the decision cache answered (metrics)."""
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -148,7 +164,9 @@ class Auctioneer:
             # Peers sharing a machine share its cores (auction/hosts.py).
             pooled = pool_colocated(bids, self.node_id)
             with lock:
+                t0, hits = time.perf_counter(), decider.hits
                 items = decider(call, pooled)
+                self.planning.add(time.perf_counter() - t0, decider.hits > hits)
                 picked.append((decider.plan, decider.testbed, dict(decider.left_out)))
             return items
 

@@ -60,6 +60,9 @@ class PeerConfig:
     :mod:`edgeci_p2p.meminfo`)."""
     weights_idle_s: float = 300.0
     """Weights loaded on demand (a head) are dropped after this long unused."""
+    http: tuple[str, int] | None = None
+    """Serve ``/metrics``, the JSON API and the dashboard on this (host, port) (port 0:
+    any free one); None: no HTTP side (``edgeci-peer --http``, ``aio/http.py``)."""
     zero_suppression: bool = True
     """Send feature maps zero-suppressed (docs/protocol.md 5.4); receiving them works
     either way."""
@@ -77,6 +80,20 @@ class PeerConfig:
             self.hedge_factor,
             self.hedge_margin,
         )
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    """``--http``'s ``[HOST:]PORT`` (loopback when only a port is given)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--http {value!r}: expected [HOST:]PORT") from None
+    if not 0 <= number < 65536:
+        raise ValueError(f"--http {value!r}: port out of range")
+    return host.strip("[]") or "127.0.0.1", number
 
 
 def load_node_id(state_dir: Path) -> tuple[str, IO[str]]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeci_p2p.wire.auth import ReplayGuard
 from edgeci_p2p.wire.errors import ErrorCode, ProtocolError, RemoteProtocolError
@@ -22,6 +22,14 @@ class ConnectionLost(Exception):
 
 
 @dataclass
+class Traffic:
+    """Bytes a connection (or every connection to one peer) carried, for the metrics."""
+
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass
 class Connection:
     """A handshaken connection: ``send`` a message, ``recv`` the next one."""
 
@@ -31,6 +39,8 @@ class Connection:
     peer: Hello
     read_timeout: float | None = None
     """Seconds a partially received frame may stay incomplete before we give up."""
+    traffic: Traffic = field(default_factory=Traffic)
+    """Bytes written and read; the mesh shares one per peer across its connections."""
     _closed: bool = False
 
     @property
@@ -43,7 +53,9 @@ class Connection:
         if self._closed:
             raise ConnectionLost("connection already closed")
         try:
-            self.writer.write(self.session.send(message))
+            data = self.session.send(message)
+            self.traffic.sent += len(data)
+            self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, OSError) as e:
             self._closed = True
@@ -77,6 +89,7 @@ class Connection:
         except (ConnectionError, OSError) as e:
             await self.close()
             raise ConnectionLost(f"{self.peer.node_id}: {e}") from e
+        self.traffic.received += len(data)
         self.session.receive_data(data)
 
     async def _flush_and_close(self) -> None:

@@ -34,6 +34,7 @@ from edgeci_p2p.aio.discovery import Discovery, local_interfaces
 from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.front import FrontDoor
+from edgeci_p2p.aio.http import HttpFront, token_for
 from edgeci_p2p.aio.node import Load, Node, Tasks
 from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
@@ -88,6 +89,8 @@ class PeerDaemon:
         self._parts: Parts | None = None
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
+        self.http: HttpFront | None = None
+        """The HTTP side (metrics, API, dashboard) when ``config.http`` asks for one."""
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class PeerDaemon:
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
             self.membership, self.bans, self.tasks, self.port,
         )  # fmt: skip
+        node.cpu_cores = cpus
         parts = self._parts = Parts(node, self.links, self.cluster_view)
         self._server = await asyncio.start_server(parts.mesh.accept, cfg.host, cfg.port)
         self.port = node.port = self._server.sockets[0].getsockname()[1]
@@ -141,6 +145,11 @@ class PeerDaemon:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
         self.tasks.spawn(self._drop_idle_weights(store))
+        if cfg.http is not None:
+            host, port = cfg.http
+            self.http = HttpFront(self, host, port, token_for(host, cfg.cluster_key))
+            await self.http.start()
+            log.info("%s: dashboard and /metrics on %s", self.name, self.http.url)
         self.ready.set()
         log.info(
             "%s (%s) listening on %s:%d, models %s, memory budget %s",
@@ -205,6 +214,9 @@ class PeerDaemon:
         return compute, float(threads if quota is None else min(quota, threads))
 
     async def stop(self) -> None:
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                await self.http.stop()
         if self._discovery is not None:
             with contextlib.suppress(Exception):
                 await self._discovery.async_stop()
@@ -352,6 +364,13 @@ class PeerDaemon:
             "profile_age_s": (
                 round(time.time() - self.profile_created, 1) if self.profile_created else None
             ),
+            "load": {
+                "threads": self.config.threads,
+                "cpu_cores": node.cpu_cores,
+                "requests": node.load.requests,
+                "queued": node.load.queued_tiles,
+                "banned": sorted(p for p in self.bans.until if self.bans.banned(p, now)),
+            },
         }
         return [me] + [m.to_dict(now) for m in self.membership.members.values()]
 
@@ -408,8 +427,11 @@ def run_forever(
         if freeze_gc:
             gc.collect()
             gc.freeze()
+        # One line (readers wait for it): the dashboard's address on it when there is one.
+        http = f", dashboard on {daemon.http.url}" if daemon.http is not None else ""
         print(
-            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}", flush=True
+            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}{http}",
+            flush=True,
         )
         await stop.wait()
         log.info("shutting down")

@@ -123,17 +123,8 @@ class FrontDoor:
             pass
 
     async def _infer_for(self, conn: Connection, req: InferRequest) -> None:
-        load = self.node.load
-        if load.requests >= self.node.config.max_requests:
-            # Beyond capacity: say so at once rather than queue without bound.
-            busy = (
-                f"busy: {load.requests} requests in progress here; retry or send it to another peer"
-            )
-            await reply(conn, Error(int(ErrorCode.BUSY), busy, req.request_id))
-            return
-        load.requests += 1
         try:
-            result = await self.infer(req)
+            result = await self.admitted(req)
         except (RequestError, ValueError) as e:  # WorkError, ImageError... included
             await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
             return
@@ -143,11 +134,25 @@ class FrontDoor:
             log.exception("request %s failed", req.request_id)
             await reply(conn, Error(int(ErrorCode.REQUEST_FAILED), repr(e), req.request_id))
             return
-        finally:
-            load.requests -= 1
         # Answered: from now on a cancel of this request finds nothing to cancel.
         self._client_tasks.get(id(conn), {}).pop(req.request_id, None)
         await reply(conn, result)
+
+    async def admitted(self, req: InferRequest) -> InferResult:
+        """Answer ``req`` within ``max_requests`` (beyond it: a ``busy`` error at once,
+        rather than a queue without bound); a client's and the dashboard's way in."""
+        load = self.node.load
+        if load.requests >= self.node.config.max_requests:
+            busy = (
+                f"busy: {load.requests} requests in progress here; retry or send it to another peer"
+            )
+            self.node.metrics.answered(req, None, "busy", 0.0, busy)
+            raise RequestError(ErrorCode.BUSY, busy)
+        load.requests += 1
+        try:
+            return await self.infer(req)
+        finally:
+            load.requests -= 1
 
     async def infer(self, req: InferRequest) -> InferResult:
         """Answer ``req``: here, or, when this node is busy with earlier requests and
@@ -168,10 +173,22 @@ class FrontDoor:
                 "give every request its own id",
             )
         self.answering.add(req.request_id)
+        t0 = time.perf_counter()
         try:
             result = await self._infer_once(req)
+        except BaseException as e:
+            outcome = (
+                "cancelled"
+                if isinstance(e, asyncio.CancelledError)
+                else code_of(e).name.lower()
+                if isinstance(e, RequestError | ValueError)
+                else "failed"
+            )
+            self.node.metrics.answered(req, None, outcome, time.perf_counter() - t0, str(e))
+            raise
         finally:
             self.answering.discard(req.request_id)
+        self.node.metrics.answered(req, result, "ok", time.perf_counter() - t0)
         self.answered.remember(key, result, time.monotonic())
         return result
 

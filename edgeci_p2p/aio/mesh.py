@@ -126,6 +126,8 @@ class Mesh:
                 await conn.close()
                 return
             self.conns[peer.node_id] = conn
+            # Counted per peer across its connections (reconnects add up).
+            conn.traffic = self.node.traffic.setdefault(peer.node_id, conn.traffic)
             # Gossip: ask who it knows, so one static seed address finds the whole cluster.
             self.node.tasks.spawn(reply(conn, Peers(f"{GOSSIP_PREFIX}{secrets.token_hex(4)}")))
         try:

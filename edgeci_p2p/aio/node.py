@@ -12,6 +12,8 @@ from typing import Any
 import numpy.typing as npt
 
 from edgeci_p2p.aio.config import PeerConfig
+from edgeci_p2p.aio.connection import Traffic
+from edgeci_p2p.aio.metrics import Metrics
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.density import WireFractions
@@ -81,6 +83,12 @@ class Node:
     load: Load = field(default_factory=Load)
     clocks: dict[str, ClockSync] = field(default_factory=dict)
     """Each peer's clock offset from heartbeat round trips (for request timelines)."""
+    traffic: dict[str, Traffic] = field(default_factory=dict)
+    """Bytes sent to and received from each peer, over all its connections."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """This node's counters for ``/metrics`` and its recent requests (``aio/metrics.py``)."""
+    cpu_cores: float | None = None
+    """The cores tile work can use here as measured at start (quota or CPU share)."""
     wire: dict[tuple[str, int, int], WireFractions] = field(default_factory=dict)
     """Zeros counted in the maps this node assembled, per (model, height, width): what
     zero suppression leaves of each boundary's bytes, for planning."""

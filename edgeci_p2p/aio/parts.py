@@ -8,7 +8,9 @@ and the worker act on) are answered here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,9 @@ from edgeci_p2p.wire import messages as wm
 from edgeci_p2p.wire.errors import ErrorCode
 
 log = logging.getLogger("edgeci.peer")
+
+VIEW_PREFIX = "view-"
+"""Request ids of ``peers`` questions this node asks a peer for the dashboard."""
 
 
 class Parts:
@@ -62,6 +67,8 @@ class Parts:
             cluster_view,
         )  # fmt: skip
         self.heartbeats = Heartbeats(node, self.mesh, self.idle)
+        node.metrics.watch(node, self.desk.auctioneer.planning)
+        self._views: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self.mesh.on_peer_lost.append(self._peer_lost)
         self.mesh.on_closed.append(self.front.on_closed)
         self._route()
@@ -110,6 +117,25 @@ class Parts:
     def _on_gossip(self, conn: Connection, msg: wm.PeersResult) -> None:
         if msg.request_id.startswith(GOSSIP_PREFIX):
             self.mesh.learn(msg.body.get("peers", []))
+        elif msg.request_id.startswith(VIEW_PREFIX):
+            fut = self._views.get(msg.request_id)
+            peers = msg.body.get("peers")
+            if fut is not None and not fut.done() and isinstance(peers, list):
+                fut.set_result(peers)
+
+    async def peer_view(self, node_id: str, timeout: float) -> list[dict[str, Any]] | None:
+        """The cluster as peer ``node_id`` sees it (its ``peers`` answer: its own load,
+        its links), or None when it does not answer within ``timeout`` seconds."""
+        request_id = f"{VIEW_PREFIX}{secrets.token_hex(4)}"
+        fut = self._views[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            if not await self.mesh.send(node_id, wm.Peers(request_id)):
+                return None
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._views.pop(request_id, None)
 
     def _peer_lost(self, node_id: str) -> None:
         error = ConnectionLost(f"peer {node_id} went away")

@@ -99,12 +99,13 @@ class PeerWorker:
 
     # ---- the work ---------------------------------------------------------------------------
 
-    async def _admitted(self, conn: Connection, request_id: str) -> bool:
+    async def _admitted(self, conn: Connection, request_id: str, kind: str) -> bool:
         """With ``max_queued_tiles`` pieces of auctioneers' work queued, a new one (tile,
         strip job or head job) gets a 'busy' error at once instead of a place in line."""
         if self.node.load.queued_tiles < self.node.config.max_queued_tiles:
             self.node.load.queued_tiles += 1
             return True
+        self.node.metrics.tile(kind, "busy")
         await reply(conn, Error(int(ErrorCode.BUSY), "tile queue full", request_id))
         return False
 
@@ -116,7 +117,7 @@ class PeerWorker:
         t0 = time.perf_counter()
         out = Region(Span(*req.out.rows), Span(*req.out.cols))
         slab = Region(Span(*req.slab.rows), Span(*req.slab.cols))
-        if not await self._admitted(conn, req.request_id):
+        if not await self._admitted(conn, req.request_id, "tile"):
             return
         x = req.input
         admitted = time.monotonic()
@@ -139,9 +140,11 @@ class PeerWorker:
                 slab,
             )
         except ValueError as e:  # WorkError included
+            self.node.metrics.tile("tile", "failed")
             await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
             return
         except CancelledTile:
+            self.node.metrics.tile("tile", "cancelled")
             return
         finally:
             self._done()
@@ -149,6 +152,7 @@ class PeerWorker:
             spec = self.node.store.spec(req.model, *req.input_hw)
             work = trace(spec, req.start, req.stop, out)
             self.node.served(flops_by_kind(work).items(), stopped - started)
+        self.node.metrics.tile("tile", "served")
         spans = _spans(admitted, started, stopped) if req.trace else None
         took = time.perf_counter() - t0
         await reply(conn, TileResult(req.request_id, req.tile_id, y, took, spans))
@@ -157,7 +161,7 @@ class PeerWorker:
         """The head of an auctioneer's request (its plan put it here): the logits back as
         a tile result, N x classes x 1 x 1."""
         store = self.node.store
-        if not await self._admitted(conn, job.request_id):
+        if not await self._admitted(conn, job.request_id, "head"):
             return
         t0 = time.perf_counter()
         admitted = time.monotonic()
@@ -184,11 +188,13 @@ class PeerWorker:
                 torch.from_numpy(job.input.copy()),
             )
         except ValueError as e:  # WorkError, UnknownModelError included
+            self.node.metrics.tile("head", "failed")
             await reply(conn, Error(int(code_of(e)), str(e), job.request_id))
             return
         finally:
             self._done()
         self.node.served([("head", head_flops(store.spec(job.model, *hw)))], stopped - started)
+        self.node.metrics.tile("head", "served")
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
         spans = _spans(admitted, started, stopped) if job.trace else None
         took = time.perf_counter() - t0
@@ -196,18 +202,21 @@ class PeerWorker:
 
     async def _run_strip_for(self, conn: Connection, job: StripJob) -> None:
         """A strip job from an auctioneer: run it, answer with the last strip or an error."""
-        if not await self._admitted(conn, job.request_id):
+        if not await self._admitted(conn, job.request_id, "strip"):
             return
         try:
             out = await self.strip_job(job)
         except asyncio.CancelledError:
+            self.node.metrics.tile("strip", "cancelled")
             return  # the auctioneer cancelled it (a neighbour failed); nothing is due
         except (StripJobError, ValueError) as e:  # WorkError, UnknownModelError included
+            self.node.metrics.tile("strip", "failed")
             code = code_of(e, ErrorCode.REQUEST_FAILED)
             await reply(conn, Error(int(code), f"strip job: {e}", job.request_id))
             return
         finally:
             self._done()
+        self.node.metrics.tile("strip", "served")
         spans = out.spans if job.trace else None
         await reply(conn, TileResult(job.request_id, job.tile_id, out.output, out.compute_s, spans))
 

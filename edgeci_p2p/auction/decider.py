@@ -81,6 +81,9 @@ class CachedDecider:
         self.left_out: dict[str, str] = {}
         self._memo: dict[tuple[Any, ...], tuple[Any, Plan | None, Testbed | None, dict[str, str]]]
         self._memo = {}
+        self.hits = 0
+        """Decisions answered from the memo (for the metrics)."""
+        self.misses = 0
 
     @staticmethod
     def key(call: am.CallForBids, bids: Sequence[am.Bid]) -> tuple[Any, ...]:
@@ -103,12 +106,15 @@ class CachedDecider:
         k = self.key(call, bids)
         hit = self._memo.get(k)
         if hit is None:
+            self.misses += 1
             items = self.inner(call, bids)
             left = dict(getattr(self.inner, "left_out", {}))
             hit = (items, self.inner.plan, self.inner.testbed, left)
             if len(self._memo) >= self.size:
                 self._memo.pop(next(iter(self._memo)))
             self._memo[k] = hit
+        else:
+            self.hits += 1
         items, self.plan, self.testbed, self.left_out = hit
         return items
 

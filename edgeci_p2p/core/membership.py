@@ -222,9 +222,12 @@ class BanList:
     cap: float = 60.0
     until: dict[str, float] = field(default_factory=dict)
     strikes: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    """Bans ever given (a counter for the metrics)."""
 
     def ban(self, node_id: str, now: float) -> float:
         """Record a failure; returns the seconds the peer is banned for."""
+        self.total += 1
         n = self.strikes.get(node_id, 0) + 1
         self.strikes[node_id] = n
         seconds = float(min(self.cap, self.base * 2.0 ** (n - 1)))
