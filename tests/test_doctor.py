@@ -99,6 +99,7 @@ def failing(findings: list[Finding], subject: str) -> list[Finding]:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+@pytest.mark.one_loop
 async def test_doctor_on_loopback_reports_each_problem_with_its_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

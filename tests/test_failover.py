@@ -72,6 +72,7 @@ def test_memory_is_keyed_by_id_and_content_bounded_and_forgets() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+@pytest.mark.one_loop
 async def test_entry_peer_killed_mid_request_answer_comes_from_another_peer() -> None:
     ref = reference()
     async with cluster(2) as (entry, other):
@@ -122,6 +123,7 @@ def load_camera_example() -> ModuleType:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
+@pytest.mark.one_loop
 async def test_camera_pipeline_streams_through_its_entry_peers_death() -> None:
     example = load_camera_example()
     started, gate = threading.Event(), threading.Event()

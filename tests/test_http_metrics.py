@@ -52,6 +52,7 @@ def test_http_address_and_token_rules() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
+@pytest.mark.one_loop
 async def test_metrics_move_as_requests_are_served() -> None:
     async with cluster(2, per_peer={0: {"http": (HOST, 0)}}) as daemons:
         a = daemons[0]

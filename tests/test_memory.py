@@ -134,6 +134,7 @@ def test_a_bidder_declines_an_award_whose_weights_do_not_fit_with_memory() -> No
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(240)
+@pytest.mark.one_loop
 async def test_a_peer_limited_below_the_classifier_answers_vgg16_exactly_without_its_head() -> None:
     x = np.random.default_rng(24).standard_normal((1, 3, 64, 64)).astype(np.float32)
     with torch.no_grad():
