@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect
+from edgeci_p2p.aio.tls import client_context
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import (
     Error,
     InferRequest,
@@ -54,9 +56,19 @@ class Client:
     """One connection to any peer. Requests may overlap: replies are matched by request id,
     so a stream can keep several frames in flight on one connection."""
 
-    def __init__(self, address: str, *, key: bytes | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        key: bytes | None = None,
+        timeout: float = 300.0,
+        plaintext: bool = False,
+    ) -> None:
+        """TLS 1.3 bound to the handshake unless ``plaintext`` (which the peer must
+        run with too); ``key`` proves cluster membership."""
         self.host, self.port = parse_address(address)
         self.key = key
+        self.plaintext = plaintext
         self.timeout = timeout
         self._conn: Connection | None = None
         self._waiting: dict[str, asyncio.Future[Message]] = {}
@@ -64,10 +76,10 @@ class Client:
         self._send_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Client:
-        config = SessionConfig(
-            node_id=f"client-{secrets.token_hex(4)}", role="client", key=self.key
-        )
-        self._conn = await connect(self.host, self.port, config)
+        ident = Identity.generate("edgeci-p2p client")
+        config = SessionConfig(node_id=ident.node_id, role="client", key=self.key, identity=ident)
+        tls = None if self.plaintext else client_context()
+        self._conn = await connect(self.host, self.port, config, tls=tls)
         self._reader = asyncio.get_running_loop().create_task(self._read_replies(self._conn))
         return self
 

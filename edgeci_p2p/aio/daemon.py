@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
@@ -27,7 +26,7 @@ import numpy.typing as npt
 import torch
 
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
-from edgeci_p2p.aio.config import PeerConfig, load_node_id
+from edgeci_p2p.aio.config import PeerConfig, lock_state_dir
 from edgeci_p2p.aio.connection import Connection, ConnectionLost
 from edgeci_p2p.aio.discovery import Discovery
 from edgeci_p2p.aio.errors import RequestError
@@ -37,6 +36,7 @@ from edgeci_p2p.aio.node import Load, Node, Tasks
 from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.strips import Mailbox
+from edgeci_p2p.aio.tls import Listener, client_context, load_identity, server_context
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
@@ -47,6 +47,7 @@ from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
+from edgeci_p2p.wire.identity import Identity
 
 log = logging.getLogger("edgeci.peer")
 
@@ -54,17 +55,22 @@ log = logging.getLogger("edgeci.peer")
 class PeerDaemon:
     """One peer: start it, send it requests (or let clients connect), stop it."""
 
-    def __init__(self, config: PeerConfig, node_id: str | None = None) -> None:
+    def __init__(
+        self, config: PeerConfig, node_id: str | None = None, identity: Identity | None = None
+    ) -> None:
+        """``identity``: this peer's key pair (default: the one in ``state_dir``, made
+        there on first start, or a fresh one); the node id is made from its key.
+        ``node_id`` overrides that, which only a ``--plaintext`` peer can present."""
         self.config = config
         self._lock_file: IO[str] | None = None
-        if node_id is None:
-            if config.state_dir is not None:
-                node_id, self._lock_file = load_node_id(config.state_dir)
-            else:
-                node_id = secrets.token_hex(8)
-        self.node_id = node_id
-        self.name = config.name or f"peer-{node_id[:6]}"
-        self.membership = Membership(node_id)
+        if config.state_dir is not None:
+            self._lock_file = lock_state_dir(config.state_dir)
+        if identity is None:
+            identity = load_identity(config.state_dir)
+        self.identity = identity
+        self.node_id: str = node_id or identity.node_id
+        self.name = config.name or f"peer-{self.node_id[:6]}"
+        self.membership = Membership(self.node_id)
         self.bans = BanList()
         self.links = PlannedLinks(config.link_bandwidth)
         """The link figures this node plans each peer with (measured, with hysteresis)."""
@@ -74,7 +80,7 @@ class PeerDaemon:
         self.ready = asyncio.Event()
         self.node: Node | None = None
         self._parts: Parts | None = None
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._discovery: Discovery | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -93,13 +99,23 @@ class PeerDaemon:
             cpus=cpus,
             host_cpus=machine_cpus(),
         )
+        if self.node_id != self.identity.node_id and not cfg.plaintext:
+            raise ValueError("over TLS a node id is made from the identity's key: pass identity")
         node = self.node = Node(
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
-            self.membership, self.bans, self.tasks, self.port,
+            self.membership, self.bans, self.tasks, self.port, self.identity,
         )  # fmt: skip
+        tls = None if cfg.plaintext else (server_context(self.identity), client_context())
         parts = self._parts = Parts(node, self.links, self.cluster_view)
-        self._server = await asyncio.start_server(parts.mesh.accept, cfg.host, cfg.port)
-        self.port = node.port = self._server.sockets[0].getsockname()[1]
+        parts.mesh.dial_context = None if tls is None else tls[1]
+        self._server = Listener(
+            parts.mesh.accept,
+            None if tls is None else tls[0],
+            read_timeout=cfg.read_timeout,
+            max_handshakes=cfg.max_handshakes,
+            spawn=self.tasks.spawn,
+        )
+        self.port = node.port = await self._server.start(cfg.host, cfg.port)
         if not cfg.no_mdns:
             self._discovery = Discovery(
                 self.node_id,
@@ -115,6 +131,16 @@ class PeerDaemon:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
         self.ready.set()
+        if cfg.plaintext:
+            log.warning(
+                "--plaintext: connections are NOT encrypted (benchmarks and diagnosis only)"
+            )
+        elif cfg.cluster_key is None:
+            log.warning(
+                "no cluster key: connections are encrypted (TLS 1.3) but NOT authenticated: "
+                "anyone who can reach port %d can join and use this cluster",
+                self.port,
+            )
         log.info(
             "%s (%s) listening on %s:%d, models %s",
             self.name,
