@@ -18,7 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=7420, help="TCP port (default 7420; 0 = any)")
     p.add_argument("--name", default="", help="human-readable peer name")
-    p.add_argument("--state-dir", type=Path, help="directory holding this peer's node id")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory holding this peer's key pair and certificate (its node id is made "
+        "from the key; made there on first start)",
+    )
     p.add_argument(
         "--mdns-interface",
         action="append",
@@ -35,6 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="static peer address (repeatable), for networks that block multicast",
     )
     p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
+    p.add_argument(
+        "--allow-peers",
+        type=Path,
+        metavar="FILE",
+        help="let in only peers whose node ids this file lists, one per line "
+        "('edgeci peers' shows each peer's id)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS: connections in clear, for benchmarks and diagnosis only; every peer "
+        "and client of the cluster must be given it too",
+    )
+    p.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=32,
+        help="inbound connections in their handshake at once (default 32; more wait)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
     p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
     p.add_argument(
@@ -79,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    from edgeci_p2p.aio.config import read_allow_list
     from edgeci_p2p.aio.daemon import PeerConfig, run_forever
     from edgeci_p2p.core.membership import DuplicateNodeError
 
@@ -90,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--weights {item!r}: expected MODEL=PATH")
             weights[model] = path
         key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
+        allow = read_allow_list(args.allow_peers) if args.allow_peers else None
         config = PeerConfig(
             host=args.host,
             port=args.port,
@@ -106,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
             zero_suppression=not args.no_zero_suppression,
             host_id=args.host_id,
+            plaintext=args.plaintext,
+            allow_peers=allow,
+            max_handshakes=args.max_handshakes,
         )
         run_forever(config)
     except (ValueError, OSError, DuplicateNodeError) as e:

@@ -92,8 +92,9 @@ def address(d: PeerDaemon) -> str:
 
 
 def client(d: PeerDaemon, key: bytes | None = None) -> Client:
-    """A client of ``d`` (use as ``async with client(d) as c``)."""
-    return Client(address(d), key=key)
+    """A client of ``d`` (use as ``async with client(d) as c``), over TLS unless ``d``
+    runs ``--plaintext``."""
+    return Client(address(d), key=key, plaintext=d.config.plaintext)
 
 
 async def stop_all(daemons: Sequence[PeerDaemon]) -> None:

@@ -27,7 +27,7 @@ from tests.daemons import client, cluster
 
 @pytest_asyncio.fixture
 async def daemon() -> AsyncIterator[PeerDaemon]:
-    async with cluster(1, read_timeout=0.5) as (d,):
+    async with cluster(1, read_timeout=0.5, plaintext=True) as (d,):
         yield d
 
 

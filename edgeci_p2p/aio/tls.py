@@ -200,6 +200,10 @@ class Listener:
                 err = Error(int(ErrorCode.TLS_REQUIRED), TLS_REQUIRED_MESSAGE).to_wire()
                 with contextlib.suppress(OSError, TimeoutError):
                     await asyncio.wait_for(loop.sock_sendall(sock, framing.encode_frame(err)), 1)
+                    # Read what it sent (its hello) before closing: unread bytes at close
+                    # make the kernel reset the connection, and the error could be lost.
+                    sock.recv(1 << 16)
+                    sock.shutdown(socket.SHUT_WR)
             sock.close()
             return None
         if self.context is None and is_tls:

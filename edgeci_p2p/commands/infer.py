@@ -36,6 +36,11 @@ def register(sub: Any) -> None:
         "of the logits (max_abs_diff; max_abs_ref is the largest logit, for scale)",
     )
     p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (only against a peer started with --plaintext; benchmarks and diagnosis)",
+    )
+    p.add_argument(
         "--cluster-key-file",
         type=Path,
         help="file with the shared cluster key (whitespace around it is stripped)",
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         nonlocal answered
-        async with Client(args.peer, key=key) as c:
+        async with Client(args.peer, key=key, plaintext=args.plaintext) as c:
             result = await c.infer(
                 data,
                 model=args.model,

@@ -187,6 +187,10 @@ class Session:
         self.channel = channel
         self._binding = b""
         self._peer_cert: bytes | None = None
+        self._refusal: RemoteProtocolError | None = None
+        """A fault found in the peer's hello over TLS, raised when its auth arrives: our
+        own auth still goes out first, so that the other side (behind a relay that
+        terminates TLS) finds the mismatch too and refuses on its own."""
         self.nonce = nonce if nonce is not None else secrets.token_bytes(auth.NONCE_BYTES)
         self.peer: Hello | None = None
         self._guard = replay_guard
@@ -413,9 +417,10 @@ class Session:
         except identity.IdentityError as e:
             raise RemoteProtocolError(ErrorCode.AUTH_FAILED, f"peer certificate: {e}") from None
         if claimed != hello.node_id:
-            raise RemoteProtocolError(
+            self._refusal = RemoteProtocolError(
                 ErrorCode.AUTH_FAILED,
-                f"node id {hello.node_id!r} is not the one its certificate's key makes",
+                f"node id {hello.node_id!r} is not the one the TLS certificate's key makes "
+                "(a relay terminates TLS in between?)",
             )
         mine, theirs = self.config.identity.fingerprint, identity.fingerprint(cert)
         pair = (mine, theirs) if self.channel.listener else (theirs, mine)
@@ -426,6 +431,8 @@ class Session:
         assert self.peer is not None
         peer, me = self.peer, self.config
         args = (peer.node_id, me.node_id, self.nonce, peer.nonce, self._binding)
+        if self._refusal is not None:
+            raise self._refusal
         if me.key is not None and (msg.proof is None or not auth.verify(me.key, msg.proof, *args)):
             why = "wrong proof: the peer lacks the key"
             if self.channel is not None:
