@@ -187,14 +187,15 @@ class Listener:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.context is None:  # --plaintext: both ends send hello at once, no peeking
+            return await asyncio.open_connection(sock=sock, limit=2**16)
         try:
             first = await asyncio.wait_for(_peek(sock), self.read_timeout)
         except (TimeoutError, OSError) as e:
             log.info("connection sent nothing within %.1f s: %s", self.read_timeout, e)
             sock.close()
             return None
-        is_tls = first[:1] == bytes([TLS_RECORD_HANDSHAKE])
-        if self.context is not None and not is_tls:
+        if first[:1] != bytes([TLS_RECORD_HANDSHAKE]):
             if first:
                 log.warning("plaintext connection refused: %s", TLS_REQUIRED_MESSAGE)
                 err = Error(int(ErrorCode.TLS_REQUIRED), TLS_REQUIRED_MESSAGE).to_wire()
@@ -206,10 +207,6 @@ class Listener:
                     sock.shutdown(socket.SHUT_WR)
             sock.close()
             return None
-        if self.context is None and is_tls:
-            log.warning("TLS connection refused: this peer runs --plaintext")
-            sock.close()
-            return None
         reader = asyncio.StreamReader(limit=2**16)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
@@ -217,7 +214,7 @@ class Listener:
                 lambda: protocol,
                 sock,
                 ssl=self.context,
-                ssl_handshake_timeout=self.read_timeout if self.context else None,
+                ssl_handshake_timeout=self.read_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
             log.info("TLS handshake refused: %s", e)
