@@ -131,16 +131,6 @@ class PeerDaemon:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
         self.ready.set()
-        if cfg.plaintext:
-            log.warning(
-                "--plaintext: connections are NOT encrypted (benchmarks and diagnosis only)"
-            )
-        elif cfg.cluster_key is None:
-            log.warning(
-                "no cluster key: connections are encrypted (TLS 1.3) but NOT authenticated: "
-                "anyone who can reach port %d can join and use this cluster",
-                self.port,
-            )
         log.info(
             "%s (%s) listening on %s:%d, models %s",
             self.name,
@@ -190,6 +180,17 @@ class PeerDaemon:
         self.worker.shutdown(wait=False, cancel_futures=True)
         if self._lock_file is not None:
             self._lock_file.close()
+
+    def security_notice(self) -> str | None:
+        """What this peer's connections do not protect, said at start (None: all)."""
+        if self.config.plaintext:
+            return "--plaintext: connections are NOT encrypted (benchmarks and diagnosis only)"
+        if self.config.cluster_key is None:
+            return (
+                "no cluster key: connections are encrypted (TLS 1.3) but NOT authenticated: "
+                f"anyone who can reach port {self.port} can join and use this cluster"
+            )
+        return None
 
     # ---- the public face ----------------------------------------------------------------------
 
@@ -334,6 +335,9 @@ def run_forever(config: PeerConfig) -> None:  # pragma: no cover - exercised via
         print(
             f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}", flush=True
         )
+        notice = daemon.security_notice()
+        if notice is not None:  # after the ready line, which scripts read first
+            log.warning("%s", notice)
         await stop.wait()
         log.info("shutting down")
         await daemon.stop()
