@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=7420, help="TCP port (default 7420; 0 = any)")
     p.add_argument("--name", default="", help="human-readable peer name")
-    p.add_argument("--state-dir", type=Path, help="directory holding this peer's node id")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory holding this peer's key pair and certificate (its node id is made "
+        "from the key; made there on first start)",
+    )
     p.add_argument(
         "--mdns-interface",
         action="append",
@@ -41,6 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="static peer address (repeatable), for networks that block multicast",
     )
     p.add_argument("--cluster-key-file", type=Path, help="file with the shared cluster key")
+    p.add_argument(
+        "--allow-peers",
+        type=Path,
+        metavar="FILE",
+        help="let in only peers whose node ids this file lists, one per line "
+        "('edgeci peers' shows each peer's id)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS: connections in clear, for benchmarks and diagnosis only; every peer "
+        "and client of the cluster must be given it too",
+    )
+    p.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=32,
+        help="inbound connections in their handshake at once (default 32; more wait)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for tile work")
     p.add_argument("--models", default="vgg16,resnet34", help="comma-separated models to serve")
     p.add_argument(
@@ -121,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
     """The peer configuration that parsed ``edgeci-peer`` flags describe (reads the key file).
 
     Raises ValueError or OSError on a bad flag value or an unreadable key file."""
-    from edgeci_p2p.aio.config import PeerConfig
+    from edgeci_p2p.aio.config import PeerConfig, read_allow_list
 
     weights = {}
     for item in args.weights:
@@ -150,6 +174,9 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         weights_idle_s=args.weights_idle,
         host_id=args.host_id,
         http=None if args.http is None else parse_http(args.http),
+        plaintext=args.plaintext,
+        allow_peers=read_allow_list(args.allow_peers) if args.allow_peers else None,
+        max_handshakes=args.max_handshakes,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024  # section 2: the default maximum
 AUTH_LABEL = b"edgeci-p2p auth v1"  # section 6
 TAG_NDARRAY, TAG_UINT8, TAG_F16, TAG_F32 = 40, 64, 84, 85  # section 5.1

@@ -32,6 +32,7 @@ from edgeci_p2p.core.plan import Plan
 from edgeci_p2p.demo import MODEL, ready_port, start_peer
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 from edgeci_p2p.nn.runtime import shared_model
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import InferRequest
 
 HOST = "127.0.0.1"
@@ -91,8 +92,9 @@ def address(d: PeerDaemon) -> str:
 
 
 def client(d: PeerDaemon, key: bytes | None = None) -> Client:
-    """A client of ``d`` (use as ``async with client(d) as c``)."""
-    return Client(address(d), key=key)
+    """A client of ``d`` (use as ``async with client(d) as c``), over TLS unless ``d``
+    runs ``--plaintext``."""
+    return Client(address(d), key=key, plaintext=d.config.plaintext)
 
 
 async def stop_all(daemons: Sequence[PeerDaemon]) -> None:
@@ -112,6 +114,7 @@ async def start_daemons(
     *,
     per_peer: Mapping[int, Mapping[str, Any]] | None = None,
     node_ids: Sequence[str | None] | None = None,
+    identities: Sequence[Identity | None] | None = None,
     mdns: bool = False,
     **config: Any,
 ) -> list[PeerDaemon]:
@@ -144,7 +147,11 @@ async def start_daemons(
                 fields["peers"] = [(HOST, daemons[0].port)]
             fields.update(config)
             fields.update((per_peer or {}).get(i, {}))
-            d = PeerDaemon(PeerConfig(**fields), node_id=node_ids[i] if node_ids else None)
+            d = PeerDaemon(
+                PeerConfig(**fields),
+                node_id=node_ids[i] if node_ids else None,
+                identity=identities[i] if identities else None,
+            )
             daemons.append(d)
             await d.start()
     except BaseException:
@@ -161,12 +168,15 @@ async def cluster(
     timeout: float = WAIT_S,
     per_peer: Mapping[int, Mapping[str, Any]] | None = None,
     node_ids: Sequence[str | None] | None = None,
+    identities: Sequence[Identity | None] | None = None,
     mdns: bool = False,
     **config: Any,
 ) -> AsyncIterator[list[PeerDaemon]]:
     """``start_daemons(n, ...)``, then (unless ``wait=False``) until all see each other
     alive; yields the daemons and stops them all however the block ends."""
-    daemons = await start_daemons(n, per_peer=per_peer, node_ids=node_ids, mdns=mdns, **config)
+    daemons = await start_daemons(
+        n, per_peer=per_peer, node_ids=node_ids, identities=identities, mdns=mdns, **config
+    )
     try:
         if wait:
             await wait_connected(daemons, timeout)

@@ -20,6 +20,7 @@ from edgeci_p2p.core.membership import DuplicateNodeError
 from edgeci_p2p.nn.images import sample_image_path
 from edgeci_p2p.nn.models import load_model
 from edgeci_p2p.planners import STRATEGIES
+from edgeci_p2p.wire.identity import Identity, node_id_of
 from edgeci_p2p.wire.messages import Ping
 from tests.daemons import (
     client,
@@ -152,8 +153,12 @@ async def test_duplicate_node_id_is_refused(tmp_path: Path) -> None:
     again = PeerDaemon(PeerConfig(host="127.0.0.1", port=0, no_mdns=True, state_dir=tmp_path))
     assert again.node_id == node_id
     again._lock_file.close()
-    # A remote peer presenting our own id is refused too.
-    async with cluster(2, node_ids=["same", "same"], wait=False) as (a, b):
+    # The id is made from the key pair kept there (the key readable by its owner only).
+    assert node_id == node_id_of(again.identity.cert_der)
+    assert (tmp_path / "tls_key.pem").stat().st_mode & 0o077 == 0
+    # A remote peer presenting our own id (so our own key pair) is refused too.
+    same = Identity.generate()
+    async with cluster(2, identities=[same, same], wait=False) as (a, b):
         await asyncio.sleep(1.0)
         assert not a.membership.members and not b.membership.members
 

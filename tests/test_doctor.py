@@ -18,11 +18,13 @@ import pytest
 from edgeci_p2p import cli
 from edgeci_p2p.aio.connection import ConnectionLost, handshake
 from edgeci_p2p.aio.doctor import DoctorOptions, diagnose
+from edgeci_p2p.aio.tls import server_context
 from edgeci_p2p.policy.announce import Interface, announce_choices
 from edgeci_p2p.policy.doctor import Finding, PeerProbe, peer_findings
 from edgeci_p2p.wire.errors import ProtocolError
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import Peers, PeersResult
-from edgeci_p2p.wire.session import SessionConfig
+from edgeci_p2p.wire.session import Channel, SessionConfig
 from tests.daemons import HOST, start_daemons, stop_all, wait_connected
 
 KEY = b"doctor-test-cluster-key"
@@ -70,18 +72,20 @@ async def fake_peer(node_id: str, models: dict[str, str]) -> AsyncIterator[int]:
     """A peer that handshakes with KEY, serves ``models`` (by fingerprint) and answers
     ``peers``: another weights file, without loading one."""
     port = 0
+    ident = Identity.generate()
+    node_id = ident.node_id  # over TLS a node id is its key's
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        config = SessionConfig(node_id, port=port, models=models, key=KEY)
+        config = SessionConfig(node_id, port=port, models=models, key=KEY, identity=ident)
         with contextlib.suppress(ConnectionLost, ProtocolError, TimeoutError):
-            conn = await handshake(reader, writer, config)
+            conn = await handshake(reader, writer, config, channel=Channel(listener=True))
             while True:
                 msg = await conn.recv()
                 if isinstance(msg, Peers):
                     own = {"id": node_id, "self": True, "alive": True, "threads": 1}
                     await conn.send(PeersResult(msg.request_id, {"peers": [own]}))
 
-    server = await asyncio.start_server(serve, HOST, 0)
+    server = await asyncio.start_server(serve, HOST, 0, ssl=server_context(ident))
     port = server.sockets[0].getsockname()[1]
     try:
         yield port
@@ -104,13 +108,15 @@ async def test_doctor_on_loopback_reports_each_problem_with_its_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgeci.peer")
+    # A copied state directory: two peers with one key pair, hence one node id.
+    copied = Identity.generate()
     # Started together (their mDNS registrations and CPU checks overlap); all stopped.
     started = await asyncio.gather(
         start_daemons(1, mdns=True, cluster_key=KEY, host_id="doctor-a"),
         start_daemons(1, mdns=True, cluster_key=KEY, host_id="doctor-b"),
         start_daemons(1, cluster_key=OTHER_KEY),
         start_daemons(
-            2, node_ids=["copied-node-id", "copied-node-id"], cluster_key=KEY,
+            2, identities=[copied, copied], cluster_key=KEY,
             per_peer={1: {"peers": []}},
         ),
         return_exceptions=True,
@@ -172,8 +178,8 @@ async def test_doctor_on_loopback_reports_each_problem_with_its_fix(
         (weights,) = failing(found, fake)
         assert weights.check == "weights" and "other weights" in weights.summary
         assert "--weights" in weights.fix
-        (copied,) = failing(found, "copied-node-id")
-        assert copied.check == "duplicate-id" and "node_id" in copied.fix
+        (dup_id,) = failing(found, copied.node_id)
+        assert dup_id.check == "duplicate-id" and "node_id" in dup_id.fix
 
         # mDNS where nobody is: a service type no one announces on 127.0.0.1 (other
         # test runs on this machine may announce the real one there).

@@ -27,7 +27,7 @@ from tests.daemons import client, cluster
 
 @pytest_asyncio.fixture
 async def daemon() -> AsyncIterator[PeerDaemon]:
-    async with cluster(1, read_timeout=0.5) as (d,):
+    async with cluster(1, read_timeout=0.5, plaintext=True) as (d,):
         yield d
 
 
@@ -65,8 +65,8 @@ async def still_serving(d: PeerDaemon) -> None:
         assert [p["id"] for p in await c.peers()] == [d.node_id]
 
 
-def client_hello(version: int = 1) -> bytes:
-    hello = {**Hello(1, "mallory", "", 0, {}, os.urandom(16), role="client").to_wire()}
+def client_hello(version: int = 2) -> bytes:
+    hello = {**Hello(2, "mallory", "", 0, {}, os.urandom(16), role="client").to_wire()}
     hello["version"] = version
     return framing.encode_frame(hello)
 

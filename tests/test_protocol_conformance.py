@@ -79,8 +79,9 @@ class Loop:
 @contextmanager
 def peers(loop: Loop, n: int = 1, **config: Any) -> Iterator[list[Any]]:
     """``tests/daemons.cluster(n, ...)`` (ResNet-34 on 127.0.0.1, connected, always
-    stopped), held open from this thread."""
-    cm = cluster(n, models=[MODEL], **config)
+    stopped), held open from this thread. ``--plaintext``: the frames below are the
+    same inside TLS (section 6); tests/test_tls.py covers the channel itself."""
+    cm = cluster(n, models=[MODEL], **{"plaintext": True, **config})
     daemons = loop.run(cm.__aenter__())
     try:
         yield daemons
@@ -217,7 +218,7 @@ def tensor_of(value: Any) -> np.ndarray:
 def test_handshake_without_a_key_and_a_ping(open_peer: Any, connect: Callable[[Any], Conn]) -> None:
     c = connect(open_peer)
     hello = conforming(c.handshake())
-    assert hello["version"] == 1 and hello["node_id"] and hello["role"] == "peer"
+    assert hello["version"] == 2 and hello["node_id"] and hello["role"] == "peer"
     assert 16 <= len(hello["nonce"]) <= 64 and hello["port"] == open_peer.port
     assert MODEL in hello["models"] and hello.get("auth", False) is False
     alive(c)
@@ -500,9 +501,28 @@ def test_103_a_second_hello(client: Conn) -> None:
 
 def test_104_unsupported_version(open_peer: Any, connect: Callable[[Any], Conn]) -> None:
     c = connect(open_peer)
-    c.send(c.hello(version=2))
+    c.send(c.hello(version=1))
     assert c.recv()["type"] == "hello"
     fatal(c, 104)
+
+
+def test_107_tls_required(loop: Loop) -> None:
+    """A plaintext hello to a peer that speaks TLS (the default): one plaintext error."""
+    with peers(loop, plaintext=False) as (daemon,), contextlib.closing(Conn.open(daemon.port)) as c:
+        c.send(c.hello())
+        fatal(c, 107)
+
+
+def test_108_peer_not_allowed(loop: Loop) -> None:
+    """A peer whose node id is not on the allow-list is refused after the handshake."""
+    with (
+        peers(loop, allow_peers=frozenset({"someone-else"})) as (daemon,),
+        contextlib.closing(Conn.open(daemon.port)) as c,
+    ):
+        hello = {**c.hello(), "role": "peer", "port": 1}
+        c.send(hello)
+        assert c.recv_any()["type"] == "hello"
+        fatal(c, 108)
 
 
 def test_105_auth_required(keyed_peer: Any, connect: Callable[[Any], Conn]) -> None:

@@ -13,7 +13,9 @@ import pytest
 
 from edgeci_p2p.aio.client import Client, ClientError
 from edgeci_p2p.aio.connection import connect
+from edgeci_p2p.aio.tls import client_context
 from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import InferRequest
 from edgeci_p2p.wire.session import SessionConfig
 from tests.daemons import (
@@ -104,8 +106,12 @@ async def test_client_disconnect_cancels_tiles_everywhere_and_releases_reservati
     async with cluster(3) as daemons:
         blockers = [await occupy(d, 1.0) for d in daemons]
         rid = secrets.token_hex(8)
+        me = Identity.generate("impatient")
         conn = await connect(
-            "127.0.0.1", daemons[0].port, SessionConfig("impatient", role="client")
+            "127.0.0.1",
+            daemons[0].port,
+            SessionConfig(me.node_id, role="client", identity=me),
+            tls=client_context(),
         )
         await conn.send(InferRequest(rid, "resnet34", image=IMAGE, strategy="modnn"))
         await asyncio.sleep(0.5)  # auction done, tiles queued behind the blockers

@@ -41,7 +41,7 @@ _src.next_event()
 for _m in sorted([*samples(), _big], key=lambda m: isinstance(m, messages.Error) and m.code < 200):
     if not isinstance(_m, messages.Hello | messages.Auth | messages.Chunk):
         CORPUS.append(_src.send(_m))
-HELLO = framing.encode_frame(Hello(1, "F", "fuzzer", 0, {}, b"f" * 16).to_wire())
+HELLO = framing.encode_frame(Hello(2, "F", "fuzzer", 0, {}, b"f" * 16).to_wire())
 
 
 def feed(data: bytes, *, handshake: bool, pieces: int = 1) -> None:

@@ -36,7 +36,7 @@ def tstr(s: str) -> bytes:
 HELLO = frame(
     b"\xa9"  # map, 9 pairs
     + tstr("type") + tstr("hello")
-    + tstr("version") + b"\x01"
+    + tstr("version") + b"\x02"
     + tstr("node_id") + tstr("X")
     + tstr("name") + b"\x60"
     + tstr("port") + b"\x19\x1b\x9e"  # 7070 as a 2-byte argument
@@ -60,7 +60,7 @@ def test_hand_written_handshake_ping_and_tensors_are_accepted() -> None:
     # the server's hello and proof, read with plain cbor2
     hello = cbor2.loads(server_hello[4:])
     assert struct.unpack(">I", server_hello[:4])[0] == len(server_hello) - 4
-    assert hello["type"] == "hello" and hello["version"] == 1 and hello["node_id"] == "S"
+    assert hello["type"] == "hello" and hello["version"] == 2 and hello["node_id"] == "S"
     assert hello["auth"] is True and len(hello["nonce"]) >= 16
     proof_frame = server.data_to_send()
     server_proof = cbor2.loads(proof_frame[4:])

@@ -115,7 +115,7 @@ def test_peer_without_key_is_refused_where_a_key_is_configured() -> None:
 
 
 def attacker_hello(nonce: bytes, auth_flag: bool = True) -> bytes:
-    hello = Hello(1, "M", "mallory", 1, {}, nonce, auth=auth_flag)
+    hello = Hello(2, "M", "mallory", 1, {}, nonce, auth=auth_flag)
     return framing.encode_frame(hello.to_wire())
 
 
@@ -149,7 +149,7 @@ def test_replayed_handshake_fails_against_a_fresh_nonce() -> None:
     victim = Session(SessionConfig("V", key=KEY))
     victim.start()
     victim.receive_data(
-        framing.encode_frame(Hello(1, "H", "", 0, {}, honest.nonce, auth=True).to_wire())
+        framing.encode_frame(Hello(2, "H", "", 0, {}, honest.nonce, auth=True).to_wire())
     )
     victim.receive_data(recorded)
     refused(victim, ErrorCode.AUTH_FAILED)
@@ -195,7 +195,7 @@ def test_forged_proof_is_refused() -> None:
 def test_unsupported_version_is_refused() -> None:
     victim = Session(SessionConfig("V"))
     victim.start()
-    hello = {**Hello(1, "M", "", 0, {}, b"m" * 16).to_wire(), "version": 2}
+    hello = {**Hello(2, "M", "", 0, {}, b"m" * 16).to_wire(), "version": 1}
     victim.receive_data(framing.encode_frame(hello))
     refused(victim, ErrorCode.UNSUPPORTED_VERSION)
 
@@ -228,7 +228,7 @@ def test_local_misuse_changes_nothing() -> None:
     a, b = connect(None, None)
     pump(a, b)
     with pytest.raises(LocalProtocolError):
-        a.send(Hello(1, "A", "", 0, {}, b"x" * 16))
+        a.send(Hello(2, "A", "", 0, {}, b"x" * 16))
     assert a.state is State.OPEN
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgeci_p2p.aio.connection import Connection, ConnectionLost, connect
+from edgeci_p2p.aio.tls import client_context
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import (
     Error,
     InferRequest,
@@ -84,13 +86,17 @@ class Client:
         timeout: float = 300.0,
         mdns_interfaces: Sequence[str] = (),
         browse_seconds: float = 3.0,
+        plaintext: bool = False,
     ) -> None:
+        """TLS 1.3 bound to the handshake unless ``plaintext`` (which the peers must
+        run with too); ``key`` proves cluster membership."""
         self.addresses = parse_addresses(address)
         if not self.addresses and not mdns_interfaces:
             raise ValueError("a Client needs a peer address or mDNS interfaces to browse")
         self.mdns_interfaces = list(mdns_interfaces)
         self.browse_seconds = browse_seconds
         self.key = key
+        self.plaintext = plaintext
         self.timeout = timeout
         self.failovers = 0
         """Times a lost connection was replaced by one to another peer."""
@@ -104,7 +110,8 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
-        self._node_id = f"client-{secrets.token_hex(4)}"
+        self._identity = Identity.generate("edgeci-p2p client")
+        self._node_id = self._identity.node_id
 
     @property
     def host(self) -> str:
@@ -168,9 +175,12 @@ class Client:
                 for i in range(n):
                     index = (start + i) % n
                     host, port = self.addresses[index]
-                    config = SessionConfig(node_id=self._node_id, role="client", key=self.key)
+                    config = SessionConfig(
+                        node_id=self._node_id, role="client", key=self.key, identity=self._identity
+                    )
+                    tls = None if self.plaintext else client_context()
                     try:
-                        conn = await connect(host, port, config)
+                        conn = await connect(host, port, config, tls=tls)
                     except (ConnectionLost, OSError, TimeoutError) as e:
                         failures.append(f"{host}:{port}: {e}")
                         continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -70,6 +69,13 @@ class PeerConfig:
     """Bid with the profile scaled by how much slower (or faster) than predicted the
     work this peer serves runs (:mod:`edgeci_p2p.policy.calibration`); off: bid the
     profile as measured at start, whatever happens."""
+    plaintext: bool = False
+    """No TLS (benchmarks and diagnosis only; both ends must say so). By default every
+    connection is TLS 1.3 bound to the handshake (docs/protocol.md section 6)."""
+    allow_peers: frozenset[str] | None = None
+    """When set, only peers with these node ids are let in (``--allow-peers FILE``)."""
+    max_handshakes: int = 32
+    """Inbound connections in their TLS and protocol handshake at once; more wait."""
 
     @property
     def deadlines(self) -> DeadlinePolicy:
@@ -96,11 +102,20 @@ def parse_http(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", number
 
 
-def load_node_id(state_dir: Path) -> tuple[str, IO[str]]:
-    """The persistent node id in ``state_dir`` and a held lock on the directory.
+def read_allow_list(path: Path) -> frozenset[str]:
+    """``--allow-peers FILE``: node ids one per line; blank lines and ``#`` comments
+    are skipped (``edgeci peers`` shows each peer's id)."""
+    ids = set()
+    for line in path.read_text().splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            ids.add(entry)
+    return frozenset(ids)
 
-    A second process on the same state dir would present the same id: refuse it.
-    """
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """A held lock on ``state_dir``: a second process there would present the same
+    node id (the key pair lives there): refuse it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = (state_dir / "lock").open("w")
     try:
@@ -111,10 +126,4 @@ def load_node_id(state_dir: Path) -> tuple[str, IO[str]]:
             f"another edgeci-peer is running with --state-dir {state_dir} (same node id); "
             "give each peer its own --state-dir"
         ) from None
-    path = state_dir / "node_id"
-    if path.is_file():
-        node_id = path.read_text().strip()
-    else:
-        node_id = secrets.token_hex(8)
-        path.write_text(node_id + "\n")
-    return node_id, lock
+    return lock

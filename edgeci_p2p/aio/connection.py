@@ -6,12 +6,19 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from edgeci_p2p.wire.auth import ReplayGuard
 from edgeci_p2p.wire.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from edgeci_p2p.wire.messages import Error, Hello, Message
-from edgeci_p2p.wire.session import ConnectionClosed, Established, Session, SessionConfig
+from edgeci_p2p.wire.session import (
+    Channel,
+    ConnectionClosed,
+    Established,
+    Session,
+    SessionConfig,
+)
 
 log = logging.getLogger("edgeci.connection")
 READ_SIZE = 1 << 20
@@ -129,10 +136,12 @@ async def handshake(
     timeout: float = 5.0,
     replay_guard: ReplayGuard | None = None,
     read_timeout: float | None = 10.0,
+    channel: Channel | None = None,
 ) -> Connection:
-    """Exchange hello (and auth when a cluster key is set); closes the socket on failure."""
+    """Exchange hello and auth (auth over TLS, or when a cluster key is set); closes the
+    socket on failure. ``channel``: what TLS showed this side (None: plaintext)."""
     _nodelay(writer)
-    session = Session(config, replay_guard=replay_guard)
+    session = Session(config, replay_guard=replay_guard, channel=channel)
 
     async def run() -> Hello:
         writer.write(session.start())
@@ -169,10 +178,34 @@ async def handshake(
 
 
 async def connect(
-    host: str, port: int, config: SessionConfig, *, timeout: float = 5.0
+    host: str,
+    port: int,
+    config: SessionConfig,
+    *,
+    timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Connection:
+    """Dial ``host:port``: TLS with ``tls`` (``aio/tls.client_context``), else plaintext."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=tls, ssl_handshake_timeout=timeout if tls else None
+            ),
+            timeout,
+        )
+    except ssl.SSLError as e:
+        raise ConnectionLost(
+            f"TLS handshake with {host}:{port} failed ({e}): is that peer running "
+            "--plaintext, or an older protocol version?"
+        ) from e
     except (OSError, TimeoutError) as e:
         raise ConnectionLost(f"cannot connect to {host}:{port}: {e}") from e
-    return await handshake(reader, writer, config, timeout=timeout)
+    channel = None
+    if tls is not None:
+        obj = writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        if not der:
+            writer.close()
+            raise ConnectionLost(f"{host}:{port} presented no TLS certificate")
+        channel = Channel(listener=False, peer_cert=bytes(der))
+    return await handshake(reader, writer, config, timeout=timeout, channel=channel)

@@ -28,7 +28,7 @@ import numpy.typing as npt
 import torch
 
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
-from edgeci_p2p.aio.config import PeerConfig, load_node_id
+from edgeci_p2p.aio.config import PeerConfig, lock_state_dir
 from edgeci_p2p.aio.connection import Connection, ConnectionLost
 from edgeci_p2p.aio.discovery import Discovery, local_interfaces
 from edgeci_p2p.aio.errors import RequestError
@@ -39,6 +39,7 @@ from edgeci_p2p.aio.node import Load, Node, Tasks
 from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.strips import Mailbox
+from edgeci_p2p.aio.tls import Listener, client_context, load_identity, server_context
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder, Holding
@@ -52,6 +53,7 @@ from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.policy.announce import announce_choices, announced
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
+from edgeci_p2p.wire.identity import Identity
 
 log = logging.getLogger("edgeci.peer")
 
@@ -59,17 +61,22 @@ log = logging.getLogger("edgeci.peer")
 class PeerDaemon:
     """One peer: start it, send it requests (or let clients connect), stop it."""
 
-    def __init__(self, config: PeerConfig, node_id: str | None = None) -> None:
+    def __init__(
+        self, config: PeerConfig, node_id: str | None = None, identity: Identity | None = None
+    ) -> None:
+        """``identity``: this peer's key pair (default: the one in ``state_dir``, made
+        there on first start, or a fresh one); the node id is made from its key.
+        ``node_id`` overrides that, which only a ``--plaintext`` peer can present."""
         self.config = config
         self._lock_file: IO[str] | None = None
-        if node_id is None:
-            if config.state_dir is not None:
-                node_id, self._lock_file = load_node_id(config.state_dir)
-            else:
-                node_id = secrets.token_hex(8)
-        self.node_id = node_id
-        self.name = config.name or f"peer-{node_id[:6]}"
-        self.membership = Membership(node_id)
+        if config.state_dir is not None:
+            self._lock_file = lock_state_dir(config.state_dir)
+        if identity is None:
+            identity = load_identity(config.state_dir)
+        self.identity = identity
+        self.node_id: str = node_id or identity.node_id
+        self.name = config.name or f"peer-{self.node_id[:6]}"
+        self.membership = Membership(self.node_id)
         self.bans = BanList()
         self.links = PlannedLinks(config.link_bandwidth)
         """The link figures this node plans each peer with (measured, with hysteresis)."""
@@ -87,7 +94,7 @@ class PeerDaemon:
         self.ready = asyncio.Event()
         self.node: Node | None = None
         self._parts: Parts | None = None
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._discovery: Discovery | None = None
         self.http: HttpFront | None = None
         """The HTTP side (metrics, API, dashboard) when ``config.http`` asks for one."""
@@ -121,14 +128,24 @@ class PeerDaemon:
         )
         bidder.memory_bytes = UNLIMITED if budget is None else budget.bytes
         bidder.holding = functools.partial(holding, store)
+        if self.node_id != self.identity.node_id and not cfg.plaintext:
+            raise ValueError("over TLS a node id is made from the identity's key: pass identity")
         node = self.node = Node(
             cfg, self.node_id, self.name, store, compute, bidder, self.worker,
-            self.membership, self.bans, self.tasks, self.port,
+            self.membership, self.bans, self.tasks, self.port, self.identity,
         )  # fmt: skip
         node.cpu_cores = cpus
+        tls = None if cfg.plaintext else (server_context(self.identity), client_context())
         parts = self._parts = Parts(node, self.links, self.cluster_view)
-        self._server = await asyncio.start_server(parts.mesh.accept, cfg.host, cfg.port)
-        self.port = node.port = self._server.sockets[0].getsockname()[1]
+        parts.mesh.dial_context = None if tls is None else tls[1]
+        self._server = Listener(
+            parts.mesh.accept,
+            None if tls is None else tls[0],
+            read_timeout=cfg.read_timeout,
+            max_handshakes=cfg.max_handshakes,
+            spawn=self.tasks.spawn,
+        )
+        self.port = node.port = await self._server.start(cfg.host, cfg.port)
         if cfg.no_mdns:
             log.info("mDNS off (--no-mdns): peers only from --peer and gossip")
         elif addresses := self._announce_addresses():
@@ -233,6 +250,17 @@ class PeerDaemon:
         self.worker.shutdown(wait=False, cancel_futures=True)
         if self._lock_file is not None:
             self._lock_file.close()
+
+    def security_notice(self) -> str | None:
+        """What this peer's connections do not protect, said at start (None: all)."""
+        if self.config.plaintext:
+            return "--plaintext: connections are NOT encrypted (benchmarks and diagnosis only)"
+        if self.config.cluster_key is None:
+            return (
+                "no cluster key: connections are encrypted (TLS 1.3) but NOT authenticated: "
+                f"anyone who can reach port {self.port} can join and use this cluster"
+            )
+        return None
 
     # ---- the public face ----------------------------------------------------------------------
 
@@ -433,6 +461,9 @@ def run_forever(
             f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}{http}",
             flush=True,
         )
+        notice = daemon.security_notice()
+        if notice is not None:  # after the ready line, which scripts read first
+            log.warning("%s", notice)
         await stop.wait()
         log.info("shutting down")
         await daemon.stop()

@@ -10,8 +10,9 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from edgeci_p2p.aio.connection import ConnectionLost, handshake
+from edgeci_p2p.aio.connection import ConnectionLost, connect, handshake
 from edgeci_p2p.aio.discovery import SERVICE_TYPE, Sighting, browse, local_interfaces
+from edgeci_p2p.aio.tls import client_context
 from edgeci_p2p.policy.announce import Interface, announce_choices, announced
 from edgeci_p2p.policy.doctor import (
     Finding,
@@ -23,6 +24,7 @@ from edgeci_p2p.policy.doctor import (
     peer_findings,
 )
 from edgeci_p2p.wire.errors import ProtocolError
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import Peers, PeersResult
 from edgeci_p2p.wire.session import SessionConfig
 
@@ -45,6 +47,8 @@ class DoctorOptions:
     """Stop browsing once these sightings suffice (tests)."""
     interfaces: Sequence[Interface] | None = None
     """This machine's addresses (default: read from the system)."""
+    plaintext: bool = False
+    """Handshake without TLS (only peers started with ``--plaintext`` accept it)."""
 
 
 def multicast_loop(address: str, timeout: float = 1.0) -> str | None:
@@ -78,9 +82,15 @@ def multicast_loop(address: str, timeout: float = 1.0) -> str | None:
 
 
 async def probe_peer(
-    host: str, port: int, source: str, key: bytes | None, timeout: float = 2.0
+    host: str,
+    port: int,
+    source: str,
+    key: bytes | None,
+    timeout: float = 2.0,
+    plaintext: bool = False,
 ) -> PeerProbe:
-    """TCP connect, handshake with ``key``, then its ``peers`` answer."""
+    """TCP connect, handshake with ``key`` (inside TLS 1.3 unless ``plaintext``), then
+    its ``peers`` answer."""
     p = PeerProbe(host, port, source)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -94,9 +104,16 @@ async def probe_peer(
         p.tcp = e.strerror or str(e)
         return p
     p.tcp = "open"
-    config = SessionConfig(node_id=f"doctor-{secrets.token_hex(4)}", role="client", key=key)
+    ident = Identity.generate("edgeci doctor")
+    config = SessionConfig(node_id=ident.node_id, role="client", key=key, identity=ident)
     try:
-        conn = await handshake(reader, writer, config, timeout=timeout)
+        if plaintext:
+            conn = await handshake(reader, writer, config, timeout=timeout)
+        else:
+            # The port answers; now the peer's own way in: TLS, then the handshake
+            # bound to its certificate.
+            writer.close()
+            conn = await connect(host, port, config, timeout=timeout, tls=client_context())
     except ProtocolError as e:
         p.handshake, p.handshake_code = str(e), int(e.code)
         return p
@@ -151,7 +168,10 @@ async def diagnose(opts: DoctorOptions) -> list[Finding]:
         if (s.host, s.port) not in {(h, p) for h, p, _ in targets}:
             targets.append((s.host, s.port, "mdns"))
     probes = await asyncio.gather(
-        *(probe_peer(h, p, src, opts.key, opts.timeout) for h, p, src in targets)
+        *(
+            probe_peer(h, p, src, opts.key, opts.timeout, opts.plaintext)
+            for h, p, src in targets
+        )
     )
     findings += peer_findings(probes, opts.key is not None)
     if not targets:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,8 +17,9 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.router import Router
 from edgeci_p2p.core.membership import DuplicateNodeError
 from edgeci_p2p.wire.auth import ReplayGuard
-from edgeci_p2p.wire.errors import ErrorCode
+from edgeci_p2p.wire.errors import ErrorCode, ProtocolError
 from edgeci_p2p.wire.messages import Error, Message, Peers
+from edgeci_p2p.wire.session import Channel
 
 log = logging.getLogger("edgeci.peer")
 
@@ -40,6 +42,8 @@ class Mesh:
         self.open: dict[int, Connection] = {}
         """Every connection past its handshake, peers' and clients'."""
         self._guard = ReplayGuard()
+        self.dial_context: ssl.SSLContext | None = None
+        """TLS for the connections this peer dials (None: ``--plaintext``)."""
         self._dialing: set[tuple[str, int]] = set()
 
     # ---- sending ----------------------------------------------------------------------------
@@ -54,7 +58,14 @@ class Mesh:
 
     # ---- inbound and outbound connections ---------------------------------------------------
 
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handshaken: Callable[[], None] = lambda: None,
+    ) -> None:
+        """An inbound connection (after TLS, aio/tls.py's Listener); ``handshaken`` is
+        called once the protocol handshake is over, successful or not."""
         task = asyncio.current_task()
         if task is not None:  # so that stop() can cancel inbound connections too
             self.node.tasks.adopt(task)
@@ -66,10 +77,16 @@ class Mesh:
                     self.node.session_config(),
                     replay_guard=self._guard,
                     read_timeout=self.node.config.read_timeout,
+                    channel=None if self.node.config.plaintext else Channel(listener=True),
                 )
-            except Exception as e:  # a bad handshake only closes that socket
-                log.info("handshake refused: %s", e)
+            except ProtocolError as e:  # refused by this side: say so
+                log.warning("inbound handshake refused: %s", e)
                 return
+            except Exception as e:  # a bad handshake only closes that socket
+                log.info("inbound handshake failed: %s", e)
+                return
+            finally:
+                handshaken()
             await self._serve(conn, "inbound", None)
         except asyncio.CancelledError:
             # Shutdown: this task is the server's connection handler, the outermost
@@ -86,7 +103,10 @@ class Mesh:
             return
         self._dialing.add((host, port))
         try:
-            conn = await connect(host, port, self.node.session_config())
+            conn = await connect(host, port, self.node.session_config(), tls=self.dial_context)
+        except ProtocolError as e:
+            log.warning("dial %s:%d refused here: %s", host, port, e)
+            return
         except Exception as e:
             log.debug("dial %s:%d failed: %s", host, port, e)
             return

@@ -21,6 +21,7 @@ from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.calibration import SpeedCalibration
+from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
 
@@ -80,6 +81,8 @@ class Node:
     bans: BanList
     tasks: Tasks
     port: int = 0
+    identity: Identity | None = None
+    """This node's key pair and certificate (its node id is made from the key)."""
     load: Load = field(default_factory=Load)
     clocks: dict[str, ClockSync] = field(default_factory=dict)
     """Each peer's clock offset from heartbeat round trips (for request timelines)."""
@@ -135,6 +138,8 @@ class Node:
             models=self.store.fingerprints,
             key=self.config.cluster_key,
             zero_suppress_bytes=self.zero_suppress_bytes,
+            identity=self.identity,
+            allow_peers=self.config.allow_peers,
         )
 
     def wire_nbytes(self, array: npt.NDArray[Any]) -> int:

@@ -46,6 +46,11 @@ def register(sub: Any) -> None:
         type=Path,
         help="file with the shared cluster key, to try the handshake with",
     )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="handshake without TLS (only against peers started with --plaintext)",
+    )
     p.add_argument("--json", action="store_true", help="the findings as one JSON object")
     p.set_defaults(func=run)
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         no_mdns=args.no_mdns,
         key=read_key(args.cluster_key_file) if args.cluster_key_file else None,
         browse_seconds=args.browse_seconds,
+        plaintext=args.plaintext,
     )
     findings = asyncio.run(diagnose(opts))
     code = exit_code(findings)

@@ -41,7 +41,13 @@ def client_of(args: argparse.Namespace, key: bytes | None, **kwargs: Any) -> Any
 
     if not args.peer and not args.mdns_interface:
         raise ValueError("give --peer HOST:PORT (repeatable) or --mdns-interface ADDR")
-    return Client(args.peer, key=key, mdns_interfaces=args.mdns_interface, **kwargs)
+    return Client(
+        args.peer,
+        key=key,
+        mdns_interfaces=args.mdns_interface,
+        plaintext=getattr(args, "plaintext", False),
+        **kwargs,
+    )
 
 
 def register(sub: Any) -> None:
@@ -64,6 +70,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="have the peer also run the unsplit model and report the largest difference "
         "of the logits (max_abs_diff; max_abs_ref is the largest logit, for scale)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (only against a peer started with --plaintext; benchmarks and diagnosis)",
     )
     p.add_argument(
         "--cluster-key-file",

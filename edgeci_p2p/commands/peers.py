@@ -20,6 +20,11 @@ def register(sub: Any) -> None:
         help="find a peer by browsing mDNS on this interface address (repeatable)",
     )
     p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (only against a peer started with --plaintext; benchmarks and diagnosis)",
+    )
+    p.add_argument(
         "--cluster-key-file",
         type=Path,
         help="file with the shared cluster key (whitespace around it is stripped)",
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             address = f"{found[0].host}:{found[0].port}"
         key = read_key(args.cluster_key_file) if args.cluster_key_file else None
-        async with Client(address, key=key) as c:
+        async with Client(address, key=key, plaintext=args.plaintext) as c:
             return await c.peers()
 
     peers = asyncio.run(go())

@@ -30,6 +30,11 @@ def register(sub: Any) -> None:
         metavar="HOST:PORT",
         help="dry run on a live cluster: plan with its current bids instead of a testbed",
     )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (only against a peer started with --plaintext; benchmarks and diagnosis)",
+    )
     p.add_argument("--cluster-key-file", help="with --peer: file with the shared cluster key")
     p.set_defaults(func=run)
 
@@ -41,7 +46,9 @@ def _live(args: argparse.Namespace) -> tuple[Any, Any, float]:
     from edgeci_p2p.core.plan import Plan
 
     key = read_key(args.cluster_key_file) if args.cluster_key_file else None
-    body = SyncClient(args.peer, key=key).plan(args.model, args.strategy, tuple(args.size))
+    body = SyncClient(args.peer, key=key, plaintext=args.plaintext).plan(
+        args.model, args.strategy, tuple(args.size)
+    )
     return (
         Plan.from_dict(body["plan"]),
         Testbed.from_dict(body["testbed"]),

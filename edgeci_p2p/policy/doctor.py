@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgeci_p2p.policy.announce import AddressChoice
+from edgeci_p2p.wire.messages import PROTOCOL_VERSION
 
 STATUSES = ("ok", "info", "warn", "fail")
-PROTOCOL_VERSION = 1
 
 
 @dataclass(frozen=True)

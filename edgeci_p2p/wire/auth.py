@@ -12,6 +12,15 @@ new connection because the verifier's nonce is new (replay), and a proof cannot
 be reflected back to its maker because the prover/verifier order is part of
 what is signed. :class:`ReplayGuard` additionally refuses a peer nonce already
 seen by this process (a peer that reuses nonces is broken or replaying).
+
+Channel binding (protocol 2, over TLS): the signed message then ends with
+``lp(channel)``, where ``channel`` is :func:`channel` of the SHA-256 fingerprints of
+the listening side's certificate and of the dialling side's, *as the verifying or
+proving side knows them* (its own, the one TLS showed it, the one proven by the
+peer's signature). A man in the middle who terminates TLS shows each side its own
+certificate, so the two sides compute different channels and every proof fails,
+even if it relays every byte. The same bytes are what each side signs with its
+certificate key (:func:`signed_message`), which proves the node id it claims.
 """
 
 from __future__ import annotations
@@ -35,19 +44,54 @@ def _lp(b: bytes) -> bytes:
 
 
 def proof(
-    key: bytes, prover_id: str, verifier_id: str, verifier_nonce: bytes, prover_nonce: bytes
+    key: bytes,
+    prover_id: str,
+    verifier_id: str,
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+    channel_binding: bytes = b"",
 ) -> bytes:
     """The 32-byte proof ``prover_id`` sends to ``verifier_id``."""
-    msg = b"".join(
-        [
-            LABEL,
-            _lp(prover_id.encode("utf-8")),
-            _lp(verifier_id.encode("utf-8")),
-            _lp(verifier_nonce),
-            _lp(prover_nonce),
-        ]
-    )
+    msg = transcript(prover_id, verifier_id, verifier_nonce, prover_nonce, channel_binding)
     return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def transcript(
+    prover_id: str,
+    verifier_id: str,
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """What the proof signs (``channel_binding`` appended only when not empty)."""
+    parts = [
+        LABEL,
+        _lp(prover_id.encode("utf-8")),
+        _lp(verifier_id.encode("utf-8")),
+        _lp(verifier_nonce),
+        _lp(prover_nonce),
+    ]
+    if channel_binding:
+        parts.append(_lp(channel_binding))
+    return b"".join(parts)
+
+
+def channel(listener_fingerprint: bytes, dialer_fingerprint: bytes) -> bytes:
+    """The channel binding of a TLS connection: both certificates' fingerprints."""
+    return b"edgeci-p2p tls v2" + _lp(listener_fingerprint) + _lp(dialer_fingerprint)
+
+
+def signed_message(
+    prover_id: str,
+    verifier_id: str,
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+    channel_binding: bytes,
+) -> bytes:
+    """What a side signs with its certificate key in ``auth.signature``."""
+    return b"edgeci-p2p signature v2" + transcript(
+        prover_id, verifier_id, verifier_nonce, prover_nonce, channel_binding
+    )
 
 
 def verify(
@@ -57,9 +101,10 @@ def verify(
     verifier_id: str,
     verifier_nonce: bytes,
     prover_nonce: bytes,
+    channel_binding: bytes = b"",
 ) -> bool:
     """Whether ``candidate`` is the right proof (constant-time comparison)."""
-    expected = proof(key, prover_id, verifier_id, verifier_nonce, prover_nonce)
+    expected = proof(key, prover_id, verifier_id, verifier_nonce, prover_nonce, channel_binding)
     return hmac.compare_digest(expected, candidate)
 
 

@@ -39,6 +39,11 @@ class ErrorCode(IntEnum):
     """A cluster key is configured here and the peer did not authenticate."""
     AUTH_FAILED = 106
     """The peer's proof is wrong (wrong key, replayed or reflected nonce)."""
+    TLS_REQUIRED = 107
+    """A plaintext connection to a peer that accepts only TLS (an older protocol
+    version, or ``--plaintext`` given to one end only)."""
+    PEER_NOT_ALLOWED = 108
+    """The peer proved its node id, and that id is not on this peer's allow-list."""
     INTERNAL = 150
     """The sender failed in a way that is not the receiver's fault; it closes."""
 

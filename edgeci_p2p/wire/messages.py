@@ -32,7 +32,7 @@ import numpy as np
 from edgeci_p2p.wire.errors import MessageError
 from edgeci_p2p.wire.tensors import MAX_RANK, Tensor
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 ROLES: Final = ("peer", "client")
 SIZES: Final = ("224", "native")
 MAX_PLAIN_DEPTH: Final = 24
@@ -291,7 +291,7 @@ class Hello(Message):
 
     TYPE: ClassVar[str] = "hello"
     version: int
-    """Protocol version; 1."""
+    """Protocol version; 2 (TLS with channel binding; docs/protocol.md section 6)."""
     node_id: str
     """Stable unique id of the sending node (peers) or a fresh id (clients)."""
     name: str
@@ -306,8 +306,13 @@ class Hello(Message):
     """``"peer"`` (a daemon) or ``"client"`` (a CLI or application)."""
     auth: bool = False
     """The sender has a cluster key and will send an ``auth`` frame."""
+    cert: bytes | None = None
+    """The sender's certificate (DER; its Ed25519 key makes the node id). Sent over
+    TLS, where ``auth.signature`` proves it; absent on a ``--plaintext`` connection."""
 
     def check(self) -> None:
+        if self.cert is not None and not 0 < len(self.cert) <= 4096:
+            raise MessageError(f"hello.cert: {len(self.cert)} bytes, need 1..4096")
         if not 0 <= self.port <= 65535:
             raise MessageError(f"hello.port: {self.port} is not a TCP port")
         if not 16 <= len(self.nonce) <= 64:
@@ -323,12 +328,20 @@ class Auth(Message):
     """Proof that the sender holds the cluster key (see :mod:`edgeci_p2p.wire.auth`)."""
 
     TYPE: ClassVar[str] = "auth"
-    proof: bytes
-    """HMAC-SHA256 over the receiver's challenge; 32 bytes."""
+    proof: bytes | None = None
+    """HMAC-SHA256 over the receiver's challenge (and the channel); 32 bytes. Absent
+    when the sender has no cluster key (a TLS connection without one)."""
+    signature: bytes | None = None
+    """Over TLS: the sender's Ed25519 signature of the same transcript with the key of
+    the certificate in its hello; 64 bytes."""
 
     def check(self) -> None:
-        if len(self.proof) != 32:
+        if self.proof is not None and len(self.proof) != 32:
             raise MessageError(f"auth.proof: {len(self.proof)} bytes, need 32")
+        if self.signature is not None and len(self.signature) != 64:
+            raise MessageError(f"auth.signature: {len(self.signature)} bytes, need 64")
+        if self.proof is None and self.signature is None:
+            raise MessageError("auth: neither proof nor signature")
 
 
 MAX_PING_PAD = 1 << 20

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgeci_p2p.wire import auth, framing, messages, tensors
+from edgeci_p2p.wire import auth, framing, identity, messages, tensors
 from edgeci_p2p.wire.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -82,7 +82,7 @@ _ALLOWED: Final[dict[State, tuple[frozenset[str], ErrorCode, str]]] = {
     State.AWAIT_AUTH: (
         frozenset({"auth", "error"}),
         ErrorCode.AUTH_REQUIRED,
-        "a cluster key is configured: auth must follow hello",
+        "auth must follow hello (a cluster key is configured, or the connection is TLS)",
     ),
     State.OPEN: (_APP_TYPES, ErrorCode.UNEXPECTED_MESSAGE, "the handshake is over"),
 }
@@ -114,12 +114,31 @@ class SessionConfig:
     """Most chunked tensors announced and not yet complete at once."""
     max_depth: int = 32
     """Deepest CBOR nesting accepted."""
+    identity: identity.Identity | None = None
+    """This node's key pair and certificate; needed over TLS (:class:`Channel`)."""
+    allow_peers: frozenset[str] | None = None
+    """When set, only peers (role ``peer``) with these node ids are let in."""
 
     def __post_init__(self) -> None:
         if self.key is not None:
             auth.check_key(self.key)
         if not 0 < self.chunk_bytes < self.max_frame - 1024:
             raise ValueError("chunk_bytes must be positive and leave room under max_frame")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What TLS showed this side of a connection; a ``--plaintext`` one has none.
+
+    The listening side presented its certificate in TLS; the dialling side saw it
+    (``peer_cert``). The dialling side's certificate travels in its hello and is
+    proven by its signature in ``auth``. Both sides bind the proof and the signature
+    to the two fingerprints as they know them (:func:`edgeci_p2p.wire.auth.channel`)."""
+
+    listener: bool
+    """This side accepted the connection (its certificate is the TLS server's)."""
+    peer_cert: bytes | None = None
+    """The dialling side: the certificate the listener presented in TLS (DER)."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +177,20 @@ class Session:
         *,
         nonce: bytes | None = None,
         replay_guard: auth.ReplayGuard | None = None,
+        channel: Channel | None = None,
     ) -> None:
+        if channel is not None and config.identity is None:
+            raise ValueError("a TLS session needs this node's identity (SessionConfig.identity)")
+        if channel is not None and not channel.listener and channel.peer_cert is None:
+            raise ValueError("the dialling side of a TLS session needs the listener's certificate")
         self.config = config
+        self.channel = channel
+        self._binding = b""
+        self._peer_cert: bytes | None = None
+        self._refusal: RemoteProtocolError | None = None
+        """A fault found in the peer's hello over TLS, raised when its auth arrives: our
+        own auth still goes out first, so that the other side (behind a relay that
+        terminates TLS) finds the mismatch too and refuses on its own."""
         self.nonce = nonce if nonce is not None else secrets.token_bytes(auth.NONCE_BYTES)
         self.peer: Hello | None = None
         self._guard = replay_guard
@@ -197,6 +228,7 @@ class Session:
             nonce=self.nonce,
             role=c.role,
             auth=c.key is not None,
+            cert=c.identity.cert_der if self.channel is not None and c.identity else None,
         )
         self._state = State.AWAIT_HELLO
         return self._frame(hello.to_wire())
@@ -356,22 +388,78 @@ class Session:
                 ErrorCode.AUTH_FAILED, "the peer wants to authenticate; no cluster key is set here"
             )
         self.peer = hello
-        if key is None:
-            self._state = State.OPEN
-            self._events.append(Established(hello, authenticated=False))
+        if self.channel is None:
+            if key is None:
+                self._open(authenticated=False)
+                return
+            mine = auth.proof(key, self.config.node_id, hello.node_id, hello.nonce, self.nonce)
+            self._outbox.append(self._frame(messages.Auth(mine).to_wire()))
+            self._state = State.AWAIT_AUTH
             return
-        mine = auth.proof(key, self.config.node_id, hello.node_id, hello.nonce, self.nonce)
-        self._outbox.append(self._frame(messages.Auth(mine).to_wire()))
+        self._bind(hello)
+        me = self.config
+        assert me.identity is not None
+        args = (me.node_id, hello.node_id, hello.nonce, self.nonce, self._binding)
+        proof = None if key is None else auth.proof(key, *args)
+        signature = me.identity.sign(auth.signed_message(*args))
+        self._outbox.append(self._frame(messages.Auth(proof, signature).to_wire()))
         self._state = State.AWAIT_AUTH
 
+    def _bind(self, hello: Hello) -> None:
+        """Over TLS: the peer's certificate (the one TLS showed, or its hello's), the
+        node id it makes, and the channel binding as this side knows it."""
+        assert self.channel is not None and self.config.identity is not None
+        cert = hello.cert if self.channel.listener else self.channel.peer_cert
+        if cert is None:
+            raise RemoteProtocolError(ErrorCode.AUTH_FAILED, "the peer's hello has no certificate")
+        try:
+            claimed = identity.node_id_of(cert)
+        except identity.IdentityError as e:
+            raise RemoteProtocolError(ErrorCode.AUTH_FAILED, f"peer certificate: {e}") from None
+        if claimed != hello.node_id:
+            self._refusal = RemoteProtocolError(
+                ErrorCode.AUTH_FAILED,
+                f"node id {hello.node_id!r} is not the one the TLS certificate's key makes "
+                "(a relay terminates TLS in between?)",
+            )
+        mine, theirs = self.config.identity.fingerprint, identity.fingerprint(cert)
+        pair = (mine, theirs) if self.channel.listener else (theirs, mine)
+        self._binding = auth.channel(*pair)
+        self._peer_cert = cert
+
     def _on_auth(self, msg: messages.Auth) -> None:
-        assert self.peer is not None and self.config.key is not None
+        assert self.peer is not None
         peer, me = self.peer, self.config
-        assert me.key is not None
-        if not auth.verify(me.key, msg.proof, peer.node_id, me.node_id, self.nonce, peer.nonce):
-            raise RemoteProtocolError(ErrorCode.AUTH_FAILED, "wrong proof: the peer lacks the key")
+        args = (peer.node_id, me.node_id, self.nonce, peer.nonce, self._binding)
+        if self._refusal is not None:
+            raise self._refusal
+        if me.key is not None and (msg.proof is None or not auth.verify(me.key, msg.proof, *args)):
+            why = "wrong proof: the peer lacks the key"
+            if self.channel is not None:
+                why += " or a relay terminates TLS in between"
+            raise RemoteProtocolError(ErrorCode.AUTH_FAILED, why)
+        cert = self._peer_cert
+        if cert is not None and (
+            msg.signature is None
+            or not identity.verify(cert, msg.signature, auth.signed_message(*args))
+        ):
+            raise RemoteProtocolError(
+                ErrorCode.AUTH_FAILED,
+                "the peer's signature does not cover this TLS channel "
+                "(a relay terminates TLS in between)",
+            )
+        self._open(authenticated=me.key is not None)
+
+    def _open(self, *, authenticated: bool) -> None:
+        assert self.peer is not None
+        allow = self.config.allow_peers
+        if allow is not None and self.peer.role == "peer" and self.peer.node_id not in allow:
+            raise RemoteProtocolError(
+                ErrorCode.PEER_NOT_ALLOWED,
+                f"node id {self.peer.node_id} is not on this peer's allow-list",
+            )
         self._state = State.OPEN
-        self._events.append(Established(self.peer, authenticated=True))
+        self._events.append(Established(self.peer, authenticated=authenticated))
 
     # --- chunked tensors ----------------------------------------------------------------
 
