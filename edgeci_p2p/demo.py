@@ -212,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else ", and gives the others what is left."
                 )
                 + " On devices of their own the same planner distributes: on the emulated "
-                "4-device cluster (docs/cluster-benchmark.md) VGG-16 ran 1.3-1.6x faster than "
-                "its fastest device alone."
+                "4-device cluster (docs/cluster-benchmark.md) VGG-16 ran 1.15-1.6x faster than "
+                "its fastest device alone, by run and CPU layout."
             )
             _say(
                 "(weights are seeded random ones, identical on every peer: the classes are "
