@@ -27,10 +27,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from edgeci_p2p.aio.announce import announce_addresses
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision, own_bidder
 from edgeci_p2p.aio.config import PeerConfig, lock_state_dir
 from edgeci_p2p.aio.connection import Connection, ConnectionLost
-from edgeci_p2p.aio.discovery import Discovery, local_interfaces
+from edgeci_p2p.aio.discovery import Discovery
 from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.front import FrontDoor
@@ -40,17 +41,16 @@ from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.strips import Mailbox
 from edgeci_p2p.aio.tls import Listener, client_context, load_identity, server_context
+from edgeci_p2p.aio.weights import UNLIMITED, drop_idle_weights, holding
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.bidder import Bidder, Holding
+from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.hostinfo import cpu_quota_cores, machine_cpus, machine_id, measured_cpu_share
 from edgeci_p2p.meminfo import memory_budget, vm_rss
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
-from edgeci_p2p.nn.weights import HEAD
-from edgeci_p2p.policy.announce import announce_choices, announced
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.wire import messages as wm
 from edgeci_p2p.wire.identity import Identity
@@ -148,7 +148,7 @@ class PeerDaemon:
         self.port = node.port = await self._server.start(cfg.host, cfg.port)
         if cfg.no_mdns:
             log.info("mDNS off (--no-mdns): peers only from --peer and gossip")
-        elif addresses := self._announce_addresses():
+        elif addresses := announce_addresses(cfg, self.port):
             self._discovery = Discovery(
                 self.node_id,
                 self.port,
@@ -161,7 +161,7 @@ class PeerDaemon:
         for host, port in cfg.peers:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
-        self.tasks.spawn(self._drop_idle_weights(store))
+        self.tasks.spawn(drop_idle_weights(store, self.worker))
         if cfg.http is not None:
             host, port = cfg.http
             self.http = HttpFront(self, host, port, token_for(host, cfg.cluster_key))
@@ -177,33 +177,6 @@ class PeerDaemon:
             ", ".join(f"{n}={f[:12]}" for n, f in store.fingerprints.items()),
             "none" if budget is None else f"{budget.bytes / 1e6:.0f} MB ({budget.source})",
         )
-
-    async def _drop_idle_weights(self, store: ModelStore) -> None:
-        """Now and then, drop the weights loaded on demand that no work used lately
-        (on the worker thread, so no tile loses its weights while it runs)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(max(1.0, min(store.idle_s / 4, 60.0)))
-            for model, part in await loop.run_in_executor(self.worker, store.drop_idle):
-                log.info("dropped the %s weights of %s (unused %.0f s)", part, model, store.idle_s)
-
-    def _announce_addresses(self) -> list[str]:
-        """The addresses to announce on over mDNS (``policy/announce.py``), each choice
-        logged: which are announced, which skipped and why."""
-        cfg = self.config
-        choices = announce_choices(local_interfaces(), cfg.mdns_interfaces, cfg.host)
-        for c in choices:
-            verb = "announcing on" if c.announced else "skipping"
-            log.info("mDNS: %s %s %s (%s)", verb, c.name, c.address, c.why)
-        addresses = announced(choices)
-        if not addresses:
-            log.warning(
-                "mDNS: no address to announce on; other peers will not find this one over "
-                "mDNS: give them --peer %s:%d, or choose one with --mdns-interface ADDR",
-                cfg.host if cfg.host != "0.0.0.0" else "THIS_HOST",
-                self.port,
-            )
-        return addresses
 
     async def _measured_compute(
         self, loop: asyncio.AbstractEventLoop
@@ -403,77 +376,11 @@ class PeerDaemon:
         return [me] + [m.to_dict(now) for m in self.membership.members.values()]
 
 
-UNLIMITED = 1 << 62
-"""The bidder's memory when none could be measured."""
+def run_forever(config: PeerConfig, freeze_gc: bool = True) -> None:  # pragma: no cover
+    """``edgeci-peer``'s process (:func:`edgeci_p2p.aio.entry.run_forever`)."""
+    from edgeci_p2p.aio.entry import run_forever as run
 
-
-def holding(store: ModelStore, fingerprint: str) -> Holding:
-    """What ``store`` holds, for a bid on the model with ``fingerprint``."""
-    total = store.weights_bytes()
-    name = next((n for n, f in store.fingerprints.items() if f == fingerprint), None)
-    if name is None:
-        return Holding(total)
-    w = store.weights[name]
-    load = {
-        "features": store.load_cost(name, w.feature_parts),
-        HEAD: store.load_cost(name, [HEAD]),
-    }
-    return Holding(total, tuple(store.holds()[name]), {k: v for k, v in load.items() if v})
-
-
-def run_forever(
-    config: PeerConfig, freeze_gc: bool = True
-) -> None:  # pragma: no cover - exercised via the CLI
-    """Run a daemon until SIGINT/SIGTERM, with uvloop where available.
-
-    ``freeze_gc``: once started, move everything start-up built into the collector's
-    permanent generation (``gc.freeze``). Start-up leaves ~340k tracked objects (torch,
-    torchvision, the models, the profile) that live as long as the process; a full
-    collection walks them all, 113 ms on one core here, and holds the GIL meanwhile,
-    so every thread of the peer stalls: on the emulated 0.13-core peer ~0.85 s in the
-    middle of a strip, which stalled its neighbours and the whole request (traces of
-    edgeci-halo requests showed 1.2 s "compute" pieces predicted at 15 ms). Frozen,
-    they are never walked again; collections see only what requests create.
-    """
-    import gc
-    import signal
-
-    async def main() -> None:
-        daemon = PeerDaemon(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def quiet_cancel(loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
-            # Connection handlers cancelled at shutdown are expected, not errors.
-            if not isinstance(ctx.get("exception"), asyncio.CancelledError):
-                loop.default_exception_handler(ctx)
-
-        loop.set_exception_handler(quiet_cancel)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await daemon.start()
-        if freeze_gc:
-            gc.collect()
-            gc.freeze()
-        # One line (readers wait for it): the dashboard's address on it when there is one.
-        http = f", dashboard on {daemon.http.url}" if daemon.http is not None else ""
-        print(
-            f"edgeci-peer {daemon.name} ({daemon.node_id}) ready on port {daemon.port}{http}",
-            flush=True,
-        )
-        notice = daemon.security_notice()
-        if notice is not None:  # after the ready line, which scripts read first
-            log.warning("%s", notice)
-        await stop.wait()
-        log.info("shutting down")
-        await daemon.stop()
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run(config, freeze_gc=freeze_gc)
 
 
 __all__ = ["PeerConfig", "PeerDaemon", "RequestError", "run_forever"]

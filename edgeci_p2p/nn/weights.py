@@ -181,10 +181,9 @@ class ModelWeights:
     def _file_state(self) -> dict[str, torch.Tensor]:
         """The weights file, memory-mapped: only the tensors read are paged in."""
         assert self.path is not None
+        state: dict[str, torch.Tensor]
         try:
-            state: dict[str, torch.Tensor] = torch.load(
-                self.path, map_location="cpu", weights_only=True, mmap=True
-            )
+            state = torch.load(self.path, weights_only=True, map_location="cpu", mmap=True)
         except RuntimeError:  # an old (non-zip) file cannot be mapped
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         missing = {s.full for slots in self._slots.values() for s in slots} - set(state)
