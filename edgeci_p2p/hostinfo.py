@@ -82,7 +82,7 @@ def cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
 def conventional_mounts(root: Path = CGROUP_ROOT) -> list[CgroupMount]:
     """Where distributions mount the hierarchies, for when mountinfo cannot be read:
     v2 at ``root`` (or ``root/unified`` beside v1), v1's cpu controller at
-    ``root/cpu`` or ``root/cpu,cpuacct``."""
+    ``root/cpu`` or ``root/cpu,cpuacct``, v1's memory controller at ``root/memory``."""
     cpu = frozenset({"cpu", "cpuacct"})
     return [
         CgroupMount(root, "/", 2),
@@ -90,6 +90,7 @@ def conventional_mounts(root: Path = CGROUP_ROOT) -> list[CgroupMount]:
         CgroupMount(root / "cpu", "/", 1, cpu),
         CgroupMount(root / "cpu,cpuacct", "/", 1, cpu),
         CgroupMount(root / "cpuacct,cpu", "/", 1, cpu),
+        CgroupMount(root / "memory", "/", 1, frozenset({"memory"})),
     ]
 
 
@@ -157,10 +158,26 @@ def cpu_quota_cores(
     the emulation therefore enters a peer's network namespace with ``nsenter --net``,
     which keeps them.
     """
+    quotas = (_quota_at(d, v) for d, v in cgroup_dirs("cpu", proc_cgroup, root, mountinfo))
+    return min((q for q in quotas if q is not None), default=None)
+
+
+def cgroup_dirs(
+    controller: str,
+    proc_cgroup: Path = PROC_CGROUP,
+    root: Path = CGROUP_ROOT,
+    mountinfo: Path | None = PROC_MOUNTINFO,
+) -> list[tuple[Path, int]]:
+    """This process's cgroup directories for ``controller`` (``cpu``, ``memory``), each
+    with its hierarchy's version: for every line of ``proc_cgroup`` that is v2 or a v1
+    hierarchy carrying the controller, the first mount that shows the cgroup (from
+    ``mountinfo``, else where hierarchies are usually mounted under ``root``), its own
+    directory first, then each parent up to the mount's top. A limit on a parent caps
+    its children too, so readers take the tightest over all of them."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return None
+        return []
     mounts: list[CgroupMount] = []
     if mountinfo is not None:
         try:
@@ -168,7 +185,7 @@ def cpu_quota_cores(
         except OSError:
             mounts = []
     mounts += conventional_mounts(root)
-    tightest: float | None = None
+    out: list[tuple[Path, int]] = []
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -176,17 +193,16 @@ def cpu_quota_cores(
         _, controllers, path = parts
         if controllers == "":
             candidates = [m for m in mounts if m.version == 2]
-        elif "cpu" in controllers.split(","):
-            candidates = [m for m in mounts if m.version == 1 and "cpu" in m.controllers]
+        elif controller in controllers.split(","):
+            candidates = [m for m in mounts if m.version == 1 and controller in m.controllers]
         else:
             continue
         for m in candidates:
-            found, q = quota_in(m, path)
-            if q is not None and (tightest is None or q < tightest):
-                tightest = q
-            if found:
-                break  # the first mount that shows the cgroup is the one to read
-    return tightest
+            dirs = list(_dirs_up(m, path))
+            if dirs:  # the first mount that shows the cgroup is the one to read
+                out += [(d, m.version) for d in dirs]
+                break
+    return out
 
 
 THROTTLE_GAP = 0.005

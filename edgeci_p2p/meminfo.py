@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeci_p2p.hostinfo import CGROUP_ROOT, PROC_CGROUP, PROC_MOUNTINFO, cgroup_dirs
+
 PROC_MEMINFO = Path("/proc/meminfo")
 PROC_SELF_STATUS = Path("/proc/self/status")
-PROC_CGROUP = Path("/proc/self/cgroup")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 MARGIN_BYTES = 64 << 20
 MARGIN_FRACTION = 0.10
@@ -53,45 +53,35 @@ def mem_available(meminfo: Path = PROC_MEMINFO) -> int | None:
         return None
 
 
-def cgroup_room(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> int | None:
+def cgroup_room(
+    proc_cgroup: Path = PROC_CGROUP,
+    root: Path = CGROUP_ROOT,
+    mountinfo: Path | None = PROC_MOUNTINFO,
+) -> int | None:
     """Bytes left under this process's cgroup memory limit (v2 ``memory.max`` less
     ``memory.current``, v1 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``),
-    the tightest from its cgroup up to the top; None when no limit is visible."""
+    the tightest from its cgroup up to the top, on the hierarchies the CPU quota is
+    read from (:func:`edgeci_p2p.hostinfo.cgroup_dirs`); None when no limit is visible."""
+    rooms = (_room_at(d, v) for d, v in cgroup_dirs("memory", proc_cgroup, root, mountinfo))
+    return min((r for r in rooms if r is not None), default=None)
+
+
+def _room_at(d: Path, version: int) -> int | None:
+    """Bytes left under the memory limit one cgroup directory sets; None without one."""
+    limit_f, usage_f = (
+        ("memory.max", "memory.current")
+        if version == 2
+        else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    )
     try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
+        limit_s = (d / limit_f).read_text().strip()
+        usage = int((d / usage_f).read_text())
+        # v1 says "no limit" with a huge number (PAGE_COUNTER_MAX pages).
+        if limit_s == "max" or int(limit_s) >= 1 << 60:
+            return None
+        return max(0, int(limit_s) - usage)
+    except (OSError, ValueError):
         return None
-    tightest: int | None = None
-    for line in lines:
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _, controllers, path = fields
-        if controllers == "":
-            base, limit_f, usage_f = root, "memory.max", "memory.current"
-        elif "memory" in controllers.split(","):
-            base, limit_f, usage_f = (
-                root / "memory",
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-            )
-        else:
-            continue
-        d = base / path.lstrip("/")
-        while True:
-            try:
-                limit_s = (d / limit_f).read_text().strip()
-                usage = int((d / usage_f).read_text())
-                # v1 says "no limit" with a huge number (PAGE_COUNTER_MAX pages).
-                if limit_s != "max" and int(limit_s) < 1 << 60:
-                    room = max(0, int(limit_s) - usage)
-                    tightest = room if tightest is None else min(tightest, room)
-            except (OSError, ValueError):
-                pass
-            if d == base or base not in d.parents:
-                break
-            d = d.parent
-    return tightest
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ def test_the_budget_is_the_flag_else_the_cgroup_room_else_available_less_a_margi
         (root / d).mkdir(parents=True, exist_ok=True)
         (root / d / "memory.max").write_text(limit + "\n")
         (root / d / "memory.current").write_text(f"{used}\n")
-    assert cgroup_room(tmp_path / "cg", root) == 200 * MB
+        (root / d / "cgroup.procs").touch()
+    assert cgroup_room(tmp_path / "cg", root, mountinfo=None) == 200 * MB
 
 
 def _tb(devices: list[DeviceModel]) -> cost.Testbed:
