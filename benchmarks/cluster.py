@@ -669,6 +669,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "to add up to at most half the machine's cores (auto: headroom below 8 cores)",
     )
     p.add_argument(
+        "--pin",
+        choices=["none", "packed"],
+        default="none",
+        help="packed: each capped peer pinned to one core, the cores' quotas balanced "
+        "(0.4 + 0.1333 and 0.2667 + 0.2 on 2 cores), so that it keeps that core's caches "
+        "between its CFS slices; none: the peers float over every core",
+    )
+    p.add_argument(
         "--homogeneous",
         type=int,
         metavar="N",
@@ -849,11 +857,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if left_any else 0
     cores = machine_cores()
     try:
-        layout_name, shares, cpus = layout_shares(args.layout, base, len(cores), args.homogeneous)
+        layout_name, shares, cpus = layout_shares(
+            args.layout, base, len(cores), args.homogeneous, args.pin
+        )
     except ValueError as e:
         progress(f"refused: {e}")
         return 2
-    if layout_name == "headroom" and shares != base:
+    if layout_name.startswith("headroom") and shares != base:
         matching = headroom_testbed(args.testbed, shares)
         if matching is not None:
             testbed = matching  # the description of what is emulated, for the report

@@ -56,6 +56,7 @@ from emulation import (  # noqa: E402
     homogeneous_cpus,
     machine_cores,
     make_layout,
+    packed_cpus,
 )
 
 SHARES = (0.6, 0.4, 0.3, 0.2)
@@ -342,25 +343,36 @@ def ceiling(
 
 
 def layout_shares(
-    layout: str, base: Sequence[float], cores: int, homogeneous: int | None = None
+    layout: str,
+    base: Sequence[float],
+    cores: int,
+    homogeneous: int | None = None,
+    pin: str = "none",
 ) -> tuple[str, list[float | None], list[int | None] | None]:
     """(the layout's name, its shares, its pinned cores) for ``--layout`` (auto, headroom,
     testbed) over the testbed's ``base`` shares, or ``--homogeneous N`` (N uncapped
-    peers pinned to distinct cores; ValueError when the machine has too few)."""
+    peers pinned to distinct cores; ValueError when the machine has too few). ``pin``
+    ``packed`` pins the capped peers to the machine's cores (:func:`packed_cpus`)."""
     if homogeneous is not None:
         cpus: list[int | None] = list(homogeneous_cpus(homogeneous, machine_cores()))
         return f"homogeneous-{homogeneous}", [None] * homogeneous, cpus
     name = default_layout(cores) if layout == "auto" else layout
-    if name == "headroom":
-        return name, list(headroom_shares(base, cores)), None
-    return name, list(base), None
+    shares = list(headroom_shares(base, cores)) if name == "headroom" else list(base)
+    if pin == "packed":
+        packed: list[int | None] = list(packed_cpus(shares, machine_cores()[:cores]))
+        return f"{name}-packed", list(shares), packed
+    if pin != "none":
+        raise ValueError(f"unknown pinning {pin!r} (none, packed)")
+    return name, list(shares), None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ok, why = can_emulate(cgroup=args.cgroup)
     if not ok:
         raise SystemExit(f"compute_ceiling needs root and cgroup cpu quotas: {why}")
-    name, shares, cpus = layout_shares(args.layout, SHARES, len(machine_cores()), args.homogeneous)
+    name, shares, cpus = layout_shares(
+        args.layout, SHARES, len(machine_cores()), args.homogeneous, args.pin
+    )
     res = ceiling(
         args.model, shares, k=args.k, modes=args.modes, gap=args.gap,
         period_us=round(args.cfs_period_ms * 1000), cgroup=detect_cgroup(args.cgroup)[0],
@@ -384,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--homogeneous", type=int, metavar="N",
         help="N uncapped workers, each pinned to a core of its own (N <= cores - 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pin", choices=["none", "packed"], default="none",
+        help="packed: each capped worker pinned to a core, the cores' quotas balanced",
     )  # fmt: skip
     p.add_argument(
         "--cfs-period-ms", type=float, default=DEFAULT_PERIOD_US / 1000,

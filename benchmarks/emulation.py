@@ -28,7 +28,10 @@ Layouts (:func:`headroom_shares`, :func:`homogeneous_cpus`): the testbed's share
 they are; ``headroom``, the same ratios scaled so that the quotas add up to at most
 half the machine (the default below 8 cores: the peers, their event loops, the
 client and the benchmark then never contend for cores); ``homogeneous``, N uncapped
-peers each pinned to a core of its own, one core left for everything else.
+peers each pinned to a core of its own, one core left for everything else. Capped
+peers float over all cores unless packed (:func:`packed_cpus`, ``--pin packed``): each
+pinned to one core, the cores' quotas balanced, so that a peer keeps one core's caches
+between its CFS slices and shares them with one neighbour rather than with all.
 
 All side effects go through a :class:`Host`, so the teardown logic can be tested
 without root by a fake host that records commands (tests/test_emulation_teardown.py).
@@ -174,6 +177,33 @@ def homogeneous_cpus(n: int, cores: Sequence[int]) -> list[int]:
             f"at most --homogeneous {max(0, len(cores) - 1)} here"
         )
     return list(cores[1 : n + 1])
+
+
+def packed_cpus(shares: Sequence[float], cores: Sequence[int]) -> list[int]:
+    """A core for each capped peer, the largest share first onto the least loaded core,
+    so that the cores' quotas stay balanced (on 2 cores 0.4/0.2667/0.2/0.1333 become
+    0.4 + 0.1333 and 0.2667 + 0.2); ValueError when a core would carry more than one
+    core's worth of quota.
+
+    Why: a capped peer that floats runs each 1-3 ms CFS slice on whichever core is free,
+    after the three other peers' slices there, and refills its caches every time (the
+    512-channel layers' 9.4 MB of weights per convolution; docs/cluster-benchmark.md).
+    A real device of that speed keeps its caches. Pinned, it shares one core's caches
+    with one neighbour."""
+    if not cores:
+        raise ValueError("no cores to pin to")
+    if not shares or min(shares) <= 0:
+        raise ValueError(f"shares must be positive, got {list(shares)}")
+    load = dict.fromkeys(cores, 0.0)
+    out = [0] * len(shares)
+    for i in sorted(range(len(shares)), key=lambda i: -shares[i]):
+        core = min(cores, key=lambda c: (load[c], c))
+        load[core] += shares[i]
+        out[i] = core
+    over = {c: round(v, 4) for c, v in load.items() if v > 1.0 + 1e-9}
+    if over:
+        raise ValueError(f"packing {list(shares)} onto cores {list(cores)} overloads {over}")
+    return out
 
 
 class CommandError(RuntimeError):
@@ -350,6 +380,21 @@ def check_quotas(shares: Sequence[float | None], period_us: int) -> None:
             )
 
 
+def check_pinning(shares: Sequence[float | None], cpus: Sequence[int | None]) -> None:
+    """ValueError unless every core's pinned peers are one uncapped peer, or capped peers
+    whose quotas add up to at most one core."""
+    by_core: dict[int, list[float | None]] = {}
+    for s, c in zip(shares, cpus, strict=True):
+        if c is not None:
+            by_core.setdefault(c, []).append(s)
+    for c, on in by_core.items():
+        if len(on) > 1 and (None in on or sum(s or 0.0 for s in on) > 1.0 + 1e-9):
+            raise ValueError(
+                f"peers pinned to the same core {c} with shares {on}: only capped peers "
+                "whose quotas add up to at most one core may share a core"
+            )
+
+
 def make_layout(
     shares: Sequence[float | None],
     rate_mbit: float | None,
@@ -373,9 +418,7 @@ def make_layout(
     cpus = [None] * len(shares) if cpus is None else list(cpus)
     if len(cpus) != len(shares):
         raise ValueError(f"{len(cpus)} pinned cores for {len(shares)} peers")
-    pinned = [c for c in cpus if c is not None]
-    if len(set(pinned)) != len(pinned):
-        raise ValueError(f"peers pinned to the same core: {cpus}")
+    check_pinning(shares, cpus)
     peers = tuple(
         PeerSlot(
             i,

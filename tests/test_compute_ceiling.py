@@ -44,6 +44,14 @@ def test_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert layout_shares("auto", base, 2) == ("headroom", [0.4, 0.2667, 0.2, 0.1333], None)
     assert layout_shares("auto", base, 16) == ("testbed", base, None)
     assert layout_shares("testbed", base, 2) == ("testbed", base, None)
+    monkeypatch.setattr(compute_ceiling, "machine_cores", lambda: [0, 1])
+    assert layout_shares("auto", base, 2, pin="packed") == (
+        "headroom-packed",
+        [0.4, 0.2667, 0.2, 0.1333],
+        [0, 1, 1, 0],
+    )
+    with pytest.raises(ValueError, match="unknown pinning"):
+        layout_shares("auto", base, 2, pin="spread")
     monkeypatch.setattr(compute_ceiling, "machine_cores", lambda: list(range(16)))
     assert layout_shares("auto", base, 16, homogeneous=4) == (
         "homogeneous-4",

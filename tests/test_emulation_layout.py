@@ -20,6 +20,7 @@ from emulation import (
     headroom_shares,
     homogeneous_cpus,
     make_layout,
+    packed_cpus,
     v2_weight,
 )
 
@@ -76,6 +77,22 @@ def test_homogeneous_peers_get_distinct_cores_and_one_is_left_free() -> None:
         homogeneous_cpus(0, range(4))
 
 
+def test_packed_capped_peers_balance_the_cores_quotas() -> None:
+    shares = headroom_shares(ISSUE, 2)
+    cpus = packed_cpus(shares, [0, 1])
+    assert cpus == [0, 1, 1, 0]  # 0.4 + 0.1333 and 0.2667 + 0.2
+    for core in (0, 1):
+        assert sum(s for s, c in zip(shares, cpus, strict=True) if c == core) <= 0.54
+    assert packed_cpus([0.5, 0.5, 0.5], [2, 3]) == [2, 3, 2]  # ties go to the lower core
+    assert packed_cpus(ISSUE, range(4)) == [0, 1, 2, 3]  # one each when there are cores
+    with pytest.raises(ValueError, match="overloads"):
+        packed_cpus(ISSUE, [0])  # 1.5 cores of quota on one core
+    with pytest.raises(ValueError, match="no cores"):
+        packed_cpus(ISSUE, [])
+    lay = make_layout(shares, None, cpus=cpus, cgroup=CGROUP_V1)
+    assert [p.cpu for p in lay.peers] == cpus
+
+
 def test_periods_and_quotas_the_kernel_accepts() -> None:
     lay = make_layout(headroom_shares(ISSUE, 2), None, period_us=10_000, cgroup=CGROUP_V1)
     assert lay.period_us == 10_000
@@ -91,6 +108,10 @@ def test_periods_and_quotas_the_kernel_accepts() -> None:
         make_layout([0.5], None, period_us=500, cgroup=CGROUP_V1)
     with pytest.raises(ValueError, match="same core"):
         make_layout([None, None], None, cpus=[1, 1], cgroup=CGROUP_V1)
+    with pytest.raises(ValueError, match="same core"):
+        make_layout([0.6, 0.5], None, cpus=[1, 1], cgroup=CGROUP_V1)  # 1.1 cores on one
+    with pytest.raises(ValueError, match="same core"):
+        make_layout([0.2, None], None, cpus=[1, 1], cgroup=CGROUP_V1)
     with pytest.raises(ValueError, match="pinned cores"):
         make_layout([None, None], None, cpus=[1], cgroup=CGROUP_V1)
 
