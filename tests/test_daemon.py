@@ -92,6 +92,12 @@ async def test_peers_view_and_bad_requests(cluster: list[PeerDaemon]) -> None:
             await c.infer(sample_image_path().read_bytes(), model="resnet18")
         with pytest.raises(ClientError, match="cannot decode"):
             await c.infer(b"not an image", model="resnet34")
+        # A truncated JPEG: its header gives the size, so it is planned (an auction over
+        # the three peers) while it decodes, and then fails to decode: an error reply,
+        # its reservations cancelled, and the cluster serves the next request.
+        truncated = sample_image_path().read_bytes()[:2000]
+        with pytest.raises(ClientError, match="cannot decode"):
+            await c.infer(truncated, model="vgg16", strategy="edgeci")
         with pytest.raises(ClientError, match="unknown strategy"):
             await c.infer(sample_image_path().read_bytes(), model="resnet34", strategy="magic")
         plan = await c.plan("vgg16", "edgeci")

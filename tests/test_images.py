@@ -12,6 +12,7 @@ from edgeci_p2p.nn.images import (
     MEAN,
     STD,
     decode,
+    input_hw,
     normalise,
     pixels_of,
     sample_image_path,
@@ -47,3 +48,13 @@ def test_a_preprocessed_tensor_gives_back_its_pixels_and_nothing_else_does() -> 
     assert pixels_of(np.zeros((1, 4, 8, 8), np.float32)) is None
     with pytest.raises(ValueError, match="uint8"):
         normalise(x)  # type: ignore[arg-type]
+
+
+def test_input_hw_is_the_decoded_inputs_size_from_the_header_alone() -> None:
+    data = sample_image_path().read_bytes()
+    for size in ("224", "native"):
+        assert input_hw(data, size) == tuple(to_pixels(decode(data), size).shape[2:])
+    assert input_hw(data[:2000], "native") == (IMG.height, IMG.width)  # decode fails later
+    assert input_hw(b"not an image") is None
+    assert input_hw(data, "448") is None
+    assert input_hw(data, "native", max_pixels=IMG.width * IMG.height - 1) is None
