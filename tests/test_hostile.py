@@ -233,3 +233,23 @@ async def test_a_request_id_already_being_answered_is_refused(daemon: PeerDaemon
     assert "already being answered" in str(errors[0])
     assert len(results[0].top_k) == 5
     assert not daemon.front.answering  # and the id is free again
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_closes_mid_handshake_is_a_lost_connection() -> None:
+    """EOF before the handshake ends is the peer going away (ConnectionLost, which the
+    listener logs), not a protocol error of ours raised out of the connection's task."""
+    from edgeci_p2p.aio.connection import handshake
+
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    async with server:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1]
+        )
+        with pytest.raises(ConnectionLost, match="closed during handshake"):
+            await handshake(
+                reader, writer, SessionConfig("alice", role="client"), read_timeout=None
+            )

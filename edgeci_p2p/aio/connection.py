@@ -49,6 +49,7 @@ class Connection:
     traffic: Traffic = field(default_factory=Traffic)
     """Bytes written and read; the mesh shares one per peer across its connections."""
     _closed: bool = False
+    _eof: bool = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -96,6 +97,12 @@ class Connection:
         except (ConnectionError, OSError) as e:
             await self.close()
             raise ConnectionLost(f"{self.peer.node_id}: {e}") from e
+        if not data and self._eof:
+            # EOF again: the session made no ConnectionClosed of the first one (it was
+            # mid-frame, or closing); feeding it another would be our protocol error.
+            await self.close()
+            raise ConnectionLost(f"{self.peer.node_id}: closed")
+        self._eof = not data
         self.traffic.received += len(data)
         self.session.receive_data(data)
 
@@ -167,6 +174,11 @@ async def handshake(
                 raise ConnectionLost(f"refused by peer: {event.message} (code {event.code})")
             if event is None:
                 data = await reader.read(READ_SIZE)
+                if not data:
+                    # The peer went away mid-handshake (killed, or refused us): the
+                    # session has no event for that, and reading on would be data
+                    # after EOF, a protocol error of ours, not the peer's.
+                    raise ConnectionLost("closed during handshake")
                 session.receive_data(data)
 
     try:
