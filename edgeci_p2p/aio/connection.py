@@ -174,11 +174,6 @@ async def handshake(
                 raise ConnectionLost(f"refused by peer: {event.message} (code {event.code})")
             if event is None:
                 data = await reader.read(READ_SIZE)
-                if not data:
-                    # The peer went away mid-handshake (killed, or refused us): the
-                    # session has no event for that, and reading on would be data
-                    # after EOF, a protocol error of ours, not the peer's.
-                    raise ConnectionLost("closed during handshake")
                 session.receive_data(data)
 
     try:
