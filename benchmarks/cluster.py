@@ -25,10 +25,17 @@ it (``ceiling_efficiency``; ``--no-ceiling`` skips it).
         [--cfs-period-ms 10] [--cgroup auto|v1|v2] [--no-ceiling]
         [--models vgg16,resnet34] [--strategies ...]
         [--chart docs/cluster-benchmark.png] [--unshaped] [--cleanup]
+        [--transport tls|plaintext|tls,plaintext]
+
+``--transport tls,plaintext`` starts a second set of the same peers with
+``--plaintext`` beside the TLS ones (same namespaces and cgroups, the next port,
+static peers instead of mDNS so that the two never dial each other) and the client
+interleaves requests to both; the report adds TLS / plaintext median ratios.
 
 Table on stdout, progress on stderr, ``--json`` adds a last line
 ``{"rows": [{"model", "strategy", "median_ms", "speedup", "efficiency", "bytes",
-"prediction_error", "ceiling_efficiency"}], "ceiling": {model: ...}, ...}``;
+"prediction_error", "ceiling_efficiency", "transport"}], "ceiling": {model: ...},
+"tls_over_plaintext": [...], ...}``;
 ``bytes`` is the median per request through the auctioneer's own link (for
 ``edgeci-halo`` the halo rows peers send each other directly are not in it; the
 auctioneer's own strip's halo rows are). The cluster is
@@ -64,6 +71,7 @@ from emulation import (
     PREFIXES,
     Emulation,
     Layout,
+    PeerSlot,
     SystemHost,
     Terminated,
     can_emulate,
@@ -82,6 +90,10 @@ if sorted(STRATEGIES) != sorted(planners.STRATEGIES):
     raise RuntimeError(f"STRATEGIES {STRATEGIES} is not an order of {planners.STRATEGIES}")
 ISSUE_SHARES = (0.6, 0.4, 0.3, 0.2)
 PEER_PORT = 7420
+TRANSPORTS = ("tls", "plaintext")
+"""TLS 1.3 (the default), or ``--plaintext`` at every peer and the client."""
+ENTRY_FLAG = {"tls": "--peer", "plaintext": "--plaintext-peer"}
+"""benchmarks/cluster_client.py's option for each transport's entry peer."""
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "cluster_client.py"
 PROBE_PORT = 7499
@@ -98,6 +110,22 @@ class Row:
     prediction_error: float | None
     ceiling_efficiency: float | None = None
     """efficiency / the compute ceiling's efficiency measured in the same invocation."""
+    transport: str = "tls"
+
+
+def transport_of(x: dict[str, Any]) -> str:
+    """A result's or diagnostic's transport (records from before ``--transport``: TLS)."""
+    return str(x.get("transport", "tls"))
+
+
+def arm(x: dict[str, Any]) -> tuple[str, str, str]:
+    """What a result measured: model, strategy, transport."""
+    return x["model"], x["strategy"], transport_of(x)
+
+
+def label(strategy: str, transport: str) -> str:
+    """A strategy's name in text, its transport added unless TLS."""
+    return strategy if transport == "tls" else f"{strategy} ({transport})"
 
 
 def testbed_shares(testbed: Testbed) -> list[float] | None:
@@ -127,24 +155,26 @@ def exec_seconds(r: dict[str, Any]) -> float:
 def summarise(
     results: Sequence[dict[str, Any]], ideal: float, baseline: str = "local"
 ) -> list[Row]:
-    """Per (model, strategy): medians; speedup over ``baseline`` on the same model."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Per (model, strategy, transport): medians; speedup over ``baseline`` on the same
+    model and transport."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["model"], r["strategy"]), []).append(r)
+        groups.setdefault(arm(r), []).append(r)
     base = {
-        model: statistics.median(x["latency_s"] for x in rs)
-        for (model, strategy), rs in groups.items()
+        (model, transport): statistics.median(x["latency_s"] for x in rs)
+        for (model, strategy, transport), rs in groups.items()
         if strategy == baseline
     }
     rows = []
-    for (model, strategy), rs in groups.items():
+    for (model, strategy, transport), rs in groups.items():
         med = statistics.median(x["latency_s"] for x in rs)
         errors = [
             abs(float(x["predicted_s"]) - exec_seconds(x)) / exec_seconds(x)
             for x in rs
             if x.get("predicted_s") is not None and exec_seconds(x) > 0
         ]
-        speedup = base[model] / med if model in base else None
+        b = base.get((model, transport))
+        speedup = None if b is None else b / med
         rows.append(
             Row(
                 model,
@@ -154,6 +184,7 @@ def summarise(
                 None if speedup is None else round(speedup / ideal, 3),
                 statistics.median(float(x["bytes"]) for x in rs),
                 round(statistics.median(errors), 3) if errors else None,
+                transport=transport,
             )
         )
     return rows
@@ -175,8 +206,8 @@ def closing_note(
 ) -> list[str]:
     """Per model: the compute ceiling, the fastest strategy, the best of ours (edgeci*)
     with its efficiency, fraction of the ceiling and prediction error, and whether its
-    quartiles overlap those of the best baseline."""
-    d = {(x["model"], x["strategy"]): x for x in diag}
+    quartiles overlap those of the best baseline (rows of one transport)."""
+    d = {arm(x): x for x in diag}
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
         c = ceilings.get(model)
@@ -202,12 +233,13 @@ def closing_note(
             text += f" = {best.ceiling_efficiency:.2f} of the ceiling"
         if best.prediction_error is not None:
             text += f", prediction error {best.prediction_error:.1%}"
-        mine = d.get((model, best.strategy), {})
+        mine = d.get((model, best.strategy, best.transport), {})
         if len(mine.get("devices") or []) <= 1 and mine.get("decision"):
             text += f"; it ran on one peer ({mine['decision']})"
         if theirs:
             rival = min(theirs, key=lambda r: r.median_ms)
-            a, b = d[(model, best.strategy)], d[(model, rival.strategy)]
+            a = d[(model, best.strategy, best.transport)]
+            b = d[(model, rival.strategy, rival.transport)]
             apart = a["p75_ms"] < b["p25_ms"] or b["p75_ms"] < a["p25_ms"]
             text += (
                 f"; best baseline {rival.strategy} {rival.median_ms:.0f} ms, quartiles "
@@ -216,6 +248,39 @@ def closing_note(
             )
         lines.append(text)
     return lines
+
+
+def transport_ratios(diag: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and strategy measured over both transports: the TLS median over the
+    plaintext one (issue 20 asks for at most 1.05), with each arm's quartiles."""
+    d = {arm(x): x for x in diag}
+    out = []
+    for (model, strategy, transport), tls in d.items():
+        plain = d.get((model, strategy, "plaintext"))
+        if transport != "tls" or plain is None:
+            continue
+        out.append(
+            {
+                "model": model,
+                "strategy": strategy,
+                "n": min(tls["n"], plain["n"]),
+                **{f"tls_{k}": tls[k] for k in ("latency_ms", "p25_ms", "p75_ms")},
+                **{f"plaintext_{k}": plain[k] for k in ("latency_ms", "p25_ms", "p75_ms")},
+                "ratio": round(tls["latency_ms"] / plain["latency_ms"], 4),
+            }
+        )
+    return out
+
+
+def ratio_lines(ratios: Sequence[dict[str, Any]]) -> list[str]:
+    return [
+        f"TLS / plaintext, {r['model']} {r['strategy']} (K={r['n']}): "
+        f"{r['tls_latency_ms']:.1f} ms ({r['tls_p25_ms']:.0f}-{r['tls_p75_ms']:.0f}) / "
+        f"{r['plaintext_latency_ms']:.1f} ms "
+        f"({r['plaintext_p25_ms']:.0f}-{r['plaintext_p75_ms']:.0f}) = {r['ratio']:.3f} "
+        f"(target <= 1.05)"
+        for r in ratios
+    ]
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float]:
@@ -230,13 +295,13 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where the time went, per (model, strategy): medians of the daemon's timing, and
-    the latency's quartiles."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Where the time went, per (model, strategy, transport): medians of the daemon's
+    timing, and the latency's quartiles."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["model"], r["strategy"]), []).append(r)
+        groups.setdefault(arm(r), []).append(r)
     out = []
-    for (model, strategy), rs in groups.items():
+    for (model, strategy, transport), rs in groups.items():
 
         def med(f: Any, rs: list[dict[str, Any]] = rs) -> float | None:
             values = [v for v in map(f, rs) if v is not None]
@@ -247,6 +312,7 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "model": model,
                 "strategy": strategy,
+                "transport": transport,
                 "n": len(rs),
                 "latency_ms": med(lambda x: x["latency_s"]),
                 "p25_ms": round(p25 * 1e3, 1),
@@ -275,14 +341,16 @@ def where_the_time_went(
 ) -> dict[str, dict[str, dict[str, list[float | None]]]]:
     """From traced results (``--traces``): per model and strategy, per category of
     ``core/explain`` (compute, transfer, waiting, event loop, planning, head...), the
-    median milliseconds on the critical path, measured and as the plan predicted."""
+    median milliseconds on the critical path, measured and as the plan predicted
+    (strategies of a transport other than TLS are named with it: ``label``)."""
     from edgeci_p2p.core.explain import CATEGORIES
 
     out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         if r.get("where"):
-            groups.setdefault((r["model"], r["strategy"]), []).append(r["where"])
+            key = (r["model"], label(r["strategy"], transport_of(r)))
+            groups.setdefault(key, []).append(r["where"])
     for (model, strategy), wheres in groups.items():
         cats: dict[str, list[float | None]] = {}
         for c in CATEGORIES:
@@ -317,18 +385,23 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def table(rows: Sequence[Row], diag: Sequence[dict[str, Any]], shaped: bool) -> str:
+    # A transport column only where a row is not TLS (--transport).
+    tcol = any(r.transport != "tls" for r in rows)
     head = (
-        f"{'model':<9} {'strategy':<11} {'median ms':>10} {'p25-p75 ms':>13} {'speedup':>8} "
+        f"{'model':<9} {'strategy':<11} {'transport':<9} "[: 22 + 10 * tcol]
+        + f"{'median ms':>10} {'p25-p75 ms':>13} {'speedup':>8} "
         f"{'effic.':>7} {'of ceil':>7} "
         f"{'MB@auct':>8} {'pred.err':>8} | {'exec ms':>8} {'pred ms':>8} {'auction':>8} "
         f"{'devices':<10}"
     )
     lines = [head, "-" * len(head)]
-    d = {(x["model"], x["strategy"]): x for x in diag}
+    d = {arm(x): x for x in diag}
     for r in rows:
-        x = d[(r.model, r.strategy)]
+        x = d[(r.model, r.strategy, r.transport)]
         lines.append(
-            f"{r.model:<9} {r.strategy:<11} {r.median_ms:>10.1f} "
+            f"{r.model:<9} {r.strategy:<11} "
+            + (f"{r.transport:<9} " if tcol else "")
+            + f"{r.median_ms:>10.1f} "
             f"{x['p25_ms']:>6.0f}-{x['p75_ms']:<6.0f} {_fmt(r.speedup, '.2f'):>8} "
             f"{_fmt(r.efficiency, '.2f'):>7} {_fmt(r.ceiling_efficiency, '.2f'):>7} "
             f"{r.bytes / 1e6:>8.2f} "
@@ -348,17 +421,18 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r.model for r in rows))
-    d = {(x["model"], x["strategy"]): x for x in diag}
+    d = {arm(x): x for x in diag}
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         rs = [r for r in rows if r.model == model]
         xs = range(len(rs))
         meas = [r.median_ms for r in rs]
-        pred = [d[(r.model, r.strategy)]["predicted_ms"] or float("nan") for r in rs]
+        ds = [d[(r.model, r.strategy, r.transport)] for r in rs]
+        pred = [x["predicted_ms"] or float("nan") for x in ds]
         colors = ["tab:green" if r.strategy.startswith("edgeci") else "tab:blue" for r in rs]
         spread = [
-            [m - d[(r.model, r.strategy)]["p25_ms"] for m, r in zip(meas, rs, strict=True)],
-            [d[(r.model, r.strategy)]["p75_ms"] - m for m, r in zip(meas, rs, strict=True)],
+            [m - x["p25_ms"] for m, x in zip(meas, ds, strict=True)],
+            [x["p75_ms"] - m for m, x in zip(meas, ds, strict=True)],
         ]
         ax.bar(
             xs,
@@ -369,7 +443,7 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
             label="measured median (client), p25-p75",
         )
         # The share of the bar spent before any tile runs: bid round, planning, awards.
-        over = [d[(r.model, r.strategy)]["auction_ms"] for r in rs]
+        over = [x["auction_ms"] for x in ds]
         ax.bar(
             xs,
             over,
@@ -381,16 +455,16 @@ def chart(rows: Sequence[Row], diag: Sequence[dict[str, Any]], path: Path, title
             label="of which auction (bids + plan)",
         )
         ax.scatter(xs, pred, color="black", marker="_", s=400, zorder=3, label="predicted")
-        for x, r in zip(xs, rs, strict=True):
+        for i, r in zip(xs, rs, strict=True):
             if r.speedup is not None:
                 ax.annotate(
                     f"{r.speedup:.2f}x",
-                    (x, max(r.median_ms, d[(r.model, r.strategy)]["p75_ms"])),
+                    (i, max(r.median_ms, ds[i]["p75_ms"])),
                     ha="center",
                     va="bottom",
                     fontsize=8,
                 )
-        ax.set_xticks(list(xs), [r.strategy for r in rs])
+        ax.set_xticks(list(xs), [label(r.strategy, r.transport) for r in rs])
         ax.set_yscale("log")
         # Log-scale bars start at the axis bottom: keep it well below the shortest bar.
         low = min([m - o for m, o in zip(meas, over, strict=True) if m > o] + meas)
@@ -433,16 +507,23 @@ class Bench:
         self.key_file = self.workdir / "cluster.key"
         self.key_file.write_text(secrets.token_hex(16))
         netns = layout.netns
-        self.ports = [PEER_PORT if netns else _free_port() for _ in layout.peers]
-        self.logs = [self.workdir / f"peer{i}.log" for i in range(len(layout.peers))]
+        self.transports = transports(args.transport)
+        # TLS peers on PEER_PORT, --plaintext ones beside them on the next port.
+        self.ports = {
+            t: [PEER_PORT + k if netns else _free_port() for _ in layout.peers]
+            for k, t in enumerate(TRANSPORTS)
+        }
+        self.names: list[str] = []
+        """Every peer process, in the order started (``peer_pids``, ``logs``)."""
+        self.logs: list[Path] = []
         self.client: subprocess.Popen[str] | None = None
         self.link: dict[str, float] | None = None
         self.peer_pids: list[int] = []
         self.profile_gflops: float | None = None
         """The uncapped profile's conv speed (``--profile uncapped``)."""
 
-    def address(self, i: int) -> str:
-        return f"{self.layout.peers[i].address}:{self.ports[i]}"
+    def address(self, i: int, transport: str = "tls") -> str:
+        return f"{self.layout.peers[i].address}:{self.ports[transport][i]}"
 
     def probe_link(self) -> dict[str, float] | None:
         """RTT and TCP throughput from peer 0 to peer 1 over the shaped link (the estimate
@@ -542,68 +623,94 @@ class Bench:
         progress(f"sustained profiles took {time.monotonic() - t0:.0f} s")
 
     def start_peers(self) -> None:
-        lay = self.layout
-        for slot in lay.peers:
-            i = slot.index
-            pct = "" if slot.share is None else f"-{round(slot.share * 100)}pct"
-            entry = ["-m", "edgeci_p2p.peer_cli"]
-            if self.args.links == "measured":
-                entry = [str(HERE / "peer_links.py")]
-            argv = [
-                sys.executable, *entry,
-                "--host", slot.address, "--port", str(self.ports[i]),
-                "--name", f"peer{i}{pct}", "--state-dir", str(self.workdir / f"state{i}"),
-                "--threads", "1", "--models", self.args.models,
-                "--cluster-key-file", str(self.key_file), "--log-level", self.args.peer_log_level,
-                # Each namespace emulates a device of its own: its CPU is its quota, not
-                # a share of this machine's cores (edgeci-peer --host-id).
-                "--host-id", f"emulated-{i}",
-            ]  # fmt: skip
-            if self.args.links == "testbed" and lay.rate_mbit is not None:
-                argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
-            if self.args.no_zero_suppression:
-                argv += ["--no-zero-suppression"]
-            if self.args.no_speed_calibration:
-                argv += ["--no-speed-calibration"]
-            if self.args.no_gc_freeze:
-                argv += ["--no-gc-freeze"]
-            if not load_testbed(self.args.testbed).shared_medium:
-                argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
-            if lay.netns:
-                # mDNS bound to the namespace's own address: it never leaves the namespaces.
-                argv += ["--mdns-interface", slot.address]
-            else:
-                # Loopback is shared with other programs: no mDNS there, static peers only.
-                argv += ["--no-mdns"] + (["--peer", self.address(0)] if i else [])
-            if self.args.static_peers and lay.netns and i:
-                argv += ["--peer", self.address(0)]
-            self.peer_pids.append(self.emu.spawn(slot, argv, self.env(i), str(self.logs[i])))
-            if not self.args.start_together:
-                # One at a time: a peer profiles itself at start, and beside others
-                # loading their models on the same two cores it once measured itself
-                # 1.65x slower than it is (real devices do not share cores).
-                self._wait_ready([i])
-        self._wait_ready(range(len(lay.peers)))
+        """Every transport's peers, TLS first; each a full cluster of its own."""
+        for transport in self.transports:
+            for slot in self.layout.peers:
+                self.start_peer(slot, transport)
+                if not self.args.start_together:
+                    # One at a time: a peer profiles itself at start, and beside others
+                    # loading their models on the same two cores it once measured itself
+                    # 1.65x slower than it is (real devices do not share cores).
+                    self._wait_ready([len(self.names) - 1])
+        self._wait_ready(range(len(self.names)))
+
+    def peer_argv(self, slot: PeerSlot, transport: str) -> list[str]:
+        lay, i = self.layout, slot.index
+        plain = transport == "plaintext"
+        pct = "" if slot.share is None else f"-{round(slot.share * 100)}pct"
+        state = self.workdir / f"state{i}{'-plaintext' if plain else ''}"
+        entry = ["-m", "edgeci_p2p.peer_cli"]
+        if self.args.links == "measured":
+            entry = [str(HERE / "peer_links.py")]
+        argv = [
+            sys.executable, *entry,
+            "--host", slot.address, "--port", str(self.ports[transport][i]),
+            "--name", f"peer{i}{pct}", "--state-dir", str(state),
+            "--threads", "1", "--models", self.args.models,
+            "--cluster-key-file", str(self.key_file), "--log-level", self.args.peer_log_level,
+            # Each namespace emulates a device of its own: its CPU is its quota, not
+            # a share of this machine's cores (edgeci-peer --host-id).
+            "--host-id", f"emulated-{i}",
+        ]  # fmt: skip
+        if self.args.links == "testbed" and lay.rate_mbit is not None:
+            argv += ["--link-mbit", str(lay.rate_mbit * 0.94)]  # tbf's payload rate here
+        if self.args.no_zero_suppression:
+            argv += ["--no-zero-suppression"]
+        if self.args.no_speed_calibration:
+            argv += ["--no-speed-calibration"]
+        if self.args.no_gc_freeze:
+            argv += ["--no-gc-freeze"]
+        if not load_testbed(self.args.testbed).shared_medium:
+            argv += ["--links", "switched"]  # every veth is its own link (the testbed says)
+        if plain:
+            # Static peers, every one before it: on mDNS the two transports' peers would
+            # find and dial each other, and each such dial fails (TLS_REQUIRED).
+            argv += ["--plaintext", "--no-mdns"]
+            argv += [x for j in range(i) for x in ("--peer", self.address(j, transport))]
+        elif lay.netns:
+            # mDNS bound to the namespace's own address: it never leaves the namespaces.
+            argv += ["--mdns-interface", slot.address]
+        else:
+            # Loopback is shared with other programs: no mDNS there, static peers only.
+            argv += ["--no-mdns"] + (["--peer", self.address(0)] if i else [])
+        if self.args.static_peers and lay.netns and i and not plain:
+            argv += ["--peer", self.address(0)]
+        return argv
+
+    def start_peer(self, slot: PeerSlot, transport: str) -> None:
+        name = f"peer{slot.index}" + ("" if transport == "tls" else f" ({transport})")
+        log = self.workdir / f"peer{slot.index}{'' if transport == 'tls' else '-' + transport}.log"
+        argv = self.peer_argv(slot, transport)
+        self.names.append(name)
+        self.logs.append(log)
+        self.peer_pids.append(self.emu.spawn(slot, argv, self.env(slot.index), str(log)))
 
     def _wait_ready(self, peers: Sequence[int]) -> None:
+        """Wait for the peers of these indices (into ``names``, ``logs``)."""
         t0 = time.monotonic()
         ready: set[int] = set()
         while len(ready) < len(peers):
             for i in peers:
                 if i not in ready and "ready on port" in _tail(self.logs[i], 200):
                     ready.add(i)
-                    progress(f"peer{i} ready after {time.monotonic() - t0:.0f} s (profiled)")
+                    progress(
+                        f"{self.names[i]} ready after {time.monotonic() - t0:.0f} s (profiled)"
+                    )
             for i, pid in enumerate(self.peer_pids):
                 if not self.emu.host.alive(pid):
-                    raise RuntimeError(f"peer{i} exited during start:\n{_tail(self.logs[i])}")
+                    raise RuntimeError(
+                        f"{self.names[i]} exited during start:\n{_tail(self.logs[i])}"
+                    )
             if time.monotonic() - t0 > self.args.start_timeout:
-                raise TimeoutError(f"peers {sorted(set(peers) - ready)} not ready")
+                late = [self.names[i] for i in sorted(set(peers) - ready)]
+                raise TimeoutError(f"peers {late} not ready")
             time.sleep(0.5)
 
     def measure(self) -> list[dict[str, Any]]:
         lay, a = self.layout, self.args
         argv = [
-            sys.executable, str(CLIENT), "--peer", self.address(0),
+            sys.executable, str(CLIENT), "--transports", ",".join(self.transports),
+            *[x for t in self.transports for x in (ENTRY_FLAG[t], self.address(0, t))],
             "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
             "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
             "--gap", str(a.gap), "--settle", str(a.settle),
@@ -619,7 +726,7 @@ class Bench:
         self.client = subprocess.Popen(
             argv, stdout=subprocess.PIPE, text=True, start_new_session=True
         )
-        total = a.k * len(a.strategies.split(",")) * len(a.models.split(","))
+        total = a.k * len(a.strategies.split(",")) * len(a.models.split(",")) * len(self.transports)
         results: list[dict[str, Any]] = []
         errors = 0
         assert self.client.stdout is not None
@@ -636,7 +743,8 @@ class Bench:
             else:
                 results.append(ev)
                 progress(
-                    f"  [{len(results) + errors}/{total}] {ev['model']} {ev['strategy']:<10} "
+                    f"  [{len(results) + errors}/{total}] {ev['model']} "
+                    f"{label(ev['strategy'], transport_of(ev)):<10} "
                     f"{ev['latency_s'] * 1e3:8.1f} ms  predicted "
                     f"{(ev['predicted_s'] or 0) * 1e3:8.1f} ms  devices {ev['devices']}"
                 )
@@ -650,6 +758,15 @@ class Bench:
         if self.client is not None and self.client.poll() is None:
             os.killpg(self.client.pid, signal.SIGKILL)
             self.client.wait()
+
+
+def transports(spec: str) -> list[str]:
+    """``--transport`` (and the client's ``--transports``): a comma-separated list of
+    TRANSPORTS, each once."""
+    out = [t.strip() for t in spec.split(",") if t.strip()]
+    if not out or len(set(out)) != len(out) or not set(out) <= set(TRANSPORTS):
+        raise ValueError(f"transport {spec!r}: a list of {', '.join(TRANSPORTS)}, each once")
+    return out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -775,6 +892,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="peers leave start-up's objects to the collector (edgeci-peer --no-gc-freeze), "
         "for comparison",
     )
+    p.add_argument(
+        "--transport",
+        default="tls",
+        help="tls (default), plaintext, or tls,plaintext: a second set of the same peers "
+        "with --plaintext beside the TLS ones, requests to both interleaved, and the "
+        "TLS / plaintext median ratio reported",
+    )
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument(
         "--start-together",
@@ -795,6 +919,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.k = 2
     if args.k < 1:
         p.error("--k must be at least 1")
+    try:
+        transports(args.transport)
+    except ValueError as e:
+        p.error(str(e))
     if args.ceiling_k is None:
         args.ceiling_k = args.k
     return args
@@ -948,9 +1076,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Report in the order asked for (requests went in a shuffled order each round).
     order = [s for s in args.strategies.split(",") if s]
     models = list(dict.fromkeys(r["model"] for r in results))
+    kinds = transports(args.transport)
     results = sorted(
         results,
-        key=lambda r: (models.index(r["model"]), order.index(r["strategy"])),
+        key=lambda r: (
+            models.index(r["model"]),
+            order.index(r["strategy"]),
+            kinds.index(transport_of(r)),
+        ),
     )
     rows = with_ceiling(summarise(results, ideal), ceilings)
     diag = diagnostics(results)
@@ -964,12 +1097,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shaped
         else f"UNSHAPED loopback ({len(shares)} peers, no caps), K={args.k}"
     ) + f"; settle {args.settle}; profile: {args.profile}, links: {args.links}"
+    if kinds != ["tls"]:
+        title += f"; transport: {', '.join(kinds)}"
     print(title)
     print(table(rows, diag, shaped))
     where = where_the_time_went(results)
     if where:
         print(time_table(where))
-    for line in closing_note(rows, diag, ceilings):
+    # The closing note ranks strategies within one transport: TLS, as shipped.
+    note_rows = [r for r in rows if r.transport == kinds[0]]
+    for line in closing_note(note_rows, diag, ceilings):
+        print(line)
+    ratios = transport_ratios(diag)
+    for line in ratio_lines(ratios):
         print(line)
     chart(rows, diag, args.chart, title)
     progress(f"chart: {args.chart}; {time.monotonic() - started:.0f} s in all")
@@ -984,6 +1124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "shares": shares if shaped else None,
                     "rate_mbit": rate if shaped else None,
                     "k": args.k,
+                    "transports": kinds,
+                    "tls_over_plaintext": ratios or None,
                     "settle": args.settle,
                     "gap": args.gap,
                     "profile": args.profile,

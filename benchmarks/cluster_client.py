@@ -23,8 +23,14 @@ state it leaves behind itself, as in a service answering a stream of requests.
 every quota instead, which gives every request a burst at full-core speed that a
 real device of that speed does not have.
 
+``--transports tls,plaintext`` measures two clusters of the same peers side by side:
+``--peer`` is the entry peer of the TLS one, ``--plaintext-peer`` that of one started
+with ``--plaintext``. Each round then shuffles every (strategy, transport) pair, so
+the machine's load falls on both transports alike; each result says its transport.
+
     python benchmarks/cluster_client.py --peer HOST:PORT --expect-peers 3 --k 5 \
-        [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...]
+        [--key-file F] [--models vgg16,resnet34] [--strategies edgeci,local,...] \
+        [--transports tls,plaintext --plaintext-peer HOST:PORT]
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from cluster import transports
 
 from edgeci_p2p.aio.client import Client, ClientError, ConnectionLost
 from edgeci_p2p.core.explain import where_the_time_went
@@ -53,43 +61,73 @@ def devices_used(plan: dict[str, Any]) -> list[int]:
     return sorted({int(part[0]) for st in plan.get("stages", []) for part in st["parts"]})
 
 
-async def wait_for_cluster(address: str, key: bytes | None, expect: int, timeout: float) -> int:
+def entry_peers(args: argparse.Namespace) -> dict[str, str]:
+    """The entry peer of each transport measured, in ``--transports`` order."""
+    kinds = transports(args.transports)
+    given = {"tls": args.peer, "plaintext": args.plaintext_peer}
+    missing = [t for t in kinds if not given[t]]
+    if missing:
+        raise ValueError(f"no entry peer for {', '.join(missing)} (--peer / --plaintext-peer)")
+    return {t: given[t] for t in kinds}
+
+
+def arms(strategies: list[str], transports: list[str], rep: int) -> list[tuple[str, str]]:
+    """Round ``rep``'s order of (strategy, transport) pairs: a shuffle seeded by the
+    round, so that neither transport always follows the other."""
+    order = [(s, t) for s in strategies for t in transports]
+    random.Random(rep).shuffle(order)
+    return order
+
+
+async def wait_for_cluster(
+    address: str, key: bytes | None, expect: int, timeout: float, plaintext: bool = False
+) -> int:
     deadline = time.monotonic() + timeout
     seen = -1
+    what = "plaintext entry peer" if plaintext else "entry peer"
     while time.monotonic() < deadline:
         try:
-            async with Client(address, key=key, timeout=10) as c:
+            async with Client(address, key=key, timeout=10, plaintext=plaintext) as c:
                 peers = await c.peers()
             alive = [p for p in peers if not p.get("self") and p.get("alive")]
             if len(alive) != seen:
                 seen = len(alive)
-                emit(event="status", msg=f"entry peer sees {seen}/{expect} peers")
+                emit(event="status", msg=f"{what} sees {seen}/{expect} peers")
             if seen >= expect:
                 return seen
         except (OSError, ClientError, ConnectionLost, TimeoutError):
             pass
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"after {timeout:.0f} s the entry peer sees {seen} of {expect} peers")
+    raise TimeoutError(f"after {timeout:.0f} s the {what} sees {seen} of {expect} peers")
 
 
 async def measure(args: argparse.Namespace) -> int:
     key = Path(args.key_file).read_bytes().strip() if args.key_file else None
-    await wait_for_cluster(args.peer, key, args.expect_peers, args.wait)
+    entries = entry_peers(args)
+    for transport, address in entries.items():
+        plain = transport == "plaintext"
+        await wait_for_cluster(address, key, args.expect_peers, args.wait, plaintext=plain)
     x = to_input(decode(sample_image_path().read_bytes()), "224").numpy()
     models = [m for m in args.models.split(",") if m]
     strategies = [s for s in args.strategies.split(",") if s]
     traces = args.traces is not None
     if traces:
         Path(args.traces).mkdir(parents=True, exist_ok=True)
-    async with Client(args.peer, key=key, timeout=args.timeout) as c:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            t: await stack.enter_async_context(
+                Client(a, key=key, timeout=args.timeout, plaintext=t == "plaintext")
+            )
+            for t, a in entries.items()
+        }
         for model in models:
             emit(event="status", msg=f"warm-up {model}")
-            for strategy in args.warmup.split(","):
-                await c.infer(x, model=model, strategy=strategy)
+            for c in clients.values():
+                for strategy in args.warmup.split(","):
+                    await c.infer(x, model=model, strategy=strategy)
             for rep in range(args.k):
-                order = list(strategies)
-                random.Random(rep).shuffle(order)
-                for strategy in order:
+                for strategy, transport in arms(strategies, list(clients), rep):
+                    c = clients[transport]
                     for _ in range(args.settle):  # unmeasured: see the module docstring
                         with contextlib.suppress(ClientError, TimeoutError):
                             await c.infer(x, model=model, strategy=strategy)
@@ -98,7 +136,10 @@ async def measure(args: argparse.Namespace) -> int:
                     try:
                         r = await c.infer(x, model=model, strategy=strategy, trace=traces)
                     except (ClientError, TimeoutError) as e:
-                        emit(event="error", model=model, strategy=strategy, rep=rep, msg=str(e))
+                        emit(
+                            event="error", model=model, strategy=strategy, transport=transport,
+                            rep=rep, msg=str(e),
+                        )  # fmt: skip
                         continue
                     latency = time.perf_counter() - t0
                     t: dict[str, Any] = dict(r.timing)
@@ -106,7 +147,8 @@ async def measure(args: argparse.Namespace) -> int:
                     if r.trace is not None:
                         tl = Timeline.from_dict(r.trace)
                         where = {k: list(v) for k, v in where_the_time_went(tl).items()}
-                        path = Path(args.traces) / f"{model}-{strategy}-{rep:02d}.json"
+                        arm = strategy if transport == "tls" else f"{strategy}-{transport}"
+                        path = Path(args.traces) / f"{model}-{arm}-{rep:02d}.json"
                         path.write_text(
                             json.dumps({**tl.chrome(), "timeline": r.trace, "plan": r.plan})
                         )
@@ -114,6 +156,7 @@ async def measure(args: argparse.Namespace) -> int:
                         event="result",
                         model=model,
                         strategy=strategy,
+                        transport=transport,
                         rep=rep,
                         latency_s=latency,
                         total_s=float(t["total"]),
@@ -139,9 +182,16 @@ async def measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--peer", required=True)
+    p.add_argument("--peer", help="entry peer of the TLS cluster")
+    p.add_argument("--plaintext-peer", help="entry peer of a cluster started with --plaintext")
+    p.add_argument(
+        "--transports",
+        default="tls",
+        help="comma-separated, of tls and plaintext (default tls); with both, requests "
+        "to the two clusters are interleaved",
+    )
     p.add_argument("--key-file")
     p.add_argument("--expect-peers", type=int, default=0)
     p.add_argument("--k", type=int, default=5)
@@ -167,7 +217,16 @@ def main() -> int:
     )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:
+        entry_peers(args)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     try:
         return asyncio.run(measure(args))
     except (TimeoutError, OSError, ClientError, ConnectionLost) as e:
