@@ -224,3 +224,49 @@ def test_calibration_moves_the_bids_by_windows_past_its_band_onto_a_grid() -> No
     assert cal3.observe(0.01, 0.0101) is None and cal3.estimate == pytest.approx(1.01)
     with pytest.raises(ValueError):
         SpeedCalibration(lowest=1.5)
+
+
+class _CountingPlanner:
+    """A stand-in for AwasPlanner: records the bids it planned with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, ...]] = []
+        self.plan = None
+        self.testbed = None
+        self.left_out: dict[str, str] = {}
+
+    def __call__(self, call: object, bids: object) -> dict[str, tuple[object, ...]]:
+        durations = tuple(d for b in bids for d in b.duration.values())  # type: ignore[attr-defined]
+        self.calls.append(durations)
+        return {"planned-with": durations}
+
+
+def _bids(speed: float, backlog: float = 0.0) -> list[am.Bid]:
+    return [
+        am.Bid("auc", p, backlog=backlog, duration={"i0": 0.1 / speed}, valid_for=1.0)
+        for p in ("peer-a", "peer-b")
+    ]
+
+
+def test_new_speed_figures_get_the_old_plan_at_once_and_the_new_one_next() -> None:
+    inner = _CountingPlanner()
+    cached = decider.CachedDecider(inner)  # type: ignore[arg-type]
+    call = am.CallForBids("auc", "me", "fp", (am.WorkItem("i0", {"conv": 1}),), window=0.1)
+    first = cached(call, _bids(1.0))
+    assert len(inner.calls) == 1 and cached.pending is None
+    # A peer recalibrated: the same bidders, backlogs and links, other speeds. The round
+    # is answered with the plan it has, and the new one is left for refresh().
+    assert cached(call, _bids(1.3)) == first
+    assert (len(inner.calls), cached.stale) == (1, 1) and cached.pending is not None
+    assert cached.refresh() and len(inner.calls) == 2
+    assert not cached.refresh()  # nothing left to plan
+    assert cached(call, _bids(1.3)) == {"planned-with": (0.1 / 1.3, 0.1 / 1.3)}
+    assert (len(inner.calls), cached.hits) == (2, 1)
+    # Anything but speeds (here the backlog) is planned for at once, on the round's path.
+    cached(call, _bids(1.3, backlog=0.5))
+    assert len(inner.calls) == 3 and cached.pending is None
+    # Without stale answers every new figure is planned at once.
+    strict = decider.CachedDecider(_CountingPlanner(), stale_ok=False)  # type: ignore[arg-type]
+    strict(call, _bids(1.0))
+    strict(call, _bids(1.3))
+    assert (strict.stale, strict.misses, strict.pending) == (0, 2, None)

@@ -92,6 +92,8 @@ class Auctioneer:
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
         self.planning = PlanningStats()
         """Time spent deciding and how often the decision cache answered (metrics)."""
+        self._refreshing: set[asyncio.Task[None]] = set()
+        """Background plans for bids that a stale decision answered (``_refresh_later``)."""
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -164,9 +166,10 @@ class Auctioneer:
             # Peers sharing a machine share its cores (auction/hosts.py).
             pooled = pool_colocated(bids, self.node_id)
             with lock:
-                t0, hits = time.perf_counter(), decider.hits
+                t0, answered = time.perf_counter(), decider.hits + decider.stale
                 items = decider(call, pooled)
-                self.planning.add(time.perf_counter() - t0, decider.hits > hits)
+                quick = decider.hits + decider.stale > answered  # no plan made here
+                self.planning.add(time.perf_counter() - t0, quick)
                 picked.append((decider.plan, decider.testbed, dict(decider.left_out)))
             return items
 
@@ -200,6 +203,8 @@ class Auctioneer:
         finally:
             self._inbox.pop(auction_id, None)
         plan, testbed, left_out = picked[-1] if picked else (None, None, {})
+        if decider.pending is not None:
+            self._refresh_later(decider, lock)
         if rnd.phase is Phase.LOCAL or plan is None or testbed is None:
             log.info(
                 "auction %s: running locally (phase %s; declined %s; excluded %s; ignored %s)",
@@ -226,6 +231,26 @@ class Auctioneer:
             decision.left_out = left_out
             return decision
         return Decision(plan, testbed, rnd, left_out)
+
+    def _refresh_later(self, decider: CachedDecider, lock: threading.Lock) -> None:
+        """Plan the round a stale decision stood in for, in a thread, after the request
+        has its answer (``CachedDecider.refresh``); the next round finds it."""
+
+        def refresh() -> None:
+            with lock:
+                t0 = time.perf_counter()
+                if decider.refresh():
+                    self.planning.add(time.perf_counter() - t0, False)
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(refresh)
+            except Exception:  # a failed refresh leaves the stale plan in use
+                log.exception("planning the new bids in the background failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
 
     def _alone_decision(
         self, spec: ModelSpec, strategy: str, rnd: AuctionRound | None, how: str
