@@ -23,6 +23,26 @@ def test_peers_on_the_auctioneers_crowded_machine_are_declined() -> None:
     assert out["p1"].declined and out["p2"].declined and not out["p1"].duration
 
 
+def test_a_round_the_auctioneers_own_bid_missed_still_pools_its_machine() -> None:
+    # On a loaded machine the auctioneer's own bid can miss the window: its machine,
+    # given apart, still keeps the co-located peers from being planned as free devices.
+    bids = [bid("p1", "m"), bid("p2", "m")]
+    assert pool_colocated(bids, "me") == bids  # nothing says "me" is on m
+    out = {b.bidder: b for b in pool_colocated(bids, "me", bid("me", "m"))}
+    assert out["p1"].declined and out["p2"].declined
+    # A bid of its own, when there is one, is what counts.
+    roomy = [bid("me", "m", 1.0, 16.0), *bids]
+    assert pool_colocated(roomy, "me", bid("me", "m")) == roomy
+
+
+def test_a_loaded_machine_still_keeps_the_auctioneers_core() -> None:
+    # Other work on the demo's two cores: each peer measured ~0.4 of a core. The
+    # auctioneer still keeps a core and the loop's reserve; nothing is left.
+    bids = [bid(p, "m", 0.4, 2.0) for p in ("me", "p1", "p2")]
+    out = {b.bidder: b for b in pool_colocated(bids, "me")}
+    assert out["p1"].declined and out["p2"].declined
+
+
 def test_a_machine_with_cores_to_spare_changes_nothing() -> None:
     # Four one-thread peers on a 16-core machine: each has a core of its own.
     bids = [bid(p, "m", 1.0, 16.0) for p in ("me", "a", "b", "c")]

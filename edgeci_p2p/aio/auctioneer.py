@@ -164,7 +164,9 @@ class Auctioneer:
             call: am.CallForBids, bids: Sequence[am.Bid]
         ) -> Mapping[str, tuple[am.WorkItem, ...]]:
             # Peers sharing a machine share its cores (auction/hosts.py).
-            pooled = pool_colocated(bids, self.node_id)
+            b = self.bidder  # this node's machine, for a round its own bid missed
+            own = am.Bid("", self.node_id, host=b.host, cpus=b.cpus, host_cpus=b.host_cpus)
+            pooled = pool_colocated(bids, self.node_id, own)
             with lock:
                 t0, answered = time.perf_counter(), decider.hits + decider.stale
                 items = decider(call, pooled)

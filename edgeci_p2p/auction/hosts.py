@@ -26,12 +26,16 @@ MIN_SHARE = 0.1
 its tiles would cost more in hand-offs than they compute."""
 
 
-def pool_colocated(bids: Sequence[Bid], auctioneer: str) -> list[Bid]:
+def pool_colocated(bids: Sequence[Bid], auctioneer: str, own_host: Bid | None = None) -> list[Bid]:
     """``bids`` with each machine's cores shared among the peers on it: durations of
     co-located peers stretched by ``wanted / available`` cores (items are priced by
     compute, so a peer at half its cores takes twice as long), or the bid declined
-    when too little is left. Bids without a machine id are left as they are."""
-    own = next((b for b in bids if b.bidder == auctioneer), None)
+    when too little is left. Bids without a machine id are left as they are.
+
+    ``own_host`` carries the auctioneer's machine (``host``, ``cpus``, ``host_cpus``)
+    for a round its own bid missed (it can come after the window closes on a loaded
+    machine): the peers sharing its cores are pooled all the same."""
+    own = next((b for b in bids if b.bidder == auctioneer), own_host)
     groups: dict[str, list[Bid]] = defaultdict(list)
     for b in bids:
         if b.host and not b.declined and b.bidder != auctioneer:
@@ -42,7 +46,11 @@ def pool_colocated(bids: Sequence[Bid], auctioneer: str) -> list[Bid]:
         cores = max([b.host_cpus for b in peers] + ([own.host_cpus] if own and mine else []))
         available = cores
         if own is not None and mine:
-            available -= own.cpus + LOOP_RESERVE
+            # At least a core of its own: a peer's cpus are its measured share, and on
+            # a machine loaded by other work three one-thread peers on two cores each
+            # measured ~0.4, which left "room" for the other two: the demo's cluster
+            # then ran 3-4x slower than its entry peer alone.
+            available -= max(own.cpus, 1.0) + LOOP_RESERVE
         wanted = sum(b.cpus for b in peers)
         if wanted <= 0 or wanted <= available + 1e-9:
             continue
