@@ -17,7 +17,7 @@ from edgeci_p2p.commands.peers import models_held
 from edgeci_p2p.core import cost
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
 from edgeci_p2p.meminfo import Budget, cgroup_room, memory_budget, parse_size
-from edgeci_p2p.nn.models import load_model
+from edgeci_p2p.nn.models import load_model, seed_tensor, seeded_pieces
 from edgeci_p2p.nn.runtime import ModelStore, OverMemory, shared_model
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.nn.weights import HEAD, ModelWeights
@@ -42,6 +42,17 @@ def test_parts_are_bit_identical_to_the_whole_model_and_the_fingerprint_is_its()
     w.release(HEAD)
     assert w.module.fc.weight.device.type == "meta" and HEAD not in w.loaded()
     assert w.part_bytes[HEAD] == (512 * 1000 + 1000) * 4
+
+
+def test_large_seeded_tensors_drawn_in_pieces_are_the_whole_draw() -> None:
+    # What lets the fingerprint hash VGG-16's fc1 without holding it: pieces of a
+    # multiple of 16, the last at least 16 long, an odd size (the tail redrawn).
+    fc = torch.nn.Linear(517, 1003)
+    whole = torch.zeros(1003, 517)
+    seed_tensor("fc", fc, "weight", whole, 7, "")
+    for chunk in (64, 100, 4096):
+        pieces = list(seeded_pieces("fc", fc, "weight", (1003, 517), torch.float32, 7, "", chunk))
+        assert len(pieces) > 1 and torch.equal(torch.cat(pieces), whole.reshape(-1))
 
 
 def test_the_head_loads_on_demand_once_within_the_budget_and_drops_when_idle() -> None:
