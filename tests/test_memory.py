@@ -110,8 +110,8 @@ def test_a_budget_for_one_models_features_serves_two_by_dropping_the_least_recen
     peaks: list[int] = []
     ensure = store.ensure
 
-    def counted(name: str, parts: object, *, force: bool = False) -> None:
-        ensure(name, parts, force=force)  # type: ignore[arg-type]
+    def counted(name: str, parts: object, **kw: bool) -> None:
+        ensure(name, parts, **kw)  # type: ignore[arg-type]
         peaks.append(store.weights_bytes())
 
     store.ensure = counted  # type: ignore[method-assign]
@@ -268,8 +268,8 @@ async def test_a_peer_whose_limit_fits_one_models_features_serves_two_models_exa
         peaks: list[int] = []
         ensure = store.ensure
 
-        def counted(name: str, parts: object, *, force: bool = False) -> None:
-            ensure(name, parts, force=force)  # type: ignore[arg-type]
+        def counted(name: str, parts: object, **kw: bool) -> None:
+            ensure(name, parts, **kw)  # type: ignore[arg-type]
             peaks.append(store.weights_bytes())
 
         monkeypatch.setattr(store, "ensure", counted)

@@ -198,15 +198,23 @@ class ModelStore:
             out[name] = got + ([HEAD] if HEAD in h else [])
         return out
 
-    def ensure(self, name: str, parts: Iterable[str], *, force: bool = False) -> None:
+    def ensure(
+        self, name: str, parts: Iterable[str], *, force: bool = False, busy: bool = False
+    ) -> None:
         """Hold ``parts`` of ``name`` (loading those not held) and mark them used now,
         dropping the least recently used other parts to make room. Raises
         :class:`OverMemory` if even that would not fit (unless ``force``: then it
-        drops what it can and loads past the budget)."""
+        drops what it can and loads past the budget). ``busy``: leave the parts marked
+        in use (:meth:`using` unmarks them).
+
+        The loading itself runs outside the store's lock, so bids and ``peers`` (on
+        the event loop) never wait behind a load; the parts are counted as held and
+        kept from being dropped while they load. One thread (the peer's worker) runs
+        a store's work, so none uses a part while it is still loading."""
         w = self.weights[name]
+        want = set(parts)
         with self._lock:
             held = self._held[name]
-            want = set(parts)
             cost = self.load_cost(name, want)
             if cost and not force and not self.fits(name, want):
                 raise OverMemory(
@@ -222,29 +230,43 @@ class ModelStore:
                 self.weights[n].release(p)
                 self.dropped += 1
                 log.info("dropped the %s weights of %s to make room for %s", p, n, name)
+            new = sorted(want - set(held))
             now = self.clock()
-            for p in sorted(want):
-                if p not in held:
-                    w.acquire(p)
+            for p in want:
                 held[p] = now
+                self._busy[(name, p)] += 1
+        loaded: list[str] = []
+        try:
+            for p in new:
+                w.acquire(p)
+                loaded.append(p)
+        except BaseException:
+            with self._lock:
+                for p in new:
+                    if p not in loaded:
+                        held.pop(p, None)
+            self._unbusy(name, want)
+            raise
+        if not busy:
+            self._unbusy(name, want)
+
+    def _unbusy(self, name: str, parts: Iterable[str]) -> None:
+        with self._lock:
+            for p in parts:
+                self._busy[(name, p)] -= 1
+                if self._busy[(name, p)] <= 0:
+                    del self._busy[(name, p)]
 
     @contextmanager
     def using(self, name: str, parts: Iterable[str], *, force: bool = False) -> Iterator[None]:
         """Hold ``parts`` of ``name`` (:meth:`ensure`) and keep them from being dropped
         until the block ends (work running on another thread cannot lose them)."""
         want = set(parts)
-        with self._lock:
-            self.ensure(name, want, force=force)
-            for p in want:
-                self._busy[(name, p)] += 1
+        self.ensure(name, want, force=force, busy=True)
         try:
             yield
         finally:
-            with self._lock:
-                for p in want:
-                    self._busy[(name, p)] -= 1
-                    if self._busy[(name, p)] <= 0:
-                        del self._busy[(name, p)]
+            self._unbusy(name, want)
 
     def drop_idle(self, now: float | None = None) -> list[tuple[str, str]]:
         """Drop the parts loaded on demand that no work used for ``idle_s``; returns them.
