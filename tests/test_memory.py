@@ -16,11 +16,12 @@ from edgeci_p2p.auction.messages import Award, CallForBids, WorkItem
 from edgeci_p2p.commands.peers import models_held
 from edgeci_p2p.core import cost
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
+from edgeci_p2p.core.geometry import full_region
 from edgeci_p2p.meminfo import Budget, cgroup_room, memory_budget, parse_size
-from edgeci_p2p.nn.models import load_model
+from edgeci_p2p.nn.models import load_model, seed_tensor, seeded_pieces
 from edgeci_p2p.nn.runtime import ModelStore, OverMemory, shared_model
 from edgeci_p2p.nn.spec import spec_for
-from edgeci_p2p.nn.weights import HEAD, ModelWeights
+from edgeci_p2p.nn.weights import HEAD, ModelWeights, shared_weights
 from edgeci_p2p.planners import plan as plan_with
 from edgeci_p2p.planners.head import head_peer, place_head
 from tests.daemons import client, cluster
@@ -42,6 +43,17 @@ def test_parts_are_bit_identical_to_the_whole_model_and_the_fingerprint_is_its()
     w.release(HEAD)
     assert w.module.fc.weight.device.type == "meta" and HEAD not in w.loaded()
     assert w.part_bytes[HEAD] == (512 * 1000 + 1000) * 4
+
+
+def test_large_seeded_tensors_drawn_in_pieces_are_the_whole_draw() -> None:
+    # What lets the fingerprint hash VGG-16's fc1 without holding it: pieces of a
+    # multiple of 16, the last at least 16 long, an odd size (the tail redrawn).
+    fc = torch.nn.Linear(517, 1003)
+    whole = torch.zeros(1003, 517)
+    seed_tensor("fc", fc, "weight", whole, 7, "")
+    for chunk in (64, 100, 4096):
+        pieces = list(seeded_pieces("fc", fc, "weight", (1003, 517), torch.float32, 7, "", chunk))
+        assert len(pieces) > 1 and torch.equal(torch.cat(pieces), whole.reshape(-1))
 
 
 def test_the_head_loads_on_demand_once_within_the_budget_and_drops_when_idle() -> None:
@@ -75,6 +87,80 @@ def test_the_head_loads_on_demand_once_within_the_budget_and_drops_when_idle() -
     torch.testing.assert_close(
         tight.head("resnet18", (64, 64), features, force=True), ref, rtol=0, atol=0
     )
+
+
+def _features(store: ModelStore, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Every feature unit of ``name`` as one tile through ``store`` (loads what it needs)."""
+    h, w = x.shape[2:]
+    spec = store.spec(name, h, w)
+    _, oh, ow = spec.shape_at(spec.n_units)
+    fp = store.get(name).fingerprint
+    y = store.run_tile(
+        name, fp, (h, w), 0, spec.n_units, full_region(oh, ow), x.numpy(), full_region(h, w)
+    )
+    return torch.from_numpy(y)
+
+
+def test_a_budget_for_one_models_features_serves_two_by_dropping_the_least_recent() -> None:
+    r18, r34 = shared_weights("resnet18"), shared_weights("resnet34")
+    feats = {"resnet18": r18.nbytes(r18.feature_parts), "resnet34": r34.nbytes(r34.feature_parts)}
+    budget = max(feats.values()) + MB  # either model's features, not both
+    assert budget < sum(feats.values())
+    store = ModelStore(["resnet18", "resnet34"], budget=budget)
+    peaks: list[int] = []
+    ensure = store.ensure
+
+    def counted(name: str, parts: object, **kw: bool) -> None:
+        ensure(name, parts, **kw)  # type: ignore[arg-type]
+        peaks.append(store.weights_bytes())
+
+    store.ensure = counted  # type: ignore[method-assign]
+    try:
+        # At start: the first model's features; the second's do not fit beside them.
+        assert store.holds() == {"resnet18": ["features"], "resnet34": []}
+        x = torch.randn(1, 3, 32, 32)
+        first = {m: _features(store, m, x) for m in ("resnet18", "resnet34")}
+        assert store.holds() == {"resnet18": [], "resnet34": ["features"]}
+        # ResNet-18 dropped and loaded again: the same bits.
+        assert torch.equal(_features(store, "resnet18", x), first["resnet18"])
+        assert store.holds()["resnet18"] == ["features"] and store.dropped > 0
+        assert peaks and max(peaks) <= budget
+        # For a bid on ResNet-34, ResNet-18's features are room. With ResNet-34's
+        # features held, its head (2 MB) does not fit, its own features are not
+        # dropped for it: refused ("memory").
+        assert store.others_bytes("resnet34") == feats["resnet18"]
+        assert store.fits("resnet34", r34.feature_parts)
+        assert torch.equal(_features(store, "resnet34", x), first["resnet34"])
+        assert not store.fits("resnet34", [HEAD])
+        with pytest.raises(OverMemory):
+            store.ensure("resnet34", [HEAD])
+        assert max(peaks) <= budget
+    finally:
+        store.close()
+
+
+def test_a_bidder_counts_other_models_weights_as_room_until_work_reserves_it() -> None:
+    compute = ComputeModel({"conv": LinearFit(1e-10, 1e-4)})
+    # Holds model A's features (60 MB) in a 100 MB budget; B's would need 85 MB.
+    holds = {
+        "A": Holding(60 * MB, ("features",)),
+        "B": Holding(60 * MB, (), {"features": 85 * MB}, 60 * MB),
+    }
+    b = Bidder("p", compute, LinkModel(1e9), memory_bytes=100 * MB, holding=holds.__getitem__)
+    conv = WorkItem("probe:conv:1", {"conv": 10**6})
+    bid_b = b.bid(CallForBids("b1", "auc", "B", (conv,)), 0.0)
+    assert bid_b.free_memory == 100 * MB and bid_b.load == {"features": 85 * MB}
+    # B's strips with its feature load: accepted, A's weights would be dropped for them.
+    strips = WorkItem("s0", {"conv": 10**6}, 1000, 1000, 2000 + 85 * MB)
+    assert b.accept(Award("b1", "p", (strips,)), 0.0).accepted
+    # A's next work finds that room reserved: declined with "memory" (the round
+    # re-plans without this peer), until B's reservation is gone.
+    b.bid(CallForBids("a1", "auc", "A", (conv,)), 0.0)
+    a_strips = WorkItem("s0", {"conv": 10**6}, 1000, 1000, 30 * MB)
+    reply = b.accept(Award("a1", "p", (a_strips,)), 0.0)
+    assert not reply.accepted and reply.reason == "memory"
+    b.release("b1")
+    assert b.accept(Award("a1", "p", (a_strips,)), 0.0).accepted
 
 
 def test_the_budget_is_the_flag_else_the_cgroup_room_else_available_less_a_margin(
@@ -161,3 +247,39 @@ async def test_a_peer_limited_below_the_classifier_answers_vgg16_exactly_without
         assert me["holds"] == {"vgg16": ["features"]} and me["rss_mb"] > 0
         assert any(HEAD in (p.get("holds") or {}).get("vgg16", []) for p in peers)
         assert models_held(me) == "vgg16 (features)"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(240)
+@pytest.mark.one_loop
+async def test_a_peer_whose_limit_fits_one_models_features_serves_two_models_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = ["vgg16", "resnet34"]
+    x = np.random.default_rng(2424).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = {m: shared_model(m).module(torch.from_numpy(x)) for m in models}
+    limit = 96 * MB  # VGG-16's features (59 MB) or ResNet-34's (85 MB), not both
+    per_peer = {0: {"memory_limit": limit}}
+    async with cluster(2, models=models, per_peer=per_peer) as daemons:
+        small, big = daemons
+        store = small.store
+        assert store.holds() == {"vgg16": ["features"], "resnet34": []}
+        peaks: list[int] = []
+        ensure = store.ensure
+
+        def counted(name: str, parts: object, **kw: bool) -> None:
+            ensure(name, parts, **kw)  # type: ignore[arg-type]
+            peaks.append(store.weights_bytes())
+
+        monkeypatch.setattr(store, "ensure", counted)
+        # "local" puts every feature unit on the entry peer: it must swap models (its
+        # head goes where the bids of its first, auctioned, requests said it fits).
+        for entry, strategy in ((small, "edgeci"), (small, "local"), (big, "edgeci")):
+            for m in ("resnet34", "vgg16"):
+                async with client(entry) as c:
+                    res = await c.infer(x, model=m, strategy=strategy)
+                got = torch.from_numpy(np.array(res.logits, dtype=np.float32))
+                torch.testing.assert_close(got.reshape(ref[m].shape), ref[m])
+        assert store.dropped > 0 and peaks and max(peaks) <= limit
+        assert HEAD not in store.held("vgg16")  # 494 MB: it went to the other peer

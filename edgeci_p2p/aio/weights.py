@@ -28,7 +28,12 @@ def holding(store: ModelStore, fingerprint: str) -> Holding:
         "features": store.load_cost(name, w.feature_parts),
         HEAD: store.load_cost(name, [HEAD]),
     }
-    return Holding(total, tuple(store.holds()[name]), {k: v for k, v in load.items() if v})
+    return Holding(
+        total,
+        tuple(store.holds()[name]),
+        {k: v for k, v in load.items() if v},
+        store.others_bytes(name),
+    )
 
 
 async def drop_idle_weights(store: ModelStore, worker: ThreadPoolExecutor) -> None:

@@ -56,7 +56,7 @@ from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.halo import plan_edgeci_halo
-from edgeci_p2p.planners.head import place_head
+from edgeci_p2p.planners.head import LOAD_BYTES_PER_S, place_head
 
 STRATEGIES: tuple[str, ...] = OURS
 """What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments
@@ -338,6 +338,28 @@ def _halo_bytes(
     return got, sent
 
 
+def start_offset(b: Bid) -> float:
+    """When a bidder can start on this model's work: its backlog, and the time to load
+    the feature weights it said it does not hold (so the plan prefers holders)."""
+    return b.backlog + b.load.get("features", 0) / LOAD_BYTES_PER_S
+
+
+def with_features_load(
+    items: Mapping[str, tuple[WorkItem, ...]], call: CallForBids, bids: Sequence[Bid]
+) -> dict[str, tuple[WorkItem, ...]]:
+    """``items`` with the feature weights each peer said it must load added to its
+    first item's ``memory``: a peer that cannot make that room (work reserved for
+    another model needs it) declines with "memory", and the round re-plans. Not the
+    auctioneer's: it runs its own request's work whatever it must drop."""
+    load = {b.bidder: b.load.get("features", 0) for b in bids}
+    out = dict(items)
+    for peer, its in items.items():
+        extra = load.get(peer, 0)
+        if peer != call.auctioneer and extra and its:
+            out[peer] = (replace(its[0], memory=its[0].memory + extra), *its[1:])
+    return out
+
+
 def with_own_bid(
     call: CallForBids, bids: Sequence[Bid], own: ComputeModel | None
 ) -> list[Bid] | None:
@@ -398,7 +420,7 @@ class AwasPlanner:
         plan = self.plan_from_bids(call, usable)
         if self._work is None:
             self._work = Workload(self.spec)
-        items = strip_items(plan, self.spec, self._work)
+        items = with_features_load(strip_items(plan, self.spec, self._work), call, usable)
         if plan.head_device is None or plan.head_device == plan.auctioneer:
             return items
         # The head device is awarded the head too, with the weights it said it must
@@ -417,7 +439,7 @@ class AwasPlanner:
         with every peer's backlog as its start offset wins (see the module docstring)."""
         if self._work is None:
             self._work = Workload(self.spec)
-        backlog = {b.bidder: b.backlog for b in bids if not b.declined}
+        backlog = {b.bidder: start_offset(b) for b in bids if not b.declined}
         idle_tb, left_idle = testbed_from_bids(
             call, [_without_backlog(b) for b in bids], 1.0, self.shared_medium, self.min_share
         )

@@ -75,6 +75,9 @@ class Holding:
     weights_bytes: int = 0
     held: tuple[str, ...] = ()
     load: Mapping[str, int] = field(default_factory=dict)
+    droppable: int = 0
+    """Of ``weights_bytes``, what the peer would drop to make room for the model called
+    (other models' weights no running work uses, least recently used first)."""
 
 
 def item_parts(item: WorkItem) -> tuple[str, ...]:
@@ -118,6 +121,9 @@ class Bidder:
     """When the accepted, delivered work queue drains (peer's clock)."""
     _jobs: list[tuple[float, int]] = field(default_factory=list)
     """(done_at, memory) of delivered work still running or queued."""
+    _called: dict[str, str] = field(default_factory=dict)
+    """The model (fingerprint) of the latest calls bid on, by auction id: an award
+    carries none, and the room it may take depends on it."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.background < 1.0:
@@ -139,9 +145,11 @@ class Bidder:
         return self.holding(fingerprint) if self.holding is not None else Holding()
 
     def free_memory(self, now: float, fingerprint: str = "") -> int:
-        """The budget less the weights held, the work running and the work reserved."""
+        """The budget less the weights held (but those it would drop for the model
+        ``fingerprint``), the work running and the work reserved."""
         running = sum(m for done, m in self._jobs if done > now)
-        weights = self.held(fingerprint).weights_bytes
+        holding = self.held(fingerprint)
+        weights = holding.weights_bytes - holding.droppable
         return self.memory_bytes - weights - running - self.ledger.memory()
 
     def item_memory(self, item: WorkItem, holding: Holding) -> int:
@@ -176,6 +184,9 @@ class Bidder:
     def bid(self, call: CallForBids, now: float) -> Bid:
         """A sealed bid for ``call``: a duration for every item this peer can take."""
         self.tick(now)
+        self._called[call.auction_id] = call.fingerprint
+        while len(self._called) > 256:
+            del self._called[next(iter(self._called))]
         holding = self.held(call.fingerprint)
         base = Bid(
             call.auction_id,
@@ -220,14 +231,16 @@ class Bidder:
         if previous is not None:
             self.ledger.take(award.auction_id)  # a re-plan replaces this auction's hold
         seconds = sum(self.compute_seconds(it) for it in award.items)
-        # Awards carry no fingerprint: the weights an award's items need are in their
-        # ``memory`` (the auctioneer adds what this peer's bid said loading would cost).
+        # The weights an award's items need are in their ``memory`` (the auctioneer
+        # adds what this peer's bid said loading would cost); the room they may take
+        # counts the other models' weights, which would be dropped for them, unless
+        # work reserved or running here needs that room first.
         memory = sum(it.memory for it in award.items)
         committed = self.committed(now)
         reason = ""
         if committed + seconds > self.horizon + EPS:
             reason = "capacity"
-        elif memory > self.free_memory(now):
+        elif memory > self.free_memory(now, self._called.get(award.auction_id, "")):
             reason = "memory"
         elif committed - award.quoted_backlog > self.stale_tolerance * seconds + EPS:
             reason = "stale"

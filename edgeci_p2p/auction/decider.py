@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.awas import AwasPlanner, strip_items, testbed_from_bids, with_own_bid
+from edgeci_p2p.auction.awas import (
+    AwasPlanner,
+    strip_items,
+    testbed_from_bids,
+    with_features_load,
+    with_own_bid,
+)
 from edgeci_p2p.auction.round import AuctionRound
 from edgeci_p2p.core.cost import ComputeModel, Testbed
 from edgeci_p2p.core.plan import Plan
@@ -62,7 +68,7 @@ class StaticPlanner:
         tb, _ = testbed_from_bids(call, idle, 1.0, self.shared_medium)
         self.plan = plan_with(self.strategy, self.spec, tb)
         self.testbed = tb
-        return strip_items(self.plan, self.spec, self._work)
+        return with_features_load(strip_items(self.plan, self.spec, self._work), call, usable)
 
 
 _Entry = tuple[Mapping[str, tuple[am.WorkItem, ...]], Plan | None, Testbed | None, dict[str, str]]

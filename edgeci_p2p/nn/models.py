@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,39 @@ def first_conv_name(model: nn.Module) -> str:
     return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), "")
 
 
+Rule = tuple[str, float, float]
+"""How one tensor is drawn: ("normal", mean, std) or ("uniform", low, high)."""
+
+
+def _rule(
+    mod_name: str, mod: nn.Module, p_name: str, shape: tuple[int, ...], first_conv: str
+) -> Rule | None:
+    last_bn = mod_name.endswith("bn2") or mod_name.endswith("downsample.1")
+    if isinstance(mod, nn.Conv2d | nn.Linear) and p_name == "weight":
+        fan_in = math.prod(shape[1:])
+        gain = INPUT_GAIN if mod_name == first_conv and isinstance(mod, nn.Conv2d) else 1.0
+        return ("normal", 0.0, gain * math.sqrt(2.0 / fan_in))
+    if p_name == "bias":
+        return ("uniform", -0.05, 0.05)
+    if isinstance(mod, nn.BatchNorm2d):
+        if p_name == "weight":
+            lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)
+            return ("uniform", lo, hi)
+        if p_name == "running_mean":
+            return ("normal", 0.0, 0.1)
+        if p_name == "running_var":
+            return ("uniform", 0.5, 1.5)
+    return None
+
+
+def _draw(t: torch.Tensor, rule: Rule, g: torch.Generator) -> None:
+    kind, a, b = rule
+    if kind == "normal":
+        t.normal_(a, b, generator=g)
+    else:
+        t.uniform_(a, b, generator=g)
+
+
 @torch.no_grad()
 def seed_tensor(
     mod_name: str, mod: nn.Module, p_name: str, t: torch.Tensor, seed: int, first_conv: str
@@ -114,23 +148,54 @@ def seed_tensor(
     (``nn/weights.py`` loads models by part this way). Tensors no rule names (BN's
     ``num_batches_tracked``) keep what ``t`` holds: zeros, as torchvision builds them.
     """
-    last_bn = mod_name.endswith("bn2") or mod_name.endswith("downsample.1")
-    full = f"{mod_name}.{p_name}" if mod_name else p_name
-    g = _param_generator(seed, full)
-    if isinstance(mod, nn.Conv2d | nn.Linear) and p_name == "weight":
-        fan_in = t[0].numel()
-        gain = INPUT_GAIN if mod_name == first_conv and isinstance(mod, nn.Conv2d) else 1.0
-        t.normal_(0.0, gain * math.sqrt(2.0 / fan_in), generator=g)
-    elif p_name == "bias":
-        t.uniform_(-0.05, 0.05, generator=g)
-    elif isinstance(mod, nn.BatchNorm2d):
-        if p_name == "weight":
-            lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)
-            t.uniform_(lo, hi, generator=g)
-        elif p_name == "running_mean":
-            t.normal_(0.0, 0.1, generator=g)
-        elif p_name == "running_var":
-            t.uniform_(0.5, 1.5, generator=g)
+    rule = _rule(mod_name, mod, p_name, tuple(t.shape), first_conv)
+    if rule is not None:
+        full = f"{mod_name}.{p_name}" if mod_name else p_name
+        _draw(t, rule, _param_generator(seed, full))
+
+
+DRAW_CHUNK = 1 << 20
+"""Elements drawn at a time when a large tensor is drawn only to be hashed."""
+
+
+@torch.no_grad()
+def seeded_pieces(
+    mod_name: str,
+    mod: nn.Module,
+    p_name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    seed: int,
+    first_conv: str,
+    chunk: int = DRAW_CHUNK,
+) -> Iterator[torch.Tensor]:
+    """The tensor :func:`seed_tensor` draws, flattened, in consecutive pieces of about
+    ``chunk`` elements, bit for bit: the fingerprint hashes VGG-16's fc1 (411 MB)
+    without ever holding it (the start-up peak of issue 24).
+
+    Why the pieces are the same bits: torch's CPU ``normal_`` on a contiguous float32
+    tensor of 16 or more elements draws one uniform per element in order, turns them
+    into normals 16 at a time (Box-Muller on elements i and i+8), and draws the last 16
+    again when the size is not a multiple of 16. Pieces that are multiples of 16, the
+    last one at least 16 long, drawn one after another from the same generator, thus
+    give the whole draw; ``tests/test_memory.py`` checks it against the whole model.
+    Small tensors and other rules are drawn whole."""
+    numel = math.prod(shape)
+    rule = _rule(mod_name, mod, p_name, shape, first_conv)
+    step = chunk - chunk % 16
+    if rule is None or rule[0] != "normal" or dtype != torch.float32 or numel < step + 16:
+        t = torch.zeros(shape, dtype=dtype)
+        seed_tensor(mod_name, mod, p_name, t, seed, first_conv)
+        yield t.reshape(-1)
+        return
+    g = _param_generator(seed, f"{mod_name}.{p_name}" if mod_name else p_name)
+    at = 0
+    while at < numel:
+        k = step if numel - at >= step + 16 else numel - at
+        piece = torch.empty(k, dtype=dtype)
+        _draw(piece, rule, g)
+        yield piece
+        at += k
 
 
 @torch.no_grad()
@@ -153,12 +218,22 @@ def seeded_init(model: nn.Module, seed: int = DEFAULT_SEED) -> None:
             seed_tensor(mod_name, mod, p_name, t, seed, first)
 
 
-def hash_entry(h: Any, name: str, t: torch.Tensor) -> None:
-    """One state_dict entry into the fingerprint's hash (see :func:`fingerprint`)."""
+def hash_header(h: Any, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """What the fingerprint hashes of an entry before its bytes."""
+    h.update(f"{name}|{dtype}|{tuple(shape)}\n".encode())
+
+
+def hash_bytes(h: Any, t: torch.Tensor) -> None:
+    """A tensor's bytes (all or one piece of an entry) into the fingerprint's hash."""
     t = t.detach().cpu().contiguous()
-    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
     if t.numel():
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def hash_entry(h: Any, name: str, t: torch.Tensor) -> None:
+    """One state_dict entry into the fingerprint's hash (see :func:`fingerprint`)."""
+    hash_header(h, name, t.dtype, tuple(t.shape))
+    hash_bytes(h, t)
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -6,9 +6,12 @@ event loop never waits on a tile.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +25,8 @@ from edgeci_p2p.nn.extract import describe
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
 from edgeci_p2p.nn.weights import HEAD, ModelWeights, shared_weights
 from edgeci_p2p.wire.errors import ErrorCode
+
+log = logging.getLogger("edgeci.peer")
 
 
 class WorkError(ValueError):
@@ -68,11 +73,15 @@ class ModelStore:
     """The models a peer serves, their weights loaded by part (``nn/weights.py``),
     and one executor per (model, input size).
 
-    Every model's feature parts are loaded at start; the head, or a part dropped
-    since, is loaded the first time work needs it, unless that would take the
-    weights this peer holds past ``budget`` bytes (``OverMemory``). Parts loaded on
-    demand are dropped by :meth:`drop_idle` once unused for ``idle_s`` seconds.
-    ``clock`` is injectable for tests.
+    Every model's feature parts are loaded at start, as far as ``budget`` (bytes of
+    weights this peer may hold) takes them; the head, or a part not held, is loaded
+    the first time work needs it. To make room, the least recently used parts of
+    other models (and this model's head, for its features) that no running work uses
+    are dropped first; work that does not fit even then is refused
+    (:class:`OverMemory`). So a peer whose budget holds one model's features but not
+    two serves both, one at a time. Parts loaded on demand beyond the features are
+    also dropped by :meth:`drop_idle` once unused for ``idle_s`` seconds. ``clock``
+    is injectable for tests.
     """
 
     def __init__(
@@ -94,6 +103,10 @@ class ModelStore:
         self._held: dict[str, dict[str, float]] = {}
         """Model -> part -> when work last used it."""
         self._pinned: dict[str, frozenset[str]] = {}
+        self._busy: Counter[tuple[str, str]] = Counter()
+        """(model, part) -> running work that uses it: never dropped meanwhile."""
+        self.dropped = 0
+        """Parts dropped to make room (not counting idle drops)."""
         self._lock = threading.RLock()
         for name in names:
             check_model_name(name)
@@ -102,8 +115,25 @@ class ModelStore:
             self.models[name] = LoadedModel(name, w.module, w.fingerprint, w.source)
             self._held[name] = {}
             self._pinned[name] = frozenset(w.feature_parts)
-            self.ensure(name, w.feature_parts, force=True)
-        trim_heap()  # the fingerprint drew every tensor once (VGG-16's fc1: 411 MB)
+            first = len(self.weights) == 1
+            if first or self.load_cost(name, w.feature_parts) <= self.room():
+                # The first model's features even past the budget: a peer must be
+                # able to run its own requests' tiles (a warning says so).
+                self.ensure(name, w.feature_parts, force=True)
+            else:
+                log.info(
+                    "%s: feature weights (%.0f MB) not loaded at start: past the memory "
+                    "budget with those held; loaded when work needs them",
+                    name,
+                    w.nbytes(w.feature_parts) / 1e6,
+                )
+        if self.budget is not None and self.weights_bytes() > self.budget:
+            log.warning(
+                "the feature weights held (%.0f MB) are past the memory budget (%.0f MB)",
+                self.weights_bytes() / 1e6,
+                self.budget / 1e6,
+            )
+        trim_heap()
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
 
     # ---- weights held -------------------------------------------------------------------
@@ -117,15 +147,45 @@ class ModelStore:
         with self._lock:
             return sum(self.weights[n].nbytes(h) for n, h in self._held.items())
 
+    def room(self) -> int:
+        """Bytes of weights that fit without dropping any (huge without a budget)."""
+        return (1 << 62) if self.budget is None else self.budget - self.weights_bytes()
+
     def load_cost(self, name: str, parts: Iterable[str]) -> int:
         """Bytes that holding ``parts`` of ``name`` would add."""
         with self._lock:
             return self.weights[name].nbytes(set(parts) - set(self._held[name]))
 
+    def _victims(self, name: str, want: set[str]) -> list[tuple[float, str, str, int]]:
+        """Parts that could be dropped for ``want`` of ``name``, least recently used
+        first: (last used, model, part, bytes). Other models' parts, and this model's
+        head for its features; never this model's feature parts (the next tile of the
+        same request would load them again), nor a part running work uses."""
+        return sorted(
+            (used, n, p, self.weights[n].nbytes([p]))
+            for n, held in self._held.items()
+            for p, used in held.items()
+            if (n != name or (p == HEAD and p not in want)) and not self._busy[(n, p)]
+        )
+
+    def droppable(self, name: str, parts: Iterable[str] = ()) -> int:
+        """Bytes held that could be dropped to make room for ``parts`` of ``name``."""
+        with self._lock:
+            return sum(v[3] for v in self._victims(name, set(parts)))
+
+    def others_bytes(self, name: str) -> int:
+        """Bytes held of models other than ``name`` that no running work uses: what a
+        bid for ``name`` counts as room (they would be dropped for it)."""
+        with self._lock:
+            return sum(v[3] for v in self._victims(name, set()) if v[1] != name)
+
     def fits(self, name: str, parts: Iterable[str]) -> bool:
-        """Whether holding ``parts`` of ``name`` stays within the budget."""
-        cost = self.load_cost(name, parts)
-        return cost == 0 or self.budget is None or self.weights_bytes() + cost <= self.budget
+        """Whether holding ``parts`` of ``name`` stays within the budget, dropping
+        other parts (least recently used first) if need be."""
+        want = set(parts)
+        with self._lock:
+            cost = self.load_cost(name, want)
+            return cost == 0 or cost <= self.room() + self.droppable(name, want)
 
     def holds(self) -> dict[str, list[str]]:
         """What this peer holds, by model, for people: 'features' when every feature
@@ -138,25 +198,75 @@ class ModelStore:
             out[name] = got + ([HEAD] if HEAD in h else [])
         return out
 
-    def ensure(self, name: str, parts: Iterable[str], *, force: bool = False) -> None:
-        """Hold ``parts`` of ``name`` (loading those not held) and mark them used now.
-        Raises :class:`OverMemory` if that would exceed the budget (unless ``force``)."""
+    def ensure(
+        self, name: str, parts: Iterable[str], *, force: bool = False, busy: bool = False
+    ) -> None:
+        """Hold ``parts`` of ``name`` (loading those not held) and mark them used now,
+        dropping the least recently used other parts to make room. Raises
+        :class:`OverMemory` if even that would not fit (unless ``force``: then it
+        drops what it can and loads past the budget). ``busy``: leave the parts marked
+        in use (:meth:`using` unmarks them).
+
+        The loading itself runs outside the store's lock, so bids and ``peers`` (on
+        the event loop) never wait behind a load; the parts are counted as held and
+        kept from being dropped while they load. One thread (the peer's worker) runs
+        a store's work, so none uses a part while it is still loading."""
         w = self.weights[name]
+        want = set(parts)
         with self._lock:
             held = self._held[name]
-            want = set(parts)
-            if not force and not self.fits(name, want):
+            cost = self.load_cost(name, want)
+            if cost and not force and not self.fits(name, want):
                 raise OverMemory(
-                    f"{name}: loading {sorted(want - set(held))} "
-                    f"({self.load_cost(name, want) / 1e6:.0f} MB) would take this peer past "
-                    f"its memory budget ({self.weights_bytes() / 1e6:.0f} of "
-                    f"{(self.budget or 0) / 1e6:.0f} MB held)"
+                    f"{name}: loading {sorted(want - set(held))} ({cost / 1e6:.0f} MB) would "
+                    f"take this peer past its memory budget ({self.weights_bytes() / 1e6:.0f} "
+                    f"of {(self.budget or 0) / 1e6:.0f} MB held, "
+                    f"{self.droppable(name, want) / 1e6:.0f} MB of it droppable)"
                 )
+            for _, n, p, _ in self._victims(name, want) if cost > self.room() else ():
+                if cost <= self.room():
+                    break
+                del self._held[n][p]
+                self.weights[n].release(p)
+                self.dropped += 1
+                log.info("dropped the %s weights of %s to make room for %s", p, n, name)
+            new = sorted(want - set(held))
             now = self.clock()
-            for p in sorted(want):
-                if p not in held:
-                    w.acquire(p)
+            for p in want:
                 held[p] = now
+                self._busy[(name, p)] += 1
+        loaded: list[str] = []
+        try:
+            for p in new:
+                w.acquire(p)
+                loaded.append(p)
+        except BaseException:
+            with self._lock:
+                for p in new:
+                    if p not in loaded:
+                        held.pop(p, None)
+            self._unbusy(name, want)
+            raise
+        if not busy:
+            self._unbusy(name, want)
+
+    def _unbusy(self, name: str, parts: Iterable[str]) -> None:
+        with self._lock:
+            for p in parts:
+                self._busy[(name, p)] -= 1
+                if self._busy[(name, p)] <= 0:
+                    del self._busy[(name, p)]
+
+    @contextmanager
+    def using(self, name: str, parts: Iterable[str], *, force: bool = False) -> Iterator[None]:
+        """Hold ``parts`` of ``name`` (:meth:`ensure`) and keep them from being dropped
+        until the block ends (work running on another thread cannot lose them)."""
+        want = set(parts)
+        self.ensure(name, want, force=force, busy=True)
+        try:
+            yield
+        finally:
+            self._unbusy(name, want)
 
     def drop_idle(self, now: float | None = None) -> list[tuple[str, str]]:
         """Drop the parts loaded on demand that no work used for ``idle_s``; returns them.
@@ -166,7 +276,11 @@ class ModelStore:
         with self._lock:
             for name, held in self._held.items():
                 for p, used in list(held.items()):
-                    if p not in self._pinned[name] and now - used >= self.idle_s:
+                    if (
+                        p not in self._pinned[name]
+                        and not self._busy[(name, p)]
+                        and now - used >= self.idle_s
+                    ):
                         del held[p]
                         self.weights[name].release(p)
                         dropped.append((name, p))
@@ -238,12 +352,12 @@ class ModelStore:
             tr = trace(ex.spec, start, stop, out)
         except (ValueError, IndexError) as e:
             raise WorkError(f"bad tile for {name}: {e}") from e
-        self.ensure(name, self.weights[name].parts_for(ex.spec, start, stop))
         x = torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
-        try:
-            y = ex.run_trace(tr, x, slab_region)
-        except ValueError as e:
-            raise WorkError(str(e)) from e
+        with self.using(name, self.weights[name].parts_for(ex.spec, start, stop)):
+            try:
+                y = ex.run_trace(tr, x, slab_region)
+            except ValueError as e:
+                raise WorkError(str(e)) from e
         return y.numpy()
 
     def head(
@@ -257,12 +371,12 @@ class ModelStore:
         """The logits; the head is loaded first if not held (``OverMemory`` if that
         exceeds the budget, unless ``force``: the auctioneer's last resort)."""
         self.get(name)
-        self.ensure(name, [HEAD], force=force)
-        return self.executor(name, *input_hw).head(features)
+        ex = self.executor(name, *input_hw)
+        with self.using(name, [HEAD], force=force):
+            return ex.head(features)
 
     def forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The unsplit model on one device (--verify): every part, whatever the budget."""
         self.get(name)
-        self.ensure(name, self.weights[name].parts, force=True)
-        with torch.no_grad():
+        with self.using(name, self.weights[name].parts, force=True), torch.no_grad():
             return self.get(name).module(x)  # type: ignore[no-any-return]

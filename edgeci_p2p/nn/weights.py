@@ -14,7 +14,8 @@ Seeded weights are drawn tensor by tensor with each tensor's own generator
 the bits of the whole model's; a weights file is memory-mapped and only the
 part's tensors copied out. The fingerprint is the whole model's, as
 :func:`~edgeci_p2p.nn.models.fingerprint` computes it, hashed one tensor at a
-time: the classifier is drawn (or mapped) once at start to be hashed, then freed.
+time, large seeded tensors one piece at a time: the classifier is never held to be
+hashed, so a peer's start-up peak is what it keeps.
 
 Parts are counted: peers in one process (tests, benchmarks) share one
 ``ModelWeights`` per (model, weights) and a part is freed when no peer holds it.
@@ -39,8 +40,10 @@ from edgeci_p2p.nn.models import (
     DEFAULT_SEED,
     check_model_name,
     first_conv_name,
-    hash_entry,
+    hash_bytes,
+    hash_header,
     seed_tensor,
+    seeded_pieces,
     weights_path,
 )
 
@@ -193,16 +196,19 @@ class ModelWeights:
             )
         return state
 
+    def _checked(self, s: _Slot, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        src = state[s.full]
+        if tuple(src.shape) != s.shape:
+            raise ValueError(
+                f"weights file {self.path} does not fit {self.name}: {s.full} is "
+                f"{tuple(src.shape)}, not {s.shape}"
+            )
+        return src
+
     @torch.no_grad()
     def _tensor(self, s: _Slot, state: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if state is not None:
-            src = state[s.full]
-            if tuple(src.shape) != s.shape:
-                raise ValueError(
-                    f"weights file {self.path} does not fit {self.name}: {s.full} is "
-                    f"{tuple(src.shape)}, not {s.shape}"
-                )
-            return src.to(s.dtype).clone()
+            return self._checked(s, state).to(s.dtype).clone()
         t = torch.zeros(s.shape, dtype=s.dtype)
         seed_tensor(s.mod_name, s.mod, s.attr, t, self.seed, self._first_conv)
         return t
@@ -213,12 +219,26 @@ class ModelWeights:
             s.put(self._tensor(s, state))
 
     def _fingerprint(self) -> str:
-        """The whole model's fingerprint, one tensor at a time (none kept)."""
+        """The whole model's fingerprint, one tensor at a time and none kept: seeded
+        tensors are drawn in pieces (:func:`~edgeci_p2p.nn.models.seeded_pieces`), a
+        file's are hashed where they are mapped. Nothing as large as VGG-16's fc1
+        (411 MB) is ever allocated to be hashed, so start-up peaks at what the peer
+        keeps (issue 24: it peaked at 1.13 GB when fc1 was drawn whole)."""
         state = self._file_state() if self.path is not None else None
         slots = {s.full: s for ss in self._slots.values() for s in ss}
         h = hashlib.sha256()
         for full in sorted(slots):
-            hash_entry(h, full, self._tensor(slots[full], state))
+            s = slots[full]
+            hash_header(h, full, s.dtype, s.shape)
+            if state is None:
+                for piece in seeded_pieces(
+                    s.mod_name, s.mod, s.attr, s.shape, s.dtype, self.seed, self._first_conv
+                ):
+                    hash_bytes(h, piece)
+                continue
+            src = self._checked(s, state)
+            # Mapped pages are the file's (the kernel may drop them again), not copies.
+            hash_bytes(h, src if src.dtype == s.dtype else src.to(s.dtype))
         return h.hexdigest()
 
 
