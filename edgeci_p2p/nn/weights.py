@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from edgeci_p2p.core.units import ModelSpec
@@ -40,6 +39,7 @@ from edgeci_p2p.nn.models import (
     check_model_name,
     first_conv_name,
     hash_entry,
+    meta_model,
     seed_tensor,
     weights_path,
 )
@@ -102,8 +102,7 @@ class ModelWeights:
         self.seed = seed
         self.path = weights_path(name, weights, use_hub_cache)
         self.source = str(self.path) if self.path is not None else f"seed:{seed}"
-        with torch.device("meta"):
-            module: nn.Module = torchvision.models.get_model(name, weights=None)
+        module: nn.Module = meta_model(name)
         module.eval()
         self.module = module
         self.head_module = "classifier" if hasattr(module, "classifier") else "fc"
