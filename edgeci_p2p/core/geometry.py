@@ -354,8 +354,11 @@ def halo_overhead(spec: ModelSpec, start: int, stop: int, regions: Iterable[Regi
 def receptive_field(spec: ModelSpec, stop: int) -> tuple[int, int]:
     """Receptive field (rows, cols) of one output pixel at boundary ``stop`` on the input.
 
-    Follows each unit's main path, which dominates a BasicBlock's shortcut.
+    Follows each unit's main path, which dominates a BasicBlock's shortcut; past a
+    global op (squeeze-and-excitation) it is the whole input.
     """
+    if any(u.is_global for u in spec.units[:stop]):
+        return spec.input_shape[1], spec.input_shape[2]
     rf = [1, 1]
     jump = [1, 1]
     for unit in spec.units[:stop]:
