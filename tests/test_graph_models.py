@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from torch import Tensor, nn
 from torchvision.models import VGG
 
@@ -26,11 +30,13 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import StripTable, Workload
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import UnsupportedModelError, describe, describe_by_class
+from edgeci_p2p.nn.images import sample_image_path
 from edgeci_p2p.nn.models import load_model, meta_model, published_gmacs
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.testbeds import load_testbed
+from tests.daemons import client, cluster, reference
 from tests.planfakes import check_plan
 
 NEW = (
@@ -198,3 +204,27 @@ def test_our_planners_emit_valid_plans_and_predict_what_the_simulator_says() -> 
         check_plan(p, spec, tb)
         res = simulate(p, spec, tb, ctx.work, record=False)
         assert p.predicted == pytest.approx(res.latency, rel=1e-9)
+
+
+# ---- served by a cluster -------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.one_loop
+@pytest.mark.timeout(120)
+async def test_a_three_peer_cluster_serves_mobilenet_v2_exactly() -> None:
+    img = Image.open(sample_image_path()).convert("RGB").resize((112, 80))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    image = buf.getvalue()
+    ref = reference("mobilenet_v2", image, "native")
+    async with cluster(3, models=["mobilenet_v2"]) as peers, client(peers[1]) as c:
+        # modnn: every stage split over every peer, so the tiles really travel.
+        for strategy in ("modnn",):
+            r = await asyncio.wait_for(
+                c.infer(image, model="mobilenet_v2", strategy=strategy, size="native"), 60
+            )
+            got = torch.from_numpy(np.array(r.logits, dtype=np.float32)).reshape(ref.shape)
+            scale = float(ref.abs().max())
+            torch.testing.assert_close(got / scale, ref / scale)
+            assert r.strategy == strategy and len(r.plan["nodes"]) == 3

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,15 +75,29 @@ class _Tracer(fx.Tracer):
         return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
 
 
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()
+_TRACE_LOCK = threading.Lock()
+
+
 def trace_graph(model: nn.Module) -> fx.Graph:
     """The model's fx graph, torchvision's SE, stochastic depth, permute and
-    LayerNorm2d kept whole."""
-    try:
-        return _Tracer().trace(model)
-    except Exception as e:  # fx raises many kinds on data-dependent control flow
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: cannot trace its graph ({type(e).__name__}: {e})"
-        ) from e
+    LayerNorm2d kept whole; traced once per model object (the graph does not depend
+    on the input size).
+
+    Tracing patches torch functions process-wide while it runs, so a tile running on
+    another thread meanwhile would see fx proxies: a peer traces its models when it
+    loads them (``ModelStore``), before it serves, and never again."""
+    with _TRACE_LOCK:
+        g = _GRAPHS.get(model)
+        if g is None:
+            try:
+                g = _Tracer().trace(model)
+            except Exception as e:  # fx raises many kinds on data-dependent control flow
+                raise UnsupportedModelError(
+                    f"{type(model).__name__}: cannot trace its graph ({type(e).__name__}: {e})"
+                ) from e
+            _GRAPHS[model] = g
+        return g
 
 
 def _pair(v: Any, what: str) -> tuple[int, int]:

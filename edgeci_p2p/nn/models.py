@@ -82,9 +82,9 @@ def check_model_name(name: str) -> str:
 
 
 def meta_model(name: str) -> nn.Module:
-    """``name`` on the meta device: shapes, no memory. A few builders compute their
-    layout from tensors (RegNet's block widths), which meta tensors cannot give; those
-    are built on the CPU once and moved."""
+    """``name`` on the meta device: shapes, no memory (a new module each call: parts
+    of it get loaded). A few builders compute their layout from tensors (RegNet's
+    block widths), which meta tensors cannot give; those are built on the CPU, moved."""
     try:
         with torch.device("meta"):
             return torchvision.models.get_model(name, weights=None)

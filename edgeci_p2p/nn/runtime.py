@@ -19,6 +19,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import describe
+from edgeci_p2p.nn.graph import trace_graph
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
 from edgeci_p2p.nn.weights import HEAD, ModelWeights, shared_weights
 from edgeci_p2p.wire.errors import ErrorCode
@@ -103,6 +104,7 @@ class ModelStore:
             self._held[name] = {}
             self._pinned[name] = frozenset(w.feature_parts)
             self.ensure(name, w.feature_parts, force=True)
+            trace_graph(w.module)  # now, not while a tile runs (see trace_graph)
         trim_heap()  # the fingerprint drew every tensor once (VGG-16's fc1: 411 MB)
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
 
