@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+MODELS_HELP = (
+    "vgg11..vgg19[_bn], resnet18, resnet34, resnet50, mobilenet_v2, mobilenet_v3_large, "
+    "efficientnet_b0, regnet_y_400mf, convnext_tiny"
+)
+"""The models the CLI takes (``edgeci_p2p.nn.models.SUPPORTED_MODELS``, without torch)."""
+
 
 def add_zeros_argument(p: argparse.ArgumentParser) -> None:
     """``--zeros Z``: plan as if every map after the input had this share of zeros

@@ -7,14 +7,14 @@ import argparse
 import json
 from typing import Any
 
-from edgeci_p2p.commands import add_zeros_argument
+from edgeci_p2p.commands import MODELS_HELP, add_zeros_argument
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "plan", help="plan a model on a testbed (edgeci = DPFL, or a baseline) and simulate it"
     )
-    p.add_argument("--model", default="vgg16", help="vgg11..vgg19[_bn], resnet18, resnet34")
+    p.add_argument("--model", default="vgg16", help=MODELS_HELP)
     p.add_argument("--testbed", default="pi4-wifi-4", help="a shipped testbed name or a JSON path")
     p.add_argument(
         "--strategy",

@@ -6,12 +6,14 @@ import argparse
 import json
 from typing import Any
 
+from edgeci_p2p.commands import MODELS_HELP
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "units", help="list a model's units (cut points) with shapes, FLOPs and bytes"
     )
-    p.add_argument("--model", default="resnet34", help="vgg11..vgg19[_bn], resnet18, resnet34")
+    p.add_argument("--model", default="resnet34", help=MODELS_HELP)
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224))
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=run)
@@ -45,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{spec.name} at {h}x{w}: {spec.n_units} units + head")
     print(
-        f"{'#':>3} {'unit':<18} {'kind':<6} {'output':>15} {'MFLOPs':>10} {'out KB':>9} {'RF':>9}"
+        f"{'#':>3} {'unit':<24} {'kind':<6} {'output':>15} {'MFLOPs':>10} {'out KB':>9} {'RF':>9}"
     )
     for r in rows:
         shape = "x".join(str(v) for v in r["out_shape"])
         rf = "x".join(str(v) for v in r["receptive_field"])
         print(
-            f"{r['index']:>3} {r['name']:<18} {r['kind']:<6} {shape:>15} "
+            f"{r['index']:>3} {r['name']:<24} {r['kind']:<6} {shape:>15} "
             f"{r['flops'] / 1e6:>10.1f} {r['out_bytes'] / 1024:>9.1f} {rf:>9}"
         )
     total = sum(r["flops"] for r in rows) + head_flops(spec)

@@ -15,7 +15,15 @@ from typing import Any
 
 from edgeci_p2p.core.geometry import Trace
 
-COST_KINDS: tuple[str, ...] = ("conv", "pool", "block", "head")
+COST_KINDS: tuple[str, ...] = ("conv", "pool", "block", "dw", "head")
+
+DW_SLOWDOWN = 4.0
+"""Seconds per FLOP of a unit with a depthwise conv over a dense conv's, for compute
+models measured before the ``dw`` kind existed (published testbeds, old profiles).
+Depthwise convs do ~1/C of a dense conv's FLOPs per value they read, so they run at
+the memory's speed, not the multipliers': MobileNetV2's depthwise units fitted 3.96x
+the conv units' slope with ``edgeci profile --threads 1`` on this project's 2-core VM
+(4 Dec 2026, a loaded machine; the ratio, not the speeds, is what is used)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,17 @@ class LinearFit:
 
 @dataclass(frozen=True)
 class ComputeModel:
-    """Per unit kind fits of one device."""
+    """Per unit kind fits of one device. A model without a ``dw`` fit gets one derived
+    from its ``conv`` fit (:data:`DW_SLOWDOWN`)."""
 
     fits: Mapping[str, LinearFit]
+
+    def __post_init__(self) -> None:
+        conv = self.fits.get("conv")
+        if "dw" not in self.fits and conv is not None:
+            derived = LinearFit(conv.a * DW_SLOWDOWN, conv.b, conv.rel_error)
+            object.__setattr__(self, "fits", {**self.fits, "dw": derived})
+            object.__setattr__(self, "_derived_dw", derived)
 
     def seconds(self, kind: str, flops: float) -> float:
         fit = self.fits.get(kind) or self.fits.get("conv")
@@ -84,7 +100,13 @@ class ComputeModel:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: {"a": f.a, "b": f.b, "rel_error": f.rel_error} for k, f in self.fits.items()}
+        """The measured fits (a derived ``dw`` fit is left out: it is derived again)."""
+        derived = getattr(self, "_derived_dw", None)
+        return {
+            k: {"a": f.a, "b": f.b, "rel_error": f.rel_error}
+            for k, f in self.fits.items()
+            if f is not derived
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ComputeModel:

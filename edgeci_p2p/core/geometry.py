@@ -27,7 +27,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edgeci_p2p.core.units import ModelSpec, Op, Unit, Window
+from edgeci_p2p.core.units import GLOBAL, ModelSpec, Op, Unit, Window
 
 FLOAT32_BYTES = 4
 
@@ -148,6 +148,8 @@ def op_out_hw(op: Op, hw: tuple[int, int]) -> tuple[int, int]:
 
 def op_input(op: Op, out: Region, in_hw: tuple[int, int]) -> tuple[Region, Padding]:
     """The input region an op reads to produce ``out``, and the border padding it needs."""
+    if op.kind in GLOBAL:
+        return full_region(*in_hw), NO_PADDING
     if op.window is None:
         return out, NO_PADDING
     w: Window = op.window
@@ -161,11 +163,15 @@ def op_input(op: Op, out: Region, in_hw: tuple[int, int]) -> tuple[Region, Paddi
 
 
 def op_flops(op: Op, out_area: int) -> int:
-    """FLOPs of an op producing ``out_area`` output pixels (all channels).
+    """FLOPs of an op producing ``out_area`` output pixels (all channels), less
+    :func:`op_fixed_flops`.
 
     conv: ``2 * out_pixels * C_in/groups * k*k * C_out`` plus one add per output
-    for a bias; max-pool: one comparison per window element; BN (eval): a
-    multiply and an add; ReLU: one op.
+    for a bias; per-pixel linear: the same with k = 1; max-pool: one comparison
+    per window element; BN (eval): a multiply and an add; LayerNorm: about five per
+    value; other activations and scales: one (hard-swish, GELU and SiLU cost a few,
+    but next to the convs they are noise); permutes and identities: none; a
+    squeeze-and-excitation: its multiply, one per output value.
     """
     if op.kind == "conv":
         assert op.window is not None
@@ -175,9 +181,24 @@ def op_flops(op: Op, out_area: int) -> int:
     if op.kind == "maxpool":
         assert op.window is not None
         return out_area * op.out_channels * op.window.kernel[0] * op.window.kernel[1]
+    if op.kind == "linear":
+        return out_area * op.out_channels * (2 * op.in_channels + (1 if op.bias else 0))
     if op.kind == "bn":
         return 2 * out_area * op.out_channels
-    return out_area * op.out_channels  # relu
+    if op.kind == "norm":
+        return 5 * out_area * op.out_channels
+    if op.kind in ("permute", "identity"):
+        return 0
+    return out_area * op.out_channels  # relu, act, scale, se's multiply
+
+
+def op_fixed_flops(op: Op, in_hw: tuple[int, int]) -> int:
+    """FLOPs an op spends whatever region it writes: a squeeze-and-excitation's mean
+    over its whole input map and its two 1x1 convs (with biases); 0 for others."""
+    if op.kind not in GLOBAL:
+        return 0
+    c, h = op.in_channels, op.hidden
+    return c * in_hw[0] * in_hw[1] + 2 * (2 * c * h) + h + c
 
 
 # ---- traces of units and unit ranges --------------------------------------------------------
@@ -195,7 +216,7 @@ class OpStep:
 
     @property
     def flops(self) -> int:
-        return op_flops(self.op, self.out.area)
+        return op_flops(self.op, self.out.area) + op_fixed_flops(self.op, self.in_hw)
 
 
 @dataclass(frozen=True)
@@ -333,8 +354,11 @@ def halo_overhead(spec: ModelSpec, start: int, stop: int, regions: Iterable[Regi
 def receptive_field(spec: ModelSpec, stop: int) -> tuple[int, int]:
     """Receptive field (rows, cols) of one output pixel at boundary ``stop`` on the input.
 
-    Follows each unit's main path, which dominates a BasicBlock's shortcut.
+    Follows each unit's main path, which dominates a BasicBlock's shortcut; past a
+    global op (squeeze-and-excitation) it is the whole input.
     """
+    if any(u.is_global for u in spec.units[:stop]):
+        return spec.input_shape[1], spec.input_shape[2]
     rf = [1, 1]
     jump = [1, 1]
     for unit in spec.units[:stop]:

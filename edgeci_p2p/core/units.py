@@ -1,10 +1,17 @@
 """Pure description of a CNN as a chain of *units*: the places where a cut is allowed.
 
-A unit is a conv with its BN/ReLU, a pool, or a whole residual BasicBlock. Each
-unit lists its inner ops with their window geometry, so that the geometry module
-can compute receptive fields and FLOPs without importing torch. The torch
-adapter (``edgeci_p2p.nn.extract``) builds these descriptions from torchvision
-models; everything here is plain data that also round-trips through dicts (CBOR).
+A unit is what lies between two cut points of the network's graph (single-tensor
+boundaries every path crosses): a conv with its BN/ReLU, a pool, or a whole
+residual block (a main branch and a shortcut merged by an add, then a post chain).
+Each unit lists its inner ops with their window geometry, so that the geometry
+module can compute receptive fields and FLOPs without importing torch. The torch
+adapter (``edgeci_p2p.nn.graph``) builds these descriptions from a model's traced
+graph; everything here is plain data that also round-trips through dicts (CBOR).
+
+Ops without a window are element-wise over pixels (BN, activations, per-pixel
+LayerNorm and Linear over channels, channel-axis permutes, layer scales, identities),
+except ``se``: a squeeze-and-excitation, whose every output pixel depends on the
+mean of its whole input map (a global reduction inside a block).
 
 Shapes are ``(channels, height, width)``; a description is made for one input
 size, because the planner and the cost model need concrete shapes.
@@ -15,10 +22,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OpKind = Literal["conv", "maxpool", "bn", "relu"]
-UnitKind = Literal["conv", "pool", "block"]
+OpKind = Literal[
+    "conv",
+    "maxpool",
+    "bn",
+    "relu",
+    "act",
+    "norm",
+    "linear",
+    "scale",
+    "permute",
+    "identity",
+    "se",
+]
+UnitKind = Literal["conv", "pool", "block", "dw"]
+"""``dw``: a unit with a depthwise conv (its FLOPs are cheap, its memory traffic is not:
+the cost model fits it separately)."""
 
-POINTWISE: frozenset[str] = frozenset({"bn", "relu"})
+WINDOWED: frozenset[str] = frozenset({"conv", "maxpool"})
+POINTWISE: frozenset[str] = frozenset(
+    {"bn", "relu", "act", "norm", "linear", "scale", "permute", "identity"}
+)
+"""Ops that compute each output pixel from the same input pixel only."""
+GLOBAL: frozenset[str] = frozenset({"se"})
+"""Ops whose output at any pixel depends on the whole input map."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +68,23 @@ class Op:
     in_channels: int
     out_channels: int
     window: Window | None = None
-    """None for pointwise ops (bn, relu)."""
+    """None for pointwise and global ops."""
     groups: int = 1
     bias: bool = False
     """Convs only: whether the conv adds a bias (counted in FLOPs)."""
     module: str = ""
-    """Dotted name of the torch module this op came from (for the executor)."""
+    """Dotted name of the torch module this op came from (for the executor); for
+    ``scale``, the dotted name of the per-channel parameter it multiplies by."""
+    hidden: int = 0
+    """``se`` only: the channels of its squeeze (the width of its two 1x1 convs)."""
 
     def __post_init__(self) -> None:
-        if (self.kind in POINTWISE) != (self.window is None):
+        if (self.kind in WINDOWED) != (self.window is not None):
             raise ValueError(f"op {self.kind!r}: window must be given exactly for conv/maxpool")
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
 
 
 @dataclass(frozen=True)
@@ -75,12 +109,24 @@ class Unit:
     def is_block(self) -> bool:
         return self.shortcut is not None
 
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        return self.main + (self.shortcut or ()) + self.post
+
+    @property
+    def is_global(self) -> bool:
+        """Whether an output pixel of this unit depends on its whole input map (a
+        squeeze-and-excitation inside): a tile of it reads the whole input."""
+        return any(op.kind in GLOBAL for op in self.ops)
+
 
 @dataclass(frozen=True)
 class Head:
     """The part that needs the whole feature map: global pool and classifier."""
 
-    kind: Literal["vgg", "resnet"]
+    kind: Literal["vgg", "resnet", "graph"]
+    """How the executor runs it: VGG's classifier, ResNet's fc, or the rest of the
+    traced graph after the last unit (other models)."""
     in_shape: tuple[int, int, int]
     pool_size: tuple[int, int]
     """Output size of the adaptive average pool ((7, 7) for VGG, (1, 1) for ResNet)."""
@@ -199,6 +245,8 @@ def _op_to_dict(op: Op) -> dict[str, Any]:
         "bias": op.bias,
         "module": op.module,
     }
+    if op.hidden:
+        d["hidden"] = op.hidden
     if op.window is not None:
         w = op.window
         d["window"] = {
@@ -226,6 +274,7 @@ def _op_from_dict(d: dict[str, Any]) -> Op:
         groups=int(d["groups"]),
         bias=bool(d["bias"]),
         module=str(d["module"]),
+        hidden=int(d.get("hidden", 0)),
     )
 
 

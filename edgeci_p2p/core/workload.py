@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeci_p2p.core.geometry import Region, Span, op_flops, op_out_hw, trace_unit
-from edgeci_p2p.core.units import ModelSpec, Op, Unit
+from edgeci_p2p.core.geometry import (
+    Region,
+    Span,
+    op_fixed_flops,
+    op_flops,
+    op_out_hw,
+    trace_unit,
+)
+from edgeci_p2p.core.units import GLOBAL, ModelSpec, Op, Unit
 
 Pair = tuple[int, int]
 RegionKey = tuple[int, int, int, int]
@@ -30,6 +37,11 @@ class _OpC:
     win: tuple[tuple[int, int, int, int, int], tuple[int, int, int, int, int]] | None
     """Per axis ``(k, s, p, d, in_size)``."""
     per_pixel: int
+    whole: tuple[int, int] | None = None
+    """A global op (squeeze-and-excitation): the input (rows, cols) it reads whatever
+    it writes."""
+    fixed: int = 0
+    """FLOPs it spends whatever it writes (:func:`~edgeci_p2p.core.geometry.op_fixed_flops`)."""
 
 
 def _compile_chain(ops: tuple[Op, ...], in_hw: tuple[int, int]) -> tuple[_OpC, ...]:
@@ -43,7 +55,8 @@ def _compile_chain(ops: tuple[Op, ...], in_hw: tuple[int, int]) -> tuple[_OpC, .
                 (w.kernel[0], w.stride[0], w.padding[0], w.dilation[0], hw[0]),
                 (w.kernel[1], w.stride[1], w.padding[1], w.dilation[1], hw[1]),
             )
-        out.append(_OpC(win, op_flops(op, 1)))
+        whole = hw if op.kind in GLOBAL else None
+        out.append(_OpC(win, op_flops(op, 1), whole, op_fixed_flops(op, hw)))
         hw = op_out_hw(op, hw)
     return tuple(out)
 
@@ -60,8 +73,10 @@ def _back(chain: tuple[_OpC, ...], rows: Pair, cols: Pair) -> tuple[Pair, Pair, 
     """Input spans a chain reads for output ``rows x cols``, and the chain's FLOPs."""
     flops = 0
     for c in reversed(chain):
-        flops += c.per_pixel * (rows[1] - rows[0]) * (cols[1] - cols[0])
-        if c.win is not None:
+        flops += c.per_pixel * (rows[1] - rows[0]) * (cols[1] - cols[0]) + c.fixed
+        if c.whole is not None:
+            rows, cols = (0, c.whole[0]), (0, c.whole[1])
+        elif c.win is not None:
             rows = _need(rows, *c.win[0])
             cols = _need(cols, *c.win[1])
     return rows, cols, flops
@@ -199,8 +214,12 @@ def _chain_rows(chain: tuple[_OpC, ...], p: int, lower: bool, out_w: list[int]) 
     """Walk a chain backwards from output row boundary ``p``: (input row, FLOP half)."""
     f = 0
     for c, w in zip(reversed(chain), reversed(out_w), strict=True):
-        f += c.per_pixel * w * p
-        if c.win is not None:
+        # A global op's fixed FLOPs go to the upper half only: they cancel in
+        # ``hi[b] - lo[a]`` otherwise, and every non-empty strip pays them once.
+        f += c.per_pixel * w * p + (0 if lower else c.fixed)
+        if c.whole is not None:
+            p = 0 if lower else c.whole[0]
+        elif c.win is not None:
             p = _lo_in(c, p) if lower else _hi_in(c, p)
     return p, f
 

@@ -2,8 +2,10 @@
 
 The executor follows a :class:`~edgeci_p2p.core.geometry.Trace` op by op: slice
 the slab to the region the op reads, pad only at real borders (zeros for convs,
--inf for max-pools), then run the op with padding 0. The result is exactly the
-requested output region of the unsplit network's map.
+-inf for max-pools), then run the op with padding 0. Element-wise ops run their
+torch module as it is (they see only pixels of their own region); a
+squeeze-and-excitation runs on the whole map it reads and its output is cropped.
+The result is exactly the requested output region of the unsplit network's map.
 
 ``split`` and ``stitch`` are inverses: for regions that tile a map exactly once,
 ``stitch(split(x, regions), regions, h, w)`` is ``x``.
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from edgeci_p2p.core.geometry import OpStep, Region, Trace, UnitTrace, full_region, trace
 from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.nn.graph import Extracted, extract, run_nodes
 
 
 def crop(x: Tensor, x_region: Region, want: Region) -> Tensor:
@@ -56,12 +59,24 @@ class FusedExecutor:
         self.model = model
         self.spec = spec
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
+        self._graph: Extracted | None = spec.extra.get("graph")
+
+    @property
+    def graph(self) -> Extracted:
+        """The traced graph (for the unsplit reference and the head)."""
+        if self._graph is None:
+            _, h, w = self.spec.input_shape
+            self._graph = extract(self.model, self.spec.name, h, w, self.spec.fingerprint)
+        return self._graph
 
     # ---- one op ---------------------------------------------------------------------------
 
     def _op(self, step: OpStep, x: Tensor, fresh: bool) -> Tensor:
         """Run one op on ``x``, which holds exactly ``step.need``."""
-        op, m, p = step.op, self._modules[step.op.module], step.pad
+        op, p = step.op, step.pad
+        if op.kind == "scale":  # a parameter, not a module
+            return x * self.model.get_parameter(op.module)
+        m = self._modules[op.module]
         if op.kind in ("conv", "maxpool"):
             # The symmetric part of the border padding is left to the op itself (no
             # copy); only an asymmetric remainder is padded explicitly.
@@ -82,13 +97,21 @@ class FusedExecutor:
             return F.batch_norm(
                 x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps
             )
-        return F.relu(x, inplace=fresh)
+        if op.kind == "relu":
+            return F.relu(x, inplace=fresh)
+        if op.kind == "se":
+            # It read the whole map (``step.need``); only ``step.out`` is wanted.
+            return crop(m(x), step.need, step.out)
+        if getattr(m, "inplace", False) and not fresh:
+            x = x.clone()  # torchvision's activations run in place: not on the caller's slab
+        return m(x)  # type: ignore[no-any-return]
 
     def _chain(self, steps: Sequence[OpStep], x: Tensor, x_region: Region) -> Tensor:
         fresh = False  # never modify the caller's slab in place
         for step in steps:
             x = self._op(step, crop(x, x_region, step.need), fresh)
-            x_region, fresh = step.out, True
+            # Identities and permutes hand back their input (or a view of it).
+            x_region, fresh = step.out, fresh or step.op.kind not in ("identity", "permute")
         return x
 
     def _unit(self, ut: UnitTrace, x: Tensor, x_region: Region) -> Tensor:
@@ -158,20 +181,26 @@ class FusedExecutor:
 
     @torch.no_grad()
     def reference(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
-        """Units ``start .. stop-1`` through the model's own modules (no slicing)."""
+        """Units ``start .. stop-1`` through the model's own graph (no slicing)."""
         stop = self.spec.n_units if stop is None else stop
-        for unit in self.spec.units[start:stop]:
-            if unit.is_block:
-                x = self._modules[unit.name](x)
-            else:
-                for op in unit.main + unit.post:
-                    x = self._modules[op.module](x)
-        return x
+        g = self.graph
+        if stop == start:
+            return x
+        y, _ = run_nodes(self.model, g.graph, {g.boundaries[start]: x}, g.boundaries[stop])
+        return y
+
+    @torch.no_grad()
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """The unsplit map at every boundary 0..n, in one pass of the model's graph."""
+        g = self.graph
+        _, kept = run_nodes(
+            self.model, g.graph, {g.boundaries[0]: x}, g.boundaries[-1], g.boundaries[1:]
+        )
+        return [x] + [kept[b] for b in g.boundaries[1:]]
 
     @torch.no_grad()
     def head(self, x: Tensor) -> Tensor:
         """Global pool + classifier on the whole last feature map: the logits."""
-        m = self.model
-        x = m.avgpool(x)
-        x = torch.flatten(x, 1)
-        return m.classifier(x) if self.spec.head.kind == "vgg" else m.fc(x)  # type: ignore[no-any-return]
+        g = self.graph
+        y, _ = run_nodes(self.model, g.graph, {g.boundaries[-1]: x}, g.head_nodes[-1])
+        return y

@@ -1,4 +1,10 @@
-"""Turning a torchvision VGG or ResNet into a pure :class:`ModelSpec` of units."""
+"""Turning a model into a pure :class:`ModelSpec` of units.
+
+:func:`describe` reads the model's traced graph (:mod:`edgeci_p2p.nn.graph`), for any
+model whose ops can be tiled. :func:`describe_by_class` is the older extractor that
+knows torchvision's VGG and BasicBlock ResNet classes by name; it stays as the
+reference the graph-based one is checked against (``tests/test_graph_extract.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,19 @@ from torchvision.models.resnet import BasicBlock
 
 from edgeci_p2p.core.geometry import op_out_hw
 from edgeci_p2p.core.units import Head, ModelSpec, Op, Unit, Window
+from edgeci_p2p.nn.graph import UnsupportedModelError, extract
+
+__all__ = ["UnsupportedModelError", "describe", "describe_by_class"]
 
 
-class UnsupportedModelError(ValueError):
-    """The module is not a VGG or a BasicBlock ResNet with the layers we know."""
+def describe(
+    model: nn.Module, name: str, height: int, width: int, fingerprint: str = ""
+) -> ModelSpec:
+    """The unit chain and head of ``model`` for an input of ``height x width`` RGB pixels,
+    from its traced graph; the graph facts the executor needs ride in ``spec.extra``."""
+    ex = extract(model, name, height, width, fingerprint)
+    ex.spec.extra["graph"] = ex
+    return ex.spec
 
 
 def _pair(v: int | tuple[int, ...] | str) -> tuple[int, int]:
@@ -131,10 +146,10 @@ def _group_vgg_features(
     return out
 
 
-def describe(
+def describe_by_class(
     model: nn.Module, name: str, height: int, width: int, fingerprint: str = ""
 ) -> ModelSpec:
-    """The unit chain and head of ``model`` for an input of ``height x width`` RGB pixels."""
+    """The unit chain and head of a torchvision VGG or BasicBlock ResNet, by its classes."""
     b = _Builder(3, height, width)
     if isinstance(model, VGG):
         for uname, kind, named in _group_vgg_features(model.features):

@@ -38,7 +38,16 @@ SUPPORTED_MODELS: tuple[str, ...] = (
     "vgg19_bn",
     "resnet18",
     "resnet34",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "convnext_tiny",
 )
+"""The models a peer may serve: each one's units come from its traced graph
+(:mod:`edgeci_p2p.nn.graph`), so adding a torchvision CNN is adding its name here
+once ``edgeci units --model NAME`` describes it."""
 DEFAULT_SEED = 20240
 """Seed of the default random weights (any value works if every peer uses the same)."""
 
@@ -71,6 +80,17 @@ def check_model_name(name: str) -> str:
     if name not in SUPPORTED_MODELS:
         raise UnknownModelError(f"unknown model {name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
     return name
+
+
+def meta_model(name: str) -> nn.Module:
+    """``name`` on the meta device: shapes, no memory (a new module each call: parts
+    of it get loaded). A few builders compute their layout from tensors (RegNet's
+    block widths), which meta tensors cannot give; those are built on the CPU, moved."""
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, weights=None)
+    except (NotImplementedError, RuntimeError):
+        return torchvision.models.get_model(name, weights=None).to("meta")
 
 
 def _weights_enum(name: str) -> torchvision.models.WeightsEnum:
@@ -118,6 +138,10 @@ def _rule(
         return ("normal", 0.0, gain * math.sqrt(2.0 / fan_in))
     if p_name == "bias":
         return ("uniform", -0.05, 0.05)
+    if isinstance(mod, nn.LayerNorm) and p_name == "weight":
+        return ("uniform", 0.7, 1.3)
+    if p_name == "layer_scale":  # ConvNeXt's per-channel residual scale
+        return ("uniform", 0.1, 0.3)
     if isinstance(mod, nn.BatchNorm2d):
         if p_name == "weight":
             lo, hi = (0.2, 0.5) if last_bn else (0.7, 1.3)

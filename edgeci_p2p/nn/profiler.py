@@ -10,6 +10,8 @@ with :meth:`~edgeci_p2p.core.cost.LinearFit.fit`:
 * ``conv``: VGG-11 conv units at three depths;
 * ``pool``: VGG-11 max-pool units;
 * ``block``: ResNet-18 BasicBlocks (stride 1 and stride 2);
+* ``dw``: MobileNetV2 units with a depthwise conv (an inverted residual block and a
+  stride-2 depthwise conv): few FLOPs, much memory traffic, so a rate of their own;
 * ``head``: the VGG and ResNet heads (pool + classifier).
 
 Results are cached as JSON under ``$EDGECI_CACHE_DIR`` (default
@@ -55,6 +57,10 @@ PLAN: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {
     "block": [
         ("resnet18", "layer1.0", (1, 8, 24)),
         ("resnet18", "layer3.0", (1, 4, 14)),
+    ],
+    "dw": [
+        ("mobilenet_v2", "features.3.conv", (2, 8, 28)),
+        ("mobilenet_v2", "features.7.conv.1.0-2", (1, 4, 14)),
     ],
 }
 HEADS = ("vgg11", "resnet18")

@@ -22,6 +22,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import describe
+from edgeci_p2p.nn.graph import trace_graph
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
 from edgeci_p2p.nn.weights import HEAD, ModelWeights, shared_weights
 from edgeci_p2p.wire.errors import ErrorCode
@@ -127,6 +128,7 @@ class ModelStore:
                     name,
                     w.nbytes(w.feature_parts) / 1e6,
                 )
+            trace_graph(w.module)  # now, not while a tile runs (see trace_graph)
         if self.budget is not None and self.weights_bytes() > self.budget:
             log.warning(
                 "the feature weights held (%.0f MB) are past the memory budget (%.0f MB)",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
-import torch
-import torchvision
+from torch import nn
 
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.extract import describe
-from edgeci_p2p.nn.models import check_model_name
+from edgeci_p2p.nn.models import check_model_name, meta_model
+
+
+@cache
+def _architecture(name: str) -> nn.Module:
+    """One meta-device model per name: its graph is traced once for every size."""
+    return meta_model(check_model_name(name))
 
 
 @lru_cache(maxsize=64)
@@ -18,7 +23,4 @@ def spec_for(name: str, height: int = 224, width: int = 224) -> ModelSpec:
 
     The model is built on the meta device: no memory, no initialisation.
     """
-    check_model_name(name)
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None)
-    return describe(model, name, height, width)
+    return describe(_architecture(name), name, height, width)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from edgeci_p2p.core.units import ModelSpec
@@ -42,6 +41,7 @@ from edgeci_p2p.nn.models import (
     first_conv_name,
     hash_bytes,
     hash_header,
+    meta_model,
     seed_tensor,
     seeded_pieces,
     weights_path,
@@ -105,8 +105,7 @@ class ModelWeights:
         self.seed = seed
         self.path = weights_path(name, weights, use_hub_cache)
         self.source = str(self.path) if self.path is not None else f"seed:{seed}"
-        with torch.device("meta"):
-            module: nn.Module = torchvision.models.get_model(name, weights=None)
+        module: nn.Module = meta_model(name)
         module.eval()
         self.module = module
         self.head_module = "classifier" if hasattr(module, "classifier") else "fc"
