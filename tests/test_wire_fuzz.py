@@ -19,7 +19,7 @@ from edgeci_p2p.wire import cbor, framing, messages
 from edgeci_p2p.wire.errors import MessageError, RemoteProtocolError
 from edgeci_p2p.wire.messages import Hello
 from edgeci_p2p.wire.session import ConnectionClosed, Session, SessionConfig, State
-from tests.test_wire_messages import samples
+from tests.wiresamples import samples
 
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 EXAMPLES = int(os.environ.get("WIRE_FUZZ_EXAMPLES", 20000 if _THOROUGH else 1500))
