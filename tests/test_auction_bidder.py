@@ -73,6 +73,29 @@ def test_decline_when_full_or_out_of_memory_or_wrong_model() -> None:
     assert "no weights" in other.bid(call, 0.0).declined
 
 
+def test_items_past_the_horizon_or_free_memory_are_left_out_of_the_bid() -> None:
+    # Horizon 1 s with 0.5 s committed: an item of 0.3 s or exactly 0.5 s of compute
+    # is priced; one of 0.502 s, or one needing more memory than is free, is not.
+    b = bidder(horizon=1.0, memory_bytes=1 << 20)
+    b.add_work(0.5, now=0.0)
+    items = (
+        WorkItem("small", {"conv": 298_000_000}),
+        WorkItem("edge", {"conv": 498_000_000}),
+        WorkItem("past", {"conv": 500_000_000}),
+        WorkItem("big", {"conv": 1_000_000}, memory=(1 << 20) + 1),
+    )
+    bid = b.bid(CallForBids("a", "me", "fp", items), now=0.0)
+    assert not bid.declined
+    assert set(bid.duration) == {"small", "edge"}
+    assert bid.duration["edge"] == pytest.approx(b.duration(items[1]))
+    # Nothing left that fits: a decline that says why.
+    none = b.bid(CallForBids("b", "me", "fp", items[2:]), now=0.0)
+    assert none.declined == "no item fits in free memory and capacity" and not none.duration
+    # Later the backlog has drained by 0.25 s, and "past" fits.
+    later = b.bid(CallForBids("c", "me", "fp", items), now=0.25)
+    assert set(later.duration) == {"small", "edge", "past"}
+
+
 def test_award_reserves_until_delivery_or_lease() -> None:
     b = bidder(horizon=5.0)
     award = Award("a", "p", (ITEM,), seq=1, lease=1.0)
