@@ -222,20 +222,6 @@ def blocked_worker(d: PeerDaemon) -> Iterator[HeldWorker]:
         free.set()
 
 
-async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
-    """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
-    started = threading.Event()
-
-    def block() -> None:
-        started.set()
-        time.sleep(seconds)
-
-    fut = asyncio.get_running_loop().run_in_executor(d.worker, block)
-    # Returns once the worker is blocked (not after a guessed delay).
-    assert await asyncio.to_thread(started.wait, WAIT_S), "the worker never started"
-    return fut
-
-
 async def run_plan(
     d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, object]]:
