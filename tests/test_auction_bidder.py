@@ -115,6 +115,55 @@ def test_award_reserves_until_delivery_or_lease() -> None:
     assert b.committed(3.1) == pytest.approx(0.0)
 
 
+def test_award_replies_and_holds_at_their_exact_limits() -> None:
+    """Each reply names the auction, the bidder and the seq it answers; each limit
+    (horizon, memory, staleness) admits exactly what reaches it, not a bit more."""
+    one = WorkItem("i", {"conv": 98_000_000}, memory=1000)  # 0.1 s of compute here
+    b = bidder(horizon=0.3, memory_bytes=3000)
+    ok = b.accept(Award("a", "p", (one,), seq=2, lease=1.0), 0.0)
+    assert ok == AwardReply("a", "p", 2, True)
+    assert b.ledger.active["a"].item_ids == ("i",) and b.ledger.active["a"].memory == 1000
+    # The same award again, or an older one: the newer promise stands.
+    for seq in (2, 1):
+        again = b.accept(Award("a", "p", (one,), seq=seq, lease=1.0), 0.0)
+        assert again == AwardReply("a", "p", seq, False, "superseded")
+    assert b.ledger.active["a"].seq == 2
+    with pytest.raises(ValueError, match="bidder p got an award addressed to q"):
+        b.accept(Award("x", "q", (one,)), 0.0)
+    # Horizon: 0.2 s more fits exactly (0.1 + 0.2 = 0.3), 0.1 s beyond that does not.
+    two = WorkItem("j", {"conv": 198_000_000})
+    assert b.accept(Award("b", "p", (two,), quoted_backlog=0.1), 0.0).accepted
+    tiny = WorkItem("k", {"conv": 1})
+    full = b.accept(Award("c", "p", (tiny,), seq=3, quoted_backlog=0.3), 0.0)
+    assert full == AwardReply("c", "p", 3, False, "capacity")
+    # Memory: what is free is enough (3500 - 500 running - 1000 held), a byte more is not.
+    b2 = bidder(memory_bytes=3500)
+    b2.add_work(1.0, 0.0, memory=500)
+    assert b2.accept(Award("a", "p", (one,), quoted_backlog=1.0), 0.0).accepted
+    exact = WorkItem("m", {"conv": 1}, memory=2000)
+    over = WorkItem("n", {"conv": 1}, memory=2001)
+    q = b2.committed(0.0)
+    assert b2.accept(Award("b", "p", (over,), quoted_backlog=q), 0.0).reason == "memory"
+    assert b2.accept(Award("c", "p", (exact,), quoted_backlog=q), 0.0).accepted
+    # Staleness: committed work grown by exactly stale_tolerance x the award is accepted.
+    b3 = bidder(stale_tolerance=0.5)
+    b3.add_work(0.05, 0.0)
+    secs = b3.compute_seconds(one)  # 0.1 s: tolerance 0.05 s
+    assert b3.accept(Award("a", "p", (one,), quoted_backlog=0.05 - 0.5 * secs), 0.0).accepted
+    stale = b3.accept(Award("b", "p", (one,), quoted_backlog=0.0), 0.0)
+    assert not stale.accepted and stale.reason == "stale"
+    # Delivered, the held memory moves to the running work.
+    assert b.deliver("a", 0.0) is not None
+    assert b.free_memory(0.0) == b.memory_bytes - 1000
+
+
+def test_a_declined_bid_prices_nothing() -> None:
+    full = bidder(horizon=1.0)
+    full.add_work(1.0, 0.0)
+    bid = full.bid(CallForBids("a", "me", "fp", (ITEM,)), 0.0)
+    assert bid.declined == "capacity" and bid.duration == {}
+
+
 def test_award_declines_rather_than_over_promise() -> None:
     b = bidder(horizon=0.25)  # room for two items of ~0.105 s, not three
     replies = [
