@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeci_p2p.wire import cbor, framing, tensors
-from edgeci_p2p.wire.errors import ErrorCode, RemoteProtocolError
+from edgeci_p2p.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 # --- strictness: each refusal is one literal item --------------------------------------
 
@@ -311,3 +311,114 @@ def test_payload_nbytes_is_what_the_session_sends(shape: tuple[int, ...], relu: 
     overhead = 160 if tensors.payload_nbytes(x) < x.nbytes else 16  # ref map, chunk frame
     assert 0 <= sent - empty - tensors.payload_nbytes(x) <= overhead
     assert (tensors.payload_nbytes(x) < x.nbytes) == (relu and x.nbytes >= 16 * 1024)
+
+
+# ---- the edges of the tensor rules (each case pinned by a mutation that survived) --------------
+
+
+def test_tensor_dtype_and_rank_are_refused_with_what_is_wrong() -> None:
+    for bad in (np.zeros(3, np.int64), np.zeros(3, np.int16), np.zeros(3, np.float64)):
+        why = f"float32, float16 or uint8, not {bad.dtype}"
+        with pytest.raises(tensors.TensorError, match=why):
+            tensors.tag_for(bad)
+    assert tensors.tag_for(np.zeros(3, np.float16)) == tensors.TAG_FLOAT16_LE
+    with pytest.raises(tensors.TensorError, match=r"tensor rank 9 outside 1\.\.8"):
+        tensors.contiguous_le(np.zeros((1,) * 9, np.float32))
+    assert tensors.contiguous_le(np.zeros((1,) * tensors.MAX_RANK, np.float32)).ndim == 8
+
+
+def test_split_bytes_cuts_every_byte_once_and_refuses_no_size() -> None:
+    body = memoryview(b"abcde")
+    assert [bytes(c) for c in tensors.split_bytes(body, 1)] == [b"a", b"b", b"c", b"d", b"e"]
+    assert [bytes(c) for c in tensors.split_bytes(body, 2)] == [b"ab", b"cd", b"e"]
+    assert [bytes(c) for c in tensors.split_bytes(memoryview(b""), 1)] == [b""]  # one chunk
+    for size in (0, -1):
+        with pytest.raises(tensors.TensorError, match="chunk size must be positive"):
+            tensors.split_bytes(body, size)
+
+
+def test_zero_restore_refuses_bytes_that_do_not_add_up_and_says_how() -> None:
+    # 10 float32 values, 3 non-zero: 2 mask bytes + 12 value bytes.
+    x = np.zeros(10, np.float32)
+    x[[1, 4, 9]] = [1.0, -2.0, 3.0]
+    packed = tensors.zero_suppress(x)
+    assert packed is not None and packed.nnz == 3 and packed.body.nbytes == 14
+    body = bytes(packed.body)
+    why = r"shape \[10\] with 3 values needs 14 bytes, got 13"
+    with pytest.raises(tensors.TensorError, match=why):
+        tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(body[:-1]))
+    padded = bytes([body[0], body[1] | 0x01]) + body[2:]  # a bit past the 10th value
+    with pytest.raises(tensors.TensorError, match=r"^zero-bitmask: padding bits after the last"):
+        tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(padded))
+    back = tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(body))
+    assert back.tobytes() == x.tobytes()
+
+
+def f16_with_nonzero(n: int, nnz: int) -> np.ndarray:
+    x = np.zeros(n, np.float16)
+    x[:nnz] = 1.0
+    return x
+
+
+def test_zero_suppression_is_used_up_to_exactly_nine_tenths_of_the_bytes() -> None:
+    # 80 float16 values (160 bytes), 67 non-zero: 10 mask + 134 value bytes = 144,
+    # exactly 0.9 of the plain bytes: used. 68 non-zero (146 bytes): not.
+    at_limit = tensors.zero_suppress(f16_with_nonzero(80, 67))
+    assert at_limit is not None and at_limit.body.nbytes == 144
+    assert tensors.payload_nbytes(f16_with_nonzero(80, 67), zero_suppress_from=0) == 144
+    assert tensors.zero_suppress(f16_with_nonzero(80, 68)) is None
+    # Sparse enough to pass the glance (88 % non-zero), too dense to save a tenth.
+    x = np.zeros(100, np.float32)
+    x[:88] = 1.0
+    assert tensors.zero_suppress(x) is None
+    # Half zeros, alternating (every other value: a sample of every second one would
+    # see no zero at all).
+    alt = np.zeros(20, np.float32)
+    alt[::2] = 1.0
+    packed = tensors.zero_suppress(alt)
+    assert packed is not None and packed.nnz == 10
+
+
+def test_the_glance_sends_a_dense_looking_map_plain() -> None:
+    """A map whose evenly spread sample is over 90 % non-zero is sent plain, even when
+    its other values are zeros; at exactly 90 % the whole map is counted."""
+    # 2 x 8192 float32: every 4th value (the sample, stride 16384 // 4096) of row 0 is
+    # non-zero, and of row 1 zero.
+    rows = np.zeros((2, 8192), np.float32)
+    rows[0] = 1.0
+    # Sampled across both rows: half zeros, so the whole map is counted and suppressed.
+    packed = tensors.zero_suppress(rows)
+    assert packed is not None and packed.nnz == 8192
+    assert tensors.payload_nbytes(rows) == packed.body.nbytes
+    # Only the sampled positions non-zero: the glance says dense, sent plain.
+    sampled = np.zeros(16384, np.float32)
+    sampled[::4] = 1.0
+    assert tensors.zero_suppress(sampled) is None
+    assert tensors.payload_nbytes(sampled) == sampled.nbytes
+    # 8200 values sample 4100 (stride 2); exactly 90 % of the sample non-zero is not
+    # "over 90 %": the whole map is counted (3690 of 8200 non-zero) and suppressed.
+    edge = np.zeros(8200, np.float32)
+    edge[np.arange(0, 2 * 3690, 2)] = 1.0
+    packed = tensors.zero_suppress(edge)
+    assert packed is not None and packed.nnz == 3690
+
+
+def test_payload_nbytes_counts_suppression_from_its_threshold_on() -> None:
+    x = np.zeros(4096, np.float32)  # 16 KiB of zeros
+    x[::16] = 1.0
+    suppressed = tensors.zero_suppress(x)
+    assert suppressed is not None
+    assert tensors.payload_nbytes(x, zero_suppress_from=x.nbytes) == suppressed.body.nbytes
+    assert tensors.payload_nbytes(x, zero_suppress_from=x.nbytes + 1) == x.nbytes
+    assert tensors.payload_nbytes(x, zero_suppress_from=None) == x.nbytes
+
+
+def test_encoder_refusals_say_what_and_honour_the_depth() -> None:
+    with pytest.raises(LocalProtocolError, match="set has no wire encoding"):
+        cbor.encode({1, 2})
+    deep: object = 1
+    for _ in range(3):
+        deep = [deep]
+    assert cbor.decode(cbor.encode(deep, max_depth=3)) == deep
+    with pytest.raises(LocalProtocolError, match="nesting deeper than 2"):
+        cbor.encode(deep, max_depth=2)
