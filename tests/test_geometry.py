@@ -13,13 +13,16 @@ from edgeci_p2p.core.geometry import (
     Span,
     grid,
     halo_overhead,
+    input_region,
     needed_span,
     op_out_hw,
     proportional_strips,
     receptive_field,
+    region_bytes,
     row_strips,
     strips,
     tiles_cover_exactly,
+    total_flops,
     window_out_size,
 )
 from edgeci_p2p.core.units import Head, ModelSpec, Op, Unit, Window
@@ -195,3 +198,30 @@ def test_proportional_strips_follow_the_order_and_size_of_their_weights() -> Non
             proportional_strips(6, bad)
     with pytest.raises(ValueError):
         proportional_strips(0, [1])
+
+
+def test_regions_shift_into_a_slab_and_count_their_bytes() -> None:
+    assert Span(5, 9).shift(3) == Span(2, 6)
+    outer = Region(Span(10, 20), Span(4, 12))
+    inner = Region(Span(12, 15), Span(4, 6))
+    assert inner.relative_to(outer) == Region(Span(2, 5), Span(0, 2))
+    with pytest.raises(ValueError, match=r"rows\[9:15\) cols\[4:6\) is not inside"):
+        Region(Span(9, 15), Span(4, 6)).relative_to(outer)
+    assert region_bytes(3, inner) == 3 * 6 * 4
+    assert region_bytes(3, inner, itemsize=1) == 18
+
+
+def test_input_region_and_total_flops_of_a_hand_built_model() -> None:
+    spec = chain(
+        (8, 8),
+        ("c1", (conv((3, 3), p=(1, 1)),), None),
+        ("c2", (conv((3, 3), p=(1, 1)),), None),
+    )
+    # Rows 2..3 of the second conv's output need rows 0..5 of the input (a halo row
+    # each side per 3x3 conv); all 8 columns (clamped at the borders).
+    out = Region(Span(2, 4), Span(0, 8))
+    assert input_region(spec, 0, 2, out) == Region(Span(0, 6), Span(0, 8))
+    assert input_region(spec, 1, 2, out) == Region(Span(1, 5), Span(0, 8))
+    # 2 x 9 FLOPs per output pixel and conv, then the head: a 1x1 pool over 8x8 and a
+    # 1 -> 2 linear layer (2 * 1 * 2 + 2).
+    assert total_flops(spec) == 2 * (2 * 9 * 64) + 64 + 6
