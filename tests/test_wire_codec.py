@@ -422,3 +422,106 @@ def test_encoder_refusals_say_what_and_honour_the_depth() -> None:
     assert cbor.decode(cbor.encode(deep, max_depth=3)) == deep
     with pytest.raises(LocalProtocolError, match="nesting deeper than 2"):
         cbor.encode(deep, max_depth=2)
+
+
+# One tensor, wrapped in a one-element array so that positions are not 0: the tag at
+# byte 1, its dims at byte 4, its typed array's tag at byte 6.
+GOOD_TENSOR = "81 d828 82 8102 d855 48 0000803f00000040"
+BAD_TENSORS = [
+    ("81 d828 83 8102 d855 48 0000803f00000040 00", "tag 40 must hold a two-element array", 1),
+    ("81 d828 42 0102", "tag 40 must hold a two-element array [dims, typed array]", 1),
+    ("81 d828 82 02 d855 48 0000803f00000040", "tensor dims must be an array", 4),
+    ("81 d828 82 80 d855 40", "tensor rank 0 outside 1..8", 4),
+    ("81 d828 82 8121 d855 48 0000803f00000040", "dimensions must be unsigned integers < 2**31", 4),
+    ("81 d828 82 811a80000000 d855 40", "dimensions must be unsigned integers < 2**31", 4),
+    ("81 d828 82 8102 d856 48 0000803f00000040", "tag 85 (float32-LE), 84 (float16-LE) or 64", 6),
+    ("81 d828 82 8102 d855 02", "a typed array must hold a byte string", 6),
+]
+
+
+@pytest.mark.parametrize("hexdata,why,pos", BAD_TENSORS, ids=[b[1][:24] for b in BAD_TENSORS])
+def test_a_bad_tensor_is_refused_saying_what_and_where(hexdata: str, why: str, pos: int) -> None:
+    assert np.array_equal(cbor.decode(bytes.fromhex(GOOD_TENSOR.replace(" ", "")))[0], [1, 2])
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex(hexdata.replace(" ", "")))
+    assert info.value.code == ErrorCode.MALFORMED_FRAME
+    assert why in info.value.message and info.value.message.endswith(f" at byte {pos}")
+
+
+def test_tensor_dims_up_to_2_31_minus_1_and_lengths_that_disagree() -> None:
+    # A dimension of exactly MAX_DIM is accepted (with a zero beside it: no bytes).
+    big = cbor.decode(bytes.fromhex("81d8288282 1a7fffffff 00 d855 40".replace(" ", "")))
+    assert big[0].shape == (2**31 - 1, 0)
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex("81 d828 82 8102 d855 47 0000803f000000".replace(" ", "")))
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
+    assert info.value.message == (
+        "tensor at byte 1: shape [2] as float32 needs 8 bytes, the item holds 7"
+    )
+
+
+def test_wire_shapes_and_builds_are_checked_with_what_is_wrong() -> None:
+    assert tensors.check_shape([0, 3]) == (0, 3)
+    assert tensors.check_shape([2**31 - 1]) == (2**31 - 1,)
+    for dims, why in [
+        ("12", "tensor dims must be an array of unsigned integers"),
+        ([], "tensor rank 0 outside 1..8"),
+        ([1] * 9, "tensor rank 9 outside 1..8"),
+        ([-1], "tensor dimension -1 is not an integer in 0..2147483647"),
+        ([2**31], "tensor dimension 2147483648 is not an integer in 0..2147483647"),
+        ([1.0], "tensor dimension 1.0 is not an integer in 0..2147483647"),
+        ([True], "tensor dimension True is not an integer"),
+    ]:
+        with pytest.raises(tensors.TensorError) as info:
+            tensors.check_shape(dims)
+        assert str(info.value).startswith(why), (dims, info.value)
+    assert tensors.check_shape([1] * 8) == (1,) * 8
+    with pytest.raises(tensors.TensorError, match=r"^typed-array tag 86 is not float32-LE"):
+        tensors.build((2,), 86, memoryview(bytes(8)))
+    with pytest.raises(tensors.TensorError) as info:
+        tensors.build((2, 3), tensors.TAG_FLOAT16_LE, memoryview(bytes(8)))
+    assert str(info.value) == "tensor of shape [2, 3] and dtype float16 needs 12 bytes, got 8"
+
+
+def chunk_ref(**kw: object) -> dict[str, object]:
+    return {"chunked": 7, "dtype": "float32", "shape": [2, 3], "chunks": 2, **kw}
+
+
+def test_chunk_references_are_checked_field_by_field() -> None:
+    ref = tensors.ChunkRef.from_dict(chunk_ref())
+    assert ref == tensors.ChunkRef(7, "float32", (2, 3), 2) and ref.nbytes == 24
+    zb = tensors.ZERO_BITMASK
+    top = tensors.ChunkRef.from_dict(chunk_ref(chunked=2**32 - 1, encoding=zb, nnz=6))
+    assert top.stream == 2**32 - 1 and top.nnz == 6 and top.nbytes == 1 + 6 * 4
+    assert top.held_bytes == 25 + 24
+    for fields, why in [
+        (chunk_ref(extra=1), "a chunked-tensor reference has keys ['chunked', 'chunks', 'dtype'"),
+        (chunk_ref(chunked=2**32), "chunked-tensor stream id must be an integer in 0..2**32-1"),
+        (chunk_ref(chunked=-1), "chunked-tensor stream id must be an integer"),
+        (chunk_ref(chunked="7"), "chunked-tensor stream id must be an integer"),
+        (chunk_ref(dtype="float64"), "chunked-tensor dtype 'float64' is not float32 or float16"),
+        (chunk_ref(chunks=0), "chunked-tensor chunk count must be a positive integer"),
+        (chunk_ref(encoding="gzip", nnz=1), "chunked-tensor encoding 'gzip' is not zero-bitmask"),
+        (chunk_ref(dtype="uint8", encoding=zb, nnz=1), "pixels are not zero-suppressed"),
+        (chunk_ref(encoding=zb, nnz=7), "chunked-tensor nnz 7 is not an integer in 0..6"),
+        (chunk_ref(encoding=zb, nnz=-1), "chunked-tensor nnz -1 is not an integer"),
+    ]:
+        with pytest.raises(tensors.TensorError) as info:
+            tensors.ChunkRef.from_dict(fields)
+        assert str(info.value) == why or str(info.value).startswith(why), (fields, info.value)
+
+
+def test_the_assembler_takes_chunks_in_order_and_exactly_the_announced_bytes() -> None:
+    ref = tensors.ChunkRef(9, "float32", (2,), 2)
+    asm = tensors.TensorAssembler(ref)
+    with pytest.raises(tensors.TensorError, match=r"^stream 9 is incomplete$"):
+        asm.array()
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunk 1 where 0 was due$"):
+        asm.add(1, memoryview(bytes(4)))
+    asm.add(0, memoryview(np.float32([1.5]).tobytes()))
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunks exceed the announced 8"):
+        asm.add(1, memoryview(bytes(5)))
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunks total 7 of 8 bytes$"):
+        asm.add(1, memoryview(bytes(3)))
+    asm.add(1, memoryview(np.float32([-2.0]).tobytes()))
+    assert asm.complete and asm.array().tolist() == [1.5, -2.0]
