@@ -197,7 +197,21 @@ def test_two_of_four_peers_sigkilled_with_six_requests_in_flight(tmp_path: Path)
                     asyncio.ensure_future(c.infer(IMAGE, model="vgg16", strategy=s))
                     for s in ("edgeci", "modnn", "edgeci-halo", "aofl", "edgeci-halo", "edgeld")
                 ]
-                await asyncio.sleep(0.8)
+                # Killed once a victim holds work of these requests (its own view says
+                # so), not after a guessed delay.
+                victims = [Client(p.address) for p in peers[2:]]
+                async with contextlib.AsyncExitStack() as stack:
+                    for v in victims:
+                        await stack.enter_async_context(v)
+
+                    async def a_victim_works() -> bool:
+                        for v in victims:
+                            me = next(p for p in await v.peers() if p.get("self"))
+                            if me["load"]["queued"] or me["load"]["requests"]:
+                                return True
+                        return all(j.done() for j in jobs)
+
+                    await wait_until(a_victim_works, "a victim has work", poll=0.02)
                 assert not all(j.done() for j in jobs), "nothing was in flight"
                 for p in peers[2:]:
                     os.kill(p.proc.pid, signal.SIGKILL)
