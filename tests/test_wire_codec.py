@@ -460,6 +460,16 @@ def test_tensor_dims_up_to_2_31_minus_1_and_lengths_that_disagree() -> None:
     )
 
 
+def test_heads_take_the_narrowest_width_up_to_64_bits() -> None:
+    assert tensors.head(0, 23) == b"\x17"
+    assert tensors.head(0, 24) == b"\x18\x18"
+    assert tensors.head(0, 2**32) == b"\x1b" + (2**32).to_bytes(8, "big")
+    assert tensors.head(0, 2**64 - 1) == b"\x1b" + b"\xff" * 8
+    assert tensors.head(6, 40, width=2) == b"\xd9\x00\x28"  # widened to align data
+    with pytest.raises(tensors.TensorError, match=r"^CBOR argument 18446744073709551616 does"):
+        tensors.head(0, 2**64)
+
+
 def test_wire_shapes_and_builds_are_checked_with_what_is_wrong() -> None:
     assert tensors.check_shape([0, 3]) == (0, 3)
     assert tensors.check_shape([2**31 - 1]) == (2**31 - 1,)
@@ -501,6 +511,7 @@ def test_chunk_references_are_checked_field_by_field() -> None:
         (chunk_ref(chunked="7"), "chunked-tensor stream id must be an integer"),
         (chunk_ref(dtype="float64"), "chunked-tensor dtype 'float64' is not float32 or float16"),
         (chunk_ref(chunks=0), "chunked-tensor chunk count must be a positive integer"),
+        (chunk_ref(chunks="2"), "chunked-tensor chunk count must be a positive integer"),
         (chunk_ref(encoding="gzip", nnz=1), "chunked-tensor encoding 'gzip' is not zero-bitmask"),
         (chunk_ref(dtype="uint8", encoding=zb, nnz=1), "pixels are not zero-suppressed"),
         (chunk_ref(encoding=zb, nnz=7), "chunked-tensor nnz 7 is not an integer in 0..6"),
