@@ -536,3 +536,40 @@ def test_the_assembler_takes_chunks_in_order_and_exactly_the_announced_bytes() -
         asm.add(1, memoryview(bytes(3)))
     asm.add(1, memoryview(np.float32([-2.0]).tobytes()))
     assert asm.complete and asm.array().tolist() == [1.5, -2.0]
+
+
+def nested(kind: str, levels: int) -> object:
+    """``levels`` containers (lists or one-key maps) around a small tensor."""
+    obj: object = np.ones(2, np.float32)
+    for _ in range(levels):
+        obj = [obj] if kind == "list" else {"k": obj}
+    return obj
+
+
+@pytest.mark.parametrize("kind", ["list", "map"])
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_encoder_and_decoder_agree_on_the_depth_limit(kind: str, limit: int) -> None:
+    # The tensor is one level itself: ``limit - 1`` containers around it fit.
+    fits = cbor.encode(nested(kind, limit - 1), max_depth=limit)
+    cbor.decode(fits, max_depth=limit)
+    with pytest.raises(LocalProtocolError, match=f"^nesting deeper than {limit} "):
+        cbor.encode(nested(kind, limit), max_depth=limit)
+    too_deep = cbor.encode(nested(kind, limit), max_depth=limit + 1)
+    with pytest.raises(RemoteProtocolError, match=f"nesting deeper than {limit}"):
+        cbor.decode(too_deep, max_depth=limit)
+
+
+def test_encoder_integers_bytes_and_refusals() -> None:
+    assert cbor.encode(-(2**64)) == b"\x3b" + b"\xff" * 8
+    assert cbor.decode(cbor.encode(-(2**64))) == -(2**64)
+    for big in (2**64, -(2**64) - 1):
+        with pytest.raises(LocalProtocolError, match=f"^integer {big} does not fit in 64 bits"):
+            cbor.encode(big)
+    # Byte strings from bytes, bytearray and memoryviews of any format: their bytes.
+    raw = bytes(range(8))
+    for obj in (raw, bytearray(raw), memoryview(raw), memoryview(np.frombuffer(raw, np.uint16))):
+        assert cbor.encode(obj) == b"\x48" + raw
+    with pytest.raises(LocalProtocolError, match=r"^map key 1 is not a text string"):
+        cbor.encode({1: 2})
+    with pytest.raises(LocalProtocolError, match=r"^tensors travel as float32, float16 or uint8"):
+        cbor.encode(np.zeros(2, np.int64))
