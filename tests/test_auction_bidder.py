@@ -62,6 +62,17 @@ def test_probe_bids_reveal_the_fit() -> None:
     assert d1 - a * 10**9 == pytest.approx(CONV.b / 0.75)
 
 
+def test_probe_items_are_two_sizes_per_kind_and_skip_what_cannot_be_halved() -> None:
+    items = probe_items([("conv", 1), ("pool", 2), ("block", 7)])
+    assert items == (
+        WorkItem("probe:pool:1", {"pool": 2}),
+        WorkItem("probe:pool:2", {"pool": 1}),
+        WorkItem("probe:block:1", {"block": 7}),
+        WorkItem("probe:block:2", {"block": 3}),
+    )
+    assert all(type(f) is int for it in items for f in it.flops.values())
+
+
 def test_decline_when_full_or_out_of_memory_or_wrong_model() -> None:
     call = CallForBids("a", "me", "fp", (ITEM,))
     full = bidder(horizon=1.0)

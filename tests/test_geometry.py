@@ -139,14 +139,16 @@ def chain(hw: tuple[int, int], *steps: Step) -> ModelSpec:
 
 def test_receptive_field_grows_by_kernel_times_dilation_times_the_jump_so_far() -> None:
     pool = Op("maxpool", 1, 1, Window((2, 2), (2, 2), (0, 0)))
+    row3 = conv((1, 3), p=(0, 1))
     spec = chain(
         (64, 64),
         ("c1", (conv((3, 3), p=(1, 1)),), None),  # rf 3, jump 1
         ("c2", (conv((3, 3), s=2, p=(1, 1)), Op("relu", 1, 1)), None),  # rf 5, jump 2
         ("p", (pool,), None),  # rf 5 + 1*2 = 7, jump 4
         ("c3", (conv((3, 1), p=(2, 0), d=2),), None),  # rows 7 + 2*2*4 = 23, cols 7
-        # A block: its main path counts (cols + 2*4), not its wider shortcut.
-        ("b", (conv((1, 3), p=(0, 1)),), (conv((5, 5), p=(2, 2)),)),
+        # A block: its main path counts (cols + 2*4 twice, past the ReLU between the
+        # convs), not its wider shortcut.
+        ("b", (row3, Op("relu", 1, 1), row3), (conv((5, 5), p=(2, 2)),)),
     )
     assert [receptive_field(spec, stop) for stop in range(6)] == [
         (1, 1),
@@ -154,7 +156,7 @@ def test_receptive_field_grows_by_kernel_times_dilation_times_the_jump_so_far() 
         (5, 5),
         (7, 7),
         (23, 7),
-        (23, 15),
+        (23, 23),
     ]
 
 

@@ -182,6 +182,13 @@ def test_tensor_data_is_aligned_whatever_precedes_it(prefix: int) -> None:
     assert np.array_equal(x, y) and y.flags.aligned
 
 
+@pytest.mark.parametrize("prefix", range(4))
+def test_a_bare_item_aligns_its_tensor_data_from_its_own_first_byte(prefix: int) -> None:
+    x = np.arange(6, dtype=np.float32)
+    item = cbor.encode(["x" * prefix, x])
+    assert item.find(x.tobytes()) % 4 == 0
+
+
 def test_non_contiguous_and_big_endian_tensors_are_sent_as_row_major_little_endian() -> None:
     x = np.arange(24, dtype=">f4").reshape(2, 3, 4)[:, ::2, :]
     y = cbor.decode(cbor.encode(x))
