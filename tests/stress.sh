@@ -8,7 +8,8 @@
 #   STRESS_LOGS=dir  where each run's full output is kept (default: a new temporary dir)
 #   PY=python        the interpreter (default: .venv/bin/python, else python3)
 #
-# The hogs are `yes >/dev/null` processes, killed on exit, Ctrl-C or TERM.
+# The hogs are `yes >/dev/null` processes, killed on exit, Ctrl-C or TERM (with the suite
+# then running).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,13 @@ logs=${STRESS_LOGS:-$(mktemp -d -t edgeci-stress.XXXXXX)}
 mkdir -p "$logs"
 
 pids=()
+suite=""
 stop_hogs() {
+    if [[ -n $suite ]]; then
+        kill "$suite" 2>/dev/null  # an interrupted run stops its suite too
+        wait "$suite" 2>/dev/null
+        suite=""
+    fi
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null
     done
@@ -48,12 +55,16 @@ declare -A times_failed=()
 for ((run = 1; run <= runs; run++)); do
     log="$logs/run-$run.log"
     start=$SECONDS
-    "$PY" -m pytest -q -p no:cacheprovider -rfE "$@" >"$log" 2>&1
+    "$PY" -m pytest -q -p no:cacheprovider -rfE "$@" >"$log" 2>&1 &
+    suite=$!
+    wait "$suite"
     rc=$?
+    suite=""
     took=$((SECONDS - start))
     summary=$(tail -n 1 "$log")
     # pytest's short summary lines: "FAILED tests/x.py::test - why", "ERROR tests/..."
-    mapfile -t ids < <(grep -E '^(FAILED|ERROR) ' "$log" | awk '{print $1, $2}' | sort -u)
+    # (not the captured log lines that start with a level name: "ERROR    asyncio:...")
+    mapfile -t ids < <(grep -E '^(FAILED|ERROR) [^: ]+\.py(::| |$)' "$log" | awk '{print $1, $2}' | sort -u)
     if ((rc == 0)); then
         echo "run $run/$runs: passed in ${took} s ($summary)"
     else

@@ -45,6 +45,7 @@ async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> N
         async with client(auctioneer) as c:
             r = await c.infer(IMAGE, model="resnet34", strategy="modnn")
         assert slow.node_id in r.plan["nodes"]
+        auctioneer.bans.base = 3 * WAIT_S  # a ban that outlasts the test (1 s by default)
         with blocked_worker(slow) as worker:
             assert await asyncio.to_thread(worker.held.wait, WAIT_S)
             # Answered while the straggler's worker is still held: it did not wait for it.
