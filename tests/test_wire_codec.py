@@ -580,3 +580,38 @@ def test_encoder_integers_bytes_and_refusals() -> None:
         cbor.encode({1: 2})
     with pytest.raises(LocalProtocolError, match=r"^tensors travel as float32, float16 or uint8"):
         cbor.encode(np.zeros(2, np.int64))
+
+
+DECODER_REFUSALS = [
+    ("", "item truncated at byte 0"),
+    ("1901", "head truncated at byte 0"),
+    ("81 1f", "indefinite-length items and break codes are refused at byte 1"),
+    ("81 1c", "reserved additional information 28 at byte 1"),
+    ("01 0203", "2 bytes after the item at byte 1"),
+    ("81 62fffe", "text string is not valid UTF-8 at byte 1"),
+    ("81 8201", "array of 2 items runs past the end at byte 1"),
+    ("81 a2616101", "map of 2 pairs runs past the end at byte 1"),
+    ("a1 0102", "map keys must be text strings at byte 1"),
+    ("a2 616101 616102", "duplicate map key 'a' at byte 4"),
+    ("81 c101", "tag 1 is not accepted (only 40 over 84/85) at byte 1"),
+    ("81 f7", "simple value 23 is not accepted at byte 1"),
+    ("81 430102", "length 3 runs past the end of the item at byte 2"),
+]
+
+
+@pytest.mark.parametrize("hexdata,message", DECODER_REFUSALS, ids=[m for _, m in DECODER_REFUSALS])
+def test_every_decoder_refusal_says_what_and_where(hexdata: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex(hexdata.replace(" ", "")))
+    assert info.value.code == ErrorCode.MALFORMED_FRAME and info.value.message == message
+
+
+def test_decoder_depth_and_buffers_of_any_shape() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(b"\x81\x81\x01", max_depth=1)
+    assert info.value.message == "nesting deeper than 1 at byte 1"
+    assert cbor.decode(b"\xa1\x61a\x81\x01", max_depth=2) == {"a": [1]}
+    raw = bytearray(b"\x83\x01\x02\x03")
+    assert cbor.decode(memoryview(raw).cast("H")) == [1, 2, 3]  # 16-bit items: read as bytes
+    assert cbor.decode(memoryview(raw).cast("B", shape=[2, 2])) == [1, 2, 3]  # 2-D
+    assert cbor.decode(raw) == [1, 2, 3]
