@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeci_p2p.auction.bidder import Bidder, probe_items
+from edgeci_p2p.auction.bidder import Bidder, Holding, item_parts, probe_items
 from edgeci_p2p.auction.messages import (
     Award,
     AwardReply,
@@ -345,3 +345,53 @@ def test_an_idle_peer_has_no_backlog_however_long_its_work_was_predicted() -> No
     assert b.backlog(10.5) == 0.0 and b.free_memory(10.5) == b.memory_bytes
     b.add_work(1.0, 11.0)  # new work queues from now, not from the old predicted end
     assert b.backlog(11.0) == pytest.approx(1.0)
+
+
+def test_a_bid_carries_the_peer_and_its_weights_for_the_model_called() -> None:
+    def holding(fp: str) -> Holding:
+        return Holding(100, ("features",), {"head": 50}) if fp == "fp" else Holding()
+
+    b = bidder(
+        memory_bytes=10_000, host="h", cpus=2.0, host_cpus=4.0, valid_for=0.7, holding=holding
+    )
+    bid = b.bid(CallForBids("a", "me", "fp", (ITEM,)), 0.0)
+    assert (bid.host, bid.cpus, bid.host_cpus, bid.valid_for) == ("h", 2.0, 4.0, 0.7)
+    assert bid.held == ("features",) and bid.load == {"head": 50}
+    assert bid.free_memory == 10_000 - 100
+    other = b.bid(CallForBids("a", "me", "other-model", (ITEM,)), 0.0)
+    assert other.free_memory == 10_000 and other.held == ()
+    # A head item needs the head's weights, a feature item the features' (held).
+    head = WorkItem("h", {"head": 1000}, memory=10)
+    assert b.item_memory(head, holding("fp")) == 60
+    assert b.item_memory(ITEM, holding("fp")) == ITEM.memory
+    assert item_parts(head) == ("head",) and item_parts(ITEM) == ("features",)
+    call = CallForBids("a", "me", "0123456789abcdef", ())
+    wrong = bidder(fingerprints=frozenset({"x"})).bid(call, 0)
+    assert wrong.declined == "no weights for model '0123456789ab'"
+
+
+def test_items_that_do_not_fit_are_skipped_not_the_ones_after_them() -> None:
+    b = bidder(horizon=1.0, memory_bytes=1000)
+    b.add_work(1.0, 0.0)  # no memory given: none held
+    assert b.free_memory(0.0) == 1000
+    b = bidder(horizon=1.0, memory_bytes=1000)
+    items = (
+        WorkItem("big", {"conv": 1}, memory=1001),
+        WorkItem("long", {"conv": 2_000_000_000}),
+        WorkItem("exact", {"conv": 1}, memory=1000),  # all the free memory: fits
+    )
+    assert set(b.bid(CallForBids("a", "me", "fp", items), 0.0).duration) == {"exact"}
+
+
+def test_compute_prices_each_kind_with_its_fit_or_the_conv_fit() -> None:
+    b = Bidder("p", ComputeModel({"conv": LinearFit(1e-9, 0.01)}), LinkModel(1e9, 0.0))
+    # An unknown kind is priced with the conv fit; calls multiply the per-call cost;
+    # a kind with no FLOPs costs nothing (not even its calls), and the others still count.
+    item = WorkItem("i", {"pool": 0, "block": 10**9}, calls={"block": 4, "pool": 3})
+    assert b.compute_seconds(item) == pytest.approx(1.0 + 4 * 0.01)
+    none = Bidder("p", ComputeModel({"pool": LinearFit(1e-9, 0.0)}), LinkModel(1e9, 0.0))
+    with pytest.raises(KeyError, match=r"bidder p: no compute fit for 'block' \(nor 'conv'\)"):
+        none.compute_seconds(WorkItem("i", {"block": 1}))
+    with pytest.raises(ValueError, match=r"bidder p: background CPU share 1.0 is not in \[0, 1\)"):
+        bidder(background=1.0)
+    assert bidder(background=0.99).background == 0.99
