@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from edgeci_p2p.core.geometry import (
     Region,
     Span,
+    check_range,
     grid,
     halo_overhead,
     input_region,
@@ -227,3 +228,15 @@ def test_input_region_and_total_flops_of_a_hand_built_model() -> None:
     # 2 x 9 FLOPs per output pixel and conv, then the head: a 1x1 pool over 8x8 and a
     # 1 -> 2 linear layer (2 * 1 * 2 + 2).
     assert total_flops(spec) == 2 * (2 * 9 * 64) + 64 + 6
+
+
+def test_partitions_and_ranges_refuse_with_what_is_wrong() -> None:
+    assert proportional_strips(1, [2, 0]) == [Span(0, 1)]  # one row still splits
+    with pytest.raises(ValueError, match=r"^cannot split 0 rows by weights \[1\]$"):
+        proportional_strips(0, [1])
+    with pytest.raises(ValueError, match=r"^cuts \[3, 3\] do not split \[0, 5\) into non-empty"):
+        strips(5, [3, 3])
+    spec = chain((8, 8), ("c1", (conv((3, 3), p=(1, 1)),), None))
+    with pytest.raises(ValueError, match=r"^unit range \[1, 1\) is not inside 0..1 or empty$"):
+        check_range(spec, 1, 1)
+    check_range(spec, 0, 1)
