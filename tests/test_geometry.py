@@ -24,6 +24,7 @@ from edgeci_p2p.core.geometry import (
     strips,
     tiles_cover_exactly,
     total_flops,
+    trace,
     window_out_size,
 )
 from edgeci_p2p.core.units import Head, ModelSpec, Op, Unit, Window
@@ -225,6 +226,8 @@ def test_input_region_and_total_flops_of_a_hand_built_model() -> None:
     out = Region(Span(2, 4), Span(0, 8))
     assert input_region(spec, 0, 2, out) == Region(Span(0, 6), Span(0, 8))
     assert input_region(spec, 1, 2, out) == Region(Span(1, 5), Span(0, 8))
+    t = trace(spec, 1, 2, out)
+    assert (t.start, t.stop, t.out, len(t.units)) == (1, 2, out, 1)
     # 2 x 9 FLOPs per output pixel and conv, then the head: a 1x1 pool over 8x8 and a
     # 1 -> 2 linear layer (2 * 1 * 2 + 2).
     assert total_flops(spec) == 2 * (2 * 9 * 64) + 64 + 6
