@@ -2,7 +2,8 @@
 
 Run from the repository root after ``mutmut run``. A mutant counts as caught when a test
 failed on it (mutmut's "killed") or it made the tests run past their timeout; survivors,
-mutants no selected test reaches, and unchecked ones count against the module. Exits 1
+mutants no selected test reaches, and unchecked ones count against the module (the
+share among the mutants already run is shown beside it). Exits 1
 when a module is below ``--min`` (85 % by default), and lists every survivor by name
 (``mutmut show NAME`` prints its diff; docs/testing.md says why each known one is
 harmless).
@@ -20,12 +21,13 @@ CAUGHT = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout"
 SURVIVED = 0
 
 
-def module_stats(meta: Path) -> tuple[int, int, list[str]]:
-    """(caught, total, survivor names) of one mutated file."""
+def module_stats(meta: Path) -> tuple[int, int, int, list[str]]:
+    """(caught, checked, total, names of the checked ones not caught) of one file."""
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     caught = sum(1 for c in codes.values() if c in CAUGHT)
-    missed = sorted(k for k, c in codes.items() if c not in CAUGHT)
-    return caught, len(codes), missed
+    checked = sum(1 for c in codes.values() if c is not None)
+    missed = sorted(k for k, c in codes.items() if c is not None and c not in CAUGHT)
+    return caught, checked, len(codes), missed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,17 +45,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module}: no results in {meta} (run mutmut first)", file=sys.stderr)
             ok = False
             continue
-        caught, total, missed = module_stats(meta)
+        caught, checked, total, missed = module_stats(meta)
         share = 100.0 * caught / total if total else 100.0
         ok &= share >= args.min
-        rows.append((module, caught, total, share))
+        rows.append((module, caught, checked, total, share))
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         survivors += [(module, name, codes[name]) for name in missed]
     width = max((len(r[0]) for r in rows), default=10)
-    print(f"{'module':<{width}}  killed/total  share")
-    for module, caught, total, share in rows:
+    print(f"{'module':<{width}}  killed/total  share   (of those checked)")
+    for module, caught, checked, total, share in rows:
         flag = "" if share >= args.min else f"  < {args.min:g} %"
-        print(f"{module:<{width}}  {caught:>6}/{total:<5}  {share:5.1f} %{flag}")
+        of_checked = 100.0 * caught / checked if checked else 0.0
+        unchecked = f", {total - checked} not run yet" if checked < total else ""
+        print(
+            f"{module:<{width}}  {caught:>6}/{total:<5}  {share:5.1f} %"
+            f"  ({caught}/{checked} = {of_checked:.1f} %{unchecked}){flag}"
+        )
     if survivors:
         print(f"\nnot killed ({len(survivors)}; `mutmut show NAME` for the diff):")
         for _module, name, code in survivors:
