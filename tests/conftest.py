@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
     "default",
@@ -16,6 +16,16 @@ settings.register_profile(
     "thorough",
     deadline=None,
     max_examples=500,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+# `make mutation`: the same examples on every run, so that a mutant's verdict does not
+# depend on what hypothesis happened to draw, and no shrinking: a mutant is killed by
+# the first failing example, the smallest one is of no use there (docs/testing.md).
+settings.register_profile(
+    "mutation",
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import signal
 import subprocess
 import threading
@@ -222,20 +223,6 @@ def blocked_worker(d: PeerDaemon) -> Iterator[HeldWorker]:
         free.set()
 
 
-async def occupy(d: PeerDaemon, seconds: float) -> asyncio.Future[None]:
-    """Make ``d`` a straggler: its tile worker sleeps before reaching any tile."""
-    started = threading.Event()
-
-    def block() -> None:
-        started.set()
-        time.sleep(seconds)
-
-    fut = asyncio.get_running_loop().run_in_executor(d.worker, block)
-    # Returns once the worker is blocked (not after a guessed delay).
-    assert await asyncio.to_thread(started.wait, WAIT_S), "the worker never started"
-    return fut
-
-
 async def run_plan(
     d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, object]]:
@@ -278,13 +265,28 @@ def stop_processes(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0
             p.wait()
 
 
+def seed_profile(cache: Path, threads: int = 1) -> Path:
+    """``cache`` holding this machine's profile for ``threads`` (the one the in-process
+    daemons use, measured once and kept in the default cache), so that peers started
+    together with it load one profile: they neither measure at the same moment on a
+    loaded machine (each slowed by the others, their speeds at random) nor race to
+    write the file. ``edgeci-peer`` is started with one thread."""
+    from edgeci_p2p.nn import profiler
+
+    prof, _ = profiler.load_or_measure(threads, progress=None)
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / profiler.cache_path(threads).name).write_text(json.dumps(prof.to_dict()))
+    return cache
+
+
 @contextmanager
 def peer_processes(
     tmp_path: Path, n: int, *, models: str = MODEL, ready_timeout: float = 120.0
 ) -> Iterator[list[PeerProcess]]:
     """``n`` ``edgeci-peer`` processes named p0, p1, ... (mDNS on 127.0.0.1, no static
-    peers, one profile cache under ``tmp_path``), once each serves; stopped on exit."""
-    env = {"EDGECI_CACHE_DIR": str(tmp_path / "cache")}
+    peers, one profile cache under ``tmp_path`` seeded by :func:`seed_profile`), once
+    each serves; stopped on exit."""
+    env = {"EDGECI_CACHE_DIR": str(seed_profile(tmp_path / "cache"))}
     procs: list[subprocess.Popen[str]] = []
     try:
         for i in range(n):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeci_p2p.auction.bidder import Bidder, probe_items
+from edgeci_p2p.auction.bidder import Bidder, Holding, item_parts, probe_items
 from edgeci_p2p.auction.messages import (
     Award,
     AwardReply,
@@ -62,6 +62,17 @@ def test_probe_bids_reveal_the_fit() -> None:
     assert d1 - a * 10**9 == pytest.approx(CONV.b / 0.75)
 
 
+def test_probe_items_are_two_sizes_per_kind_and_skip_what_cannot_be_halved() -> None:
+    items = probe_items([("conv", 1), ("pool", 2), ("block", 7)])
+    assert items == (
+        WorkItem("probe:pool:1", {"pool": 2}),
+        WorkItem("probe:pool:2", {"pool": 1}),
+        WorkItem("probe:block:1", {"block": 7}),
+        WorkItem("probe:block:2", {"block": 3}),
+    )
+    assert all(type(f) is int for it in items for f in it.flops.values())
+
+
 def test_decline_when_full_or_out_of_memory_or_wrong_model() -> None:
     call = CallForBids("a", "me", "fp", (ITEM,))
     full = bidder(horizon=1.0)
@@ -71,6 +82,29 @@ def test_decline_when_full_or_out_of_memory_or_wrong_model() -> None:
     assert small.bid(call, 0.0).declined and not small.bid(call, 0.0).duration
     other = bidder(fingerprints=frozenset({"other"}))
     assert "no weights" in other.bid(call, 0.0).declined
+
+
+def test_items_past_the_horizon_or_free_memory_are_left_out_of_the_bid() -> None:
+    # Horizon 1 s with 0.5 s committed: an item of 0.3 s or exactly 0.5 s of compute
+    # is priced; one of 0.502 s, or one needing more memory than is free, is not.
+    b = bidder(horizon=1.0, memory_bytes=1 << 20)
+    b.add_work(0.5, now=0.0)
+    items = (
+        WorkItem("small", {"conv": 298_000_000}),
+        WorkItem("edge", {"conv": 498_000_000}),
+        WorkItem("past", {"conv": 500_000_000}),
+        WorkItem("big", {"conv": 1_000_000}, memory=(1 << 20) + 1),
+    )
+    bid = b.bid(CallForBids("a", "me", "fp", items), now=0.0)
+    assert not bid.declined
+    assert set(bid.duration) == {"small", "edge"}
+    assert bid.duration["edge"] == pytest.approx(b.duration(items[1]))
+    # Nothing left that fits: a decline that says why.
+    none = b.bid(CallForBids("b", "me", "fp", items[2:]), now=0.0)
+    assert none.declined == "no item fits in free memory and capacity" and not none.duration
+    # Later the backlog has drained by 0.25 s, and "past" fits.
+    later = b.bid(CallForBids("c", "me", "fp", items), now=0.25)
+    assert set(later.duration) == {"small", "edge", "past"}
 
 
 def test_award_reserves_until_delivery_or_lease() -> None:
@@ -90,6 +124,55 @@ def test_award_reserves_until_delivery_or_lease() -> None:
     assert [x.auction_id for x in lapsed] == ["b"]
     assert b.deliver("b", 3.1) is None
     assert b.committed(3.1) == pytest.approx(0.0)
+
+
+def test_award_replies_and_holds_at_their_exact_limits() -> None:
+    """Each reply names the auction, the bidder and the seq it answers; each limit
+    (horizon, memory, staleness) admits exactly what reaches it, not a bit more."""
+    one = WorkItem("i", {"conv": 98_000_000}, memory=1000)  # 0.1 s of compute here
+    b = bidder(horizon=0.3, memory_bytes=3000)
+    ok = b.accept(Award("a", "p", (one,), seq=2, lease=1.0), 0.0)
+    assert ok == AwardReply("a", "p", 2, True)
+    assert b.ledger.active["a"].item_ids == ("i",) and b.ledger.active["a"].memory == 1000
+    # The same award again, or an older one: the newer promise stands.
+    for seq in (2, 1):
+        again = b.accept(Award("a", "p", (one,), seq=seq, lease=1.0), 0.0)
+        assert again == AwardReply("a", "p", seq, False, "superseded")
+    assert b.ledger.active["a"].seq == 2
+    with pytest.raises(ValueError, match="bidder p got an award addressed to q"):
+        b.accept(Award("x", "q", (one,)), 0.0)
+    # Horizon: 0.2 s more fits exactly (0.1 + 0.2 = 0.3), 0.1 s beyond that does not.
+    two = WorkItem("j", {"conv": 198_000_000})
+    assert b.accept(Award("b", "p", (two,), quoted_backlog=0.1), 0.0).accepted
+    tiny = WorkItem("k", {"conv": 1})
+    full = b.accept(Award("c", "p", (tiny,), seq=3, quoted_backlog=0.3), 0.0)
+    assert full == AwardReply("c", "p", 3, False, "capacity")
+    # Memory: what is free is enough (3500 - 500 running - 1000 held), a byte more is not.
+    b2 = bidder(memory_bytes=3500)
+    b2.add_work(1.0, 0.0, memory=500)
+    assert b2.accept(Award("a", "p", (one,), quoted_backlog=1.0), 0.0).accepted
+    exact = WorkItem("m", {"conv": 1}, memory=2000)
+    over = WorkItem("n", {"conv": 1}, memory=2001)
+    q = b2.committed(0.0)
+    assert b2.accept(Award("b", "p", (over,), quoted_backlog=q), 0.0).reason == "memory"
+    assert b2.accept(Award("c", "p", (exact,), quoted_backlog=q), 0.0).accepted
+    # Staleness: committed work grown by exactly stale_tolerance x the award is accepted.
+    b3 = bidder(stale_tolerance=0.5)
+    b3.add_work(0.05, 0.0)
+    secs = b3.compute_seconds(one)  # 0.1 s: tolerance 0.05 s
+    assert b3.accept(Award("a", "p", (one,), quoted_backlog=0.05 - 0.5 * secs), 0.0).accepted
+    stale = b3.accept(Award("b", "p", (one,), quoted_backlog=0.0), 0.0)
+    assert not stale.accepted and stale.reason == "stale"
+    # Delivered, the held memory moves to the running work.
+    assert b.deliver("a", 0.0) is not None
+    assert b.free_memory(0.0) == b.memory_bytes - 1000
+
+
+def test_a_declined_bid_prices_nothing() -> None:
+    full = bidder(horizon=1.0)
+    full.add_work(1.0, 0.0)
+    bid = full.bid(CallForBids("a", "me", "fp", (ITEM,)), 0.0)
+    assert bid.declined == "capacity" and bid.duration == {}
 
 
 def test_award_declines_rather_than_over_promise() -> None:
@@ -262,3 +345,53 @@ def test_an_idle_peer_has_no_backlog_however_long_its_work_was_predicted() -> No
     assert b.backlog(10.5) == 0.0 and b.free_memory(10.5) == b.memory_bytes
     b.add_work(1.0, 11.0)  # new work queues from now, not from the old predicted end
     assert b.backlog(11.0) == pytest.approx(1.0)
+
+
+def test_a_bid_carries_the_peer_and_its_weights_for_the_model_called() -> None:
+    def holding(fp: str) -> Holding:
+        return Holding(100, ("features",), {"head": 50}) if fp == "fp" else Holding()
+
+    b = bidder(
+        memory_bytes=10_000, host="h", cpus=2.0, host_cpus=4.0, valid_for=0.7, holding=holding
+    )
+    bid = b.bid(CallForBids("a", "me", "fp", (ITEM,)), 0.0)
+    assert (bid.host, bid.cpus, bid.host_cpus, bid.valid_for) == ("h", 2.0, 4.0, 0.7)
+    assert bid.held == ("features",) and bid.load == {"head": 50}
+    assert bid.free_memory == 10_000 - 100
+    other = b.bid(CallForBids("a", "me", "other-model", (ITEM,)), 0.0)
+    assert other.free_memory == 10_000 and other.held == ()
+    # A head item needs the head's weights, a feature item the features' (held).
+    head = WorkItem("h", {"head": 1000}, memory=10)
+    assert b.item_memory(head, holding("fp")) == 60
+    assert b.item_memory(ITEM, holding("fp")) == ITEM.memory
+    assert item_parts(head) == ("head",) and item_parts(ITEM) == ("features",)
+    call = CallForBids("a", "me", "0123456789abcdef", ())
+    wrong = bidder(fingerprints=frozenset({"x"})).bid(call, 0)
+    assert wrong.declined == "no weights for model '0123456789ab'"
+
+
+def test_items_that_do_not_fit_are_skipped_not_the_ones_after_them() -> None:
+    b = bidder(horizon=1.0, memory_bytes=1000)
+    b.add_work(1.0, 0.0)  # no memory given: none held
+    assert b.free_memory(0.0) == 1000
+    b = bidder(horizon=1.0, memory_bytes=1000)
+    items = (
+        WorkItem("big", {"conv": 1}, memory=1001),
+        WorkItem("long", {"conv": 2_000_000_000}),
+        WorkItem("exact", {"conv": 1}, memory=1000),  # all the free memory: fits
+    )
+    assert set(b.bid(CallForBids("a", "me", "fp", items), 0.0).duration) == {"exact"}
+
+
+def test_compute_prices_each_kind_with_its_fit_or_the_conv_fit() -> None:
+    b = Bidder("p", ComputeModel({"conv": LinearFit(1e-9, 0.01)}), LinkModel(1e9, 0.0))
+    # An unknown kind is priced with the conv fit; calls multiply the per-call cost;
+    # a kind with no FLOPs costs nothing (not even its calls), and the others still count.
+    item = WorkItem("i", {"pool": 0, "block": 10**9}, calls={"block": 4, "pool": 3})
+    assert b.compute_seconds(item) == pytest.approx(1.0 + 4 * 0.01)
+    none = Bidder("p", ComputeModel({"pool": LinearFit(1e-9, 0.0)}), LinkModel(1e9, 0.0))
+    with pytest.raises(KeyError, match=r"bidder p: no compute fit for 'block' \(nor 'conv'\)"):
+        none.compute_seconds(WorkItem("i", {"block": 1}))
+    with pytest.raises(ValueError, match=r"bidder p: background CPU share 1.0 is not in \[0, 1\)"):
+        bidder(background=1.0)
+    assert bidder(background=0.99).background == 0.99

@@ -163,16 +163,105 @@ def test_synthetic_camera_is_deterministic_and_moves() -> None:
     assert not np.array_equal(frames[0], frames[1])
 
 
-def test_sources_refuse_what_they_cannot_open(tmp_path: Path) -> None:
+def test_sources_refuse_what_they_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path))
     with pytest.raises(SourceError, match="neither"):
         open_source(str(tmp_path / "missing"))
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        with pytest.raises(SourceError, match=r"edgeci-p2p\[camera\]"):
-            open_source("camera:0")
+    # Without OpenCV (installed or not here: None in sys.modules fails the import),
+    # cameras, video files and MP4 output name the extra that brings it.
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(SourceError, match=r"edgeci-p2p\[camera\]"):
+        open_source("camera:0")
+    from edgeci_p2p.stream.annotate import open_writer
+
+    with pytest.raises(SourceError, match=r"edgeci-p2p\[camera\]"):
+        open_writer(tmp_path / "clip.mp4")
+
+
+class FakeCV2(ModuleType):
+    """What the stream code uses of OpenCV, over a list: frames written as BGR arrays
+    are read back from the same list (a video file without the codec)."""
+
+    COLOR_RGB2BGR, COLOR_BGR2RGB = 4, 5
+
+    def __init__(self) -> None:
+        super().__init__("cv2")
+        self.files: dict[str, list[np.ndarray]] = {}
+        self.released: list[str] = []
+        fake = self
+
+        class VideoWriter:
+            def __init__(self, path: str, fourcc: int, fps: float, size: tuple[int, int]):
+                assert fourcc == fake.VideoWriter_fourcc(*"mp4v") and fps > 0
+                self.path, self.size = path, size
+                fake.files[path] = []
+                Path(path).touch()  # a file is there, as OpenCV's would be
+
+            def write(self, bgr: np.ndarray) -> None:
+                assert bgr.shape == (self.size[1], self.size[0], 3), "frame of another size"
+                fake.files[self.path].append(bgr.copy())
+
+            def release(self) -> None:
+                fake.released.append(self.path)
+
+        class VideoCapture:
+            def __init__(self, target: str | int) -> None:
+                self.frames = list(fake.files.get(str(target), []))
+
+            def isOpened(self) -> bool:
+                return bool(self.frames)
+
+            def read(self) -> tuple[bool, np.ndarray | None]:
+                return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+            def release(self) -> None:
+                pass
+
+        self.VideoWriter, self.VideoCapture = VideoWriter, VideoCapture
+
+    @staticmethod
+    def VideoWriter_fourcc(*code: str) -> int:
+        return sum(ord(c) << (8 * i) for i, c in enumerate(code))
+
+    @staticmethod
+    def cvtColor(img: np.ndarray, code: int) -> np.ndarray:
+        assert code in (FakeCV2.COLOR_RGB2BGR, FakeCV2.COLOR_BGR2RGB)
+        return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def test_mp4_frames_go_out_as_bgr_of_the_first_size_and_come_back_as_rgb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenCV glue (colour order, one frame size, release), with OpenCV faked: the
+    round trip through a real codec is the next test's, where the camera extra is."""
+    cv2 = FakeCV2()
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    from edgeci_p2p.stream.annotate import open_writer
+
+    camera = SyntheticCamera(size=(160, 120))
+    frames = [camera.frame(i) for i in range(3)] + [camera.frame(3).resize((80, 60))]
+    path = tmp_path / "clip.mp4"
+    writer = open_writer(path)
+    for i, img in enumerate(frames):
+        writer.write(i, img)
+    writer.close()
+    assert cv2.released == [str(path)]
+    written = cv2.files[str(path)]
+    assert len(written) == 4
+    first = np.asarray(frames[0])
+    assert np.array_equal(written[0], first[:, :, ::-1])  # BGR on the way out
+    assert written[3].shape == first.shape  # a frame of another size is resized
+    source = open_source(str(path))
+    back = []
+    while (img := source.read()) is not None:
+        back.append(np.asarray(img))
+    source.close()
+    assert len(back) == 4 and np.array_equal(back[1], np.asarray(frames[1]))  # RGB again
+    with pytest.raises(SourceError, match="cannot open"):
+        open_source("camera:7")
 
 
 def test_mp4_written_then_read_back_as_a_video_source(tmp_path: Path) -> None:

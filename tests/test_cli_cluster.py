@@ -60,7 +60,8 @@ def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
             break
         assert time.monotonic() < deadline, f"mDNS did not find the peers: {view}"
         time.sleep(0.5)
-    assert {p["name"] for p in view} == {"p0", "p1", "p2"}
+    # The alive ones (another suite's peers on this host's loopback mDNS may be sighted).
+    assert {p["name"] for p in view if p["alive"]} == {"p0", "p1", "p2"}
 
     # Without an address: browse mDNS on 127.0.0.1 to find a peer, then ask it.
     found = answer(edgeci("peers", "--mdns-interface", "127.0.0.1", "--json"))

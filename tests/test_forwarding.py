@@ -5,10 +5,11 @@ it chose fails or is too slow."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from tests.daemons import IMAGE, assert_exact, client, cluster, occupy, reference
+from tests.daemons import IMAGE, WAIT_S, assert_exact, blocked_worker, client, cluster, reference
 
 
 @pytest.mark.asyncio
@@ -38,15 +39,17 @@ async def test_a_forward_that_times_out_runs_on_the_entry() -> None:
     async with cluster(3, per_peer={0: {"forward_timeout": 0.5}}) as daemons:
         entry = daemons[0]
         ref = reference()
-        async with client(entry) as c:
+        async with client(entry) as c, contextlib.AsyncExitStack() as stall:
             await c.infer(IMAGE, model="resnet34")
-            blockers = [await occupy(d, 4.0) for d in daemons[1:]]  # both peers stall
+            # Both peers stall (their workers held until the end: nothing they were
+            # forwarded can finish before the forward timeout, whatever the load).
+            for d in daemons[1:]:
+                held = stall.enter_context(blocked_worker(d))
+                assert await asyncio.to_thread(held.held.wait, WAIT_S)
             results = await asyncio.gather(*(c.infer(IMAGE, model="resnet34") for _ in range(3)))
         for r in results:
             assert_exact(r.logits, ref)
             assert r.plan["nodes"][r.plan["auctioneer"]] == entry.node_id
-        for b in blockers:
-            await b
 
 
 @pytest.mark.asyncio

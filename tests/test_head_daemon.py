@@ -19,7 +19,7 @@ from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.policy.tile_ids import HEAD_TILE_ID
 from edgeci_p2p.wire.messages import HeadJob
 from edgeci_p2p.wire.tensors import payload_nbytes
-from tests.daemons import IMAGE, assert_exact, cluster, reference, run_plan
+from tests.daemons import IMAGE, WAIT_S, assert_exact, cluster, reference, run_plan
 from tests.planfakes import moving_plan
 
 
@@ -69,6 +69,9 @@ async def test_a_head_device_that_refuses_leaves_the_head_on_the_auctioneer() ->
     async with cluster(2) as daemons:
         nodes = [d.node_id for d in daemons]
         daemons[1].config.max_queued_tiles = 0  # it answers every job with "busy"
+        # A ban that outlasts the test (1 s by default, which a loaded machine can spend
+        # between the two requests below).
+        daemons[0].bans.base = 3 * WAIT_S
         plan = alone_then_head_on(daemons[0], nodes, 1)
         logits, timing = await run_plan(daemons[0], plan, "h3")
         assert_exact(logits, reference())

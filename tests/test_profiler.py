@@ -28,13 +28,33 @@ def test_a_small_measurement_fits_positive_speeds_and_reports_progress() -> None
     assert set(prof.compute.fits) == {"conv", "block", "pool", "dw"}
     assert "dw" not in prof.compute.to_dict()
     for kind, fit in prof.compute.fits.items():
-        assert fit.a > 0 and fit.b >= 0, kind
-        assert len(prof.points.get(kind, [(0, 0)] * 2)) == 2
+        if kind == "dw":  # derived from conv, not measured
+            assert fit.a > 0 and fit.b >= 0 and kind not in prof.points
+            continue
+        # each fit is the fit of the points the profile reports for its kind
+        assert len(prof.points[kind]) == 2
+        assert fit == LinearFit.fit(prof.points[kind]), kind
     # bigger strips take longer: the fit is increasing and close to what it measured
     conv = prof.points["conv"]
     assert conv[1][0] > conv[0][0] and conv[1][1] > conv[0][1]
     assert prof.compute.seconds("head", 1e6) == prof.compute.fits["conv"].seconds(1e6)
     assert "profiling (1 thread(s)): 14/14" in out.getvalue()  # 7 points, 2 passes
+
+
+def test_linear_fit_goes_through_two_points_or_through_the_origin() -> None:
+    # 1 ms per GFLOP plus 0.5 ms a call: two points determine the line.
+    fit = LinearFit.fit([(1e9, 1.5e-3), (3e9, 3.5e-3)])
+    assert fit.a == pytest.approx(1e-12) and fit.b == pytest.approx(5e-4)
+    assert fit.rel_error == pytest.approx(0.0, abs=1e-12)
+    assert fit.gflops == pytest.approx(1000.0)
+    # Noise that makes the intercept negative: refitted through the origin instead,
+    # least squares a = sum(f*s) / sum(f*f).
+    noisy = LinearFit.fit([(1e9, 0.5e-3), (2e9, 2.5e-3)])
+    assert noisy.b == 0.0
+    assert noisy.a == pytest.approx((1e9 * 0.5e-3 + 2e9 * 2.5e-3) / (1e18 + 4e18))
+    assert noisy.seconds(0) == 0.0 and noisy.seconds(1e9) == pytest.approx(noisy.a * 1e9)
+    with pytest.raises(ValueError, match="two or more distinct"):
+        LinearFit.fit([(1e9, 1e-3), (1e9, 2e-3)])
 
 
 def test_a_long_disturbance_spoils_one_pass_not_every_repeat_of_a_point() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -92,8 +92,10 @@ def test_pieces_cover_each_strip_once_and_hold_each_send_whole(spec: ModelSpec, 
 class RecordingStore:
     """Stands in for ModelStore: outputs of the right shape, every call logged."""
 
-    def __init__(self, spec: ModelSpec, log: list[str]) -> None:
-        self._spec, self.log = spec, log
+    def __init__(
+        self, spec: ModelSpec, log: list[str], ran: Callable[[str], None] = lambda e: None
+    ) -> None:
+        self._spec, self.log, self.ran = spec, log, ran
 
     def spec(self, name: str, height: int, width: int) -> ModelSpec:
         return self._spec
@@ -110,7 +112,9 @@ class RecordingStore:
         x_region: Region,
     ) -> np.ndarray:
         assert x.shape[2] == x_region.rows.size
-        self.log.append(f"run {start} {out.rows.start}:{out.rows.stop}")
+        entry = f"run {start} {out.rows.start}:{out.rows.stop}"
+        self.log.append(entry)
+        self.ran(entry)  # on the worker thread, once logged
         c, _, _ = self._spec.shape_at(stop)
         return np.full((1, c, out.rows.size, out.cols.size), float(start), np.float32)
 
@@ -173,19 +177,29 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
     spec = SPECS["vgg16"]
     job = middle_job(spec)
     second = job.stages[1]
+    pieces = stage_pieces(spec, second)
+    assert len(pieces) == 3
+    middle = f"run 3 {pieces[1].rows[0]}:{pieces[1].rows[1]}"
     log: list[str] = []
 
     async def send(node: str, msg: HaloRows) -> None:
         log.append(f"send {node}")
 
-    async def main(deliver: bool) -> None:
+    async def main(deliver: bool, timeout: float) -> None:
         box = Mailbox()
         box.claim("r", 1)
+        loop = asyncio.get_running_loop()
+        middle_ran = asyncio.Event()
+
+        def ran(entry: str) -> None:
+            if entry == middle:
+                loop.call_soon_threadsafe(middle_ran.set)
 
         async def late() -> None:
-            # Late by far more than the middle takes (5 ms alone; a CI run under load
-            # once took over 0.2 s to reach it), yet well inside the job's timeout.
-            await asyncio.sleep(1.0)
+            # The neighbours' rows come only once the second stage's middle has run:
+            # a job that waited for them before computing the middle would never get
+            # them (and fail at its timeout).
+            await middle_ran.wait()
             log.append("rows arrive")
             for st in job.stages[1:]:
                 for r in st.recv:
@@ -195,19 +209,18 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
 
         task = asyncio.ensure_future(late()) if deliver else None
         with ThreadPoolExecutor(1) as ex:
-            await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=3.0)  # type: ignore[arg-type]
+            store = RecordingStore(spec, log, ran)
+            await run_strip_job(job, store, ex, box, send, timeout=timeout)  # type: ignore[arg-type]
         if task is not None:
             await task
 
-    asyncio.run(main(True))
-    pieces = stage_pieces(spec, second)
-    assert len(pieces) == 3
+    asyncio.run(main(True, timeout=30.0))
     # The second stage's middle reads only this peer's rows: it ran before they came,
     # and its edges after.
-    mid = log.index(f"run 3 {pieces[1].rows[0]}:{pieces[1].rows[1]}")
-    assert (
-        mid < log.index("rows arrive") < log.index(f"run 3 {pieces[0].rows[0]}:{pieces[0].rows[1]}")
-    )
+    edge = f"run 3 {pieces[0].rows[0]}:{pieces[0].rows[1]}"
+    assert log.index(middle) < log.index("rows arrive") < log.index(edge)
     log.clear()
+    # Rows that never come: the job fails at its timeout (nothing can race it).
     with pytest.raises(StripJobError, match="never arrived"):
-        asyncio.run(main(False))
+        asyncio.run(main(False, timeout=0.2))
+    assert middle in log and edge not in log

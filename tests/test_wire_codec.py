@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeci_p2p.wire import cbor, framing, tensors
-from edgeci_p2p.wire.errors import ErrorCode, RemoteProtocolError
+from edgeci_p2p.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 # --- strictness: each refusal is one literal item --------------------------------------
 
@@ -182,6 +182,13 @@ def test_tensor_data_is_aligned_whatever_precedes_it(prefix: int) -> None:
     assert np.array_equal(x, y) and y.flags.aligned
 
 
+@pytest.mark.parametrize("prefix", range(4))
+def test_a_bare_item_aligns_its_tensor_data_from_its_own_first_byte(prefix: int) -> None:
+    x = np.arange(6, dtype=np.float32)
+    item = cbor.encode(["x" * prefix, x])
+    assert item.find(x.tobytes()) % 4 == 0
+
+
 def test_non_contiguous_and_big_endian_tensors_are_sent_as_row_major_little_endian() -> None:
     x = np.arange(24, dtype=">f4").reshape(2, 3, 4)[:, ::2, :]
     y = cbor.decode(cbor.encode(x))
@@ -311,3 +318,300 @@ def test_payload_nbytes_is_what_the_session_sends(shape: tuple[int, ...], relu: 
     overhead = 160 if tensors.payload_nbytes(x) < x.nbytes else 16  # ref map, chunk frame
     assert 0 <= sent - empty - tensors.payload_nbytes(x) <= overhead
     assert (tensors.payload_nbytes(x) < x.nbytes) == (relu and x.nbytes >= 16 * 1024)
+
+
+# ---- the edges of the tensor rules (each case pinned by a mutation that survived) --------------
+
+
+def test_tensor_dtype_and_rank_are_refused_with_what_is_wrong() -> None:
+    for bad in (np.zeros(3, np.int64), np.zeros(3, np.int16), np.zeros(3, np.float64)):
+        why = f"float32, float16 or uint8, not {bad.dtype}"
+        with pytest.raises(tensors.TensorError, match=why):
+            tensors.tag_for(bad)
+    assert tensors.tag_for(np.zeros(3, np.float16)) == tensors.TAG_FLOAT16_LE
+    with pytest.raises(tensors.TensorError, match=r"tensor rank 9 outside 1\.\.8"):
+        tensors.contiguous_le(np.zeros((1,) * 9, np.float32))
+    assert tensors.contiguous_le(np.zeros((1,) * tensors.MAX_RANK, np.float32)).ndim == 8
+
+
+def test_split_bytes_cuts_every_byte_once_and_refuses_no_size() -> None:
+    body = memoryview(b"abcde")
+    assert [bytes(c) for c in tensors.split_bytes(body, 1)] == [b"a", b"b", b"c", b"d", b"e"]
+    assert [bytes(c) for c in tensors.split_bytes(body, 2)] == [b"ab", b"cd", b"e"]
+    assert [bytes(c) for c in tensors.split_bytes(memoryview(b""), 1)] == [b""]  # one chunk
+    for size in (0, -1):
+        with pytest.raises(tensors.TensorError, match="chunk size must be positive"):
+            tensors.split_bytes(body, size)
+
+
+def test_zero_restore_refuses_bytes_that_do_not_add_up_and_says_how() -> None:
+    # 10 float32 values, 3 non-zero: 2 mask bytes + 12 value bytes.
+    x = np.zeros(10, np.float32)
+    x[[1, 4, 9]] = [1.0, -2.0, 3.0]
+    packed = tensors.zero_suppress(x)
+    assert packed is not None and packed.nnz == 3 and packed.body.nbytes == 14
+    body = bytes(packed.body)
+    why = r"shape \[10\] with 3 values needs 14 bytes, got 13"
+    with pytest.raises(tensors.TensorError, match=why):
+        tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(body[:-1]))
+    padded = bytes([body[0], body[1] | 0x01]) + body[2:]  # a bit past the 10th value
+    with pytest.raises(tensors.TensorError, match=r"^zero-bitmask: padding bits after the last"):
+        tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(padded))
+    back = tensors.zero_restore((10,), tensors.TAG_FLOAT32_LE, 3, memoryview(body))
+    assert back.tobytes() == x.tobytes()
+
+
+def f16_with_nonzero(n: int, nnz: int) -> np.ndarray:
+    x = np.zeros(n, np.float16)
+    x[:nnz] = 1.0
+    return x
+
+
+def test_zero_suppression_is_used_up_to_exactly_nine_tenths_of_the_bytes() -> None:
+    # 80 float16 values (160 bytes), 67 non-zero: 10 mask + 134 value bytes = 144,
+    # exactly 0.9 of the plain bytes: used. 68 non-zero (146 bytes): not.
+    at_limit = tensors.zero_suppress(f16_with_nonzero(80, 67))
+    assert at_limit is not None and at_limit.body.nbytes == 144
+    assert tensors.payload_nbytes(f16_with_nonzero(80, 67), zero_suppress_from=0) == 144
+    assert tensors.zero_suppress(f16_with_nonzero(80, 68)) is None
+    # Sparse enough to pass the glance (88 % non-zero), too dense to save a tenth.
+    x = np.zeros(100, np.float32)
+    x[:88] = 1.0
+    assert tensors.zero_suppress(x) is None
+    # Half zeros, alternating (every other value: a sample of every second one would
+    # see no zero at all).
+    alt = np.zeros(20, np.float32)
+    alt[::2] = 1.0
+    packed = tensors.zero_suppress(alt)
+    assert packed is not None and packed.nnz == 10
+
+
+def test_the_glance_sends_a_dense_looking_map_plain() -> None:
+    """A map whose evenly spread sample is over 90 % non-zero is sent plain, even when
+    its other values are zeros; at exactly 90 % the whole map is counted."""
+    # 2 x 8192 float32: every 4th value (the sample, stride 16384 // 4096) of row 0 is
+    # non-zero, and of row 1 zero.
+    rows = np.zeros((2, 8192), np.float32)
+    rows[0] = 1.0
+    # Sampled across both rows: half zeros, so the whole map is counted and suppressed.
+    packed = tensors.zero_suppress(rows)
+    assert packed is not None and packed.nnz == 8192
+    assert tensors.payload_nbytes(rows) == packed.body.nbytes
+    # Only the sampled positions non-zero: the glance says dense, sent plain.
+    sampled = np.zeros(16384, np.float32)
+    sampled[::4] = 1.0
+    assert tensors.zero_suppress(sampled) is None
+    assert tensors.payload_nbytes(sampled) == sampled.nbytes
+    # 8200 values sample 4100 (stride 2); exactly 90 % of the sample non-zero is not
+    # "over 90 %": the whole map is counted (3690 of 8200 non-zero) and suppressed.
+    edge = np.zeros(8200, np.float32)
+    edge[np.arange(0, 2 * 3690, 2)] = 1.0
+    packed = tensors.zero_suppress(edge)
+    assert packed is not None and packed.nnz == 3690
+
+
+def test_payload_nbytes_counts_suppression_from_its_threshold_on() -> None:
+    x = np.zeros(4096, np.float32)  # 16 KiB of zeros
+    x[::16] = 1.0
+    suppressed = tensors.zero_suppress(x)
+    assert suppressed is not None
+    assert tensors.payload_nbytes(x, zero_suppress_from=x.nbytes) == suppressed.body.nbytes
+    assert tensors.payload_nbytes(x, zero_suppress_from=x.nbytes + 1) == x.nbytes
+    assert tensors.payload_nbytes(x, zero_suppress_from=None) == x.nbytes
+
+
+def test_encoder_refusals_say_what_and_honour_the_depth() -> None:
+    with pytest.raises(LocalProtocolError, match="set has no wire encoding"):
+        cbor.encode({1, 2})
+    deep: object = 1
+    for _ in range(3):
+        deep = [deep]
+    assert cbor.decode(cbor.encode(deep, max_depth=3)) == deep
+    with pytest.raises(LocalProtocolError, match="nesting deeper than 2"):
+        cbor.encode(deep, max_depth=2)
+
+
+# One tensor, wrapped in a one-element array so that positions are not 0: the tag at
+# byte 1, its dims at byte 4, its typed array's tag at byte 6.
+GOOD_TENSOR = "81 d828 82 8102 d855 48 0000803f00000040"
+BAD_TENSORS = [
+    ("81 d828 83 8102 d855 48 0000803f00000040 00", "tag 40 must hold a two-element array", 1),
+    ("81 d828 42 0102", "tag 40 must hold a two-element array [dims, typed array]", 1),
+    ("81 d828 82 02 d855 48 0000803f00000040", "tensor dims must be an array", 4),
+    ("81 d828 82 80 d855 40", "tensor rank 0 outside 1..8", 4),
+    ("81 d828 82 8121 d855 48 0000803f00000040", "dimensions must be unsigned integers < 2**31", 4),
+    ("81 d828 82 811a80000000 d855 40", "dimensions must be unsigned integers < 2**31", 4),
+    ("81 d828 82 8102 d856 48 0000803f00000040", "tag 85 (float32-LE), 84 (float16-LE) or 64", 6),
+    ("81 d828 82 8102 d855 02", "a typed array must hold a byte string", 6),
+]
+
+
+@pytest.mark.parametrize("hexdata,why,pos", BAD_TENSORS, ids=[b[1][:24] for b in BAD_TENSORS])
+def test_a_bad_tensor_is_refused_saying_what_and_where(hexdata: str, why: str, pos: int) -> None:
+    assert np.array_equal(cbor.decode(bytes.fromhex(GOOD_TENSOR.replace(" ", "")))[0], [1, 2])
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex(hexdata.replace(" ", "")))
+    assert info.value.code == ErrorCode.MALFORMED_FRAME
+    assert why in info.value.message and info.value.message.endswith(f" at byte {pos}")
+
+
+def test_tensor_dims_up_to_2_31_minus_1_and_lengths_that_disagree() -> None:
+    # A dimension of exactly MAX_DIM is accepted (with a zero beside it: no bytes).
+    big = cbor.decode(bytes.fromhex("81d8288282 1a7fffffff 00 d855 40".replace(" ", "")))
+    assert big[0].shape == (2**31 - 1, 0)
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex("81 d828 82 8102 d855 47 0000803f000000".replace(" ", "")))
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
+    assert info.value.message == (
+        "tensor at byte 1: shape [2] as float32 needs 8 bytes, the item holds 7"
+    )
+
+
+def test_heads_take_the_narrowest_width_up_to_64_bits() -> None:
+    assert tensors.head(0, 23) == b"\x17"
+    assert tensors.head(0, 24) == b"\x18\x18"
+    assert tensors.head(0, 2**32) == b"\x1b" + (2**32).to_bytes(8, "big")
+    assert tensors.head(0, 2**64 - 1) == b"\x1b" + b"\xff" * 8
+    assert tensors.head(6, 40, width=2) == b"\xd9\x00\x28"  # widened to align data
+    with pytest.raises(tensors.TensorError, match=r"^CBOR argument 18446744073709551616 does"):
+        tensors.head(0, 2**64)
+
+
+def test_wire_shapes_and_builds_are_checked_with_what_is_wrong() -> None:
+    assert tensors.check_shape([0, 3]) == (0, 3)
+    assert tensors.check_shape([2**31 - 1]) == (2**31 - 1,)
+    for dims, why in [
+        ("12", "tensor dims must be an array of unsigned integers"),
+        ([], "tensor rank 0 outside 1..8"),
+        ([1] * 9, "tensor rank 9 outside 1..8"),
+        ([-1], "tensor dimension -1 is not an integer in 0..2147483647"),
+        ([2**31], "tensor dimension 2147483648 is not an integer in 0..2147483647"),
+        ([1.0], "tensor dimension 1.0 is not an integer in 0..2147483647"),
+        ([True], "tensor dimension True is not an integer"),
+    ]:
+        with pytest.raises(tensors.TensorError) as info:
+            tensors.check_shape(dims)
+        assert str(info.value).startswith(why), (dims, info.value)
+    assert tensors.check_shape([1] * 8) == (1,) * 8
+    with pytest.raises(tensors.TensorError, match=r"^typed-array tag 86 is not float32-LE"):
+        tensors.build((2,), 86, memoryview(bytes(8)))
+    with pytest.raises(tensors.TensorError) as info:
+        tensors.build((2, 3), tensors.TAG_FLOAT16_LE, memoryview(bytes(8)))
+    assert str(info.value) == "tensor of shape [2, 3] and dtype float16 needs 12 bytes, got 8"
+
+
+def chunk_ref(**kw: object) -> dict[str, object]:
+    return {"chunked": 7, "dtype": "float32", "shape": [2, 3], "chunks": 2, **kw}
+
+
+def test_chunk_references_are_checked_field_by_field() -> None:
+    ref = tensors.ChunkRef.from_dict(chunk_ref())
+    assert ref == tensors.ChunkRef(7, "float32", (2, 3), 2) and ref.nbytes == 24
+    zb = tensors.ZERO_BITMASK
+    top = tensors.ChunkRef.from_dict(chunk_ref(chunked=2**32 - 1, encoding=zb, nnz=6))
+    assert top.stream == 2**32 - 1 and top.nnz == 6 and top.nbytes == 1 + 6 * 4
+    assert top.held_bytes == 25 + 24
+    for fields, why in [
+        (chunk_ref(extra=1), "a chunked-tensor reference has keys ['chunked', 'chunks', 'dtype'"),
+        (chunk_ref(chunked=2**32), "chunked-tensor stream id must be an integer in 0..2**32-1"),
+        (chunk_ref(chunked=-1), "chunked-tensor stream id must be an integer"),
+        (chunk_ref(chunked="7"), "chunked-tensor stream id must be an integer"),
+        (chunk_ref(dtype="float64"), "chunked-tensor dtype 'float64' is not float32 or float16"),
+        (chunk_ref(chunks=0), "chunked-tensor chunk count must be a positive integer"),
+        (chunk_ref(chunks="2"), "chunked-tensor chunk count must be a positive integer"),
+        (chunk_ref(encoding="gzip", nnz=1), "chunked-tensor encoding 'gzip' is not zero-bitmask"),
+        (chunk_ref(dtype="uint8", encoding=zb, nnz=1), "pixels are not zero-suppressed"),
+        (chunk_ref(encoding=zb, nnz=7), "chunked-tensor nnz 7 is not an integer in 0..6"),
+        (chunk_ref(encoding=zb, nnz=-1), "chunked-tensor nnz -1 is not an integer"),
+    ]:
+        with pytest.raises(tensors.TensorError) as info:
+            tensors.ChunkRef.from_dict(fields)
+        assert str(info.value) == why or str(info.value).startswith(why), (fields, info.value)
+
+
+def test_the_assembler_takes_chunks_in_order_and_exactly_the_announced_bytes() -> None:
+    ref = tensors.ChunkRef(9, "float32", (2,), 2)
+    asm = tensors.TensorAssembler(ref)
+    with pytest.raises(tensors.TensorError, match=r"^stream 9 is incomplete$"):
+        asm.array()
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunk 1 where 0 was due$"):
+        asm.add(1, memoryview(bytes(4)))
+    asm.add(0, memoryview(np.float32([1.5]).tobytes()))
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunks exceed the announced 8"):
+        asm.add(1, memoryview(bytes(5)))
+    with pytest.raises(tensors.TensorError, match=r"^stream 9: chunks total 7 of 8 bytes$"):
+        asm.add(1, memoryview(bytes(3)))
+    asm.add(1, memoryview(np.float32([-2.0]).tobytes()))
+    assert asm.complete and asm.array().tolist() == [1.5, -2.0]
+
+
+def nested(kind: str, levels: int) -> object:
+    """``levels`` containers (lists or one-key maps) around a small tensor."""
+    obj: object = np.ones(2, np.float32)
+    for _ in range(levels):
+        obj = [obj] if kind == "list" else {"k": obj}
+    return obj
+
+
+@pytest.mark.parametrize("kind", ["list", "map"])
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_encoder_and_decoder_agree_on_the_depth_limit(kind: str, limit: int) -> None:
+    # The tensor is one level itself: ``limit - 1`` containers around it fit.
+    fits = cbor.encode(nested(kind, limit - 1), max_depth=limit)
+    cbor.decode(fits, max_depth=limit)
+    with pytest.raises(LocalProtocolError, match=f"^nesting deeper than {limit} "):
+        cbor.encode(nested(kind, limit), max_depth=limit)
+    too_deep = cbor.encode(nested(kind, limit), max_depth=limit + 1)
+    with pytest.raises(RemoteProtocolError, match=f"nesting deeper than {limit}"):
+        cbor.decode(too_deep, max_depth=limit)
+
+
+def test_encoder_integers_bytes_and_refusals() -> None:
+    assert cbor.encode(-(2**64)) == b"\x3b" + b"\xff" * 8
+    assert cbor.decode(cbor.encode(-(2**64))) == -(2**64)
+    for big in (2**64, -(2**64) - 1):
+        with pytest.raises(LocalProtocolError, match=f"^integer {big} does not fit in 64 bits"):
+            cbor.encode(big)
+    # Byte strings from bytes, bytearray and memoryviews of any format: their bytes.
+    raw = bytes(range(8))
+    for obj in (raw, bytearray(raw), memoryview(raw), memoryview(np.frombuffer(raw, np.uint16))):
+        assert cbor.encode(obj) == b"\x48" + raw
+    with pytest.raises(LocalProtocolError, match=r"^map key 1 is not a text string"):
+        cbor.encode({1: 2})
+    with pytest.raises(LocalProtocolError, match=r"^tensors travel as float32, float16 or uint8"):
+        cbor.encode(np.zeros(2, np.int64))
+
+
+DECODER_REFUSALS = [
+    ("", "item truncated at byte 0"),
+    ("1901", "head truncated at byte 0"),
+    ("81 1f", "indefinite-length items and break codes are refused at byte 1"),
+    ("81 1c", "reserved additional information 28 at byte 1"),
+    ("01 0203", "2 bytes after the item at byte 1"),
+    ("81 62fffe", "text string is not valid UTF-8 at byte 1"),
+    ("81 8201", "array of 2 items runs past the end at byte 1"),
+    ("81 a2616101", "map of 2 pairs runs past the end at byte 1"),
+    ("a1 0102", "map keys must be text strings at byte 1"),
+    ("a2 616101 616102", "duplicate map key 'a' at byte 4"),
+    ("81 c101", "tag 1 is not accepted (only 40 over 84/85) at byte 1"),
+    ("81 f7", "simple value 23 is not accepted at byte 1"),
+    ("81 430102", "length 3 runs past the end of the item at byte 2"),
+]
+
+
+@pytest.mark.parametrize("hexdata,message", DECODER_REFUSALS, ids=[m for _, m in DECODER_REFUSALS])
+def test_every_decoder_refusal_says_what_and_where(hexdata: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(bytes.fromhex(hexdata.replace(" ", "")))
+    assert info.value.code == ErrorCode.MALFORMED_FRAME and info.value.message == message
+
+
+def test_decoder_depth_and_buffers_of_any_shape() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(b"\x81\x81\x01", max_depth=1)
+    assert info.value.message == "nesting deeper than 1 at byte 1"
+    assert cbor.decode(b"\xa1\x61a\x81\x01", max_depth=2) == {"a": [1]}
+    raw = bytearray(b"\x83\x01\x02\x03")
+    assert cbor.decode(memoryview(raw).cast("H")) == [1, 2, 3]  # 16-bit items: read as bytes
+    assert cbor.decode(memoryview(raw).cast("B", shape=[2, 2])) == [1, 2, 3]  # 2-D
+    assert cbor.decode(raw) == [1, 2, 3]

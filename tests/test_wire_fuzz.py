@@ -12,14 +12,15 @@ import os
 import tracemalloc
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeci_p2p.wire import cbor, framing, messages
-from edgeci_p2p.wire.errors import MessageError, RemoteProtocolError
+from edgeci_p2p.wire.errors import ErrorCode, MessageError, RemoteProtocolError
 from edgeci_p2p.wire.messages import Hello
 from edgeci_p2p.wire.session import ConnectionClosed, Session, SessionConfig, State
-from tests.test_wire_messages import samples
+from tests.wiresamples import samples
 
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 EXAMPLES = int(os.environ.get("WIRE_FUZZ_EXAMPLES", 20000 if _THOROUGH else 1500))
@@ -42,6 +43,25 @@ for _m in sorted([*samples(), _big], key=lambda m: isinstance(m, messages.Error)
     if not isinstance(_m, messages.Hello | messages.Auth | messages.Chunk):
         CORPUS.append(_src.send(_m))
 HELLO = framing.encode_frame(Hello(2, "F", "fuzzer", 0, {}, b"f" * 16).to_wire())
+
+
+def one_byte_short(msg: messages.Message) -> bytes:
+    """A frame of ``msg`` whose last item, a tensor or byte string, is one byte short:
+    the frame's length says so, the item's head still claims every byte. A decoder that
+    let a length run one byte past the end built the tensor and raised TensorError
+    instead of the promised RemoteProtocolError (issue 21)."""
+    wire = msg.to_wire()
+    (key,) = (k for k, v in wire.items() if isinstance(v, np.ndarray | bytes))
+    frame = framing.encode_frame({**{k: v for k, v in wire.items() if k != key}, key: wire[key]})
+    (size,) = framing.HEADER.unpack_from(frame)
+    return framing.HEADER.pack(size - 1) + frame[framing.HEADER_SIZE : -1]
+
+
+MALFORMED: list[bytes] = [
+    one_byte_short(messages.TileResult("r", 9, np.ones((1, 2, 3, 3), np.float32), 0.1)),
+    one_byte_short(messages.Chunk(0, 0, b"\x00" * 10)),
+]
+"""Frames every session must refuse with RemoteProtocolError; fuzzed like the corpus."""
 
 
 def feed(data: bytes, *, handshake: bool, pieces: int = 1) -> None:
@@ -80,14 +100,16 @@ def test_session_on_random_bytes(data: bytes, handshake: bool, pieces: int) -> N
 
 
 @fuzz
-@given(st.sampled_from(CORPUS), st.data())
+@given(st.sampled_from(CORPUS + MALFORMED), st.data())
 def test_session_on_truncated_frames(frame: bytes, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(frame) - 1))
     feed(frame[:cut], handshake=True)
 
 
 @fuzz
-@given(st.sampled_from(CORPUS), st.lists(st.integers(0, 2**20), min_size=1, max_size=4))
+@given(
+    st.sampled_from(CORPUS + MALFORMED), st.lists(st.integers(0, 2**20), min_size=1, max_size=4)
+)
 def test_session_on_bit_flips(frame: bytes, flips: list[int]) -> None:
     buf = bytearray(frame)
     for f in flips:
@@ -105,7 +127,9 @@ def test_session_on_bit_flips(frame: bytes, flips: list[int]) -> None:
 @fuzz
 @given(
     st.lists(
-        st.tuples(st.sampled_from(CORPUS), st.integers(0, 2**16), st.integers(0, 2**16)),
+        st.tuples(
+            st.sampled_from(CORPUS + MALFORMED), st.integers(0, 2**16), st.integers(0, 2**16)
+        ),
         min_size=1,
         max_size=4,
     ),
@@ -153,3 +177,26 @@ def test_valid_corpus_is_accepted() -> None:
     received = [e for e in events if isinstance(e, messages.Message)]
     assert len(received) == len(CORPUS)
     assert isinstance(events[-1], ConnectionClosed)  # the corpus ends with a fatal error
+
+
+@pytest.mark.parametrize("frame", MALFORMED, ids=["tensor", "chunk"])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_frame_whose_last_item_is_one_byte_short_is_a_protocol_error(
+    frame: bytes, pieces: int
+) -> None:
+    payload = memoryview(frame)[framing.HEADER_SIZE :]
+    with pytest.raises(RemoteProtocolError) as info:
+        cbor.decode(payload)
+    assert info.value.code == ErrorCode.MALFORMED_FRAME and "runs past the end" in str(info.value)
+    s = Session(SessionConfig("V", **LIMITS))  # type: ignore[arg-type]
+    s.start()
+    s.receive_data(HELLO)
+    s.next_event()
+    with pytest.raises(RemoteProtocolError) as info:
+        step = -(-len(frame) // pieces)
+        for i in range(0, len(frame), step):
+            s.receive_data(frame[i : i + step])
+            while s.next_event() is not None:
+                pass
+    assert info.value.code == ErrorCode.MALFORMED_FRAME
+    assert s.state is State.CLOSED and s.data_to_send()

@@ -77,7 +77,7 @@ def test_every_message_builds_and_round_trips_with_numpy_25s_ndarray() -> None:
     script = NUMPY_25 + textwrap.dedent(
         """
         from edgeci_p2p.wire import messages, tensors
-        from tests.test_wire_messages import equal, roundtrip, samples
+        from tests.wiresamples import equal, roundtrip, samples
 
         assert typing.get_origin(tensors.Tensor) is not np.ndarray
         built = set()
