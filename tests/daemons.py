@@ -281,16 +281,29 @@ def seed_profile(cache: Path, threads: int = 1) -> Path:
 
 @contextmanager
 def peer_processes(
-    tmp_path: Path, n: int, *, models: str = MODEL, ready_timeout: float = 120.0
+    tmp_path: Path,
+    n: int,
+    *,
+    models: str = MODEL,
+    ready_timeout: float = 120.0,
+    one_machine: bool = False,
 ) -> Iterator[list[PeerProcess]]:
     """``n`` ``edgeci-peer`` processes named p0, p1, ... (mDNS on 127.0.0.1, no static
     peers, one profile cache under ``tmp_path`` seeded by :func:`seed_profile`), once
-    each serves; stopped on exit."""
+    each serves; stopped on exit.
+
+    Each bids as a machine of its own (``--host-id``), as :func:`cluster`'s daemons
+    do, unless ``one_machine``: on a 2-core runner the auctioneer otherwise keeps the
+    cores for itself and declines every co-located peer, and a test of work on the
+    other peers would find none there."""
     env = {"EDGECI_CACHE_DIR": str(seed_profile(tmp_path / "cache"))}
     procs: list[subprocess.Popen[str]] = []
     try:
         for i in range(n):
-            procs.append(start_peer(str(tmp_path / f"p{i}"), f"p{i}", models=models, env=env))
+            extra = [] if one_machine else ["--host-id", f"test-host-{i}"]
+            procs.append(
+                start_peer(str(tmp_path / f"p{i}"), f"p{i}", models=models, env=env, extra=extra)
+            )
         yield [PeerProcess(p, ready_port(p, ready_timeout)) for p in procs]
     finally:
         stop_processes(procs)
