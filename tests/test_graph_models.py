@@ -75,9 +75,11 @@ def test_families_come_out_with_their_kinds_of_units() -> None:
     kinds = {n: {u.kind for u in spec_for(n, 224, 224).units} for n in NEW}
     assert kinds["resnet50"] == {"conv", "pool", "block"}
     assert "dw" in kinds["mobilenet_v2"] and "dw" in kinds["convnext_tiny"]
-    # Squeeze-and-excitation: a tile of such a unit reads its whole input map.
-    glob = {n: sum(u.is_global for u in spec_for(n, 224, 224).units) for n in NEW}
-    assert glob == {
+    # Squeeze-and-excitation: a synchronisation point, the unit after it starts with
+    # the multiply by a scale vector made from the whole map at its input.
+    specs = {n: spec_for(n, 224, 224) for n in NEW}
+    scaled = {n: sum(u.needs_scale for u in s.units) for n, s in specs.items()}
+    assert scaled == {
         "resnet50": 0,
         "mobilenet_v2": 0,
         "mobilenet_v3_large": 8,
@@ -85,10 +87,16 @@ def test_families_come_out_with_their_kinds_of_units() -> None:
         "regnet_y_400mf": 16,
         "convnext_tiny": 0,
     }
+    assert not any(u.is_global for s in specs.values() for u in s.units)
     spec = spec_for("efficientnet_b0", 96, 80)
-    u = next(u for u in spec.units if u.is_global)
-    tr = trace(spec, u.index, u.index + 1, Region(Span(0, 1), Span(0, 1)))
-    assert tr.need == Region(Span(0, u.in_shape[1]), Span(0, u.in_shape[2]))
+    u = next(u for u in spec.units if u.needs_scale and u.is_block)
+    one = Region(Span(0, 1), Span(0, 1))
+    # First in its range: the vector comes with the work, the tile reads its own pixel.
+    assert trace(spec, u.index, u.index + 1, one).need == one
+    # Deeper in a range: the tile reads the whole map at the unit's input to make it.
+    assert trace(spec, u.index - 1, u.index + 1, one).units[1].need == Region(
+        Span(0, u.in_shape[1]), Span(0, u.in_shape[2])
+    )
 
 
 class _Upsampler(nn.Module):

@@ -27,7 +27,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edgeci_p2p.core.units import GLOBAL, ModelSpec, Op, Unit, Window
+from edgeci_p2p.core.units import GLOBAL, SCALED, ModelSpec, Op, Unit, Window
 
 FLOAT32_BYTES = 4
 
@@ -146,9 +146,13 @@ def op_out_hw(op: Op, hw: tuple[int, int]) -> tuple[int, int]:
     )
 
 
-def op_input(op: Op, out: Region, in_hw: tuple[int, int]) -> tuple[Region, Padding]:
-    """The input region an op reads to produce ``out``, and the border padding it needs."""
-    if op.kind in GLOBAL:
+def op_input(
+    op: Op, out: Region, in_hw: tuple[int, int], given: bool = False
+) -> tuple[Region, Padding]:
+    """The input region an op reads to produce ``out``, and the border padding it needs.
+    ``given``: a ``sescale`` op's scale vector comes with the work (else it reads the
+    whole map to make it)."""
+    if op.kind in GLOBAL or (op.kind in SCALED and not given):
         return full_region(*in_hw), NO_PADDING
     if op.window is None:
         return out, NO_PADDING
@@ -187,15 +191,16 @@ def op_flops(op: Op, out_area: int) -> int:
         return 2 * out_area * op.out_channels
     if op.kind == "norm":
         return 5 * out_area * op.out_channels
-    if op.kind in ("permute", "identity"):
+    if op.kind in ("permute", "identity", "slice"):
         return 0
     return out_area * op.out_channels  # relu, act, scale, se's multiply
 
 
 def op_fixed_flops(op: Op, in_hw: tuple[int, int]) -> int:
     """FLOPs an op spends whatever region it writes: a squeeze-and-excitation's mean
-    over its whole input map and its two 1x1 convs (with biases); 0 for others."""
-    if op.kind not in GLOBAL:
+    over its whole input map and its two 1x1 convs (with biases), whether it runs
+    whole (``se``) or as a scale vector made once (``sescale``); 0 for others."""
+    if op.kind not in GLOBAL | SCALED:
         return 0
     c, h = op.in_channels, op.hidden
     return c * in_hw[0] * in_hw[1] + 2 * (2 * c * h) + h + c
@@ -213,10 +218,14 @@ class OpStep:
     need: Region
     pad: Padding
     out: Region
+    given: bool = False
+    """A ``sescale`` whose scale vector comes with the work: its mean and 1x1 convs are
+    not computed here (whoever made the vector counts them)."""
 
     @property
     def flops(self) -> int:
-        return op_flops(self.op, self.out.area) + op_fixed_flops(self.op, self.in_hw)
+        fixed = 0 if self.given else op_fixed_flops(self.op, self.in_hw)
+        return op_flops(self.op, self.out.area) + fixed
 
 
 @dataclass(frozen=True)
@@ -231,48 +240,61 @@ class UnitTrace:
     shortcut: tuple[OpStep, ...] | None
     """None for non-residual units; () for an identity shortcut (reads ``out`` itself)."""
     post: tuple[OpStep, ...]
+    more: tuple[tuple[OpStep, ...], ...] = ()
+    """A concatenation's branches after ``main`` and ``shortcut``."""
 
     @property
     def steps(self) -> tuple[OpStep, ...]:
-        return self.main + (self.shortcut or ()) + self.post
+        more = tuple(s for b in self.more for s in b)
+        return self.main + (self.shortcut or ()) + more + self.post
 
     @property
     def flops(self) -> int:
         f = sum(s.flops for s in self.steps)
-        if self.unit.is_block:
+        if self.unit.is_block and self.unit.merge == "add":
             f += self.out.area * self.unit.out_shape[0]  # the residual add
         return f
 
 
-def _trace_chain(ops: Sequence[Op], in_hw: tuple[int, int], out: Region) -> tuple[OpStep, ...]:
-    """Trace a sequence of ops backwards from its output region."""
+def _trace_chain(
+    ops: Sequence[Op], in_hw: tuple[int, int], out: Region, given: bool = False
+) -> tuple[OpStep, ...]:
+    """Trace a sequence of ops backwards from its output region (``given``: as in
+    :func:`op_input`)."""
     hws = [in_hw]
     for op in ops:
         hws.append(op_out_hw(op, hws[-1]))
     steps: list[OpStep] = []
     region = out
     for op, hw in zip(reversed(ops), reversed(hws[:-1]), strict=True):
-        need, pad = op_input(op, region, hw)
-        steps.append(OpStep(op, hw, need, pad, region))
+        need, pad = op_input(op, region, hw, given)
+        steps.append(OpStep(op, hw, need, pad, region, given and op.kind in SCALED))
         region = need
     steps.reverse()
     return tuple(steps)
 
 
-def trace_unit(unit: Unit, out: Region) -> UnitTrace:
+def trace_unit(unit: Unit, out: Region, first: bool = True) -> UnitTrace:
+    """``first``: the unit starts its range, so a scale vector it needs (``sescale``)
+    comes with the work; deeper in a range a tile makes it from the whole map."""
     _c, h, w = unit.out_shape
     if not full_region(h, w).contains(out) or out.area == 0:
         raise ValueError(f"unit {unit.name}: output region {out} outside its {h}x{w} map")
     in_hw = (unit.in_shape[1], unit.in_shape[2])
-    post = _trace_chain(unit.post, (h, w), out)
+    post = _trace_chain(unit.post, (h, w), out, first)
     pre_post = post[0].need if post else out
-    main = _trace_chain(unit.main, in_hw, pre_post)
-    need = main[0].need
+    main = _trace_chain(unit.main, in_hw, pre_post, first)
+    need = main[0].need if main else pre_post
     shortcut: tuple[OpStep, ...] | None = None
+    more: list[tuple[OpStep, ...]] = []
     if unit.shortcut is not None:
-        shortcut = _trace_chain(unit.shortcut, in_hw, pre_post)
+        shortcut = _trace_chain(unit.shortcut, in_hw, pre_post, first)
         need = need.hull(shortcut[0].need if shortcut else pre_post)
-    return UnitTrace(unit, need, out, main, shortcut, post)
+        for branch in unit.more:
+            steps = _trace_chain(branch, in_hw, pre_post, first)
+            more.append(steps)
+            need = need.hull(steps[0].need if steps else pre_post)
+    return UnitTrace(unit, need, out, main, shortcut, post, tuple(more))
 
 
 @dataclass(frozen=True)
@@ -308,7 +330,7 @@ def trace(spec: ModelSpec, start: int, stop: int, out: Region) -> Trace:
     traces: list[UnitTrace] = []
     region = out
     for unit in reversed(spec.units[start:stop]):
-        t = trace_unit(unit, region)
+        t = trace_unit(unit, region, unit.index == start)
         traces.append(t)
         region = t.need
     traces.reverse()
@@ -355,9 +377,9 @@ def receptive_field(spec: ModelSpec, stop: int) -> tuple[int, int]:
     """Receptive field (rows, cols) of one output pixel at boundary ``stop`` on the input.
 
     Follows each unit's main path, which dominates a BasicBlock's shortcut; past a
-    global op (squeeze-and-excitation) it is the whole input.
+    global op (squeeze-and-excitation, whole or as a scale vector) it is the whole input.
     """
-    if any(u.is_global for u in spec.units[:stop]):
+    if any(u.is_global or u.needs_scale for u in spec.units[:stop]):
         return spec.input_shape[1], spec.input_shape[2]
     rf = [1, 1]
     jump = [1, 1]

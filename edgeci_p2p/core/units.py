@@ -33,7 +33,9 @@ OpKind = Literal[
     "scale",
     "permute",
     "identity",
+    "slice",
     "se",
+    "sescale",
 ]
 UnitKind = Literal["conv", "pool", "block", "dw"]
 """``dw``: a unit with a depthwise conv (its FLOPs are cheap, its memory traffic is not:
@@ -41,11 +43,18 @@ the cost model fits it separately)."""
 
 WINDOWED: frozenset[str] = frozenset({"conv", "maxpool"})
 POINTWISE: frozenset[str] = frozenset(
-    {"bn", "relu", "act", "norm", "linear", "scale", "permute", "identity"}
+    {"bn", "relu", "act", "norm", "linear", "scale", "permute", "identity", "slice"}
 )
 """Ops that compute each output pixel from the same input pixel only."""
 GLOBAL: frozenset[str] = frozenset({"se"})
 """Ops whose output at any pixel depends on the whole input map."""
+SCALED: frozenset[str] = frozenset({"sescale"})
+"""A squeeze-and-excitation cut at its input (a synchronisation point): the
+channel-wise multiply by a scale vector made from the whole map at the unit's input
+boundary. As the first unit of a range the vector comes with the work (whoever
+gathered that map made it) and the op is pointwise; deeper in a range a tile makes
+it itself, reading the whole map as ``se`` does."""
+Merge = Literal["add", "cat"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,10 @@ class Op:
     """Dotted name of the torch module this op came from (for the executor); for
     ``scale``, the dotted name of the per-channel parameter it multiplies by."""
     hidden: int = 0
-    """``se`` only: the channels of its squeeze (the width of its two 1x1 convs)."""
+    """``se``/``sescale`` only: the channels of its squeeze (the width of its two 1x1
+    convs)."""
+    offset: int = 0
+    """``slice`` only: the first input channel it keeps (``out_channels`` of them)."""
 
     def __post_init__(self) -> None:
         if (self.kind in WINDOWED) != (self.window is not None):
@@ -93,7 +105,10 @@ class Unit:
 
     ``main`` runs in sequence. For a residual block ``shortcut`` is the branch
     added to ``main``'s output (``()`` is the identity), and ``post`` runs on the
-    sum; for other units ``shortcut`` is None and ``post`` is empty.
+    sum; for other units ``shortcut`` is None and ``post`` is empty. With ``merge``
+    ``"cat"`` the branches ``main``, ``shortcut``, ``*more`` (any may be ``()``, the
+    identity) are concatenated along channels in that order, each map at the same
+    rows and columns (a spatially windowless join, like the add).
     """
 
     index: int
@@ -104,14 +119,37 @@ class Unit:
     out_shape: tuple[int, int, int]
     shortcut: tuple[Op, ...] | None = None
     post: tuple[Op, ...] = ()
+    merge: Merge = "add"
+    more: tuple[tuple[Op, ...], ...] = ()
+    """``cat`` only: the branches after ``main`` and ``shortcut``."""
+
+    def __post_init__(self) -> None:
+        if self.merge == "cat" and self.shortcut is None:
+            raise ValueError(f"unit {self.name}: a concatenation needs two branches or more")
+        if self.more and self.merge != "cat":
+            raise ValueError(f"unit {self.name}: only a concatenation has more than 2 branches")
 
     @property
     def is_block(self) -> bool:
         return self.shortcut is not None
 
     @property
+    def branches(self) -> tuple[tuple[Op, ...], ...]:
+        """The merged branches in order (a block's); ``()`` for other units."""
+        if self.shortcut is None:
+            return ()
+        return (self.main, self.shortcut, *self.more)
+
+    @property
     def ops(self) -> tuple[Op, ...]:
-        return self.main + (self.shortcut or ()) + self.post
+        more = tuple(op for b in self.more for op in b)
+        return self.main + (self.shortcut or ()) + more + self.post
+
+    @property
+    def needs_scale(self) -> bool:
+        """Whether the unit multiplies by a squeeze-and-excitation scale vector made from
+        the whole map at its input boundary (a synchronisation point: see ``SCALED``)."""
+        return any(op.kind in SCALED for op in self.ops)
 
     @property
     def is_global(self) -> bool:
@@ -247,6 +285,8 @@ def _op_to_dict(op: Op) -> dict[str, Any]:
     }
     if op.hidden:
         d["hidden"] = op.hidden
+    if op.offset:
+        d["offset"] = op.offset
     if op.window is not None:
         w = op.window
         d["window"] = {
@@ -275,11 +315,12 @@ def _op_from_dict(d: dict[str, Any]) -> Op:
         bias=bool(d["bias"]),
         module=str(d["module"]),
         hidden=int(d.get("hidden", 0)),
+        offset=int(d.get("offset", 0)),
     )
 
 
 def _unit_to_dict(u: Unit) -> dict[str, Any]:
-    return {
+    d: dict[str, Any] = {
         "index": u.index,
         "name": u.name,
         "kind": u.kind,
@@ -289,6 +330,11 @@ def _unit_to_dict(u: Unit) -> dict[str, Any]:
         "shortcut": None if u.shortcut is None else [_op_to_dict(o) for o in u.shortcut],
         "post": [_op_to_dict(o) for o in u.post],
     }
+    if u.merge != "add":
+        d["merge"] = u.merge
+    if u.more:
+        d["more"] = [[_op_to_dict(o) for o in b] for b in u.more]
+    return d
 
 
 def _unit_from_dict(d: dict[str, Any]) -> Unit:
@@ -302,4 +348,6 @@ def _unit_from_dict(d: dict[str, Any]) -> Unit:
         main=tuple(_op_from_dict(o) for o in d["main"]),
         shortcut=None if sc is None else tuple(_op_from_dict(o) for o in sc),
         post=tuple(_op_from_dict(o) for o in d["post"]),
+        merge=d.get("merge", "add"),
+        more=tuple(tuple(_op_from_dict(o) for o in b) for b in d.get("more", ())),
     )

@@ -23,7 +23,7 @@ from edgeci_p2p.core.geometry import (
     op_out_hw,
     trace_unit,
 )
-from edgeci_p2p.core.units import GLOBAL, ModelSpec, Op, Unit
+from edgeci_p2p.core.units import GLOBAL, SCALED, ModelSpec, Op, Unit
 
 Pair = tuple[int, int]
 RegionKey = tuple[int, int, int, int]
@@ -42,6 +42,9 @@ class _OpC:
     it writes."""
     fixed: int = 0
     """FLOPs it spends whatever it writes (:func:`~edgeci_p2p.core.geometry.op_fixed_flops`)."""
+    scaled: tuple[int, int] | None = None
+    """A ``sescale``: as ``whole`` unless its scale vector comes with the work (the
+    unit starts the range), then pointwise with no fixed FLOPs."""
 
 
 def _compile_chain(ops: tuple[Op, ...], in_hw: tuple[int, int]) -> tuple[_OpC, ...]:
@@ -56,7 +59,8 @@ def _compile_chain(ops: tuple[Op, ...], in_hw: tuple[int, int]) -> tuple[_OpC, .
                 (w.kernel[1], w.stride[1], w.padding[1], w.dilation[1], hw[1]),
             )
         whole = hw if op.kind in GLOBAL else None
-        out.append(_OpC(win, op_flops(op, 1), whole, op_fixed_flops(op, hw)))
+        scaled = hw if op.kind in SCALED else None
+        out.append(_OpC(win, op_flops(op, 1), whole, op_fixed_flops(op, hw), scaled))
         hw = op_out_hw(op, hw)
     return tuple(out)
 
@@ -69,13 +73,23 @@ def _need(span: Pair, k: int, s: int, p: int, d: int, size: int) -> Pair:
     return (lo if lo > 0 else 0, (hi if hi < size - 1 else size - 1) + 1)
 
 
-def _back(chain: tuple[_OpC, ...], rows: Pair, cols: Pair) -> tuple[Pair, Pair, int]:
-    """Input spans a chain reads for output ``rows x cols``, and the chain's FLOPs."""
+def _whole(c: _OpC, given: bool) -> tuple[int, int] | None:
+    """The input a global op reads whatever it writes (None if it is not one here)."""
+    return c.whole if c.whole is not None or given else c.scaled
+
+
+def _back(
+    chain: tuple[_OpC, ...], rows: Pair, cols: Pair, given: bool = False
+) -> tuple[Pair, Pair, int]:
+    """Input spans a chain reads for output ``rows x cols``, and the chain's FLOPs
+    (``given``: a scale vector comes with the work)."""
     flops = 0
     for c in reversed(chain):
-        flops += c.per_pixel * (rows[1] - rows[0]) * (cols[1] - cols[0]) + c.fixed
-        if c.whole is not None:
-            rows, cols = (0, c.whole[0]), (0, c.whole[1])
+        whole = _whole(c, given)
+        flops += c.per_pixel * (rows[1] - rows[0]) * (cols[1] - cols[0])
+        flops += c.fixed if whole is not None else 0
+        if whole is not None:
+            rows, cols = (0, whole[0]), (0, whole[1])
         elif c.win is not None:
             rows = _need(rows, *c.win[0])
             cols = _need(cols, *c.win[1])
@@ -89,6 +103,14 @@ class _UnitC:
     shortcut: tuple[_OpC, ...] | None
     post: tuple[_OpC, ...]
     add_per_pixel: int
+    more: tuple[tuple[_OpC, ...], ...] = ()
+    scaled: bool = False
+    """The unit needs a scale vector (its cost differs as the first of a range)."""
+
+    @property
+    def branches(self) -> tuple[tuple[_OpC, ...], ...]:
+        """The chains besides ``main`` that read the unit's input."""
+        return () if self.shortcut is None else (self.shortcut, *self.more)
 
 
 def _compile_unit(u: Unit) -> _UnitC:
@@ -99,17 +121,20 @@ def _compile_unit(u: Unit) -> _UnitC:
         main=_compile_chain(u.main, in_hw),
         shortcut=None if u.shortcut is None else _compile_chain(u.shortcut, in_hw),
         post=_compile_chain(u.post, post_hw),
-        add_per_pixel=u.out_shape[0] if u.is_block else 0,
+        add_per_pixel=u.out_shape[0] if u.is_block and u.merge == "add" else 0,
+        more=tuple(_compile_chain(b, in_hw) for b in u.more),
+        scaled=u.needs_scale,
     )
 
 
-def _unit_back(uc: _UnitC, rows: Pair, cols: Pair) -> tuple[Pair, Pair, int]:
+def _unit_back(uc: _UnitC, rows: Pair, cols: Pair, first: bool = False) -> tuple[Pair, Pair, int]:
+    """Input spans and FLOPs of one unit (``first``: it starts the range)."""
     area = (rows[1] - rows[0]) * (cols[1] - cols[0])
-    r, c, flops = _back(uc.post, rows, cols)
-    mr, mc, f = _back(uc.main, r, c)
+    r, c, flops = _back(uc.post, rows, cols, first)
+    mr, mc, f = _back(uc.main, r, c, first)
     flops += f + uc.add_per_pixel * area
-    if uc.shortcut is not None:
-        sr, sc, f = _back(uc.shortcut, r, c)
+    for branch in uc.branches:
+        sr, sc, f = _back(branch, r, c, first)
         flops += f
         mr = (min(mr[0], sr[0]), max(mr[1], sr[1]))
         mc = (min(mc[0], sc[0]), max(mc[1], sc[1]))
@@ -168,6 +193,13 @@ class Workload:
             raise ValueError(f"unit range [{start}, {stop}) outside 0..{self.spec.n_units}")
         chain = self._chain(stop, out, start)
         steps = chain[: stop - start]
+        uc = self._units[start]
+        if uc.scaled:
+            # The chain holds unit ``start`` as it is deep in a range; first, its scale
+            # vector comes with the work.
+            at = steps[-2][0] if len(steps) > 1 else out
+            rows, cols, f = _unit_back(uc, (at[0], at[1]), (at[2], at[3]), True)
+            steps = [*steps[:-1], ((rows[0], rows[1], cols[0], cols[1]), uc.kind, f)]
         return RangeWork(need=steps[-1][0], unit_flops=tuple((k, f) for _, k, f in reversed(steps)))
 
     def work_region(self, start: int, stop: int, out: Region) -> RangeWork:
@@ -210,15 +242,18 @@ class _UnitRows:
     fhi: tuple[int, ...]
 
 
-def _chain_rows(chain: tuple[_OpC, ...], p: int, lower: bool, out_w: list[int]) -> tuple[int, int]:
+def _chain_rows(
+    chain: tuple[_OpC, ...], p: int, lower: bool, out_w: list[int], given: bool = False
+) -> tuple[int, int]:
     """Walk a chain backwards from output row boundary ``p``: (input row, FLOP half)."""
     f = 0
     for c, w in zip(reversed(chain), reversed(out_w), strict=True):
+        whole = _whole(c, given)
         # A global op's fixed FLOPs go to the upper half only: they cancel in
         # ``hi[b] - lo[a]`` otherwise, and every non-empty strip pays them once.
-        f += c.per_pixel * w * p + (0 if lower else c.fixed)
-        if c.whole is not None:
-            p = 0 if lower else c.whole[0]
+        f += c.per_pixel * w * p + (0 if lower or whole is None else c.fixed)
+        if whole is not None:
+            p = 0 if lower else whole[0]
         elif c.win is not None:
             p = _lo_in(c, p) if lower else _hi_in(c, p)
     return p, f
@@ -235,11 +270,12 @@ def _chain_widths(chain: tuple[_OpC, ...], in_w: int) -> list[int]:
     return ws
 
 
-def _unit_rows(u: Unit, uc: _UnitC) -> _UnitRows:
+def _unit_rows(u: Unit, uc: _UnitC, first: bool = False) -> _UnitRows:
+    """``first``: the unit starts the range (a scale vector comes with the work)."""
     h_out, w_out = u.out_shape[1], u.out_shape[2]
     main_w = _chain_widths(uc.main, u.in_shape[2])
     post_w = _chain_widths(uc.post, w_out)
-    sc_w = _chain_widths(uc.shortcut, u.in_shape[2]) if uc.shortcut else []
+    branch_w = [_chain_widths(b, u.in_shape[2]) for b in uc.branches]
     if uc.main and main_w[-1] != w_out and not uc.post:
         raise AssertionError(f"unit {u.name}: width bookkeeping broke")
     lo: list[int] = []
@@ -251,11 +287,11 @@ def _unit_rows(u: Unit, uc: _UnitC) -> _UnitRows:
             # A start row must be < H and a stop row > 0 for the window maps to make
             # sense; the unused end of each table is filled with a clamped value.
             q = min(p, h_out - 1) if lower else max(p, 1)
-            r, f = _chain_rows(uc.post, q, lower, post_w)
-            m, fm = _chain_rows(uc.main, r, lower, main_w)
+            r, f = _chain_rows(uc.post, q, lower, post_w, first)
+            m, fm = _chain_rows(uc.main, r, lower, main_w, first) if uc.main else (r, 0)
             f += fm + uc.add_per_pixel * w_out * q
-            if uc.shortcut is not None:
-                s, fs = _chain_rows(uc.shortcut, r, lower, sc_w) if uc.shortcut else (r, 0)
+            for branch, bw in zip(uc.branches, branch_w, strict=True):
+                s, fs = _chain_rows(branch, r, lower, bw, first) if branch else (r, 0)
                 f += fs
                 m = min(m, s) if lower else max(m, s)
             rows.append(m)
@@ -277,6 +313,11 @@ class StripTable:
         self.separable = all(_full_width_closed(u) for u in spec.units)
         self._work = Workload(spec)
         self._rows = tuple(_unit_rows(u, uc) for u, uc in zip(spec.units, compiled, strict=True))
+        # Units that need a scale vector cost less as the first of a range.
+        self._first_rows = tuple(
+            _unit_rows(u, uc, True) if uc.scaled else r
+            for u, uc, r in zip(spec.units, compiled, self._rows, strict=True)
+        )
         self.kinds: tuple[str, ...] = tuple(dict.fromkeys(u.kind for u in spec.units))
         self._kind_of = tuple(self.kinds.index(u.kind) for u in spec.units)
         # (i, j) -> (lo_row, hi_row, per-kind flo, per-kind fhi), each indexed by row 0..H_j
@@ -302,7 +343,7 @@ class StripTable:
                 [[0] * (h + 1) for _ in range(nk)],
             )
         else:
-            ur = self._rows[j - 1]
+            ur = self._first_rows[j - 1] if j - 1 == i else self._rows[j - 1]
             k = self._kind_of[j - 1]
             plo, phi, pflo, pfhi = self._table(i, j - 1)
             lo = [plo[x] for x in ur.lo]
@@ -352,7 +393,4 @@ def _full_width_closed(u: Unit) -> bool:
     ut = trace_unit(u, Region(Span(0, 1), Span(0, w)))
     if ut.need.cols != Span(0, u.in_shape[2]):
         return False
-    for step in ut.main + (ut.shortcut or ()) + ut.post:
-        if step.out.cols != Span(0, op_out_hw(step.op, step.in_hw)[1]):
-            return False
-    return True
+    return all(step.out.cols == Span(0, op_out_hw(step.op, step.in_hw)[1]) for step in ut.steps)

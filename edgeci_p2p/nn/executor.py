@@ -5,6 +5,11 @@ the slab to the region the op reads, pad only at real borders (zeros for convs,
 -inf for max-pools), then run the op with padding 0. Element-wise ops run their
 torch module as it is (they see only pixels of their own region); a
 squeeze-and-excitation runs on the whole map it reads and its output is cropped.
+A squeeze-and-excitation cut at its input (``sescale``, a synchronisation point)
+multiplies by its scale vector: given with the work when the unit starts the range
+(:meth:`FusedExecutor.scales` makes it from the whole map at that boundary, as the
+unsplit module does), else made here from the whole map the tile then reads.
+Branches merged by a concatenation are run each and concatenated along channels.
 The result is exactly the requested output region of the unsplit network's map.
 
 ``split`` and ``stitch`` are inverses: for regions that tile a map exactly once,
@@ -13,14 +18,15 @@ The result is exactly the requested output region of the unsplit network's map.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops.misc import SqueezeExcitation
 
 from edgeci_p2p.core.geometry import OpStep, Region, Trace, UnitTrace, full_region, trace
-from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.units import SCALED, ModelSpec
 from edgeci_p2p.nn.graph import Extracted, extract, run_nodes
 
 
@@ -71,11 +77,28 @@ class FusedExecutor:
 
     # ---- one op ---------------------------------------------------------------------------
 
-    def _op(self, step: OpStep, x: Tensor, fresh: bool) -> Tensor:
+    def _op(self, step: OpStep, x: Tensor, fresh: bool, scales: Mapping[str, Tensor]) -> Tensor:
         """Run one op on ``x``, which holds exactly ``step.need``."""
         op, p = step.op, step.pad
         if op.kind == "scale":  # a parameter, not a module
             return x * self.model.get_parameter(op.module)
+        if op.kind == "slice":
+            return x[:, op.offset : op.offset + op.out_channels]
+        if op.kind in SCALED:
+            scale = scales.get(op.module)
+            if scale is None:
+                if step.need != full_region(*step.in_hw):
+                    raise ValueError(
+                        f"{op.module}: a tile of this squeeze-and-excitation needs its scale "
+                        "vector, made from the whole map at the unit's input"
+                    )
+                return crop(self._scale(op.module, x) * x, step.need, step.out)
+            if tuple(scale.shape) != (x.shape[0], op.in_channels, 1, 1):
+                raise ValueError(
+                    f"{op.module}: scale vector of shape {tuple(scale.shape)}, "
+                    f"need {(x.shape[0], op.in_channels, 1, 1)}"
+                )
+            return scale * x  # as SqueezeExcitation.forward: scale * input
         m = self._modules[op.module]
         if op.kind in ("conv", "maxpool"):
             # The symmetric part of the border padding is left to the op itself (no
@@ -106,34 +129,82 @@ class FusedExecutor:
             x = x.clone()  # torchvision's activations run in place: not on the caller's slab
         return m(x)  # type: ignore[no-any-return]
 
-    def _chain(self, steps: Sequence[OpStep], x: Tensor, x_region: Region) -> Tensor:
+    def _scale(self, module: str, x: Tensor) -> Tensor:
+        m = self._modules[module]
+        assert isinstance(m, SqueezeExcitation)
+        return m._scale(x)
+
+    def _chain(
+        self,
+        steps: Sequence[OpStep],
+        x: Tensor,
+        x_region: Region,
+        scales: Mapping[str, Tensor],
+        out: Region | None = None,
+    ) -> Tensor:
+        """Run ``steps`` on ``x`` (holding ``x_region``); an empty chain (an identity
+        branch) hands back ``out`` of ``x``."""
+        if not steps:
+            assert out is not None
+            return crop(x, x_region, out)
         fresh = False  # never modify the caller's slab in place
         for step in steps:
-            x = self._op(step, crop(x, x_region, step.need), fresh)
-            # Identities and permutes hand back their input (or a view of it).
-            x_region, fresh = step.out, fresh or step.op.kind not in ("identity", "permute")
+            x = self._op(step, crop(x, x_region, step.need), fresh, scales)
+            # Identities, permutes and slices hand back their input (or a view of it).
+            x_region = step.out
+            fresh = fresh or step.op.kind not in ("identity", "permute", "slice")
         return x
 
-    def _unit(self, ut: UnitTrace, x: Tensor, x_region: Region) -> Tensor:
-        y = self._chain(ut.main, x, x_region)
+    def _unit(
+        self, ut: UnitTrace, x: Tensor, x_region: Region, scales: Mapping[str, Tensor]
+    ) -> Tensor:
+        joined = ut.post[0].need if ut.post else ut.out
+        y = self._chain(ut.main, x, x_region, scales, joined)
         if ut.shortcut is not None:
-            main_out = ut.main[-1].out
-            if ut.shortcut:
-                s = self._chain(ut.shortcut, x, x_region)
-            else:
-                s = crop(x, x_region, main_out)
-            y = y + s
-            if ut.post:
-                y = self._chain(ut.post, y, main_out)
-        elif ut.post:
-            y = self._chain(ut.post, y, ut.main[-1].out)
+            others = (ut.shortcut, *ut.more)
+            branches = [self._chain(b, x, x_region, scales, joined) for b in others]
+            y = torch.cat([y, *branches], 1) if ut.unit.merge == "cat" else y + branches[0]
+        if ut.post:
+            y = self._chain(ut.post, y, joined, scales)
         return y
+
+    @torch.no_grad()
+    def scales(self, start: int, x: Tensor) -> dict[str, Tensor]:
+        """The scale vectors unit ``start`` needs (``Unit.needs_scale``), made from the
+        whole map ``x`` at boundary ``start`` exactly as the unsplit module makes
+        them: what the auctioneer sends with a stage's slabs. ``{}`` if none."""
+        unit = self.spec.units[start]
+        if not unit.needs_scale:
+            return {}
+        _, h, w = self.spec.shape_at(start)
+        if tuple(x.shape[1:]) != self.spec.shape_at(start):
+            raise ValueError(f"map of shape {tuple(x.shape)} is not the whole map at {start}")
+        tr = trace(self.spec, start, start + 1, full_region(h, w))
+        out: dict[str, Tensor] = {}
+        for chain in (tr.units[0].main, tr.units[0].shortcut or (), *tr.units[0].more):
+            y, region = x, full_region(h, w)
+            for step in chain:
+                if step.op.kind in SCALED:
+                    out[step.op.module] = self._scale(step.op.module, y)
+                    break
+                if step.op.window is not None:
+                    raise ValueError(f"{step.op.module}: a window op before a scale vector")
+                y, region = self._op(step, crop(y, region, step.need), False, {}), step.out
+        return out
 
     # ---- public ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run_trace(self, tr: Trace, slab: Tensor, slab_region: Region) -> Tensor:
-        """Run a trace on ``slab`` (holding ``slab_region`` of boundary ``tr.start``'s map)."""
+    def run_trace(
+        self,
+        tr: Trace,
+        slab: Tensor,
+        slab_region: Region,
+        scales: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Run a trace on ``slab`` (holding ``slab_region`` of boundary ``tr.start``'s map);
+        ``scales``: the scale vectors the first unit needs (:meth:`scales`), by module;
+        without them a tile of such a unit must hold the whole map."""
         if not slab_region.contains(tr.need):
             raise ValueError(
                 f"slab {slab_region} does not hold the input {tr.need} that units "
@@ -146,7 +217,7 @@ class FusedExecutor:
             raise ValueError(f"slab region {slab_region} outside the {h}x{w} map")
         x, region = slab, slab_region
         for ut in tr.units:
-            x = self._unit(ut, x, region)
+            x = self._unit(ut, x, region, scales or {})
             region = ut.out
         return x
 
@@ -167,13 +238,16 @@ class FusedExecutor:
 
     @torch.no_grad()
     def run_tiled(self, start: int, stop: int, regions: Sequence[Region], x: Tensor) -> Tensor:
-        """Compute boundary ``stop``'s map tile by tile from the whole map ``x`` and stitch it."""
+        """Compute boundary ``stop``'s map tile by tile from the whole map ``x`` and stitch it
+        (the scale vectors unit ``start`` needs made once from ``x``, as the auctioneer
+        makes them)."""
         _, h_in, w_in = self.spec.shape_at(start)
         whole = full_region(h_in, w_in)
+        scales = self.scales(start, x)
         pieces = []
         for r in regions:
             tr = trace(self.spec, start, stop, r)
-            pieces.append(self.run_trace(tr, crop(x, whole, tr.need), tr.need))
+            pieces.append(self.run_trace(tr, crop(x, whole, tr.need), tr.need, scales))
         _, h, w = self.spec.shape_at(stop)
         return stitch(pieces, regions, h, w)
 
@@ -186,21 +260,32 @@ class FusedExecutor:
         g = self.graph
         if stop == start:
             return x
-        y, _ = run_nodes(self.model, g.graph, {g.boundaries[start]: x}, g.boundaries[stop])
-        return y
+        names = g.boundaries[stop]
+        y, kept = run_nodes(self.model, g.graph, self._inputs(start, x), names[-1], names)
+        return torch.cat([kept[n] for n in names], 1) if len(names) > 1 else y
+
+    def _inputs(self, boundary: int, x: Tensor) -> dict[str, Tensor]:
+        """The graph nodes' values a map at ``boundary`` stands for (a carried boundary:
+        its channel-concatenated nodes, split apart)."""
+        g = self.graph
+        names, chans = g.boundaries[boundary], g.channels[boundary]
+        return dict(zip(names, torch.split(x, list(chans), 1), strict=True))
 
     @torch.no_grad()
     def activations(self, x: Tensor) -> list[Tensor]:
         """The unsplit map at every boundary 0..n, in one pass of the model's graph."""
         g = self.graph
-        _, kept = run_nodes(
-            self.model, g.graph, {g.boundaries[0]: x}, g.boundaries[-1], g.boundaries[1:]
-        )
-        return [x] + [kept[b] for b in g.boundaries[1:]]
+        keep = [n for names in g.boundaries[1:] for n in names]
+        _, kept = run_nodes(self.model, g.graph, self._inputs(0, x), g.boundaries[-1][0], keep)
+        return [x] + [
+            torch.cat([kept[n] for n in names], 1) if len(names) > 1 else kept[names[0]]
+            for names in g.boundaries[1:]
+        ]
 
     @torch.no_grad()
     def head(self, x: Tensor) -> Tensor:
         """Global pool + classifier on the whole last feature map: the logits."""
         g = self.graph
-        y, _ = run_nodes(self.model, g.graph, {g.boundaries[-1]: x}, g.head_nodes[-1])
+        last = len(g.boundaries) - 1
+        y, _ = run_nodes(self.model, g.graph, self._inputs(last, x), g.head_nodes[-1])
         return y

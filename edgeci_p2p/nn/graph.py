@@ -8,15 +8,27 @@ and LayerNorm2d modules stay whole (leaves), everything else is traced through.
   one tensor is live (computed and still to be read): every path from the input
   crosses it. Only those before a window op (conv, pool) are kept, so that the
   element-wise ops after a conv (BN, activations, norms) stay in its unit, as the
-  class-based extractor grouped them.
+  class-based extractor grouped them; and those before a squeeze-and-excitation.
 * **Units**: the nodes between two cut points. A chain of single-input nodes is a
-  plain unit; two chains from the unit's input merged by an add (or a channel
-  concatenation) then a chain is a block (``main``, ``shortcut``, ``post``). Other
-  shapes are refused.
+  plain unit; two chains from the unit's input merged by an add then a chain is a
+  block (``main``, ``shortcut``, ``post``); two or more chains concatenated along
+  channels, each map at the same rows and columns, then a chain is a ``cat`` block.
+  Other shapes are refused (a concatenation along rows or columns, of maps of other
+  sizes, several merges between two cut points as in DenseNet).
+* **Squeeze-and-excitation as a synchronisation point**: a cut is made at the SE's
+  input, and the unit after it starts with ``sescale``, the channel-wise multiply by
+  a scale vector made from the whole map at that cut (by whoever gathers it: the
+  auctioneer). Inside a residual block two tensors are live there; when the
+  shortcut's output has the SE input's rows and columns, the cut carries both as
+  one map, ``cat(SE input, shortcut output)``: the first unit is a ``cat`` block
+  (main up to the SE, the shortcut), the second slices them apart, scales, runs the
+  rest of main and adds. Otherwise the SE stays inside its unit as ``se`` (a tile
+  of it reads the whole map).
 * **Ops**: convs (any groups: depthwise is ``groups == C``) and max-pools carry their
   window; BN, activations, per-pixel LayerNorm/Linear over channels between the
   permutes that move the channel axis, layer scales, dropout and stochastic depth
-  (identities in eval) are element-wise; a squeeze-and-excitation is ``se`` (global).
+  (identities in eval) are element-wise; a squeeze-and-excitation is ``sescale`` or
+  ``se`` (above).
   Anything else is refused with :class:`UnsupportedModelError` naming the op.
 * **Head**: the nodes from the first global pool on, run as they are by
   :func:`run_nodes` on the whole last map.
@@ -45,7 +57,7 @@ from torchvision.ops.misc import Permute, SqueezeExcitation
 from torchvision.ops.stochastic_depth import StochasticDepth
 
 from edgeci_p2p.core.geometry import op_out_hw
-from edgeci_p2p.core.units import Head, ModelSpec, Op, Unit, Window
+from edgeci_p2p.core.units import Head, Merge, ModelSpec, Op, Unit, Window
 
 
 class UnsupportedModelError(ValueError):
@@ -146,6 +158,8 @@ class _Describer:
         if n.op == "call_module":
             name = str(n.target)
             return self._module_op(name, self.modules[name], x)
+        if n.op == "call_function" and n.target in (F.relu, torch.relu):
+            return Op("relu", x.c, x.c), x
         if n.op == "call_function" and n.target in (operator.mul, torch.mul):
             params = [
                 p for a in n.args if isinstance(a, fx.Node) and (p := self._param(a)) is not None
@@ -234,6 +248,10 @@ def _is_window(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
+def _is_se(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return n.op == "call_module" and isinstance(modules.get(str(n.target)), SqueezeExcitation)
+
+
 def _unit_name(index: int, ops: Sequence[Op], block: bool) -> str:
     """The module of a one-op unit; else the ops' common module, then the range of
     its children they span: ``features.0-2`` (VGG), ``layer1.0`` (a block: pass only
@@ -266,8 +284,12 @@ class Extracted:
 
     spec: ModelSpec
     graph: fx.Graph
-    boundaries: tuple[str, ...]
-    """Node name of each boundary 0..n (0: the input placeholder)."""
+    boundaries: tuple[tuple[str, ...], ...]
+    """Node names of each boundary 0..n (0: the input placeholder): one, or two whose
+    maps the boundary carries concatenated along channels (a squeeze-and-excitation's
+    input and its block's shortcut output)."""
+    channels: tuple[tuple[int, ...], ...]
+    """The channels of each of those nodes' maps."""
     head_nodes: tuple[str, ...]
     """The nodes of the head, from the first global pool to the output."""
 
@@ -289,20 +311,32 @@ def extract(
     last_use = {n: max((pos[u] for u in n.users if u in pos), default=pos[n]) for n in nodes}
     if len(_tensor_args(nodes[head_at])) != 1 or _tensor_args(nodes[head_at])[0] is not feats[-1]:
         raise UnsupportedModelError(f"{name}: the head does not start from the last feature map")
-    # Cut points: exactly one tensor live after node i, and a window op next.
+    # Cut points: exactly one tensor live after node i, and a window op or a
+    # squeeze-and-excitation next (none right after an SE's cut: the SE's multiply
+    # alone would be a unit).
     cuts = [0]
     live: set[fx.Node] = set()
     for i, n in enumerate(feats):
         live.add(n)
         live = {v for v in live if last_use[v] > i}
-        if i and live == {n} and i + 1 < len(feats) and _is_window(feats[i + 1], modules):
+        if not i or live != {n} or i + 1 >= len(feats):
+            continue
+        if _is_se(feats[i + 1], modules) or (
+            _is_window(feats[i + 1], modules)
+            and not (cuts[-1] == i - 1 and _is_se(feats[i], modules))
+        ):
             cuts.append(i)
     if cuts[-1] != len(feats) - 1:
         cuts.append(len(feats) - 1)
     units: list[Unit] = []
+    bounds: list[tuple[str, ...]] = [(feats[0].name,)]
+    chans: list[tuple[int, ...]] = [(3,)]
     vals: dict[fx.Node, _Val] = {feats[0]: _Val(3, height, width)}
     for a, b in itertools.pairwise(cuts):
-        units.append(_unit(len(units), feats[a], feats[a + 1 : b + 1], vals, d))
+        for u, names, cs in _units(len(units), feats[a], feats[a + 1 : b + 1], vals, d):
+            units.append(dataclasses.replace(u, index=len(units)))
+            bounds.append(names)
+            chans.append(cs)
     seen: dict[str, int] = {}
     for i, u in enumerate(units):
         if u.name in seen:  # names are for people and logs; keep them unique
@@ -311,12 +345,8 @@ def extract(
     last = feats[-1]
     head = _head(model, name, nodes[head_at:], vals[last], modules)
     spec = ModelSpec(name, (3, height, width), tuple(units), head, fingerprint)
-    return Extracted(
-        spec,
-        graph,
-        tuple(feats[i].name for i in cuts),
-        tuple(n.name for n in nodes[head_at:]),
-    )
+    head_nodes = tuple(n.name for n in nodes[head_at:])
+    return Extracted(spec, graph, tuple(bounds), tuple(chans), head_nodes)
 
 
 def _chain(
@@ -344,13 +374,33 @@ def _chain(
     return tuple(ops)
 
 
-def _unit(
+def _cat_dim(n: fx.Node) -> int:
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", n.kwargs.get("axis", 0))
+    if not isinstance(dim, int):
+        raise UnsupportedModelError(f"node {n.name}: concatenation along a computed dim")
+    return dim
+
+
+def _kind(ops: Sequence[Op], block: bool) -> str:
+    if any(op.is_depthwise for op in ops):
+        return "dw"
+    if block:
+        return "block"
+    if all(op.kind == "maxpool" or op.window is None for op in ops):
+        return "pool"
+    return "conv"
+
+
+def _units(
     index: int,
     start: fx.Node,
     body: list[fx.Node],
     vals: dict[fx.Node, _Val],
     d: _Describer,
-) -> Unit:
+) -> list[tuple[Unit, tuple[str, ...], tuple[int, ...]]]:
+    """The unit(s) between two cut points, each with the node names and channels of the
+    boundary after it: one unit, or two when a residual block's squeeze-and-excitation
+    becomes a synchronisation point (module docstring)."""
     members = set(body)
     merges = [
         n
@@ -361,31 +411,51 @@ def _unit(
     x_in = vals[start]
     if x_in.nhwc:
         raise UnsupportedModelError(f"node {start.name}: a cut point in channels-last layout")
-    shortcut: tuple[Op, ...] | None = None
+    chains: list[tuple[Op, ...]] = []
+    branches: list[fx.Node] = []
     post: tuple[Op, ...] = ()
+    merge_kind: Merge = "add"
     if not merges:
-        main = _chain(start, body[-1], members, vals, d)
+        chains = [_chain(start, body[-1], members, vals, d)]
     elif len(merges) == 1:
         merge = merges[0]
         branches = _tensor_args(merge)
-        if len(branches) != 2:
-            raise UnsupportedModelError(f"node {merge.name}: merges {len(branches)} branches")
-        if merge.target in _CATS:
-            raise UnsupportedModelError(f"node {merge.name}: concatenation is not supported yet")
         members.discard(merge)
-        chains = [_chain(start, br, members, vals, d) for br in branches]
+        if merge.target in _CATS:
+            merge_kind = "cat"
+            if len(branches) < 2:
+                raise UnsupportedModelError(f"node {merge.name}: concatenates one map")
+            dim = _cat_dim(merge)
+            chains = [_chain(start, br, members, vals, d) for br in branches]
+            outs = [vals.get(br, x_in) for br in branches]
+            if dim not in (1, -3) or any(v.nhwc for v in outs):
+                raise UnsupportedModelError(
+                    f"node {merge.name}: concatenation along dim {dim}, not the channels"
+                )
+            if len({(v.h, v.w) for v in outs}) != 1:
+                raise UnsupportedModelError(
+                    f"node {merge.name}: concatenates maps of other sizes "
+                    f"{[(v.h, v.w) for v in outs]}"
+                )
+            vals[merge] = _Val(sum(v.c for v in outs), outs[0].h, outs[0].w)
+        else:
+            if len(branches) != 2:
+                raise UnsupportedModelError(f"node {merge.name}: merges {len(branches)} branches")
+            chains = [_chain(start, br, members, vals, d) for br in branches]
 
-        def weight(ops: tuple[Op, ...]) -> tuple[int, int]:
-            return (sum(op.window is not None for op in ops), len(ops))
+            def weight(ops: tuple[Op, ...]) -> tuple[int, int]:
+                return (sum(op.window is not None for op in ops), len(ops))
 
-        k = 0 if weight(chains[0]) >= weight(chains[1]) else 1
-        main, shortcut = chains[k], chains[1 - k]
-        a, b = vals.get(branches[k], x_in), vals.get(branches[1 - k], x_in)
-        if (a.c, a.h, a.w, a.nhwc) != (b.c, b.h, b.w, b.nhwc) or a.nhwc:
-            raise UnsupportedModelError(
-                f"node {merge.name}: adds maps of shapes {(a.c, a.h, a.w)} and {(b.c, b.h, b.w)}"
-            )
-        vals[merge] = a
+            if weight(chains[0]) < weight(chains[1]):
+                chains.reverse()
+                branches.reverse()
+            a, b = vals.get(branches[0], x_in), vals.get(branches[1], x_in)
+            if (a.c, a.h, a.w, a.nhwc) != (b.c, b.h, b.w, b.nhwc) or a.nhwc:
+                raise UnsupportedModelError(
+                    f"node {merge.name}: adds maps of shapes "
+                    f"{(a.c, a.h, a.w)} and {(b.c, b.h, b.w)}"
+                )
+            vals[merge] = a
         members.add(merge)
         post = _chain(merge, body[-1], members, vals, d) if body[-1] is not merge else ()
     else:
@@ -395,27 +465,83 @@ def _unit(
     out = vals[body[-1]]
     if out.nhwc:
         raise UnsupportedModelError(f"node {body[-1].name}: a cut point in channels-last layout")
-    ops = main + (shortcut or ()) + post
-    block = shortcut is not None
-    name = _unit_name(index, main + (shortcut or ()) if block else ops, block)
-    if any(op.is_depthwise for op in ops):
-        kind = "dw"
-    elif shortcut is not None:
-        kind = "block"
-    elif all(op.kind == "maxpool" or op.window is None for op in ops):
-        kind = "pool"
-    else:
-        kind = "conv"
-    return Unit(
+    main = chains[0]
+    if not branches and main and main[0].kind == "se":
+        # The unit starts at an SE's input (a cut made for it): a synchronisation point.
+        main = (dataclasses.replace(main[0], kind="sescale"), *main[1:])
+    block = bool(branches)
+    shortcut = chains[1] if block else None
+    more = tuple(chains[2:])
+    ops = main + (shortcut or ()) + tuple(o for c in more for o in c) + post
+    name = _unit_name(index, ops[: len(ops) - len(post)] if block else ops, block)
+    unit = Unit(
         index,
         name,
-        kind,  # type: ignore[arg-type]
+        _kind(ops, block),  # type: ignore[arg-type]
         main,
         (x_in.c, x_in.h, x_in.w),
         (out.c, out.h, out.w),
         shortcut,
         post,
+        merge_kind,
+        more,
     )
+    whole = [(unit, (body[-1].name,), (out.c,))]
+    if merge_kind != "add" or not block:
+        return whole
+    return _se_split(unit, body, branches, vals) or whole
+
+
+def _se_split(
+    unit: Unit, body: list[fx.Node], branches: list[fx.Node], vals: dict[fx.Node, _Val]
+) -> list[tuple[Unit, tuple[str, ...], tuple[int, ...]]] | None:
+    """A residual block with one squeeze-and-excitation on its main branch as two units
+    cut at the SE's input, the cut carrying ``cat(SE input, shortcut output)``; None
+    where the two maps differ in rows or columns (the SE then stays inside, global)."""
+    ses = [k for k, op in enumerate(unit.main) if op.kind == "se"]
+    if len(ses) != 1 or sum(op.kind == "se" for op in unit.ops) != 1:
+        return None
+    k = ses[0]
+    se_node = next(
+        n for n in body if n.op == "call_module" and str(n.target) == unit.main[k].module
+    )
+    s_node = _tensor_args(se_node)[0]
+    s_val = vals[s_node]
+    c_node = branches[1]
+    c_val = vals[c_node]  # the block's input for an identity shortcut
+    _, h_out, w_out = unit.out_shape
+    if (s_val.h, s_val.w) != (c_val.h, c_val.w) or (s_val.h, s_val.w) != (h_out, w_out):
+        return None
+    carried = (s_val.c + c_val.c, s_val.h, s_val.w)
+    head, tail = unit.main[:k], unit.main[k:]
+    first = Unit(
+        unit.index,
+        f"{unit.name}/pre-se",
+        _kind(head + (unit.shortcut or ()), True),  # type: ignore[arg-type]
+        head,
+        unit.in_shape,
+        carried,
+        unit.shortcut,
+        merge="cat",
+    )
+    sl_s = Op("slice", carried[0], s_val.c, offset=0)
+    sl_c = Op("slice", carried[0], c_val.c, offset=s_val.c)
+    main = (sl_s, dataclasses.replace(tail[0], kind="sescale"), *tail[1:])
+    second = Unit(
+        unit.index + 1,
+        f"{unit.name}/se",
+        _kind(main + unit.post, True),  # type: ignore[arg-type]
+        main,
+        carried,
+        unit.out_shape,
+        (sl_c,),
+        unit.post,
+    )
+    c_name = c_node.name
+    return [
+        (first, (s_node.name, c_name), (s_val.c, c_val.c)),
+        (second, (body[-1].name,), (unit.out_shape[0],)),
+    ]
 
 
 def _head(
@@ -465,14 +591,14 @@ def run_nodes(
         return fx.node.map_arg(a, lambda n: env[n.name])
 
     needed: set[str] = set()
-    stack = [nodes[stop]]
+    stack = [nodes[stop], *(nodes[k] for k in want)]
     while stack:
         n = stack.pop()
         if n.name in needed or n.name in inputs:
             continue
         needed.add(n.name)
         stack.extend(n.all_input_nodes)
-    kept: dict[str, Tensor] = {}
+    kept: dict[str, Tensor] = {k: v for k, v in inputs.items() if k in want}
     for n in graph.nodes:
         if n.name not in needed:
             continue

@@ -145,7 +145,7 @@ class ModelWeights:
         """The parts units ``[start, stop)`` of ``spec`` run with."""
         out: set[str] = set()
         for unit in spec.units[start:stop]:
-            for op in unit.main + (unit.shortcut or ()) + unit.post:
+            for op in unit.ops:
                 if op.module:
                     out.add(self.part(op.module))
         return frozenset(out & set(self._slots))
