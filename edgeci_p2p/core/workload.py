@@ -42,6 +42,8 @@ class _OpC:
     it writes."""
     fixed: int = 0
     """FLOPs it spends whatever it writes (:func:`~edgeci_p2p.core.geometry.op_fixed_flops`)."""
+    out_w: int = 0
+    """The width of the map it writes (ceil-mode pools included)."""
     scaled: tuple[int, int] | None = None
     """A ``sescale``: as ``whole`` unless its scale vector comes with the work (the
     unit starts the range), then pointwise with no fixed FLOPs."""
@@ -60,8 +62,10 @@ def _compile_chain(ops: tuple[Op, ...], in_hw: tuple[int, int]) -> tuple[_OpC, .
             )
         whole = hw if op.kind in GLOBAL else None
         scaled = hw if op.kind in SCALED else None
-        out.append(_OpC(win, op_flops(op, 1), whole, op_fixed_flops(op, hw), scaled))
-        hw = op_out_hw(op, hw)
+        out_hw = op_out_hw(op, hw)
+        fixed = op_fixed_flops(op, hw)
+        out.append(_OpC(win, op_flops(op, 1), whole, fixed, out_hw[1], scaled))
+        hw = out_hw
     return tuple(out)
 
 
@@ -260,14 +264,7 @@ def _chain_rows(
 
 
 def _chain_widths(chain: tuple[_OpC, ...], in_w: int) -> list[int]:
-    ws = []
-    w = in_w
-    for c in chain:
-        if c.win is not None:
-            k, s, pad, d, _ = c.win[1]
-            w = (w + 2 * pad - d * (k - 1) - 1) // s + 1
-        ws.append(w)
-    return ws
+    return [c.out_w for c in chain]
 
 
 def _unit_rows(u: Unit, uc: _UnitC, first: bool = False) -> _UnitRows:
