@@ -308,6 +308,13 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
             )
         if st.transfer == "halo" or after_halo:
             _check_resident(st, w, where, "halo stage" if st.transfer == "halo" else "stage")
+        if spec.units[st.start].needs_scale and (after_halo or st.transfer == "halo"):
+            # A synchronisation point: the auctioneer makes the scale vector from the
+            # whole map at this boundary and sends it with the slabs (tile requests).
+            raise PlanError(
+                f"{where} starts with a squeeze-and-excitation scale: boundary {st.start} "
+                "must gather, and a halo segment may not start there"
+            )
         _, hi, wi = spec.shape_at(st.start)
         whole_in = full_region(hi, wi)
         for p in st.parts:

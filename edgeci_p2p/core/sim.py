@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgeci_p2p.core.cost import Testbed
-from edgeci_p2p.core.geometry import FLOAT32_BYTES, head_flops
+from edgeci_p2p.core.geometry import FLOAT32_BYTES, head_flops, op_fixed_flops
 from edgeci_p2p.core.pieces import edge_first_pieces
 from edgeci_p2p.core.plan import Plan, RowMove, Stage, moves_between, segments
-from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.core.units import SCALED, ModelSpec
 from edgeci_p2p.core.workload import Workload
 
 Lane = Literal["compute", "send", "recv"]
@@ -223,9 +223,32 @@ def _one_task_per_device_end(tasks: Sequence[Task], testbed: Testbed, t0: float)
     return end
 
 
+def scale_flops(spec: ModelSpec, start: int) -> int:
+    """FLOPs of the scale vectors unit ``start`` needs (its squeeze-and-excitation's mean
+    and 1x1 convs), made once by the auctioneer from the gathered map; 0 if none."""
+    u = spec.units[start]
+    hw = (u.in_shape[1], u.in_shape[2])
+    return sum(op_fixed_flops(op, hw) for op in u.ops if op.kind in SCALED)
+
+
+def scale_bytes(spec: ModelSpec, start: int) -> int:
+    """Bytes of those vectors in each tile request (float32)."""
+    u = spec.units[start]
+    return sum(op.in_channels for op in u.ops if op.kind in SCALED) * FLOAT32_BYTES
+
+
+def scale_seconds(spec: ModelSpec, testbed: Testbed, start: int) -> float:
+    """The auctioneer making them, before it sends a stage's first slab (a global pool
+    and small linear layers: timed with the head's fit)."""
+    flops = scale_flops(spec, start)
+    return testbed.devices[testbed.auctioneer].compute.seconds("head", flops) if flops else 0.0
+
+
 def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload) -> list[Task]:
-    """The parts of ``stage`` as tasks: slab bytes in, seconds of compute, bytes out."""
+    """The parts of ``stage`` as tasks: slab bytes in (with the scale vectors a stage
+    starting at a synchronisation point carries), seconds of compute, bytes out."""
     c_in = spec.shape_at(stage.start)[0]
+    vec = scale_bytes(spec, stage.start)
     c_out = spec.shape_at(stage.stop)[0]
     out: list[Task] = []
     for p in stage.parts:
@@ -234,7 +257,7 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
         secs = sum(model.seconds(kind, f) for kind, f in w.unit_flops)
         remote = p.device != testbed.auctioneer
         r0, r1, c0, c1 = w.need
-        in_b = spec.wire_bytes(stage.start, c_in * (r1 - r0) * (c1 - c0)) if remote else 0
+        in_b = spec.wire_bytes(stage.start, c_in * (r1 - r0) * (c1 - c0)) + vec if remote else 0
         out_b = spec.wire_bytes(stage.stop, c_out * p.region.area) if remote else 0
         label = f"[{stage.start},{stage.stop}) {p.region.rows.start}:{p.region.rows.stop}"
         out.append(Task(p.device, in_b, secs, out_b, label))
@@ -294,7 +317,10 @@ def simulate(
             nbytes = sum(x.in_bytes + x.out_bytes for x in tasks)
             moved += nbytes
             via_auctioneer += nbytes
-            t = run_stage(tasks, testbed, t, st.schedule == "pull", events, first)
+            pre = scale_seconds(spec, testbed, st.start)
+            if events is not None and pre > 0:
+                events.append(Event(testbed.auctioneer, "compute", t, t + pre, first, "scale"))
+            t = run_stage(tasks, testbed, t + pre, st.schedule == "pull", events, first)
             ends.append(t)
             continue
         seg = run_segment(plan.stages[first : last + 1], spec, testbed, work, t, events, first)

@@ -382,6 +382,8 @@ def _cat_dim(n: fx.Node) -> int:
 
 
 def _kind(ops: Sequence[Op], block: bool) -> str:
+    """``dw`` with a depthwise conv; ``block`` for a residual add (a concatenation is
+    costed as the convs it holds: the cost model's ``block`` fit is ResNet's blocks)."""
     if any(op.is_depthwise for op in ops):
         return "dw"
     if block:
@@ -477,7 +479,7 @@ def _units(
     unit = Unit(
         index,
         name,
-        _kind(ops, block),  # type: ignore[arg-type]
+        _kind(ops, block and merge_kind == "add"),  # type: ignore[arg-type]
         main,
         (x_in.c, x_in.h, x_in.w),
         (out.c, out.h, out.w),
@@ -517,7 +519,7 @@ def _se_split(
     first = Unit(
         unit.index,
         f"{unit.name}/pre-se",
-        _kind(head + (unit.shortcut or ()), True),  # type: ignore[arg-type]
+        _kind(head + (unit.shortcut or ()), False),  # type: ignore[arg-type]
         head,
         unit.in_shape,
         carried,

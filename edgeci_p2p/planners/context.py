@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from edgeci_p2p.core.cost import LinearFit, Testbed
 from edgeci_p2p.core.geometry import proportional_strips
 from edgeci_p2p.core.plan import Plan, Stage, single_stage, strip_stage
-from edgeci_p2p.core.sim import Task, head_seconds, run_stage
+from edgeci_p2p.core.sim import Task, head_seconds, run_stage, scale_bytes, scale_seconds
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import StripTable, Workload
 
@@ -60,6 +60,10 @@ class Context:
             for k in range(len(self.table.kinds))
         ]
         self._affine: dict[tuple[int, int, int], Affine] = {}
+        # A block starting at a synchronisation point: the auctioneer makes the scale
+        # vectors first and sends them with every remote slab (core/sim.py).
+        self._pre = [scale_seconds(spec, testbed, b) for b in range(self.n)]
+        self._vec = [scale_bytes(spec, b) for b in range(self.n)]
         self._tasks: dict[tuple[int, int, int, int, int], Task] = {}
 
     # ---- exact costs ------------------------------------------------------------------------
@@ -92,7 +96,7 @@ class Context:
         lo, hi = self.table.need_rows(i, j, a, b)
         return Task(
             device,
-            self.spec.wire_bytes(i, c_in * w_in * (hi - lo)),
+            self.spec.wire_bytes(i, c_in * w_in * (hi - lo)) + self._vec[i],
             secs,
             self.spec.wire_bytes(j, c_out * w_out * (b - a)),
         )
@@ -104,7 +108,7 @@ class Context:
             for a, b, d in zip(edges, edges[1:], devices, strict=False)
             if b > a
         ]
-        return run_stage(tasks, self.testbed)
+        return run_stage(tasks, self.testbed, self._pre[i])
 
     def own_link_seconds(self, device: int, i: int, j: int, a: int, b: int) -> float:
         """Rows ``[a, b)`` of units ``[i, j)`` on ``device`` as if its link were its own.
@@ -121,7 +125,7 @@ class Context:
 
     def single_cost(self, device: int, i: int, j: int) -> float:
         """Block ``[i, j)`` whole on ``device``: :meth:`own_link_seconds` of all its rows."""
-        return self.own_link_seconds(device, i, j, 0, self.spec.shape_at(j)[1])
+        return self._pre[i] + self.own_link_seconds(device, i, j, 0, self.spec.shape_at(j)[1])
 
     def lower_bound(self, i: int, j: int) -> float:
         """No split of block ``[i, j)`` can beat all devices computing it with no overhead."""

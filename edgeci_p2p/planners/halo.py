@@ -280,7 +280,11 @@ class _HaloDP:
                         if base + c < best_g:
                             best_g = base + c
                             gath[j] = _State(best_g, src, _Block(i, j, lay, "gather"))
-                    if j < n and base + lb < best_r:
+                    # No strips stay resident at a synchronisation point, and no
+                    # segment starts at one: the auctioneer makes its scale vectors.
+                    sync = j < n and ctx.spec.units[j].needs_scale
+                    sync = sync or (held is None and ctx.spec.units[i].needs_scale)
+                    if j < n and not sync and base + lb < best_r:
                         c, lay = self.cost(i, j, held, True)
                         if base + c < best_r:
                             best_r = base + c
