@@ -92,6 +92,18 @@ def samples() -> list[Message]:
             x.astype(np.float16),
             deadline_s=1.5,
         ),
+        TileRequest(
+            "req-1",
+            5,
+            "mobilenet_v3_large",
+            "ab12",
+            10,
+            11,
+            Rect((0, 2), (0, 5)),
+            Rect((0, 2), (0, 5)),
+            x[:, :, :2],
+            scale=rng.random((1, 72, 1, 1)).astype(np.float32),
+        ),
         TileResult("req-1", 3, rng.standard_normal((1, 64, 2, 5)).astype(np.float32), 0.02),
         HeadJob(
             "req-1",

@@ -65,9 +65,23 @@ class Stages:
         for part in stage.parts:
             self.auctioneer.mark_delivered(run.decision.round, nodes[part.device])
         me, m0 = self.node.node_id, time.monotonic()
+        scale = None
+        if spec.units[stage.start].needs_scale:
+            # A synchronisation point: the scale vectors from the whole map, once, here.
+            scale = await asyncio.get_running_loop().run_in_executor(
+                self.node.worker,
+                self.node.store.scales,
+                run.model,
+                run.input_hw,
+                stage.start,
+                cur.numpy(),
+            )
+            run.span(me, "scale", m0, time.monotonic(), "compute", si)
+            m0 = time.monotonic()
         jobs: dict[int, Coroutine[Any, Any, torch.Tensor]] = {}
         for pi, part in enumerate(stage.parts):
-            tile = Tile(GatherTile(si, pi), trace(spec, stage.start, stage.stop, part.region))
+            tr = trace(spec, stage.start, stage.stop, part.region)
+            tile = Tile(GatherTile(si, pi), tr, scale)
             slab = crop(cur, whole_in, tile.trace.need)
             jobs[pi] = self.tiles.run_part(run, nodes[part.device], tile, slab)
         run.span(me, "cut", m0, time.monotonic(), "control", si)

@@ -43,6 +43,8 @@ class Tile:
 
     id: GatherTile
     trace: Trace
+    scale: npt.NDArray[np.float32] | None = None
+    """The scale vectors the stage's first unit needs (made here from the gathered map)."""
 
 
 class TileDispatcher:
@@ -198,6 +200,7 @@ class TileDispatcher:
                     input_hw=run.input_hw,
                     pixels=True if px is not None else None,
                     trace=True if run.timeline is not None else None,
+                    scale=tile.scale,
                 )
             )
             m1 = time.monotonic()
@@ -244,6 +247,7 @@ class TileDispatcher:
             tile.trace.out,
             slab.numpy(),
             tile.trace.need,
+            tile.scale,
         )
         run.stats.computed(self.node.node_id, time.perf_counter() - t0)
         self.node.served(flops_by_kind(tile.trace).items(), stopped - started)

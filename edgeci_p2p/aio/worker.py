@@ -140,6 +140,7 @@ class PeerWorker:
                 out,
                 x,
                 slab,
+                req.scale,
             )
         except ValueError as e:  # WorkError included
             self.node.metrics.tile("tile", "failed")

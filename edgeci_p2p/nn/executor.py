@@ -194,6 +194,31 @@ class FusedExecutor:
 
     # ---- public ---------------------------------------------------------------------------
 
+    def scale_modules(self, start: int) -> list[tuple[str, int]]:
+        """(module, channels) of each scale vector unit ``start`` needs, in op order:
+        how they are joined along channels into one N x C x 1 x 1 tensor on the wire."""
+        ops = self.spec.units[start].ops
+        return [(op.module, op.in_channels) for op in ops if op.kind in SCALED]
+
+    def join_scales(self, start: int, scales: Mapping[str, Tensor]) -> Tensor | None:
+        """Unit ``start``'s scale vectors as one tensor (None if it needs none)."""
+        mods = self.scale_modules(start)
+        return torch.cat([scales[m] for m, _ in mods], 1) if mods else None
+
+    def split_scales(self, start: int, joined: Tensor | None) -> dict[str, Tensor]:
+        """The inverse of :meth:`join_scales` (checked against the unit's channels)."""
+        mods = self.scale_modules(start)
+        if joined is None:
+            return {}
+        want = sum(c for _, c in mods)
+        if not mods or joined.dim() != 4 or joined.shape[1:] != (want, 1, 1):
+            raise ValueError(
+                f"scale of shape {tuple(joined.shape)}: unit {start} takes "
+                f"{'N x ' + str(want) + ' x 1 x 1' if mods else 'none'}"
+            )
+        parts = torch.split(joined, [c for _, c in mods], 1)
+        return {m: p for (m, _), p in zip(mods, parts, strict=True)}
+
     @torch.no_grad()
     def run_trace(
         self,

@@ -346,8 +346,11 @@ class ModelStore:
         out: Region,
         slab: npt.NDArray[np.float32],
         slab_region: Region,
+        scale: npt.NDArray[np.float32] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Units ``[start, stop)`` of ``name`` (network input ``input_hw``) for region ``out``."""
+        """Units ``[start, stop)`` of ``name`` (network input ``input_hw``) for region ``out``;
+        ``scale``: unit ``start``'s squeeze-and-excitation scale vectors, joined
+        (:meth:`FusedExecutor.join_scales`), made by whoever gathered the map."""
         self.get(name, fingerprint)
         ex = self.executor(name, *input_hw)
         try:
@@ -357,10 +360,24 @@ class ModelStore:
         x = torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
         with self.using(name, self.weights[name].parts_for(ex.spec, start, stop)):
             try:
-                y = ex.run_trace(tr, x, slab_region)
+                vec = None if scale is None else torch.from_numpy(np.array(scale, np.float32))
+                y = ex.run_trace(tr, x, slab_region, ex.split_scales(start, vec))
             except ValueError as e:
                 raise WorkError(str(e)) from e
         return y.numpy()
+
+    def scales(
+        self, name: str, input_hw: tuple[int, int], start: int, x: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32] | None:
+        """Unit ``start``'s scale vectors from the whole map ``x`` at boundary ``start``,
+        joined (None if it needs none): what the auctioneer sends with the slabs."""
+        ex = self.executor(name, *input_hw)
+        if not ex.spec.units[start].needs_scale:
+            return None
+        with self.using(name, self.weights[name].parts_for(ex.spec, start, start + 1)):
+            joined = ex.join_scales(start, ex.scales(start, torch.from_numpy(x)))
+        assert joined is not None
+        return joined.numpy()
 
     def head(
         self,

@@ -577,7 +577,7 @@ class TileRequest(Message):
     """Run units [start, stop) of ``model`` over ``input`` to produce ``out``."""
 
     TYPE: ClassVar[str] = "tile_request"
-    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("input",)
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("input", "scale")
     request_id: str
     tile_id: int
     model: str
@@ -602,10 +602,23 @@ class TileRequest(Message):
     as the entry peer did (``nn/images.normalise``): a quarter of the bytes."""
     trace: bool | None = None
     """Report this tile's steps in ``tile_result.spans``."""
+    scale: TensorField | None = None
+    """N x C x 1 x 1: the squeeze-and-excitation scale vectors unit ``start`` multiplies
+    by (a synchronisation point), made by the auctioneer from the whole map at boundary
+    ``start``; sent only for such a unit."""
 
     def check(self) -> None:
         if not 0 <= self.start < self.stop:
             raise MessageError(f"tile_request: unit range [{self.start}, {self.stop}) is empty")
+        if self.scale is not None and (
+            self.scale.ndim != 4
+            or self.scale.shape[2:] != (1, 1)
+            or self.scale.shape[0] != self.input.shape[0]
+        ):
+            raise MessageError(
+                f"tile_request.scale: shape {list(self.scale.shape)}, need N x C x 1 x 1 "
+                "with the input's N"
+            )
         _check_pixels("tile_request", self.input, self.pixels, self.start)
         if self.input.ndim != 4:
             raise MessageError(f"tile_request.input: rank {self.input.ndim}, need N x C x H x W")
