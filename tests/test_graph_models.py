@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import random
 from collections.abc import Iterator
@@ -19,13 +20,15 @@ from torchvision.models import VGG
 from edgeci_p2p.core.geometry import (
     Region,
     Span,
+    full_region,
     grid,
     row_strips,
     tiles_cover_exactly,
     total_flops,
     trace,
 )
-from edgeci_p2p.core.sim import simulate
+from edgeci_p2p.core.plan import Part, PlanError, Stage, single_stage, validate
+from edgeci_p2p.core.sim import scale_seconds, simulate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import StripTable, Workload
 from edgeci_p2p.nn.executor import FusedExecutor
@@ -36,6 +39,7 @@ from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.wire.messages import TileRequest
 from tests.daemons import client, cluster, reference
 from tests.planfakes import check_plan
 
@@ -199,6 +203,70 @@ def test_whole_network_and_head_equal_the_model(
         torch.testing.assert_close(ex.head(feats) / scale, want / scale)
 
 
+def test_a_synchronisation_point_takes_its_scale_vector_from_the_whole_map(
+    executors: dict[str, tuple[FusedExecutor, list[Tensor]]],
+) -> None:
+    for name in ("mobilenet_v3_large", "efficientnet_b0"):
+        ex, maps = executors[name]
+        spec = ex.spec
+        u = next(u for u in spec.units if u.needs_scale and u.is_block)
+        b = u.index
+        _, h, w = spec.shape_at(b + 1)
+        top = Region(Span(0, h // 2), Span(0, w))
+        tr = trace(spec, b, b + 1, top)
+        slab = maps[b][:, :, tr.need.rows.start : tr.need.rows.stop]
+        with pytest.raises(ValueError, match="needs its scale vector"):
+            ex.run_trace(tr, slab, tr.need)
+        scales = ex.scales(b, maps[b])
+        joined = ex.join_scales(b, scales)
+        assert joined is not None and joined.shape == (1, u.in_shape[0] - u.out_shape[0], 1, 1)
+        assert ex.split_scales(b, joined).keys() == scales.keys()
+        with pytest.raises(ValueError, match="scale of shape"):
+            ex.split_scales(b, joined[:, 1:])
+        got = ex.run_trace(tr, slab, tr.need, ex.split_scales(b, joined))
+        scale = float(maps[b + 1].abs().max())
+        torch.testing.assert_close(got / scale, maps[b + 1][:, :, : h // 2] / scale)
+        # The cut carries cat(SE input, shortcut output): the unsplit graph's own maps.
+        assert ex.graph.channels[b] == (u.in_shape[0] - u.out_shape[0], u.out_shape[0])
+
+
+def test_planners_gather_at_synchronisation_points_and_count_the_scale() -> None:
+    spec = spec_for("efficientnet_b0", 96, 80)
+    tb = load_testbed("homog-4")
+    ctx = Context(spec, tb)
+    sync = [u.index for u in spec.units if u.needs_scale]
+    b = sync[0]
+    pre = scale_seconds(spec, tb, b)
+    assert pre > 0 and scale_seconds(spec, tb, b - 1) == 0
+    whole = ctx.compute_seconds(tb.auctioneer, b, b + 1, 0, spec.shape_at(b + 1)[1])
+    assert ctx.single_cost(tb.auctioneer, b, b + 1) == pytest.approx(pre + whole)
+    # Each remote slab carries the vectors (float32).
+    t = ctx.strip_task(1, b, b + 1, 0, 2)
+    lo, hi = ctx.table.need_rows(b, b + 1, 0, 2)
+    c, _, w = spec.shape_at(b)
+    vec = sum(op.in_channels for op in spec.units[b].ops if op.kind == "sescale")
+    assert vec == c and t.in_bytes == 4 * c * w * (hi - lo) + 4 * vec
+    for strategy in ("edgeci-halo", "modnn"):  # edgeci-halo runs edgeci's DP too
+        p = plan(strategy, spec, tb, ctx)
+        check_plan(p, spec, tb)
+        for k, stage in enumerate(p.stages):
+            halo = stage.transfer == "halo" or (k > 0 and p.stages[k - 1].transfer == "halo")
+            assert not (spec.units[stage.start].needs_scale and halo)
+        res = simulate(p, spec, tb, ctx.work)
+        starts = [s.start for s in p.stages if spec.units[s.start].needs_scale]
+        scaled = [e for e in res.events if e.label == "scale"]
+        assert len(scaled) == len(starts)
+        assert all(e.device == tb.auctioneer for e in scaled)
+    # A halo boundary at a synchronisation point is not a plan.
+    _, h, w = spec.shape_at(b)
+    halves = (Region(Span(0, h // 2), Span(0, w)), Region(Span(h // 2, h), Span(0, w)))
+    halo = Stage(b - 1, b, (Part(halves[0], 0), Part(halves[1], 1)), "halo")
+    after = Stage(b, spec.n_units, (Part(full_region(*spec.shape_at(spec.n_units)[1:]), 0),))
+    bad = dataclasses.replace(p, stages=(single_stage(spec, 0, b - 1, 0), halo, after))
+    with pytest.raises(PlanError, match="squeeze-and-excitation scale"):
+        validate(bad, spec)
+
+
 # ---- planning ----------------------------------------------------------------------------
 
 
@@ -220,19 +288,31 @@ def test_our_planners_emit_valid_plans_and_predict_what_the_simulator_says() -> 
 @pytest.mark.asyncio
 @pytest.mark.one_loop
 @pytest.mark.timeout(120)
-async def test_a_three_peer_cluster_serves_mobilenet_v2_exactly() -> None:
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large"])
+async def test_a_three_peer_cluster_serves_mobilenets_exactly(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     img = Image.open(sample_image_path()).convert("RGB").resize((112, 80))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     image = buf.getvalue()
-    ref = reference("mobilenet_v2", image, "native")
-    async with cluster(3, models=["mobilenet_v2"]) as peers, client(peers[1]) as c:
+    ref = reference(name, image, "native")
+    sent: list[int] = []  # MobileNetV3's scale vectors, made by the auctioneer and sent
+    real = TileRequest.check
+
+    def check(self: TileRequest) -> None:
+        real(self)
+        if self.scale is not None:
+            sent.append(self.start)
+
+    monkeypatch.setattr(TileRequest, "check", check)
+    async with cluster(3, models=[name]) as peers, client(peers[1]) as c:
         # modnn: every stage split over every peer, so the tiles really travel.
-        for strategy in ("modnn",):
-            r = await asyncio.wait_for(
-                c.infer(image, model="mobilenet_v2", strategy=strategy, size="native"), 60
-            )
-            got = torch.from_numpy(np.array(r.logits, dtype=np.float32)).reshape(ref.shape)
-            scale = float(ref.abs().max())
-            torch.testing.assert_close(got / scale, ref / scale)
-            assert r.strategy == strategy and len(r.plan["nodes"]) == 3
+        r = await asyncio.wait_for(c.infer(image, model=name, strategy="modnn", size="native"), 60)
+        got = torch.from_numpy(np.array(r.logits, dtype=np.float32)).reshape(ref.shape)
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(got / scale, ref / scale)
+        assert r.strategy == "modnn" and len(r.plan["nodes"]) == 3
+    spec = spec_for(name, 80, 112)
+    assert {spec.units[b].needs_scale for b in sent} <= {True}
+    assert len(set(sent)) == sum(u.needs_scale for u in spec.units)
