@@ -254,12 +254,15 @@ class FusedExecutor:
         slab: Tensor,
         slab_region: Region | None = None,
     ) -> Tensor:
-        """Units ``start .. stop-1`` producing ``out``; ``slab`` defaults to the whole map."""
+        """Units ``start .. stop-1`` producing ``out``; ``slab`` defaults to the whole map
+        (the scale vectors unit ``start`` may need are then made from it)."""
         tr = trace(self.spec, start, stop, out)
+        scales: dict[str, Tensor] = {}
         if slab_region is None:
             _, h, w = self.spec.shape_at(start)
             slab_region = full_region(h, w)
-        return self.run_trace(tr, slab, slab_region)
+            scales = self.scales(start, slab)
+        return self.run_trace(tr, slab, slab_region, scales)
 
     @torch.no_grad()
     def run_tiled(self, start: int, stop: int, regions: Sequence[Region], x: Tensor) -> Tensor:

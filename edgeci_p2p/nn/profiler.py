@@ -186,7 +186,9 @@ def measure(
                         c_in = unit.in_shape[0]
                         need = tr.need
                         slab = torch.randn((1, c_in, need.rows.size, need.cols.size), generator=gen)
-                        run = functools.partial(ex.run_trace, tr, slab, need)
+                        whole = torch.randn((1, *unit.in_shape), generator=gen)
+                        scales = ex.scales(unit.index, whole)  # an SE's vector, if any
+                        run = functools.partial(ex.run_trace, tr, slab, need, scales)
                         jobs.append((kind, float(tr.flops), run, f"{kind} {unit_name} x{rows}"))
             for model_name in heads:
                 ex = executor(model_name)
