@@ -64,8 +64,10 @@ def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
     assert {p["name"] for p in view if p["alive"]} == {"p0", "p1", "p2"}
 
     # Without an address: browse mDNS on 127.0.0.1 to find a peer, then ask it.
+    # (Another cluster announced on this host's loopback, a benchmark's, may be found
+    # beside this one: the browse must find these three.)
     found = answer(edgeci("peers", "--mdns-interface", "127.0.0.1", "--json"))
-    assert {p["name"] for p in found} == {"p0", "p1", "p2"}
+    assert {"p0", "p1", "p2"} <= {p["name"] for p in found}
 
     image = str(sample_image_path())
     out = infer_verified(f"127.0.0.1:{peers[1]}", image)
