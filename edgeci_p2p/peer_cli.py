@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeci_p2p.aio.client import parse_address
-from edgeci_p2p.meminfo import parse_size
+from edgeci_p2p.meminfo import one_malloc_arena, parse_size
 
 if TYPE_CHECKING:
     from edgeci_p2p.aio.config import PeerConfig
@@ -172,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         calibrate_speed=not args.no_speed_calibration,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
+        count_resident=True,  # this process is this one peer
         host_id=args.host_id,
         http=None if args.http is None else parse_http(args.http),
         plaintext=args.plaintext,
@@ -182,6 +183,10 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.memory_limit is not None:
+        # A person bounded this peer's memory: a compact heap for ~2% of latency
+        # (meminfo.one_malloc_arena); before torch and the daemon start threads.
+        one_malloc_arena()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 import torch
 
+from edgeci_p2p.aio.weights import holding
 from edgeci_p2p.auction.bidder import Bidder, Holding
 from edgeci_p2p.auction.messages import Award, CallForBids, WorkItem
 from edgeci_p2p.commands.peers import models_held
 from edgeci_p2p.core import cost
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
 from edgeci_p2p.core.geometry import full_region
-from edgeci_p2p.meminfo import Budget, cgroup_room, memory_budget, parse_size
+from edgeci_p2p.meminfo import (
+    Budget,
+    cgroup_room,
+    memory_budget,
+    one_malloc_arena,
+    parse_size,
+)
 from edgeci_p2p.nn.models import load_model, seed_tensor, seeded_pieces
 from edgeci_p2p.nn.runtime import ModelStore, OverMemory, shared_model
 from edgeci_p2p.nn.spec import spec_for
@@ -137,6 +144,37 @@ def test_a_budget_for_one_models_features_serves_two_by_dropping_the_least_recen
         assert max(peaks) <= budget
     finally:
         store.close()
+
+
+def test_what_work_leaves_resident_is_paid_from_the_budget_like_weights() -> None:
+    # A fake VmRSS: the base, then the weights held, then what work left behind.
+    r18 = shared_weights("resnet18")
+    feats, head = r18.nbytes(r18.feature_parts), r18.nbytes([HEAD])
+    left = [0]
+    base = 500 * MB
+    store: ModelStore | None = None
+
+    def rss() -> int:
+        held = 0 if store is None else store.weights_bytes()
+        return base + held + left[0]
+
+    store = ModelStore(["resnet18"], budget=feats + head + 3 * MB, resident=rss)
+    assert store.settle() == 0 and store.fits("resnet18", [HEAD])
+    # Work kept 4 MB (kernels, caches, the allocator): the head no longer fits, and a
+    # bid says so (the 4 MB count as held and never droppable).
+    left[0] = 4 * MB
+    assert store.fits("resnet18", [HEAD])  # not measured yet: a load measures first
+    with pytest.raises(OverMemory, match="4 MB kept by work"):
+        store.ensure("resnet18", [HEAD])
+    assert store.overhead == 4 * MB and store.room() == head - MB
+    assert not store.fits("resnet18", [HEAD]) and HEAD not in store.held("resnet18")
+    got = holding(store, store.fingerprints["resnet18"])
+    assert got.weights_bytes == feats + 4 * MB and got.droppable == 0
+    # Given back (the allocator trimmed): room again.
+    left[0] = 0
+    assert store.settle() == 0 and store.fits("resnet18", [HEAD])
+    # Without ``resident`` (peers sharing a process) nothing is measured.
+    assert ModelStore(["resnet18"], budget=feats + head).settle() == 0
 
 
 def test_a_bidder_counts_other_models_weights_as_room_until_work_reserves_it() -> None:
@@ -283,3 +321,10 @@ async def test_a_peer_whose_limit_fits_one_models_features_serves_two_models_exa
                 torch.testing.assert_close(got.reshape(ref[m].shape), ref[m])
         assert store.dropped > 0 and peaks and max(peaks) <= limit
         assert HEAD not in store.held("vgg16")  # 494 MB: it went to the other peer
+
+
+def test_a_peer_process_asks_glibc_for_one_malloc_arena_unless_a_person_chose() -> None:
+    # A person's MALLOC_ARENA_MAX is kept: nothing is asked of glibc.
+    assert one_malloc_arena({"MALLOC_ARENA_MAX": "4"}) is False
+    # Else mallopt(M_ARENA_MAX, 1) succeeds (glibc: this test runs on Linux).
+    assert one_malloc_arena({}) is True

@@ -57,6 +57,10 @@ class PeerConfig:
     memory_limit: int | None = None
     """Bytes this peer may spend on weights and work (None: measured, see
     :mod:`edgeci_p2p.meminfo`)."""
+    count_resident: bool = False
+    """Charge the budget with what work leaves resident beyond the weights, measured
+    from this process's VmRSS (``ModelStore.settle``). Only where the process is this
+    one peer (``edgeci-peer`` sets it); peers sharing a process would each count all."""
     weights_idle_s: float = 300.0
     """Weights loaded on demand (a head) are dropped after this long unused."""
     http: tuple[str, int] | None = None

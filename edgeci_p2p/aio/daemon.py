@@ -115,6 +115,7 @@ class PeerDaemon:
                 cfg.weights,
                 budget=None if budget is None else budget.bytes,
                 idle_s=cfg.weights_idle_s,
+                resident=vm_rss if cfg.count_resident else None,
             ),
         )
         compute, cpus = await self._measured_compute(loop)
@@ -352,6 +353,7 @@ class PeerDaemon:
             "weights_mb": round(node.store.weights_bytes() / 1e6, 1),
             "holds": node.store.holds(),
             "budget_mb": None if node.store.budget is None else round(node.store.budget / 1e6, 1),
+            "work_mb": round(node.store.overhead / 1e6, 1),
             "speed_gflops": round(node.compute.fits["conv"].gflops, 3),
             "backlog_s": round(node.bidder.backlog(now), 4),
             "rtt_ms": 0.0,

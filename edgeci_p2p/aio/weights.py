@@ -19,7 +19,8 @@ UNLIMITED = 1 << 62
 
 def holding(store: ModelStore, fingerprint: str) -> Holding:
     """What ``store`` holds, for a bid on the model with ``fingerprint``."""
-    total = store.weights_bytes()
+    # What work left resident counts as held and not droppable, like weights.
+    total = store.weights_bytes() + store.overhead
     name = next((n for n, f in store.fingerprints.items() if f == fingerprint), None)
     if name is None:
         return Holding(total)

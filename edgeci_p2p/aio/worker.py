@@ -26,7 +26,6 @@ from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
 from edgeci_p2p.core.cost import flops_by_kind
 from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
-from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.images import normalise
 from edgeci_p2p.nn.runtime import WorkError
 from edgeci_p2p.policy.recent import RecentSet
@@ -329,7 +328,7 @@ class PeerWorker:
         # On the worker thread, after anything still queued there (not once the daemon
         # has shut its worker down).
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().run_in_executor(self.node.worker, trim_heap)
+            asyncio.get_running_loop().run_in_executor(self.node.worker, self.node.store.settle)
 
 
 IDLE_TRIM_S = 2.0

@@ -83,6 +83,13 @@ class ModelStore:
     two serves both, one at a time. Parts loaded on demand beyond the features are
     also dropped by :meth:`drop_idle` once unused for ``idle_s`` seconds. ``clock``
     is injectable for tests.
+
+    With ``resident`` (a reading of this process's resident memory, e.g.
+    :func:`edgeci_p2p.meminfo.vm_rss`; only where the process is this one peer), the
+    budget also pays for what work leaves resident beyond the weights once the peer is
+    idle again: compute kernels paged in, primitive caches, the allocator's kept pages
+    (:meth:`settle` measures it). On ResNet-34 and VGG-16 that is 20-40 MB, as much as a
+    third of a 100 MB budget, so a budget counting weights alone overran its limit.
     """
 
     def __init__(
@@ -93,8 +100,15 @@ class ModelStore:
         budget: int | None = None,
         idle_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        resident: Callable[[], int | None] | None = None,
     ) -> None:
         weights = dict(weights or {})
+        self.resident = resident
+        self._base = None if resident is None else resident()
+        """Resident bytes before any weights loaded (imports and the rest of the peer)."""
+        self.overhead = 0
+        """Resident bytes beyond the base and the weights that work left behind, as last
+        measured idle (:meth:`settle`); the budget pays for them like weights."""
         self.budget = budget
         """Bytes of weights this peer may hold (None: no limit)."""
         self.idle_s = idle_s
@@ -150,8 +164,23 @@ class ModelStore:
             return sum(self.weights[n].nbytes(h) for n, h in self._held.items())
 
     def room(self) -> int:
-        """Bytes of weights that fit without dropping any (huge without a budget)."""
-        return (1 << 62) if self.budget is None else self.budget - self.weights_bytes()
+        """Bytes of weights that fit without dropping any (huge without a budget): the
+        budget less the weights held and the measured :attr:`overhead`."""
+        if self.budget is None:
+            return 1 << 62
+        return self.budget - self.weights_bytes() - self.overhead
+
+    def settle(self) -> int:
+        """Give the heap's free pages back (``malloc_trim``) and, with ``resident``,
+        measure :attr:`overhead` anew; returns it. Call it on the thread that runs the
+        work, once the peer is idle, so no activations of running work are counted."""
+        trim_heap()
+        if self.resident is not None and self._base is not None:
+            now = self.resident()
+            if now is not None:
+                with self._lock:
+                    self.overhead = max(0, now - self._base - self.weights_bytes())
+        return self.overhead
 
     def load_cost(self, name: str, parts: Iterable[str]) -> int:
         """Bytes that holding ``parts`` of ``name`` would add."""
@@ -215,6 +244,10 @@ class ModelStore:
         a store's work, so none uses a part while it is still loading."""
         w = self.weights[name]
         want = set(parts)
+        if self.resident is not None and self.load_cost(name, want):
+            # Loading is rare and costs tens of ms: measure what work keeps now, so a
+            # burst of work does not load past the budget before the peer next idles.
+            self.settle()
         with self._lock:
             held = self._held[name]
             cost = self.load_cost(name, want)
@@ -223,6 +256,7 @@ class ModelStore:
                     f"{name}: loading {sorted(want - set(held))} ({cost / 1e6:.0f} MB) would "
                     f"take this peer past its memory budget ({self.weights_bytes() / 1e6:.0f} "
                     f"of {(self.budget or 0) / 1e6:.0f} MB held, "
+                    f"{self.overhead / 1e6:.0f} MB kept by work, "
                     f"{self.droppable(name, want) / 1e6:.0f} MB of it droppable)"
                 )
             for _, n, p, _ in self._victims(name, want) if cost > self.room() else ():
