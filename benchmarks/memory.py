@@ -53,25 +53,29 @@ IMPORTS = {
 }
 
 
-def imported_rss(code: str) -> int:
-    """VmRSS of a fresh interpreter after ``code`` (one torch thread, like the peer)."""
+def imported_rss(code: str) -> dict[str, int]:
+    """VmRSS, RssAnon and RssFile of a fresh interpreter after ``code`` (one torch
+    thread, like the peer)."""
     probe = (
-        f"{code}; import torch; torch.set_num_threads(1); "
-        "from edgeci_p2p.meminfo import vm_rss; print(vm_rss())"
+        f"{code}; import torch; torch.set_num_threads(1); print(open('/proc/self/status').read())"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    return _fields(out.stdout)
 
 
-def status(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of process ``pid``, bytes."""
-    text = Path(f"/proc/{pid}/status").read_text()
+def _fields(text: str) -> dict[str, int]:
     got = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             got[key] = int(rest.split()[0]) * 1024
-    return got["VmRSS"], got["VmHWM"]
+    return got
+
+
+def status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (the peak), RssAnon (heap, weights) and RssFile (code and files
+    mapped) of process ``pid``, bytes."""
+    return _fields(Path(f"/proc/{pid}/status").read_text())
 
 
 async def connected(d: PeerDaemon, timeout: float = 60.0) -> str:
@@ -127,16 +131,23 @@ CONFIGS: dict[str, tuple[tuple[str, ...], bool]] = {
 """Name -> (models served, whether under --limit)."""
 
 
+def _phase(fig: dict[str, Any], phase: str, st: dict[str, int]) -> None:
+    fig[phase], fig[f"{phase} peak"] = st["VmRSS"] / MB, st["VmHWM"] / MB
+    fig[f"{phase} anon"], fig[f"{phase} file"] = st["RssAnon"] / MB, st["RssFile"] / MB
+
+
 async def measure_one(models: tuple[str, ...], limit: str | None, requests: int) -> dict[str, Any]:
     fig: dict[str, Any] = {}
-    extra = ["--memory-limit", limit] if limit else []
+    # Off mDNS: the auctioneer below connects to it directly, and a peer announced on
+    # loopback would be seen by any other cluster (a test suite) on this machine.
+    extra = ["--no-mdns", *(["--memory-limit", limit] if limit else [])]
     with tempfile.TemporaryDirectory() as tmp:
         proc = start_peer(str(Path(tmp) / "p"), "measured", models=",".join(models), extra=extra)
         d: PeerDaemon | None = None
         try:
             port = ready_port(proc)
             await asyncio.sleep(2.0)  # let start-up settle (profile, first heartbeats)
-            fig["idle"], fig["idle peak"] = (v / MB for v in status(proc.pid))
+            _phase(fig, "idle", status(proc.pid))
             fig["startup peak"] = fig["idle peak"]
             fig["idle held"], fig["idle holds"] = await held(port)
             d = PeerDaemon(
@@ -155,7 +166,7 @@ async def measure_one(models: tuple[str, ...], limit: str | None, requests: int)
                 for m in models:  # alternating: under a limit the peer swaps models
                     await run_on_peer(d, peer, m, False, f"tiles-{m}-{k}")
             await asyncio.sleep(SETTLE_S)
-            fig["after tiles"], fig["after tiles peak"] = (v / MB for v in status(proc.pid))
+            _phase(fig, "after tiles", status(proc.pid))
             fig["after tiles held"], fig["after tiles holds"] = await held(port)
             refused: set[str] = set()
             for k in range(requests):
@@ -167,7 +178,7 @@ async def measure_one(models: tuple[str, ...], limit: str | None, requests: int)
                         await asyncio.sleep(1.5)
             fig["heads refused"] = sorted(refused)
             await asyncio.sleep(SETTLE_S)
-            fig["after heads"], fig["after heads peak"] = (v / MB for v in status(proc.pid))
+            _phase(fig, "after heads", status(proc.pid))
             fig["after heads held"], fig["after heads holds"] = await held(port)
         finally:
             if d is not None:
@@ -183,7 +194,10 @@ async def measure_one(models: tuple[str, ...], limit: str | None, requests: int)
 async def measure(requests: int, configs: list[str], limit: str) -> dict[str, Any]:
     fig: dict[str, Any] = {}
     for label, code in IMPORTS.items():
-        fig[f"import {label}"] = imported_rss(code) / MB
+        got = imported_rss(code)
+        fig[f"import {label}"] = got["VmRSS"] / MB
+        fig[f"import {label} anon"] = got["RssAnon"] / MB
+        fig[f"import {label} file"] = got["RssFile"] / MB
     for m in MODELS:
         w = ModelWeights(m)
         fig[f"{m} features"] = w.nbytes(w.feature_parts) / MB
@@ -194,6 +208,10 @@ async def measure(requests: int, configs: list[str], limit: str) -> dict[str, An
         one = await measure_one(models, limit if limited else None, requests)
         for k in PHASES:
             one[f"{k} weights part"] = one[k] - base
+            # Of it: the heap (weights, activations kept, Python objects) and the code
+            # and files the work paged in beyond what the imports had (torch's kernels).
+            one[f"{k} anon part"] = one[f"{k} anon"] - fig["import peer imports anon"]
+            one[f"{k} file part"] = one[f"{k} file"] - fig["import peer imports file"]
         fig[name] = one
     fig["bench process"] = (vm_rss() or 0) / MB
     return fig
@@ -234,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             f", --memory-limit {args.limit}" if limited else ""
         )
         print(
-            f"{title:<44} {'VmRSS MB':>9} {'peak MB':>8} {'less imports':>13} {'held MB':>8}  holds"
+            f"{title:<44} {'VmRSS MB':>9} {'peak MB':>8} {'less imports':>13} "
+            f"{'heap+code':>10} {'held MB':>8}  holds"
         )
         for k in PHASES:
+            split = f"{one[k + ' anon part']:.0f}+{one[k + ' file part']:.0f}"
             print(
                 f"  {k:<42} {one[k]:>9.0f} {one[k + ' peak']:>8.0f} "
-                f"{one[k + ' weights part']:>13.0f} {one[k + ' held']:>8.0f}  "
+                f"{one[k + ' weights part']:>13.0f} {split:>10} {one[k + ' held']:>8.0f}  "
                 f"{_holds(one[k + ' holds'])}"
             )
         refused = one["heads refused"]
@@ -251,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Imports, in fresh interpreters of this run: torch+torchvision "
         f"{fig['import torch+torchvision']:.0f} MB, with the peer's modules "
-        f"{fig['import peer imports']:.0f} MB (subtracted above). Weights (float32, "
+        f"{fig['import peer imports']:.0f} MB (subtracted above; heap+code splits the rest: "
+        "RssAnon, where weights live, and RssFile, code paged in beyond the imports). "
+        "Weights (float32, "
         "parameter counts x 4 bytes): "
         + ", ".join(
             f"{m} features {fig[m + ' features']:.0f} MB + head {fig[m + ' head']:.0f} MB"
