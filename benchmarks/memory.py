@@ -38,7 +38,7 @@ from edgeci_p2p.aio.config import PeerConfig
 from edgeci_p2p.aio.daemon import Decision, PeerDaemon
 from edgeci_p2p.core.plan import Plan, single_stage, validate
 from edgeci_p2p.demo import ready_port, start_peer
-from edgeci_p2p.meminfo import vm_rss
+from edgeci_p2p.meminfo import parse_size, vm_rss
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 from edgeci_p2p.nn.weights import ModelWeights
 from edgeci_p2p.wire.messages import InferRequest
@@ -280,16 +280,21 @@ def main(argv: list[str] | None = None) -> int:
             for m in MODELS
         )
         + ". "
-        + " ".join(
-            f"{name}: after tiles {fig[name]['after tiles weights part']:.0f} MB "
-            f"({'within' if fig[name]['after tiles weights part'] <= 100 else 'OVER'} 100), "
-            f"start-up peak {fig[name]['startup peak']:.0f} MB."
-            for name in configs
-        )
+        + " ".join(_verdict(name, fig[name], args.limit) for name in configs)
     )
     if args.json:
         print(json.dumps(_rounded(fig)))
     return 0
+
+
+def _verdict(name: str, one: dict[str, Any], limit: str) -> str:
+    """The after-tiles weights part against 100 MB and, under a limit, against it."""
+    part = one["after tiles weights part"]
+    out = f"{name}: after tiles {part:.0f} MB ({'within' if part <= 100 else 'OVER'} 100"
+    if CONFIGS[name][1]:
+        cap = parse_size(limit) / MB
+        out += f"; {'within' if part <= cap else 'OVER'} its limit, {cap:.1f} MB"
+    return out + f"), start-up peak {one['startup peak']:.0f} MB."
 
 
 def _rounded(v: Any) -> Any:
