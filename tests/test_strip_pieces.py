@@ -4,6 +4,7 @@ rest of the strip while they travel (``stage_pieces`` and ``run_strip_job``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -224,3 +225,35 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
     with pytest.raises(StripJobError, match="never arrived"):
         asyncio.run(main(False, timeout=0.2))
     assert middle in log and edge not in log
+
+
+def test_a_neighbour_gone_fails_the_job_at_once_and_no_send_error_goes_unretrieved() -> None:
+    # The middle job's sends to one neighbour fail (it went away); the rows it waits
+    # for never come. The job must fail with the send's error without waiting out its
+    # (hour-long) timeout, and no failed send may be left for asyncio to report as
+    # "exception was never retrieved".
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    log: list[str] = []
+    unretrieved: list[dict[str, object]] = []
+
+    async def send(node: str, msg: HaloRows) -> None:
+        log.append(f"send {node}")
+        raise StripJobError(f"neighbour {node} went away")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
+        box = Mailbox()
+        box.claim("r", 1)
+        with ThreadPoolExecutor(1) as ex:
+            store = RecordingStore(spec, log)
+            await asyncio.wait_for(
+                run_strip_job(job, store, ex, box, send, timeout=3600.0),  # type: ignore[arg-type]
+                timeout=60.0,  # a hang guard only: the job fails before it waits at all
+            )
+
+    with pytest.raises(StripJobError, match=r"halo send failed: neighbour \w+ went away"):
+        asyncio.run(main())
+    assert any(e.startswith("send") for e in log)
+    gc.collect()  # a failed future never retrieved reports itself when collected
+    assert unretrieved == []

@@ -130,6 +130,13 @@ class Mailbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(box.changed.wait(), timeout)
 
+    def nudge(self, request_id: str, job_id: int) -> None:
+        """Wake a stage of the job waiting in :meth:`wait` without rows (something else
+        it waits on changed: one of its own sends failed)."""
+        box = self._boxes.get((request_id, job_id))
+        if box is not None:
+            box.changed.set()
+
     async def take(
         self, request_id: str, job_id: int, boundary: int, rows: tuple[int, int], timeout: float
     ) -> Array:
@@ -298,89 +305,105 @@ async def run_strip_job(
     y: Array = x
     out = StripOutcome(x)
     sends: list[asyncio.Future[None]] = []
-    for st in job.stages:
-        _, _, w_in = spec.shape_at(st.start)
-        _, _, w_out = spec.shape_at(st.stop)
-        if prev is None:
-            have = [(st.need[0], x)]
-        else:
-            a, b = max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1])
-            have = [(a, y[:, :, a - prev.rows[0] : b - prev.rows[0]])] if a < b else []
-        waiting = list(st.recv)
-        todo = list(stage_pieces(spec, st))
-        done: list[tuple[int, Array]] = []
-        unsent = list(st.send)
-        wait_s = run_s = 0.0
-        while todo:
-            for r in list(waiting):
-                got = mailbox.poll(job.request_id, job.job_id, st.start, r.rows)
-                if got is None:
-                    continue
-                if got.shape[2:] != (r.rows[1] - r.rows[0], w_in):
-                    raise StripJobError(
-                        f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
-                    )
-                have.append((r.rows[0], got))
-                out.halo_in += wire_nbytes(got)
-                waiting.remove(r)
-            # Edges first when they can run; else whatever can (never idle needlessly).
-            ready = [p for p in todo if _covered(have, *p.need)]
-            if not ready:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    rows = [list(r.rows) for r in waiting]
-                    raise RowsNeverArrived(f"rows {rows} at boundary {st.start} never arrived")
-                t = time.perf_counter()
-                m = time.monotonic()
-                await mailbox.wait(job.request_id, job.job_id, left)
-                out.spans.append(["halo-wait", m, time.monotonic(), "wait", st.start])
-                wait_s += time.perf_counter() - t
-                continue
-            p = next((p for p in ready if p.sends), ready[0])
-            xin = _rows(have, *p.need)
-            assert xin is not None
-            t0 = time.perf_counter()
-            m = time.monotonic()
-            try:
-                yp, took = await loop.run_in_executor(
-                    worker,
-                    _timed_tile,
-                    store,
-                    job.model,
-                    job.fingerprint,
-                    (job.input_hw[0], job.input_hw[1]),
-                    st.start,
-                    st.stop,
-                    Region(Span(*p.rows), Span(0, w_out)),
-                    xin,
-                    Region(Span(*p.need), Span(0, w_in)),
-                )
-            except ValueError as e:  # WorkError included
-                raise WorkError(str(e)) from e
-            run_s += time.perf_counter() - t0
-            out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
-            out.pieces.append((p.unit_flops, took))
-            todo.remove(p)
-            done.append((p.rows[0], yp))
-            for s in list(unsent):
-                if p.rows[0] <= s.rows[0] and s.rows[1] <= p.rows[1]:
-                    part = np.ascontiguousarray(
-                        yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
-                    )
-                    out.halo_out += wire_nbytes(part)
-                    msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
-                    sends.append(asyncio.ensure_future(send_rows(s.node, msg)))
-                    unsent.remove(s)
-        whole = _rows(done, *st.rows)
-        assert whole is not None and not unsent and not waiting
-        y = whole
-        out.compute_s += run_s
-        out.timeline.append((st.start, wait_s, run_s))
-        prev = st
+
+    def failed(f: asyncio.Future[None]) -> None:
+        if not f.cancelled() and f.exception() is not None:
+            mailbox.nudge(job.request_id, job.job_id)  # a stage waiting for rows: fail now
+
     try:
+        for st in job.stages:
+            _, _, w_in = spec.shape_at(st.start)
+            _, _, w_out = spec.shape_at(st.stop)
+            if prev is None:
+                have = [(st.need[0], x)]
+            else:
+                a, b = max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1])
+                have = [(a, y[:, :, a - prev.rows[0] : b - prev.rows[0]])] if a < b else []
+            waiting = list(st.recv)
+            todo = list(stage_pieces(spec, st))
+            done: list[tuple[int, Array]] = []
+            unsent = list(st.send)
+            wait_s = run_s = 0.0
+            while todo:
+                for r in list(waiting):
+                    got = mailbox.poll(job.request_id, job.job_id, st.start, r.rows)
+                    if got is None:
+                        continue
+                    if got.shape[2:] != (r.rows[1] - r.rows[0], w_in):
+                        raise StripJobError(
+                            f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
+                        )
+                    have.append((r.rows[0], got))
+                    out.halo_in += wire_nbytes(got)
+                    waiting.remove(r)
+                # Edges first when they can run; else whatever can (never idle needlessly).
+                ready = [p for p in todo if _covered(have, *p.need)]
+                if not ready:
+                    # A neighbour already gone will send nothing either: fail now.
+                    for f in sends:
+                        if f.done() and not f.cancelled() and f.exception() is not None:
+                            raise StripJobError(f"a halo send failed: {f.exception()}")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        rows = [list(r.rows) for r in waiting]
+                        raise RowsNeverArrived(f"rows {rows} at boundary {st.start} never arrived")
+                    t = time.perf_counter()
+                    m = time.monotonic()
+                    await mailbox.wait(job.request_id, job.job_id, left)
+                    out.spans.append(["halo-wait", m, time.monotonic(), "wait", st.start])
+                    wait_s += time.perf_counter() - t
+                    continue
+                p = next((p for p in ready if p.sends), ready[0])
+                xin = _rows(have, *p.need)
+                assert xin is not None
+                t0 = time.perf_counter()
+                m = time.monotonic()
+                try:
+                    yp, took = await loop.run_in_executor(
+                        worker,
+                        _timed_tile,
+                        store,
+                        job.model,
+                        job.fingerprint,
+                        (job.input_hw[0], job.input_hw[1]),
+                        st.start,
+                        st.stop,
+                        Region(Span(*p.rows), Span(0, w_out)),
+                        xin,
+                        Region(Span(*p.need), Span(0, w_in)),
+                    )
+                except ValueError as e:  # WorkError included
+                    raise WorkError(str(e)) from e
+                run_s += time.perf_counter() - t0
+                out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
+                out.pieces.append((p.unit_flops, took))
+                todo.remove(p)
+                done.append((p.rows[0], yp))
+                for s in list(unsent):
+                    if p.rows[0] <= s.rows[0] and s.rows[1] <= p.rows[1]:
+                        part = np.ascontiguousarray(
+                            yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
+                        )
+                        out.halo_out += wire_nbytes(part)
+                        msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
+                        sent = asyncio.ensure_future(send_rows(s.node, msg))
+                        sent.add_done_callback(failed)
+                        sends.append(sent)
+                        unsent.remove(s)
+            whole = _rows(done, *st.rows)
+            assert whole is not None and not unsent and not waiting
+            y = whole
+            out.compute_s += run_s
+            out.timeline.append((st.start, wait_s, run_s))
+            prev = st
         await asyncio.gather(*sends)
     finally:
         for f in sends:
-            f.cancel()
+            if not f.done():
+                f.cancel()
+            elif not f.cancelled():
+                # Retrieved, so a failed send (a neighbour gone) behind the job's own
+                # error is not logged as "exception never retrieved" later.
+                f.exception()
     out.output = y
     return out
