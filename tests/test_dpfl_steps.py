@@ -116,9 +116,7 @@ def test_candidate_sets_every_order_up_to_three_devices() -> None:
 
 def test_candidate_sets_rank_prefixes_beyond() -> None:
     assert candidate_sets([3, 1, 2, 0]) == [[(3, 1)], [(3, 1, 2)], [(3, 1, 2, 0)]]
-    assert candidate_sets([3, 1, 2, 0], all_orders_upto=4)[-1] == list(
-        permutations((3, 1, 2, 0))
-    )
+    assert candidate_sets([3, 1, 2, 0], all_orders_upto=4)[-1] == list(permutations((3, 1, 2, 0)))
 
 
 # ---- _with_minimal_strips ---------------------------------------------------------------
