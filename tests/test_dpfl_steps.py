@@ -410,7 +410,7 @@ def test_dp_blocks_order_search_uses_refine_within_and_room() -> None:
     def cost(edges: tuple[int, ...], devices: tuple[int, ...]) -> float:
         return 0.2 if devices == (3, 2) else 0.3
 
-    ctx = FakeCtx(cost, 4, singles=[0.5] * 4)
+    ctx = FakeCtx(cost, 4, height=13, singles=[0.5] * 4)  # 13 rows: not a coarse grid
     res = dp_blocks(ctx)  # type: ignore[arg-type]
     assert res.cost == 0.2
     assert [(i, j, c.devices) for i, j, c in res.blocks] == [(0, 1, (3, 2))]
