@@ -20,14 +20,19 @@ from edgeci_p2p.planners.context import Affine
 from edgeci_p2p.planners.dpfl import (
     BlockChoice,
     BlockSearch,
+    _best_plan,
     _refine_best,
+    _suffix_totals,
     _with_minimal_strips,
     candidate_sets,
+    compact_strips,
     dp_blocks,
+    equal_finish_rows,
     improve_order,
     plan_edgeci,
     ranked_devices,
     refine,
+    round_to_grid,
     search_block,
     search_orders,
     split_block,
@@ -138,6 +143,26 @@ def test_minimal_strips_none_when_the_donor_is_under_two_steps() -> None:
 def test_minimal_strips_never_return_an_empty_strip() -> None:
     # Device 1's 2-row strip snaps to nothing on the 4-row grid: no valid edges.
     assert _with_minimal_strips((0, 8, 10), (0, 1), (1, 2, 0), 4) is None
+
+
+# ---- equal_finish_rows / round_to_grid / compact_strips ---------------------------------
+
+
+def test_equal_finish_rows_none_for_a_device_with_no_per_row_time() -> None:
+    # A time that does not grow with the strip fixes no height: None, not a division
+    # by zero, for a remote device after the first and for the auctioneer alike.
+    flat = rows_only(c1=0.0)
+    assert equal_finish_rows([(0, rows_only()), (1, flat)], 99, 12) is None
+    assert equal_finish_rows([(0, rows_only()), (99, flat)], 99, 12) is None
+
+
+def test_round_to_grid_rounds_cumulative_rows_in_grid_steps() -> None:
+    # 5 rows is 1.25 steps of 4: the edge goes to row 4 (in steps, not rows times steps).
+    assert round_to_grid([5.0, 7.0], 12, 4) == [0, 4, 12]
+
+
+def test_compact_strips_drops_empty_strips_only() -> None:
+    assert compact_strips((0, 4, 4, 12), (0, 1, 2)) == ((0, 4, 12), (0, 2))
 
 
 # ---- split_block ------------------------------------------------------------------------
@@ -415,6 +440,21 @@ def test_dp_blocks_order_search_uses_refine_within_and_room() -> None:
     assert res.cost == 0.2
     assert [(i, j, c.devices) for i, j, c in res.blocks] == [(0, 1, (3, 2))]
     assert dp_blocks(ctx, search_within=0).cost == 0.3  # type: ignore[arg-type]
+
+
+def chain(costs: dict[tuple[int, int], float]) -> dict[tuple[int, int], BlockChoice]:
+    return {ij: BlockChoice(c, (0, 12), (0,)) for ij, c in costs.items()}
+
+
+def test_suffix_totals_sum_the_cheapest_way_on() -> None:
+    assert _suffix_totals(2, chain({(0, 1): 1.0, (1, 2): 2.0, (0, 2): 5.0})) == [3.0, 2.0, 0.0]
+
+
+def test_best_plan_keeps_the_first_block_found_on_a_tie() -> None:
+    # dp_blocks finds the blocks ending at each boundary short ones first; on a tie the
+    # first one found stays (blocks sorted by end only, a strict comparison).
+    res = _best_plan(2, chain({(0, 1): 1.0, (1, 2): 1.0, (0, 2): 2.0}))
+    assert (res.cost, [(i, j) for i, j, _ in res.blocks]) == (2.0, [(0, 1), (1, 2)])
 
 
 def test_plan_edgeci_notes_its_resolution() -> None:
