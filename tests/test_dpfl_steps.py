@@ -199,6 +199,26 @@ def test_split_block_drops_a_slow_device_resolves_and_forces_it_back() -> None:
     assert all(c.cost == edge_cost(c.edges, c.devices) for c in got)
 
 
+@pytest.mark.parametrize(
+    ("c0", "want"),
+    [
+        # Shares 5.25, 0.5, 6.25: exactly half a step is kept.
+        ((1.0, 5.75, 0.0), [((0, 5, 6, 12), (0, 1, 2))]),
+        # Shares 5.25, 0.375, 6.375 (over a third of a step, under half): dropped, the
+        # other two re-solved, then forced back.
+        ((1.125, 6.0, 0.0), [((0, 5, 12), (0, 2)), ((0, 5, 6, 12), (0, 1, 2))]),
+    ],
+)
+def test_split_block_drops_a_share_strictly_under_half_a_step(
+    c0: tuple[float, ...], want: list[tuple[tuple[int, ...], tuple[int, ...]]]
+) -> None:
+    # The small share sits in the middle, where the cumulative rounding (5.25 plus it
+    # rounds to 6) gives it a whole row: keeping it or not changes the answer.
+    ctx = FakeCtx(edge_cost, 3, affines=[rows_only(c0=c) for c in c0])
+    got = split_block(ctx, 0, 1, (0, 1, 2), 1)  # type: ignore[arg-type]
+    assert [(c.edges, c.devices) for c in got] == want
+
+
 def test_split_block_down_to_one_device_forces_a_one_step_strip() -> None:
     ctx = FakeCtx(edge_cost, 2, affines=[rows_only(), rows_only(c0=100.0)])
     got = split_block(ctx, 0, 1, (0, 1), 1)  # type: ignore[arg-type]
@@ -366,6 +386,32 @@ def test_search_orders_skips_tried_orders_but_not_the_rest() -> None:
     got = search_orders(ctx, 0, 1, seed, found, 0.15, INF)  # type: ignore[arg-type]
     assert got == BlockChoice(0.5, (0, 3, 8, 12), (0, 1, 2))
     assert not any(d == (2, 0, 1) for _, d in ctx.calls)
+
+
+SLOW_THIRD = [rows_only(), rows_only(), rows_only(c0=100.0)]
+"""Device 2 is always dropped: every order with it re-solves to a split of 0 and 1,
+then adds its forced split with device 2 on one row."""
+
+
+def test_search_orders_skips_a_seen_split_but_not_the_orders_forced_one() -> None:
+    # (0, 2, 1) re-solves to the seed's own split, already seen; its forced split
+    # (0, 5, 6, 12) comes after it and is the only better one.
+    ctx = FakeCtx(order_cost((0, 2, 1), 5), 3, affines=SLOW_THIRD)
+    seed = BlockChoice(1.0, (0, 6, 12), (0, 1))
+    found = search(ctx, seed, coarse=True)
+    found.splits.add((seed.edges, seed.devices))
+    got = search_orders(ctx, 0, 1, seed, found, 0.15, INF)  # type: ignore[arg-type]
+    assert got == BlockChoice(0.5, (0, 5, 6, 12), (0, 2, 1))
+
+
+def test_search_orders_skips_a_split_outside_the_window_but_not_the_next() -> None:
+    # Fine grid: (2, 0, 1)'s re-solved split (0, 6, 12), new but at 3.0, is not
+    # refined; its forced split (0, 1, 6, 12) after it, the only better one, still is.
+    ctx = FakeCtx(order_cost((2, 0, 1), 1, other=3.0), 3, affines=SLOW_THIRD)
+    seed = BlockChoice(1.0, (0, 4, 12), (0, 1))
+    found = search(ctx, seed, coarse=False)
+    got = search_orders(ctx, 0, 1, seed, found, 0.15, INF)  # type: ignore[arg-type]
+    assert got == BlockChoice(0.5, (0, 1, 6, 12), (2, 0, 1))
 
 
 @pytest.mark.parametrize("level", [0.0, 1.0])
