@@ -488,6 +488,16 @@ def test_dp_blocks_order_search_uses_refine_within_and_room() -> None:
     assert dp_blocks(ctx, search_within=0).cost == 0.3  # type: ignore[arg-type]
 
 
+def test_dp_blocks_passes_search_within_to_the_order_search() -> None:
+    # Five devices: the order search seeds from refined splits within search_within.
+    # (0, 1, 2, 3) at 1.5 is a seed only within 0.5 of the best (0, 1) at 1.0, and only
+    # from it is (0, 1, 3, 2) one step away.
+    by_order = {(0, 1): 1.0, (0, 1, 2, 3): 1.5, (0, 1, 3, 2): 0.5}
+    ctx = FakeCtx(lambda e, d: by_order.get(d, 2.0), 5)
+    assert dp_blocks(ctx, search_within=0.5).cost == 0.5  # type: ignore[arg-type]
+    assert dp_blocks(ctx).cost == 1.0  # type: ignore[arg-type]
+
+
 def chain(costs: dict[tuple[int, int], float]) -> dict[tuple[int, int], BlockChoice]:
     return {ij: BlockChoice(c, (0, 12), (0,)) for ij, c in costs.items()}
 
