@@ -10,9 +10,10 @@ import pytest
 from edgeci_p2p.core.plan import Plan, segments
 from edgeci_p2p.core.timeline import Timeline
 from edgeci_p2p.nn.images import decode, to_input
+from edgeci_p2p.policy.strip_jobs import strip_jobs
 from edgeci_p2p.policy.tile_ids import GatherTile, strip_job_id
 from edgeci_p2p.wire.messages import InferRequest
-from tests.daemons import IMAGE, cluster, wait_until
+from tests.daemons import IMAGE, WAIT_S, cluster, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -20,7 +21,10 @@ pytestmark = pytest.mark.asyncio
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("strategy", ["modnn", "edgeci-halo"])
 async def test_a_traced_request_accounts_for_its_time_and_every_tile(strategy: str) -> None:
-    async with cluster(3) as daemons:
+    # The subject is the trace of a request as planned: no deadline or hedge may move a
+    # tile or a strip job elsewhere on a loaded machine (test_reliability covers those).
+    patient = {"tile_deadline_margin": 3 * WAIT_S, "hedge_margin": 3 * WAIT_S}
+    async with cluster(3, **patient) as daemons:
         a = daemons[0]
         others = {d.node_id for d in daemons[1:]}
         # Each peer's clock offset comes from heartbeats: wait for one round trip each.
@@ -28,27 +32,42 @@ async def test_a_traced_request_accounts_for_its_time_and_every_tile(strategy: s
         x = to_input(decode(IMAGE), "224").numpy()
         res = await a.infer(InferRequest("t1", "resnet34", tensor=x, strategy=strategy, trace=True))
         assert res.trace is not None
+        assert res.timing["retries"] == res.timing["hedges"] == 0, res.timing
         tl = Timeline.from_dict(res.trace)
         total = float(res.timing["total"])  # type: ignore[arg-type]
-        # The auctioneer's spans cover what it measured, within 5%, and end with it.
-        assert tl.covered(a.node_id) >= 0.95 * total, (tl.covered(a.node_id), total)
+        # The auctioneer's spans name every phase of the request, and cover what it
+        # measured but the event-loop hops between two spans (under 1 ms each on a quiet
+        # machine, 3-4% of a request in all with this in-process cluster's three peers
+        # on one loop, more under load: the phases, not a tight share, are the check),
+        # and end with it.
+        mine = {s.name for s in tl.spans if s.node == a.node_id}
+        assert {"decode", "auction", "cut", "stitch", "result"} <= mine, mine
+        assert tl.covered(a.node_id) >= 0.9 * total, (tl.covered(a.node_id), total)
         assert tl.end <= total * 1.05 + 0.005
         plan = Plan.from_dict(res.plan)
         nodes = res.plan["nodes"]
-        halo = {si for first, last in segments(plan) if first < last for si in (first, last)}
+        assert a.node is not None
+        spec = a.node.store.spec("resnet34", *x.shape[2:])
+        # Each halo segment runs as strip jobs where the plan allows (as the runtime
+        # decides, the same function), else as gather stages; the plan follows the bids,
+        # which follow the load, so the test follows the plan.
+        as_jobs = [
+            (first, last)
+            for first, last in segments(plan)
+            if first < last and strip_jobs(spec, plan, first, last, nodes) is not None
+        ]
         for si, st in enumerate(plan.stages):
-            if si in halo or any(f < si < lst for f, lst in segments(plan)):
+            if any(f <= si <= lst for f, lst in as_jobs):
                 continue  # strip jobs: their spans are the peers' own (below)
             for pi, part in enumerate(st.parts):
                 node = nodes[part.device]
                 got = [s for s in tl.spans if s.tile == GatherTile(si, pi).base and s.node == node]
                 assert any(s.name == "compute" for s in got), (si, pi, node)
-        for first, last in segments(plan):
-            if first < last:  # a halo segment: every strip job's peer computed in it
-                for d in plan.stages[first].devices:
-                    tile = strip_job_id(first, d)
-                    assert any(s.tile == tile and s.node == nodes[d] and s.name == "compute"
-                               for s in tl.spans), (first, d)  # fmt: skip
+        for first, _ in as_jobs:  # every strip job's peer computed in its segment
+            for d in plan.stages[first].devices:
+                tile = strip_job_id(first, d)
+                assert any(s.tile == tile and s.node == nodes[d] and s.name == "compute"
+                           for s in tl.spans), (first, d)  # fmt: skip
         # Peers' spans are on the auctioneer's clock: each remote compute lies inside the
         # auctioneer's wait for it (to within the offsets' error bounds).
         for s in tl.spans:

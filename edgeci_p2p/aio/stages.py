@@ -114,6 +114,7 @@ class Stages:
         """Stages ``first..last`` strip-resident: one strip job per peer, halo rows
         peer to peer, the last strips back here."""
         spec, plan, nodes, me = run.spec, run.plan, run.nodes, self.node.node_id
+        m0 = time.monotonic()
         jobs = strip_jobs(spec, plan, first, last, nodes)
         now = time.monotonic()
         if jobs is None or any(
@@ -155,6 +156,9 @@ class Stages:
                 if node == me
                 else self._remote_strip(run, node, job, deadline)
             )
+        # Making the jobs (their strip tables, the input rows cut for each) is the
+        # segment's "cut", as a gather stage's is: 5-15 ms here, untraced before.
+        run.span(me, "cut", m0, time.monotonic(), "control", first)
         try:
             await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
