@@ -395,3 +395,32 @@ def test_compute_prices_each_kind_with_its_fit_or_the_conv_fit() -> None:
     with pytest.raises(ValueError, match=r"bidder p: background CPU share 1.0 is not in \[0, 1\)"):
         bidder(background=1.0)
     assert bidder(background=0.99).background == 0.99
+
+
+def test_an_award_is_checked_against_the_room_of_the_model_its_call_named() -> None:
+    # 600 bytes of weights held; for model "fp", 400 of them (another model's) would be
+    # dropped to make room. The callback takes a fingerprint, always a string ("": no
+    # model named, nothing to drop).
+    def holding(fp: str) -> Holding:
+        assert isinstance(fp, str), fp
+        return Holding(600, ("features",), {}, droppable=400 if fp == "fp" else 0)
+
+    b = bidder(memory_bytes=1000, holding=holding)
+    assert b.free_memory(0.0, "fp") == 1000 - 600 + 400
+    assert b.free_memory(0.0) == 1000 - 600
+    needs = (WorkItem("x", {"conv": 1}, memory=700),)
+    # The bidder remembers the model of the last 256 calls, oldest forgotten first.
+    for i in range(257):
+        assert b.bid(CallForBids(f"a{i}", "me", "fp", (ITEM,)), 0.0).free_memory == 800
+    # Forgotten (or never called): no model named, so only the 400 free bytes count.
+    assert b.accept(Award("a0", "p", needs), 0.0).reason == "memory"
+    assert b.accept(Award("never", "p", needs), 0.0).reason == "memory"
+    # Remembered: the other model's 400 bytes count as room.
+    assert b.accept(Award("a1", "p", needs), 0.0).accepted
+
+
+def test_work_done_at_now_holds_no_memory() -> None:
+    b = bidder(memory_bytes=1000)
+    assert b.add_work(1.0, 0.0, memory=100) == 1.0
+    assert b.free_memory(0.5) == 900
+    assert b.free_memory(1.0) == 1000  # it finished exactly now
