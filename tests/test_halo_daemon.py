@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edgeci_p2p.aio.daemon import PeerDaemon
-from edgeci_p2p.aio.strips import Mailbox, StripJobError, check_job
+from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
+from edgeci_p2p.aio.strips import check_job
 from edgeci_p2p.core.plan import Plan, row_moves, validate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.images import decode, to_pixels

@@ -12,12 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from edgeci_p2p.aio.strips import (
-    Mailbox,
-    StripJobError,
-    run_strip_job,
-    stage_pieces,
-)
+from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
+from edgeci_p2p.aio.strips import run_strip_job, stage_pieces
 from edgeci_p2p.core.geometry import Region, Span, region_flops
 from edgeci_p2p.core.pieces import MAX_SEAM_OVERHEAD
 from edgeci_p2p.core.plan import Plan, segments

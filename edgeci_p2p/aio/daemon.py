@@ -36,10 +36,10 @@ from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.forwarder import Forwarder
 from edgeci_p2p.aio.front import FrontDoor
 from edgeci_p2p.aio.http import HttpFront, token_for
+from edgeci_p2p.aio.mailbox import Mailbox
 from edgeci_p2p.aio.node import Load, Node, Tasks
 from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
-from edgeci_p2p.aio.strips import Mailbox
 from edgeci_p2p.aio.tls import Listener, client_context, load_identity, server_context
 from edgeci_p2p.aio.weights import UNLIMITED, drop_idle_weights, holding
 from edgeci_p2p.aio.worker import PeerWorker

@@ -21,9 +21,10 @@ import torch
 
 from edgeci_p2p.aio.connection import Connection
 from edgeci_p2p.aio.errors import CancelledTile, code_of
+from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
-from edgeci_p2p.aio.strips import Mailbox, StripJobError, StripOutcome, run_strip_job
+from edgeci_p2p.aio.strips import StripOutcome, run_strip_job
 from edgeci_p2p.core.cost import flops_by_kind
 from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
 from edgeci_p2p.nn.images import normalise
