@@ -28,6 +28,7 @@ from torchvision.ops.misc import SqueezeExcitation
 from edgeci_p2p.core.geometry import OpStep, Region, Trace, UnitTrace, full_region, trace
 from edgeci_p2p.core.units import SCALED, ModelSpec
 from edgeci_p2p.nn.graph import Extracted, extract, run_nodes
+from edgeci_p2p.nn.packed import conv2d
 
 
 def crop(x: Tensor, x_region: Region, want: Region) -> Tensor:
@@ -109,7 +110,7 @@ class FusedExecutor:
                 assert isinstance(m, nn.Conv2d)
                 if any(extra):
                     x = F.pad(x, extra)
-                return F.conv2d(x, m.weight, m.bias, m.stride, (ph, pw), m.dilation, m.groups)
+                return conv2d(m, x, (ph, pw))
             assert op.window is not None
             if any(extra):
                 x = F.pad(x, extra, value=float("-inf"))

@@ -84,7 +84,8 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
+        # A packed conv (nn/packed.py) is a Conv2d subclass outside torch.nn: a leaf too.
+        return isinstance(m, (*LEAVES, nn.Conv2d)) or super().is_leaf_module(m, qualname)
 
 
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()

@@ -25,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
+from edgeci_p2p.nn.packed import pack_convs
 from edgeci_p2p.wire.errors import ErrorCode
 
 SUPPORTED_MODELS: tuple[str, ...] = (
@@ -308,4 +309,5 @@ def load_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(name, model, fingerprint(model), source)
+    fp = fingerprint(model)  # of the plain weights, as a peer's parts hash them
+    return LoadedModel(name, pack_convs(model), fp, source)

@@ -46,6 +46,7 @@ from edgeci_p2p.nn.models import (
     seeded_pieces,
     weights_path,
 )
+from edgeci_p2p.nn.packed import pack_weight
 
 HEAD = "head"
 """The part that holds the classifier (VGG) or fc (ResNet)."""
@@ -215,7 +216,10 @@ class ModelWeights:
     def _load(self, part: str) -> None:
         state = self._file_state() if self.path is not None else None
         for s in self._slots[part]:
-            s.put(self._tensor(s, state))
+            t = self._tensor(s, state)
+            if s.attr == "weight" and isinstance(s.mod, nn.Conv2d):
+                t = pack_weight(s.mod, t)  # once here, not on every call (nn/packed.py)
+            s.put(t)
 
     def _fingerprint(self) -> str:
         """The whole model's fingerprint, one tensor at a time and none kept: seeded
