@@ -68,8 +68,11 @@ def test_tiles_of_a_packed_model_equal_its_unsplit_maps_bit_for_bit(name: str) -
 def test_parts_load_packed_and_release_to_meta() -> None:
     w = ModelWeights("vgg11", seed=0, use_hub_cache=False)
     part = "features.3"
-    w.acquire(part)
     conv = w.module.get_submodule(part)
+    # marked when built, before any weight loads: an executor made now runs channels-last
+    assert type(conv) is packed.PackedConv2d and conv.weight.is_meta
+    assert FusedExecutor(w.module, describe(w.module, "vgg11", 64, 64, "x")).channels_last
+    w.acquire(part)
     assert type(conv) is packed.PackedConv2d and conv.weight.is_mkldnn
     whole = load_model("vgg11", use_hub_cache=False, seed=0)
     assert torch.equal(state_of(w)[f"{part}.weight"], whole.module.state_dict()[f"{part}.weight"])
@@ -78,6 +81,13 @@ def test_parts_load_packed_and_release_to_meta() -> None:
     w.acquire(part)  # packed again on the next load
     assert conv.weight.is_mkldnn
     w.release(part)
+
+
+def test_a_plain_model_runs_as_before() -> None:
+    plain = torchvision.models.get_model("vgg11", weights=None).eval()
+    ex = FusedExecutor(plain, describe(plain, "vgg11", 64, 64, "x"))
+    assert not ex.channels_last
+    assert all(type(m) is nn.Conv2d for m in plain.modules() if isinstance(m, nn.Conv2d))
 
 
 def test_what_packing_leaves_alone() -> None:

@@ -59,8 +59,8 @@ def _pack(
     dilation: tuple[int, ...],
     groups: int,
 ) -> Tensor:
-    # The input-size hint only steers the choice of layout; one at the scale of a
-    # 224 x 224 network's maps suits every strip (no reorder seen on any call).
+    # The input-size hint only steers the choice of layout; a 56 x 56 map's suits
+    # every slab height and padding tried (ONEDNN_VERBOSE shows no reorder on a call).
     hint = [1, w.shape[1] * groups, 56, 56]
     packed: Tensor = torch.ops.mkldnn._reorder_convolution_weight(
         w.contiguous(), list(padding), list(stride), list(dilation), groups, hint
@@ -112,6 +112,18 @@ def packable(m: nn.Module) -> bool:
     )
 
 
+def mark(model: nn.Module) -> nn.Module:
+    """Make every packable conv of ``model`` a :class:`PackedConv2d` (if packing is on),
+    weights loaded or not: a model built on the meta device and loaded by part
+    (``nn/weights.py``) is marked when it is built, so that an executor made before
+    a part loads already knows its maps run channels-last. Returns ``model``."""
+    if available():
+        for m in model.modules():
+            if type(m) is nn.Conv2d and packable(m):
+                m.__class__ = PackedConv2d
+    return model
+
+
 def pack_weight(m: nn.Conv2d, weight: Tensor) -> Tensor:
     """``weight`` (plain, for conv ``m``) in oneDNN's layout if packing is on and
     ``m`` is :func:`packable`, else as it is; ``m`` becomes a :class:`PackedConv2d`."""
@@ -125,6 +137,7 @@ def pack_weight(m: nn.Conv2d, weight: Tensor) -> Tensor:
 @torch.no_grad()
 def pack_convs(model: nn.Module) -> nn.Module:
     """Pack every packable conv's loaded weight of ``model`` in place; returns it."""
+    mark(model)
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
             packed = pack_weight(m, m.weight)

@@ -46,7 +46,7 @@ from edgeci_p2p.nn.models import (
     seeded_pieces,
     weights_path,
 )
-from edgeci_p2p.nn.packed import pack_weight
+from edgeci_p2p.nn.packed import mark, pack_weight
 
 HEAD = "head"
 """The part that holds the classifier (VGG) or fc (ResNet)."""
@@ -106,7 +106,7 @@ class ModelWeights:
         self.seed = seed
         self.path = weights_path(name, weights, use_hub_cache)
         self.source = str(self.path) if self.path is not None else f"seed:{seed}"
-        module: nn.Module = meta_model(name)
+        module: nn.Module = mark(meta_model(name))  # packed convs (nn/packed.py)
         module.eval()
         self.module = module
         self.head_module = "classifier" if hasattr(module, "classifier") else "fc"
