@@ -658,8 +658,6 @@ class Bench:
             argv += ["--no-zero-suppression"]
         if self.args.no_speed_calibration:
             argv += ["--no-speed-calibration"]
-        if self.args.no_plan_outcomes:
-            argv += ["--no-plan-outcomes"]
         if self.args.no_gc_freeze:
             argv += ["--no-gc-freeze"]
         if not load_testbed(self.args.testbed).shared_medium:
@@ -881,12 +879,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-zero-suppression",
         action="store_true",
         help="peers send every map whole (edgeci-peer --no-zero-suppression), for comparison",
-    )
-    p.add_argument(
-        "--no-plan-outcomes",
-        action="store_true",
-        help="auctioneers decide between distributing and running alone on the plans' "
-        "predictions as they are (edgeci-peer --no-plan-outcomes), for comparison",
     )
     p.add_argument(
         "--no-speed-calibration",

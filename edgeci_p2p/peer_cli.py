@@ -96,13 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(for links of a known, fixed rate)",
     )
     p.add_argument(
-        "--no-plan-outcomes",
-        action="store_true",
-        help="as auctioneer, decide between distributing and running alone on the plans' "
-        "predictions as they are (by default each is first scaled by how plans of its "
-        "shape ran here lately against their predictions)",
-    )
-    p.add_argument(
         "--no-speed-calibration",
         action="store_true",
         help="bid with the start-up profile as measured, whatever the served work shows "
@@ -177,7 +170,6 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
         zero_suppression=not args.no_zero_suppression,
         calibrate_speed=not args.no_speed_calibration,
-        learn_outcomes=not args.no_plan_outcomes,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
         count_resident=True,  # this process is this one peer

@@ -96,9 +96,3 @@ def moving_plan(spec: ModelSpec, nodes: list[str]) -> Plan:
     plan = Plan(spec.name, "edgeci-halo", "test", tuple(nodes), stages, auctioneer=0)
     validate(plan, spec)
     return plan
-
-
-def two_device_plan(predicted: float | None, strategy: str = "edgeci") -> Plan:
-    """A plan over two devices with a given prediction (its stages do not matter to the
-    decisions that read only its shape and prediction)."""
-    return Plan("resnet34", strategy, "test", ("a", "b"), (), auctioneer=0, predicted=predicted)

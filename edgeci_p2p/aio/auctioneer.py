@@ -39,7 +39,6 @@ from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners import plan as plan_with
-from edgeci_p2p.policy.outcomes import PlanOutcomes
 
 log = logging.getLogger("edgeci.auction")
 
@@ -95,9 +94,6 @@ class Auctioneer:
         """Time spent deciding and how often the decision cache answered (metrics)."""
         self._refreshing: set[asyncio.Task[None]] = set()
         """Background plans for bids that a stale decision answered (``_refresh_later``)."""
-        self.outcomes = PlanOutcomes()
-        """How this node's distributed and alone plans fared against their predictions:
-        the comparison of the two is made on corrected predictions (``ran``)."""
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -264,27 +260,13 @@ class Auctioneer:
         """The local plan, under the requested strategy's name, saying why."""
         local = self.local_decision(spec, rnd)
         note = f"local: distributing predicted < {dec.LOCAL_MARGIN:.0%} gain {how}".strip()
-        note += self.outcomes.note((spec.name, spec.input_shape), self.clock())
         local.plan = replace(local.plan, strategy=strategy, notes={"decision": note})
         return local
 
     def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
         if plan.predicted is None or len(set(plan.devices)) <= 1:
             return True
-        local = self.local_decision(spec, None).plan.predicted
-        factors = self.outcomes.factors((spec.name, spec.input_shape), self.clock())
-        return dec.worth_distributing(plan, local, *factors)
-
-    def ran(self, spec: ModelSpec, plan: Plan, seconds: float) -> None:
-        """A plan this node answered with took ``seconds`` to execute: learn how plans
-        of its shape fare (:class:`PlanOutcomes`). Distributed plans count only under
-        our strategies (the only ones this comparison decides); a plan alone here
-        counts under any."""
-        distributed = len(set(plan.devices)) > 1
-        if plan.predicted is None or (distributed and plan.strategy not in AUCTIONED):
-            return
-        kind = (spec.name, spec.input_shape)
-        self.outcomes.observe(kind, distributed, plan.predicted, seconds, self.clock())
+        return dec.worth_distributing(plan, self.local_decision(spec, None).plan.predicted)
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""

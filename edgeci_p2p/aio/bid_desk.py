@@ -48,7 +48,6 @@ class BidDesk:
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
         )
-        self.auctioneer.outcomes.enabled = node.config.learn_outcomes
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""
         self.probe_s: dict[str, float] = {}

@@ -73,10 +73,6 @@ class PeerConfig:
     """Bid with the profile scaled by how much slower (or faster) than predicted the
     work this peer serves runs (:mod:`edgeci_p2p.policy.calibration`); off: bid the
     profile as measured at start, whatever happens."""
-    learn_outcomes: bool = True
-    """As auctioneer, compare distributing with running alone on predictions corrected by
-    how such plans ran here lately (:mod:`edgeci_p2p.policy.outcomes`); off: on the
-    predictions as they are."""
     plaintext: bool = False
     """No TLS (benchmarks and diagnosis only; both ends must say so). By default every
     connection is TLS 1.3 bound to the handshake (docs/protocol.md section 6)."""

@@ -207,7 +207,6 @@ class RequestRunner:
             run.span(me, "queue", m, h0, "wait", len(plan.stages))
             run.span(me, "head", h0, h1, "compute", len(plan.stages))
         m = time.monotonic()
-        self.desk.auctioneer.ran(run.spec, plan, m - started)
         result = self._result(run, logits, time.perf_counter() - t_head)
         run.span(me, "result", m, time.monotonic(), "control")
         if run.timeline is not None:

@@ -32,10 +32,6 @@ from edgeci_p2p.planners import plan as plan_with
 
 LOCAL_MARGIN = 0.1
 """AWAS+DPFL must predict at least this much gain over this node alone to distribute."""
-MEASURED_MARGIN = 0.03
-"""The same once predictions are corrected by how distributed plans really ran here
-(``policy/outcomes.py``): the correction holds what the model leaves out; this is
-for the noise of a few requests."""
 ALONE_TTL = 1.0
 """Seconds a round's finding that distributing does not pay is reused while this node
 is otherwise idle and its peers are the same (then a round is held again)."""
@@ -201,26 +197,13 @@ def alone_ttl(bids: Iterable[am.Bid]) -> float:
     return ALONE_IDLE_TTL if all(b.backlog <= 0 for b in bids) else ALONE_TTL
 
 
-def worth_distributing(
-    plan: Plan,
-    local_predicted: float | None,
-    distributed_factor: float | None = None,
-    local_factor: float | None = None,
-) -> bool:
+def worth_distributing(plan: Plan, local_predicted: float | None) -> bool:
     """Whether ``plan`` predicts at least :data:`LOCAL_MARGIN` gain over running here
     (``local_predicted``). The model leaves per-tile costs out (encoding, hand-offs):
-    a smaller predicted gain is not worth the risk. Each prediction is first scaled by
-    how plans of its shape fared here lately (measured / predicted,
-    :class:`~edgeci_p2p.policy.outcomes.PlanOutcomes`; None: not known); once
-    distributed plans have been measured, :data:`MEASURED_MARGIN` replaces the margin."""
+    a smaller predicted gain is not worth the risk."""
     if plan.predicted is None or len(set(plan.devices)) <= 1:
         return True
-    if local_predicted is None:
-        return True
-    margin = LOCAL_MARGIN if distributed_factor is None else MEASURED_MARGIN
-    return plan.predicted * (distributed_factor or 1.0) < (
-        local_predicted * (local_factor or 1.0) * (1.0 - margin)
-    )
+    return local_predicted is None or plan.predicted < local_predicted * (1.0 - LOCAL_MARGIN)
 
 
 class AloneMemo:
