@@ -117,11 +117,6 @@ class FusedExecutor:
             assert op.window is not None
             if any(extra):
                 x = F.pad(x, extra, value=float("-inf"))
-            if self.channels_last:
-                # Channels-last, as packed convs leave their maps: torch's CPU max-pool
-                # is ~16x faster so (64 x 224 x 224: 1.0 ms against 16 ms), and a
-                # slab off the wire or out of F.pad is plain NCHW. Max is exact either way.
-                x = x.contiguous(memory_format=torch.channels_last)
             w = op.window
             return F.max_pool2d(x, w.kernel, w.stride, (ph, pw), w.dilation, ceil_mode=False)
         if op.kind == "bn":
@@ -252,8 +247,10 @@ class FusedExecutor:
         x, region = slab, slab_region
         if self.channels_last:
             # Every map channels-last from the start, as packed convs leave theirs: a
-            # slab off the wire is plain NCHW, and ops mixing the two layouts (a
-            # residual add, a concatenation) take torch's slow strided path.
+            # slab off the wire is plain NCHW, torch's CPU max-pool is ~16x slower on
+            # it (64 x 224 x 224: 16 ms against 1.0), and ops mixing the two layouts
+            # (a residual add, a concatenation) take torch's slow strided path. F.pad
+            # keeps the layout, so the ops after this see channels-last maps.
             x = x.contiguous(memory_format=torch.channels_last)
         for ut in tr.units:
             x = self._unit(ut, x, region, scales or {})
