@@ -117,20 +117,26 @@ def mark(model: nn.Module) -> nn.Module:
     weights loaded or not: a model built on the meta device and loaded by part
     (``nn/weights.py``) is marked when it is built, so that an executor made before
     a part loads already knows its maps run channels-last. Returns ``model``."""
-    if available():
-        for m in model.modules():
-            if type(m) is nn.Conv2d and packable(m):
-                m.__class__ = PackedConv2d
+    for m in model.modules():
+        _mark(m)
     return model
+
+
+def _mark(m: nn.Module) -> bool:
+    """Make ``m`` a :class:`PackedConv2d` if packing is on and it is :func:`packable`;
+    whether it is one now."""
+    if not (available() and packable(m)):
+        return False
+    if type(m) is nn.Conv2d:
+        m.__class__ = PackedConv2d
+    return True
 
 
 def pack_weight(m: nn.Conv2d, weight: Tensor) -> Tensor:
     """``weight`` (plain, for conv ``m``) in oneDNN's layout if packing is on and
     ``m`` is :func:`packable`, else as it is; ``m`` becomes a :class:`PackedConv2d`."""
-    if weight.is_meta or weight.is_mkldnn or not available() or not packable(m):
+    if weight.is_meta or weight.is_mkldnn or not _mark(m):
         return weight
-    if type(m) is nn.Conv2d:
-        m.__class__ = PackedConv2d
     return _pack(weight, m.padding, m.stride, m.dilation, m.groups)  # type: ignore[arg-type]
 
 
