@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeci_p2p.auction import decider
 from edgeci_p2p.core.plan import Plan, segments
 from edgeci_p2p.core.timeline import Timeline
 from edgeci_p2p.nn.images import decode, to_input
@@ -20,9 +21,17 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("strategy", ["modnn", "edgeci-halo"])
-async def test_a_traced_request_accounts_for_its_time_and_every_tile(strategy: str) -> None:
+async def test_a_traced_request_accounts_for_its_time_and_every_tile(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The subject is the trace of a request as planned: no deadline or hedge may move a
     # tile or a strip job elsewhere on a loaded machine (test_reliability covers those).
+    # And the plan must span peers: the three in-process peers share this machine's cores,
+    # and whether a plan among them predicts the 10% gain that distributing asks for moves
+    # with the measured profile (packed convs made ResNet-34 alone fast enough that it did
+    # not on CI). A negative margin takes any plan that spans peers (test_alone_reuse
+    # checks the margin itself).
+    monkeypatch.setattr(decider, "LOCAL_MARGIN", -1.0)
     patient = {"tile_deadline_margin": 3 * WAIT_S, "hedge_margin": 3 * WAIT_S}
     async with cluster(3, **patient) as daemons:
         a = daemons[0]
@@ -77,7 +86,7 @@ async def test_a_traced_request_accounts_for_its_time_and_every_tile(strategy: s
                          and w.tile == s.tile]  # fmt: skip
                 assert any(w.start - err <= s.start and s.stop <= w.stop + err for w in waits), s
         # Distributed work was traced on at least one other node, with predictions.
-        assert {s.node for s in tl.spans} - {a.node_id}
+        assert {s.node for s in tl.spans} - {a.node_id}, res.plan.get("notes")
         assert any(s.predicted is not None for s in tl.spans if s.name == "compute")
         assert np.all(np.isfinite(res.logits))
 
