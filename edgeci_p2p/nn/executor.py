@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -222,6 +224,17 @@ class FusedExecutor:
             )
         parts = torch.split(joined, [c for _, c in mods], 1)
         return {m: p for (m, _), p in zip(mods, parts, strict=True)}
+
+    def own_slab(self, slab: npt.NDArray[np.float32]) -> Tensor:
+        """A copy of ``slab`` (N x C x H x W, any strides) laid out as this executor runs
+        its maps, made in one pass: a strip job's own rows come back from the last stage
+        channels-last, and copying them to NCHW and then back to channels-last cost more
+        than a single max-pool (VGG-16's 128 x 14 x 112 strip: 0.55 ms against 0.06)."""
+        if not self.channels_last:
+            return torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
+        nhwc = np.empty((slab.shape[0], *slab.shape[2:], slab.shape[1]), np.float32)
+        nhwc[...] = slab.transpose(0, 2, 3, 1)
+        return torch.from_numpy(nhwc).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def run_trace(

@@ -391,7 +391,7 @@ class ModelStore:
             tr = trace(ex.spec, start, stop, out)
         except (ValueError, IndexError) as e:
             raise WorkError(f"bad tile for {name}: {e}") from e
-        x = torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
+        x = ex.own_slab(slab)
         with self.using(name, self.weights[name].parts_for(ex.spec, start, stop)):
             try:
                 vec = None if scale is None else torch.from_numpy(np.array(scale, np.float32))
