@@ -658,6 +658,8 @@ class Bench:
             argv += ["--no-zero-suppression"]
         if self.args.no_speed_calibration:
             argv += ["--no-speed-calibration"]
+        if self.args.no_piece_cost:
+            argv += ["--no-piece-cost"]
         if self.args.no_gc_freeze:
             argv += ["--no-gc-freeze"]
         if not load_testbed(self.args.testbed).shared_medium:
@@ -885,6 +887,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="peers bid their start-up profile as measured (edgeci-peer "
         "--no-speed-calibration), for comparison",
+    )
+    p.add_argument(
+        "--no-piece-cost",
+        action="store_true",
+        help="peers neither learn nor bid a fixed cost per piece of work (edgeci-peer "
+        "--no-piece-cost), for comparison",
     )
     p.add_argument(
         "--no-gc-freeze",

@@ -100,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bid with the start-up profile as measured, whatever the served work shows "
         "(by default bids follow how much slower or faster than profiled this peer's "
-        "tiles run, once that differs by more than 15%%)",
+        "tiles run, once that differs by more than 30%%)",
+    )
+    p.add_argument(
+        "--no-piece-cost",
+        action="store_true",
+        help="do not learn or bid a fixed cost per piece of work (by default a peer fits "
+        "measured = slowdown x profile + a fixed cost over the pieces it serves, and bids "
+        "both, so that plans price every stage it runs)",
     )
     p.add_argument(
         "--no-gc-freeze",
@@ -170,6 +177,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         link_bandwidth=None if args.link_mbit is None else args.link_mbit * 1e6 / 8,
         zero_suppression=not args.no_zero_suppression,
         calibrate_speed=not args.no_speed_calibration,
+        learn_piece_cost=not args.no_piece_cost,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
         count_resident=True,  # this process is this one peer

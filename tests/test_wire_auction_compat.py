@@ -78,6 +78,7 @@ EXAMPLES: list[AuctionMessage] = [
         ("features",),
         {"head": 494 << 20},
         300 << 20,
+        0.004,
     ),
     awas.Award("a", "p", (ITEM,), 3, 2.0, 0.5),
     awas.AwardReply("a", "p", 3, False, "capacity"),

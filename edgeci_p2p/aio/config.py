@@ -73,6 +73,10 @@ class PeerConfig:
     """Bid with the profile scaled by how much slower (or faster) than predicted the
     work this peer serves runs (:mod:`edgeci_p2p.policy.calibration`); off: bid the
     profile as measured at start, whatever happens."""
+    learn_piece_cost: bool = True
+    """Learn, beside the speed, the fixed seconds each piece of work costs here
+    (:class:`edgeci_p2p.policy.calibration.PieceOverhead`) and bid them, so that plans
+    price every stage a peer runs; off: pieces cost only their units (as before)."""
     plaintext: bool = False
     """No TLS (benchmarks and diagnosis only; both ends must say so). By default every
     connection is TLS 1.3 bound to the handshake (docs/protocol.md section 6)."""

@@ -20,7 +20,7 @@ from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
-from edgeci_p2p.policy.calibration import SpeedCalibration
+from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
@@ -96,6 +96,8 @@ class Node:
     """Zeros counted in the maps this node assembled, per (model, height, width): what
     zero suppression leaves of each boundary's bytes, for planning."""
     calibration: SpeedCalibration = field(default_factory=SpeedCalibration)
+    overhead: PieceOverhead = field(default_factory=PieceOverhead)
+    """The fixed seconds per piece of work, learnt beside ``calibration``."""
     profiled: ComputeModel | None = None
     """The compute model as profiled at start (``compute`` is it, calibrated)."""
 
@@ -109,14 +111,24 @@ class Node:
         if not self.config.calibrate_speed or self.profiled is None:
             return
         predicted = sum(self.profiled.seconds(k, f) for k, f in kind_flops)
-        slowdown = self.calibration.observe(predicted, seconds)
-        if slowdown is None:
+        # The fixed cost per piece first, then the speed from what is left of the piece:
+        # a factor fitted to raw times would carry the fixed cost into every FLOP.
+        learn = self.config.learn_piece_cost
+        piece_s = self.overhead.observe(predicted, seconds) if learn else None
+        left = max(seconds - self.overhead.piece_s, 0.5 * seconds)
+        slowdown = self.calibration.observe(predicted, left)
+        if slowdown is None and piece_s is None:
             return
-        self.compute = self.bidder.compute = self.profiled.scaled(1.0 / slowdown)
+        self.compute = self.bidder.compute = self.profiled.scaled(
+            1.0 / self.calibration.slowdown
+        ).with_piece(self.overhead.piece_s)
         log.info(
-            "speed calibrated over %d windows of served work: %.2fx the profile's times",
+            "speed calibrated over %d windows and %d pieces of served work: %.2fx the "
+            "profile's times, %.1f ms per piece",
             self.calibration.windows,
-            slowdown,
+            self.overhead.pieces,
+            self.calibration.slowdown,
+            self.overhead.piece_s * 1e3,
         )
 
     def offset(self, node: str) -> Offset | None:

@@ -144,7 +144,15 @@ def _rows(have: list[tuple[int, Array]], a: int, b: int) -> Array | None:
                 break
     if at < b:
         return None
-    return out[0] if len(out) == 1 else np.concatenate(out, axis=2)
+    if len(out) == 1:
+        return out[0]
+    if not max(out, key=lambda a: a.shape[2]).transpose(0, 2, 3, 1).flags.c_contiguous:
+        return np.concatenate(out, axis=2)
+    # The own rows are channels-last (a packed model's stage output): join in that
+    # layout, so that only the few received halo rows are transposed, and the worker's
+    # copy (FusedExecutor.own_slab) is a straight one.
+    nhwc = np.concatenate([a.transpose(0, 2, 3, 1) for a in out], axis=1)
+    return nhwc.transpose(0, 3, 1, 2)
 
 
 async def run_strip_job(
@@ -243,9 +251,12 @@ async def run_strip_job(
                     )
                 except ValueError as e:  # WorkError included
                     raise WorkError(str(e)) from e
-                run_s += time.perf_counter() - t0
+                span = time.perf_counter() - t0
+                run_s += span
                 out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
-                out.pieces.append((p.unit_flops, took))
+                # The piece as the plan sees it: the hop to the worker and back included
+                # (on a capped peer, the wait for the quota), not only the worker's time.
+                out.pieces.append((p.unit_flops, max(span, took)))
                 todo.remove(p)
                 done.append((p.rows[0], yp))
                 for s in list(unsent):

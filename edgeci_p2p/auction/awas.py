@@ -114,7 +114,7 @@ def compute_from_bid(bid: Bid, call: CallForBids) -> ComputeModel:
         fits[kind] = LinearFit(a, b)
     if "conv" not in fits:
         raise ValueError(f"bid of {bid.bidder} in {bid.auction_id} prices no conv probe")
-    return ComputeModel(fits)
+    return ComputeModel(fits, bid.piece_s)
 
 
 def _prices_model(bid: Bid, call: CallForBids) -> bool:
@@ -640,5 +640,5 @@ def predict_with_backlog(
     # The last map out to the head device, the head after its own queue, the logits back.
     out_b, back_b = head_bytes(spec)
     link = testbed.link(h)
-    run = testbed.devices[h].compute.seconds("head", head_flops(spec))
+    run = testbed.devices[h].compute.piece([("head", head_flops(spec))])
     return max(t + link.seconds(out_b), free[h]) + run + link.seconds(back_b)

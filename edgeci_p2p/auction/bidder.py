@@ -199,6 +199,7 @@ class Bidder:
             host=self.host,
             cpus=self.cpus,
             host_cpus=self.host_cpus,
+            piece_s=self.compute.piece_s,
             held=holding.held,
             load=dict(holding.load),
         )

@@ -115,7 +115,10 @@ class CachedDecider:
             (
                 b.bidder,
                 round(b.backlog / 0.05),  # 50 ms buckets of queued work
-                tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
+                (  # the speed figures (shape() leaves them out)
+                    tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
+                    round(b.piece_s, 4),
+                ),
                 float(f"{b.bandwidth:.2g}"),
                 round(b.rtt, 3),
                 b.declined,

@@ -151,6 +151,9 @@ class Bid:
     """Bytes that loading each part it does not hold would add (part -> bytes)."""
     rss: int = 0
     """The bidder's resident memory, bytes (0: not said)."""
+    piece_s: float = 0.0
+    """Seconds each piece of work costs the bidder beyond its units' fits, as it learnt
+    from the work it served (:attr:`edgeci_p2p.core.cost.ComputeModel.piece_s`)."""
 
     def finish(self, item_id: str) -> float:
         return self.backlog + self.duration[item_id]
@@ -171,6 +174,8 @@ class Bid:
             d.update(host=self.host, cpus=self.cpus, host_cpus=self.host_cpus)
         if self.held or self.load or self.rss:
             d.update(held=list(self.held), load=dict(self.load), rss=self.rss)
+        if self.piece_s:
+            d["piece_s"] = self.piece_s
         return d
 
     @classmethod
@@ -194,6 +199,7 @@ class Bid:
             held=tuple(str(p) for p in d.get("held") or ()),
             load={str(k): int(v) for k, v in (d.get("load") or {}).items()},
             rss=int(d.get("rss") or 0),
+            piece_s=float(d.get("piece_s") or 0.0),
         )
 
 

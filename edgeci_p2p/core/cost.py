@@ -9,7 +9,7 @@ shared medium (its sends and receives serialise) is a property of the testbed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,9 +72,17 @@ class LinearFit:
 @dataclass(frozen=True)
 class ComputeModel:
     """Per unit kind fits of one device. A model without a ``dw`` fit gets one derived
-    from its ``conv`` fit (:data:`DW_SLOWDOWN`)."""
+    from its ``conv`` fit (:data:`DW_SLOWDOWN`).
+
+    ``piece_s``: seconds every *piece* of work costs on top of its units (a tile, a
+    strip job's piece, the head: one call of the worker), whatever its size. The
+    profile cannot see it (it times units back to back); a peer learns it from the
+    work it serves (``policy/calibration.py``): the hop to its worker and back, and on
+    a CPU quota the wait for the next period (up to ~9 ms at 0.13 core under a 10 ms
+    CFS period). A plan of many short stages pays it on every peer at every stage."""
 
     fits: Mapping[str, LinearFit]
+    piece_s: float = 0.0
 
     def __post_init__(self) -> None:
         conv = self.fits.get("conv")
@@ -89,24 +97,42 @@ class ComputeModel:
             raise KeyError(f"compute model has no fit for {kind!r} (nor 'conv')")
         return fit.seconds(flops)
 
+    def piece(self, kind_flops: Iterable[tuple[str, float]]) -> float:
+        """Predicted time of one piece of work made of these (kind, FLOPs) unit calls:
+        its units and the fixed :attr:`piece_s` (nothing for an empty piece)."""
+        units = sum(self.seconds(k, f) for k, f in kind_flops)
+        return units + self.piece_s if units > 0 else 0.0
+
     def trace_seconds(self, tr: Trace) -> float:
-        """Predicted time to run a traced unit range on this device."""
-        return sum(self.seconds(k, f) for k, f in flops_by_kind(tr).items())
+        """Predicted time to run a traced unit range on this device (one piece)."""
+        return self.piece(flops_by_kind(tr).items())
 
     def scaled(self, factor: float) -> ComputeModel:
-        """The same device running ``factor`` times as fast (factor 0.5 = half speed)."""
+        """The same device running ``factor`` times as fast (factor 0.5 = half speed);
+        the fixed seconds per piece stay as they are (they are learnt, not profiled)."""
         return ComputeModel(
-            {k: LinearFit(f.a / factor, f.b / factor, f.rel_error) for k, f in self.fits.items()}
+            {k: LinearFit(f.a / factor, f.b / factor, f.rel_error) for k, f in self.fits.items()},
+            self.piece_s,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The measured fits (a derived ``dw`` fit is left out: it is derived again)."""
+    def with_piece(self, piece_s: float) -> ComputeModel:
+        """The same fits with ``piece_s`` seconds per piece."""
         derived = getattr(self, "_derived_dw", None)
-        return {
+        fits = {k: f for k, f in self.fits.items() if f is not derived}
+        return ComputeModel(fits, piece_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measured fits (a derived ``dw`` fit is left out: it is derived again), and
+        ``piece_s`` where it is not zero."""
+        derived = getattr(self, "_derived_dw", None)
+        out: dict[str, Any] = {
             k: {"a": f.a, "b": f.b, "rel_error": f.rel_error}
             for k, f in self.fits.items()
             if f is not derived
         }
+        if self.piece_s:
+            out["piece_s"] = self.piece_s
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ComputeModel:
@@ -114,7 +140,9 @@ class ComputeModel:
             {
                 k: LinearFit(float(v["a"]), float(v["b"]), float(v.get("rel_error", 0.0)))
                 for k, v in d.items()
-            }
+                if k != "piece_s"
+            },
+            float(d.get("piece_s", 0.0)),
         )
 
 

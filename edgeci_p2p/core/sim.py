@@ -254,7 +254,7 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
     for p in stage.parts:
         w = work.work_region(stage.start, stage.stop, p.region)
         model = testbed.devices[p.device].compute
-        secs = sum(model.seconds(kind, f) for kind, f in w.unit_flops)
+        secs = model.piece(w.unit_flops)
         remote = p.device != testbed.auctioneer
         r0, r1, c0, c1 = w.need
         in_b = spec.wire_bytes(stage.start, c_in * (r1 - r0) * (c1 - c0)) + vec if remote else 0
@@ -266,7 +266,7 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
 
 def head_seconds(spec: ModelSpec, testbed: Testbed) -> float:
     """The head on the auctioneer."""
-    return testbed.devices[testbed.auctioneer].compute.seconds("head", head_flops(spec))
+    return testbed.devices[testbed.auctioneer].compute.piece([("head", head_flops(spec))])
 
 
 def head_bytes(spec: ModelSpec) -> tuple[int, int]:
@@ -287,7 +287,7 @@ def remote_head_seconds(spec: ModelSpec, testbed: Testbed, device: int) -> float
     """The head on ``device``: the last map there, the head, the logits back."""
     out_b, back_b = head_bytes(spec)
     link = testbed.link(device)
-    run = testbed.devices[device].compute.seconds("head", head_flops(spec))
+    run = testbed.devices[device].compute.piece([("head", head_flops(spec))])
     return link.seconds(out_b) + run + link.seconds(back_b)
 
 
@@ -329,7 +329,7 @@ def simulate(
         ends.extend(seg.stage_ends)
         t = seg.latency
     h, aid, k = plan.head_at, testbed.auctioneer, len(plan.stages)
-    head = testbed.devices[h].compute.seconds("head", head_flops(spec))
+    head = testbed.devices[h].compute.piece([("head", head_flops(spec))])
     if h != aid:
         # The last map out to the head device, the logits back; nothing else is on the
         # links by then.
@@ -457,16 +457,12 @@ def run_segment(
                 ):
                     pieces = ()  # the middle reads neighbours' rows too: it waits like the edges
             if len(pieces) > 1:
-                edge = sum(
-                    model.seconds(k, f) for pc in pieces if pc.sends for k, f in pc.unit_flops
-                )
-                mid = sum(
-                    model.seconds(k, f) for pc in pieces if not pc.sends for k, f in pc.unit_flops
-                )
+                edge = sum(model.piece(pc.unit_flops) for pc in pieces if pc.sends)
+                mid = sum(model.piece(pc.unit_flops) for pc in pieces if not pc.sends)
                 cut[s].append((edge, mid))
             else:
                 rw = work.work_region(st.start, st.stop, p.region)
-                cut[s].append((sum(model.seconds(k, f) for k, f in rw.unit_flops), 0.0))
+                cut[s].append((model.piece(rw.unit_flops), 0.0))
             prev = lane_last.get(p.device)
             if prev is not None:
                 lane_next[prev] = (s, q)

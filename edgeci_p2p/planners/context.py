@@ -53,6 +53,7 @@ class Context:
         self.n_dev = len(testbed.devices)
         # per device, per kind of the table: (a, b) of the linear fit
         self._ab = [[_fit_ab(d.compute.fits, k) for k in self.table.kinds] for d in testbed.devices]
+        self._piece = [d.compute.piece_s for d in testbed.devices]
         self._shapes = [spec.shape_at(b) for b in range(self.n + 1)]
         # aggregate speed per kind if every device worked at once (for lower bounds)
         self._all_speed = [
@@ -69,7 +70,8 @@ class Context:
     # ---- exact costs ------------------------------------------------------------------------
 
     def compute_seconds(self, device: int, i: int, j: int, a: int, b: int) -> float:
-        """Seconds for ``device`` to compute rows ``[a, b)`` of units ``[i, j)`` (full width)."""
+        """Seconds for ``device`` to compute rows ``[a, b)`` of units ``[i, j)`` (full width),
+        as one piece of work."""
         t = 0.0
         ab = self._ab[device]
         for (fa, fb), f, cnt in zip(
@@ -77,7 +79,7 @@ class Context:
         ):
             if f > 0:
                 t += fa * f + fb * cnt
-        return t
+        return t + self._piece[device] if t > 0 else 0.0
 
     def strip_task(self, device: int, i: int, j: int, a: int, b: int) -> Task:
         """Rows ``[a, b)`` of units ``[i, j)`` on ``device`` as a task (memoised)."""

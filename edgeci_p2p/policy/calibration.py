@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SpeedCalibration"]
+__all__ = ["PieceOverhead", "SpeedCalibration"]
 
 
 @dataclass
@@ -110,3 +110,84 @@ class SpeedCalibration:
         snapped = self.grid ** round(self.mean_log / step)
         self.slowdown = min(self.highest, max(self.lowest, snapped))
         return self.slowdown
+
+
+@dataclass
+class PieceOverhead:
+    """``piece_s``: the seconds each piece of work costs this peer beyond what its size
+    predicts (:attr:`edgeci_p2p.core.cost.ComputeModel.piece_s`), as its bids use it.
+
+    One slowdown factor cannot describe a peer whose short pieces run 2x their profile
+    and its long ones 1.0x: on the emulated cluster the 0.13-core peer's strip pieces
+    fitted ``measured = 0.8 x predicted + 24 ms`` and the others' +5-15 ms (a 10 ms CFS
+    period: a piece that finds the quota spent waits for the next one). A single factor
+    fitted to such a mix is too slow for whole maps and too fast for thin strips, so the
+    auctioneer both mispredicts and misplans. ``observe(predicted_s, measured_s)`` fits
+    ``measured = s * predicted + o`` over the recent pieces (least squares, each piece's
+    weight decaying by ``decay`` per newer piece) and returns a new ``o`` when the one
+    in force must change, else None; the slope is :class:`SpeedCalibration`'s to set.
+
+    ``o`` is only estimated from pieces of different sizes (the predicted times' spread
+    at least ``min_spread`` of their mean): a peer that only ever runs whole models has
+    nothing to separate a fixed cost from a slow speed with, and keeps what it has.
+    Like the slowdown it moves only past a band (a new bid is a new plan), to a grid.
+    """
+
+    decay: float = 0.97
+    """Weight kept by each piece per newer piece (~33 pieces' memory)."""
+    min_pieces: int = 20
+    """Pieces before the first estimate."""
+    min_spread: float = 0.3
+    """Least coefficient of variation of the pieces' predicted times to fit a fixed cost."""
+    band_s: float = 0.002
+    band: float = 0.3
+    """``o`` changes when the estimate differs from the one in force by more than the
+    larger of ``band_s`` and ``band`` times it."""
+    grid_s: float = 0.0005
+    """``o`` in force is a multiple of this."""
+    highest: float = 0.05
+    """A larger fixed cost per piece is not a speed: something else is wrong."""
+    min_predicted_s: float = 0.0005
+
+    piece_s: float = 0.0
+    """The fixed seconds per piece in force."""
+    pieces: int = 0
+    _w: float = 0.0
+    _x: float = 0.0
+    _y: float = 0.0
+    _xx: float = 0.0
+    _xy: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"piece overhead decay {self.decay} is not in (0, 1)")
+
+    @property
+    def estimate(self) -> float | None:
+        """The fitted fixed seconds per piece (None: too few pieces, or too alike)."""
+        if self.pieces < self.min_pieces or self._w <= 0.0:
+            return None
+        mx, my = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mx * mx
+        if mx <= 0.0 or var < (self.min_spread * mx) ** 2:
+            return None
+        slope = (self._xy / self._w - mx * my) / var
+        if slope <= 0.0:
+            return None
+        return min(self.highest, max(0.0, my - slope * mx))
+
+    def observe(self, predicted_s: float, measured_s: float) -> float | None:
+        if predicted_s < self.min_predicted_s or measured_s <= 0.0:
+            return None
+        d = self.decay
+        self._w = self._w * d + 1.0
+        self._x = self._x * d + predicted_s
+        self._y = self._y * d + measured_s
+        self._xx = self._xx * d + predicted_s * predicted_s
+        self._xy = self._xy * d + predicted_s * measured_s
+        self.pieces += 1
+        got = self.estimate
+        if got is None or abs(got - self.piece_s) <= max(self.band_s, self.band * self.piece_s):
+            return None
+        self.piece_s = round(got / self.grid_s) * self.grid_s
+        return self.piece_s

@@ -83,6 +83,6 @@ def strip_job_seconds(
 def head_seconds(testbed: Testbed, device: int, spec: ModelSpec, nbytes: int) -> float:
     """The head's predicted seconds on plan device ``device``: the last map's
     ``nbytes`` over its link and the head's compute there."""
-    return testbed.link(device).seconds(nbytes) + testbed.devices[device].compute.seconds(
-        "head", head_flops(spec)
+    return testbed.link(device).seconds(nbytes) + testbed.devices[device].compute.piece(
+        [("head", head_flops(spec))]
     )

@@ -193,7 +193,7 @@ def execute(
     link = tb.links[h]
     dur = out_b / link.bandwidth
     sent = world.radio(aid, True).reserve(t, dur) + dur + link.rtt / 2
-    run = tb.devices[h].compute.seconds("head", head_flops(spec))
+    run = tb.devices[h].compute.piece([("head", head_flops(spec))])
     done = world.run_task_compute(h, sent, run)
     dur = back_b / link.bandwidth
     return world.radio(aid, False).reserve(done, dur) + dur + link.rtt / 2

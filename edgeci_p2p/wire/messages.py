@@ -474,10 +474,12 @@ class Bid(Message):
     """Part -> bytes that loading it would add, for each part the bidder does not hold."""
     rss: int | None = None
     """The bidder's resident memory, bytes."""
+    piece_s: float | None = None
+    """Seconds each piece of work costs the bidder beyond its units (learnt online)."""
 
     def check(self) -> None:
         _nonneg("bid.load", **(self.load or {}))
-        _nonneg("bid", rss=self.rss or 0)
+        _nonneg("bid", rss=self.rss or 0, piece_s=self.piece_s or 0.0)
         _nonneg(
             "bid",
             backlog=self.backlog,
