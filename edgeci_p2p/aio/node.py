@@ -110,10 +110,13 @@ class Node:
         calibrate the compute model behind bids and predictions with how long it took."""
         if not self.config.calibrate_speed or self.profiled is None:
             return
-        predicted = sum(self.profiled.seconds(k, f) for k, f in kind_flops)
+        work = list(kind_flops)
+        predicted = sum(self.profiled.seconds(k, f) for k, f in work)
         # The fixed cost per piece first, then the speed from what is left of the piece:
-        # a factor fitted to raw times would carry the fixed cost into every FLOP.
-        learn = self.config.learn_piece_cost
+        # a factor fitted to raw times would carry the fixed cost into every FLOP. Not
+        # from the head: its fully connected layers are bound by memory, not FLOPs, and
+        # would bend the line the convolutions lie on.
+        learn = self.config.learn_piece_cost and any(k != "head" for k, _ in work)
         piece_s = self.overhead.observe(predicted, seconds) if learn else None
         left = max(seconds - self.overhead.piece_s, 0.5 * seconds)
         slowdown = self.calibration.observe(predicted, left)

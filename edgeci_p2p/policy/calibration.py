@@ -133,10 +133,13 @@ class PieceOverhead:
     Like the slowdown it moves only past a band (a new bid is a new plan), to a grid.
     """
 
-    decay: float = 0.97
-    """Weight kept by each piece per newer piece (~33 pieces' memory)."""
+    decay: float = 0.985
+    """Weight kept by each piece per newer piece (~67 pieces' memory: a few requests)."""
+    skip_pieces: int = 10
+    """Pieces left out at first: a peer's first pieces are cold (2-3x their profile on
+    the emulated cluster), and would read as a huge fixed cost."""
     min_pieces: int = 20
-    """Pieces before the first estimate."""
+    """Pieces (after those skipped) before the first estimate."""
     min_spread: float = 0.3
     """Least coefficient of variation of the pieces' predicted times to fit a fixed cost."""
     band_s: float = 0.002
@@ -145,8 +148,11 @@ class PieceOverhead:
     larger of ``band_s`` and ``band`` times it."""
     grid_s: float = 0.0005
     """``o`` in force is a multiple of this."""
-    highest: float = 0.05
-    """A larger fixed cost per piece is not a speed: something else is wrong."""
+    highest: float = 0.02
+    """A larger fixed cost per piece is not the hop and the quota's period (at most
+    one 10 ms CFS period and a few ms): something else is wrong (the auctioneer's own
+    event loop sharing its quota while it scatters fitted 20-50 ms), and a plan that
+    charged it on every stage would not distribute at all."""
     min_predicted_s: float = 0.0005
 
     piece_s: float = 0.0
@@ -178,6 +184,9 @@ class PieceOverhead:
 
     def observe(self, predicted_s: float, measured_s: float) -> float | None:
         if predicted_s < self.min_predicted_s or measured_s <= 0.0:
+            return None
+        if self.skip_pieces > 0:
+            self.skip_pieces -= 1
             return None
         d = self.decay
         self._w = self._w * d + 1.0
