@@ -38,14 +38,14 @@ def test_a_fixed_cost_is_told_apart_from_a_slow_speed() -> None:
         assert po.observe(0.001, 0.1) is None
     assert po.pieces == 0
     got = []
-    for i in range(60):  # pieces of 1-20 ms predicted, each 1.2x slower plus 8 ms
+    for i in range(60):  # pieces of 1-20 ms predicted, each 1.2x slower plus 4 ms
         p = 0.001 * (1 + i % 20)
-        r = po.observe(p, 1.2 * p + 0.008)
+        r = po.observe(p, 1.2 * p + 0.004)
         if r is not None:
             got.append((po.pieces, r))
     # Not before min_pieces; then once, onto the grid, and it holds.
-    assert got == [(po.min_pieces, pytest.approx(0.008))]
-    assert po.estimate == pytest.approx(0.008)
+    assert got == [(po.min_pieces, pytest.approx(0.004))]
+    assert po.estimate == pytest.approx(0.004)
 
 
 def test_pieces_all_of_one_size_leave_the_fixed_cost_alone() -> None:
@@ -57,7 +57,7 @@ def test_pieces_all_of_one_size_leave_the_fixed_cost_alone() -> None:
 
 
 def test_the_fixed_cost_moves_only_past_its_band_and_stays_bounded() -> None:
-    po = PieceOverhead(skip_pieces=0)
+    po = PieceOverhead(skip_pieces=0, highest=0.05)
     sizes = [0.002, 0.01, 0.03]
     for i in range(20):
         po.observe(sizes[i % 3], sizes[i % 3] + 0.010)
@@ -71,6 +71,10 @@ def test_the_fixed_cost_moves_only_past_its_band_and_stays_bounded() -> None:
     for i in range(200):  # a stalled machine is not a fixed cost per piece
         po.observe(sizes[i % 3], sizes[i % 3] + 1.0)
     assert po.piece_s == po.highest
+    capped = PieceOverhead(skip_pieces=0)  # by default at most a few ms (see highest)
+    for i in range(40):
+        capped.observe(sizes[i % 3], sizes[i % 3] + 0.010)
+    assert capped.piece_s == capped.highest == 0.005
     # Pieces too short to time, and nonsense, are not counted.
     n = po.pieces
     assert po.observe(0.0001, 0.5) is None and po.observe(0.01, 0.0) is None

@@ -148,11 +148,14 @@ class PieceOverhead:
     larger of ``band_s`` and ``band`` times it."""
     grid_s: float = 0.0005
     """``o`` in force is a multiple of this."""
-    highest: float = 0.02
-    """A larger fixed cost per piece is not the hop and the quota's period (at most
-    one 10 ms CFS period and a few ms): something else is wrong (the auctioneer's own
-    event loop sharing its quota while it scatters fitted 20-50 ms), and a plan that
-    charged it on every stage would not distribute at all."""
+    highest: float = 0.005
+    """The most it is taken to be. What a piece costs beyond its size is partly a fixed
+    hop (to the worker and back, the event loop's share of the quota) and partly the
+    CFS period's quantisation, which is not fixed: a piece that starts after a wait
+    finds its quota refilled. Charged on every stage, the fitted 6-16 ms (20-50 ms on
+    an auctioneer that scatters) made the planner fuse VGG-16 into 4 stages of heavy
+    halo recompute, which ran 537-559 ms against 453-470 for the 7-9 stage plans
+    without it (docs/cluster-benchmark.md, thirteenth session)."""
     min_predicted_s: float = 0.0005
 
     piece_s: float = 0.0
