@@ -227,9 +227,10 @@ class FusedExecutor:
 
     def own_slab(self, slab: npt.NDArray[np.float32]) -> Tensor:
         """A copy of ``slab`` (N x C x H x W, any strides) laid out as this executor runs
-        its maps, made in one pass: a strip job's own rows come back from the last stage
-        channels-last, and copying them to NCHW and then back to channels-last cost more
-        than a single max-pool (VGG-16's 128 x 14 x 112 strip: 0.55 ms against 0.06)."""
+        its maps, made in one pass: a strip job joins its own channels-last rows with
+        received ones in that layout (``aio/strips.py``), and an NCHW copy turned back
+        into channels-last cost more than a single max-pool (VGG-16's 128 x 14 x 112
+        strip: 0.50 ms against 0.06; ``benchmarks/strip_layout.py``)."""
         if not self.channels_last:
             return torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
         nhwc = np.empty((slab.shape[0], *slab.shape[2:], slab.shape[1]), np.float32)
