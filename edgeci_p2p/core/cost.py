@@ -77,9 +77,9 @@ class ComputeModel:
     ``piece_s``: seconds every *piece* of work costs on top of its units (a tile, a
     strip job's piece, the head: one call of the worker), whatever its size. The
     profile cannot see it (it times units back to back); a peer learns it from the
-    work it serves (``policy/calibration.py``): the hop to its worker and back, and on
-    a CPU quota the wait for the next period (up to ~9 ms at 0.13 core under a 10 ms
-    CFS period). A plan of many short stages pays it on every peer at every stage."""
+    work it serves (``policy/calibration.py``, at most 5 ms): the hop to its worker and
+    back, and the event loop's share of a CPU quota. A plan of many short stages pays it
+    on every peer at every stage."""
 
     fits: Mapping[str, LinearFit]
     piece_s: float = 0.0
