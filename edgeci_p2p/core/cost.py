@@ -115,20 +115,20 @@ class ComputeModel:
             self.piece_s,
         )
 
+    def _measured(self) -> dict[str, LinearFit]:
+        """The fits but a derived ``dw`` one (it is derived again from ``conv``)."""
+        derived = getattr(self, "_derived_dw", None)
+        return {k: f for k, f in self.fits.items() if f is not derived}
+
     def with_piece(self, piece_s: float) -> ComputeModel:
         """The same fits with ``piece_s`` seconds per piece."""
-        derived = getattr(self, "_derived_dw", None)
-        fits = {k: f for k, f in self.fits.items() if f is not derived}
-        return ComputeModel(fits, piece_s)
+        return ComputeModel(self._measured(), piece_s)
 
     def to_dict(self) -> dict[str, Any]:
         """The measured fits (a derived ``dw`` fit is left out: it is derived again), and
         ``piece_s`` where it is not zero."""
-        derived = getattr(self, "_derived_dw", None)
         out: dict[str, Any] = {
-            k: {"a": f.a, "b": f.b, "rel_error": f.rel_error}
-            for k, f in self.fits.items()
-            if f is not derived
+            k: {"a": f.a, "b": f.b, "rel_error": f.rel_error} for k, f in self._measured().items()
         }
         if self.piece_s:
             out["piece_s"] = self.piece_s
