@@ -660,6 +660,8 @@ class Bench:
             argv += ["--no-speed-calibration"]
         if self.args.no_piece_cost:
             argv += ["--no-piece-cost"]
+        if self.args.no_plan_aside:
+            argv += ["--no-plan-aside"]
         if self.args.no_gc_freeze:
             argv += ["--no-gc-freeze"]
         if not load_testbed(self.args.testbed).shared_medium:
@@ -887,6 +889,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="peers bid their start-up profile as measured (edgeci-peer "
         "--no-speed-calibration), for comparison",
+    )
+    p.add_argument(
+        "--no-plan-aside",
+        action="store_true",
+        help="peers plan for new speed figures in a thread beside their requests "
+        "(edgeci-peer --no-plan-aside), for comparison",
     )
     p.add_argument(
         "--no-piece-cost",

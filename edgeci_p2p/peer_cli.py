@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tiles run, once that differs by more than 30%%)",
     )
     p.add_argument(
+        "--no-plan-aside",
+        action="store_true",
+        help="plan for a peer's new speed figures in a thread of this daemon, beside the "
+        "requests it serves (by default a child process at the lowest CPU priority plans "
+        "them, in the time this peer's requests leave idle)",
+    )
+    p.add_argument(
         "--no-piece-cost",
         action="store_true",
         help="do not learn or bid a fixed cost per piece of work (by default a peer fits "
@@ -178,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         zero_suppression=not args.no_zero_suppression,
         calibrate_speed=not args.no_speed_calibration,
         learn_piece_cost=not args.no_piece_cost,
+        plan_aside=not args.no_plan_aside,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
         count_resident=True,  # this process is this one peer

@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgeci_p2p.aio.aside import AsideError, PlanningAside
 from edgeci_p2p.auction import decider as dec
 from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.aside import job as aside_job
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.decider import (
@@ -29,6 +31,8 @@ from edgeci_p2p.auction.decider import (
     AloneMemo,
     CachedDecider,
     Decision,
+    Entry,
+    Pending,
     StaticPlanner,
     alone_ttl,
 )
@@ -75,8 +79,12 @@ class Auctioneer:
         config: RoundConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         shared_medium: bool = True,
+        aside: PlanningAside | None = None,
     ) -> None:
         self.node_id = node_id
+        self.aside = aside
+        """Where stale decisions are planned anew (a child process of the lowest CPU
+        priority, ``auction/aside.py``); None: in a thread of this process."""
         self.shared_medium = shared_medium
         """Plan as if every link shares one medium (Wi-Fi) or as switched links."""
         self.bidder = bidder
@@ -94,6 +102,15 @@ class Auctioneer:
         """Time spent deciding and how often the decision cache answered (metrics)."""
         self._refreshing: set[asyncio.Task[None]] = set()
         """Background plans for bids that a stale decision answered (``_refresh_later``)."""
+
+    async def close(self) -> None:
+        """Stop planning in the background (the daemon is stopping)."""
+        for task in list(self._refreshing):
+            task.cancel()
+        if self._refreshing:
+            await asyncio.wait(list(self._refreshing), timeout=5.0)
+        if self.aside is not None:
+            await self.aside.close()
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -235,18 +252,38 @@ class Auctioneer:
         return Decision(plan, testbed, rnd, left_out)
 
     def _refresh_later(self, decider: CachedDecider, lock: threading.Lock) -> None:
-        """Plan the round a stale decision stood in for, in a thread, after the request
-        has its answer (``CachedDecider.refresh``); the next round finds it."""
+        """Plan the round a stale decision stood in for, off the request's path (in the
+        planning child, else in a thread); a later round finds it."""
 
-        def refresh() -> None:
+        def take() -> Pending | None:
+            with lock:
+                return decider.take_pending()
+
+        def plan_here(pending: Pending) -> None:
             with lock:
                 t0 = time.perf_counter()
-                if decider.refresh():
-                    self.planning.add(time.perf_counter() - t0, False)
+                decider.decide_pending(pending)
+                self.planning.add(time.perf_counter() - t0, False)
+
+        def keep(k: tuple[Any, ...], hit: Entry) -> None:
+            with lock:
+                decider.remember(k, hit)
 
         async def run() -> None:
             try:
-                await asyncio.to_thread(refresh)
+                pending = await asyncio.to_thread(take)
+                if pending is None:
+                    return
+                if self.aside is not None and self.aside.broken is None:
+                    call, bids, k = pending
+                    try:
+                        hit = await self.aside.decide(aside_job(decider.inner, call, bids))
+                    except AsideError as e:
+                        log.warning("planning aside failed (%s): planning in a thread", e)
+                    else:
+                        await asyncio.to_thread(keep, k, hit)
+                        return
+                await asyncio.to_thread(plan_here, pending)
             except Exception:  # a failed refresh leaves the stale plan in use
                 log.exception("planning the new bids in the background failed")
 

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 
+from edgeci_p2p.aio.aside import PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision
 from edgeci_p2p.aio.connection import Connection
 from edgeci_p2p.aio.errors import RequestError
@@ -47,6 +48,7 @@ class BidDesk:
             self._send,
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
+            aside=PlanningAside() if node.config.plan_aside else None,
         )
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""

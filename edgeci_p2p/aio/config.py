@@ -77,6 +77,10 @@ class PeerConfig:
     """Learn, beside the speed, the fixed seconds each piece of work costs here
     (:class:`edgeci_p2p.policy.calibration.PieceOverhead`) and bid them, so that plans
     price every stage a peer runs; off: pieces cost only their units (as before)."""
+    plan_aside: bool = True
+    """Plan anew for moved speed figures in a child process of the lowest CPU priority
+    (:mod:`edgeci_p2p.auction.aside`); off: in a thread of the daemon, which takes the
+    CPU and the GIL from the requests it runs meanwhile (as before)."""
     plaintext: bool = False
     """No TLS (benchmarks and diagnosis only; both ends must say so). By default every
     connection is TLS 1.3 bound to the handshake (docs/protocol.md section 6)."""

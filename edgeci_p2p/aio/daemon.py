@@ -220,6 +220,7 @@ class PeerDaemon:
             t.cancel()
         if self._parts is not None:
             await self._parts.mesh.close_all()
+            await self._parts.desk.auctioneer.close()
         await self.tasks.cancel_all(timeout=5.0)
         self.worker.shutdown(wait=False, cancel_futures=True)
         if self._lock_file is not None:

@@ -71,8 +71,10 @@ class StaticPlanner:
         return with_features_load(strip_items(self.plan, self.spec, self._work), call, usable)
 
 
-_Entry = tuple[Mapping[str, tuple[am.WorkItem, ...]], Plan | None, Testbed | None, dict[str, str]]
+Entry = tuple[Mapping[str, tuple[am.WorkItem, ...]], Plan | None, Testbed | None, dict[str, str]]
 """A remembered decision: the work items per peer, the plan, its testbed, who was left out."""
+Pending = tuple[am.CallForBids, tuple[am.Bid, ...], tuple[Any, ...]]
+"""A round whose decision is still to be made: its call, its bids, their cache key."""
 
 
 class CachedDecider:
@@ -94,7 +96,7 @@ class CachedDecider:
         """Answer a round whose bids differ from a remembered one only in their speed
         figures with that one's decision, and leave the new decision to
         :meth:`refresh`, off the request's path (see :meth:`__call__`)."""
-        self.pending: tuple[am.CallForBids, tuple[am.Bid, ...], tuple[Any, ...]] | None = None
+        self.pending: Pending | None = None
         """The round a stale decision stood in for, until :meth:`refresh` plans it."""
         self.stale = 0
         """Decisions answered with a stale plan (for the metrics and tests)."""
@@ -103,7 +105,7 @@ class CachedDecider:
         self.plan: Plan | None = None
         self.testbed: Testbed | None = None
         self.left_out: dict[str, str] = {}
-        self._memo: dict[tuple[Any, ...], _Entry]
+        self._memo: dict[tuple[Any, ...], Entry]
         self._memo = {}
         self.hits = 0
         """Decisions answered from the memo (for the metrics)."""
@@ -162,23 +164,43 @@ class CachedDecider:
     def refresh(self) -> bool:
         """Make the decision a stale answer stood in for (run it off the request's
         path, in a thread: it is the planner's full cost); True if one was made."""
-        pending, self.pending = self.pending, None
-        if pending is None or pending[2] in self._memo:
+        pending = self.take_pending()
+        if pending is None:
             return False
-        call, bids, k = pending
-        self.misses += 1
-        self._decide(call, bids, k)
+        self.decide_pending(pending)
         return True
 
-    def _decide(self, call: am.CallForBids, bids: Sequence[am.Bid], k: tuple[Any, ...]) -> _Entry:
+    def decide_pending(self, pending: Pending) -> None:
+        """Make the decision of a round :meth:`take_pending` gave, here."""
+        self.misses += 1
+        self._decide(*pending)
+
+    def take_pending(self) -> Pending | None:
+        """The round a stale answer stood in for, if its decision is still to be made;
+        it is then the caller's to plan (elsewhere: ``auction/aside.py``) and
+        :meth:`remember`."""
+        pending, self.pending = self.pending, None
+        if pending is None or pending[2] in self._memo:
+            return None
+        return pending
+
+    def remember(self, k: tuple[Any, ...], hit: Entry) -> None:
+        """Keep a decision made elsewhere for the bids of :meth:`key` ``k``."""
+        self.misses += 1
+        self._keep(k, hit)
+
+    def _decide(self, call: am.CallForBids, bids: Sequence[am.Bid], k: tuple[Any, ...]) -> Entry:
         items = self.inner(call, bids)
         left = dict(getattr(self.inner, "left_out", {}))
         hit = (items, self.inner.plan, self.inner.testbed, left)
+        self._keep(k, hit)
+        return hit
+
+    def _keep(self, k: tuple[Any, ...], hit: Entry) -> None:
         if len(self._memo) >= self.size:
             self._memo.pop(next(iter(self._memo)))
         self._memo[k] = hit
         self._latest[self.shape(k)] = k
-        return hit
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""The child process that plans off the request's path (``auction/aside.py`` says why).
+
+One child per daemon, started at its first job and kept: a job is one JSON line to
+its stdin, its answer one JSON line from its stdout, one job at a time. If the child
+cannot start or dies, :attr:`PlanningAside.broken` says why and the auctioneer plans
+in a thread as it did before (a stale plan is never kept for want of a child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import edgeci_p2p
+from edgeci_p2p.auction.aside import entry
+from edgeci_p2p.auction.decider import Entry
+
+log = logging.getLogger("edgeci.auction")
+
+ANSWER_LIMIT = 64 * 1024 * 1024
+"""Bytes one answer line may hold (a plan and its work items: kilobytes)."""
+
+
+class AsideError(RuntimeError):
+    """The child could not be started, died, or answered with an error."""
+
+
+class PlanningAside:
+    """Feeds planning jobs to a child process of the lowest CPU priority."""
+
+    def __init__(self, command: Sequence[str] | None = None) -> None:
+        self.command = list(command or [sys.executable, "-m", "edgeci_p2p.auction.aside"])
+        self.broken: str | None = None
+        """Why no child can be used (then the auctioneer plans in a thread)."""
+        self.jobs = 0
+        """Decisions the child has made (for tests and the logs)."""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def decide(self, job: Mapping[str, Any]) -> Entry:
+        """The decision ``job`` asks for (raises :class:`AsideError`)."""
+        async with self._lock:
+            proc = await self._started()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(job).encode() + b"\n")
+                await proc.stdin.drain()
+                line = await proc.stdout.readline()
+            except asyncio.CancelledError:
+                # An answer may still come: the next job must not read it as its own.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                self._proc = None
+                raise
+            except (OSError, ValueError) as e:  # a broken pipe; a line over the limit
+                await self._lost(f"the planning child failed: {e}")
+                raise AsideError(self.broken) from e
+            if not line:
+                await self._lost(f"the planning child exited (status {proc.returncode})")
+                raise AsideError(self.broken)
+        self.jobs += 1
+        try:
+            return entry(json.loads(line))
+        except (ValueError, KeyError, TypeError) as e:
+            raise AsideError(str(e)) from e
+
+    async def _started(self) -> asyncio.subprocess.Process:
+        if self.broken is not None:
+            raise AsideError(self.broken)
+        if self._proc is None:
+            # The child imports this package the way this process did, installed or not.
+            root = str(Path(edgeci_p2p.__file__).resolve().parent.parent)
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": path},
+                    limit=ANSWER_LIMIT,
+                )
+            except OSError as e:
+                self.broken = f"cannot start the planning child ({e})"
+                raise AsideError(self.broken) from e
+            log.info("planning child %d started", self._proc.pid)
+        return self._proc
+
+    async def _lost(self, why: str) -> None:
+        self.broken = why
+        log.warning("%s; planning in a thread from now on", why)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the child (closing its stdin ends its loop)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+__all__ = ["AsideError", "PlanningAside"]

@@ -1,0 +1,140 @@
+"""Planning aside: a decision made in a child process of the lowest CPU priority.
+
+When only the bids' speed figures moved, :class:`~.decider.CachedDecider` answers the
+round with the plan it has and leaves the new one to be planned off the request's
+path. Planned in a thread of the auctioneer's own process, that plan (0.4 s of pure
+Python for VGG-16's halo plan on an uncapped core; 1-1.6 s on an emulated 0.4-core
+peer) took the CPU and the GIL from the requests that ran meanwhile: on the emulated
+cluster the auctioneer's compute and head ran 2.5-3x their plan in those requests
+(VGG-16 at 1.2-1.7 s against 0.5 s), and the slow pieces then moved the auctioneer's
+own calibration, which asked for the next plan. A child process has a GIL of its own,
+and at ``SCHED_IDLE`` (or nice 19) it takes the CPU only when the daemon's threads
+leave it idle: between requests, and while a request waits for its peers.
+
+This module is pure: the job (a plain dict of JSON values, never a pickle), the
+child's answer, and the loop a child runs (:func:`main`, ``python -m
+edgeci_p2p.auction.aside``: one JSON job per line on stdin, one JSON answer per line
+on stdout). The asyncio side that starts and feeds the child is
+:mod:`edgeci_p2p.aio.aside`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.awas import AwasPlanner
+from edgeci_p2p.auction.decider import Entry, StaticPlanner
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.plan import Plan
+from edgeci_p2p.core.units import ModelSpec
+
+Planner = AwasPlanner | StaticPlanner
+
+
+def job(planner: Planner, call: am.CallForBids, bids: Sequence[am.Bid]) -> dict[str, Any]:
+    """What a child needs to make the decision ``planner(call, bids)`` would make."""
+    own = planner.own
+    return {
+        "kind": "awas" if isinstance(planner, AwasPlanner) else "static",
+        "strategy": planner.strategy,
+        "spec": planner.spec.to_dict(),
+        "shared_medium": planner.shared_medium,
+        "own": None if own is None else own.to_dict(),
+        "call": call.to_dict(),
+        "bids": [b.to_dict() for b in bids],
+    }
+
+
+class Child:
+    """A child's planners, one per kind of decision, kept across jobs: a planner keeps
+    its workload tables and its last plan (``AwasPlanner.previous``) between calls."""
+
+    def __init__(self) -> None:
+        self._planners: dict[str, Planner] = {}
+
+    def answer(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        """The decision a job asks for, or ``{"error": ...}`` saying why there is none."""
+        try:
+            planner = self._planner(job)
+            call = am.CallForBids.from_dict(job["call"])
+            bids = [am.Bid.from_dict(b) for b in job["bids"]]
+            items = planner(call, bids)
+        except Exception as e:  # the parent keeps its stale plan and logs this
+            return {"error": f"{type(e).__name__}: {e}"}
+        return {
+            "items": {p: [w.to_dict() for w in ws] for p, ws in items.items()},
+            "plan": None if planner.plan is None else planner.plan.to_dict(),
+            "testbed": None if planner.testbed is None else planner.testbed.to_dict(),
+            "left_out": dict(getattr(planner, "left_out", {})),
+        }
+
+    def _planner(self, job: Mapping[str, Any]) -> Planner:
+        key = json.dumps(
+            [job["kind"], job["strategy"], job["spec"], job["shared_medium"], job["own"]],
+            sort_keys=True,
+        )
+        got = self._planners.get(key)
+        if got is None:
+            spec = ModelSpec.from_dict(dict(job["spec"]))
+            own = None if job["own"] is None else ComputeModel.from_dict(job["own"])
+            medium, strategy = bool(job["shared_medium"]), str(job["strategy"])
+            if job["kind"] == "awas":
+                got = AwasPlanner(spec, shared_medium=medium, own=own, strategy=strategy)
+            elif own is None:
+                raise ValueError("a static planner needs the auctioneer's own model")
+            else:
+                got = StaticPlanner(strategy, spec, own, medium)
+            self._planners[key] = got
+        return got
+
+
+def entry(answer: Mapping[str, Any]) -> Entry:
+    """A child's answer as the decider remembers decisions (raises ``ValueError`` on
+    an error answer, ``KeyError``/``TypeError`` on a malformed one)."""
+    if "error" in answer:
+        raise ValueError(f"planning aside failed: {answer['error']}")
+    items = {
+        str(p): tuple(am.WorkItem.from_dict(w) for w in ws) for p, ws in answer["items"].items()
+    }
+    plan = None if answer["plan"] is None else Plan.from_dict(answer["plan"])
+    testbed = None if answer["testbed"] is None else Testbed.from_dict(answer["testbed"])
+    return items, plan, testbed, {str(k): str(v) for k, v in answer["left_out"].items()}
+
+
+def lowest_priority() -> str:
+    """Make this process (the child: one thread) run only when nothing else of its
+    cgroup wants the CPU; says which way it could."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    try:
+        os.nice(19 - os.nice(0))
+        return "nice 19"
+    except OSError:
+        return "normal priority"
+
+
+def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> None:
+    """The child: a job per line in, an answer per line out, until stdin closes."""
+    lowest_priority()
+    child = Child()
+    for line in stdin:
+        try:
+            got = json.loads(line)
+            answer = child.answer(got) if isinstance(got, dict) else {"error": "not a job"}
+        except ValueError as e:
+            answer = {"error": f"unreadable job: {e}"}
+        stdout.write(json.dumps(answer) + "\n")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

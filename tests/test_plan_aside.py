@@ -1,0 +1,142 @@
+"""Planning aside: a child process makes the same decision the auctioneer would, from
+a job of plain JSON values, and the auctioneer keeps it for the next round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from dataclasses import replace
+
+import pytest
+
+from edgeci_p2p.aio.aside import AsideError, PlanningAside
+from edgeci_p2p.aio.auctioneer import Auctioneer
+from edgeci_p2p.auction import aside
+from edgeci_p2p.auction import messages as am
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call
+from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.auction.decider import CachedDecider, Entry, StaticPlanner
+from edgeci_p2p.core.units import ModelSpec
+from edgeci_p2p.nn.spec import spec_for
+from tests.planfakes import fake_testbed
+
+
+def _round(spec: ModelSpec, slow: float = 1.0) -> tuple[am.CallForBids, list[am.Bid], Bidder]:
+    """A call from device 0 of three, and the bids of devices 1 and 2 (``slow``: how
+    much slower device 2 runs than its profile)."""
+    tb = fake_testbed([4.0, 2.0, 1.0], [50, 50, 50])
+    call = probe_call("r", tb.names[0], spec)
+    bids = []
+    for i in (1, 2):
+        d = tb.devices[i]
+        compute = d.compute.scaled(slow) if i == 2 else d.compute
+        b = Bidder(d.name, compute, tb.link(i), d.memory_bytes, horizon=1e6)
+        bids.append(b.bid(call, 0.0))
+    own = tb.devices[0]
+    return call, bids, Bidder(own.name, own.compute, tb.link(0), own.memory_bytes, horizon=1e6)
+
+
+def _same(a: Entry, b: Entry) -> None:
+    assert a[0] == b[0]  # the work items per peer
+    assert a[1] is not None and b[1] is not None and a[1].to_dict() == b[1].to_dict()
+    assert a[2] is not None and b[2] is not None and a[2].to_dict() == b[2].to_dict()
+    assert a[3] == b[3]
+
+
+def _planners(spec: ModelSpec, own: Bidder) -> list[AwasPlanner | StaticPlanner]:
+    return [
+        AwasPlanner(spec, own=own.compute, strategy="edgeci"),
+        AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"),
+        StaticPlanner("aofl", spec, own.compute),
+    ]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["edgeci", "edgeci-halo", "aofl"])
+def test_the_child_decides_as_the_auctioneer_would(which: int) -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    here, there = _planners(spec, own)[which], _planners(spec, own)[which]
+    items = here(call, bids)
+    direct: Entry = (items, here.plan, here.testbed, dict(getattr(here, "left_out", {})))
+    # The job and the answer cross a pipe as JSON lines.
+    job = json.loads(json.dumps(aside.job(there, call, bids)))
+    answer = json.loads(json.dumps(aside.Child().answer(job)))
+    _same(aside.entry(answer), direct)
+
+
+def test_a_job_it_cannot_plan_is_an_error_answer_not_a_dead_child() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    job = aside.job(_planners(spec, own)[0], call, bids)
+    child = aside.Child()
+    bad = child.answer({**job, "bids": [{"bidder": "x"}]})
+    assert "error" in bad
+    with pytest.raises(ValueError, match="planning aside failed"):
+        aside.entry(bad)
+    assert "error" not in child.answer(job)  # and the next job is answered
+
+
+def test_the_auctioneer_plans_a_stale_round_in_the_child_and_keeps_it() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved = _round(spec, slow=1.5)[1]  # device 2 recalibrated: only its speed moved
+
+    async def main() -> None:
+        planning = PlanningAside()
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
+        first = decider(call, bids)
+        assert decider(call, moved) == first and decider.pending is not None  # stale
+        try:
+            auct._refresh_later(decider, threading.Lock())
+            await asyncio.gather(*auct._refreshing)
+            assert planning.jobs == 1 and decider.pending is None
+            # The next round with the moved figures is answered from the memo, with
+            # what this process's own planner makes of them.
+            hits = decider.hits
+            got = decider(call, moved)
+            assert decider.hits == hits + 1
+            mine = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+            assert got == mine(call, moved)
+        finally:
+            await auct.close()
+
+    asyncio.run(main())
+
+
+def test_without_a_child_it_plans_in_a_thread() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved = _round(spec, slow=1.5)[1]
+
+    async def main() -> None:
+        planning = PlanningAside([sys.executable, "-c", "import sys; sys.exit(3)"])
+        with pytest.raises(AsideError):
+            await planning.decide(aside.job(_planners(spec, own)[0], call, bids))
+        assert planning.broken is not None and "exited" in planning.broken
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci"))
+        decider(call, bids)
+        decider(call, moved)
+        auct._refresh_later(decider, threading.Lock())
+        await asyncio.gather(*auct._refreshing)
+        assert decider.pending is None and decider.misses == 2  # planned, here
+        assert decider(call, moved) is not None and decider.hits == 1
+        await auct.close()
+
+    asyncio.run(main())
+
+
+async def _no_send(peer: str, msg: object) -> bool:
+    return False
+
+
+def test_a_bid_round_trips_through_the_job() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    bids = [replace(bids[0], piece_s=0.003, backlog=0.25), *bids[1:]]
+    job = json.loads(json.dumps(aside.job(StaticPlanner("aofl", spec, own.compute), call, bids)))
+    assert [am.Bid.from_dict(b) for b in job["bids"]] == bids
+    assert am.CallForBids.from_dict(job["call"]) == call
