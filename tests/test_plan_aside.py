@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,43 @@ def test_a_bid_round_trips_through_the_job() -> None:
     job = json.loads(json.dumps(aside.job(StaticPlanner("aofl", spec, own.compute), call, bids)))
     assert [am.Bid.from_dict(b) for b in job["bids"]] == bids
     assert am.CallForBids.from_dict(job["call"]) == call
+
+
+async def _state(pid: int, want: str) -> bool:
+    """Whether process ``pid`` reaches state ``want`` (a signal lands asynchronously)."""
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == want:
+                return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    job = aside.job(_planners(spec, own)[1], call, bids)
+    busy = [True]
+
+    async def main() -> None:
+        planning = PlanningAside(busy=lambda: busy[0])
+        try:
+            deciding = asyncio.ensure_future(planning.decide(job))
+            await planning.held.wait()
+            assert planning._proc is not None
+            assert await _state(planning._proc.pid, "T")  # stopped (SIGSTOP)
+            assert not deciding.done()
+            busy[0] = False  # the request ended: the child goes on
+            got = await deciding
+            assert not planning.held.is_set() and got[1] is not None
+        finally:
+            await planning.close()
+
+    asyncio.run(main())
+
+
+def test_a_job_held_past_its_patience_runs_anyway() -> None:
+    assert aside.hold(True, since=0.0, now=1.0, patience_s=30.0)
+    assert not aside.hold(True, since=0.0, now=30.0, patience_s=30.0)
+    assert not aside.hold(False, since=0.0, now=1.0, patience_s=30.0)

@@ -1,7 +1,10 @@
 """The child process that plans off the request's path (``auction/aside.py`` says why).
 
 One child per daemon, started at its first job and kept: a job is one JSON line to
-its stdin, its answer one JSON line from its stdout, one job at a time. If the child
+its stdin, its answer one JSON line from its stdout, one job at a time. While the
+daemon serves work the child is stopped (``SIGSTOP``; ``auction/aside.py``'s
+:func:`~edgeci_p2p.auction.aside.hold` says when), so that a plan for later never
+takes CPU from a request now. If the child
 cannot start or dies, :attr:`PlanningAside.broken` says why and the auctioneer plans
 in a thread as it did before (a stale plan is never kept for want of a child).
 """
@@ -13,19 +16,23 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import edgeci_p2p
-from edgeci_p2p.auction.aside import entry
+from edgeci_p2p.auction.aside import PATIENCE_S, entry, hold
 from edgeci_p2p.auction.decider import Entry
 
 log = logging.getLogger("edgeci.auction")
 
 ANSWER_LIMIT = 64 * 1024 * 1024
 """Bytes one answer line may hold (a plan and its work items: kilobytes)."""
+POLL_S = 0.01
+"""How often a job in flight looks whether the daemon is busy (one CFS period)."""
 
 
 class AsideError(RuntimeError):
@@ -35,8 +42,18 @@ class AsideError(RuntimeError):
 class PlanningAside:
     """Feeds planning jobs to a child process of the lowest CPU priority."""
 
-    def __init__(self, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        busy: Callable[[], bool] = lambda: False,
+        patience_s: float = PATIENCE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.command = list(command or [sys.executable, "-m", "edgeci_p2p.auction.aside"])
+        self.busy, self.patience_s, self.clock = busy, patience_s, clock
+        """Whether the daemon serves work now; how long a job waits for it to stop."""
+        self.held = asyncio.Event()
+        """Set while the child is stopped for the daemon's work (for tests)."""
         self.broken: str | None = None
         """Why no child can be used (then the auctioneer plans in a thread)."""
         self.jobs = 0
@@ -52,7 +69,7 @@ class PlanningAside:
             try:
                 proc.stdin.write(json.dumps(job).encode() + b"\n")
                 await proc.stdin.drain()
-                line = await proc.stdout.readline()
+                line = await self._answer(proc)
             except asyncio.CancelledError:
                 # An answer may still come: the next job must not read it as its own.
                 with contextlib.suppress(ProcessLookupError):
@@ -70,6 +87,28 @@ class PlanningAside:
             return entry(json.loads(line))
         except (ValueError, KeyError, TypeError) as e:
             raise AsideError(str(e)) from e
+
+    async def _answer(self, proc: asyncio.subprocess.Process) -> bytes:
+        """The child's answer line, the child stopped while the daemon is busy."""
+        assert proc.stdout is not None
+        reading = asyncio.ensure_future(proc.stdout.readline())
+        since, held = self.clock(), False
+        try:
+            while not reading.done():
+                want = hold(self.busy(), since, self.clock(), self.patience_s)
+                if want != held:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGSTOP if want else signal.SIGCONT)
+                    held = want
+                    (self.held.set if held else self.held.clear)()
+                await asyncio.wait([reading], timeout=POLL_S)
+            return reading.result()
+        finally:
+            reading.cancel()
+            if held:
+                self.held.clear()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self.broken is not None:

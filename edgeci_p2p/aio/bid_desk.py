@@ -48,12 +48,17 @@ class BidDesk:
             self._send,
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
-            aside=PlanningAside() if node.config.plan_aside else None,
+            aside=PlanningAside(busy=self._busy) if node.config.plan_aside else None,
         )
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""
         self.probe_s: dict[str, float] = {}
         """Each node's seconds for the conv probe item, from its last bid (speed)."""
+
+    def _busy(self) -> bool:
+        """This node serves a request or a peer's work now (background planning waits)."""
+        load = self.node.load
+        return bool(load.running_here or load.queued_tiles)
 
     # ---- messages in ------------------------------------------------------------------------
 
