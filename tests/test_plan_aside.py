@@ -116,7 +116,7 @@ def test_without_a_child_it_plans_in_a_thread() -> None:
         planning = PlanningAside([sys.executable, "-c", "import sys; sys.exit(3)"])
         with pytest.raises(AsideError):
             await planning.decide(aside.job(_planners(spec, own)[0], call, bids))
-        assert planning.broken is not None and "exited" in planning.broken
+        assert planning.broken is not None and "did not start" in planning.broken
         auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
         decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci"))
         decider(call, bids)

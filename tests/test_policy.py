@@ -4,6 +4,8 @@ bounded memories, the round's memo of findings and the auction <-> wire conversi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edgeci_p2p.auction import decider
@@ -262,9 +264,13 @@ def test_new_speed_figures_get_the_old_plan_at_once_and_the_new_one_next() -> No
     assert not cached.refresh()  # nothing left to plan
     assert cached(call, _bids(1.3)) == {"planned-with": (0.1 / 1.3, 0.1 / 1.3)}
     assert (len(inner.calls), cached.hits) == (2, 1)
+    # A link measured anew is a figure like a speed: the plan at hand, the new one later.
+    slower_link = [replace(b, rtt=b.rtt + 0.005) for b in _bids(1.3)]
+    assert cached(call, slower_link) == {"planned-with": (0.1 / 1.3, 0.1 / 1.3)}
+    assert (len(inner.calls), cached.stale) == (2, 2) and cached.refresh()
     # Anything but speeds (here the backlog) is planned for at once, on the round's path.
     cached(call, _bids(1.3, backlog=0.5))
-    assert len(inner.calls) == 3 and cached.pending is None
+    assert len(inner.calls) == 4 and cached.pending is None
     # Without stale answers every new figure is planned at once.
     strict = decider.CachedDecider(_CountingPlanner(), stale_ok=False)  # type: ignore[arg-type]
     strict(call, _bids(1.0))

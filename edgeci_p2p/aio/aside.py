@@ -128,7 +128,12 @@ class PlanningAside:
             except OSError as e:
                 self.broken = f"cannot start the planning child ({e})"
                 raise AsideError(self.broken) from e
-            log.info("planning child %d started", self._proc.pid)
+            assert self._proc.stdout is not None
+            ready = await self._proc.stdout.readline()  # bound to this process (see there)
+            if not ready.startswith(b'{"ready"'):
+                await self._lost(f"the planning child did not start ({ready[:200]!r})")
+                raise AsideError(self.broken)
+            log.info("planning child %d started (%s)", self._proc.pid, json.loads(ready)["ready"])
         return self._proc
 
     async def _lost(self, why: str) -> None:

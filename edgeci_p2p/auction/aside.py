@@ -20,8 +20,10 @@ on stdout). The asyncio side that starts and feeds the child is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -140,9 +142,34 @@ def lowest_priority() -> str:
         return "normal priority"
 
 
+def bound_to_parent() -> None:
+    """The child ends with its parent, not with the signals sent to the parent's group.
+
+    A ``SIGTERM`` to the daemon's process group (a service manager, the benchmark's
+    teardown) would end the child first, and the daemon would plan in a thread while
+    it shuts down; the daemon ends the child itself by closing its stdin. A daemon
+    killed outright leaves a child that is maybe stopped (``SIGSTOP``) and would never
+    read the end of its stdin: on Linux the kernel kills it (``PR_SET_PDEATHSIG``).
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> None:
     """The child: a job per line in, an answer per line out, until stdin closes."""
-    lowest_priority()
+    bound_to_parent()
+    how = lowest_priority()
+    # Only now may the parent stop this process: bound to it, it cannot be left behind.
+    stdout.write(json.dumps({"ready": how}) + "\n")
+    stdout.flush()
     child = Child()
     for line in stdin:
         try:
