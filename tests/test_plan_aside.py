@@ -32,7 +32,7 @@ def _round(spec: ModelSpec, slow: float = 1.0) -> tuple[am.CallForBids, list[am.
     bids = []
     for i in (1, 2):
         d = tb.devices[i]
-        compute = d.compute.scaled(slow) if i == 2 else d.compute
+        compute = d.compute.scaled(1.0 / slow) if i == 2 else d.compute
         b = Bidder(d.name, compute, tb.link(i), d.memory_bytes, horizon=1e6)
         bids.append(b.bid(call, 0.0))
     own = tb.devices[0]
@@ -181,3 +181,24 @@ def test_a_job_held_past_its_patience_runs_anyway() -> None:
     assert aside.hold(True, since=0.0, now=1.0, patience_s=30.0)
     assert not aside.hold(True, since=0.0, now=30.0, patience_s=30.0)
     assert not aside.hold(False, since=0.0, now=1.0, patience_s=30.0)
+
+
+def test_a_stale_plan_runs_priced_on_the_new_figures() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved = _round(spec, slow=1.3)[1]  # device 2 now runs 1.3x its profile's times
+    cached = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
+    cached(call, bids)
+    old, old_tb = cached.plan, cached.testbed
+    assert old is not None and old_tb is not None and old.predicted is not None
+    cached(call, moved)
+    stale, stale_tb = cached.plan, cached.testbed
+    assert cached.stale == 1 and stale is not None and stale_tb is not None
+    # The same plan, at the price a planner puts on it now; its testbed says so too.
+    assert stale.stages == old.stages and stale.devices == old.devices
+    assert stale.predicted is not None and stale.predicted > old.predicted
+    fresh = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+    assert fresh.reprice(old, call, bids) == (old, old_tb)  # on its own bids: unchanged
+    assert fresh.reprice(old, call, moved) == (stale, stale_tb)
+    slow = stale_tb.names.index(bids[1].bidder)
+    assert stale_tb.devices[slow] != old_tb.devices[slow]

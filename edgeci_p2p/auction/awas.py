@@ -492,6 +492,39 @@ class AwasPlanner:
         self._previous_names = tuple(idle_tb.names)
         return plan
 
+    def reprice(
+        self, plan: Plan, call: CallForBids, bids: Sequence[Bid]
+    ) -> tuple[Plan, Testbed] | None:
+        """``plan``, made for other figures of the same bidders, on the cluster ``bids``
+        describe now: its prediction (as AWAS judges candidates) and its testbed, with
+        no planning. None when a peer it names is no longer usable.
+
+        A stale decision (``CachedDecider``) runs the plan it has while the new one is
+        planned aside; priced on the old figures it predicted VGG-16's halo plan at 371
+        ms where it ran 523 (the deadlines, the trace and the report all read that)."""
+        usable = with_own_bid(call, bids, self.own)
+        if usable is None:
+            return None
+        idle_tb, _ = testbed_from_bids(
+            call, [_without_backlog(b) for b in usable], 1.0, self.shared_medium, self.min_share
+        )
+        by_name = dict(
+            zip(idle_tb.names, zip(idle_tb.devices, idle_tb.links, strict=True), strict=True)
+        )
+        if any(n not in by_name for n in plan.devices):
+            return None
+        tb = replace(
+            idle_tb,
+            devices=tuple(by_name[n][0] for n in plan.devices),
+            links=tuple(by_name[n][1] for n in plan.devices),
+            auctioneer=plan.auctioneer,
+        )
+        if self._work is None:
+            self._work = Workload(self.spec)
+        backlog = {b.bidder: start_offset(b) for b in usable if not b.declined}
+        span = predict_with_backlog(plan, self.spec, idle_tb, backlog, self._work)
+        return replace(plan, predicted=span), tb
+
     def _planner(self, ctx: Context) -> Plan:
         """The configured strategy's plan on ``ctx``'s cluster."""
         if self.strategy == "edgeci-halo":

@@ -145,7 +145,7 @@ class CachedDecider:
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
                 self.pending = (call, tuple(bids), k)
-                hit = self._memo[near]
+                hit = self._repriced(self._memo[near], call, bids)
             else:
                 self.misses += 1
                 hit = self._decide(call, bids, k)
@@ -153,6 +153,15 @@ class CachedDecider:
             self.hits += 1
         items, self.plan, self.testbed, self.left_out = hit
         return items
+
+    def _repriced(self, hit: Entry, call: am.CallForBids, bids: Sequence[am.Bid]) -> Entry:
+        """A remembered decision with its plan priced on ``bids``' figures (AWAS; the
+        baselines plan on idle speeds once, as their papers do, and keep theirs)."""
+        items, plan, _, left = hit
+        if plan is None or not isinstance(self.inner, AwasPlanner):
+            return hit
+        got = self.inner.reprice(plan, call, bids)
+        return hit if got is None else (items, got[0], got[1], left)
 
     @staticmethod
     def shape(key: tuple[Any, ...]) -> tuple[Any, ...]:
