@@ -31,6 +31,8 @@ log = logging.getLogger("edgeci.auction")
 
 ANSWER_LIMIT = 64 * 1024 * 1024
 """Bytes one answer line may hold (a plan and its work items: kilobytes)."""
+START_TIMEOUT_S = 60
+"""Seconds the child may take to start (Python and the planners' imports: ~0.1 s)."""
 POLL_S = 0.01
 """How often a job in flight looks whether the daemon is busy (one CFS period)."""
 
@@ -40,7 +42,8 @@ class AsideError(RuntimeError):
 
 
 class PlanningAside:
-    """Feeds planning jobs to a child process of the lowest CPU priority."""
+    """Feeds planning jobs to a child process of the lowest CPU priority, stopped while
+    ``busy()`` says the daemon serves work."""
 
     def __init__(
         self,
@@ -129,7 +132,10 @@ class PlanningAside:
                 self.broken = f"cannot start the planning child ({e})"
                 raise AsideError(self.broken) from e
             assert self._proc.stdout is not None
-            ready = await self._proc.stdout.readline()  # bound to this process (see there)
+            try:  # ready: bound to this process (``bound_to_parent``)
+                ready = await asyncio.wait_for(self._proc.stdout.readline(), START_TIMEOUT_S)
+            except TimeoutError:
+                ready = b"no answer in %d s" % START_TIMEOUT_S
             if not ready.startswith(b'{"ready"'):
                 await self._lost(f"the planning child did not start ({ready[:200]!r})")
                 raise AsideError(self.broken)
