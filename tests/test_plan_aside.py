@@ -91,7 +91,10 @@ def test_the_auctioneer_plans_a_stale_round_in_the_child_and_keeps_it() -> None:
         first = decider(call, bids)
         assert decider(call, moved) == first and decider.pending is not None  # stale
         try:
-            auct._refresh_later(decider, threading.Lock())
+            lock = threading.Lock()
+            auct._refresh_later(decider, lock)
+            auct._refresh_later(decider, lock)  # one task per decider takes the latest
+            assert len(auct._refreshing) == 1
             await asyncio.gather(*auct._refreshing)
             assert planning.jobs == 1 and decider.pending is None
             # The next round with the moved figures is answered from the memo, with

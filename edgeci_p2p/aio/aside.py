@@ -64,15 +64,18 @@ class PlanningAside:
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def decide(self, job: Mapping[str, Any]) -> Entry:
-        """The decision ``job`` asks for (raises :class:`AsideError`)."""
+    async def decide(self, job: Mapping[str, Any], since: float | None = None) -> Entry:
+        """The decision ``job`` asks for (raises :class:`AsideError`); ``since`` (on
+        :attr:`clock`): when it was wanted, which the patience counts from (default:
+        now; a job may first wait for the one before it)."""
+        since = self.clock() if since is None else since
         async with self._lock:
             proc = await self._started()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps(job).encode() + b"\n")
                 await proc.stdin.drain()
-                line = await self._answer(proc)
+                line = await self._answer(proc, since)
             except asyncio.CancelledError:
                 # An answer may still come: the next job must not read it as its own.
                 with contextlib.suppress(ProcessLookupError):
@@ -91,11 +94,11 @@ class PlanningAside:
         except (ValueError, KeyError, TypeError) as e:
             raise AsideError(str(e)) from e
 
-    async def _answer(self, proc: asyncio.subprocess.Process) -> bytes:
+    async def _answer(self, proc: asyncio.subprocess.Process, since: float) -> bytes:
         """The child's answer line, the child stopped while the daemon is busy."""
         assert proc.stdout is not None
         reading = asyncio.ensure_future(proc.stdout.readline())
-        since, held = self.clock(), False
+        held = False
         try:
             while not reading.done():
                 want = hold(self.busy(), since, self.clock(), self.patience_s)

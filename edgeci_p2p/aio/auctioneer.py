@@ -102,6 +102,8 @@ class Auctioneer:
         """Time spent deciding and how often the decision cache answered (metrics)."""
         self._refreshing: set[asyncio.Task[None]] = set()
         """Background plans for bids that a stale decision answered (``_refresh_later``)."""
+        self._untaken: set[int] = set()
+        """Deciders whose background task has not yet taken its round to plan."""
 
     async def close(self) -> None:
         """Stop planning in the background (the daemon is stopping)."""
@@ -255,8 +257,15 @@ class Auctioneer:
         """Plan the round a stale decision stood in for, off the request's path (in the
         planning child, else in a thread); a later round finds it."""
 
+        if id(decider) in self._untaken:
+            return  # a task for this decider is yet to take its round: it takes this one
+        self._untaken.add(id(decider))
+        # The aside's patience runs from the stale answer, not from the child's turn.
+        since = self.aside.clock() if self.aside is not None else 0.0
+
         def take() -> Pending | None:
             with lock:
+                self._untaken.discard(id(decider))
                 return decider.take_pending()
 
         def plan_here(pending: Pending) -> None:
@@ -277,7 +286,8 @@ class Auctioneer:
                 if self.aside is not None and self.aside.broken is None:
                     call, bids, k = pending
                     try:
-                        hit = await self.aside.decide(aside_job(decider.inner, call, bids))
+                        job = aside_job(decider.inner, call, bids)
+                        hit = await self.aside.decide(job, since)
                     except AsideError as e:
                         log.warning("planning aside failed (%s): planning in a thread", e)
                     else:
