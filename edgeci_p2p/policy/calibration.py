@@ -142,10 +142,13 @@ class PieceOverhead:
     """Pieces (after those skipped) before the first estimate."""
     min_spread: float = 0.3
     """Least coefficient of variation of the pieces' predicted times to fit a fixed cost."""
-    band_s: float = 0.002
+    band_s: float = 0.003
     band: float = 0.3
     """``o`` changes when the estimate differs from the one in force by more than the
-    larger of ``band_s`` and ``band`` times it."""
+    larger of ``band_s`` and ``band`` times it. With 2 ms, peers' estimates swung
+    across it in the default benchmark (all strategies interleaved, their pieces of
+    every shape): one peer's bids went 3.0 -> 1.0 ms and back ten times in a run, each
+    a new plan for every auctioneer."""
     grid_s: float = 0.0005
     """``o`` in force is a multiple of this."""
     highest: float = 0.005
