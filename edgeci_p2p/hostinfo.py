@@ -279,3 +279,15 @@ def machine_id(files: Sequence[Path] = MACHINE_ID_FILES) -> str:
 def machine_cpus() -> float:
     """Cores of this machine (all of them, whatever this process may use)."""
     return float(os.cpu_count() or 1)
+
+
+def one_cpu(quota: float | None) -> float | None:
+    """The cores this process's threads share, when at most one: its CPU quota, or
+    the cores it may run on (one on a single-core board, or pinned to one); None when
+    its threads can run side by side."""
+    try:
+        usable = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        usable = machine_cpus()
+    shared = usable if quota is None else min(quota, usable)
+    return shared if shared <= 1.0 else None

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
 
+from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.auction.awas import compute_from_bid, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.decider import CachedDecider
@@ -15,10 +17,11 @@ from edgeci_p2p.core import cost
 from edgeci_p2p.core.cost import ComputeModel, LinearFit
 from edgeci_p2p.core.geometry import full_region, trace
 from edgeci_p2p.core.sim import simulate
+from edgeci_p2p.hostinfo import one_cpu
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
-from edgeci_p2p.policy.calibration import PieceOverhead
+from edgeci_p2p.policy.calibration import PieceOverhead, own_seconds
 from tests.planfakes import fake_testbed
 
 
@@ -137,3 +140,36 @@ def test_every_piece_of_a_plan_pays_it_and_the_planner_cuts_fewer_stages() -> No
     assert costly_plan.predicted is not None
     assert len(costly_plan.stages) < len(free_plan.stages)
     assert costly_plan.predicted <= again
+
+
+def test_a_piece_is_not_charged_the_cpu_its_daemons_other_threads_took() -> None:
+    # On a 0.4-core quota, 20 ms of the event loop's CPU during a piece is 50 ms it
+    # waited; never more than half the piece; nothing where the threads have cores.
+    assert own_seconds(0.2, 0.02, 0.4) == pytest.approx(0.15)
+    assert own_seconds(0.2, 0.5, 0.4) == pytest.approx(0.1)
+    assert own_seconds(0.2, 0.02, None) == 0.2
+    assert own_seconds(0.2, 0.0, 0.4) == 0.2
+    assert one_cpu(0.4) == 0.4 and one_cpu(3.0) in (None, 1.0)
+
+
+def test_timed_counts_the_cpu_other_threads_ran_meanwhile() -> None:
+    spins = [0]
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            spins[0] += 1
+
+    def work() -> int:
+        while spins[0] < 200_000:  # until the other thread has surely run meanwhile
+            pass
+        return 7
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        out, started, stopped, others = timed(work)
+    finally:
+        done.set()
+        t.join()
+    assert out == 7 and stopped >= started and others > 0.0

@@ -47,7 +47,13 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.membership import BanList, Membership
-from edgeci_p2p.hostinfo import cpu_quota_cores, machine_cpus, machine_id, measured_cpu_share
+from edgeci_p2p.hostinfo import (
+    cpu_quota_cores,
+    machine_cpus,
+    machine_id,
+    measured_cpu_share,
+    one_cpu,
+)
 from edgeci_p2p.meminfo import memory_budget, vm_rss
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
@@ -136,6 +142,7 @@ class PeerDaemon:
             self.membership, self.bans, self.tasks, self.port, self.identity,
         )  # fmt: skip
         node.cpu_cores = cpus
+        node.one_cpu = one_cpu(self.cpu_quota)
         tls = None if cfg.plaintext else (server_context(self.identity), client_context())
         parts = self._parts = Parts(node, self.links, self.cluster_view)
         parts.mesh.dial_context = None if tls is None else tls[1]

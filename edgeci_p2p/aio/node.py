@@ -20,7 +20,7 @@ from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
-from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration
+from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration, own_seconds
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
@@ -90,6 +90,10 @@ class Node:
     """Bytes sent to and received from each peer, over all its connections."""
     metrics: Metrics = field(default_factory=Metrics)
     """This node's counters for ``/metrics`` and its recent requests (``aio/metrics.py``)."""
+    one_cpu: float | None = None
+    """The cores this daemon's threads share when at most one (a quota of 0.4, a
+    single-core board): then its other threads' CPU is time its work waited
+    (:func:`~edgeci_p2p.policy.calibration.own_seconds`); None: more."""
     cpu_cores: float | None = None
     """The cores tile work can use here as measured at start (quota or CPU share)."""
     wire: dict[tuple[str, int, int], WireFractions] = field(default_factory=dict)
@@ -105,11 +109,15 @@ class Node:
         if self.profiled is None:
             self.profiled = self.compute
 
-    def served(self, kind_flops: Iterable[tuple[str, float]], seconds: float) -> None:
-        """Work of ``kind_flops`` ((kind, FLOPs) per call) computed here in ``seconds``:
-        calibrate the compute model behind bids and predictions with how long it took."""
+    def served(
+        self, kind_flops: Iterable[tuple[str, float]], seconds: float, others_cpu_s: float = 0.0
+    ) -> None:
+        """Work of ``kind_flops`` ((kind, FLOPs) per call) computed here in ``seconds``,
+        while this process's other threads ran ``others_cpu_s`` CPU seconds: calibrate
+        the compute model behind bids and predictions with how long it took."""
         if not self.config.calibrate_speed or self.profiled is None:
             return
+        seconds = own_seconds(seconds, others_cpu_s, self.one_cpu)
         work = list(kind_flops)
         predicted = sum(self.profiled.seconds(k, f) for k, f in work)
         # The fixed cost per piece first, then the speed from what is left of the piece:

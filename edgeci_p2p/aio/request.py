@@ -200,10 +200,10 @@ class RequestRunner:
                 )
             # Here is the last resort: the head is loaded even past the budget.
             head = functools.partial(store.head, force=True)
-            logits, h0, h1 = await asyncio.get_running_loop().run_in_executor(
+            logits, h0, h1, others = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker, timed, head, req.model, (h, w), cur
             )
-            self.node.served([("head", head_flops(run.spec))], h1 - h0)
+            self.node.served([("head", head_flops(run.spec))], h1 - h0, others)
             run.span(me, "queue", m, h0, "wait", len(plan.stages))
             run.span(me, "head", h0, h1, "compute", len(plan.stages))
         m = time.monotonic()

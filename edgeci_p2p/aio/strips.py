@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeci_p2p.aio.mailbox import Mailbox, RowsNeverArrived, StripJobError
+from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.units import ModelSpec
@@ -85,7 +86,7 @@ class StripOutcome:
     """Bytes of halo rows sent to other peers."""
     timeline: list[tuple[int, float, float]] = field(default_factory=list)
     """Per stage: (first unit, seconds waiting for halo rows, seconds computing)."""
-    pieces: list[tuple[tuple[tuple[str, int], ...], float]] = field(default_factory=list)
+    pieces: list[tuple[tuple[tuple[str, int], ...], float, float]] = field(default_factory=list)
     """Per piece computed: its FLOPs per unit kind and its compute seconds."""
     spans: list[list[Any]] = field(default_factory=list)
     """Its steps for a request's timeline: ``[name, start, stop, lane, first unit of the
@@ -112,11 +113,11 @@ def stage_pieces(spec: ModelSpec, st: StripStage) -> tuple[Piece, ...]:
     )
 
 
-def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float]:
-    """Worker thread: a tile and its compute seconds."""
-    t = time.perf_counter()
-    y = store.run_tile(*args)
-    return y, time.perf_counter() - t
+def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float, float]:
+    """Worker thread: a tile, its compute seconds, and the CPU seconds the process's
+    other threads ran meanwhile."""
+    y, started, stopped, others = timed(store.run_tile, *args)
+    return y, stopped - started, others
 
 
 def _covered(have: list[tuple[int, Array]], a: int, b: int) -> bool:
@@ -236,7 +237,7 @@ async def run_strip_job(
                 t0 = time.perf_counter()
                 m = time.monotonic()
                 try:
-                    yp, took = await loop.run_in_executor(
+                    yp, took, others = await loop.run_in_executor(
                         worker,
                         _timed_tile,
                         store,
@@ -256,7 +257,7 @@ async def run_strip_job(
                 out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
                 # The piece as the plan sees it: the hop to the worker and back included
                 # (on a capped peer, the wait for the quota), not only the worker's time.
-                out.pieces.append((p.unit_flops, max(span, took)))
+                out.pieces.append((p.unit_flops, max(span, took), others))
                 todo.remove(p)
                 done.append((p.rows[0], yp))
                 for s in list(unsent):

@@ -235,7 +235,7 @@ class TileDispatcher:
     async def local_tile(self, run: RequestRun, tile: Tile, slab: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         m0 = time.monotonic()
-        y, started, stopped = await asyncio.get_running_loop().run_in_executor(
+        y, started, stopped, others = await asyncio.get_running_loop().run_in_executor(
             self.node.worker,
             timed,
             self.node.store.run_tile,
@@ -250,7 +250,7 @@ class TileDispatcher:
             tile.scale,
         )
         run.stats.computed(self.node.node_id, time.perf_counter() - t0)
-        self.node.served(flops_by_kind(tile.trace).items(), stopped - started)
+        self.node.served(flops_by_kind(tile.trace).items(), stopped - started, others)
         me, stage, base = self.node.node_id, tile.id.stage, tile.id.base
         run.span(me, "queue", m0, started, "wait", stage, base)
         run.span(me, "compute", started, stopped, "compute", stage, base)

@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.strips import StripOutcome, run_strip_job
+from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.core.cost import flops_by_kind
 from edgeci_p2p.core.geometry import Region, Span, head_flops, trace
 from edgeci_p2p.nn.images import normalise
@@ -46,7 +47,6 @@ log = logging.getLogger("edgeci.peer")
 STRIP_TIMEOUT = 60.0
 """Seconds a strip job without a deadline of its own may take here."""
 
-T = TypeVar("T")
 Part = tuple[int, int, Region]
 """A piece of queued work: units [start, stop) producing ``region``."""
 
@@ -127,7 +127,7 @@ class PeerWorker:
             self.queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
             if req.pixels:
                 x = normalise(req.input).numpy()
-            y, started, stopped = await asyncio.get_running_loop().run_in_executor(
+            y, started, stopped, others = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker,
                 self._tile_unless_cancelled,
                 req.request_id,
@@ -154,7 +154,7 @@ class PeerWorker:
         with contextlib.suppress(ValueError, IndexError):
             spec = self.node.store.spec(req.model, *req.input_hw)
             work = trace(spec, req.start, req.stop, out)
-            self.node.served(flops_by_kind(work).items(), stopped - started)
+            self.node.served(flops_by_kind(work).items(), stopped - started, others)
         self.node.metrics.tile("tile", "served")
         spans = _spans(admitted, started, stopped) if req.trace else None
         took = time.perf_counter() - t0
@@ -182,7 +182,7 @@ class PeerWorker:
                     f"{list(want)}, got {list(job.input.shape[1:])}"
                 )
             hw = (int(job.input_hw[0]), int(job.input_hw[1]))
-            logits, started, stopped = await asyncio.get_running_loop().run_in_executor(
+            logits, started, stopped, others = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker,
                 timed,
                 store.head,
@@ -196,7 +196,8 @@ class PeerWorker:
             return
         finally:
             self._done()
-        self.node.served([("head", head_flops(store.spec(job.model, *hw)))], stopped - started)
+        flops = [("head", head_flops(store.spec(job.model, *hw)))]
+        self.node.served(flops, stopped - started, others)
         self.node.metrics.tile("head", "served")
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
         spans = _spans(admitted, started, stopped) if job.trace else None
@@ -251,8 +252,8 @@ class PeerWorker:
                 self.node.wire_nbytes,
             )
             log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
-            for unit_flops, took in out.pieces:
-                self.node.served(unit_flops, took)
+            for unit_flops, took, others in out.pieces:
+                self.node.served(unit_flops, took, others)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)
@@ -269,9 +270,9 @@ class PeerWorker:
 
     def _tile_unless_cancelled(
         self, request_id: str, tile_id: int, *args: Any
-    ) -> tuple[Any, float, float]:
+    ) -> tuple[Any, float, float, float]:
         """Worker thread: skip tiles whose request (or copy) was cancelled while queued;
-        the tile and when it started and stopped (``time.monotonic``)."""
+        else :func:`timed`'s answer."""
         if request_id in self.cancelled or (request_id, tile_id) in self.cancelled_tiles:
             raise CancelledTile(request_id)
         return timed(self.node.store.run_tile, *args)
@@ -336,13 +337,6 @@ IDLE_TRIM_S = 2.0
 """Seconds a peer stays idle before its heap's free pages go back to the system."""
 
 __all__ = ["IDLE_TRIM_S", "STRIP_TIMEOUT", "PeerWorker", "timed"]
-
-
-def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
-    """Worker thread: ``fn(*args)`` and when it started and stopped (``time.monotonic``)."""
-    started = time.monotonic()
-    out = fn(*args)
-    return out, started, time.monotonic()
 
 
 def _spans(admitted: float, started: float, stopped: float) -> list[list[Any]]:
