@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -92,10 +92,10 @@ def test_the_auctioneer_plans_a_stale_round_in_the_child_and_keeps_it() -> None:
         assert decider(call, moved) == first and decider.pending is not None  # stale
         try:
             lock = threading.Lock()
-            auct._refresh_later(decider, lock)
-            auct._refresh_later(decider, lock)  # one task per decider takes the latest
-            assert len(auct._refreshing) == 1
-            await asyncio.gather(*auct._refreshing)
+            auct.refresh.later(decider, lock)
+            auct.refresh.later(decider, lock)  # one task per decider takes the latest
+            assert len(auct.refresh.tasks) == 1
+            await asyncio.gather(*auct.refresh.tasks)
             assert planning.jobs == 1 and decider.pending is None
             # The next round with the moved figures is answered from the memo, with
             # what this process's own planner makes of them.
@@ -124,8 +124,8 @@ def test_without_a_child_it_plans_in_a_thread() -> None:
         decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci"))
         decider(call, bids)
         decider(call, moved)
-        auct._refresh_later(decider, threading.Lock())
-        await asyncio.gather(*auct._refreshing)
+        auct.refresh.later(decider, threading.Lock())
+        await asyncio.gather(*auct.refresh.tasks)
         assert decider.pending is None and decider.misses == 2  # planned, here
         assert decider(call, moved) is not None and decider.hits == 1
         await auct.close()
@@ -146,17 +146,13 @@ def test_a_bid_round_trips_through_the_job() -> None:
     assert am.CallForBids.from_dict(job["call"]) == call
 
 
-async def _state(pid: int, want: str) -> bool:
-    """Whether process ``pid`` reaches state ``want`` (a signal lands asynchronously)."""
-    for _ in range(500):
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == want:
-                return True
-        await asyncio.sleep(0.01)
-    return False
+async def _stopped(pid: int) -> bool:
+    """Whether child ``pid`` is stopped, once it is (``waitid`` without reaping it)."""
+    got = await asyncio.to_thread(os.waitid, os.P_PID, pid, os.WSTOPPED | os.WNOWAIT)
+    return got is not None and got.si_code == os.CLD_STOPPED
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs waitid")
 def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after() -> None:
     spec = spec_for("vgg11", 64, 64)
     call, bids, own = _round(spec)
@@ -169,7 +165,7 @@ def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after() -> No
             deciding = asyncio.ensure_future(planning.decide(job))
             await planning.held.wait()
             assert planning._proc is not None
-            assert await _state(planning._proc.pid, "T")  # stopped (SIGSTOP)
+            assert await _stopped(planning._proc.pid)  # by SIGSTOP
             assert not deciding.done()
             busy[0] = False  # the request ended: the child goes on
             got = await deciding

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgeci_p2p.aio.aside import AsideError, PlanningAside
+from edgeci_p2p.aio.aside import PlanningAside
+from edgeci_p2p.aio.refresh import Refresher
 from edgeci_p2p.auction import decider as dec
 from edgeci_p2p.auction import messages as am
-from edgeci_p2p.auction.aside import job as aside_job
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.decider import (
@@ -31,8 +31,6 @@ from edgeci_p2p.auction.decider import (
     AloneMemo,
     CachedDecider,
     Decision,
-    Entry,
-    Pending,
     StaticPlanner,
     alone_ttl,
 )
@@ -82,9 +80,6 @@ class Auctioneer:
         aside: PlanningAside | None = None,
     ) -> None:
         self.node_id = node_id
-        self.aside = aside
-        """Where stale decisions are planned anew (a child process of the lowest CPU
-        priority, ``auction/aside.py``); None: in a thread of this process."""
         self.shared_medium = shared_medium
         """Plan as if every link shares one medium (Wi-Fi) or as switched links."""
         self.bidder = bidder
@@ -100,19 +95,12 @@ class Auctioneer:
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
         self.planning = PlanningStats()
         """Time spent deciding and how often the decision cache answered (metrics)."""
-        self._refreshing: set[asyncio.Task[None]] = set()
-        """Background plans for bids that a stale decision answered (``_refresh_later``)."""
-        self._untaken: set[int] = set()
-        """Deciders whose background task has not yet taken its round to plan."""
+        self.refresh = Refresher(aside, self.planning.add)
+        """Plans for the bids a stale decision answered, made off the requests' path."""
 
     async def close(self) -> None:
         """Stop planning in the background (the daemon is stopping)."""
-        for task in list(self._refreshing):
-            task.cancel()
-        if self._refreshing:
-            await asyncio.wait(list(self._refreshing), timeout=5.0)
-        if self.aside is not None:
-            await self.aside.close()
+        await self.refresh.close()
 
     # ---- inputs from the connections ---------------------------------------------------
 
@@ -225,7 +213,7 @@ class Auctioneer:
             self._inbox.pop(auction_id, None)
         plan, testbed, left_out = picked[-1] if picked else (None, None, {})
         if decider.pending is not None:
-            self._refresh_later(decider, lock)
+            self.refresh.later(decider, lock)
         if rnd.phase is Phase.LOCAL or plan is None or testbed is None:
             log.info(
                 "auction %s: running locally (phase %s; declined %s; excluded %s; ignored %s)",
@@ -252,54 +240,6 @@ class Auctioneer:
             decision.left_out = left_out
             return decision
         return Decision(plan, testbed, rnd, left_out)
-
-    def _refresh_later(self, decider: CachedDecider, lock: threading.Lock) -> None:
-        """Plan the round a stale decision stood in for, off the request's path (in the
-        planning child, else in a thread); a later round finds it."""
-
-        if id(decider) in self._untaken:
-            return  # a task for this decider is yet to take its round: it takes this one
-        self._untaken.add(id(decider))
-        # The aside's patience runs from the stale answer, not from the child's turn.
-        since = self.aside.clock() if self.aside is not None else 0.0
-
-        def take() -> Pending | None:
-            with lock:
-                self._untaken.discard(id(decider))
-                return decider.take_pending()
-
-        def plan_here(pending: Pending) -> None:
-            with lock:
-                t0 = time.perf_counter()
-                decider.decide_pending(pending)
-                self.planning.add(time.perf_counter() - t0, False)
-
-        def keep(k: tuple[Any, ...], hit: Entry) -> None:
-            with lock:
-                decider.remember(k, hit)
-
-        async def run() -> None:
-            try:
-                pending = await asyncio.to_thread(take)
-                if pending is None:
-                    return
-                if self.aside is not None and self.aside.broken is None:
-                    call, bids, k = pending
-                    try:
-                        job = aside_job(decider.inner, call, bids)
-                        hit = await self.aside.decide(job, since)
-                    except AsideError as e:
-                        log.warning("planning aside failed (%s): planning in a thread", e)
-                    else:
-                        await asyncio.to_thread(keep, k, hit)
-                        return
-                await asyncio.to_thread(plan_here, pending)
-            except Exception:  # a failed refresh leaves the stale plan in use
-                log.exception("planning the new bids in the background failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
 
     def _alone_decision(
         self, spec: ModelSpec, strategy: str, rnd: AuctionRound | None, how: str

@@ -11,7 +11,7 @@ own calibration, which asked for the next plan. A child process has a GIL of its
 and it is stopped while the daemon serves work (:func:`hold`) and runs at
 ``SCHED_IDLE`` (or nice 19) otherwise.
 
-This module is pure: the job (a plain dict of JSON values, never a pickle), the
+This module is pure: the job (a plain dict of JSON values, no Python objects), the
 child's answer, and the loop a child runs (:func:`main`, ``python -m
 edgeci_p2p.auction.aside``: one JSON job per line on stdin, one JSON answer per line
 on stdout). The asyncio side that starts and feeds the child is
