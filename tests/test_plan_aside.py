@@ -201,3 +201,15 @@ def test_a_stale_plan_runs_priced_on_the_new_figures() -> None:
     assert fresh.reprice(old, call, moved) == (stale, stale_tb)
     slow = stale_tb.names.index(bids[1].bidder)
     assert stale_tb.devices[slow] != old_tb.devices[slow]
+
+
+def test_the_child_keeps_one_planner_per_kind_and_takes_the_new_own_model() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    child = aside.Child()
+    first = aside.job(AwasPlanner(spec, own=own.compute, strategy="edgeci"), call, bids)
+    slower = own.compute.scaled(0.5)
+    second = aside.job(AwasPlanner(spec, own=slower, strategy="edgeci"), call, bids)
+    assert "error" not in child.answer(first) and "error" not in child.answer(second)
+    (planner,) = child._planners.values()  # one kind of request: one planner
+    assert isinstance(planner, AwasPlanner) and planner.own == slower

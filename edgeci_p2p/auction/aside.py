@@ -54,7 +54,12 @@ def job(planner: Planner, call: am.CallForBids, bids: Sequence[am.Bid]) -> dict[
 
 class Child:
     """A child's planners, one per kind of decision, kept across jobs: a planner keeps
-    its workload tables and its last plan (``AwasPlanner.previous``) between calls."""
+    its workload tables and its last plan (``AwasPlanner.previous``) between calls. The
+    auctioneer's own model changes with its calibration; the planner takes the new one.
+    """
+
+    keep = 16
+    """Planners kept (kinds of request: model, input size, strategy), oldest dropped."""
 
     def __init__(self) -> None:
         self._planners: dict[str, Planner] = {}
@@ -77,13 +82,12 @@ class Child:
 
     def _planner(self, job: Mapping[str, Any]) -> Planner:
         key = json.dumps(
-            [job["kind"], job["strategy"], job["spec"], job["shared_medium"], job["own"]],
-            sort_keys=True,
+            [job["kind"], job["strategy"], job["spec"], job["shared_medium"]], sort_keys=True
         )
-        got = self._planners.get(key)
+        own = None if job["own"] is None else ComputeModel.from_dict(job["own"])
+        got = self._planners.pop(key, None)
         if got is None:
             spec = ModelSpec.from_dict(dict(job["spec"]))
-            own = None if job["own"] is None else ComputeModel.from_dict(job["own"])
             medium, strategy = bool(job["shared_medium"]), str(job["strategy"])
             if job["kind"] == "awas":
                 got = AwasPlanner(spec, shared_medium=medium, own=own, strategy=strategy)
@@ -91,7 +95,11 @@ class Child:
                 raise ValueError("a static planner needs the auctioneer's own model")
             else:
                 got = StaticPlanner(strategy, spec, own, medium)
-            self._planners[key] = got
+        elif own is not None:
+            got.own = own
+        self._planners[key] = got  # the newest last
+        while len(self._planners) > self.keep:
+            self._planners.pop(next(iter(self._planners)))
         return got
 
 
