@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else ", and gives the others what is left."
                 )
                 + " On devices of their own the same planner distributes: on the emulated "
-                "4-device cluster (docs/cluster-benchmark.md) VGG-16 ran 1.15-1.6x faster than "
+                "4-device cluster (docs/cluster-benchmark.md) VGG-16 ran 1.06-1.6x faster than "
                 "its fastest device alone, by run and CPU layout."
             )
             _say(
