@@ -439,10 +439,7 @@ class AwasPlanner:
         with every peer's backlog as its start offset wins (see the module docstring)."""
         if self._work is None:
             self._work = Workload(self.spec)
-        backlog = {b.bidder: start_offset(b) for b in bids if not b.declined}
-        idle_tb, left_idle = testbed_from_bids(
-            call, [_without_backlog(b) for b in bids], 1.0, self.shared_medium, self.min_share
-        )
+        idle_tb, left_idle, backlog = self._idle_cluster(call, bids)
         work = self._work
 
         def judge(p: Plan) -> float:
@@ -505,9 +502,7 @@ class AwasPlanner:
         usable = with_own_bid(call, bids, self.own)
         if usable is None:
             return None
-        idle_tb, _ = testbed_from_bids(
-            call, [_without_backlog(b) for b in usable], 1.0, self.shared_medium, self.min_share
-        )
+        idle_tb, _, backlog = self._idle_cluster(call, usable)
         by_name = dict(
             zip(idle_tb.names, zip(idle_tb.devices, idle_tb.links, strict=True), strict=True)
         )
@@ -521,9 +516,19 @@ class AwasPlanner:
         )
         if self._work is None:
             self._work = Workload(self.spec)
-        backlog = {b.bidder: start_offset(b) for b in usable if not b.declined}
         span = predict_with_backlog(plan, self.spec, idle_tb, backlog, self._work)
         return replace(plan, predicted=span), tb
+
+    def _idle_cluster(
+        self, call: CallForBids, bids: Sequence[Bid]
+    ) -> tuple[Testbed, dict[str, str], dict[str, float]]:
+        """The cluster ``bids`` describe with no backlog, who it leaves out, and when
+        each bidder can start (its backlog): how AWAS judges a plan."""
+        backlog = {b.bidder: start_offset(b) for b in bids if not b.declined}
+        idle_tb, left = testbed_from_bids(
+            call, [_without_backlog(b) for b in bids], 1.0, self.shared_medium, self.min_share
+        )
+        return idle_tb, left, backlog
 
     def _planner(self, ctx: Context) -> Plan:
         """The configured strategy's plan on ``ctx``'s cluster."""

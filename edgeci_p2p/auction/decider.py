@@ -95,10 +95,11 @@ class CachedDecider:
         self.size = size
         self.stale_ok = stale_ok
         """Answer a round whose bids differ from a remembered one only in their speed
-        figures with that one's decision, and leave the new decision to
-        :meth:`refresh`, off the request's path (see :meth:`__call__`)."""
+        figures with that one's decision, and leave the new decision to be made off
+        the request's path (:meth:`take_pending`; see :meth:`__call__`)."""
         self.pending: Pending | None = None
-        """The round a stale decision stood in for, until :meth:`refresh` plans it."""
+        """The round a stale decision stood in for, until it is taken to be planned
+        (:meth:`take_pending`, by ``aio/refresh.py``; or :meth:`refresh`)."""
         self.stale = 0
         """Decisions answered with a stale plan (for the metrics and tests)."""
         self._latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
