@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from edgeci_p2p.aio import aside as aio_aside
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer
 from edgeci_p2p.auction import aside
@@ -153,14 +154,21 @@ async def _stopped(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs waitid")
-def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after() -> None:
+@pytest.mark.parametrize("signalled", [False, True], ids=["polled", "signalled"])
+def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after(
+    signalled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polled (no event), or woken by the daemon's ``Load.changed`` as the daemon runs it
+    (then only the event wakes it: no look-again timer could end this test)."""
+    monkeypatch.setattr(aio_aside, "LOOK_S", 3600.0)
     spec = spec_for("vgg11", 64, 64)
     call, bids, own = _round(spec)
     job = aside.job(_planners(spec, own)[1], call, bids)
     busy = [True]
 
     async def main() -> None:
-        planning = PlanningAside(busy=lambda: busy[0])
+        changed = asyncio.Event() if signalled else None
+        planning = PlanningAside(busy=lambda: busy[0], changed=changed)
         try:
             deciding = asyncio.ensure_future(planning.decide(job))
             await planning.held.wait()
@@ -168,7 +176,9 @@ def test_the_child_is_stopped_while_the_daemon_is_busy_and_goes_on_after() -> No
             assert await _stopped(planning._proc.pid)  # by SIGSTOP
             assert not deciding.done()
             busy[0] = False  # the request ended: the child goes on
-            got = await deciding
+            if changed is not None:
+                changed.set()
+            got = await asyncio.wait_for(deciding, 60)
             assert not planning.held.is_set() and got[1] is not None
         finally:
             await planning.close()
@@ -213,3 +223,25 @@ def test_the_child_keeps_one_planner_per_kind_and_takes_the_new_own_model() -> N
     assert "error" not in child.answer(first) and "error" not in child.answer(second)
     (planner,) = child._planners.values()  # one kind of request: one planner
     assert isinstance(planner, AwasPlanner) and planner.own == slower
+
+
+def test_a_daemon_wakes_its_planning_child_on_its_own_load() -> None:
+    """The feeder waits on the node's ``Load.changed`` (set where the counters that
+    ``busy()`` reads change), not on a timer."""
+    from tests.daemons import start_daemons, stop_all
+
+    async def main() -> None:
+        (d,) = await start_daemons(1, plan_aside=True)
+        try:
+            planning = d.auctioneer.refresh.aside
+            assert planning is not None and planning.changed is d.load.changed
+            d.load.changed.clear()
+            assert await d.parts.serving._admitted(None, "r", "tile")  # type: ignore[arg-type]
+            assert d.load.changed.is_set() and planning.busy()
+            d.load.changed.clear()
+            d.parts.serving._done()
+            assert d.load.changed.is_set() and not planning.busy()
+        finally:
+            await stop_all([d])
+
+    asyncio.run(main())

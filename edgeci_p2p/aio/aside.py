@@ -34,7 +34,11 @@ ANSWER_LIMIT = 64 * 1024 * 1024
 START_TIMEOUT_S = 60
 """Seconds the child may take to start (Python and the planners' imports: ~0.1 s)."""
 POLL_S = 0.01
-"""How often a job in flight looks whether the daemon is busy (one CFS period)."""
+"""How often a job in flight looks whether the daemon is busy (one CFS period), when
+no event says so (``changed`` None)."""
+LOOK_S = 1.0
+"""With ``changed``: the longest a job in flight goes without looking (a change that
+was not signalled is caught this late at worst)."""
 
 
 class AsideError(RuntimeError):
@@ -51,10 +55,16 @@ class PlanningAside:
         busy: Callable[[], bool] = lambda: False,
         patience_s: float = PATIENCE_S,
         clock: Callable[[], float] = time.monotonic,
+        changed: asyncio.Event | None = None,
     ) -> None:
         self.command = list(command or [sys.executable, "-m", "edgeci_p2p.auction.aside"])
         self.busy, self.patience_s, self.clock = busy, patience_s, clock
         """Whether the daemon serves work now; how long a job waits for it to stop."""
+        self.changed = changed
+        """Set by the daemon when ``busy()`` may have changed (the node's
+        ``Load.changed``); None: look every :data:`POLL_S`. Polling kept a busy
+        auctioneer's loop waking 100 times a second for as long as a job was held
+        (seconds, during requests): ~10% of its loop's time on the emulated cluster."""
         self.held = asyncio.Event()
         """Set while the child is stopped for the daemon's work (for tests)."""
         self.broken: str | None = None
@@ -101,13 +111,15 @@ class PlanningAside:
         held = False
         try:
             while not reading.done():
+                if self.changed is not None:
+                    self.changed.clear()  # before busy(): a change after it wakes us
                 want = hold(self.busy(), since, self.clock(), self.patience_s)
                 if want != held:
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(signal.SIGSTOP if want else signal.SIGCONT)
                     held = want
                     (self.held.set if held else self.held.clear)()
-                await asyncio.wait([reading], timeout=POLL_S)
+                await self._next_look(reading, held, since)
             return reading.result()
         finally:
             reading.cancel()
@@ -115,6 +127,22 @@ class PlanningAside:
                 self.held.clear()
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGCONT)
+
+    async def _next_look(self, reading: asyncio.Future[bytes], held: bool, since: float) -> None:
+        """Until the answer comes, ``busy()`` may have changed, or (held) the job's
+        patience runs out."""
+        if self.changed is None:
+            await asyncio.wait([reading], timeout=POLL_S)
+            return
+        timeout = LOOK_S
+        if held:
+            timeout = min(timeout, max(since + self.patience_s - self.clock(), 0.0))
+        changed = asyncio.ensure_future(self.changed.wait())
+        either: list[asyncio.Future[Any]] = [reading, changed]
+        try:
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self.broken is not None:

@@ -48,7 +48,11 @@ class BidDesk:
             self._send,
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
-            aside=PlanningAside(busy=self._busy) if node.config.plan_aside else None,
+            aside=(
+                PlanningAside(busy=self._busy, changed=node.load.changed)
+                if node.config.plan_aside
+                else None
+            ),
         )
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""

@@ -205,10 +205,12 @@ class FrontDoor:
                     str(e) or type(e).__name__,
                 )
         self.node.load.running_here += 1
+        self.node.load.changed.set()
         try:
             return await self.runner.answer(req)
         finally:
             self.node.load.running_here -= 1
+            self.node.load.changed.set()
             self.settle()
 
 

@@ -40,6 +40,10 @@ class Load:
     """Tiles, strip jobs and head jobs accepted from auctioneers and not yet done."""
     from_memory: int = 0
     """Re-sent requests answered from the memory of recent answers (not run again)."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+    """Set when ``running_here`` or ``queued_tiles`` changes: the planning child is held
+    while either is non-zero, and its feeder waits on this rather than polling
+    (``aio/aside.py``)."""
 
 
 class Tasks:

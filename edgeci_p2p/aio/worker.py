@@ -106,6 +106,7 @@ class PeerWorker:
         strip job or head job) gets a 'busy' error at once instead of a place in line."""
         if self.node.load.queued_tiles < self.node.config.max_queued_tiles:
             self.node.load.queued_tiles += 1
+            self.node.load.changed.set()
             return True
         self.node.metrics.tile(kind, "busy")
         await reply(conn, Error(int(ErrorCode.BUSY), "tile queue full", request_id))
@@ -113,6 +114,7 @@ class PeerWorker:
 
     def _done(self) -> None:
         self.node.load.queued_tiles -= 1
+        self.node.load.changed.set()
         self.settle()
 
     async def _run_tile_for(self, conn: Connection, req: TileRequest) -> None:
