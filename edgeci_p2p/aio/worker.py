@@ -129,7 +129,7 @@ class PeerWorker:
             self.queue_work(req.request_id, req.model, req.input_hw, [(req.start, req.stop, out)])
             if req.pixels:
                 x = normalise(req.input).numpy()
-            y, started, stopped, others = await asyncio.get_running_loop().run_in_executor(
+            y, started, stopped, _ = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker,
                 self._tile_unless_cancelled,
                 req.request_id,
@@ -156,7 +156,9 @@ class PeerWorker:
         with contextlib.suppress(ValueError, IndexError):
             spec = self.node.store.spec(req.model, *req.input_hw)
             work = trace(spec, req.start, req.stop, out)
-            self.node.served(flops_by_kind(work).items(), stopped - started, others)
+            # Served for a peer: the CPU this event loop took meanwhile stays in the
+            # time (policy/calibration.own_seconds says why).
+            self.node.served(flops_by_kind(work).items(), stopped - started)
         self.node.metrics.tile("tile", "served")
         spans = _spans(admitted, started, stopped) if req.trace else None
         took = time.perf_counter() - t0
@@ -184,7 +186,7 @@ class PeerWorker:
                     f"{list(want)}, got {list(job.input.shape[1:])}"
                 )
             hw = (int(job.input_hw[0]), int(job.input_hw[1]))
-            logits, started, stopped, others = await asyncio.get_running_loop().run_in_executor(
+            logits, started, stopped, _ = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker,
                 timed,
                 store.head,
@@ -199,7 +201,7 @@ class PeerWorker:
         finally:
             self._done()
         flops = [("head", head_flops(store.spec(job.model, *hw)))]
-        self.node.served(flops, stopped - started, others)
+        self.node.served(flops, stopped - started)  # for a peer, as a tile above
         self.node.metrics.tile("head", "served")
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
         spans = _spans(admitted, started, stopped) if job.trace else None
@@ -211,7 +213,7 @@ class PeerWorker:
         if not await self._admitted(conn, job.request_id, "strip"):
             return
         try:
-            out = await self.strip_job(job)
+            out = await self.strip_job(job, own=False)
         except asyncio.CancelledError:
             self.node.metrics.tile("strip", "cancelled")
             return  # the auctioneer cancelled it (a neighbour failed); nothing is due
@@ -226,8 +228,9 @@ class PeerWorker:
         spans = out.spans if job.trace else None
         await reply(conn, TileResult(job.request_id, job.tile_id, out.output, out.compute_s, spans))
 
-    async def strip_job(self, job: StripJob) -> StripOutcome:
-        """Run a strip job here (for an auctioneer, or this node's own strip)."""
+    async def strip_job(self, job: StripJob, own: bool = True) -> StripOutcome:
+        """Run a strip job here: this node's own strip, or (``own`` False) one for
+        another peer's request."""
         store = self.node.store
         store.get(job.model, job.fingerprint)
         spec = store.spec(job.model, *job.input_hw)
@@ -255,7 +258,8 @@ class PeerWorker:
             )
             log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
             for unit_flops, took, others in out.pieces:
-                self.node.served(unit_flops, took, others)
+                # For a peer, the event loop's CPU stays in, as for its tiles.
+                self.node.served(unit_flops, took, others if own else 0.0)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)

@@ -123,6 +123,14 @@ def own_seconds(seconds: float, others_cpu_s: float, cores: float | None) -> flo
     the auctioneer per request, its calibration went to 1.77-2.59x while its own
     requests ran at 1.0-1.3x, and every plan after that gave it too little. None (more
     cores): the other threads ran beside the piece, not in its time.
+
+    Only an auctioneer's own pieces are corrected so. A piece served for another peer's
+    request keeps that time: the loop's work there is the peer's own share of the
+    exchange (a strip's halo rows in and out), which grows with its work, not with
+    other strategies' traffic. Left out, it made the helpers' bids too fast for halo
+    plans: on the emulated cluster the middle strip's peer ran 30-40% over its plan
+    (its loop took a third of its 0.2-core quota) while its neighbours waited for its
+    rows (docs/cluster-benchmark.md, fifteenth session).
     """
     if cores is None or cores > 1.0 or others_cpu_s <= 0.0:
         return seconds
