@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from edgeci_p2p.aio import worker as worker_module
+from edgeci_p2p.aio.strips import StripOutcome
 from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.auction.awas import compute_from_bid, probe_call
 from edgeci_p2p.auction.bidder import Bidder
@@ -22,6 +26,8 @@ from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
 from edgeci_p2p.policy.calibration import PieceOverhead, own_seconds
+from edgeci_p2p.wire.messages import StripJob, StripStage
+from tests.daemons import start_daemons, stop_all
 from tests.planfakes import fake_testbed
 
 
@@ -173,3 +179,36 @@ def test_timed_counts_the_cpu_other_threads_ran_meanwhile() -> None:
         done.set()
         t.join()
     assert out == 7 and stopped >= started and others > 0.0
+
+
+def test_only_an_auctioneers_own_strip_leaves_its_loops_cpu_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A strip served for another peer keeps the CPU its event loop took meanwhile (its
+    share of the halo exchange); this node's own strip of its own request does not."""
+    piece = ((("conv", 10**9),), 0.2, 0.02)  # 20 ms of the loop's CPU during a 0.2 s piece
+
+    async def ran(*_: object) -> StripOutcome:
+        return StripOutcome(np.zeros((1, 64, 10, 56), np.float32), pieces=[piece])
+
+    monkeypatch.setattr(worker_module, "run_strip_job", ran)
+    charged: list[float] = []
+
+    async def main() -> None:
+        (d,) = await start_daemons(1)
+        try:
+            monkeypatch.setattr(
+                d.node, "served", lambda _work, _s, others=0.0: charged.append(others)
+            )
+            fp = d.node.store.get("resnet34").fingerprint
+            stage = StripStage(0, 1, (0, 10), (0, 24), [], [])
+            job = StripJob(
+                "r", 1, 1, "resnet34", fp, [stage], np.zeros((1, 3, 24, 224), np.float32)
+            )
+            await d.parts.serving.strip_job(job)  # its own request's strip
+            await d.parts.serving.strip_job(job, own=False)  # for another peer
+        finally:
+            await stop_all([d])
+
+    asyncio.run(main())
+    assert charged == [0.02, 0.0]
