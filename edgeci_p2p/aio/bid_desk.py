@@ -28,6 +28,7 @@ from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.planners import STRATEGIES
 from edgeci_p2p.planners.head import head_peer, with_head_on
 from edgeci_p2p.policy.links import PlannedLinks
+from edgeci_p2p.policy.loop_share import with_loop_share
 from edgeci_p2p.wire.errors import ErrorCode
 
 log = logging.getLogger("edgeci.peer")
@@ -95,6 +96,14 @@ class BidDesk:
         """``bid`` with the link figures this node plans that peer with."""
         return self.links.adjust(bid, self.node.membership.members.get(bid.bidder))
 
+    def _priced(self, bid: am.Bid, strategy: str) -> am.Bid:
+        """A bid as this round sees it: link figures as measured here; this node's own
+        with the CPU its event loop takes in ``strategy``'s requests."""
+        bid = self.measured_link(bid)
+        if bid.bidder == self.node.node_id:
+            return with_loop_share(bid, self.node.loop_share.factor(strategy))
+        return bid
+
     # ---- a request's round ------------------------------------------------------------------
 
     async def make_plan(
@@ -134,7 +143,7 @@ class BidDesk:
                 spec,
                 strategy,
                 peers,
-                adjust_bid=self.measured_link,
+                adjust_bid=lambda b: self._priced(b, strategy),
                 quiet=self.node.load.running_here <= 1 and not dry_run,
             )
             if dry_run and decision.round is not None:

@@ -21,6 +21,7 @@ from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
 from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration, own_seconds
+from edgeci_p2p.policy.loop_share import LoopShare
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
 from edgeci_p2p.wire.tensors import payload_nbytes
@@ -106,6 +107,9 @@ class Node:
     calibration: SpeedCalibration = field(default_factory=SpeedCalibration)
     overhead: PieceOverhead = field(default_factory=PieceOverhead)
     """The fixed seconds per piece of work, learnt beside ``calibration``."""
+    loop_share: LoopShare = field(default_factory=LoopShare)
+    """Per strategy, the CPU this node's event loop takes while it runs its own
+    distributed requests; its own bid in those rounds is priced with it."""
     profiled: ComputeModel | None = None
     """The compute model as profiled at start (``compute`` is it, calibrated)."""
 
@@ -145,6 +149,21 @@ class Node:
             self.calibration.slowdown,
             self.overhead.piece_s * 1e3,
         )
+
+    def ran(self, strategy: str, loop_cpu_s: float, wall_s: float) -> None:
+        """One of this node's own distributed requests of ``strategy`` ran its maps in
+        ``wall_s`` seconds, while its event loop took ``loop_cpu_s`` CPU seconds."""
+        if not self.config.calibrate_speed:
+            return
+        share = self.loop_share.observe(strategy, loop_cpu_s, wall_s, self.one_cpu)
+        if share is not None:
+            log.info(
+                "event loop's share of this node's CPU in its own %s requests: %.0f%% "
+                "(its own bid there prices its compute %.2fx)",
+                strategy,
+                share * 100,
+                self.loop_share.factor(strategy),
+            )
 
     def offset(self, node: str) -> Offset | None:
         """``node``'s clock offset from this one (None: not measured yet); 0 for itself."""

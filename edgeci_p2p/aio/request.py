@@ -172,7 +172,7 @@ class RequestRunner:
         _, _, h, w = run.x.shape
         self.worker.deliver_own(req.request_id)
         cur = run.x
-        started = time.monotonic()
+        started, loop_cpu = time.monotonic(), time.thread_time()
         seen = self.node.wire.setdefault((req.model, h, w), WireFractions(run.spec.n_units + 1))
         for first, last in segments(plan):
             if first == last:
@@ -186,6 +186,10 @@ class RequestRunner:
                 seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
                 run.span(me, "count-zeros", m, time.monotonic(), "control", last)
         t_head = time.perf_counter()
+        if len(set(plan.devices)) > 1:
+            # This (the loop's) thread's CPU over the maps: what the loop took from the
+            # quota its own pieces ran in (policy/loop_share.py).
+            self.node.ran(plan.strategy, time.thread_time() - loop_cpu, time.monotonic() - started)
         remote = await self.head.logits(run, cur)
         if remote is not None:
             logits = remote

@@ -12,4 +12,7 @@ each testable without a daemon:
 * :mod:`.forwarding`: which peer a busy entry peer passes a request on to.
 * :mod:`.strip_jobs`: a halo segment of a plan as one strip job per peer.
 * :mod:`.recent`: bounded memories that forget their oldest entries first.
+* :mod:`.calibration`: a peer's speed and fixed cost per piece, learnt from its work.
+* :mod:`.loop_share`: the CPU an auctioneer's own event loop takes in its requests,
+  charged to its own bid.
 """
