@@ -143,6 +143,14 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         assert_exact(logits, reference())
         assert timing["retries"] == 0
         assert set(timing["compute"]) == {d.node_id for d in daemons}  # type: ignore[arg-type]
+        # The same plan again (a cached decision's): its strip jobs are not traced anew.
+        kept = dict(daemons[0].parts.runner.stages._jobs)
+        assert [entry[0] for entry in kept.values()] == [plan]
+        logits, _ = await run_plan(daemons[0], plan, "halo-1-again")
+        assert_exact(logits, reference())
+        again = daemons[0].parts.runner.stages._jobs
+        assert again.keys() == kept.keys()
+        assert all(again[k][2] is jobs for k, (_, _, jobs) in kept.items())
         # The peers' mailboxes are empty again, their jobs ended.
         await wait_until(
             lambda: all(len(d.mailbox) == 0 and not d.serving.strip_tasks for d in daemons),
