@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeci_p2p.auction.awas import probe_call
+from edgeci_p2p.auction.messages import Bid, MessageError
 from edgeci_p2p.wire.messages import InferRequest
 from tests.daemons import IMAGE, cluster
 
@@ -39,3 +41,34 @@ async def test_calibration_off_keeps_the_profile() -> None:
         for i in range(3):
             await d.infer(InferRequest(f"off-{i}", "resnet34", image=IMAGE, strategy="local"))
         assert d.compute is claimed and d.started.calibration.windows == 0
+
+
+@pytest.mark.asyncio
+async def test_strip_pieces_calibrate_apart_and_bids_carry_their_factor() -> None:
+    """Tiles at their profile, strips at 1.5x it: the bid keeps the tiles' speed and
+    says the strips' with ``strip_factor``, which a strip-resident round charges."""
+    async with cluster(1, calibrate_speed=True) as (d,):
+        node = d.started
+        work = [("conv", 2e9)]
+        seconds = node.profiled.seconds("conv", 2e9)  # type: ignore[union-attr]
+        for _ in range(int(6 * node.calibration.window_s / seconds) + 1):  # 6 windows each
+            node.served(work, seconds)
+            node.served(work, 1.5 * seconds, strip=True)
+        assert node.calibration.slowdown == 1.0
+        assert node.strips.slowdown == pytest.approx(node.strips.grid**4)  # 1.46
+        assert d.bidder.strip_factor == pytest.approx(node.strips.slowdown)
+        call = probe_call("r", "someone", d.store.spec("resnet34", 224, 224))  # type: ignore[union-attr]
+        bid = d.bidder.bid(call, 0.0)
+        assert Bid.from_dict(bid.to_dict()).strip_factor == bid.strip_factor
+        conv = "probe:conv:1"
+        desk = d.parts.desk
+        assert desk._priced(bid, "edgeci").duration[conv] == bid.duration[conv]
+        halo = desk._priced(bid, "edgeci-halo")
+        assert halo.duration[conv] == pytest.approx(bid.strip_factor * bid.duration[conv])
+
+
+def test_a_bid_refuses_a_strip_factor_out_of_range() -> None:
+    for bad in (0.1, 5.0, "x", True):
+        with pytest.raises(MessageError, match="strip_factor"):
+            Bid.from_dict({"auction": "a", "bidder": "b", "strip_factor": bad})
+    assert Bid.from_dict({"auction": "a", "bidder": "b"}).strip_factor == 1.0

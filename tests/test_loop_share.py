@@ -12,7 +12,7 @@ from edgeci_p2p.auction.awas import AwasPlanner, compute_from_bid, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.plan import Plan
 from edgeci_p2p.nn.spec import spec_for
-from edgeci_p2p.policy.loop_share import LoopShare, with_loop_share
+from edgeci_p2p.policy.loop_share import LoopShare, with_compute_factor
 from tests.daemons import start_daemons, stop_all
 from tests.planfakes import fake_testbed
 
@@ -52,8 +52,8 @@ def test_the_own_bid_prices_its_compute_but_not_its_head_so_many_times() -> None
     call = probe_call("r", tb.names[0], spec)
     d = tb.devices[0]
     bid = Bidder(d.name, d.compute, tb.link(0), d.memory_bytes, horizon=1e6).bid(call, 0.0)
-    slowed = with_loop_share(bid, 1.25)
-    assert with_loop_share(bid, 1.0) is bid
+    slowed = with_compute_factor(bid, 1.25)
+    assert with_compute_factor(bid, 1.0) is bid
     for item, seconds in bid.duration.items():
         want = seconds if item.startswith("probe:head:") else seconds * 1.25
         assert slowed.duration[item] == pytest.approx(want)
@@ -72,7 +72,7 @@ def test_a_charged_auctioneer_gets_less_of_the_map_and_a_longer_prediction() -> 
     plans: list[Plan] = []
     for factor in (1.0, 1.5):
         planner = AwasPlanner(spec, strategy="edgeci")
-        planner(call, [with_loop_share(bids[0], factor), *bids[1:]])
+        planner(call, [with_compute_factor(bids[0], factor), *bids[1:]])
         assert planner.plan is not None
         plans.append(planner.plan)
     free, charged = plans

@@ -198,7 +198,7 @@ def test_only_an_auctioneers_own_strip_leaves_its_loops_cpu_out(
         (d,) = await start_daemons(1)
         try:
             monkeypatch.setattr(
-                d.node, "served", lambda _work, _s, others=0.0: charged.append(others)
+                d.node, "served", lambda _w, _s, others=0.0, strip=False: charged.append(others)
             )
             fp = d.node.store.get("resnet34").fingerprint
             stage = StripStage(0, 1, (0, 10), (0, 24), [], [])

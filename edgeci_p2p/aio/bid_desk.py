@@ -25,10 +25,10 @@ from edgeci_p2p.auction.on_wire import WireAuctionMessage, from_wire, to_wire
 from edgeci_p2p.auction.round import RoundConfig
 from edgeci_p2p.meminfo import vm_rss
 from edgeci_p2p.nn.weights import HEAD
-from edgeci_p2p.planners import STRATEGIES
+from edgeci_p2p.planners import STRATEGIES, STRIP_RESIDENT
 from edgeci_p2p.planners.head import head_peer, with_head_on
 from edgeci_p2p.policy.links import PlannedLinks
-from edgeci_p2p.policy.loop_share import with_loop_share
+from edgeci_p2p.policy.loop_share import with_compute_factor
 from edgeci_p2p.wire.errors import ErrorCode
 
 log = logging.getLogger("edgeci.peer")
@@ -97,12 +97,14 @@ class BidDesk:
         return self.links.adjust(bid, self.node.membership.members.get(bid.bidder))
 
     def _priced(self, bid: am.Bid, strategy: str) -> am.Bid:
-        """A bid as this round sees it: link figures as measured here; this node's own
-        with the CPU its event loop takes in ``strategy``'s requests."""
+        """A bid as this round sees it: link figures as measured here; its compute at
+        its ``strip_factor`` where the plan keeps strips on their peers; this node's own
+        also with the CPU its event loop takes in ``strategy``'s requests."""
         bid = self.measured_link(bid)
+        factor = bid.strip_factor if strategy in STRIP_RESIDENT else 1.0
         if bid.bidder == self.node.node_id:
-            return with_loop_share(bid, self.node.loop_share.factor(strategy))
-        return bid
+            factor *= self.node.loop_share.factor(strategy)
+        return with_compute_factor(bid, factor)
 
     # ---- a request's round ------------------------------------------------------------------
 

@@ -259,7 +259,7 @@ class PeerWorker:
             log.debug("strip job %s/%d: %s", job.request_id, job.job_id, out.describe())
             for unit_flops, took, others in out.pieces:
                 # For a peer, the event loop's CPU stays in, as for its tiles.
-                self.node.served(unit_flops, took, others if own else 0.0)
+                self.node.served(unit_flops, took, others if own else 0.0, strip=True)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)

@@ -113,6 +113,9 @@ class Bidder:
     """Cores its tile work can use."""
     host_cpus: float = 0.0
     """Cores of its machine."""
+    strip_factor: float = 1.0
+    """How many times its compute model's times its pieces of strip jobs take (sent in
+    bids; the node's calibration of the strips it served sets it)."""
     holding: Callable[[str], Holding] | None = None
     """The weights this peer holds, by fingerprint (None: nothing counted). Its
     ``memory_bytes`` is then the whole budget, weights included."""
@@ -200,6 +203,7 @@ class Bidder:
             cpus=self.cpus,
             host_cpus=self.host_cpus,
             piece_s=self.compute.piece_s,
+            strip_factor=self.strip_factor,
             held=holding.held,
             load=dict(holding.load),
         )

@@ -23,6 +23,22 @@ def _need(d: Mapping[str, Any], key: str, what: str) -> Any:
     return d[key]
 
 
+STRIP_FACTOR_RANGE = (0.25, 4.0)
+"""What a bid's ``strip_factor`` may say (a calibration is bounded well inside it)."""
+
+
+def _factor(value: Any, key: str) -> float:
+    """A bid's optional factor (absent: 1), refused outside :data:`STRIP_FACTOR_RANGE`."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageError(f"bid: {key!r} must be a number, got {type(value).__name__}")
+    lo, hi = STRIP_FACTOR_RANGE
+    if not lo <= float(value) <= hi:
+        raise MessageError(f"bid: {key!r} {value} is outside [{lo}, {hi}]")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One partition of a request's workload, as the auctioneer offers it."""
@@ -154,6 +170,9 @@ class Bid:
     piece_s: float = 0.0
     """Seconds each piece of work costs the bidder beyond its units' fits, as it learnt
     from the work it served (:attr:`edgeci_p2p.core.cost.ComputeModel.piece_s`)."""
+    strip_factor: float = 1.0
+    """How many times ``duration`` the bidder's pieces of strip jobs take, as it learnt
+    from the strips it served (a strip-resident plan prices it with this)."""
 
     def finish(self, item_id: str) -> float:
         return self.backlog + self.duration[item_id]
@@ -176,6 +195,8 @@ class Bid:
             d.update(held=list(self.held), load=dict(self.load), rss=self.rss)
         if self.piece_s:
             d["piece_s"] = self.piece_s
+        if self.strip_factor != 1.0:
+            d["strip_factor"] = self.strip_factor
         return d
 
     @classmethod
@@ -200,6 +221,7 @@ class Bid:
             load={str(k): int(v) for k, v in (d.get("load") or {}).items()},
             rss=int(d.get("rss") or 0),
             piece_s=float(d.get("piece_s") or 0.0),
+            strip_factor=_factor(d.get("strip_factor"), "strip_factor"),
         )
 
 

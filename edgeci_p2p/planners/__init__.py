@@ -37,6 +37,8 @@ PLANNERS: dict[str, Planner] = {
 }
 STRATEGIES: tuple[str, ...] = tuple(PLANNERS)
 OURS: tuple[str, ...] = ("edgeci", "edgeci-halo")
+STRIP_RESIDENT: frozenset[str] = frozenset({"edgeci-halo"})
+"""Strategies whose plans keep strips on their peers (strip jobs, halo rows)."""
 BASELINES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in OURS)
 
 

@@ -14,9 +14,10 @@ The calibration measures the auctioneer's pure speed (``calibration.own_seconds`
 leaves that loop work out, because it depends on the strategy, not on the CPU). So
 the plan must charge it: :class:`LoopShare` learns, per strategy, the share ``s`` of
 the CPU the loop took across this node's distributed requests, and
-:func:`with_loop_share` prices the auctioneer's own bid in that strategy's rounds at
-``1 / (1 - s)`` times its compute. The planner then gives the auctioneer less of the
-map, and predicts the time its pieces really take.
+:func:`with_compute_factor` prices the auctioneer's own bid in that strategy's rounds
+at ``1 / (1 - s)`` times its compute. The planner then gives the auctioneer less of
+the map, and predicts the time its pieces really take. (The same function prices any
+bid at its ``strip_factor`` in a strip-resident round.)
 
 Like the speed, the share moves the bid only past a band and onto a grid: each change
 is a new plan.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from edgeci_p2p.auction.messages import Bid
 
-__all__ = ["LoopShare", "with_loop_share"]
+__all__ = ["LoopShare", "with_compute_factor"]
 
 
 @dataclass
@@ -79,10 +80,10 @@ class LoopShare:
         return 1.0 / (1.0 - self.in_force.get(strategy, 0.0))
 
 
-def with_loop_share(bid: Bid, factor: float) -> Bid:
-    """The auctioneer's own ``bid`` with its compute priced ``factor`` times: every probe
-    item but the head's (the head runs after the last map is in, when the loop is
-    quiet; its fit is memory-bound and calibrated apart)."""
+def with_compute_factor(bid: Bid, factor: float) -> Bid:
+    """``bid`` with its compute priced ``factor`` times: every probe item but the
+    head's (the head runs after the last map is in, when the loop is quiet and no strip
+    is computed; its fit is memory-bound and calibrated apart)."""
     if factor == 1.0:
         return bid
     return replace(
