@@ -7,7 +7,9 @@ import pytest
 
 from edgeci_p2p.auction.awas import probe_call
 from edgeci_p2p.auction.messages import Bid, MessageError
-from edgeci_p2p.wire.messages import InferRequest
+from edgeci_p2p.auction.on_wire import from_wire, to_wire
+from edgeci_p2p.wire.messages import InferRequest, message_from_wire
+from edgeci_p2p.wire.messages import MessageError as WireMessageError
 from tests.daemons import IMAGE, cluster
 
 
@@ -59,7 +61,7 @@ async def test_strip_pieces_calibrate_apart_and_bids_carry_their_factor() -> Non
         assert d.bidder.strip_factor == pytest.approx(node.strips.slowdown)
         call = probe_call("r", "someone", d.store.spec("resnet34", 224, 224))  # type: ignore[union-attr]
         bid = d.bidder.bid(call, 0.0)
-        assert Bid.from_dict(bid.to_dict()).strip_factor == bid.strip_factor
+        assert from_wire(to_wire(bid)).strip_factor == bid.strip_factor  # type: ignore[union-attr]
         conv = "probe:conv:1"
         desk = d.parts.desk
         assert desk._priced(bid, "edgeci").duration[conv] == bid.duration[conv]
@@ -72,3 +74,11 @@ def test_a_bid_refuses_a_strip_factor_out_of_range() -> None:
         with pytest.raises(MessageError, match="strip_factor"):
             Bid.from_dict({"auction": "a", "bidder": "b", "strip_factor": bad})
     assert Bid.from_dict({"auction": "a", "bidder": "b"}).strip_factor == 1.0
+
+
+def test_the_wire_refuses_a_strip_factor_out_of_range() -> None:
+    bid = Bid("a", "b", strip_factor=1.5)
+    wire = to_wire(bid).to_wire()
+    assert from_wire(message_from_wire(wire)) == bid
+    with pytest.raises(WireMessageError, match="strip_factor"):
+        message_from_wire({**wire, "strip_factor": 9.0})

@@ -476,10 +476,15 @@ class Bid(Message):
     """The bidder's resident memory, bytes."""
     piece_s: float | None = None
     """Seconds each piece of work costs the bidder beyond its units (learnt online)."""
+    strip_factor: float | None = None
+    """How many times ``duration`` the bidder's pieces of strip jobs take (learnt
+    online; absent: 1)."""
 
     def check(self) -> None:
         _nonneg("bid.load", **(self.load or {}))
         _nonneg("bid", rss=self.rss or 0, piece_s=self.piece_s or 0.0)
+        if self.strip_factor is not None and not 0.25 <= self.strip_factor <= 4.0:
+            raise MessageError(f"bid.strip_factor: {self.strip_factor} is outside [0.25, 4]")
         _nonneg(
             "bid",
             backlog=self.backlog,
