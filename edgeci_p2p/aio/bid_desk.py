@@ -77,9 +77,9 @@ class BidDesk:
                 bid = dataclasses.replace(
                     bid, free_memory=max(0, bid.free_memory), rss=vm_rss() or 0
                 )
-                self.node.tasks.spawn(reply(conn, to_wire(bid)))
+                self._answer(conn, bid, msg.TYPE)
             elif isinstance(m, am.Award):
-                self.node.tasks.spawn(reply(conn, to_wire(bidder.accept(m, now))))
+                self._answer(conn, bidder.accept(m, now), msg.TYPE)
             elif isinstance(m, am.Release):
                 bidder.release(m.auction_id)
             elif isinstance(m, am.Bid):
@@ -88,6 +88,18 @@ class BidDesk:
                 self.auctioneer.on_reply(m)
         except (am.MessageError, ValueError, KeyError) as e:
             log.warning("bad %s from %s: %s", msg.TYPE, conn.peer.node_id, e)
+
+    def _answer(self, conn: Connection, answer: am.Bid | am.AwardReply, to: str) -> None:
+        """Send this node's answer to a peer's ``to`` message. An answer the wire refuses
+        is this node's fault, not the peer's: said so, not as a bad message from it."""
+        try:
+            out = to_wire(answer)
+        except (am.MessageError, ValueError) as e:
+            log.error(
+                "this node's answer to a %s from %s is not valid: %s", to, conn.peer.node_id, e
+            )
+            return
+        self.node.tasks.spawn(reply(conn, out))
 
     async def _send(self, to: str, msg: am.CallForBids | am.Award | am.Release) -> bool:
         return await self.mesh.send(to, to_wire(msg))
