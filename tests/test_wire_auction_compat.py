@@ -79,6 +79,7 @@ EXAMPLES: list[AuctionMessage] = [
         {"head": 494 << 20},
         300 << 20,
         0.004,
+        1.21,
     ),
     awas.Award("a", "p", (ITEM,), 3, 2.0, 0.5),
     awas.AwardReply("a", "p", 3, False, "capacity"),
