@@ -25,7 +25,7 @@ from edgeci_p2p.hostinfo import one_cpu
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
-from edgeci_p2p.policy.calibration import PieceOverhead, own_seconds
+from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration, own_seconds, strip_factor
 from edgeci_p2p.wire.messages import StripJob, StripStage
 from tests.daemons import start_daemons, stop_all
 from tests.planfakes import fake_testbed
@@ -212,3 +212,12 @@ def test_only_an_auctioneers_own_strip_leaves_its_loops_cpu_out(
 
     asyncio.run(main())
     assert charged == [0.02, 0.0]
+
+
+def test_the_strip_factor_waits_for_the_strips_first_estimate_and_is_bounded() -> None:
+    tiles, strips = SpeedCalibration(), SpeedCalibration(band=0.15)
+    assert strip_factor(strips, tiles) == 1.0  # no estimate of the strips yet
+    strips.windows, strips.slowdown, tiles.slowdown = strips.min_windows, 1.46, 1.1
+    assert strip_factor(strips, tiles) == pytest.approx(1.46 / 1.1)
+    strips.slowdown = 4.0
+    assert strip_factor(strips, tiles) == 2.0

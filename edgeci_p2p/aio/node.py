@@ -20,7 +20,12 @@ from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
-from edgeci_p2p.policy.calibration import PieceOverhead, SpeedCalibration, own_seconds
+from edgeci_p2p.policy.calibration import (
+    PieceOverhead,
+    SpeedCalibration,
+    own_seconds,
+    strip_factor,
+)
 from edgeci_p2p.policy.loop_share import LoopShare
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
@@ -156,10 +161,7 @@ class Node:
         self.compute = self.bidder.compute = self.profiled.scaled(
             1.0 / self.calibration.slowdown
         ).with_piece(self.overhead.piece_s)
-        # A peer that has served only strips bids its profile for tiles.
-        known = self.strips.windows >= self.strips.min_windows
-        factor = self.strips.slowdown / self.calibration.slowdown if known else 1.0
-        self.bidder.strip_factor = min(max(factor, 0.5), 2.0)
+        self.bidder.strip_factor = strip_factor(self.strips, self.calibration)
         log.info(
             "speed calibrated over %d windows and %d pieces of served work: %.2fx the "
             "profile's times, strips %.2fx the tiles', %.1f ms per piece",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PieceOverhead", "SpeedCalibration"]
+__all__ = ["PieceOverhead", "SpeedCalibration", "own_seconds", "strip_factor"]
 
 
 @dataclass
@@ -110,6 +110,22 @@ class SpeedCalibration:
         snapped = self.grid ** round(self.mean_log / step)
         self.slowdown = min(self.highest, max(self.lowest, snapped))
         return self.slowdown
+
+
+STRIP_FACTOR_BOUNDS = (0.5, 2.0)
+"""What :func:`strip_factor` says at most either way: a peer whose strips run more than
+twice as slow (or fast) as its tiles has something other than strips wrong."""
+
+
+def strip_factor(strips: SpeedCalibration, tiles: SpeedCalibration) -> float:
+    """How many times its tiles' slowdown a peer's strip pieces run (its bids'
+    ``strip_factor``): 1 until the strips' calibration has its first estimate (a peer
+    that has served only strips then bids its profile for tiles, the strips' slowdown
+    for strips)."""
+    if strips.windows < strips.min_windows:
+        return 1.0
+    lo, hi = STRIP_FACTOR_BOUNDS
+    return min(max(strips.slowdown / tiles.slowdown, lo), hi)
 
 
 def own_seconds(seconds: float, others_cpu_s: float, cores: float | None) -> float:
