@@ -53,6 +53,7 @@ def _drive(url: str, browser: str, driver_path: str, shots: Path | None) -> dict
     """Load the page, wait for three peers and their three links, classify the sample
     image through the form; what the page showed (synchronous: runs in a thread)."""
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -64,7 +65,9 @@ def _drive(url: str, browser: str, driver_path: str, shots: Path | None) -> dict
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
     try:
-        wait = WebDriverWait(driver, WAIT_S)
+        # The page redraws its graph as the cluster view updates: an element found just
+        # before a redraw is stale when read, and the wait looks again.
+        wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
         driver.get(url)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#graph .peer-node")) == 3)
         # Every link labelled with a measured rate (link probes run as peers connect).
@@ -74,13 +77,15 @@ def _drive(url: str, browser: str, driver_path: str, shots: Path | None) -> dict
                 and all("MB/s" in lb.text for lb in labels)
             )
         )
-        seen = {
-            "peers": [
-                e.text for e in driver.find_elements(By.CSS_SELECTOR, "#graph .peer-node text")
-            ],
-            "links": [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#graph .link-label")],
-            "cards": len(driver.find_elements(By.CSS_SELECTOR, "#cards .card")),
-        }
+        seen: dict[str, Any] = wait.until(
+            lambda d: {
+                "peers": [
+                    e.text for e in d.find_elements(By.CSS_SELECTOR, "#graph .peer-node text")
+                ],
+                "links": [e.text for e in d.find_elements(By.CSS_SELECTOR, "#graph .link-label")],
+                "cards": len(d.find_elements(By.CSS_SELECTOR, "#cards .card")),
+            }
+        )
         if shots is not None:
             driver.save_screenshot(str(shots / "dashboard-cluster.png"))
         driver.find_element(By.ID, "image").send_keys(str(sample_image_path()))
