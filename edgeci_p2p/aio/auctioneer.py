@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +41,7 @@ from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners import plan as plan_with
+from edgeci_p2p.policy.outcomes import Choice, Outcomes, choose
 
 log = logging.getLogger("edgeci.auction")
 
@@ -92,6 +93,9 @@ class Auctioneer:
         self._alone = AloneMemo()
         self._validated: dict[int, Plan] = {}
         """Per decider: the last plan of it that passed ``validate``."""
+        self.outcomes = Outcomes()
+        """What this node's own requests measured against their plans, alone and
+        distributed: the choice between the two weighs both (policy/outcomes.py)."""
         """Per (strategy, model, size, itemsize, wire fractions): a recent finding that
         distributing does not pay."""
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
@@ -234,34 +238,65 @@ class Auctioneer:
             validate(plan, spec)
             self._validated[id(decider)] = plan
         alone = len(set(plan.devices)) <= 1  # no other peer usable (declined, pooled...)
-        if strategy in AUCTIONED and (alone or not self._worth_distributing(plan, spec)):
+        choice = self._choose(plan, spec) if strategy in AUCTIONED and not alone else None
+        if strategy in AUCTIONED and (alone or (choice is not None and not choice.distribute)):
             # The model leaves per-tile costs out (encoding, hand-offs): a predicted
             # gain smaller than LOCAL_MARGIN is not worth the risk; and a plan on this
             # node alone runs best as the one-stage local plan. Give back the holds.
             await self._send_all(rnd, _releases(rnd), inbox)
             self._alone.remember(key, rnd.bids.values(), peers, self.clock())
-            decision = self._alone_decision(spec, strategy, rnd, "")
+            decision = self._alone_decision(spec, strategy, rnd, "", choice)
             if alone:
                 why = "; ".join(f"{p[:8]}: {r}" for p, r in sorted(left_out.items()))
                 note = "local: no other peer can take work" + (f" ({why})" if why else "")
                 decision.plan = replace(decision.plan, notes={"decision": note})
             decision.left_out = left_out
             return decision
+        if choice is not None and (choice.explore or choice.why.startswith("as measured")):
+            plan = replace(plan, notes={**plan.notes, "decision": choice.why})
         return Decision(plan, testbed, rnd, left_out)
 
     def _alone_decision(
-        self, spec: ModelSpec, strategy: str, rnd: AuctionRound | None, how: str
+        self,
+        spec: ModelSpec,
+        strategy: str,
+        rnd: AuctionRound | None,
+        how: str,
+        choice: Choice | None = None,
     ) -> Decision:
         """The local plan, under the requested strategy's name, saying why."""
         local = self.local_decision(spec, rnd)
-        note = f"local: distributing predicted < {dec.LOCAL_MARGIN:.0%} gain {how}".strip()
+        why = choice.why if choice is not None else ""
+        if not why.startswith("as measured"):
+            why = f"distributing predicted < {dec.LOCAL_MARGIN:.0%} gain"
+        note = f"local: {why} {how}".strip()
         local.plan = replace(local.plan, strategy=strategy, notes={"decision": note})
         return local
 
-    def _worth_distributing(self, plan: Plan, spec: ModelSpec) -> bool:
-        if plan.predicted is None or len(set(plan.devices)) <= 1:
-            return True
-        return dec.worth_distributing(plan, self.local_decision(spec, None).plan.predicted)
+    def _choose(self, plan: Plan, spec: ModelSpec) -> Choice:
+        """Distribute ``plan`` or run alone: both predictions, each corrected by what
+        this node's recent requests of its kind measured (policy/outcomes.py)."""
+        local = self.local_decision(spec, None).plan.predicted
+        if plan.predicted is None or local is None:
+            return Choice(True, False, "no prediction to compare")
+        now = self.clock()
+        dist_key, local_key = _outcome_keys(plan.strategy, spec)
+        return choose(
+            plan.predicted,
+            local,
+            self.outcomes.ratio(dist_key, plan.predicted, now),
+            self.outcomes.ratio(local_key, local, now),
+            self.outcomes.ran_before(dist_key),
+            dec.LOCAL_MARGIN,
+        )
+
+    def ran(self, plan: Plan, spec: ModelSpec, seconds: float) -> None:
+        """One of this node's requests ran ``plan`` (its maps and head) in ``seconds``."""
+        if plan.predicted is None:
+            return
+        dist_key, local_key = _outcome_keys(plan.strategy, spec)
+        key = local_key if len(set(plan.devices)) <= 1 else dist_key
+        self.outcomes.record(key, plan.predicted, seconds, self.clock())
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""
@@ -330,6 +365,12 @@ class Auctioneer:
             and peer not in rnd.delivered
         ):
             rnd.mark_delivered(peer, self.clock())
+
+
+def _outcome_keys(strategy: str, spec: ModelSpec) -> tuple[Hashable, Hashable]:
+    """The keys of a distributed plan of ``strategy`` and of the local plan, for
+    :class:`Outcomes`: the local plan is the same whatever strategy fell back on it."""
+    return (strategy, spec.name, spec.input_shape), ("alone", spec.name, spec.input_shape)
 
 
 def _releases(rnd: AuctionRound) -> list[Send]:

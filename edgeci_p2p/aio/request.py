@@ -210,6 +210,9 @@ class RequestRunner:
             self.node.served([("head", head_flops(run.spec))], h1 - h0, others)
             run.span(me, "queue", m, h0, "wait", len(plan.stages))
             run.span(me, "head", h0, h1, "compute", len(plan.stages))
+        # What this plan took against its prediction: the next choice between running
+        # alone and distributing weighs it (policy/outcomes.py).
+        self.desk.auctioneer.ran(plan, run.spec, time.monotonic() - started)
         m = time.monotonic()
         result = self._result(run, logits, time.perf_counter() - t_head)
         run.span(me, "result", m, time.monotonic(), "control")

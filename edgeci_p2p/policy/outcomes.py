@@ -1,0 +1,135 @@
+"""Whether to distribute, judged by what each way of running really took (pure).
+
+An auctioneer runs a request alone unless the distributed plan predicts a clear gain
+(:data:`~edgeci_p2p.auction.decider.LOCAL_MARGIN`, 10%). Both predictions miss what the
+model leaves out, and they miss it by different amounts: on the emulated cluster (VGG-16,
+``edgeci-halo``) the local plan predicted 454 ms and ran 500-520, the distributed one
+predicted 411 and ran 433-450. The predicted gain (9.5%) sat under the margin while the
+measured one was 14%: the auctioneer ran alone, 20% slower.
+
+And it then stayed alone. The distributed prediction had risen first (the peers' strip
+calibrations, 1.2-1.46x, had moved it from 313 to 455 ms); running alone, no strip was
+served again, so nothing could bring it back down. Of eight requests of one benchmark
+run, four ran distributed in 403-480 ms, and the last four alone in 503-522.
+
+:class:`Outcomes` keeps, per way of running (the local plan per model and input size;
+a distributed plan per strategy as well), the ratio of measured to predicted time of
+this node's recent requests. :func:`choose` then compares the two predictions each
+corrected by its own ratio, with the smaller :data:`MEASURED_MARGIN`: the figures now
+carry what the model leaves out. A ratio counts only while fresh (``max_age_s``) and
+learnt at a prediction near the one being judged (``similar``): a ratio measured when
+the distributed plan predicted 313 ms says nothing about one that predicts 455. When
+only one way has a ratio, the predictions are compared as before, except that a
+distributed plan that ran here before and whose figures went stale is *tried again*
+(``explore``) while it predicts less than the measured local time: that is the run
+that refreshes its calibrations. A model whose plans never distributed (ResNet-34 on
+the emulated cluster) is never tried that way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["MEASURED_MARGIN", "Choice", "Outcomes", "choose"]
+
+MEASURED_MARGIN: Final = 0.05
+"""The gain a distributed plan must show over running alone when both predictions are
+corrected by what their recent runs measured."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: when it ended, what its plan predicted, what it took (seconds)."""
+
+    at: float
+    predicted: float
+    measured: float
+
+
+@dataclass
+class Outcomes:
+    """Measured against predicted time of this node's recent requests, per way of
+    running (a hashable key chosen by the caller)."""
+
+    keep: int = 6
+    """Samples kept per key (the newest)."""
+    min_samples: int = 2
+    """Fresh, similar samples needed before a ratio is used: one slow run is noise."""
+    max_age_s: float = 120.0
+    """Samples older than this no longer count."""
+    similar: float = 0.15
+    """A sample counts for a prediction within this fraction of the one it was made at."""
+    lowest: float = 0.5
+    highest: float = 2.0
+    """Bounds on a ratio: beyond them a run stalled or the plan was wrong in a way a
+    ratio should not chase."""
+    samples: dict[Hashable, list[Sample]] = field(default_factory=dict)
+
+    def record(self, key: Hashable, predicted: float, measured: float, now: float) -> None:
+        """A request run the ``key`` way, predicted at ``predicted`` s, took ``measured``."""
+        if not (predicted > 0.0 and measured > 0.0) or not math.isfinite(predicted + measured):
+            return
+        kept = self.samples.setdefault(key, [])
+        kept.append(Sample(now, predicted, measured))
+        del kept[: -self.keep]
+
+    def ran_before(self, key: Hashable) -> bool:
+        """Whether a request ever ran the ``key`` way here (within the samples kept)."""
+        return bool(self.samples.get(key))
+
+    def ratio(self, key: Hashable, predicted: float, now: float) -> float | None:
+        """Measured / predicted over the fresh samples made near ``predicted`` (a
+        geometric mean, bounded); None when there are fewer than ``min_samples``."""
+        usable = [
+            s
+            for s in self.samples.get(key, ())
+            if now - s.at <= self.max_age_s
+            and abs(s.predicted - predicted) <= self.similar * s.predicted
+        ]
+        if len(usable) < self.min_samples or predicted <= 0.0:
+            return None
+        mean = sum(math.log(s.measured / s.predicted) for s in usable) / len(usable)
+        return min(max(math.exp(mean), self.lowest), self.highest)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to run, and the sentence a plan's notes give for it."""
+
+    distribute: bool
+    explore: bool
+    why: str
+
+
+def choose(
+    distributed: float,
+    local: float,
+    r_distributed: float | None,
+    r_local: float | None,
+    distributed_ran_before: bool,
+    margin: float,
+) -> Choice:
+    """Distribute or run alone: ``distributed`` and ``local`` are the two plans'
+    predictions (s), ``r_*`` their measured ratios (:meth:`Outcomes.ratio`), ``margin``
+    the gain asked of predictions alone (:data:`~edgeci_p2p.auction.decider.LOCAL_MARGIN`)."""
+    ms = 1e3
+    if r_distributed is not None and r_local is not None:
+        d, lo = distributed * r_distributed, local * r_local
+        verdict = d < lo * (1.0 - MEASURED_MARGIN)
+        why = (
+            f"as measured: distributed {distributed * ms:.0f} ms x{r_distributed:.2f} "
+            f"against alone {local * ms:.0f} ms x{r_local:.2f}"
+        )
+        return Choice(verdict, False, why)
+    if distributed < local * (1.0 - margin):
+        return Choice(True, False, f"predicted gain >= {margin:.0%}")
+    if r_local is not None and distributed_ran_before and distributed < local * r_local:
+        why = (
+            f"tried again: distributed {distributed * ms:.0f} ms has no recent runs at "
+            f"that figure; alone measured {local * ms:.0f} ms x{r_local:.2f}"
+        )
+        return Choice(True, True, why)
+    return Choice(False, False, f"distributing predicted < {margin:.0%} gain")

@@ -1,0 +1,131 @@
+"""Running alone or distributing, judged by what each really took here
+(policy/outcomes.py, and the auctioneer that uses it)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from edgeci_p2p.aio.auctioneer import Auctioneer
+from edgeci_p2p.auction import decider
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call
+from edgeci_p2p.auction.bidder import Bidder
+from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.policy.outcomes import MEASURED_MARGIN, Outcomes, choose
+from tests.planfakes import fake_testbed
+
+
+def test_a_ratio_needs_fresh_samples_made_near_the_prediction() -> None:
+    o = Outcomes()
+    o.record("k", 0.300, 0.420, now=0.0)
+    assert o.ratio("k", 0.300, now=1.0) is None  # one run is noise
+    o.record("k", 0.310, 0.410, now=1.0)
+    r = o.ratio("k", 0.300, now=2.0)
+    assert r is not None and 1.3 < r < 1.4  # the geometric mean of 1.40 and 1.32
+    # A prediction far from the one they were made at: they say nothing about it.
+    assert o.ratio("k", 0.455, now=2.0) is None
+    # Old samples no longer count.
+    assert o.ratio("k", 0.300, now=1.0 + o.max_age_s + 0.1) is None
+    assert o.ran_before("k") and not o.ran_before("other")
+
+
+def test_ratios_are_bounded_only_the_newest_samples_are_kept_and_nonsense_is_ignored() -> None:
+    o = Outcomes(keep=3)
+    for i in range(5):
+        o.record("k", 0.1, 10.0, now=float(i))  # a stalled run, 100x its plan
+    assert len(o.samples["k"]) == 3 and o.samples["k"][0].at == 2.0
+    assert o.ratio("k", 0.1, now=5.0) == o.highest
+    o.record("z", 0.0, 0.5, now=0.0)
+    o.record("z", float("nan"), 0.5, now=0.0)
+    o.record("z", 0.5, -1.0, now=0.0)
+    assert not o.ran_before("z")
+
+
+def test_choose_compares_corrected_figures_with_the_smaller_margin() -> None:
+    # The emulated cluster's case: 9.5% predicted gain, 14% measured.
+    c = choose(0.411, 0.454, 1.07, 1.12, True, margin=0.1)
+    assert c.distribute and not c.explore and c.why.startswith("as measured")
+    # Corrected, alone is faster: alone, whatever the raw predictions say.
+    c = choose(0.300, 0.454, 1.6, 1.0, True, margin=0.1)
+    assert not c.distribute and "x1.60" in c.why
+    # Corrected figures within MEASURED_MARGIN of each other: alone.
+    assert not choose(0.454 * (1 - MEASURED_MARGIN / 2), 0.454, 1.0, 1.0, True, 0.1).distribute
+
+
+def test_without_both_ratios_the_predictions_decide_as_before() -> None:
+    assert choose(0.300, 0.454, None, None, False, margin=0.1).distribute
+    c = choose(0.420, 0.454, None, 1.12, False, margin=0.1)
+    # Never distributed here (ResNet-34 on the emulated cluster): never tried.
+    assert not c.distribute and c.why == "distributing predicted < 10% gain"
+    assert not choose(0.420, 0.454, 1.0, None, True, margin=0.1).distribute
+
+
+def test_a_plan_that_ran_before_is_tried_again_while_it_beats_the_measured_alone() -> None:
+    c = choose(0.455, 0.454, None, 1.12, True, margin=0.1)
+    assert c.distribute and c.explore and "tried again" in c.why
+    # Not while it predicts more than alone measured.
+    assert not choose(0.520, 0.454, None, 1.12, True, margin=0.1).distribute
+
+
+def _auctioneer() -> tuple[Auctioneer, Bidder, list[float]]:
+    tb = fake_testbed([4.0, 2.0, 1.0], [50, 50, 50])
+    own = tb.devices[0]
+    bidder = Bidder(own.name, own.compute, tb.link(0), own.memory_bytes, horizon=1e6)
+
+    async def no_send(to: str, msg: object) -> bool:
+        return True
+
+    clock = [1000.0]
+    auct = Auctioneer(own.name, bidder, no_send, clock=lambda: clock[0])
+    return auct, bidder, clock
+
+
+def test_the_auctioneer_leaves_running_alone_once_alone_measured_slower() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    auct, bidder, clock = _auctioneer()
+    tb = fake_testbed([4.0, 2.0, 1.0], [50, 50, 50])
+    call = probe_call("r", tb.names[0], spec)
+    bids = [
+        Bidder(d.name, d.compute, tb.link(i), d.memory_bytes, horizon=1e6).bid(call, 0.0)
+        for i, d in enumerate(tb.devices)
+    ]
+    planner = AwasPlanner(spec, own=bidder.compute, strategy="edgeci-halo")
+    planner(call, bids)
+    assert planner.plan is not None and len(set(planner.plan.devices)) > 1
+    local = auct.local_decision(spec, None).plan
+    assert local.predicted is not None
+    lp = local.predicted
+    # The distributed plan's prediction has risen to 5% under alone's: not enough.
+    dist = replace(planner.plan, predicted=0.95 * lp)
+    assert not auct._choose(dist, spec).distribute
+    # It ran before, at a lower prediction: that says nothing about this one.
+    for _ in range(2):
+        auct.ran(replace(dist, predicted=0.65 * lp), spec, 0.9 * lp)
+        clock[0] += 1.0
+    assert not auct._choose(dist, spec).distribute
+    # Alone runs 12% over its plan: the distributed plan is tried again ...
+    for _ in range(2):
+        auct.ran(local, spec, 1.12 * lp)
+        clock[0] += 1.0
+    tried = auct._choose(dist, spec)
+    assert tried.distribute and tried.explore
+    # ... runs near its plan, and is then chosen as measured.
+    for _ in range(2):
+        auct.ran(dist, spec, 0.97 * lp)
+        clock[0] += 1.0
+    measured = auct._choose(dist, spec)
+    assert measured.distribute and not measured.explore
+    # Once every figure is old, the predictions decide again.
+    clock[0] += auct.outcomes.max_age_s + 1.0
+    assert not auct._choose(dist, spec).distribute
+
+
+def test_the_fallback_margin_is_still_the_deciders(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decider, "LOCAL_MARGIN", -1.0)
+    spec = spec_for("vgg11", 64, 64)
+    auct, _, _ = _auctioneer()
+    local = auct.local_decision(spec, None).plan
+    assert local.predicted is not None
+    slower = replace(local, predicted=1.5 * local.predicted, devices=("a", "b"))
+    assert auct._choose(slower, spec).distribute
