@@ -266,9 +266,8 @@ class Auctioneer:
     ) -> Decision:
         """The local plan, under the requested strategy's name, saying why."""
         local = self.local_decision(spec, rnd)
-        why = choice.why if choice is not None else ""
-        if not why.startswith("as measured"):
-            why = f"distributing predicted < {dec.LOCAL_MARGIN:.0%} gain"
+        why = f"distributing predicted < {dec.LOCAL_MARGIN:.0%} gain"
+        why = choice.why if choice is not None else why
         note = f"local: {why} {how}".strip()
         local.plan = replace(local.plan, strategy=strategy, notes={"decision": note})
         return local

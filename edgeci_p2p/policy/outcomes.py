@@ -132,4 +132,6 @@ def choose(
             f"that figure; alone measured {local * ms:.0f} ms x{r_local:.2f}"
         )
         return Choice(True, True, why)
-    return Choice(False, False, f"distributing predicted < {margin:.0%} gain")
+    figures = f"{distributed * ms:.0f} against {local * ms:.0f} ms"
+    why = f"distributing predicted < {margin:.0%} gain ({figures})"
+    return Choice(False, False, why)
