@@ -54,6 +54,10 @@ class Outcomes:
     """Measured against predicted time of this node's recent requests, per way of
     running (a hashable key chosen by the caller)."""
 
+    skip: int = 2
+    """Requests of a key left out at first: cold (first connections, allocations; a
+    benchmark's warm-up requests of ``edgeci`` ran at twice their plan and, kept,
+    held its choice on running alone for two minutes)."""
     keep: int = 6
     """Samples kept per key (the newest)."""
     min_samples: int = 2
@@ -67,22 +71,27 @@ class Outcomes:
     """Bounds on a ratio: beyond them a run stalled or the plan was wrong in a way a
     ratio should not chase."""
     samples: dict[Hashable, list[Sample]] = field(default_factory=dict)
+    seen: dict[Hashable, int] = field(default_factory=dict)
 
     def record(self, key: Hashable, predicted: float, measured: float, now: float) -> None:
         """A request run the ``key`` way, predicted at ``predicted`` s, took ``measured``."""
         if not (predicted > 0.0 and measured > 0.0) or not math.isfinite(predicted + measured):
+            return
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] <= self.skip:
             return
         kept = self.samples.setdefault(key, [])
         kept.append(Sample(now, predicted, measured))
         del kept[: -self.keep]
 
     def ran_before(self, key: Hashable) -> bool:
-        """Whether a request ever ran the ``key`` way here (within the samples kept)."""
-        return bool(self.samples.get(key))
+        """Whether a request ever ran the ``key`` way here (cold ones included)."""
+        return self.seen.get(key, 0) > 0
 
     def ratio(self, key: Hashable, predicted: float, now: float) -> float | None:
-        """Measured / predicted over the fresh samples made near ``predicted`` (a
-        geometric mean, bounded); None when there are fewer than ``min_samples``."""
+        """Measured / predicted over the fresh samples made near ``predicted`` (their
+        median, bounded: one stalled request is not the plan's error); None when there
+        are fewer than ``min_samples``."""
         usable = [
             s
             for s in self.samples.get(key, ())
@@ -91,8 +100,10 @@ class Outcomes:
         ]
         if len(usable) < self.min_samples or predicted <= 0.0:
             return None
-        mean = sum(math.log(s.measured / s.predicted) for s in usable) / len(usable)
-        return min(max(math.exp(mean), self.lowest), self.highest)
+        ratios = sorted(s.measured / s.predicted for s in usable)
+        mid = len(ratios) // 2
+        median = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
+        return min(max(median, self.lowest), self.highest)
 
 
 @dataclass(frozen=True)
