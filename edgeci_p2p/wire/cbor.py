@@ -87,7 +87,14 @@ class _Decoder:
 
     def item(self, depth: int) -> Any:
         start = self.pos
-        major, ai, arg = self.head()
+        if start < self.end and self.buf[start] & 0x1F < 24:
+            # The argument is in the initial byte (most heads of a message): no call.
+            initial = self.buf[start]
+            major = initial >> 5
+            ai = arg = initial & 0x1F
+            self.pos = start + 1
+        else:
+            major, ai, arg = self.head()
         if major == 0:
             return arg
         if major == 1:
@@ -189,61 +196,116 @@ def decode(data: Buffer, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     return value
 
 
+_TEXT: dict[str, bytes] = {}
+"""Encoded short text strings (map keys, message types, ids repeat frame after frame)."""
+_TEXT_MAX: Final = 4096
+_SMALL_BYTES: Final = 512
+"""Byte strings shorter than this are copied into the frame's head buffer; longer ones
+go out as views of the caller's buffer (no copy until the frame is joined)."""
+
+
+def _text(obj: str) -> bytes:
+    got = _TEXT.get(obj)
+    if got is None:
+        raw = obj.encode("utf-8")
+        got = tensors.head(3, len(raw)) + raw
+        if len(obj) <= 64:
+            if len(_TEXT) >= _TEXT_MAX:
+                _TEXT.clear()
+            _TEXT[obj] = got
+    return got
+
+
 class _Encoder:
+    """Small items are written into one buffer; tensors and long byte strings are
+    appended as parts of their own (views, not copies). A message's heads, keys and
+    numbers were one part each, and the parts' bookkeeping was most of an encode."""
+
     def __init__(self, offset: int, max_depth: int) -> None:
         self.parts: list[bytes | memoryview] = []
-        self.pos = offset
+        self.buf = bytearray()
+        self.base = offset
+        """Where ``buf`` starts in the frame."""
         self.max_depth = max_depth
 
+    @property
+    def pos(self) -> int:
+        return self.base + len(self.buf)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.parts.append(bytes(self.buf))
+            self.base += len(self.buf)
+            self.buf = bytearray()
+
     def put(self, b: bytes | memoryview) -> None:
+        """A part of its own (after what the buffer holds)."""
+        self.flush()
         self.parts.append(b)
-        self.pos += len(b) if isinstance(b, bytes) else b.nbytes
+        self.base += len(b) if isinstance(b, bytes) else b.nbytes
 
     def item(self, obj: object, depth: int) -> None:
+        buf = self.buf
         # bool before int: bool is an int subclass in Python, not in CBOR.
         if obj is None:
-            self.put(b"\xf6")
+            buf += b"\xf6"
         elif obj is True:
-            self.put(b"\xf5")
+            buf += b"\xf5"
         elif obj is False:
-            self.put(b"\xf4")
+            buf += b"\xf4"
+        elif type(obj) is str:
+            buf += _text(obj)
         elif isinstance(obj, int):
-            if 0 <= obj < 2**64:
-                self.put(tensors.head(0, obj))
+            if 0 <= obj < 24:
+                buf.append(obj)
+            elif 0 <= obj < 2**64:
+                buf += tensors.head(0, obj)
             elif -(2**64) <= obj < 0:
-                self.put(tensors.head(1, -1 - obj))
+                buf += tensors.head(1, -1 - obj)
             else:
                 raise self.refuse(f"integer {obj} does not fit in 64 bits")
         elif isinstance(obj, float):
-            self.put(b"\xfb" + _DOUBLE.pack(obj))
+            buf += b"\xfb"
+            buf += _DOUBLE.pack(obj)
         elif isinstance(obj, str):
-            raw = obj.encode("utf-8")
-            self.put(tensors.head(3, len(raw)) + raw)
+            buf += _text(obj)
         elif isinstance(obj, bytes | bytearray | memoryview):
             view = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
             n = view.nbytes if isinstance(view, memoryview) else len(view)
-            self.put(tensors.head(2, n))
-            self.put(bytes(view) if isinstance(view, bytearray) else view)
+            buf += tensors.head(2, n)
+            if n < _SMALL_BYTES or isinstance(view, bytearray):
+                buf += view
+            else:
+                self.put(view)
         elif isinstance(obj, np.ndarray):
             if depth >= self.max_depth:
                 raise self.refuse(f"nesting deeper than {self.max_depth}")
             try:
-                for part in tensors.encode_parts(obj, self.pos):
-                    self.put(part)
+                parts = tensors.encode_parts(obj, self.pos)
             except tensors.TensorError as e:
                 raise self.refuse(str(e)) from None
+            for part in parts:
+                self.put(part)
         elif isinstance(obj, list | tuple | dict):
             if depth >= self.max_depth:
                 raise self.refuse(f"nesting deeper than {self.max_depth}")
             if isinstance(obj, dict):
-                self.put(tensors.head(5, len(obj)))
+                n = len(obj)
+                if n < 24:
+                    buf.append(0xA0 | n)
+                else:
+                    buf += tensors.head(5, n)
                 for k, v in obj.items():
                     if not isinstance(k, str):
                         raise self.refuse(f"map key {k!r} is not a text string")
-                    self.item(k, depth + 1)
+                    self.buf += _text(k)
                     self.item(v, depth + 1)
             else:
-                self.put(tensors.head(4, len(obj)))
+                n = len(obj)
+                if n < 24:
+                    buf.append(0x80 | n)
+                else:
+                    buf += tensors.head(4, n)
                 for v in obj:
                     self.item(v, depth + 1)
         else:
@@ -261,6 +323,7 @@ def encode_parts(
     position of the first byte in the frame, used to align tensor data."""
     enc = _Encoder(offset, max_depth)
     enc.item(obj, 0)
+    enc.flush()
     return enc.parts
 
 

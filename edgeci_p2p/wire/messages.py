@@ -24,6 +24,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Final, TypeAlias, Union
 
@@ -97,87 +98,153 @@ def is_tensor_annotation(tp: Any) -> bool:
     return typing.get_origin(tp) is Annotated and TENSOR in tp.__metadata__
 
 
+Checker: TypeAlias = Callable[[object, str], Any]
+"""Checks (and lightly converts) a value against one annotation; ``path`` names it."""
+
+_CHECKERS: dict[Any, Checker] = {}
+
+
 def _coerce(value: object, tp: Any, path: str) -> Any:
     """``value`` checked against the annotation ``tp`` (and lightly converted)."""
+    return _checker(tp)(value, path)
+
+
+def _checker(tp: Any) -> Checker:
+    """The checker of annotation ``tp``, made once per annotation: reading annotations
+    (``typing.get_origin``/``get_args``) for every field of every message was a fifth of
+    the codec's CPU, on event loops that share a core's quota with the peer's work."""
+    try:
+        return _CHECKERS[tp]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable annotation: made every time
+        return _make_checker(tp)
+    made = _CHECKERS[tp] = _make_checker(tp)
+    return made
+
+
+def _make_checker(tp: Any) -> Checker:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         if TENSOR in tp.__metadata__:
-            return _tensor(value, path)
-        raise TypeError(f"{path}: unsupported field annotation {tp!r}")  # a bug in this module
+            return _tensor
+        raise TypeError(f"unsupported field annotation {tp!r}")  # a bug in this module
     if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise MessageError(f"{path}: required")
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, path)
-            except MessageError as e:
-                errors.append(str(e))
-        raise MessageError("; ".join(errors))
-    if tp is Any:
-        return _plain(value, path)
-    if tp is str:
-        if not isinstance(value, str):
-            raise MessageError(f"{path}: expected a text string, got {type(value).__name__}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise MessageError(f"{path}: expected a boolean, got {type(value).__name__}")
-        return value
-    if tp is int:
-        if isinstance(value, np.integer):  # local convenience; the wire only yields int
-            value = int(value)
-        if type(value) is not int:
-            raise MessageError(f"{path}: expected an integer, got {type(value).__name__}")
-        return value
-    if tp is float:
-        if type(value) is int or isinstance(value, np.integer | np.floating):
-            value = float(value)
-        if type(value) is not float:
-            raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise MessageError(f"{path}: {value} is not a finite number")
-        return value
-    if tp is bytes:
-        if isinstance(value, memoryview):
-            return bytes(value)
-        if not isinstance(value, bytes):
-            raise MessageError(f"{path}: expected a byte string, got {type(value).__name__}")
-        return value
-    if origin is tuple:
         args = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise MessageError(f"{path}: expected an array of {len(args)} items")
-        return tuple(
-            _coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
+        nullable = type(None) in args
+        options = [_checker(a) for a in args if a is not type(None)]
+
+        def union(value: object, path: str) -> Any:
+            if value is None:
+                if nullable:
+                    return None
+                raise MessageError(f"{path}: required")
+            errors = []
+            for option in options:
+                try:
+                    return option(value, path)
+                except MessageError as e:
+                    errors.append(str(e))
+            raise MessageError("; ".join(errors))
+
+        return union
+    if tp is Any:
+        return _plain
+    simple = _SIMPLE.get(tp)
+    if simple is not None:
+        return simple
+    if origin is tuple:
+        items = [_checker(a) for a in typing.get_args(tp)]
+
+        def fixed(value: object, path: str) -> Any:
+            if not isinstance(value, list | tuple) or len(value) != len(items):
+                raise MessageError(f"{path}: expected an array of {len(items)} items")
+            pairs = enumerate(zip(value, items, strict=True))
+            return tuple(c(v, f"{path}[{i}]") for i, (v, c) in pairs)
+
+        return fixed
     if origin is list:
-        (arg,) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise MessageError(f"{path}: expected an array, got {type(value).__name__}")
-        return [_coerce(v, arg, f"{path}[{i}]") for i, v in enumerate(value)]
+        (item,) = (_checker(a) for a in typing.get_args(tp))
+
+        def array(value: object, path: str) -> Any:
+            if not isinstance(value, list | tuple):
+                raise MessageError(f"{path}: expected an array, got {type(value).__name__}")
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+        return array
     if origin is dict:
-        _, arg = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise MessageError(f"{path}: map key {k!r} is not a string")
-            out[k] = _coerce(v, arg, f"{path}.{k}")
-        return out
+        entry = _checker(typing.get_args(tp)[1])
+
+        def mapping(value: object, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise MessageError(f"{path}: map key {k!r} is not a string")
+                out[k] = entry(v, f"{path}.{k}")
+            return out
+
+        return mapping
     if isinstance(tp, type) and issubclass(tp, Record):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
-        return tp.from_dict(value, path)
-    raise TypeError(f"{path}: unsupported field annotation {tp!r}")  # a bug in this module
+        record = tp
+
+        def nested(value: object, path: str) -> Any:
+            if isinstance(value, record):
+                return value
+            if not isinstance(value, dict):
+                raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
+            return record.from_dict(value, path)
+
+        return nested
+    raise TypeError(f"unsupported field annotation {tp!r}")  # a bug in this module
+
+
+def _str(value: object, path: str) -> Any:
+    if not isinstance(value, str):
+        raise MessageError(f"{path}: expected a text string, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: object, path: str) -> Any:
+    if not isinstance(value, bool):
+        raise MessageError(f"{path}: expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object, path: str) -> Any:
+    if isinstance(value, np.integer):  # local convenience; the wire only yields int
+        value = int(value)
+    if type(value) is not int:
+        raise MessageError(f"{path}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _float(value: object, path: str) -> Any:
+    if type(value) is int or isinstance(value, np.integer | np.floating):
+        value = float(value)
+    if type(value) is not float:
+        raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise MessageError(f"{path}: {value} is not a finite number")
+    return value
+
+
+def _bytes(value: object, path: str) -> Any:
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if not isinstance(value, bytes):
+        raise MessageError(f"{path}: expected a byte string, got {type(value).__name__}")
+    return value
+
+
+_SIMPLE: Final[dict[Any, Checker]] = {
+    str: _str,
+    bool: _bool,
+    int: _int,
+    float: _float,
+    bytes: _bytes,
+}
 
 
 def _to_wire(value: object) -> object:
@@ -194,6 +261,10 @@ class Record:
     """A dataclass whose fields are validated against their annotations."""
 
     _hints: ClassVar[dict[str, Any]]
+    _checks: ClassVar[tuple[tuple[str, str, Checker], ...]]
+    """Per field: its name, its path in errors and its checker."""
+    _required: ClassVar[tuple[str, ...]]
+    """The fields without a default."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,24 +274,34 @@ class Record:
     def _fields(cls) -> dict[str, Any]:
         if not cls._hints:
             hints = typing.get_type_hints(cls, include_extras=True)
-            fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            declared = dataclasses.fields(cls)  # type: ignore[arg-type]
+            fields = {f.name: hints[f.name] for f in declared}
             # The session chunks exactly TENSOR_FIELDS; no other field may hold a tensor.
             marked = tuple(n for n, tp in fields.items() if is_tensor_annotation(tp))
             if marked != getattr(cls, "TENSOR_FIELDS", ()):
                 raise TypeError(f"{cls.__name__}: tensor fields {marked} are not TENSOR_FIELDS")
+            cls._checks = tuple(
+                (n, f"{cls.__name__}.{n}", _checker(tp)) for n, tp in fields.items()
+            )
+            cls._required = tuple(
+                f.name
+                for f in declared
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
             cls._hints = fields
         return cls._hints
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        for fname, tp in self._fields().items():
-            value = _coerce(getattr(self, fname), tp, f"{name}.{fname}")
+        if not self._hints:
+            self._fields()
+        for fname, path, check in self._checks:
+            value = check(getattr(self, fname), path)
             if (
                 isinstance(value, np.ndarray)
                 and value.dtype == np.uint8
                 and not self._pixels(fname)
             ):
-                raise MessageError(f"{name}.{fname}: uint8 tensors travel only as pixels")
+                raise MessageError(f"{path}: uint8 tensors travel only as pixels")
             object.__setattr__(self, fname, value)
         self.check()
 
@@ -248,13 +329,7 @@ class Record:
         if unknown:
             raise MessageError(f"{path}: unknown fields {sorted(unknown)}")
         kwargs = {k: v for k, v in d.items() if v is not None}
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            if f.name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
+        missing = [name for name in cls._required if name not in kwargs]
         if missing:
             raise MessageError(f"{path}: missing fields {missing}")
         return cls(**kwargs)
