@@ -134,6 +134,28 @@ def test_without_a_child_it_plans_in_a_thread() -> None:
     asyncio.run(main())
 
 
+def test_the_child_can_be_started_before_any_job_and_is_the_one_jobs_use() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+
+    async def main() -> None:
+        planning = PlanningAside()
+        await planning.start()
+        try:
+            started = planning._proc
+            assert started is not None and planning.broken is None and planning.jobs == 0
+            await planning.decide(aside.job(_planners(spec, own)[0], call, bids))
+            assert planning._proc is started and planning.jobs == 1
+        finally:
+            await planning.close()
+        # A child that cannot start: start() says so in ``broken`` and raises nothing.
+        bad = PlanningAside([sys.executable, "-c", "import sys; sys.exit(3)"])
+        await bad.start()
+        assert bad.broken is not None and "did not start" in bad.broken
+
+    asyncio.run(main())
+
+
 async def _no_send(peer: str, msg: object) -> bool:
     return False
 
@@ -226,8 +248,9 @@ def test_the_child_keeps_one_planner_per_kind_and_takes_the_new_own_model() -> N
 
 
 def test_a_daemon_wakes_its_planning_child_on_its_own_load() -> None:
-    """The feeder waits on the node's ``Load.changed`` (set where the counters that
-    ``busy()`` reads change), not on a timer."""
+    """The child is started with the daemon, and its feeder waits on the node's
+    ``Load.changed`` (set where the counters that ``busy()`` reads change), not on a
+    timer."""
     from tests.daemons import start_daemons, stop_all
 
     async def main() -> None:
@@ -235,6 +258,7 @@ def test_a_daemon_wakes_its_planning_child_on_its_own_load() -> None:
         try:
             planning = d.auctioneer.refresh.aside
             assert planning is not None and planning.changed is d.load.changed
+            assert planning._proc is not None  # started with the daemon, not in a request
             d.load.changed.clear()
             assert await d.parts.serving._admitted(None, "r", "tile")  # type: ignore[arg-type]
             assert d.load.changed.is_set() and planning.busy()

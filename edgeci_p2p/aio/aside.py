@@ -1,6 +1,7 @@
 """The child process that plans off the request's path (``auction/aside.py`` says why).
 
-One child per daemon, started at its first job and kept: a job is one JSON line to
+One child per daemon, started with it (:meth:`PlanningAside.start`; else at its first
+job) and kept: a job is one JSON line to
 its stdin, its answer one JSON line from its stdout, one job at a time. While the
 daemon serves work the child is stopped (``SIGSTOP``; ``auction/aside.py``'s
 :func:`~edgeci_p2p.auction.aside.hold` says when), so that a plan for later never
@@ -73,6 +74,17 @@ class PlanningAside:
         """Decisions the child has made (for tests and the logs)."""
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the child now, before the daemon serves work. Started at its first job,
+        its start (Python and the planners' imports, ~0.1 s of one core, not stopped:
+        there is no job to hold yet) ran inside a request and inside the auctioneer's
+        own CPU quota: on the emulated cluster that request took 1.6-1.8x the others,
+        and its slow strips moved the auctioneer's calibration 1.46x for a minute. A
+        child that cannot start leaves :attr:`broken` set, as at a first job."""
+        async with self._lock:
+            with contextlib.suppress(AsideError):
+                await self._started()
 
     async def decide(self, job: Mapping[str, Any], since: float | None = None) -> Entry:
         """The decision ``job`` asks for (raises :class:`AsideError`); ``since`` (on

@@ -170,6 +170,9 @@ class PeerDaemon:
             self.tasks.spawn(parts.mesh.dial_forever(host, port, "static"))
         self.tasks.spawn(parts.heartbeats.run())
         self.tasks.spawn(drop_idle_weights(store, self.worker))
+        aside = parts.desk.auctioneer.refresh.aside
+        if aside is not None:  # its start-up costs CPU: before requests, not in one
+            await aside.start()
         if cfg.http is not None:
             host, port = cfg.http
             self.http = HttpFront(self, host, port, token_for(host, cfg.cluster_key))
