@@ -8,12 +8,15 @@ from dataclasses import replace
 
 import pytest
 
+from edgeci_p2p.auction import decider
 from edgeci_p2p.auction.awas import AwasPlanner, compute_from_bid, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.plan import Plan
+from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.policy.loop_share import LoopShare, with_compute_factor
-from tests.daemons import start_daemons, stop_all
+from edgeci_p2p.wire.messages import InferRequest
+from tests.daemons import IMAGE, cluster, start_daemons, stop_all
 from tests.planfakes import fake_testbed
 
 
@@ -107,5 +110,55 @@ def test_a_daemon_learns_it_from_its_requests_and_prices_its_own_bid_with_it() -
             assert desk._priced(other, "edgeci-halo").duration[conv] == own.duration[conv]
         finally:
             await stop_all([d])
+
+    asyncio.run(main())
+
+
+def test_only_a_nodes_own_requests_pieces_are_counted() -> None:
+    async def main() -> None:
+        (d,) = await start_daemons(1)
+        try:
+            d.node.own_pieces["r"] = acc = [0.0, 0.0]
+            d.node.own_piece("r", 0.10, 0.01)
+            d.node.own_piece("r", 0.05, 0.0)
+            d.node.own_piece("not running here", 1.0, 1.0)
+            assert acc == pytest.approx([0.15, 0.01])
+            assert "not running here" not in d.node.own_pieces
+        finally:
+            await stop_all([d])
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", ["edgeci", "edgeci-halo"])
+def test_a_distributed_request_charges_what_ran_beside_its_own_pieces(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The share is taken over the auctioneer's own pieces (the other threads' CPU while
+    they computed), not over the whole of the maps' time."""
+    monkeypatch.setattr(decider, "LOCAL_MARGIN", -1.0)  # any plan that spans peers
+
+    async def main() -> None:
+        async with cluster(2) as (a, _):
+            seen: list[tuple[str, float, float]] = []
+            monkeypatch.setattr(a.node, "ran", lambda s, c, w: seen.append((s, c, w)))
+            x = to_input(decode(IMAGE), "224").numpy()
+            res = await a.infer(InferRequest("r1", "resnet34", tensor=x, strategy=strategy))
+            assert res.plan is not None
+            assert not a.node.own_pieces  # nothing left behind
+            pieces = [
+                p
+                for st in Plan.from_dict(res.plan).stages
+                for p in st.parts
+                if p.device == Plan.from_dict(res.plan).auctioneer
+            ]
+            if not seen:  # the plan gave this node no part of the maps
+                assert not pieces
+                return
+            ((s, others, wall),) = seen
+            assert s == strategy and others >= 0.0
+            assert 0.0 < wall <= res.timing["total"]
+            assert pieces  # it computed pieces of its own
 
     asyncio.run(main())

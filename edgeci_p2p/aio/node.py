@@ -119,6 +119,9 @@ class Node:
     loop_share: LoopShare = field(default_factory=LoopShare)
     """Per strategy, the CPU this node's event loop takes while it runs its own
     distributed requests; its own bid in those rounds is priced with it."""
+    own_pieces: dict[str, list[float]] = field(default_factory=dict)
+    """Per own request running its maps: [seconds of this node's own pieces, CPU
+    seconds the daemon's other threads ran meanwhile] (:meth:`own_piece`)."""
     profiled: ComputeModel | None = None
     """The compute model as profiled at start (``compute`` is it, calibrated)."""
 
@@ -172,9 +175,18 @@ class Node:
             self.overhead.piece_s * 1e3,
         )
 
+    def own_piece(self, request_id: str, seconds: float, others_cpu_s: float) -> None:
+        """A piece of this node's own request ``request_id`` computed here in
+        ``seconds``, while the daemon's other threads ran ``others_cpu_s`` CPU seconds."""
+        acc = self.own_pieces.get(request_id)
+        if acc is not None:
+            acc[0] += seconds
+            acc[1] += others_cpu_s
+
     def ran(self, strategy: str, loop_cpu_s: float, wall_s: float) -> None:
-        """One of this node's own distributed requests of ``strategy`` ran its maps in
-        ``wall_s`` seconds, while its event loop took ``loop_cpu_s`` CPU seconds."""
+        """One of this node's own distributed requests of ``strategy`` computed its own
+        pieces in ``wall_s`` seconds, while the daemon's other threads (its event loop,
+        mostly) took ``loop_cpu_s`` CPU seconds from the same quota."""
         if not self.config.calibrate_speed:
             return
         share = self.loop_share.observe(strategy, loop_cpu_s, wall_s, self.one_cpu)

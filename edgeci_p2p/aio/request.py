@@ -172,24 +172,28 @@ class RequestRunner:
         _, _, h, w = run.x.shape
         self.worker.deliver_own(req.request_id)
         cur = run.x
-        started, loop_cpu = time.monotonic(), time.thread_time()
+        started = time.monotonic()
         seen = self.node.wire.setdefault((req.model, h, w), WireFractions(run.spec.n_units + 1))
-        for first, last in segments(plan):
-            if first == last:
-                cur = await self.stages.gather_stage(run, first, cur)
-            else:
-                cur = await self.stages.halo_segment(run, first, last, cur)
-            if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
-                # bit patterns, as the wire counts them (a -0.0 travels as a value)
-                m = time.monotonic()
-                bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
-                seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
-                run.span(me, "count-zeros", m, time.monotonic(), "control", last)
+        # This node's own pieces of the maps, and what the daemon's other threads took
+        # from their quota meanwhile (policy/loop_share.py).
+        self.node.own_pieces[req.request_id] = own = [0.0, 0.0]
+        try:
+            for first, last in segments(plan):
+                if first == last:
+                    cur = await self.stages.gather_stage(run, first, cur)
+                else:
+                    cur = await self.stages.halo_segment(run, first, last, cur)
+                if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
+                    # bit patterns, as the wire counts them (a -0.0 travels as a value)
+                    m = time.monotonic()
+                    bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
+                    seen.observe(plan.stages[last].stop, bits.size, int(np.count_nonzero(bits)))
+                    run.span(me, "count-zeros", m, time.monotonic(), "control", last)
+        finally:
+            self.node.own_pieces.pop(req.request_id, None)
         t_head = time.perf_counter()
         if len(set(plan.devices)) > 1:
-            # This (the loop's) thread's CPU over the maps: what the loop took from the
-            # quota its own pieces ran in (policy/loop_share.py).
-            self.node.ran(plan.strategy, time.thread_time() - loop_cpu, time.monotonic() - started)
+            self.node.ran(plan.strategy, own[1], own[0])
         remote = await self.head.logits(run, cur)
         if remote is not None:
             logits = remote

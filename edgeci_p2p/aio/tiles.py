@@ -251,6 +251,7 @@ class TileDispatcher:
         )
         run.stats.computed(self.node.node_id, time.perf_counter() - t0)
         self.node.served(flops_by_kind(tile.trace).items(), stopped - started, others)
+        self.node.own_piece(run.request_id, stopped - started, others)
         me, stage, base = self.node.node_id, tile.id.stage, tile.id.base
         run.span(me, "queue", m0, started, "wait", stage, base)
         run.span(me, "compute", started, stopped, "compute", stage, base)

@@ -260,6 +260,8 @@ class PeerWorker:
             for unit_flops, took, others in out.pieces:
                 # For a peer, the event loop's CPU stays in, as for its tiles.
                 self.node.served(unit_flops, took, others if own else 0.0, strip=True)
+                if own:
+                    self.node.own_piece(job.request_id, took, others)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)
