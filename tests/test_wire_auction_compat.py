@@ -8,6 +8,7 @@ are held together.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from edgeci_p2p.auction import messages as awas
 from edgeci_p2p.wire import messages as wire
 from edgeci_p2p.wire.session import Established, Session, SessionConfig
+from tests.wiresamples import samples
 
 AuctionMessage = awas.CallForBids | awas.Bid | awas.Award | awas.AwardReply | awas.Release
 
@@ -168,3 +170,14 @@ def test_call_for_bids_round_trips(msg: awas.CallForBids, model: str | None) -> 
 @given(st.one_of(bids, awards, replies, releases))
 def test_bids_awards_replies_and_releases_round_trip(msg: AuctionMessage) -> None:
     assert back(msg, through_the_wire(msg)) == msg
+
+
+def test_the_wire_and_the_auction_refuse_the_same_strip_factors() -> None:
+    assert wire.STRIP_FACTOR_RANGE == awas.STRIP_FACTOR_RANGE
+    (bid,) = [m for m in samples() if isinstance(m, wire.Bid)][:1]
+    lo, hi = wire.STRIP_FACTOR_RANGE
+    for bad in (lo / 2, hi * 2):
+        with pytest.raises(wire.MessageError, match="strip_factor"):
+            dataclasses.replace(bid, strip_factor=bad)
+        with pytest.raises(awas.MessageError, match="strip_factor"):
+            awas.Bid.from_dict({"auction": "a", "bidder": "b", "strip_factor": bad})

@@ -37,6 +37,9 @@ PROTOCOL_VERSION: Final = 2
 ROLES: Final = ("peer", "client")
 SIZES: Final = ("224", "native")
 MAX_PLAIN_DEPTH: Final = 24
+STRIP_FACTOR_RANGE: Final = (0.25, 4.0)
+"""What a bid's ``strip_factor`` may say on the wire (the auction's own
+``auction.messages.STRIP_FACTOR_RANGE``, which a test keeps equal)."""
 
 
 @dataclass(frozen=True)
@@ -558,8 +561,9 @@ class Bid(Message):
     def check(self) -> None:
         _nonneg("bid.load", **(self.load or {}))
         _nonneg("bid", rss=self.rss or 0, piece_s=self.piece_s or 0.0)
-        if self.strip_factor is not None and not 0.25 <= self.strip_factor <= 4.0:
-            raise MessageError(f"bid.strip_factor: {self.strip_factor} is outside [0.25, 4]")
+        lo, hi = STRIP_FACTOR_RANGE
+        if self.strip_factor is not None and not lo <= self.strip_factor <= hi:
+            raise MessageError(f"bid.strip_factor: {self.strip_factor} is outside [{lo}, {hi}]")
         _nonneg(
             "bid",
             backlog=self.backlog,
