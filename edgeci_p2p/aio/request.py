@@ -62,17 +62,16 @@ class RequestRunner:
         timeline = Timeline(m0) if req.trace else None
         me = self.node.node_id
         fingerprint = self.node.store.get(req.model).fingerprint
-        hw = _input_size(req) if req.hops == 0 else None
+        hw = input_hw(req.image, req.size) if req.image is not None and req.hops == 0 else None
         if hw is not None:
-            # The auction needs only the input's size, which the image's header gives
-            # (a tensor's shape): it runs while the input is made ready off the loop.
-            # Decoding is ~10 ms of a slow entry peer, the auction a round trip to every
-            # bidder (~12 ms under 10 ms CFS periods); side by side they cost the longer
-            # of the two. A tensor is planned as pixels too (a byte a value on the wire),
-            # as one preprocessed from an image is sent on; for another only the plan's
-            # transfer figures are off: what is sent follows the input. Done one after
-            # the other, the emulated cluster's 0.4-core entry peer spent 5-29 ms making
-            # a tensor ready before its auction began.
+            # The auction needs only the input's size, which the image's header gives:
+            # it runs while the image decodes off the loop. Decoding is ~10 ms of a slow
+            # entry peer, the auction a round trip to every bidder (~12 ms under 10 ms
+            # CFS periods); side by side they cost the longer of the two. A tensor is
+            # made ready first: its few ms of numpy beside the auction cost more than
+            # they saved. The thread holding the GIL delays each of the loop's steps of
+            # the round (the switch interval is 5 ms) in the same quota: on the emulated
+            # cluster its auctions took 28-31 ms that way against 11-12 ms after it.
             decoding = asyncio.ensure_future(self._timed_input(req))
             try:
                 decision, timing = await self._plan(req, *hw, pixels=True)
@@ -311,14 +310,3 @@ def annotate(timeline: Timeline, run: RequestRun, exec_start: float) -> None:
             s = dataclasses.replace(s, predicted=(exec_start + got[0], exec_start + got[1]))
         spans.append(s)
     timeline.spans = spans
-
-
-def _input_size(req: InferRequest) -> tuple[int, int] | None:
-    """The input's height and width before it is decoded: from an image's header, or a
-    tensor's shape (1x3xHxW); None when they cannot be told (``_input`` then says why)."""
-    if req.image is not None:
-        return input_hw(req.image, req.size)
-    shape = np.shape(req.tensor) if req.tensor is not None else ()
-    if len(shape) == 4 and tuple(shape[:2]) == (1, 3) and min(shape[2:]) > 0:
-        return int(shape[2]), int(shape[3])
-    return None
