@@ -60,8 +60,11 @@ class Outcomes:
     held its choice on running alone for two minutes)."""
     keep: int = 6
     """Samples kept per key (the newest)."""
-    min_samples: int = 2
-    """Fresh, similar samples needed before a ratio is used: one slow run is noise."""
+    min_samples: int = 3
+    """Fresh, similar samples needed before a ratio is used: a median of three drops one
+    slow run, a median of two is their mean. With two, early in a benchmark run, one
+    settling request made ``edgeci``'s ratio x1.28 and four requests ran alone at 1.37x
+    their plan instead of distributed at ~1.0x."""
     max_age_s: float = 120.0
     """Samples older than this no longer count."""
     similar: float = 0.15
