@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +41,7 @@ from edgeci_p2p.core.plan import Plan, validate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners import plan as plan_with
-from edgeci_p2p.policy.outcomes import Choice, Outcomes, choose
+from edgeci_p2p.policy.outcomes import Choice, Outcomes
 
 log = logging.getLogger("edgeci.auction")
 
@@ -278,24 +278,17 @@ class Auctioneer:
         local = self.local_decision(spec, None).plan.predicted
         if plan.predicted is None or local is None:
             return Choice(True, False, "no prediction to compare")
+        model = (spec.name, spec.input_shape)
         now = self.clock()
-        dist_key, local_key = _outcome_keys(plan.strategy, spec)
-        return choose(
-            plan.predicted,
-            local,
-            self.outcomes.ratio(dist_key, plan.predicted, now),
-            self.outcomes.ratio(local_key, local, now),
-            self.outcomes.ran_before(dist_key),
-            dec.LOCAL_MARGIN,
+        return self.outcomes.judge(
+            plan.strategy, model, plan.predicted, local, now, dec.LOCAL_MARGIN
         )
 
     def ran(self, plan: Plan, spec: ModelSpec, seconds: float) -> None:
         """One of this node's requests ran ``plan`` (its maps and head) in ``seconds``."""
-        if plan.predicted is None:
-            return
-        dist_key, local_key = _outcome_keys(plan.strategy, spec)
-        key = local_key if len(set(plan.devices)) <= 1 else dist_key
-        self.outcomes.record(key, plan.predicted, seconds, self.clock())
+        if plan.predicted is not None:
+            alone, model = len(set(plan.devices)) <= 1, (spec.name, spec.input_shape)
+            self.outcomes.ran(plan.strategy, model, alone, plan.predicted, seconds, self.clock())
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""
@@ -364,12 +357,6 @@ class Auctioneer:
             and peer not in rnd.delivered
         ):
             rnd.mark_delivered(peer, self.clock())
-
-
-def _outcome_keys(strategy: str, spec: ModelSpec) -> tuple[Hashable, Hashable]:
-    """The keys of a distributed plan of ``strategy`` and of the local plan, for
-    :class:`Outcomes`: the local plan is the same whatever strategy fell back on it."""
-    return (strategy, spec.name, spec.input_shape), ("alone", spec.name, spec.input_shape)
 
 
 def _releases(rnd: AuctionRound) -> list[Send]:

@@ -87,6 +87,41 @@ class Outcomes:
         kept.append(Sample(now, predicted, measured))
         del kept[: -self.keep]
 
+    def judge(
+        self,
+        strategy: str,
+        model: Hashable,
+        distributed: float,
+        local: float,
+        now: float,
+        margin: float,
+    ) -> Choice:
+        """:func:`choose` for a distributed plan of ``strategy`` predicted at
+        ``distributed`` s, against running ``model`` alone predicted at ``local`` s."""
+        dist_key, local_key = (strategy, model), ("alone", model)
+        return choose(
+            distributed,
+            local,
+            self.ratio(dist_key, distributed, now),
+            self.ratio(local_key, local, now),
+            self.ran_before(dist_key),
+            margin,
+        )
+
+    def ran(
+        self,
+        strategy: str,
+        model: Hashable,
+        alone: bool,
+        predicted: float,
+        measured: float,
+        now: float,
+    ) -> None:
+        """A request of ``model`` ran (``alone``, whatever ``strategy`` fell back on it,
+        or distributed as ``strategy`` planned it), predicted at ``predicted`` s, in
+        ``measured`` s."""
+        self.record(("alone", model) if alone else (strategy, model), predicted, measured, now)
+
     def ran_before(self, key: Hashable) -> bool:
         """Whether a request ever ran the ``key`` way here (cold ones included)."""
         return self.seen.get(key, 0) > 0
