@@ -237,15 +237,6 @@ def alone_ttl(bids: Iterable[am.Bid]) -> float:
     return ALONE_IDLE_TTL if all(b.backlog <= 0 for b in bids) else ALONE_TTL
 
 
-def worth_distributing(plan: Plan, local_predicted: float | None) -> bool:
-    """Whether ``plan`` predicts at least :data:`LOCAL_MARGIN` gain over running here
-    (``local_predicted``). The model leaves per-tile costs out (encoding, hand-offs):
-    a smaller predicted gain is not worth the risk."""
-    if plan.predicted is None or len(set(plan.devices)) <= 1:
-        return True
-    return local_predicted is None or plan.predicted < local_predicted * (1.0 - LOCAL_MARGIN)
-
-
 class AloneMemo:
     """Per kind of request, until when and among which peers a round found that
     distributing does not pay."""
