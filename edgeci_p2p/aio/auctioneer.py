@@ -252,7 +252,7 @@ class Auctioneer:
                 decision.plan = replace(decision.plan, notes={"decision": note})
             decision.left_out = left_out
             return decision
-        if choice is not None and (choice.explore or choice.why.startswith("as measured")):
+        if choice is not None and choice.noted:
             plan = replace(plan, notes={**plan.notes, "decision": choice.why})
         return Decision(plan, testbed, rnd, left_out)
 

@@ -151,6 +151,14 @@ class Choice:
     distribute: bool
     explore: bool
     why: str
+    measured: bool = False
+    """Decided on both measured ratios (not on the predictions alone)."""
+
+    @property
+    def noted(self) -> bool:
+        """Whether a distributed plan's notes should say why (the predictions alone
+        decided as they always have: nothing to add)."""
+        return self.explore or self.measured
 
 
 def choose(
@@ -172,7 +180,7 @@ def choose(
             f"as measured: distributed {distributed * ms:.0f} ms x{r_distributed:.2f} "
             f"against alone {local * ms:.0f} ms x{r_local:.2f}"
         )
-        return Choice(verdict, False, why)
+        return Choice(verdict, False, why, measured=True)
     if distributed < local * (1.0 - margin):
         return Choice(True, False, f"predicted gain >= {margin:.0%}")
     if r_local is not None and distributed_ran_before and distributed < local * r_local:
