@@ -197,7 +197,7 @@ def test_gather_only_plans_simulate_exactly_as_before(testbed: str) -> None:
     for strategy in (*BASELINES, "edgeci"):
         # The head at home, as the old simulator had it (tests/test_head_placement.py
         # covers a head placed elsewhere).
-        p = replace(plan(strategy, spec, tb, ctx), head_device=None)
+        p = replace(plan(strategy, spec, tb, ctx), head_device=None, fold_head=False)
         res = simulate(p, spec, tb, ctx.work)
         assert (res.latency, res.bytes_moved) == _old_simulate(p, spec, tb, ctx.work)
         assert res.auctioneer_bytes == res.bytes_moved
@@ -325,7 +325,7 @@ def test_edgeci_halo_plans_validate_and_never_lose_to_edgeci(model: str, testbed
     assert ours <= theirs * (1 + 1e-12)
     assert halo.notes["chosen"] in ("halo", "gather")
     # The notes compare the two with the head at home (place_head moves it after).
-    home = simulate(replace(gather, head_device=None), spec, tb, ctx.work, False)
+    home = simulate(replace(gather, head_device=None, fold_head=False), spec, tb, ctx.work, False)
     assert halo.notes["gather_predicted"] == pytest.approx(home.latency)
 
 

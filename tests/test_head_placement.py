@@ -83,7 +83,7 @@ def test_a_small_gain_does_not_move_the_head() -> None:
     there = remote_head_seconds(VGG, tb, 1)
     assert there < here and here - there < HEAD_MIN_GAIN * here
     p = plan("local", VGG, tb)
-    assert place_head(p, VGG, tb) is p
+    assert place_head(p, VGG, tb).head_device is None
     # ... and a large one does, with the prediction moved by exactly the time saved.
     fast = fake_testbed([1.0, 20.0], [1000.0, 1000.0], shared=False, rtt_ms=1.0)
     p = dataclasses.replace(plan("local", VGG, fast), predicted=1.0)

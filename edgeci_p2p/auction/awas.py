@@ -38,7 +38,7 @@ from edgeci_p2p.auction.bidder import Bidder, probe_items
 from edgeci_p2p.auction.messages import Bid, CallForBids, WorkItem
 from edgeci_p2p.auction.winner import bottleneck_assignment
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
-from edgeci_p2p.core.geometry import full_flops, head_flops
+from edgeci_p2p.core.geometry import fold_flops, full_flops, head_flops
 from edgeci_p2p.core.plan import Part, Plan, Stage, moves_between, segments
 from edgeci_p2p.core.sim import (
     Event,
@@ -658,22 +658,29 @@ def predict_with_backlog(
         replace(st, parts=tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts))
         for st in plan.stages
     ]
+    n_stages = len(plan.stages)
     for first, last in segments(plan):
+        fold = plan.fold_head and last == n_stages - 1
         if first < last:
             # A strip-resident segment: the simulator's own segment model, with each
             # device computing nothing before its queue has drained.
             events: list[Event] = []
-            seg = run_segment(mapped[first : last + 1], spec, testbed, work, t, events, 0, free)
+            seg = run_segment(
+                mapped[first : last + 1], spec, testbed, work, t, events, 0, free, fold
+            )
             for e in events:
                 if e.lane == "compute":
                     free[e.device] = max(free[e.device], e.stop)
             t = radio[0] = radio[1] = seg.latency
             continue
         st = mapped[first]
-        tasks = stage_tasks(Stage(st.start, st.stop, st.parts), spec, testbed, work)
+        tasks = stage_tasks(Stage(st.start, st.stop, st.parts), spec, testbed, work, fold)
         t = push_stage(tasks, testbed, t, fifo(0), compute, fifo(out_q))
     h = index[plan.devices[plan.head_at]]
     if h == aid:
+        if plan.fold_head:  # fc1 done in the last stage: the rest of the head here
+            rest = head_flops(spec) - fold_flops(spec)
+            return max(t, free[aid]) + testbed.devices[aid].compute.piece([("head", rest)])
         return max(t, free[aid]) + head_seconds(spec, testbed)
     # The last map out to the head device, the head after its own queue, the logits back.
     out_b, back_b = head_bytes(spec)

@@ -49,7 +49,9 @@ def category(span: Span, head: int | None = None) -> str:
         return "planning"
     if span.name == "decode":
         return "decode"
-    if span.name == "head" or (head is not None and span.lane == "compute" and span.stage == head):
+    if span.name in ("head", "fold"):  # fold: a peer's share of fc1 (Plan.fold_head)
+        return "head"
+    if head is not None and span.lane == "compute" and span.stage == head:
         return "head"
     if span.lane == "compute":
         return "compute"

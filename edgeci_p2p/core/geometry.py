@@ -358,6 +358,27 @@ def head_flops(spec: ModelSpec) -> int:
     return pool + sum(2 * a * b + b for a, b in spec.head.linear)
 
 
+def fold_flops(spec: ModelSpec) -> int:
+    """FLOPs of the head's first linear layer when it can be folded into the last map's
+    row strips, else 0.
+
+    VGG's head pools the last map to its own size (7x7 at 224 pixels: an identity)
+    and flattens it straight into fc1 (25088 -> 4096, 103M weights, most of the head's
+    time). fc1 is linear, so each peer can multiply its own rows of the last map by
+    the matching columns of fc1 and send 4096 partial sums instead of its rows; the
+    auctioneer adds them up (``Plan.fold_head``). The bias stays with the auctioneer."""
+    head = spec.head
+    c, h, w = head.in_shape
+    if head.kind != "vgg" or head.pool_size != (h, w) or head.linear[0][0] != c * h * w:
+        return 0
+    return 2 * head.linear[0][0] * head.linear[0][1]
+
+
+def fold_bytes(spec: ModelSpec) -> int:
+    """Bytes of one folded strip's answer: the first linear layer's partial sums."""
+    return spec.head.linear[0][1] * FLOAT32_BYTES
+
+
 def total_flops(spec: ModelSpec) -> int:
     return full_flops(spec, 0, spec.n_units) + head_flops(spec)
 

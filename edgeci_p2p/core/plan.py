@@ -9,7 +9,9 @@ The last map is always assembled on the auctioneer. The head (global pool +
 classifier) runs there too, unless ``Plan.head_device`` names another device: the
 auctioneer then sends that device the whole last map and gets the logits back
 (a slow entry device, a camera say, would otherwise run VGG's 124M-weight
-classifier itself).
+classifier itself). With ``Plan.fold_head`` the last stage's parts send, instead
+of their rows, their product with VGG's fc1's matching columns, and the
+auctioneer adds those up and runs the rest of the head.
 
 How data moves between stages is explicit, per boundary, in ``Stage.transfer``
 (how the stage's output leaves it) and ``Stage.schedule`` (how its inputs are
@@ -48,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgeci_p2p.core.geometry import Region, Span, full_region, trace
+from edgeci_p2p.core.geometry import Region, Span, fold_flops, full_region, trace
 from edgeci_p2p.core.units import ModelSpec
 
 Transfer = Literal["gather", "halo"]
@@ -110,6 +112,12 @@ class Plan:
     """Free-form planner facts (chosen parameters), kept in the dict form."""
     head_device: int | None = None
     """The device that runs the head on the last map, if not the auctioneer."""
+    fold_head: bool = False
+    """The head's first linear layer is folded into the last stage
+    (:func:`~edgeci_p2p.core.geometry.fold_flops`): each of its parts sends the
+    product of its rows with the matching columns instead of the rows, and the
+    auctioneer sums them and runs the rest of the head. Needs the head on the
+    auctioneer and a last stage of full-width row strips, one per device."""
 
     @property
     def head_at(self) -> int:
@@ -130,6 +138,8 @@ class Plan:
             sched = "" if st.schedule == "push" else f" ({st.schedule})"
             lines.append(f"  units [{st.start:>2},{st.stop:>2}){sched}: {parts} -> {st.transfer}")
         via = "" if self.head_at == self.auctioneer else " (the last map sent there)"
+        if self.fold_head:
+            via = " (fc1 folded into the last strips: their partial sums sent there)"
         lines.append(f"  head @ {self.devices[self.head_at]}{via}")
         return "\n".join(lines)
 
@@ -143,6 +153,7 @@ class Plan:
             "devices": list(self.devices),
             "auctioneer": self.auctioneer,
             **({} if self.head_device is None else {"head_device": self.head_device}),
+            **({"fold_head": True} if self.fold_head else {}),
             "predicted": self.predicted,
             "notes": dict(self.notes),
             "stages": [
@@ -197,6 +208,7 @@ class Plan:
             predicted=None if pred is None else float(pred),
             notes=dict(d.get("notes", {})),
             head_device=None if head is None else int(head),
+            fold_head=bool(d.get("fold_head", False)),
         )
 
 
@@ -325,6 +337,26 @@ def validate(plan: Plan, spec: ModelSpec) -> None:
         expect = st.stop
     if expect != spec.n_units:
         raise PlanError(f"stages end at boundary {expect}, the model has {spec.n_units} units")
+    if plan.fold_head:
+        why = why_not_fold(plan, spec)
+        if why is not None:
+            raise PlanError(f"the head is folded into the last stage, but {why}")
+
+
+def why_not_fold(plan: Plan, spec: ModelSpec) -> str | None:
+    """Why the head's first linear layer cannot be folded into ``plan``'s last stage
+    (:attr:`Plan.fold_head`), or None when it can."""
+    if fold_flops(spec) == 0:
+        return f"{spec.name}'s head does not flatten the last map straight into a linear layer"
+    if plan.head_at != plan.auctioneer:
+        return "the head runs on another device than the auctioneer"
+    last = plan.stages[-1]
+    _, _, w = spec.shape_at(last.stop)
+    if any(p.region.cols != Span(0, w) for p in last.parts) or len(last.devices) != len(last.parts):
+        return "the last stage is not full-width row strips, one per device"
+    if last.schedule != "push":
+        return "the last stage pulls its inputs"
+    return None
 
 
 def _check_resident(st: Stage, width: int, where: str, what: str) -> None:

@@ -55,7 +55,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgeci_p2p.core.cost import Testbed
-from edgeci_p2p.core.geometry import FLOAT32_BYTES, head_flops, op_fixed_flops
+from edgeci_p2p.core.geometry import (
+    FLOAT32_BYTES,
+    fold_bytes,
+    fold_flops,
+    head_flops,
+    op_fixed_flops,
+)
 from edgeci_p2p.core.pieces import edge_first_pieces
 from edgeci_p2p.core.plan import Plan, RowMove, Stage, moves_between, segments
 from edgeci_p2p.core.units import SCALED, ModelSpec
@@ -244,9 +250,20 @@ def scale_seconds(spec: ModelSpec, testbed: Testbed, start: int) -> float:
     return testbed.devices[testbed.auctioneer].compute.seconds("head", flops) if flops else 0.0
 
 
-def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload) -> list[Task]:
+def fold_seconds(spec: ModelSpec, testbed: Testbed, device: int, rows: int) -> float:
+    """``device`` multiplying ``rows`` rows of the last map by fc1's matching columns
+    (``Plan.fold_head``): its share of the head's first linear layer."""
+    _, h, _ = spec.shape_at(spec.n_units)
+    return testbed.devices[device].compute.piece([("head", fold_flops(spec) * rows // h)])
+
+
+def stage_tasks(
+    stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload, fold: bool = False
+) -> list[Task]:
     """The parts of ``stage`` as tasks: slab bytes in (with the scale vectors a stage
-    starting at a synchronisation point carries), seconds of compute, bytes out."""
+    starting at a synchronisation point carries), seconds of compute, bytes out.
+    ``fold``: the last stage of a plan that folds the head's first linear layer in
+    (each part computes its partial sums and sends those)."""
     c_in = spec.shape_at(stage.start)[0]
     vec = scale_bytes(spec, stage.start)
     c_out = spec.shape_at(stage.stop)[0]
@@ -259,6 +276,9 @@ def stage_tasks(stage: Stage, spec: ModelSpec, testbed: Testbed, work: Workload)
         r0, r1, c0, c1 = w.need
         in_b = spec.wire_bytes(stage.start, c_in * (r1 - r0) * (c1 - c0)) + vec if remote else 0
         out_b = spec.wire_bytes(stage.stop, c_out * p.region.area) if remote else 0
+        if fold:
+            secs += fold_seconds(spec, testbed, p.device, p.region.rows.size)
+            out_b = fold_bytes(spec) if remote else 0
         label = f"[{stage.start},{stage.stop}) {p.region.rows.start}:{p.region.rows.stop}"
         out.append(Task(p.device, in_b, secs, out_b, label))
     return out
@@ -310,10 +330,12 @@ def simulate(
     moved = 0
     via_auctioneer = 0
     ends: list[float] = []
+    n_stages = len(plan.stages)
     for first, last in segments(plan):
+        fold = plan.fold_head and last == n_stages - 1
         if first == last:
             st = plan.stages[first]
-            tasks = stage_tasks(st, spec, testbed, work)
+            tasks = stage_tasks(st, spec, testbed, work, fold)
             nbytes = sum(x.in_bytes + x.out_bytes for x in tasks)
             moved += nbytes
             via_auctioneer += nbytes
@@ -323,13 +345,16 @@ def simulate(
             t = run_stage(tasks, testbed, t + pre, st.schedule == "pull", events, first)
             ends.append(t)
             continue
-        seg = run_segment(plan.stages[first : last + 1], spec, testbed, work, t, events, first)
+        seg = run_segment(
+            plan.stages[first : last + 1], spec, testbed, work, t, events, first, fold=fold
+        )
         moved += seg.bytes_moved
         via_auctioneer += seg.auctioneer_bytes
         ends.extend(seg.stage_ends)
         t = seg.latency
     h, aid, k = plan.head_at, testbed.auctioneer, len(plan.stages)
-    head = testbed.devices[h].compute.piece([("head", head_flops(spec))])
+    folded = fold_flops(spec) if plan.fold_head else 0
+    head = testbed.devices[h].compute.piece([("head", head_flops(spec) - folded)])
     if h != aid:
         # The last map out to the head device, the logits back; nothing else is on the
         # links by then.
@@ -376,6 +401,7 @@ def run_segment(
     events: list[Event] | None = None,
     stage0: int = 0,
     ready: Sequence[float] | None = None,
+    fold: bool = False,
 ) -> SimResult:
     """Simulate a run of stages linked by halo boundaries from ``t0`` (no barrier inside).
 
@@ -384,7 +410,9 @@ def run_segment(
     auctioneer's link, and each stage's end (its last part computed; for the last
     stage its last strip gathered). ``stage0`` numbers the stages in events.
     ``ready[d]``: device ``d`` computes nothing before then (queued work, as
-    :func:`edgeci_p2p.auction.awas.predict_with_backlog` models backlogs).
+    :func:`edgeci_p2p.auction.awas.predict_with_backlog` models backlogs). ``fold``:
+    the last stage's parts also fold the head's first linear layer in and send their
+    partial sums instead of their strips (``Plan.fold_head``).
     """
     aid = testbed.auctioneer
     shared = testbed.shared_medium
@@ -456,13 +484,19 @@ def run_segment(
                     if not pc.sends
                 ):
                     pieces = ()  # the middle reads neighbours' rows too: it waits like the edges
+            # Folding runs after the whole strip, so it lengthens whichever half ends it.
+            extra = (
+                fold_seconds(spec, testbed, p.device, p.region.rows.size)
+                if fold and s == last
+                else 0.0
+            )
             if len(pieces) > 1:
                 edge = sum(model.piece(pc.unit_flops) for pc in pieces if pc.sends)
                 mid = sum(model.piece(pc.unit_flops) for pc in pieces if not pc.sends)
-                cut[s].append((edge, mid))
+                cut[s].append((edge, mid + extra) if mid > 0 else (edge + extra, mid))
             else:
                 rw = work.work_region(st.start, st.stop, p.region)
-                cut[s].append((model.piece(rw.unit_flops), 0.0))
+                cut[s].append((model.piece(rw.unit_flops) + extra, 0.0))
             prev = lane_last.get(p.device)
             if prev is not None:
                 lane_next[prev] = (s, q)
@@ -475,6 +509,8 @@ def run_segment(
                 lane_wait[s][q] += 1
             if s == last and p.device != aid:
                 out_b = spec.wire_bytes(st.stop, c_out * p.region.area)
+                if fold:
+                    out_b = fold_bytes(spec)
                 strip_out[s][q].append(len(txs))
                 txs.append(_Tx(p.device, aid, out_b, s, -1, f"[{st.start},{st.stop}) strip"))
         if s > 0:

@@ -10,8 +10,13 @@ moves the head when the last map's trip, the head there and the logits' trip bac
 clear margin; the simulator and the daemon then do exactly that, and the daemon
 runs the head at home if that device fails.
 
-Only our strategies place the head; the baselines run it on the auctioneer, as
-their papers do.
+Where the head stays on the auctioneer, VGG's first linear layer (fc1, most of the
+head's time) can instead be folded into the last stage (:func:`fold_head`): each
+part multiplies its own rows of the last map by fc1's matching columns and sends
+the partial sums. The plan folds when the simulator says that finishes sooner.
+
+Only our strategies place or fold the head; the baselines run it on the
+auctioneer, as their papers do.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from edgeci_p2p.core.cost import Testbed
-from edgeci_p2p.core.plan import Plan
-from edgeci_p2p.core.sim import head_seconds, remote_head_seconds
+from edgeci_p2p.core.plan import Plan, why_not_fold
+from edgeci_p2p.core.sim import head_seconds, remote_head_seconds, simulate
 from edgeci_p2p.core.units import ModelSpec
 
 HEAD_MIN_GAIN = 0.2
@@ -31,6 +36,10 @@ trip has a failure mode (and a fallback that costs the trip) the home run does n
 HEAD_MIN_GAIN_S = 0.005
 """... and at least this many seconds."""
 
+
+FOLD_MIN_GAIN_S = 0.002
+"""Fold fc1 into the last stage only to save at least this many seconds: a failed
+strip reruns its segment the gather way, which costs more than the head."""
 
 LOAD_BYTES_PER_S = 300e6
 """How fast a peer loads weights it does not hold (drawing seeded weights or reading
@@ -54,21 +63,43 @@ def place_head(plan: Plan, spec: ModelSpec, testbed: Testbed) -> Plan:
     aid = testbed.auctioneer
     here_fits = testbed.devices[aid].fits_head()
     here = head_seconds(spec, testbed) + load_seconds(testbed, aid)
+    folded, fold_gain = fold_head(plan, spec, testbed) if here_fits else (plan, 0.0)
     best, where = (here, aid) if here_fits else (float("inf"), aid)
     for d in range(len(testbed.devices)):
         if d != aid and testbed.devices[d].fits_head():
             t = remote_head_seconds(spec, testbed, d) + load_seconds(testbed, d)
             if t < best:
                 best, where = t, d
-    if where == aid:
-        return plan
+    if where == aid or fold_gain >= here - best:
+        return folded
     if here_fits and here - best < max(HEAD_MIN_GAIN_S, HEAD_MIN_GAIN * here):
-        return plan
+        return folded
     predicted = None if plan.predicted is None else plan.predicted - here + best
     notes = {**plan.notes, "head": {"device": where, "here_s": here, "there_s": best}}
     if not here_fits:
         notes["head"]["why"] = "memory: the head does not fit here"
     return replace(plan, head_device=where, predicted=predicted, notes=notes)
+
+
+def fold_head(plan: Plan, spec: ModelSpec, testbed: Testbed) -> tuple[Plan, float]:
+    """``plan`` with fc1 folded into its last stage (``Plan.fold_head``) and the seconds
+    that saves, if the simulator says it saves at least :data:`FOLD_MIN_GAIN_S`;
+    otherwise ``(plan, 0.0)``. ``predicted`` moves by the time saved."""
+    if plan.fold_head or why_not_fold(plan, spec) is not None:
+        return plan, 0.0
+    folded = replace(plan, fold_head=True)
+    try:
+        gain = (
+            simulate(plan, spec, testbed, record=False).latency
+            - simulate(folded, spec, testbed, record=False).latency
+        )
+    except ValueError:  # a plan made for other devices than the testbed's
+        return plan, 0.0
+    if gain < FOLD_MIN_GAIN_S:
+        return plan, 0.0
+    predicted = None if plan.predicted is None else plan.predicted - gain
+    notes = {**plan.notes, "fold": {"saved_s": gain}}
+    return replace(folded, predicted=predicted, notes=notes), gain
 
 
 def head_peer(candidates: Mapping[str, tuple[int, int, float]]) -> str | None:
@@ -89,4 +120,7 @@ def with_head_on(plan: Plan, peer: str, why: str) -> Plan:
     if peer not in devices:
         devices = (*devices, peer)
     notes = {**plan.notes, "head": {"device": devices.index(peer), "why": why}}
-    return replace(plan, devices=devices, head_device=devices.index(peer), notes=notes)
+    notes.pop("fold", None)
+    return replace(
+        plan, devices=devices, head_device=devices.index(peer), notes=notes, fold_head=False
+    )
