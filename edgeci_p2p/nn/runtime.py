@@ -17,11 +17,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from edgeci_p2p.core.geometry import Region, trace
+from edgeci_p2p.core.geometry import Region, fold_flops, trace
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.meminfo import trim_heap
 from edgeci_p2p.nn.executor import FusedExecutor
 from edgeci_p2p.nn.extract import describe
+from edgeci_p2p.nn.fold import Fold, NotFoldable
 from edgeci_p2p.nn.graph import trace_graph
 from edgeci_p2p.nn.models import LoadedModel, categories, check_model_name, load_model
 from edgeci_p2p.nn.weights import HEAD, ModelWeights, shared_weights
@@ -151,6 +152,7 @@ class ModelStore:
             )
         trim_heap()
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
+        self._folds: dict[tuple[str, int, int], Fold] = {}
 
     # ---- weights held -------------------------------------------------------------------
 
@@ -420,13 +422,69 @@ class ModelStore:
         features: torch.Tensor,
         *,
         force: bool = False,
+        folded: bool = False,
     ) -> torch.Tensor:
         """The logits; the head is loaded first if not held (``OverMemory`` if that
-        exceeds the budget, unless ``force``: the auctioneer's last resort)."""
+        exceeds the budget, unless ``force``: the auctioneer's last resort).
+        ``folded``: ``features`` are fc1's partial sums from the last strips, added up
+        (``Plan.fold_head``), not the last map."""
         self.get(name)
         ex = self.executor(name, *input_hw)
         with self.using(name, [HEAD], force=force):
+            if folded:
+                return self._fold(name, input_hw).head(features)
             return ex.head(features)
+
+    def fold(
+        self,
+        name: str,
+        fingerprint: str,
+        input_hw: tuple[int, int],
+        rows: tuple[int, int],
+        strip: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
+        """Rows ``rows`` of the last map times fc1's matching columns
+        (:class:`~edgeci_p2p.nn.fold.Fold`): N x out x 1 x 1 partial sums."""
+        self.get(name, fingerprint)
+        with self.using(name, [HEAD]):
+            try:
+                fold = self._fold(name, input_hw)
+                return fold.partial(torch.from_numpy(np.asarray(strip)), rows).numpy()
+            except ValueError as e:  # NotFoldable included
+                raise WorkError(str(e)) from e
+
+    def prepare_folds(self, input_hw: tuple[int, int] = (224, 224)) -> list[str]:
+        """Load the head and lay out fc1 for folding (:class:`~edgeci_p2p.nn.fold.Fold`)
+        for every served model whose head folds at ``input_hw``: the daemon does it
+        before it serves, since the copy takes ~1 s of a core for VGG-16, past the
+        deadline of a first folded strip on a slow peer. Not where the head and the
+        copy would not fit the memory budget (a first fold makes it then). Returns the
+        models prepared."""
+        done = []
+        for name in sorted(self.models):
+            spec = self.executor(name, *input_hw).spec
+            # 2 FLOPs a weight, 4 bytes a weight: the copy's bytes.
+            if fold_flops(spec) == 0 or not self.fits(name, [HEAD]):
+                continue
+            with self.using(name, [HEAD]):
+                if fold_flops(spec) * 2 > self.room():
+                    continue
+                try:
+                    self._fold(name, input_hw).blocks()
+                except NotFoldable:
+                    continue
+            done.append(name)
+        return done
+
+    def _fold(self, name: str, input_hw: tuple[int, int]) -> Fold:
+        key = (name, *input_hw)
+        with self._lock:
+            fold = self._folds.get(key)
+        if fold is None:
+            fold = Fold(self.executor(name, *input_hw))
+            with self._lock:
+                fold = self._folds.setdefault(key, fold)
+        return fold
 
     def forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The unsplit model on one device (--verify): every part, whatever the budget."""
