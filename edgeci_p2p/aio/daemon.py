@@ -124,6 +124,8 @@ class PeerDaemon:
                 resident=vm_rss if cfg.count_resident else None,
             ),
         )
+        # fc1 laid out for folding now, not on a first folded strip (nn/fold.py).
+        await loop.run_in_executor(self.worker, store.prepare_folds)
         compute, cpus = await self._measured_compute(loop)
         bidder = own_bidder(
             self.node_id,

@@ -26,7 +26,7 @@ from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.stages import Stages
 from edgeci_p2p.aio.worker import PeerWorker, timed
 from edgeci_p2p.core.density import WireFractions
-from edgeci_p2p.core.geometry import head_flops
+from edgeci_p2p.core.geometry import fold_flops, head_flops
 from edgeci_p2p.core.plan import segments
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Timeline
@@ -192,11 +192,15 @@ class RequestRunner:
         self.node.own_pieces[req.request_id] = own = [0.0, 0.0]
         try:
             for first, last in segments(plan):
-                if first == last:
+                # A folded last stage runs as strip jobs, which answer with fc1's sums.
+                fold = plan.fold_head and last == len(plan.stages) - 1
+                if first == last and not fold:
                     cur = await self.stages.gather_stage(run, first, cur)
                 else:
                     cur = await self.stages.halo_segment(run, first, last, cur)
-                if len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,):
+                if not run.folded and (
+                    len(plan.stages) > 1 or plan.stages[0].devices != (plan.auctioneer,)
+                ):
                     # bit patterns, as the wire counts them (a -0.0 travels as a value)
                     m = time.monotonic()
                     bits = np.ascontiguousarray(cur.numpy(), dtype=np.float32).view(np.uint32)
@@ -207,7 +211,7 @@ class RequestRunner:
         t_head = time.perf_counter()
         if len(set(plan.devices)) > 1:
             self.node.ran(plan.strategy, own[1], own[0])
-        remote = await self.head.logits(run, cur)
+        remote = None if run.folded else await self.head.logits(run, cur)
         if remote is not None:
             logits = remote
         else:
@@ -220,11 +224,12 @@ class RequestRunner:
                     req.model,
                 )
             # Here is the last resort: the head is loaded even past the budget.
-            head = functools.partial(store.head, force=True)
+            head = functools.partial(store.head, force=True, folded=run.folded)
             logits, h0, h1, others = await asyncio.get_running_loop().run_in_executor(
                 self.node.worker, timed, head, req.model, (h, w), cur
             )
-            self.node.served([("head", head_flops(run.spec))], h1 - h0, others)
+            flops = head_flops(run.spec) - (fold_flops(run.spec) if run.folded else 0)
+            self.node.served([("head", flops)], h1 - h0, others)
             run.span(me, "queue", m, h0, "wait", len(plan.stages))
             run.span(me, "head", h0, h1, "compute", len(plan.stages))
         # What this plan took against its prediction: the next choice between running
@@ -304,7 +309,7 @@ def annotate(timeline: Timeline, run: RequestRun, exec_start: float) -> None:
         predicted[key] = (min(a, e.start), max(b, e.stop))
     spans = []
     for s in timeline.spans:
-        lane = "compute" if s.name in ("compute", "head", "strip") else s.lane
+        lane = "compute" if s.name in ("compute", "head", "strip", "fold") else s.lane
         got = predicted.get((s.node, s.stage, lane)) if s.stage is not None else None
         if got is not None and lane in ("compute", "send", "recv"):
             s = dataclasses.replace(s, predicted=(exec_start + got[0], exec_start + got[1]))

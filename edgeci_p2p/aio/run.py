@@ -53,6 +53,9 @@ class RequestRun:
     t_start: float
     stats: RunStats = field(default_factory=RunStats)
     timeline: Timeline | None = None
+    folded: bool = False
+    """The last segment answered with fc1's partial sums, added up, not the last map
+    (``Plan.fold_head``; False again when it fell back to gathering)."""
     """The request's spans on every node, when it asked for them (``trace``)."""
 
     def span(

@@ -130,6 +130,9 @@ class Stages:
         _, ih, iw = spec.shape_at(plan.stages[first].start)
         whole_in = full_region(ih, iw)
         job_id = first
+        end = plan.stages[last]
+        # fc1 folded into the last strips: each answers with its partial sums.
+        fold = plan.fold_head and last == len(plan.stages) - 1
         tasks: dict[int, asyncio.Future[torch.Tensor]] = {}
         sent: dict[int, StripJob] = {}
         px = run.pixels if plan.stages[first].start == 0 else None
@@ -141,7 +144,8 @@ class Stages:
                 inp = np.ascontiguousarray(px[:, :, need.start : need.stop, :])
             else:
                 inp = np.ascontiguousarray(crop(cur, whole_in, Region(need, Span(0, iw))).numpy())
-            deadline = self._strip_deadline(run, node, stages, inp.nbytes)
+            folds = fold and d in end.devices
+            deadline = self._strip_deadline(run, node, stages, inp.nbytes, folds)
             job = StripJob(
                 run.request_id,
                 job_id,
@@ -154,6 +158,7 @@ class Stages:
                 deadline_s=deadline,
                 pixels=True if inp.dtype == np.uint8 else None,
                 trace=True if run.timeline is not None and node != me else None,
+                fold=True if folds else None,
             )
             self.auctioneer.mark_delivered(run.decision.round, node)
             sent[d] = job
@@ -194,11 +199,14 @@ class Stages:
                         plan.stages[last].stop,
                     )
             return await self.gather_segment(run, first, last, cur)
-        end = plan.stages[last]
         _, oh, ow = spec.shape_at(end.stop)
         outs = [tasks[p.device].result() for p in end.parts]
         m1 = time.monotonic()
-        out = stitch(outs, [p.region for p in end.parts], oh, ow)
+        if fold:
+            out = torch.stack(outs).sum(0)  # in part order: the same sums every time
+            run.folded = True
+        else:
+            out = stitch(outs, [p.region for p in end.parts], oh, ow)
         run.span(me, "stitch", m1, time.monotonic(), "control", last)
         return out
 
@@ -217,11 +225,18 @@ class Stages:
         return jobs
 
     def _strip_deadline(
-        self, run: RequestRun, node: str, stages: Sequence[StripStage], nbytes: int
+        self,
+        run: RequestRun,
+        node: str,
+        stages: Sequence[StripStage],
+        nbytes: int,
+        fold: bool = False,
     ) -> float:
         """Seconds to wait for a strip job: its predicted compute and input x factor + margin."""
         rows = [(st.start, st.stop, (st.rows[0], st.rows[1])) for st in stages]
-        predicted = strip_job_seconds(run.testbed, node, run.spec, rows, nbytes, self.node.compute)
+        predicted = strip_job_seconds(
+            run.testbed, node, run.spec, rows, nbytes, self.node.compute, fold
+        )
         return self.node.config.deadlines.deadline(predicted)
 
     async def _own_strip(self, run: RequestRun, job: StripJob) -> torch.Tensor:
@@ -256,6 +271,8 @@ class Stages:
         last = job.stages[-1]
         c, _, w = run.spec.shape_at(last.stop)
         want = (job.input.shape[0], c, last.rows[1] - last.rows[0], w)
+        if job.fold:
+            want = (job.input.shape[0], run.spec.head.linear[0][1], 1, 1)
         if out.shape != want:
             raise RequestError(
                 ErrorCode.REQUEST_FAILED,

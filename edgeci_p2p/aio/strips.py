@@ -5,7 +5,8 @@ every peer keeps its row strip from one stage to the next; only the rows a
 neighbour's next stage reads travel, directly from peer to peer (``halo_rows``).
 The auctioneer sends each peer one ``strip_job`` (its rows per stage, which rows
 arrive from whom, which it sends on) with the first stage's input, and gets the
-last stage's strip back as a ``tile_result``.
+last stage's strip back as a ``tile_result`` (with ``strip_job.fold``, the strip
+times fc1's matching columns instead: :mod:`edgeci_p2p.nn.fold`).
 
 This module holds the peer side: the run of a job (:func:`run_strip_job`), which
 the auctioneer also uses for its own strip; the mailbox where halo rows wait for
@@ -27,7 +28,7 @@ import numpy.typing as npt
 
 from edgeci_p2p.aio.mailbox import Mailbox, RowsNeverArrived, StripJobError
 from edgeci_p2p.aio.timed import timed
-from edgeci_p2p.core.geometry import Region, Span, trace
+from edgeci_p2p.core.geometry import Region, Span, fold_flops, trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
@@ -118,6 +119,38 @@ def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float, float]:
     other threads ran meanwhile."""
     y, started, stopped, others = timed(store.run_tile, *args)
     return y, stopped - started, others
+
+
+def _timed_fold(store: ModelStore, *args: Any) -> tuple[Array, float, float]:
+    y, started, stopped, others = timed(store.fold, *args)
+    return y, stopped - started, others
+
+
+async def _fold(
+    job: StripJob, spec: ModelSpec, store: ModelStore, worker: Executor, y: Array, out: StripOutcome
+) -> Array:
+    """The last strip ``y`` times fc1's matching columns (``strip_job.fold``)."""
+    last = job.stages[-1]
+    _, h, _ = spec.shape_at(last.stop)
+    if last.stop != spec.n_units or fold_flops(spec) == 0:
+        raise WorkError(f"strip job ends at unit {last.stop}: there is no head to fold into")
+    t0, m = time.perf_counter(), time.monotonic()
+    z, took, others = await asyncio.get_running_loop().run_in_executor(
+        worker,
+        _timed_fold,
+        store,
+        job.model,
+        job.fingerprint,
+        (job.input_hw[0], job.input_hw[1]),
+        (last.rows[0], last.rows[1]),
+        y,
+    )
+    span = time.perf_counter() - t0
+    out.spans.append(["fold", m, time.monotonic(), "compute", last.start])
+    flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // h
+    out.pieces.append(((("head", flops),), max(span, took), others))
+    out.compute_s += span
+    return z
 
 
 def _covered(have: list[tuple[int, Array]], a: int, b: int) -> bool:
@@ -277,6 +310,8 @@ async def run_strip_job(
             out.compute_s += run_s
             out.timeline.append((st.start, wait_s, run_s))
             prev = st
+        if job.fold:
+            y = await _fold(job, spec, store, worker, y, out)
         await asyncio.gather(*sends)
     finally:
         for f in sends:

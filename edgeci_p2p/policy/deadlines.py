@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeci_p2p.core.cost import ComputeModel, Testbed
-from edgeci_p2p.core.geometry import Region, Span, Trace, head_flops, trace
+from edgeci_p2p.core.geometry import Region, Span, Trace, fold_flops, head_flops, trace
 from edgeci_p2p.core.units import ModelSpec
 
 StageRows = tuple[int, int, tuple[int, int]]
@@ -63,9 +63,11 @@ def strip_job_seconds(
     stages: Sequence[StageRows],
     nbytes: int,
     own: ComputeModel | None,
+    fold: bool = False,
 ) -> float:
     """A strip job's predicted seconds on ``node``: its input over the node's link and
-    each stage's rows computed (on the plan's model of the node, else ``own``)."""
+    each stage's rows computed (on the plan's model of the node, else ``own``); with
+    ``fold``, the last rows' share of fc1 too (``strip_job.fold``)."""
     model = own
     predicted = 0.0
     if node in testbed.names:
@@ -77,6 +79,11 @@ def strip_job_seconds(
             _, _, w = spec.shape_at(stop)
             region = Region(Span(*rows), Span(0, w))
             predicted += model.trace_seconds(trace(spec, start, stop, region))
+        if fold and stages:
+            start, stop, rows = stages[-1]
+            _, h, _ = spec.shape_at(stop)
+            share = fold_flops(spec) * (rows[1] - rows[0]) // h
+            predicted += model.piece([("head", share)])
     return predicted
 
 

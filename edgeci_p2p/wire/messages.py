@@ -841,6 +841,10 @@ class StripJob(Message):
     0), to normalise as the entry peer did."""
     trace: bool | None = None
     """Report this job's steps in ``tile_result.spans``."""
+    fold: bool | None = None
+    """Answer with the last strip times the matching columns of the head's first
+    linear layer (N x out x 1 x 1 partial sums, no bias) instead of the strip
+    (``Plan.fold_head``; docs/protocol.md)."""
 
     def check(self) -> None:
         if not self.stages:
