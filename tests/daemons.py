@@ -224,17 +224,21 @@ def blocked_worker(d: PeerDaemon) -> Iterator[HeldWorker]:
 
 
 async def run_plan(
-    d: PeerDaemon, plan: Plan, request_id: str, pixels: np.ndarray | None = None
+    d: PeerDaemon,
+    plan: Plan,
+    request_id: str,
+    pixels: np.ndarray | None = None,
+    model: str = "resnet34",
 ) -> tuple[np.ndarray, dict[str, object]]:
     """The auctioneer's execution path with a forced plan (no auction)."""
     assert d.store is not None and d.auctioneer is not None
     x = to_input(decode(IMAGE), "224")
-    spec = d.store.spec("resnet34", 224, 224)
+    spec = d.store.spec(model, 224, 224)
     local = d.auctioneer.local_decision(spec, None)
     decision = Decision(plan, local.testbed, None)
-    req = InferRequest(request_id, "resnet34", tensor=x.numpy(), strategy="edgeci-halo")
+    req = InferRequest(request_id, model, tensor=x.numpy(), strategy="edgeci-halo")
     res = await d.execute(
-        req, decision, {}, x, d.store.get("resnet34").fingerprint, time.perf_counter(), pixels
+        req, decision, {}, x, d.store.get(model).fingerprint, time.perf_counter(), pixels
     )
     return np.asarray(res.logits, dtype=np.float32), dict(res.timing)
 
