@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeci_p2p.core.geometry import fold_bytes, fold_flops, head_flops
-from edgeci_p2p.core.plan import Plan, PlanError, validate, why_not_fold
+from edgeci_p2p.core.geometry import Region, Span, fold_bytes, fold_flops, head_flops
+from edgeci_p2p.core.plan import Part, Plan, PlanError, validate, why_not_fold
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
@@ -95,6 +95,41 @@ def test_the_planner_folds_when_the_simulator_says_it_is_sooner() -> None:
     r_spec = spec_for("resnet34", 224, 224)
     r_plan = plan_for("edgeci-halo", r_spec, tb)
     assert not r_plan.fold_head
+
+
+def test_folding_splits_the_last_stages_rows_again() -> None:
+    """Split for its convolutions alone, the last stage gave the slowest peer most rows;
+    folded, each row also carries a seventh of fc1, and the rows are split again."""
+    spec = spec_for("vgg16", 224, 224)
+    tb = load_testbed("emulated-4-headroom")
+    p = plan_for("edgeci-halo", spec, tb)
+    last = p.stages[-1]
+    order = [q.device for q in sorted(last.parts, key=lambda q: q.region.rows.start)]
+    slowest_last = sorted(order, key=lambda d: -tb.devices[d].compute.fits["conv"].a)
+    edges = [(0, 1), (1, 2), (2, 3), (3, 7)]
+    bad = dataclasses.replace(
+        p,
+        fold_head=False,
+        stages=(
+            *p.stages[:-1],
+            dataclasses.replace(
+                last,
+                parts=tuple(
+                    Part(Region(Span(a, b), Span(0, 7)), d)
+                    for d, (a, b) in zip(slowest_last, edges, strict=True)
+                ),
+            ),
+        ),
+    )
+    validate(bad, spec)
+    folded, gain = fold_head(bad, spec, tb)
+    assert folded.fold_head and folded.notes["fold"]["rows_moved"]
+    validate(folded, spec)
+    as_they_were = simulate(dataclasses.replace(bad, fold_head=True), spec, tb).latency
+    assert simulate(folded, spec, tb).latency < as_they_were
+    assert gain == pytest.approx(
+        simulate(bad, spec, tb).latency - simulate(folded, spec, tb).latency
+    )
 
 
 def test_fold_survives_the_plans_dict_form() -> None:

@@ -451,6 +451,9 @@ class AwasPlanner:
             idle_ctx = Context(self.spec, idle_tb)
             first = place_strips(self._planner(idle_ctx), idle_ctx)
             fresh = (idle_tb, first)
+            # Judged against the candidates below with its head placed (or fc1 folded)
+            # as theirs is: without, it ran with the head whole where folding was sooner.
+            first = place_head(first, self.spec, idle_tb)
         span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
         candidates = [(first, idle_tb, left_idle)]
         still_good = (
