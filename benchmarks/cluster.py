@@ -662,6 +662,8 @@ class Bench:
             argv += ["--no-piece-cost"]
         if self.args.no_plan_aside:
             argv += ["--no-plan-aside"]
+        if self.args.no_fold:
+            argv += ["--no-fold"]
         if self.args.no_gc_freeze:
             argv += ["--no-gc-freeze"]
         if not load_testbed(self.args.testbed).shared_medium:
@@ -889,6 +891,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="peers bid their start-up profile as measured (edgeci-peer "
         "--no-speed-calibration), for comparison",
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="peers never fold VGG's fc1 into the last strips (edgeci-peer --no-fold), "
+        "for comparison",
     )
     p.add_argument(
         "--no-plan-aside",

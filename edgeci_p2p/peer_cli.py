@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tiles run, once that differs by more than 30%%)",
     )
     p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="never fold VGG's fc1 into the last strips of this peer's plans, and keep no "
+        "second copy of fc1 laid out for it (411 MB for VGG-16; by default a plan folds "
+        "where that is predicted sooner)",
+    )
+    p.add_argument(
         "--no-plan-aside",
         action="store_true",
         help="plan for a peer's new speed figures in a thread of this daemon, beside the "
@@ -186,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         calibrate_speed=not args.no_speed_calibration,
         learn_piece_cost=not args.no_piece_cost,
         plan_aside=not args.no_plan_aside,
+        fold=not args.no_fold,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,
         count_resident=True,  # this process is this one peer

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from edgeci_p2p.auction import aside
+from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.core.geometry import Region, Span, fold_bytes, fold_flops, head_flops
 from edgeci_p2p.core.plan import Part, Plan, PlanError, validate, why_not_fold
 from edgeci_p2p.core.sim import simulate
@@ -17,7 +19,8 @@ from edgeci_p2p.nn.images import decode, to_input
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan as plan_for
-from edgeci_p2p.planners.head import fold_head, with_head_on
+from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.head import fold_head, place_head, with_head_on
 from edgeci_p2p.planners.testbeds import load_testbed
 from tests.daemons import IMAGE, cluster, reference, run_plan
 from tests.planfakes import strips
@@ -95,6 +98,16 @@ def test_the_planner_folds_when_the_simulator_says_it_is_sooner() -> None:
     r_spec = spec_for("resnet34", 224, 224)
     r_plan = plan_for("edgeci-halo", r_spec, tb)
     assert not r_plan.fold_head
+
+
+def test_a_peer_told_not_to_fold_plans_no_fold() -> None:
+    spec = spec_for("vgg16", 224, 224)
+    tb = load_testbed("emulated-4-headroom")
+    unplaced = plan_edgeci_halo(spec, tb)
+    assert place_head(unplaced, spec, tb).fold_head
+    assert not place_head(unplaced, spec, tb, fold=False).fold_head
+    assert not AwasPlanner(spec, fold=False).fold
+    assert aside.job(AwasPlanner(spec, fold=False), probe_call("a", "n", spec), [])["fold"] is False
 
 
 def test_folding_splits_the_last_stages_rows_again() -> None:

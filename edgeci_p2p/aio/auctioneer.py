@@ -83,6 +83,8 @@ class Auctioneer:
         self.node_id = node_id
         self.shared_medium = shared_medium
         """Plan as if every link shares one medium (Wi-Fi) or as switched links."""
+        self.fold = True
+        """Let plans fold VGG's fc1 into their last strips (``edgeci-peer --no-fold``)."""
         self.bidder = bidder
         self.send = send
         self.config = config or RoundConfig()
@@ -135,12 +137,7 @@ class Auctioneer:
                 self._locks.pop(gone, None)
                 self._validated.pop(gone, None)
             inner: AwasPlanner | StaticPlanner = (
-                AwasPlanner(
-                    spec,
-                    shared_medium=self.shared_medium,
-                    own=self.bidder.compute,
-                    strategy=strategy,
-                )
+                AwasPlanner(spec, self.shared_medium, self.bidder.compute, strategy, fold=self.fold)
                 if strategy in AUCTIONED
                 else StaticPlanner(strategy, spec, self.bidder.compute, self.shared_medium)
             )

@@ -55,6 +55,7 @@ class BidDesk:
                 else None
             ),
         )
+        self.auctioneer.fold = node.config.fold
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""
         self.probe_s: dict[str, float] = {}

@@ -78,6 +78,9 @@ class PeerConfig:
     (:class:`edgeci_p2p.policy.calibration.PieceOverhead`) and bid them, so that plans
     price every stage a peer runs; off: pieces cost only their units (as before)."""
     plan_aside: bool = True
+    fold: bool = True
+    """Fold VGG's fc1 into the last strips where that is sooner (``nn/fold.py``); off,
+    no peer's plan folds and this peer keeps no second copy of fc1 (411 MB)."""
     """Plan anew for moved speed figures in a child process of the lowest CPU priority
     (:mod:`edgeci_p2p.auction.aside`); off: in a thread of the daemon, which takes the
     CPU and the GIL from the requests it runs meanwhile (as before)."""

@@ -122,10 +122,9 @@ class PeerDaemon:
                 budget=None if budget is None else budget.bytes,
                 idle_s=cfg.weights_idle_s,
                 resident=vm_rss if cfg.count_resident else None,
+                fold=cfg.fold,  # fc1 laid out now, not on a first folded strip
             ),
         )
-        # fc1 laid out for folding now, not on a first folded strip (nn/fold.py).
-        await loop.run_in_executor(self.worker, store.prepare_folds)
         compute, cpus = await self._measured_compute(loop)
         bidder = own_bidder(
             self.node_id,

@@ -46,6 +46,7 @@ def job(planner: Planner, call: am.CallForBids, bids: Sequence[am.Bid]) -> dict[
         "strategy": planner.strategy,
         "spec": planner.spec.to_dict(),
         "shared_medium": planner.shared_medium,
+        "fold": getattr(planner, "fold", True),
         "own": None if own is None else own.to_dict(),
         "call": call.to_dict(),
         "bids": [b.to_dict() for b in bids],
@@ -82,7 +83,8 @@ class Child:
 
     def _planner(self, job: Mapping[str, Any]) -> Planner:
         key = json.dumps(
-            [job["kind"], job["strategy"], job["spec"], job["shared_medium"]], sort_keys=True
+            [job["kind"], job["strategy"], job["spec"], job["shared_medium"], job.get("fold")],
+            sort_keys=True,
         )
         own = None if job["own"] is None else ComputeModel.from_dict(job["own"])
         got = self._planners.pop(key, None)
@@ -90,7 +92,8 @@ class Child:
             spec = ModelSpec.from_dict(dict(job["spec"]))
             medium, strategy = bool(job["shared_medium"]), str(job["strategy"])
             if job["kind"] == "awas":
-                got = AwasPlanner(spec, shared_medium=medium, own=own, strategy=strategy)
+                fold = bool(job.get("fold", True))
+                got = AwasPlanner(spec, medium, own, strategy, fold=fold)
             elif own is None:
                 raise ValueError("a static planner needs the auctioneer's own model")
             else:

@@ -400,6 +400,8 @@ class AwasPlanner:
     min_share: float = 0.1
     max_exclusions: int = 2
     """Candidates that leave out the most backlogged peers (1, 2, ... of them)."""
+    fold: bool = True
+    """Let the head's first linear layer fold into the last stage (place_head)."""
     plan: Plan | None = None
     testbed: Testbed | None = None
     left_out: dict[str, str] = field(default_factory=dict)
@@ -453,7 +455,7 @@ class AwasPlanner:
             fresh = (idle_tb, first)
             # Judged against the candidates below with its head placed (or fc1 folded)
             # as theirs is: without, it ran with the head whole where folding was sooner.
-            first = place_head(first, self.spec, idle_tb)
+            first = place_head(first, self.spec, idle_tb, self.fold)
         span = predict_with_backlog(first, self.spec, idle_tb, backlog, self._work)
         candidates = [(first, idle_tb, left_idle)]
         still_good = (
@@ -571,7 +573,7 @@ class AwasPlanner:
         offsets = [backlog.get(n, 0.0) for n in tb.names]
         placed = place_strips(plan, ctx, offsets, judge)
         # The head last: strip placement rebuilds the plan with the head at home.
-        return place_head(placed, self.spec, tb), tb, left
+        return place_head(placed, self.spec, tb, self.fold), tb, left
 
 
 def _without_backlog(b: Bid) -> Bid:

@@ -102,7 +102,9 @@ class ModelStore:
         idle_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         resident: Callable[[], int | None] | None = None,
+        fold: bool = False,
     ) -> None:
+        """``fold``: lay out fc1 for folding at once (:meth:`prepare_folds`)."""
         weights = dict(weights or {})
         self.resident = resident
         self._base = None if resident is None else resident()
@@ -153,6 +155,8 @@ class ModelStore:
         trim_heap()
         self._executors: dict[tuple[str, int, int], FusedExecutor] = {}
         self._folds: dict[tuple[str, int, int], Fold] = {}
+        if fold:
+            self.prepare_folds()
 
     # ---- weights held -------------------------------------------------------------------
 

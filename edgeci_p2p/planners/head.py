@@ -54,7 +54,7 @@ def load_seconds(testbed: Testbed, d: int) -> float:
     return testbed.devices[d].head_load / LOAD_BYTES_PER_S
 
 
-def place_head(plan: Plan, spec: ModelSpec, testbed: Testbed) -> Plan:
+def place_head(plan: Plan, spec: ModelSpec, testbed: Testbed, fold: bool = True) -> Plan:
     """``plan`` with ``head_device`` set to the device that finishes the head soonest,
     if that beats the auctioneer by :data:`HEAD_MIN_GAIN` and :data:`HEAD_MIN_GAIN_S`;
     otherwise ``plan`` unchanged. ``predicted`` moves by the time saved.
@@ -68,7 +68,7 @@ def place_head(plan: Plan, spec: ModelSpec, testbed: Testbed) -> Plan:
     aid = testbed.auctioneer
     here_fits = testbed.devices[aid].fits_head()
     here = head_seconds(spec, testbed) + load_seconds(testbed, aid)
-    folded, fold_gain = fold_head(plan, spec, testbed) if here_fits else (plan, 0.0)
+    folded, fold_gain = fold_head(plan, spec, testbed) if here_fits and fold else (plan, 0.0)
     best, where = (here, aid) if here_fits else (float("inf"), aid)
     for d in range(len(testbed.devices)):
         if d != aid and testbed.devices[d].fits_head():
