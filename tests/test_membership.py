@@ -57,7 +57,7 @@ def test_rtt_is_the_least_recent_sample_so_queued_pongs_do_not_count() -> None:
 
 
 def test_link_probes_give_the_links_rate_and_leave_the_rtt_alone() -> None:
-    from edgeci_p2p.core.membership import PROBE_EVERY, PROBE_MIN, PROBE_WINDOW
+    from edgeci_p2p.core.membership import PROBE_EVERY, PROBE_SPACING, PROBE_WINDOW
 
     m = Membership("me")
     m.handshake("a", "10.0.0.2", 7420, "a", {}, 0.0, "static")
@@ -65,19 +65,30 @@ def test_link_probes_give_the_links_rate_and_leave_the_rtt_alone() -> None:
     assert not a.probe_due(0.2)  # the bare round trip first
     m.heartbeat("a", 0.5, rtt=0.002)
     assert a.probed_bandwidth is None and a.probe_due(1.0)
-    # 128 KiB on a 10 MB/s link: 13.1 ms beyond the 2 ms round trip; a pong that
-    # waited behind a busy peer's loop only makes a sample slower.
-    for k, extra in enumerate([0.0, 0.030, 0.0]):
-        m.probed("a", 1.0 + k, 131072, 0.002 + 131072 / 10e6 + extra)
+    # 128 KiB on a 10 MB/s link: 13.1 ms beyond the 2 ms round trip. A pong that
+    # waited behind a busy peer's loop (its start-up: 0.5 s) makes a sample slower.
+    t = 1.0
+    for extra in [0.5, 0.0, 0.030, 0.0]:
+        assert a.probe_due(t)
+        m.probed("a", t, 131072, 0.002 + 131072 / 10e6 + extra)
+        assert not a.probe_due(t + PROBE_SPACING / 2)
+        t += PROBE_SPACING
     assert a.probed_bandwidth == pytest.approx(10e6)
     assert a.rtt == pytest.approx(0.002)  # probes are not heartbeat RTT samples
-    assert a.alive(3.0)
-    assert len(a.probe_samples) == PROBE_MIN and not a.probe_due(3.5)
-    assert a.probe_due(3.0 + PROBE_EVERY)
+    assert a.alive(t)
+    # One measured against a round trip that was too long comes out too fast: outvoted.
+    m.probed("a", t, 131072, 0.0021)
+    assert a.probed_bandwidth == pytest.approx(10e6)
+    while len(a.probe_samples) < PROBE_WINDOW:
+        t += PROBE_SPACING
+        m.probed("a", t, 131072, 0.002 + 131072 / 10e6)
+    assert a.probed_bandwidth == pytest.approx(10e6)
+    # The window full, probes come once a minute.
+    assert not a.probe_due(t + PROBE_SPACING) and a.probe_due(t + PROBE_EVERY)
     # A probe no slower than the bare round trip says nothing about the rate.
     m.probed("a", 70.0, 131072, 0.001)
-    assert len(a.probe_samples) == PROBE_MIN
-    for k in range(PROBE_WINDOW):  # the link got slower: the old best ages out
+    assert len(a.probe_samples) == PROBE_WINDOW
+    for k in range(PROBE_WINDOW):  # the link got slower: the old samples age out
         m.probed("a", 100.0 + k, 131072, 0.002 + 131072 / 2e6)
     assert a.probed_bandwidth == pytest.approx(2e6)
     assert a.to_dict(110.0)["probed_mb_s"] == pytest.approx(2.0)
