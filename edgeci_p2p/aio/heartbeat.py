@@ -61,7 +61,7 @@ class Heartbeats:
         m = self.node.membership.members.get(peer)
         if m is not None and m.probed_bandwidth is not None:
             log.debug(
-                "link probe to %s: %.1f ms, best %.1f MB/s",
+                "link probe to %s: %.1f ms, rate %.1f MB/s",
                 peer,
                 (now - msg.echo) * 1e3,
                 m.probed_bandwidth / 1e6,

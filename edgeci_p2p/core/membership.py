@@ -8,7 +8,6 @@ member alive.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ RTT_WINDOW = 16
 PROBE_BYTES = 128 << 10
 """Padding of a link-probe ping: long enough for the link's rate to show in its RTT."""
 PROBE_WINDOW = 8
-"""Link-probe samples a member's ``probed_bandwidth`` is the median of."""
+"""Link-probe samples a member's ``probed_bandwidth`` is the best of."""
 PROBE_SPACING = 3.0
 """Seconds between probes until a member has PROBE_WINDOW of them (then one per
 PROBE_EVERY): spread out, so that no single busy moment makes the whole window."""
@@ -63,26 +62,29 @@ class Member:
     """Effective bytes/s fitted from those tiles (serialisation and hand-offs included)."""
     overhead: float | None = None
     """Fixed seconds per tile round trip fitted from them (beyond the ping RTT's share)."""
-    probe_samples: list[float] = field(default_factory=list)
-    """Bytes/s of recent link probes (a padded ping sent while this node was idle)."""
+    probe_samples: list[tuple[int, float]] = field(default_factory=list)
+    """(padding bytes, round trip) of recent link probes (a padded ping sent while this
+    node was idle)."""
     probed_at: float | None = None
 
     @property
     def probed_bandwidth(self) -> float | None:
-        """The link's rate: the median of the recent probes (the higher middle one).
+        """The link's rate: the best recent probe, each measured against the bare round
+        trip as known now.
 
         A probe errs both ways. A pong held up by a busy or CPU-capped peer makes it
         slower than the link: the three probes taken back to back when a connection
-        opened met each emulated peer's start-up (its planning child importing torch
-        in the same 0.13-core quota) and planned its link at 0.15-0.3 MB/s, on a 100
-        Mbit link, for whole benchmark runs; the planner then left that peer out. A
-        bare round trip measured high (heartbeats that waited on a capped peer's
-        quota) leaves the probe too little delay and makes it faster than the link:
-        27-83 MB/s were planned. The best probe kept the first error; the median of
-        probes spread out in time (:data:`PROBE_SPACING`) keeps neither."""
-        if not self.probe_samples:
-            return None
-        return statistics.median_high(self.probe_samples)
+        opened met each emulated peer's start-up and planned the slowest peer's link
+        at 0.15-0.3 MB/s, on a 100 Mbit link, for whole benchmark runs (the planner
+        then left that peer out); probes are now spread out (:data:`PROBE_SPACING`),
+        so one of them meets a quiet peer, and the best is kept. A bare round trip
+        still measured high (heartbeats that waited on a capped peer's quota) leaves a
+        probe too little delay and makes it faster than the link: 27-83 MB/s were
+        planned. The round trips kept here are each probe's own, so the rate is
+        worked out again as the bare round trip (the least heartbeat RTT) comes down."""
+        base = self.rtt if self.rtt is not None else 0.0
+        rates = [n / (rtt - base) for n, rtt in self.probe_samples if rtt > base]
+        return max(rates) if rates else None
 
     def probe_due(self, now: float) -> bool:
         """Time for a link probe (once the bare round trip is known: a probe's delay
@@ -205,10 +207,9 @@ class Membership:
             return
         m.last_heartbeat = now
         m.probed_at = now
-        base = m.rtt if m.rtt is not None else 0.0
-        if nbytes <= 0 or rtt <= base:
-            return  # no usable delay beyond the bare round trip
-        m.probe_samples.append(nbytes / (rtt - base))
+        if nbytes <= 0:
+            return
+        m.probe_samples.append((nbytes, rtt))
         del m.probe_samples[:-PROBE_WINDOW]
 
     def lost(self, node_id: str) -> None:
