@@ -129,13 +129,17 @@ def test_planned_links_take_measurements_and_change_only_past_2x() -> None:
     assert measured_link(m, 0.5, None) == (2e8, DEFAULT_TILE_OVERHEAD)  # the priors
     assert measured_link(m, 0.5, 11e6) == (11e6, 0.001)  # a known rate wins
     links = PlannedLinks()
-    m.probe_samples = [50e6]
+
+    def probe(rate: float) -> list[tuple[int, float]]:  # 128 KiB at ``rate`` past the rtt
+        return [(131072, m.rtt + 131072 / rate)]
+
+    m.probe_samples = probe(50e6)
     first = links.adjust(am.Bid("a", "peer", bandwidth=1e9, rtt=0.0), m)
     assert (first.bandwidth, first.rtt) == (m.probed_bandwidth, DEFAULT_TILE_OVERHEAD)
-    m.probe_samples = [80e6]  # within 2x: the planned figures hold (the plan cache hits)
+    m.probe_samples = probe(80e6)  # within 2x: the planned figures hold (the plan cache hits)
     assert links.adjust(am.Bid("b", "peer"), m).bandwidth == first.bandwidth
-    m.probe_samples = [120e6]  # past 2x: re-planned
-    assert links.adjust(am.Bid("c", "peer"), m).bandwidth == 120e6
+    m.probe_samples = probe(120e6)  # past 2x: re-planned
+    assert links.adjust(am.Bid("c", "peer"), m).bandwidth == pytest.approx(120e6)
     bid = am.Bid("d", "stranger", bandwidth=3.0, rtt=4.0)
     assert links.adjust(bid, None) is bid
 
