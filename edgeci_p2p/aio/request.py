@@ -193,8 +193,7 @@ class RequestRunner:
         try:
             for first, last in segments(plan):
                 # A folded last stage runs as strip jobs, which answer with fc1's sums.
-                fold = plan.fold_head and last == len(plan.stages) - 1
-                if first == last and not fold:
+                if first == last and not plan.folds_after(last):
                     cur = await self.stages.gather_stage(run, first, cur)
                 else:
                     cur = await self.stages.halo_segment(run, first, last, cur)

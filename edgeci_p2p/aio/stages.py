@@ -132,7 +132,7 @@ class Stages:
         job_id = first
         end = plan.stages[last]
         # fc1 folded into the last strips: each answers with its partial sums.
-        fold = plan.fold_head and last == len(plan.stages) - 1
+        fold = plan.folds_after(last)
         tasks: dict[int, asyncio.Future[torch.Tensor]] = {}
         sent: dict[int, StripJob] = {}
         px = run.pixels if plan.stages[first].start == 0 else None

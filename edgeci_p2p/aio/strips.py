@@ -114,15 +114,10 @@ def stage_pieces(spec: ModelSpec, st: StripStage) -> tuple[Piece, ...]:
     )
 
 
-def _timed_tile(store: ModelStore, *args: Any) -> tuple[Array, float, float]:
-    """Worker thread: a tile, its compute seconds, and the CPU seconds the process's
-    other threads ran meanwhile."""
-    y, started, stopped, others = timed(store.run_tile, *args)
-    return y, stopped - started, others
-
-
-def _timed_fold(store: ModelStore, *args: Any) -> tuple[Array, float, float]:
-    y, started, stopped, others = timed(store.fold, *args)
+def _timed_piece(work: Callable[..., Array], *args: Any) -> tuple[Array, float, float]:
+    """Worker thread: a piece of work (a tile, a fold), its compute seconds, and the CPU
+    seconds the process's other threads ran meanwhile."""
+    y, started, stopped, others = timed(work, *args)
     return y, stopped - started, others
 
 
@@ -137,8 +132,8 @@ async def _fold(
     t0, m = time.perf_counter(), time.monotonic()
     z, took, others = await asyncio.get_running_loop().run_in_executor(
         worker,
-        _timed_fold,
-        store,
+        _timed_piece,
+        store.fold,
         job.model,
         job.fingerprint,
         (job.input_hw[0], job.input_hw[1]),
@@ -272,8 +267,8 @@ async def run_strip_job(
                 try:
                     yp, took, others = await loop.run_in_executor(
                         worker,
-                        _timed_tile,
-                        store,
+                        _timed_piece,
+                        store.run_tile,
                         job.model,
                         job.fingerprint,
                         (job.input_hw[0], job.input_hw[1]),

@@ -663,9 +663,8 @@ def predict_with_backlog(
         replace(st, parts=tuple(Part(p.region, index[plan.devices[p.device]]) for p in st.parts))
         for st in plan.stages
     ]
-    n_stages = len(plan.stages)
     for first, last in segments(plan):
-        fold = plan.fold_head and last == n_stages - 1
+        fold = plan.folds_after(last)
         if first < last:
             # A strip-resident segment: the simulator's own segment model, with each
             # device computing nothing before its queue has drained.

@@ -119,6 +119,11 @@ class Plan:
     auctioneer sums them and runs the rest of the head. Needs the head on the
     auctioneer and a last stage of full-width row strips, one per device."""
 
+    def folds_after(self, last: int) -> bool:
+        """Whether the segment ending at stage ``last`` folds fc1 in (the last one, in a
+        plan with ``fold_head``)."""
+        return self.fold_head and last == len(self.stages) - 1
+
     @property
     def head_at(self) -> int:
         """The device that runs the head."""

@@ -330,9 +330,8 @@ def simulate(
     moved = 0
     via_auctioneer = 0
     ends: list[float] = []
-    n_stages = len(plan.stages)
     for first, last in segments(plan):
-        fold = plan.fold_head and last == n_stages - 1
+        fold = plan.folds_after(last)
         if first == last:
             st = plan.stages[first]
             tasks = stage_tasks(st, spec, testbed, work, fold)

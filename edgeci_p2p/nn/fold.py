@@ -10,8 +10,9 @@ the parts' sums, fc1's bias, and runs the rest of the head.
 The matching columns of a row block are scattered through fc1's weight (one run
 per channel), so the weight is kept a second time, laid out (row, channel, column,
 out): a row block is then one contiguous matrix and its product one
-matrix-vector multiply. That copy (411 MB for VGG-16) is made on a peer's first
-fold and kept as long as the weight it was made from is held.
+matrix-vector multiply. That copy (411 MB for VGG-16) is made at start
+(``ModelStore.prepare_folds``), else on a peer's first fold, and kept as long as the
+weight it was made from is held.
 
 Sums of parts are the unsplit layer's sums in another order: equal to float
 rounding, as every tiled result here is.
@@ -61,14 +62,16 @@ class Fold:
 
     def __init__(self, ex: FusedExecutor) -> None:
         self.ex = ex
-        self.node, _ = _fc1(ex)
+        self.node, lin = _fc1(ex)
+        self._target = next(n for n, m in ex.model.named_modules() if m is lin)
         self._lock = threading.Lock()
         self._made_from: weakref.ref[Tensor] | None = None
         self._blocks: Tensor | None = None
 
     def _linear(self) -> nn.Linear:
         # Looked up at call time: a budget-bound store may have loaded the head again.
-        _, lin = _fc1(self.ex)
+        lin = self.ex.model.get_submodule(self._target)
+        assert isinstance(lin, nn.Linear)
         return lin
 
     def blocks(self) -> Tensor:
