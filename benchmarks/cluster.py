@@ -79,6 +79,7 @@ from emulation import (
     machine_cores,
     make_layout,
 )
+from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
 
 from edgeci_p2p import planners
 from edgeci_p2p.core.cost import Testbed
@@ -735,6 +736,9 @@ class Bench:
         total = a.k * len(a.strategies.split(",")) * len(a.models.split(",")) * len(self.transports)
         results: list[dict[str, Any]] = []
         errors = 0
+        # Each result is charged the peers' CPU since the last one (benchmarks/peer_cpu.py).
+        cpu_before = read_peers(self.peer_pids)
+        warmed: set[str] = set()
         assert self.client.stdout is not None
         for line in self.client.stdout:
             try:
@@ -745,8 +749,14 @@ class Bench:
                 progress(f"  {ev['msg']}")
             elif ev["event"] == "error":
                 errors += 1
+                cpu_before = read_peers(self.peer_pids)
                 progress(f"  error: {ev}")
             else:
+                cpu_now = read_peers(self.peer_pids)
+                if ev["model"] in warmed:  # a model's first result carries its warm-up
+                    ev["cpu"] = charge(cpu_before, cpu_now, 1 + a.settle)
+                warmed.add(ev["model"])
+                cpu_before = cpu_now
                 results.append(ev)
                 progress(
                     f"  [{len(results) + errors}/{total}] {ev['model']} "
@@ -1128,6 +1138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = where_the_time_went(results)
     if where:
         print(time_table(where))
+    cpu_where = where_the_cpu_went(
+        results, lambda r: (r["model"], label(r["strategy"], transport_of(r)))
+    )
+    if cpu_where:
+        print(cpu_table(cpu_where))
     # The closing note ranks strategies within one transport: TLS, as shipped.
     note_rows = [r for r in rows if r.transport == kinds[0]]
     for line in closing_note(note_rows, diag, ceilings):
@@ -1142,6 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(
                 {
                     "where_the_time_went": where or None,
+                    "where_the_cpu_went": cpu_where or None,
                     "rows": [asdict(r) for r in rows],
                     "shaped": shaped,
                     "testbed": testbed.name,

@@ -20,7 +20,6 @@ import functools
 import logging
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from edgeci_p2p.aio.mailbox import Mailbox
 from edgeci_p2p.aio.node import Load, Node, Tasks
 from edgeci_p2p.aio.parts import Parts
 from edgeci_p2p.aio.replies import Replies
+from edgeci_p2p.aio.timed import worker_pool
 from edgeci_p2p.aio.tls import Listener, client_context, load_identity, server_context
 from edgeci_p2p.aio.weights import UNLIMITED, drop_idle_weights, holding
 from edgeci_p2p.aio.worker import PeerWorker
@@ -86,7 +86,7 @@ class PeerDaemon:
         self.bans = BanList()
         self.links = PlannedLinks(config.link_bandwidth)
         """The link figures this node plans each peer with (measured, with hysteresis)."""
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeci-tile")
+        self.worker = worker_pool()
         self.tasks = Tasks()
         self.port = config.port
         self.instance = secrets.token_hex(8)
