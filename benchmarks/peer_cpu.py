@@ -15,7 +15,8 @@ before it, ``--settle``) to the request's strategy. Threads are told apart by na
 
 ``/proc/<pid>/task/<tid>/stat`` counts in clock ticks (10 ms here), so the report sums
 a strategy's requests and divides (K = 10 with one settle request: 20 requests, half
-a millisecond), and leaves out each model's first request (its warm-up went before).
+a millisecond), and leaves out each arm's first request (model, strategy, transport):
+the model's warm-up and the arm's first plan went before it.
 """
 
 from __future__ import annotations
