@@ -7,8 +7,8 @@ charges the difference since the last one (that request and the unmeasured ones
 before it, ``--settle``) to the request's strategy. Threads are told apart by name:
 
 * ``loop``: the peer's main thread (its asyncio event loop);
-* ``compute``: the worker threads that run tiles, strips, folds and heads
-  (``edgeci-tile*``);
+* ``compute``: the worker thread that runs tiles, strips, folds and heads (named
+  ``edgeci-tile`` in the OS by the daemon, ``aio/timed.py``);
 * ``other``: every other thread of the peer (``asyncio.to_thread``, zeroconf...);
 * ``children``: the peer's child processes (the planning child, ``aio/aside.py``),
   while they live.
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeci_p2p.aio.timed import WORKER_NAME
+
 KINDS = ("loop", "compute", "other", "children")
-WORKER_PREFIX = "edgeci-tile"
-"""How the daemon names its compute worker threads (``thread_name_prefix``)."""
 
 
 def _stat_fields(text: str) -> tuple[str, list[str]]:
@@ -69,7 +69,7 @@ def read_peer(pid: int, proc: Path = Path("/proc"), tick: float | None = None) -
             continue  # the thread ended between the listing and the read
         if tid == str(pid):
             kind = "loop"
-        elif comm.startswith(WORKER_PREFIX):
+        elif comm.startswith(WORKER_NAME):
             kind = "compute"
         else:
             kind = "other"
