@@ -54,8 +54,15 @@ class PeerCPU:
         return PeerCPU(*(max(0.0, getattr(self, k) - getattr(before, k)) for k in KINDS))
 
 
-def read_peer(pid: int, proc: Path = Path("/proc"), tick: float | None = None) -> PeerCPU:
-    """``pid``'s CPU by kind now (zeros when it is gone)."""
+def read_peer(
+    pid: int,
+    proc: Path = Path("/proc"),
+    tick: float | None = None,
+    by_parent: Mapping[str, int] | None = None,
+) -> PeerCPU:
+    """``pid``'s CPU by kind now (zeros when it is gone); ``by_parent``: the ticks of
+    every live process by its parent's pid (:func:`_ticks_by_parent`), read here if not
+    given."""
     tick = tick or 1.0 / os.sysconf("SC_CLK_TCK")
     out = {k: 0 for k in KINDS}
     try:
@@ -74,27 +81,30 @@ def read_peer(pid: int, proc: Path = Path("/proc"), tick: float | None = None) -
         else:
             kind = "other"
         out[kind] += _ticks(fields)
-    out["children"] = sum(_ticks(f) for f in _children(pid, proc))
+    if by_parent is None:
+        by_parent = _ticks_by_parent(proc)
+    out["children"] = by_parent.get(str(pid), 0)
     return PeerCPU(*(out[k] * tick for k in KINDS))
 
 
-def _children(pid: int, proc: Path) -> list[list[str]]:
-    """The stat fields of ``pid``'s live child processes."""
-    found = []
+def _ticks_by_parent(proc: Path) -> dict[str, int]:
+    """The CPU ticks of every live process, summed by its parent's pid: one pass over
+    ``proc`` (it runs beside the next request, on the machine being measured)."""
+    found: dict[str, int] = {}
     for entry in os.listdir(proc):
-        if not entry.isdigit() or entry == str(pid):
+        if not entry.isdigit():
             continue
         try:
             _, fields = _stat_fields((proc / entry / "stat").read_text())
         except (OSError, ValueError):
-            continue
-        if fields[1] == str(pid):  # ppid
-            found.append(fields)
+            continue  # gone between the listing and the read
+        found[fields[1]] = found.get(fields[1], 0) + _ticks(fields)  # fields[1]: ppid
     return found
 
 
 def read_peers(pids: Sequence[int], proc: Path = Path("/proc")) -> list[PeerCPU]:
-    return [read_peer(p, proc) for p in pids]
+    by_parent = _ticks_by_parent(proc)
+    return [read_peer(p, proc, by_parent=by_parent) for p in pids]
 
 
 def charge(
