@@ -25,7 +25,7 @@ it (``ceiling_efficiency``; ``--no-ceiling`` skips it).
         [--cfs-period-ms 10] [--cgroup auto|v1|v2] [--no-ceiling]
         [--models vgg16,resnet34] [--strategies ...]
         [--chart docs/cluster-benchmark.png] [--unshaped] [--cleanup]
-        [--transport tls|plaintext|tls,plaintext]
+        [--transport tls|plaintext|tls,plaintext] [--profile-loops DIR]
 
 ``--transport tls,plaintext`` starts a second set of the same peers with
 ``--plaintext`` beside the TLS ones (same namespaces and cgroups, the next port,
@@ -82,6 +82,7 @@ from emulation import (
 from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
 
 from edgeci_p2p import planners
+from edgeci_p2p.aio.loop_profile import ENV as LOOP_PROFILE_ENV
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.planners.testbeds import load_testbed
 
@@ -562,6 +563,9 @@ class Bench:
         )
         if self.args.links == "measured" and self.link is not None:
             env["EDGECI_BENCH_LINK_BW"] = repr(self.link["bandwidth"])
+        if self.args.profile_loops is not None:
+            # Each peer writes DIR/loop.<its name> as it shuts down (aio/loop_profile.py).
+            env[LOOP_PROFILE_ENV] = str(self.args.profile_loops.resolve() / "loop")
         return env
 
     def uncapped_profile(self) -> None:
@@ -944,6 +948,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "each other) rather than each after the one before is ready",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
+    p.add_argument(
+        "--profile-loops",
+        type=Path,
+        metavar="DIR",
+        help="each peer writes a CPU-time profile of its event loop to DIR/loop.<name> "
+        "(pstats; profiling multiplies the loops' CPU by 2-5, so read shares, not times)",
+    )
     p.add_argument(
         "--peer-log-level",
         default="info",

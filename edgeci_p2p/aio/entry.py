@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from typing import Any
 
 from edgeci_p2p.aio.config import PeerConfig
 from edgeci_p2p.aio.daemon import PeerDaemon
+from edgeci_p2p.aio.loop_profile import start_loop_profile
 
 log = logging.getLogger("edgeci.peer")
 
@@ -56,7 +58,10 @@ def run_forever(
         notice = daemon.security_notice()
         if notice is not None:  # after the ready line, which scripts read first
             log.warning("%s", notice)
+        profile = start_loop_profile(os.environ, daemon.name)
         await stop.wait()
+        if profile is not None:
+            profile.stop()
         log.info("shutting down")
         await daemon.stop()
 
