@@ -5,6 +5,8 @@ model's, through the store and through real daemons."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -178,6 +180,20 @@ def test_partial_sums_of_the_strips_give_the_unsplit_logits(store: ModelStore) -
     with pytest.raises(WorkError, match="not rows"):
         store.fold("vgg11", fp, (224, 224), (0, 2), last[:, :, :3].numpy())
     assert store.prepare_folds() == ["vgg11"]
+
+
+def test_a_dropped_store_frees_its_fc1_copy_while_the_shared_weights_live() -> None:
+    # Stores of one process share their weights (nn/weights.py); the fold's copy of fc1
+    # (411 MB for VGG-16) must go with its store, not live as long as the weight does.
+    store = ModelStore(["vgg11"])
+    assert store.prepare_folds() == ["vgg11"]
+    fold = store._fold("vgg11", (224, 224))
+    weight, blocks = fold._linear().weight, weakref.ref(fold.blocks())
+    gone = weakref.ref(fold)
+    del store, fold
+    gc.collect()
+    assert gone() is None and blocks() is None
+    assert weight.shape[0] == 4096  # the shared weight itself is still there
 
 
 def test_a_model_whose_head_does_not_fold_is_refused() -> None:
