@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from edgeci_p2p.aio.auctioneer import Decision
@@ -185,6 +186,12 @@ async def cluster(
     finally:
         await stop_all(daemons)
 
+
+LOOPBACK_MDNS = pytest.mark.xdist_group("loopback-mdns")
+"""The mark of a test whose peers announce or browse mDNS on 127.0.0.1. ``make test``
+runs the suite on two workers (pytest-xdist, ``--dist loadgroup``); two such tests side
+by side see each other's peers (a cluster of three found seven), so this group runs
+them one after another on one worker."""
 
 # ---- driving a daemon from a test ------------------------------------------------------------
 

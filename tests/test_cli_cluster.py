@@ -16,7 +16,7 @@ import pytest
 
 from edgeci_p2p.demo import ready_port
 from edgeci_p2p.nn.images import sample_image_path
-from tests.daemons import peer_processes
+from tests.daemons import LOOPBACK_MDNS, peer_processes
 
 BIN = Path(sys.executable).parent
 
@@ -51,6 +51,7 @@ def infer_verified(peer: str, image: str, *options: str) -> Any:
 
 
 @pytest.mark.timeout(300)
+@LOOPBACK_MDNS
 def test_subprocess_cluster_over_mdns(peers: list[int], tmp_path: Path) -> None:
     entry = f"127.0.0.1:{peers[0]}"
     deadline = time.monotonic() + 30

@@ -25,7 +25,7 @@ from edgeci_p2p.wire.errors import ProtocolError
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import Peers, PeersResult
 from edgeci_p2p.wire.session import Channel, SessionConfig
-from tests.daemons import HOST, start_daemons, stop_all, wait_connected
+from tests.daemons import HOST, LOOPBACK_MDNS, start_daemons, stop_all, wait_connected
 
 KEY = b"doctor-test-cluster-key"
 OTHER_KEY = b"another-cluster-key-entirely"
@@ -104,6 +104,7 @@ def failing(findings: list[Finding], subject: str) -> list[Finding]:
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 @pytest.mark.one_loop
+@LOOPBACK_MDNS
 async def test_doctor_on_loopback_reports_each_problem_with_its_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -28,7 +28,7 @@ import pytest
 from edgeci_p2p import cli, peer_cli
 from edgeci_p2p.aio.daemon import PeerDaemon
 from edgeci_p2p.nn.images import sample_image_path
-from tests.daemons import stop_all, wait_connected
+from tests.daemons import LOOPBACK_MDNS, stop_all, wait_connected
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -252,6 +252,7 @@ async def _loopback(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@LOOPBACK_MDNS
 def test_loopback_block_and_python_example_run(tmp_path: Path) -> None:
     asyncio.run(_loopback(tmp_path))
 

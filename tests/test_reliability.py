@@ -22,6 +22,7 @@ from edgeci_p2p.wire.messages import InferRequest
 from edgeci_p2p.wire.session import SessionConfig
 from tests.daemons import (
     IMAGE,
+    LOOPBACK_MDNS,
     WAIT_S,
     assert_exact,
     blocked_worker,
@@ -183,6 +184,7 @@ async def test_beyond_capacity_gets_busy_instead_of_queueing() -> None:
 
 
 @pytest.mark.timeout(400)
+@LOOPBACK_MDNS
 def test_two_of_four_peers_sigkilled_with_six_requests_in_flight(tmp_path: Path) -> None:
     with peer_processes(tmp_path, 4, models="vgg16", ready_timeout=240) as peers:
         ref = reference("vgg16")
