@@ -87,7 +87,13 @@ class Connection:
     async def _read_more(self) -> None:
         timeout = self.read_timeout if self.session.buffered else None
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for runs the read as a
+            # task of its own (one per chunk of a large frame, on every peer's loop),
+            # and when that read finished in the iteration this task was cancelled it
+            # returned the data and dropped the cancellation. A connection's serve loop
+            # then read on, and a daemon shutting down waited for it forever.
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_SIZE)
         except TimeoutError:
             self.writer.write(
                 self.session.send(Error(int(ErrorCode.MALFORMED_FRAME), "read timeout mid-frame"))
