@@ -730,9 +730,10 @@ class Bench:
         if lay.netns:
             argv = ["ip", "netns", "exec", lay.peers[0].namespace, *argv]
         pinned = {p.cpu for p in lay.peers if p.cpu is not None}
-        if pinned:
-            # The peers have their cores; the client stays off them.
-            spare = [c for c in machine_cores() if c not in pinned]
+        spare = [c for c in machine_cores() if c not in pinned]
+        if pinned and spare:
+            # The peers have their cores; the client stays off them. (`--pin packed` on
+            # two cores leaves none spare: an empty list made taskset fail the run.)
             argv = ["taskset", "-c", ",".join(map(str, spare)), *argv]
         self.client = subprocess.Popen(
             argv, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -871,9 +872,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="assumed",
         help="assumed: as shipped (each link's rate from the peers' own link probes, "
         "else fitted from served tiles); measured: the fit's prior set to this benchmark's "
-        "link probe (benchmarks/peer_links.py); testbed: peers plan every link at the testbed's "
-        "(benchmarks/peer_links.py); testbed: peers plan every link at the testbed's "
-        "rate (edgeci-peer --link-mbit)",
+        "link probe (benchmarks/peer_links.py); testbed: peers plan every link at the "
+        "testbed's rate (edgeci-peer --link-mbit)",
     )
     p.add_argument(
         "--cpu-weight",

@@ -81,3 +81,16 @@ def test_the_daemons_worker_thread_carries_its_name_in_the_os() -> None:
 
     with worker_pool() as pool:
         assert pool.submit(comm).result() == WORKER_NAME
+
+
+def test_the_bare_clusters_table_sums_its_peers() -> None:
+    from loop_cpu import table
+
+    per_peer = [
+        {"loop": 10.0, "compute": 100.0, "other": 1.0, "children": 0.0},
+        {"loop": 5.5, "compute": 50.0, "other": 0.0, "children": 2.0},
+    ]
+    lines = table({"edgeci-halo": {"mean_ms": 300.0, "cpu_ms": per_peer}}).splitlines()
+    assert lines[0].split()[2:] == ["loop", "compute", "other", "children"]
+    assert [float(x) for x in lines[-1].split()[2:6]] == [15.5, 150.0, 1.0, 2.0]
+    assert len(lines) == 4  # a heading, a row per peer, the sum
