@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_cpu import KINDS, charge, read_peers
 
 from edgeci_p2p.aio.client import Client
-from edgeci_p2p.demo import BIN, ready_port
+from edgeci_p2p.demo import BIN, ready_port, stop_peers
 from edgeci_p2p.nn.images import sample_image_path
-
-
-def stop(procs: Sequence[subprocess.Popen[str]]) -> None:
-    """SIGTERM every peer; kill those still there after 20 s."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def drain(proc: subprocess.Popen[str]) -> None:
@@ -78,7 +63,7 @@ def start(
         try:
             ports.append(ready_port(procs[-1]))
         except RuntimeError:
-            stop(procs)
+            stop_peers(procs)
             raise
         threading.Thread(target=drain, args=(procs[-1],), daemon=True).start()
         print(f"peer{i} ready on port {ports[-1]}", file=sys.stderr, flush=True)
@@ -137,7 +122,7 @@ def main() -> None:
         try:
             found = asyncio.run(measure(args, [pr.pid for pr in procs], ports[0]))
         finally:
-            stop(procs)
+            stop_peers(procs)
     print(table(found))
     if args.json:
         print(json.dumps(found))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from edgeci_p2p.demo import _edgeci, ready, start_peer
+from edgeci_p2p.demo import _edgeci, ready, start_peer, stop_peers
 from edgeci_p2p.nn.images import sample_image_path
 
 MODELS = (
@@ -113,14 +112,7 @@ def main() -> int:
                             flush=True,
                         )
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_peers(procs, timeout=30)
     if args.json:
         print(json.dumps(rows))
     return 0 if rows and all(r.get("exact") for r in rows) else 1

@@ -100,6 +100,19 @@ def start_peer(
     )
 
 
+def stop_peers(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0) -> None:
+    """SIGTERM the peers still running; kill any that has not exited after ``timeout``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _edgeci(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
     """An ``edgeci`` subcommand (``args[0]``), with the demo's cluster key file."""
     argv = [str(BIN / "edgeci"), args[0], *(["--cluster-key-file", key] if key else []), *args[1:]]
@@ -228,14 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0 if ok else 1
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_peers(procs)
             _say("peers stopped")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -31,7 +30,7 @@ from edgeci_p2p.aio.auctioneer import Decision
 from edgeci_p2p.aio.client import Client
 from edgeci_p2p.aio.daemon import PeerConfig, PeerDaemon
 from edgeci_p2p.core.plan import Plan
-from edgeci_p2p.demo import MODEL, ready_port, start_peer
+from edgeci_p2p.demo import MODEL, ready_port, start_peer, stop_peers
 from edgeci_p2p.nn.images import decode, sample_image_path, to_input
 from edgeci_p2p.nn.runtime import shared_model
 from edgeci_p2p.wire.identity import Identity
@@ -263,17 +262,8 @@ class PeerProcess:
         return f"{HOST}:{self.port}"
 
 
-def stop_processes(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0) -> None:
-    """SIGTERM the peers still running; kill any that has not exited after ``timeout``."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+stop_processes = stop_peers
+"""SIGTERM the peers still running; kill any that has not exited after ``timeout``."""
 
 
 def seed_profile(cache: Path, threads: int = 1) -> Path:

@@ -49,7 +49,7 @@ async def test_a_recv_cancelled_as_its_read_completes_is_cancelled() -> None:
     frame = a.send(Ping(1, 0.0))
     reader.feed_data(frame[:5])  # half a frame: the next read runs under the read timeout
     task = asyncio.ensure_future(conn.recv())
-    for _ in range(5):
+    for _ in range(5):  # loop iterations, not time: the task reaches its read
         await asyncio.sleep(0)
     assert not task.done() and b.buffered
     reader.feed_data(frame[5:])
@@ -67,6 +67,6 @@ async def test_a_frame_arriving_in_pieces_is_one_message() -> None:
     task = asyncio.ensure_future(conn.recv())
     for i in range(0, len(frame), 3):
         reader.feed_data(frame[i : i + 3])
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration: the task takes each piece alone
     got = await task
     assert isinstance(got, Ping) and got.seq == 7
