@@ -269,3 +269,47 @@ def test_a_daemon_wakes_its_planning_child_on_its_own_load() -> None:
             await stop_all([d])
 
     asyncio.run(main())
+
+
+# Says it is ready, then ends at its first job without answering.
+_DIES_AT_ITS_JOB = (
+    "import json, sys; print(json.dumps({'ready': 'test'}), flush=True); "
+    "sys.stdin.readline(); sys.exit(5)"
+)
+
+
+def test_a_child_that_dies_in_a_job_is_replaced_and_says_how_it_ended() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    job = aside.job(_planners(spec, own)[0], call, bids)
+
+    async def main() -> None:
+        # A real child killed between jobs: the next job gets a new one, which answers.
+        planning = PlanningAside()
+        try:
+            await planning.decide(job)
+            first = planning._proc
+            assert first is not None
+            first.kill()
+            await first.wait()
+            with pytest.raises(AsideError, match=r"killed by SIGKILL|Broken pipe"):
+                await planning.decide(job)
+            assert planning.broken is None and planning.deaths == 1
+            await planning.decide(job)
+            assert planning._proc is not None and planning._proc is not first
+            assert planning.jobs == 2
+        finally:
+            await planning.close()
+        # Children that keep dying: replaced MAX_RESTARTS times, then it plans in a thread.
+        dying = PlanningAside([sys.executable, "-c", _DIES_AT_ITS_JOB])
+        for _ in range(aio_aside.MAX_RESTARTS):
+            with pytest.raises(AsideError, match=r"exited \(status 5\)"):
+                await dying.decide(job)
+            assert dying.broken is None
+        with pytest.raises(AsideError, match=r"status 5"):
+            await dying.decide(job)
+        assert dying.broken is not None and "4 children died" in dying.broken
+        with pytest.raises(AsideError):  # and stays so
+            await dying.decide(job)
+
+    asyncio.run(main())
