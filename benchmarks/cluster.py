@@ -667,6 +667,10 @@ class Bench:
             argv += ["--no-piece-cost"]
         if self.args.no_plan_aside:
             argv += ["--no-plan-aside"]
+        if self.args.plan_patience is not None:
+            argv += ["--plan-patience", str(self.args.plan_patience)]
+        if self.args.worker_nice is not None:
+            argv += ["--worker-nice", str(self.args.worker_nice)]
         if self.args.no_fold:
             argv += ["--no-fold"]
         if self.args.no_gc_freeze:
@@ -914,6 +918,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="peers never fold VGG's fc1 into the last strips (edgeci-peer --no-fold), "
         "for comparison",
+    )
+    p.add_argument(
+        "--plan-patience",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the peers' new plans wait for their daemon to fall idle "
+        "(edgeci-peer --plan-patience; default: the peer's own), for comparison",
+    )
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the peers' compute worker niceness (edgeci-peer --worker-nice N; default: "
+        "the peer's own default), for comparison",
     )
     p.add_argument(
         "--no-plan-aside",

@@ -15,6 +15,7 @@ from edgeci_p2p.meminfo import one_malloc_arena, parse_size
 if TYPE_CHECKING:
     from edgeci_p2p.aio.config import PeerConfig
 from edgeci_p2p.aio.config import parse_http
+from edgeci_p2p.auction.aside import PATIENCE_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
         "them, in the time this peer's requests leave idle)",
     )
     p.add_argument(
+        "--plan-patience",
+        type=float,
+        default=PATIENCE_S,
+        metavar="SECONDS",
+        help="how long a new plan for moved speed figures waits for this daemon to fall "
+        "idle before the planning child makes it anyway, beside the requests "
+        "(default %(default)g)",
+    )
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="niceness of the compute worker thread (Linux; 0-19): above 0 the event "
+        "loop, which sends the rows neighbours wait for, runs first whenever it has work "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--no-piece-cost",
         action="store_true",
         help="do not learn or bid a fixed cost per piece of work (by default a peer fits "
@@ -193,6 +212,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         calibrate_speed=not args.no_speed_calibration,
         learn_piece_cost=not args.no_piece_cost,
         plan_aside=not args.no_plan_aside,
+        worker_nice=args.worker_nice,
+        plan_patience_s=args.plan_patience,
         fold=not args.no_fold,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import astuple
@@ -81,6 +82,21 @@ def test_the_daemons_worker_thread_carries_its_name_in_the_os() -> None:
 
     with worker_pool() as pool:
         assert pool.submit(comm).result() == WORKER_NAME
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+def test_a_niced_worker_lowers_its_own_thread_only() -> None:
+    from edgeci_p2p.aio.timed import worker_pool
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    here = nice()
+    with worker_pool(min(here + 7, 19)) as pool:
+        assert pool.submit(nice).result() == min(here + 7, 19)
+    with worker_pool() as pool:
+        assert pool.submit(nice).result() == here
+    assert nice() == here  # the event loop's thread keeps its place
 
 
 def test_the_bare_clusters_table_sums_its_peers() -> None:

@@ -50,7 +50,11 @@ class BidDesk:
             RoundConfig(window=node.config.bid_window, reply_timeout=0.5, lease=5.0),
             shared_medium=node.config.shared_medium,
             aside=(
-                PlanningAside(busy=self._busy, changed=node.load.changed)
+                PlanningAside(
+                    busy=self._busy,
+                    patience_s=node.config.plan_patience_s,
+                    changed=node.load.changed,
+                )
                 if node.config.plan_aside
                 else None
             ),

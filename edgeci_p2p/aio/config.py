@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from edgeci_p2p.auction.aside import PATIENCE_S
 from edgeci_p2p.core.membership import DuplicateNodeError
 from edgeci_p2p.policy.deadlines import DeadlinePolicy
 
@@ -78,12 +79,18 @@ class PeerConfig:
     (:class:`edgeci_p2p.policy.calibration.PieceOverhead`) and bid them, so that plans
     price every stage a peer runs; off: pieces cost only their units (as before)."""
     plan_aside: bool = True
-    fold: bool = True
-    """Fold VGG's fc1 into the last strips where that is sooner (``nn/fold.py``); off,
-    no peer's plan folds and this peer keeps no second copy of fc1 (411 MB)."""
     """Plan anew for moved speed figures in a child process of the lowest CPU priority
     (:mod:`edgeci_p2p.auction.aside`); off: in a thread of the daemon, which takes the
     CPU and the GIL from the requests it runs meanwhile (as before)."""
+    plan_patience_s: float = PATIENCE_S
+    """How long a new plan waits for this daemon to fall idle before the child plans it
+    anyway (:func:`edgeci_p2p.auction.aside.hold`)."""
+    fold: bool = True
+    """Fold VGG's fc1 into the last strips where that is sooner (``nn/fold.py``); off,
+    no peer's plan folds and this peer keeps no second copy of fc1 (411 MB)."""
+    worker_nice: int = 0
+    """Niceness of the compute worker thread (``aio/timed.py``'s :func:`worker_pool`):
+    above 0, the event loop runs first whenever it has work."""
     plaintext: bool = False
     """No TLS (benchmarks and diagnosis only; both ends must say so). By default every
     connection is TLS 1.3 bound to the handshake (docs/protocol.md section 6)."""

@@ -86,7 +86,7 @@ class PeerDaemon:
         self.bans = BanList()
         self.links = PlannedLinks(config.link_bandwidth)
         """The link figures this node plans each peer with (measured, with hysteresis)."""
-        self.worker = worker_pool()
+        self.worker = worker_pool(config.worker_nice)
         self.tasks = Tasks()
         self.port = config.port
         self.instance = secrets.token_hex(8)

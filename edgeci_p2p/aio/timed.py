@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +34,35 @@ def name_thread(name: str) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
-def worker_pool() -> ThreadPoolExecutor:
-    """The one compute worker thread, named :data:`WORKER_NAME` (in the OS too)."""
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread niceness ``nice`` (Linux: a thread id is a process id to
+    ``setpriority``, so only this thread moves; raising one's own niceness needs no
+    privilege). Elsewhere, or refused: nothing."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+def _worker_start(nice: int) -> None:
+    name_thread(WORKER_NAME)
+    lower_thread_priority(nice)
+
+
+def worker_pool(nice: int = 0) -> ThreadPoolExecutor:
+    """The one compute worker thread, named :data:`WORKER_NAME` (in the OS too), at
+    niceness ``nice``.
+
+    A niced worker leaves the CPU to the event loop whenever the loop has work: on a
+    peer capped at a fraction of a core, the halo rows a neighbour waits for, the
+    answers to bids, the next piece handed to the worker all went out only as fast as
+    the loop's half of the quota beside a busy worker allowed. The loop sleeps most of
+    the time, and then the worker has the whole quota, niced or not."""
     return ThreadPoolExecutor(
         max_workers=1,
         thread_name_prefix=WORKER_NAME,
-        initializer=name_thread,
-        initargs=(WORKER_NAME,),
+        initializer=_worker_start,
+        initargs=(nice,),
     )
 
 
