@@ -69,6 +69,28 @@ async def test_strip_pieces_calibrate_apart_and_bids_carry_their_factor() -> Non
         assert halo.duration[conv] == pytest.approx(bid.strip_factor * bid.duration[conv])
 
 
+@pytest.mark.asyncio
+async def test_pieces_beside_the_planning_child_leave_the_calibration_alone() -> None:
+    """The daemon's own planning child (its CPU is not the daemon's threads', so
+    ``own_seconds`` cannot take it out) slowed the pieces it ran beside: not learnt."""
+    async with cluster(1, calibrate_speed=True) as (d,):
+        node = d.started
+        aside = d.parts.desk.auctioneer.refresh.aside
+        assert aside is not None and node.disturbed == aside.disturbing
+        work = [("conv", 2e9)]
+        seconds = node.profiled.seconds("conv", 2e9)  # type: ignore[union-attr]
+        many = int(6 * node.calibration.window_s / seconds) + 1  # 6 windows
+        aside.running = True
+        for _ in range(many):
+            node.served(work, 3 * seconds)
+        assert node.calibration.windows == 0 and node.calibration.slowdown == 1.0
+        aside.running = False
+        aside.ran_until = float("-inf")
+        for _ in range(many):
+            node.served(work, 3 * seconds)
+        assert node.calibration.slowdown > 1.0
+
+
 def test_a_bid_refuses_a_strip_factor_out_of_range() -> None:
     for bad in (0.1, 5.0, "x", True):
         with pytest.raises(MessageError, match="strip_factor"):

@@ -4,6 +4,7 @@ a job of plain JSON values, and the auctioneer keeps it for the next round."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -311,5 +312,36 @@ def test_a_child_that_dies_in_a_job_is_replaced_and_says_how_it_ended() -> None:
         assert dying.broken is not None and "4 children died" in dying.broken
         with pytest.raises(AsideError):  # and stays so
             await dying.decide(job)
+
+    asyncio.run(main())
+
+
+def test_pieces_timed_while_the_child_plans_are_not_calibrated_on() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    job = aside.job(_planners(spec, own)[0], call, bids)
+    now = [100.0]
+
+    async def main() -> None:
+        # Busy, and out of patience at once: the child plans beside the daemon's work.
+        planning = PlanningAside(busy=lambda: True, patience_s=0.0, clock=lambda: now[0])
+        try:
+            assert not planning.disturbing()
+            await planning.decide(job)
+            assert not planning.running and planning.ran_until == 100.0
+            assert planning.disturbing()  # its last CPU is a moment ago
+            now[0] += aio_aside.DISTURB_S
+            assert not planning.disturbing()
+            # Held for the whole job (patient, the daemon busy): it never disturbed.
+            patient = PlanningAside(busy=lambda: True, patience_s=1e9, clock=lambda: now[0])
+            got = asyncio.ensure_future(patient.decide(job))
+            await patient.held.wait()
+            assert not patient.running and not patient.disturbing()
+            got.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await got
+            await patient.close()
+        finally:
+            await planning.close()
 
     asyncio.run(main())

@@ -43,6 +43,9 @@ LOOK_S = 1.0
 was not signalled is caught this late at worst)."""
 
 
+DISTURB_S = 1.0
+"""A piece that ran up to this long after the child last took CPU may have shared
+it (a piece is 10-300 ms; a request on the emulated cluster 0.5-0.8 s)."""
 MAX_RESTARTS = 3
 """Children that died in a job are replaced this many times; then the auctioneer plans
 in a thread (something kills them, and a fourth would fare no better)."""
@@ -80,6 +83,10 @@ class PlanningAside:
         """Decisions the child has made (for tests and the logs)."""
         self.deaths = 0
         """Children that died in a job (each replaced, up to :data:`MAX_RESTARTS`)."""
+        self.running = False
+        """A job is in flight and the child is not stopped: it takes CPU now."""
+        self.ran_until = float("-inf")
+        """When (:attr:`clock`) the child last stopped taking CPU for a job."""
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
@@ -129,6 +136,18 @@ class PlanningAside:
         except (ValueError, KeyError, TypeError) as e:
             raise AsideError(str(e)) from e
 
+    def disturbing(self) -> bool:
+        """Whether the child runs a job now, or did within :data:`DISTURB_S`: the
+        daemon's pieces timed meanwhile shared its CPU with a plan (all of a quota's
+        idle moments, at ``SCHED_IDLE``). Calibrating on them slowed the peer's bids,
+        which asked for the next plan, which slowed the next pieces."""
+        return self.running or self.clock() - self.ran_until < DISTURB_S
+
+    def _mark(self, running: bool) -> None:
+        if self.running and not running:
+            self.ran_until = self.clock()
+        self.running = running
+
     async def _answer(self, proc: asyncio.subprocess.Process, since: float) -> bytes:
         """The child's answer line, the child stopped while the daemon is busy."""
         assert proc.stdout is not None
@@ -144,9 +163,11 @@ class PlanningAside:
                         proc.send_signal(signal.SIGSTOP if want else signal.SIGCONT)
                     held = want
                     (self.held.set if held else self.held.clear)()
+                self._mark(not held)
                 await self._next_look(reading, held, since)
             return reading.result()
         finally:
+            self._mark(False)
             reading.cancel()
             if held:
                 self.held.clear()

@@ -60,6 +60,8 @@ class BidDesk:
             ),
         )
         self.auctioneer.fold = node.config.fold
+        if self.auctioneer.refresh.aside is not None:
+            node.disturbed = self.auctioneer.refresh.aside.disturbing
         self.last_bids: dict[str, am.Bid] = {}
         """Each peer's last bid to this node (what it holds, its memory)."""
         self.probe_s: dict[str, float] = {}
