@@ -168,10 +168,7 @@ async def diagnose(opts: DoctorOptions) -> list[Finding]:
         if (s.host, s.port) not in {(h, p) for h, p, _ in targets}:
             targets.append((s.host, s.port, "mdns"))
     probes = await asyncio.gather(
-        *(
-            probe_peer(h, p, src, opts.key, opts.timeout, opts.plaintext)
-            for h, p, src in targets
-        )
+        *(probe_peer(h, p, src, opts.key, opts.timeout, opts.plaintext) for h, p, src in targets)
     )
     findings += peer_findings(probes, opts.key is not None)
     if not targets:
