@@ -193,6 +193,10 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         if not sep:
             raise ValueError(f"--weights {item!r}: expected MODEL=PATH")
         weights[model] = path
+    if not 0 <= args.worker_nice <= 19:
+        raise ValueError(f"--worker-nice {args.worker_nice}: 0-19 (a thread only lowers itself)")
+    if args.plan_patience < 0:
+        raise ValueError(f"--plan-patience {args.plan_patience}: seconds, at least 0")
     key = args.cluster_key_file.read_bytes().strip() if args.cluster_key_file else None
     return PeerConfig(
         host=args.host,

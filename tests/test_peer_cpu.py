@@ -110,3 +110,18 @@ def test_the_bare_clusters_table_sums_its_peers() -> None:
     assert lines[0].split()[2:] == ["loop", "compute", "other", "children"]
     assert [float(x) for x in lines[-1].split()[2:6]] == [15.5, 150.0, 1.0, 2.0]
     assert len(lines) == 4  # a heading, a row per peer, the sum
+
+
+def test_the_peer_flags_refuse_a_niceness_or_patience_out_of_range() -> None:
+    from edgeci_p2p.peer_cli import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    config = config_from_args(parse(["--worker-nice", "10", "--plan-patience", "2"]))
+    assert config.worker_nice == 10 and config.plan_patience_s == 2.0
+    for bad, what in (
+        (["--worker-nice", "-5"], "--worker-nice"),
+        (["--worker-nice", "20"], "--worker-nice"),
+        (["--plan-patience", "-1"], "--plan-patience"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            config_from_args(parse(bad))
