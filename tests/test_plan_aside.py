@@ -326,17 +326,17 @@ def test_pieces_timed_while_the_child_plans_are_not_calibrated_on() -> None:
         # Busy, and out of patience at once: the child plans beside the daemon's work.
         planning = PlanningAside(busy=lambda: True, patience_s=0.0, clock=lambda: now[0])
         try:
-            assert not planning.disturbing()
+            assert not planning.disturbing(10.0)
             await planning.decide(job)
             assert not planning.running and planning.ran_until == 100.0
-            assert planning.disturbing()  # its last CPU is a moment ago
-            now[0] += aio_aside.DISTURB_S
-            assert not planning.disturbing()
+            now[0] += 0.5
+            assert planning.disturbing(0.6)  # a piece that began before the child stopped
+            assert not planning.disturbing(0.4)  # one that began after
             # Held for the whole job (patient, the daemon busy): it never disturbed.
             patient = PlanningAside(busy=lambda: True, patience_s=1e9, clock=lambda: now[0])
             got = asyncio.ensure_future(patient.decide(job))
             await patient.held.wait()
-            assert not patient.running and not patient.disturbing()
+            assert not patient.running and not patient.disturbing(10.0)
             got.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await got

@@ -43,9 +43,6 @@ LOOK_S = 1.0
 was not signalled is caught this late at worst)."""
 
 
-DISTURB_S = 1.0
-"""A piece that ran up to this long after the child last took CPU may have shared
-it (a piece is 10-300 ms; a request on the emulated cluster 0.5-0.8 s)."""
 MAX_RESTARTS = 3
 """Children that died in a job are replaced this many times; then the auctioneer plans
 in a thread (something kills them, and a fourth would fare no better)."""
@@ -136,12 +133,13 @@ class PlanningAside:
         except (ValueError, KeyError, TypeError) as e:
             raise AsideError(str(e)) from e
 
-    def disturbing(self) -> bool:
-        """Whether the child runs a job now, or did within :data:`DISTURB_S`: the
-        daemon's pieces timed meanwhile shared its CPU with a plan (all of a quota's
-        idle moments, at ``SCHED_IDLE``). Calibrating on them slowed the peer's bids,
-        which asked for the next plan, which slowed the next pieces."""
-        return self.running or self.clock() - self.ran_until < DISTURB_S
+    def disturbing(self, within_s: float = 0.0) -> bool:
+        """Whether the child takes CPU for a job now, or did in the last ``within_s``
+        seconds: a piece of the daemon's that ran then shared its CPU with a plan (all
+        of a quota's idle moments, at ``SCHED_IDLE``). Calibrating on such pieces
+        slowed the peer's bids, which asked for the next plan, which slowed the next
+        pieces. A piece that starts after the child was stopped for it is not."""
+        return self.running or self.clock() - self.ran_until < within_s
 
     def _mark(self, running: bool) -> None:
         if self.running and not running:

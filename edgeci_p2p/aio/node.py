@@ -124,8 +124,9 @@ class Node:
     seconds the daemon's other threads ran meanwhile] (:meth:`own_piece`)."""
     profiled: ComputeModel | None = None
     """The compute model as profiled at start (``compute`` is it, calibrated)."""
-    disturbed: Callable[[], bool] = lambda: False
-    """Whether pieces timed now share the CPU with this daemon's own planning child
+    disturbed: Callable[[float], bool] = lambda within_s: False
+    """Whether a piece that ended now, ``within_s`` seconds long, shared the CPU with
+    this daemon's own planning child
     (:meth:`edgeci_p2p.aio.aside.PlanningAside.disturbing`): not calibrated on."""
 
     def __post_init__(self) -> None:
@@ -148,7 +149,7 @@ class Node:
         the neighbours' rows in and out, runs slower per FLOP than a tile. On the emulated
         cluster, one calibration fitted to both left the 0.2-core peer's strips 15-23%
         over their plan and the 0.13-core peer's tiles 25-30% under it."""
-        if not self.config.calibrate_speed or self.profiled is None or self.disturbed():
+        if not self.config.calibrate_speed or self.profiled is None or self.disturbed(seconds):
             return
         seconds = own_seconds(seconds, others_cpu_s, self.one_cpu)
         work = list(kind_flops)
