@@ -327,8 +327,47 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "devices": rs[-1]["devices"],
                 "stages": rs[-1]["stages"],
                 "decision": _most_common([x.get("decision") for x in rs]),
+                "older_plans": plan_ages(rs),
             }
         )
+    return out
+
+
+_PLAN_ROUND = re.compile(r" on (bids:[0-9a-f]+)")
+
+
+def plan_round(r: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The round whose bids a request's plan was made for (from its text) and the
+    request's own round (its testbed's name); None where a record has no such names.
+
+    A round whose bids moved only in speed runs the plan at hand, repriced, while the
+    planning child makes the new one (``auction/aside.py``); under back-to-back
+    requests that new plan waits up to 30 s for the daemon to fall idle."""
+    m = _PLAN_ROUND.search(str(r.get("plan_text") or ""))
+    believed = r.get("believed")
+    own = believed.get("name") if isinstance(believed, dict) else None
+    return (m.group(1) if m else None), (own if isinstance(own, str) else None)
+
+
+def plan_ages(rs: Sequence[dict[str, Any]]) -> tuple[int, int, int]:
+    """(requests whose plan was made for an earlier round's bids, requests with both
+    names, distinct plans among them)."""
+    pairs = [plan_round(r) for r in rs]
+    known = [(made, own) for made, own in pairs if made is not None and own is not None]
+    return sum(made != own for made, own in known), len(known), len({m for m, _ in known})
+
+
+def plan_age_lines(diag: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per distributed arm whose requests ran plans made for earlier rounds."""
+    out = []
+    for x in diag:
+        older, known, plans = x.get("older_plans") or (0, 0, 0)
+        if known and older and len(x["devices"]) > 1:
+            out.append(
+                f"{x['model']} {label(x['strategy'], x['transport'])}: {older} of {known} "
+                f"requests ran a plan made for an earlier round's bids ({plans} plan(s) "
+                "in all; a new one waits for the daemon to fall idle)"
+            )
     return out
 
 
@@ -1180,6 +1219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The closing note ranks strategies within one transport: TLS, as shipped.
     note_rows = [r for r in rows if r.transport == kinds[0]]
     for line in closing_note(note_rows, diag, ceilings):
+        print(line)
+    for line in plan_age_lines(diag):
         print(line)
     ratios = transport_ratios(diag)
     for line in ratio_lines(ratios):

@@ -102,3 +102,25 @@ def test_traced_results_give_medians_of_where_the_time_went() -> None:
     assert cats["planning"] == [0.0, None]
     text = time_table(got)
     assert "200/160" in text and "30/10" in text and "0/-" in text
+
+
+def test_the_report_counts_requests_that_ran_an_earlier_rounds_plan() -> None:
+    from cluster import plan_age_lines, plan_ages
+
+    def run(made: str, own: str) -> dict[str, object]:
+        return {
+            **_rec("edgeci-halo", 0.5, 0.45),
+            "devices": [0, 1, 2, 3],
+            "plan_text": f"edgeci-halo plan for vgg16 on bids:{made}: 5 stage(s), predicted 450 ms",
+            "believed": {"name": f"bids:{own}"},
+        }
+
+    rs = [run("aa01", "aa01"), run("aa01", "bb02"), run("aa01", "cc03"), run("dd04", "dd04")]
+    assert plan_ages(rs) == (2, 4, 2)
+    assert plan_ages([_rec("local", 1.0)]) == (0, 0, 0)  # no names: nothing counted
+    diag = diagnostics(rs + [_rec("local", t, 1.0) for t in (0.98, 1.0)])
+    lines = plan_age_lines(diag)
+    assert lines == [
+        "vgg16 edgeci-halo: 2 of 4 requests ran a plan made for an earlier round's bids "
+        "(2 plan(s) in all; a new one waits for the daemon to fall idle)"
+    ]
