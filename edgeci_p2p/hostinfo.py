@@ -162,6 +162,21 @@ def cpu_quota_cores(
     return min((q for q in quotas if q is not None), default=None)
 
 
+def cpu_limits_visible(
+    proc_cgroup: Path = PROC_CGROUP,
+    root: Path = CGROUP_ROOT,
+    mountinfo: Path | None = PROC_MOUNTINFO,
+) -> bool:
+    """Whether this process can read the CPU limit of its cgroup or a parent's: a
+    ``cpu.max`` (v2) or ``cpu.cfs_quota_us`` (v1) on the way up. When it can and
+    :func:`cpu_quota_cores` finds none, the process has no quota, whatever a spin on a
+    busy machine would make of its share (:func:`effective_quota`)."""
+    return any(
+        (d / ("cpu.max" if v == 2 else "cpu.cfs_quota_us")).is_file()
+        for d, v in cgroup_dirs("cpu", proc_cgroup, root, mountinfo)
+    )
+
+
 def cgroup_dirs(
     controller: str,
     proc_cgroup: Path = PROC_CGROUP,
@@ -240,8 +255,9 @@ def measured_cpu_share(
     """The share of one core this thread actually gets, measured by spinning.
 
     Where the cgroup files are not visible (``ip netns exec`` remounts /sys),
-    CPU time over wall time of a busy loop still shows a quota (or a machine so
-    loaded that a peer cannot keep its promises at full speed). Measured between
+    CPU time over wall time of a busy loop still shows a quota (and, as much, whatever
+    else ran on the cores meanwhile: :func:`effective_quota` asks it only there).
+    Measured between
     throttles (:func:`share_between_throttles`), so 0.35 s (three 100 ms periods)
     give the quota itself, not the quota plus or minus what the period the spin
     started in had left.
@@ -258,6 +274,35 @@ def measured_cpu_share(
         if now >= end_at:
             break
     return share_between_throttles(resumes, start, (last, cpu_clock()))
+
+
+SHARE_OF_A_QUOTA = 0.85
+"""A spin's share below this reads as a quota (:func:`effective_quota`)."""
+
+
+def effective_quota(
+    threads: int,
+    quota: Callable[[], float | None] = cpu_quota_cores,
+    visible: Callable[[], bool] = cpu_limits_visible,
+    spin: Callable[[], float] = measured_cpu_share,
+) -> float | None:
+    """The cores this peer's ``threads`` may use when fewer than they ask for: the
+    cgroup's quota where one can be read; where the cgroup files are hidden (``ip netns
+    exec`` mounts a fresh /sys), the share a spin gets (:func:`measured_cpu_share`);
+    None for no limit.
+
+    A spin is not asked where the files show no quota. On a machine busy for a moment
+    it reads the moment as a limit, and the peer keeps it for life: of the demo's three
+    peers starting together on two cores, the first measured 0.50 of a core while the
+    others loaded their weights, and bid twice its real times, so its plans predicted
+    up to 137 ms for requests served in 84-89 (a spin on a quiet machine said no
+    limit, and 74). Load that lasts is what each peer's online calibration
+    (``policy/calibration.py``) learns from the work it serves."""
+    q = quota()
+    if q is not None or visible():
+        return q
+    share = spin()
+    return share * threads if share < SHARE_OF_A_QUOTA else None
 
 
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))

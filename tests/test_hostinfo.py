@@ -9,7 +9,9 @@ import pytest
 from edgeci_p2p.hostinfo import (
     CgroupMount,
     cgroup_mounts,
+    cpu_limits_visible,
     cpu_quota_cores,
+    effective_quota,
     measured_cpu_share,
     quota_in,
     share_between_throttles,
@@ -209,3 +211,31 @@ def test_the_whole_spin_ratio_is_off_by_what_the_first_period_had_left() -> None
     assert cfs.cpu / (cfs.wall - w0) > 0.28
     cfs = FakeCFS(0.2, 0.1, 0.07, 0.0)
     assert measured_cpu_share(0.35, cfs.wall_clock, cfs.cpu_clock) == pytest.approx(0.2, rel=0.01)
+
+
+def test_limits_are_visible_where_a_quota_file_can_be_read(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("4:cpu,cpuacct:/peer\n")
+    sys = tmp_path / "sys"
+    _v1(sys / "cpu,cpuacct", -1)
+    _v1(sys / "cpu,cpuacct" / "peer", -1)
+    assert cpu_limits_visible(proc, sys, mountinfo=None)  # v1, no quota: visible
+    proc.write_text("0::/user.slice/peer\n")
+    _cgroup(sys / "user.slice" / "peer")  # v2 without the cpu controller: no cpu.max
+    assert not cpu_limits_visible(proc, sys, mountinfo=None)
+    (sys / "user.slice" / "cpu.max").write_text("max 100000\n")
+    _cgroup(sys)
+    assert cpu_limits_visible(proc, sys, mountinfo=None)  # a parent's says "max"
+    assert not cpu_limits_visible(tmp_path / "missing", sys, mountinfo=None)
+
+
+def test_a_spin_is_asked_only_where_no_limit_can_be_read() -> None:
+    def no_spin() -> float:
+        raise AssertionError("spun where the cgroup files said what the limit is")
+
+    assert effective_quota(1, lambda: 0.4, lambda: True, no_spin) == 0.4
+    # Files visible, no quota: a machine busy at start-up is not taken for a quota.
+    assert effective_quota(1, lambda: None, lambda: True, no_spin) is None
+    # Hidden files: the spin's share, for each thread; near a whole core, no limit.
+    assert effective_quota(2, lambda: None, lambda: False, lambda: 0.5) == 1.0
+    assert effective_quota(1, lambda: None, lambda: False, lambda: 0.9) is None

@@ -47,13 +47,7 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.core.cost import ComputeModel
 from edgeci_p2p.core.membership import BanList, Membership
-from edgeci_p2p.hostinfo import (
-    cpu_quota_cores,
-    machine_cpus,
-    machine_id,
-    measured_cpu_share,
-    one_cpu,
-)
+from edgeci_p2p.hostinfo import effective_quota, machine_cpus, machine_id, one_cpu
 from edgeci_p2p.meminfo import memory_budget, vm_rss
 from edgeci_p2p.nn.profiler import load_or_measure
 from edgeci_p2p.nn.runtime import ModelStore
@@ -200,10 +194,7 @@ class PeerDaemon:
         profile, _ = await loop.run_in_executor(self.worker, load_or_measure, threads, False, None)
         compute: ComputeModel = profile.compute
         self.profile_created = profile.created
-        quota = cpu_quota_cores()
-        if quota is None:
-            share = await loop.run_in_executor(self.worker, measured_cpu_share)
-            quota = share * threads if share < 0.85 else None
+        quota = await loop.run_in_executor(self.worker, effective_quota, threads)
         self.cpu_quota = quota
         if quota is not None and quota < threads:
             # Short profiling runs fit inside one CFS period's quota: scale to the cap.
