@@ -768,6 +768,7 @@ class Bench:
             "--key-file", str(self.key_file), "--expect-peers", str(len(lay.peers) - 1),
             "--k", str(a.k), "--models", a.models, "--strategies", a.strategies,
             "--gap", str(a.gap), "--settle", str(a.settle),
+            "--warmup-rounds", str(a.warmup_rounds), "--quiet", str(a.quiet),
             *(["--traces", str(a.traces)] if a.traces is not None else []),
         ]  # fmt: skip
         if lay.netns:
@@ -933,6 +934,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "each is measured in the CFS state its own kind leaves, not its predecessor's)",
     )
     p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=2,
+        help="unmeasured rounds of every strategy before the measured ones, in which the "
+        "peers calibrate their bids (default 2; 0 for none)",
+    )
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=5.0,
+        help="seconds with no request after the warm-up rounds, in which each auctioneer's "
+        "planning child plans on the calibrated bids (default 5; 0 for none)",
+    )
+    p.add_argument(
         "--gap",
         type=float,
         default=0.0,
@@ -1026,6 +1041,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.k = 2
     if args.k < 1:
         p.error("--k must be at least 1")
+    if args.warmup_rounds < 0 or args.quiet < 0:
+        p.error("--warmup-rounds and --quiet must be at least 0")
     try:
         transports(args.transport)
     except ValueError as e:

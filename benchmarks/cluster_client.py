@@ -19,6 +19,15 @@ after `modnn` or `edgeld`, which leave the entry peer's quota unspent, and in
 more often looked faster. So each measured request follows ``--settle`` (default
 1) unmeasured requests of its own strategy: every strategy is measured in the
 state it leaves behind itself, as in a service answering a stream of requests.
+Before the measured rounds, ``--warmup-rounds`` (default 2) unmeasured rounds of
+every strategy let the peers calibrate their bids on the work they serve, and
+``--quiet`` seconds (default 5) with no request let each auctioneer's planning
+child plan anew on those bids: a new plan waits for its daemon to fall idle (up to
+30 s), and without the pause a short run measured every request on the plan its
+first auction made from the peers' profiles, 10-15% slower than one made on the
+calibrated bids (docs/cluster-benchmark.md, twenty-first session). So the measured
+requests are those of a service past its first minute, not its first seconds.
+
 ``--gap`` seconds of quiet before each request (default 0, back to back) refill
 every quota instead, which gives every request a burst at full-core speed that a
 real device of that speed does not have.
@@ -125,6 +134,14 @@ async def measure(args: argparse.Namespace) -> int:
             for c in clients.values():
                 for strategy in args.warmup.split(","):
                     await c.infer(x, model=model, strategy=strategy)
+            # See the module docstring: rounds that calibrate, then quiet to plan in.
+            for rep in range(args.warmup_rounds):
+                for strategy, transport in arms(strategies, list(clients), -1 - rep):
+                    with contextlib.suppress(ClientError, TimeoutError):
+                        await clients[transport].infer(x, model=model, strategy=strategy)
+            if args.warmup_rounds and args.quiet > 0:
+                emit(event="status", msg=f"quiet {args.quiet:g} s: the peers plan anew")
+                await asyncio.sleep(args.quiet)
             for rep in range(args.k):
                 for strategy, transport in arms(strategies, list(clients), rep):
                     c = clients[transport]
@@ -211,6 +228,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="unmeasured requests of the same strategy just before each measured one",
     )
     p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=2,
+        help="unmeasured rounds of every strategy before the measured ones (default 2)",
+    )
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=5.0,
+        help="seconds with no request after the warm-up rounds, for the peers to plan on "
+        "their calibrated bids (default 5)",
+    )
+    p.add_argument(
         "--traces",
         help="trace every measured request (infer_request.trace) and keep its Chrome trace "
         "and timeline as DIR/MODEL-STRATEGY-REP.json",
@@ -218,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the cluster")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     args = p.parse_args(argv)
+    if args.warmup_rounds < 0 or args.quiet < 0:
+        p.error("--warmup-rounds and --quiet must be at least 0")
     try:
         entry_peers(args)
     except ValueError as e:

@@ -5,6 +5,7 @@ client's command lines are built and parsed, the client's output is faked."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
@@ -77,6 +78,7 @@ def test_the_client_is_told_both_entry_peers_and_rows_keep_their_transport(
     results = bench.measure()
     argv = seen[0]
     args = cluster_client.parse_args(argv[argv.index(str(cluster.CLIENT)) + 1 :])
+    assert (args.warmup_rounds, args.quiet) == (2, 5.0)  # cluster.py's defaults, passed on
     peer0 = bench.layout.peers[0].address
     assert cluster_client.entry_peers(args) == {
         "tls": f"{peer0}:7420",
@@ -117,3 +119,64 @@ def test_a_bad_transport_is_refused(spec: str) -> None:
         cluster_client.parse_args(["--peer", "a:1", "--transports", spec])
     with pytest.raises(SystemExit):  # plaintext asked, no plaintext entry peer given
         cluster_client.parse_args(["--peer", "a:1", "--transports", "tls,plaintext"])
+
+
+def test_the_client_warms_up_every_strategy_then_leaves_the_peers_quiet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent: list[tuple[str, str, bool]] = []  # (transport, strategy, traced)
+    quiet: list[float] = []
+
+    class FakeReply:
+        def __init__(self) -> None:
+            self.timing = {"total": 0.5}
+            self.plan: dict[str, Any] = {"predicted": 0.5, "stages": []}
+            self.trace = None
+
+    class FakeClient:
+        def __init__(self, address: str, **kw: Any) -> None:
+            self.transport = "plaintext" if kw.get("plaintext") else "tls"
+
+        async def __aenter__(self) -> FakeClient:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def infer(self, x: Any, model: str, strategy: str, trace: bool = False) -> Any:
+            sent.append((self.transport, strategy, trace))
+            return FakeReply()
+
+    async def no_wait(*a: Any, **kw: Any) -> int:
+        return 0
+
+    async def sleep(seconds: float) -> None:
+        quiet.append(seconds)
+
+    monkeypatch.setattr(cluster_client, "Client", FakeClient)
+    monkeypatch.setattr(cluster_client, "wait_for_cluster", no_wait)
+    monkeypatch.setattr(cluster_client.asyncio, "sleep", sleep)
+    args = cluster_client.parse_args(
+        ["--peer", "a:1", "--plaintext-peer", "a:2", "--transports", "tls,plaintext",
+         "--models", "vgg16", "--strategies", "edgeci,local", "--k", "1", "--settle", "0",
+         "--warmup-rounds", "2", "--quiet", "4"]
+    )  # fmt: skip
+    assert asyncio.run(cluster_client.measure(args)) == 0
+    pairs = {(t, s) for t in ("tls", "plaintext") for s in ("edgeci", "local")}
+    # The --warmup request on each transport, then two rounds of every pair, then quiet.
+    assert sent[:2] == [("tls", "edgeci", False), ("plaintext", "edgeci", False)]
+    rounds = [(t, s) for t, s, _ in sent[2:10]]
+    assert set(rounds[:4]) == pairs and set(rounds[4:]) == pairs
+    measured = sent[10:]
+    assert {(t, s) for t, s, _ in measured} == pairs and len(measured) == 4
+    assert quiet[0] == 4.0  # before any measured request (gap 0 sleeps after it)
+    assert sum(1 for line in capsys.readouterr().out.splitlines() if '"result"' in line) == 4
+
+
+def test_the_warm_up_flags_reach_the_client_and_refuse_negatives(bench: Bench) -> None:
+    seen = cluster.parse_args(["--warmup-rounds", "3", "--quiet", "2.5"])
+    assert (seen.warmup_rounds, seen.quiet) == (3, 2.5)
+    with pytest.raises(SystemExit):
+        cluster.parse_args(["--quiet", "-1"])
+    with pytest.raises(SystemExit):
+        cluster_client.parse_args(["--peer", "a:1", "--warmup-rounds", "-1"])
