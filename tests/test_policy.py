@@ -280,3 +280,36 @@ def test_new_speed_figures_get_the_old_plan_at_once_and_the_new_one_next() -> No
     strict(call, _bids(1.0))
     strict(call, _bids(1.3))
     assert (strict.stale, strict.misses, strict.pending) == (0, 2, None)
+
+
+def test_small_moves_are_priced_into_the_plan_at_hand_and_planned_for_once_they_add_up() -> None:
+    inner = _CountingPlanner()
+    cached = decider.CachedDecider(inner)  # type: ignore[arg-type]
+    call = am.CallForBids("auc", "me", "fp", (am.WorkItem("i0", {"conv": 1}),), window=0.1)
+    first = cached(call, _bids(1.0))
+    # Link estimates a few percent and a millisecond off, a speed 5% off: the plan at
+    # hand answers (stale) and nothing is left to plan in the child.
+    jitter = [replace(b, bandwidth=b.bandwidth * 1.1, rtt=b.rtt + 0.001) for b in _bids(1.05)]
+    assert cached(call, jitter) == first
+    assert (len(inner.calls), cached.stale, cached.pending) == (1, 1, None)
+    # Drift is measured from the bids the plan was made for: 1.05, 1.10, then 1.2 of the
+    # first speed is past MATERIAL_SPEED, and the round is left to plan anew.
+    assert cached(call, _bids(1.1)) == first and cached.pending is None
+    assert cached(call, _bids(1.2)) == first and cached.pending is not None
+    assert cached.refresh() and len(inner.calls) == 2
+
+
+def test_what_moves_materially() -> None:
+    call = am.CallForBids("auc", "me", "fp", (am.WorkItem("i0", {"conv": 1}),), window=0.1)
+    key = decider.CachedDecider.key
+    bids = [replace(b, bandwidth=12e6) for b in _bids(1.0)]
+    base = key(call, bids)
+
+    def moved(**change: float) -> bool:
+        return decider.moved_materially(base, key(call, [replace(b, **change) for b in bids]))
+
+    assert not moved(piece_s=0.0015) and moved(piece_s=0.0025)
+    assert not moved(rtt=0.0025) and moved(rtt=0.0035)
+    assert not moved(bandwidth=12e6 * 1.2) and moved(bandwidth=12e6 * 1.3)
+    slower = [replace(b, bandwidth=12e6) for b in _bids(1.0 / 1.16)]
+    assert decider.moved_materially(base, key(call, slower))

@@ -76,6 +76,56 @@ Entry = tuple[Mapping[str, tuple[am.WorkItem, ...]], Plan | None, Testbed | None
 Pending = tuple[am.CallForBids, tuple[am.Bid, ...], tuple[Any, ...]]
 """A round whose decision is still to be made: its call, its bids, their cache key."""
 
+MATERIAL_SPEED = 0.15
+"""A stale round is planned anew only when a bid's priced duration of some item moved
+by more than this fraction since the bids the plan at hand was made for (or one of
+:data:`MATERIAL_PIECE_S`, :data:`MATERIAL_BANDWIDTH`, :data:`MATERIAL_RTT_S`; see
+:func:`moved_materially`)."""
+MATERIAL_PIECE_S = 0.002
+"""... or a bid's fixed seconds per piece by more than this."""
+MATERIAL_BANDWIDTH = 0.25
+"""... or a link's bandwidth by more than this fraction."""
+MATERIAL_RTT_S = 0.003
+"""... or a link's round trip by more than this."""
+
+
+def moved_materially(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    """Whether the bids of :meth:`CachedDecider.key` ``new`` differ from those of ``old``
+    (of the same :meth:`CachedDecider.shape`) enough to plan for them anew.
+
+    The bids' figures move every round: link estimates by a few percent (a capped
+    peer's round trip by milliseconds), priced durations with them, memory by bytes.
+    Each new figure was a new plan in the planning child, which runs inside the
+    auctioneer's quota: in a default run of ``benchmarks/cluster.py`` (all strategies,
+    back to back) the child took 12-35 ms of the 0.4-core auctioneer's CPU per VGG-16
+    request of every strategy (226 per ModNN request), about a sixth of its quota, for
+    plans that moved little. Small moves are priced into the plan at hand (its
+    prediction stays true) and the plan is made anew once they add up past these
+    bounds (measured from the bids the plan at hand was made for, so drift counts)."""
+    for a, b in zip(old[:-1], new[:-1], strict=True):
+        (durations_a, piece_a), (durations_b, piece_b) = a[2], b[2]
+        if abs(piece_a - piece_b) > MATERIAL_PIECE_S:
+            return True
+        before, after = dict(durations_a), dict(durations_b)
+        if before.keys() != after.keys():
+            return True
+        for item, t in before.items():
+            u = after[item]
+            if t <= 0.0 or u <= 0.0:
+                if t != u:
+                    return True
+            elif max(t / u, u / t) > 1.0 + MATERIAL_SPEED:
+                return True
+        bw_a, bw_b = a[3], b[3]
+        if bw_a <= 0.0 or bw_b <= 0.0:
+            if bw_a != bw_b:
+                return True
+        elif max(bw_a / bw_b, bw_b / bw_a) > 1.0 + MATERIAL_BANDWIDTH:
+            return True
+        if abs(a[4] - b[4]) > MATERIAL_RTT_S:
+            return True
+    return False
+
 
 class CachedDecider:
     """Remembers decisions by the bids they were made from (noise rounded away).
@@ -84,8 +134,9 @@ class CachedDecider:
     here), longer than a ResNet-34 forward; an unchanged cluster (same measured
     speeds and links, backlogs within 10 ms) gets the same plan back at once. When
     only the speed or link figures moved (a peer recalibrated, a link was measured
-    anew), the round gets the plan for the old figures at once, and the new ones are
-    planned off its path (:meth:`take_pending`, or :meth:`refresh` here).
+    anew), the round gets the plan for the old figures at once, priced on the new
+    ones, and, where they moved materially (:func:`moved_materially`), the new ones
+    are planned off its path (:meth:`take_pending`, or :meth:`refresh` here).
     """
 
     def __init__(
@@ -145,7 +196,8 @@ class CachedDecider:
                 # on this request's critical path; the plan for the old figures is close
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
-                self.pending = (call, tuple(bids), k)
+                if moved_materially(near, k):
+                    self.pending = (call, tuple(bids), k)
                 hit = self._repriced(self._memo[near], call, bids)
             else:
                 self.misses += 1
