@@ -95,13 +95,15 @@ def moved_materially(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
 
     The bids' figures move every round: link estimates by a few percent (a capped
     peer's round trip by milliseconds), priced durations with them, memory by bytes.
-    Each new figure was a new plan in the planning child, which runs inside the
-    auctioneer's quota: in a default run of ``benchmarks/cluster.py`` (all strategies,
-    back to back) the child took 12-35 ms of the 0.4-core auctioneer's CPU per VGG-16
-    request of every strategy (226 per ModNN request), about a sixth of its quota, for
-    plans that moved little. Small moves are priced into the plan at hand (its
+    Each new figure was a job for the planning child, which runs inside the
+    auctioneer's quota (in a default run of ``benchmarks/cluster.py``, all strategies
+    back to back, the child took 12-35 ms of the 0.4-core auctioneer's CPU per VGG-16
+    request of every strategy). Small moves are priced into the plan at hand (its
     prediction stays true) and the plan is made anew once they add up past these
-    bounds (measured from the bids the plan at hand was made for, so drift counts)."""
+    bounds (measured from the bids the plan at hand was made for, so drift counts).
+    Measured, this left the child's CPU where it was (docs/cluster-benchmark.md,
+    twenty-second session): most of its plans there follow calibration steps, which
+    are material."""
     for a, b in zip(old[:-1], new[:-1], strict=True):
         (durations_a, piece_a), (durations_b, piece_b) = a[2], b[2]
         if abs(piece_a - piece_b) > MATERIAL_PIECE_S:
