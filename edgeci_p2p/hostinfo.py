@@ -257,10 +257,9 @@ def measured_cpu_share(
     Where the cgroup files are not visible (``ip netns exec`` remounts /sys),
     CPU time over wall time of a busy loop still shows a quota (and, as much, whatever
     else ran on the cores meanwhile: :func:`effective_quota` asks it only there).
-    Measured between
-    throttles (:func:`share_between_throttles`), so 0.35 s (three 100 ms periods)
-    give the quota itself, not the quota plus or minus what the period the spin
-    started in had left.
+    Measured between throttles (:func:`share_between_throttles`), so 0.35 s (three
+    100 ms periods) give the quota itself, not the quota plus or minus what the period
+    the spin started in had left.
     """
     start = (wall_clock(), cpu_clock())
     end_at = start[0] + seconds
