@@ -30,7 +30,7 @@ from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.aio.tiles import Tile, TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.core.geometry import Region, Span, full_region, trace
-from edgeci_p2p.core.plan import Plan
+from edgeci_p2p.core.plan import Stage
 from edgeci_p2p.core.timeline import Offset
 from edgeci_p2p.nn.executor import crop, stitch
 from edgeci_p2p.policy.deadlines import strip_job_seconds
@@ -59,8 +59,10 @@ class Stages:
     ) -> None:
         self.node, self.mesh, self.replies = node, mesh, replies
         self.tiles, self.worker, self.auctioneer = tiles, worker, auctioneer
-        self._jobs: dict[tuple[int, int, int], tuple[Plan, list[str], SegmentJobs | None]] = {}
-        """The strip jobs of recent plans' halo segments (by plan identity)."""
+        self._jobs: dict[
+            tuple[int, int, int], tuple[tuple[Stage, ...], list[str], SegmentJobs | None]
+        ] = {}
+        """The strip jobs of recent plans' halo segments (by their stages' identity)."""
 
     async def gather_stage(self, run: RequestRun, si: int, cur: torch.Tensor) -> torch.Tensor:
         """One stage the star way: each part's input slab out from here, its output back."""
@@ -213,15 +215,21 @@ class Stages:
     def _segment_jobs(self, run: RequestRun, first: int, last: int) -> SegmentJobs | None:
         """:func:`strip_jobs` of the plan's segment, once per plan: a cached decision
         hands one plan to request after request, and tracing every strip again cost
-        ~2 ms of CPU (5 ms on the emulated 0.4-core auctioneer) before any job left."""
-        key = (id(run.plan), first, last)
+        ~2 ms of CPU (5 ms on the emulated 0.4-core auctioneer) before any job left.
+
+        Keyed by the plan's stages, which is all the jobs are made of: a plan answered
+        for moved bids is the remembered one priced anew (``dataclasses.replace`` of
+        its prediction), a new object with the same stages, request after request. Keyed
+        by the plan itself, every such request missed."""
+        stages = run.plan.stages
+        key = (id(stages), first, last)
         hit = self._jobs.get(key)
-        if hit is not None and hit[0] is run.plan and hit[1] == run.nodes:
+        if hit is not None and hit[0] is stages and hit[1] == run.nodes:
             return hit[2]
         jobs = strip_jobs(run.spec, run.plan, first, last, run.nodes)
         if len(self._jobs) >= JOBS_KEPT:
             del self._jobs[next(iter(self._jobs))]
-        self._jobs[key] = (run.plan, list(run.nodes), jobs)
+        self._jobs[key] = (stages, list(run.nodes), jobs)
         return jobs
 
     def _strip_deadline(
