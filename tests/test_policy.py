@@ -88,6 +88,28 @@ def test_tile_prediction_uses_the_plans_device_and_link_else_this_node() -> None
     assert strip_job_seconds(tb, "b", spec, rows, 10_000, own) == pytest.approx(on_b)
 
 
+def test_a_strip_jobs_prediction_traces_each_strip_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request prices the strip jobs it sends (their deadlines): the strips are
+    traced once, and the price is the traced one, stage by stage, to the bit."""
+    import edgeci_p2p.policy.deadlines as deadlines
+
+    spec = spec_for("vgg16", 64, 64)
+    tb = _testbed()
+    job = [(0, 3, (5, 19)), (3, 6, (3, 9)), (6, 8, (1, 4))]
+    model = tb.devices[1].compute
+    want = tb.links[1].seconds(1000) + sum(
+        model.trace_seconds(trace(spec, a, b, Region(Span(*rows), Span(0, spec.shape_at(b)[2]))))
+        for a, b, rows in job
+    )
+    traced: list[int] = []
+    real = deadlines.trace
+    monkeypatch.setattr(deadlines, "trace", lambda *a: traced.append(1) or real(*a))
+    deadlines._FLOPS.clear()
+    for _ in range(3):
+        assert strip_job_seconds(tb, "b", spec, job, 1000, None) == want
+    assert len(traced) == len(job)
+
+
 # ---- fallbacks and forwarding -----------------------------------------------------------------
 
 
