@@ -17,6 +17,7 @@ from edgeci_p2p.core.plan import (
     PlanError,
     Stage,
     covers_exactly,
+    same_work,
     single_stage,
     strip_stage,
     validate,
@@ -47,6 +48,17 @@ def test_good_plan_validates_and_round_trips_through_cbor_and_json() -> None:
     validate(p, SPEC)
     assert Plan.from_dict(cbor2.loads(cbor2.dumps(p.to_dict()))) == p
     assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_a_plan_priced_anew_does_the_same_work_and_a_changed_one_does_not() -> None:
+    p = good_plan()
+    assert same_work(p, p) and not same_work(None, p)
+    assert same_work(p, replace(p, predicted=2.5, notes={"decision": "stale"}))
+    # Equal stages in a new tuple are not taken on trust (only a repricing keeps them).
+    assert not same_work(p, replace(p, stages=(*p.stages[:-1], p.stages[-1])))
+    assert not same_work(p, replace(p, devices=("a", "c", "b")))
+    assert not same_work(p, replace(p, auctioneer=1))
+    assert not same_work(p, replace(p, head_device=2))
 
 
 def test_readable_form_names_every_stage_device_and_the_head() -> None:

@@ -276,6 +276,20 @@ def covers_exactly(regions: Sequence[Region], height: int, width: int) -> bool:
     return True
 
 
+def same_work(old: Plan | None, plan: Plan) -> bool:
+    """Whether ``plan`` does what ``old`` does: it is ``old``, or ``old`` priced anew (a
+    decision for moved bids answers with its remembered plan, its prediction replaced:
+    a new object each request with the same stages, devices and head). A check of
+    ``old`` holds for it."""
+    if old is None:
+        return False
+    return old is plan or (
+        old.stages is plan.stages
+        and (old.model, old.devices, old.auctioneer, old.head_device, old.fold_head)
+        == (plan.model, plan.devices, plan.auctioneer, plan.head_device, plan.fold_head)
+    )
+
+
 def validate(plan: Plan, spec: ModelSpec) -> None:
     """Raise :class:`PlanError` unless ``plan`` computes ``spec`` completely and consistently.
 
