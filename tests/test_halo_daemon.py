@@ -143,10 +143,14 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         assert_exact(logits, reference())
         assert timing["retries"] == 0
         assert set(timing["compute"]) == {d.node_id for d in daemons}  # type: ignore[arg-type]
-        # The same plan again (a cached decision's): its strip jobs are not traced anew.
+        # The same plan again (a cached decision's), or priced anew (a stale one's): its
+        # strip jobs are not traced anew.
         kept = dict(daemons[0].parts.runner.stages._jobs)
-        assert [entry[0] for entry in kept.values()] == [plan]
+        assert [entry[0] for entry in kept.values()] == [plan.stages]
         logits, _ = await run_plan(daemons[0], plan, "halo-1-again")
+        assert_exact(logits, reference())
+        priced = dataclasses.replace(plan, predicted=1.0)
+        logits, _ = await run_plan(daemons[0], priced, "halo-1-priced")
         assert_exact(logits, reference())
         again = daemons[0].parts.runner.stages._jobs
         assert again.keys() == kept.keys()
