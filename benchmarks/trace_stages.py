@@ -4,7 +4,9 @@
 reads those of one model and strategy and prints, for every (peer, stage, step) of
 kind compute, halo-wait or head, the median duration and end against the plan's
 prediction. Where the critical path (``edgeci infer --explain``) says *that* a request
-ran late, this says on which peer and from which stage on.
+ran late, this says on which peer and from which stage on. Then, per peer, the spread of
+its compute per stage against the plan and its halo waits per request: what the halo
+barriers cost.
 
     .venv/bin/python benchmarks/trace_stages.py 'DIR/vgg16-edgeci-halo-*.json' [--json]
 """
@@ -21,6 +23,7 @@ from typing import Any
 from edgeci_p2p.core.timeline import Timeline
 
 STEPS = ("compute", "halo-wait", "head")
+QUANTILES = ("p10", "p25", "p50", "p75", "p90")
 
 
 def _median(xs: list[float]) -> float | None:
@@ -65,6 +68,52 @@ def stage_table(paths: list[str]) -> tuple[str, list[dict[str, Any]]]:
     return text, rows
 
 
+def _quantile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[round(q * (len(xs) - 1))]
+
+
+def peer_table(paths: list[str]) -> list[dict[str, Any]]:
+    """Per peer: how its compute per stage (its pieces of the stage summed, one value
+    per request and stage) ran against the plan's prediction for it, as quantiles of
+    measured / predicted, and its halo waits per request.
+
+    A halo boundary waits for the later neighbour, so what a segment loses to its
+    barriers follows the spread of these ratios, not their median: on the emulated
+    cluster the runs whose pieces reached 1.2-1.6x their plan at the 90th percentile
+    ran ~20% slower than one whose pieces stayed under 1.16x, on plans predicted alike
+    (docs/cluster-benchmark.md, twenty-third session)."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    waits: dict[str, float] = defaultdict(float)
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        tl = Timeline.from_dict(doc["timeline"])
+        nodes = [str(n) for n in doc.get("plan", {}).get("nodes", [])]
+        per: dict[tuple[str, int], list[float]] = {}
+        for s in tl.spans:
+            peer = str(nodes.index(s.node)) if s.node in nodes else s.node[:8]
+            if s.name == "halo-wait":
+                waits[peer] += s.seconds * 1e3
+            elif s.name == "compute" and s.stage is not None and s.predicted is not None:
+                got = per.setdefault((peer, s.stage), [0.0, s.predicted[1] - s.predicted[0]])
+                got[0] += s.seconds
+        for (peer, _), (measured, predicted) in per.items():
+            if predicted > 0:
+                ratios[peer].append(measured / predicted)
+    return [
+        {
+            "peer": peer,
+            "n": len(ratios[peer]),
+            **{f"p{q}": _quantile(ratios[peer], q / 100) for q in (10, 25, 50, 75, 90)},
+            "halo_wait_ms_per_request": waits[peer] / len(paths),
+        }
+        for peer in sorted(set(ratios) | set(waits))
+    ]
+
+
 def _f(v: float | None) -> str:
     return "      -" if v is None else f"{v:7.1f}"
 
@@ -78,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         ap.error(f"no trace files match {args.pattern!r}")
     text, rows = stage_table(paths)
+    peers = peer_table(paths)
     if args.json:
-        print(json.dumps({"traces": len(paths), "plan": text, "rows": rows}, indent=1))
+        doc = {"traces": len(paths), "plan": text, "rows": rows, "peers": peers}
+        print(json.dumps(doc, indent=1))
         return 0
     print(f"{len(paths)} traces; the last one's plan:\n{text}\n")
     print("peer stage step          n   median ms  predicted   end ms  predicted end")
@@ -89,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{_f(r['ms'])}    {_f(r['predicted_ms'])}  "
             f"{_f(r['end_ms'])}  {_f(r['predicted_end_ms'])}"
         )
+    print("\nper peer: compute per stage / predicted (quantiles), halo waits per request")
+    print("peer     n     p10    p25    p50    p75    p90   halo-wait ms")
+    for r in peers:
+        q = " ".join("     -" if r[k] is None else f"{r[k]:6.2f}" for k in QUANTILES)
+        print(f"{r['peer']:>4} {r['n']:5d} {q}   {r['halo_wait_ms_per_request']:8.1f}")
     return 0
 
 

@@ -47,3 +47,24 @@ def test_no_matching_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         trace_stages.main([str(tmp_path / "none-*.json")])
     assert "no trace files match" in capsys.readouterr().err
+
+
+def test_per_peer_spread_of_compute_against_the_plan_and_halo_waits(tmp_path: Path) -> None:
+    # Peer 0's stage 0 is two pieces (an edge piece and the rest), summed per request.
+    for i, (a, b, w) in enumerate([(4.0, 4.0, 3.0), (5.0, 7.0, 5.0), (10.0, 10.0, 4.0)]):
+        spans = [
+            Span("n0", "compute", 0.0, a / 1e3, stage=0, tile=1, predicted=(0.0, 0.010)),
+            Span("n0", "compute", 0.01, 0.01 + b / 1e3, stage=0, tile=1, predicted=(0.0, 0.010)),
+            Span("n1", "halo-wait", 0.0, w / 1e3, "wait", stage=1, tile=2),
+            Span("n1", "compute", 0.0, 0.002, stage=1, tile=2),  # no prediction: left out
+        ]
+        doc = {"timeline": Timeline(0.0, spans).to_dict(), "plan": {"nodes": ["n0", "n1"]}}
+        (tmp_path / f"t-{i}.json").write_text(json.dumps(doc))
+    peers = {r["peer"]: r for r in trace_stages.peer_table(sorted(map(str, tmp_path.iterdir())))}
+    assert peers["0"]["n"] == 3
+    assert (peers["0"]["p10"], peers["0"]["p50"], peers["0"]["p90"]) == pytest.approx(
+        (0.8, 1.2, 2.0)
+    )
+    assert peers["0"]["halo_wait_ms_per_request"] == 0.0
+    assert peers["1"]["n"] == 0 and peers["1"]["p50"] is None
+    assert peers["1"]["halo_wait_ms_per_request"] == pytest.approx(4.0)
