@@ -25,9 +25,7 @@ def main() -> int:
     if where and not Path(np.__file__).resolve().is_relative_to(Path(where).resolve()):
         print(f"numpy came from {np.__file__}, not {where}", file=sys.stderr)
         return 1
-    names = sorted(
-        m.name for m in pkgutil.walk_packages(edgeci_p2p.__path__, prefix="edgeci_p2p.")
-    )
+    names = sorted(m.name for m in pkgutil.walk_packages(edgeci_p2p.__path__, prefix="edgeci_p2p."))
     for name in names:
         importlib.import_module(name)
 

@@ -51,9 +51,7 @@ async def socket_mb_per_s(x: np.ndarray, tls: bool, messages: int) -> float:
     ssl_server = server_context(ids[0]) if tls else None
     server = await asyncio.start_server(on_accept, "127.0.0.1", 0, ssl=ssl_server)
     port = server.sockets[0].getsockname()[1]
-    sender = await connect(
-        "127.0.0.1", port, configs[1], tls=client_context() if tls else None
-    )
+    sender = await connect("127.0.0.1", port, configs[1], tls=client_context() if tls else None)
     receiver = await accepted
 
     async def send_all() -> None:

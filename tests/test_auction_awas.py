@@ -85,9 +85,7 @@ def _awarded_seconds(backlog: float) -> dict[str, float]:
     for b in peers.values():
         r.receive_bid(b.bid(call, 0.0), 0.001)
     assert r.phase is Phase.AWARDING
-    return {
-        p: sum(peers[p].compute_seconds(it) for it in aw.items) for p, aw in r.awards.items()
-    }
+    return {p: sum(peers[p].compute_seconds(it) for it in aw.items) for p, aw in r.awards.items()}
 
 
 def test_through_dpfl_a_backlogged_peer_gets_less_work() -> None:
@@ -169,8 +167,10 @@ def test_a_peer_backing_out_is_planned_around() -> None:
     assert peers["d1"].accept(Award("elsewhere", "d1", other.items * 3), 0.002).accepted
     for s in sends:
         reply = peers[s.to].accept(s.message, 0.003)  # type: ignore[arg-type]
-        sends2 = r.receive_reply(AwardReply(reply.auction_id, reply.bidder, reply.seq,
-                                            reply.accepted, reply.reason), 0.003)
+        sends2 = r.receive_reply(
+            AwardReply(reply.auction_id, reply.bidder, reply.seq, reply.accepted, reply.reason),
+            0.003,
+        )
         for s2 in sends2:
             if isinstance(s2.message, Award):
                 assert s2.to != "d1"

@@ -117,9 +117,7 @@ async def test_synthetic_camera_stream_matches_the_unsplit_model(
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
-async def test_folder_of_images_sent_as_tensors(
-    cluster: list[PeerDaemon], tmp_path: Path
-) -> None:
+async def test_folder_of_images_sent_as_tensors(cluster: list[PeerDaemon], tmp_path: Path) -> None:
     camera = SyntheticCamera(size=(200, 150))
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -77,6 +77,7 @@ async def test_no_reservation_is_left_once_all_are_answered() -> None:
         # awards are not guaranteed; when some request ran distributed, awards were seen.
         if any(distributed(r) for per_client in answered for _, r in per_client):
             assert held, "requests ran distributed yet no peer ever held a reservation"
+
         # Every reservation is delivered or released once the answers are in (Release
         # messages still on the wire land). Nothing drops a lapsed lease from a ledger
         # until the next bid there, and no bids come: one left behind stays, and fails.

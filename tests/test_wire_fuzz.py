@@ -107,9 +107,7 @@ def test_session_on_truncated_frames(frame: bytes, data: st.DataObject) -> None:
 
 
 @fuzz
-@given(
-    st.sampled_from(CORPUS + MALFORMED), st.lists(st.integers(0, 2**20), min_size=1, max_size=4)
-)
+@given(st.sampled_from(CORPUS + MALFORMED), st.lists(st.integers(0, 2**20), min_size=1, max_size=4))
 def test_session_on_bit_flips(frame: bytes, flips: list[int]) -> None:
     buf = bytearray(frame)
     for f in flips:
