@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from edgeci_p2p.aio import strips
+from edgeci_p2p.aio.strips import check_job
 from edgeci_p2p.auction import decider
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.on_wire import from_wire, to_wire
+from edgeci_p2p.core import geometry
 from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
 from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.membership import Member
@@ -27,6 +31,7 @@ from edgeci_p2p.policy.tile_ids import (
     hedged,
     strip_job_id,
 )
+from edgeci_p2p.wire.messages import StripJob, StripStage
 
 # ---- tile ids: the numbers old and new peers share -----------------------------------------
 
@@ -91,8 +96,6 @@ def test_tile_prediction_uses_the_plans_device_and_link_else_this_node() -> None
 def test_a_strip_jobs_prediction_traces_each_strip_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every request prices the strip jobs it sends (their deadlines): the strips are
     traced once, and the price is the traced one, stage by stage, to the bit."""
-    import edgeci_p2p.policy.deadlines as deadlines
-
     spec = spec_for("vgg16", 64, 64)
     tb = _testbed()
     job = [(0, 3, (5, 19)), (3, 6, (3, 9)), (6, 8, (1, 4))]
@@ -102,11 +105,19 @@ def test_a_strip_jobs_prediction_traces_each_strip_once(monkeypatch: pytest.Monk
         for a, b, rows in job
     )
     traced: list[int] = []
-    real = deadlines.trace
-    monkeypatch.setattr(deadlines, "trace", lambda *a: traced.append(1) or real(*a))
-    deadlines._FLOPS.clear()
+    real = geometry.trace
+    counting = lambda *a: traced.append(1) or real(*a)  # noqa: E731
+    monkeypatch.setattr(geometry, "trace", counting)
+    monkeypatch.setattr(strips, "trace", counting, raising=False)  # as its check once did
+    geometry._STRIPS.clear()
     for _ in range(3):
         assert strip_job_seconds(tb, "b", spec, job, 1000, None) == want
+    assert len(traced) == len(job)
+    # The peer that gets a job checks its rows on the same traces.
+    need = geometry.strip_trace(spec, 0, 3, (5, 19)).need.rows
+    first = StripStage(0, 3, (5, 19), (need.start, need.stop), [], [])
+    x = np.zeros((1, 3, need.stop - need.start, 64), np.float32)
+    check_job(StripJob("r", 1, 1, spec.name, "fp", [first], x, (64, 64)), spec)
     assert len(traced) == len(job)
 
 

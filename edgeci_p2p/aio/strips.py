@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from edgeci_p2p.aio.mailbox import Mailbox, RowsNeverArrived, StripJobError
 from edgeci_p2p.aio.timed import timed
-from edgeci_p2p.core.geometry import Region, Span, fold_flops, trace
+from edgeci_p2p.core.geometry import Region, Span, fold_flops, strip_trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
@@ -47,10 +47,10 @@ def check_job(job: StripJob, spec: ModelSpec) -> None:
     for st in job.stages:
         if st.stop > spec.n_units:
             raise StripJobError(f"stage [{st.start}, {st.stop}) runs past unit {spec.n_units}")
-        _, h, w = spec.shape_at(st.stop)
+        _, h, _ = spec.shape_at(st.stop)
         if not 0 <= st.rows[0] < st.rows[1] <= h:
             raise StripJobError(f"stage [{st.start}, {st.stop}): rows {list(st.rows)} of {h}")
-        want = trace(spec, st.start, st.stop, Region(Span(*st.rows), Span(0, w))).need.rows
+        want = strip_trace(spec, st.start, st.stop, (st.rows[0], st.rows[1])).need.rows
         if (want.start, want.stop) != tuple(st.need):
             raise StripJobError(
                 f"stage [{st.start}, {st.stop}): rows {list(st.rows)} read input rows "

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgeci_p2p.core.cost import ComputeModel, Testbed, flops_by_kind
-from edgeci_p2p.core.geometry import Region, Span, Trace, fold_flops, head_flops, trace
+from edgeci_p2p.core.cost import ComputeModel, Testbed
+from edgeci_p2p.core.geometry import Trace, fold_flops, head_flops, strip_trace
 from edgeci_p2p.core.units import ModelSpec
 
 StageRows = tuple[int, int, tuple[int, int]]
@@ -76,38 +76,13 @@ def strip_job_seconds(
         predicted = testbed.links[i].seconds(nbytes)
     if model is not None:
         for start, stop, rows in stages:
-            predicted += model.piece(_strip_flops(spec, start, stop, rows))
+            predicted += model.trace_seconds(strip_trace(spec, start, stop, rows))
         if fold and stages:
             start, stop, rows = stages[-1]
             _, h, _ = spec.shape_at(stop)
             share = fold_flops(spec) * (rows[1] - rows[0]) // h
             predicted += model.piece([("head", share)])
     return predicted
-
-
-_FLOPS: dict[tuple[object, ...], tuple[tuple[str, int], ...]] = {}
-""":func:`_strip_flops` by (model, input size, units, rows): the same few strips, request
-after request."""
-
-
-def _strip_flops(
-    spec: ModelSpec, start: int, stop: int, rows: tuple[int, int]
-) -> tuple[tuple[str, int], ...]:
-    """FLOPs per unit kind of full-width output ``rows`` of units ``[start, stop)``.
-
-    Traced once per strip: an auctioneer prices every strip job it sends (its deadline),
-    and tracing a VGG-16 job's stages took ~0.25 ms of CPU each, ~1 ms per request
-    before any job left (~2.5 ms on the emulated 0.4-core auctioneer)."""
-    key = (spec.name, spec.input_shape, start, stop, rows)
-    got = _FLOPS.get(key)
-    if got is None:
-        _, _, w = spec.shape_at(stop)
-        tr = trace(spec, start, stop, Region(Span(*rows), Span(0, w)))
-        got = tuple(flops_by_kind(tr).items())
-        if len(_FLOPS) > 10_000:
-            _FLOPS.clear()
-        _FLOPS[key] = got
-    return got
 
 
 def head_seconds(testbed: Testbed, device: int, spec: ModelSpec, nbytes: int) -> float:
