@@ -81,10 +81,10 @@ def peer_table(paths: list[str]) -> list[dict[str, Any]]:
     measured / predicted, and its halo waits per request.
 
     A halo boundary waits for the later neighbour, so what a segment loses to its
-    barriers follows the spread of these ratios, not their median: on the emulated
-    cluster the runs whose pieces reached 1.2-1.6x their plan at the 90th percentile
-    ran ~20% slower than one whose pieces stayed under 1.16x, on plans predicted alike
-    (docs/cluster-benchmark.md, twenty-third session)."""
+    barriers comes from the spread of these ratios, not their median (the plan is
+    balanced on the median); the waits say where it was paid. On the emulated cluster
+    the pieces' 90th percentile ran 1.03-1.69x their plan and the waits 20-160 ms per
+    peer per request, by run (docs/cluster-benchmark.md, twenty-third session)."""
     ratios: dict[str, list[float]] = defaultdict(list)
     waits: dict[str, float] = defaultdict(float)
     for path in paths:
