@@ -112,6 +112,51 @@ def test_the_auctioneer_plans_a_stale_round_in_the_child_and_keeps_it() -> None:
     asyncio.run(main())
 
 
+def test_a_busy_daemon_plans_only_the_newest_moved_bids_once_the_child_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bids that moved twice while the daemon was busy are one job, for the second
+    figures: a job made when wanted would plan the first ones, which no round bids any
+    more by the time the child can run."""
+    monkeypatch.setattr(aio_aside, "LOOK_S", 3600.0)  # only the event wakes the wait
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved, newer = _round(spec, slow=1.5)[1], _round(spec, slow=2.0)[1]
+    busy = [True]
+
+    async def main() -> None:
+        changed = asyncio.Event()
+        planning = PlanningAside(busy=lambda: busy[0], changed=changed)
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
+        lock = threading.Lock()
+        decider(call, bids)
+        try:
+            decider(call, moved)
+            auct.refresh.later(decider, lock)
+            await planning.waiting.wait()  # the daemon is busy: nothing made yet
+            assert decider.pending is not None and decider.pending[1] == tuple(moved)
+            decider(call, newer)  # moved again meanwhile: the pending round is the newest
+            auct.refresh.later(decider, lock)
+            assert len(auct.refresh.tasks) == 1
+            busy[0] = False
+            changed.set()
+            await asyncio.gather(*auct.refresh.tasks)
+            assert planning.jobs == 1 and auct.refresh.planned == 1
+            assert decider.pending is None and not auct.refresh.wanted
+            hits = decider.hits
+            mine = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+            assert decider(call, newer) == mine(call, newer)  # made for the newest bids
+            assert decider.hits == hits + 1
+            stale = decider.stale
+            decider(call, moved)  # the first figures were never planned
+            assert decider.stale == stale + 1
+        finally:
+            await auct.close()
+
+    asyncio.run(main())
+
+
 def test_without_a_child_it_plans_in_a_thread() -> None:
     spec = spec_for("vgg11", 64, 64)
     call, bids, own = _round(spec)

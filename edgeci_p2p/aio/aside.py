@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class PlanningAside:
         (seconds, during requests): ~10% of its loop's time on the emulated cluster."""
         self.held = asyncio.Event()
         """Set while the child is stopped for the daemon's work (for tests)."""
+        self.waiting = asyncio.Event()
+        """Set while a job waits for the child to be free before it is made (for tests)."""
         self.broken: str | None = None
         """Why no child can be used (then the auctioneer plans in a thread)."""
         self.jobs = 0
@@ -102,10 +104,41 @@ class PlanningAside:
         """The decision ``job`` asks for (raises :class:`AsideError`); ``since`` (on
         :attr:`clock`): when it was wanted, which the patience counts from (default:
         now; a job may first wait for the one before it)."""
+        got = await self._decide(_ready(job), since, wait=False)
+        assert got is not None
+        return got
+
+    async def decide_when_free(
+        self, make: Callable[[], Awaitable[Mapping[str, Any] | None]], since: float | None = None
+    ) -> Entry | None:
+        """The decision of the job ``make()`` gives once the child is free to take CPU
+        for it: the jobs before it done, and the daemon idle or ``since`` a patience
+        ago (None, if ``make`` then has nothing to plan).
+
+        A job made when it is wanted plans figures that a busy daemon's next rounds
+        move on from while it waits: on the emulated cluster, where the daemon is never
+        idle, each job waited out its 30 s of patience, up to four jobs of one decider
+        queued for the same figures, and the requests ran plans that their own bids
+        priced 2-12% slower than plans made for them (docs/cluster-benchmark.md,
+        twenty-fourth session). Made when the child can start on it, a job plans the
+        newest figures."""
+        return await self._decide(make, since, wait=True)
+
+    async def _decide(
+        self,
+        make: Callable[[], Awaitable[Mapping[str, Any] | None]],
+        since: float | None,
+        wait: bool,
+    ) -> Entry | None:
         since = self.clock() if since is None else since
         async with self._lock:
             proc = await self._started()
             assert proc.stdin is not None and proc.stdout is not None
+            if wait:
+                await self._until_free(since)
+            job = await make()
+            if job is None:
+                return None
             try:
                 proc.stdin.write(json.dumps(job).encode() + b"\n")
                 await proc.stdin.drain()
@@ -140,6 +173,25 @@ class PlanningAside:
         slowed the peer's bids, which asked for the next plan, which slowed the next
         pieces. A piece that starts after the child was stopped for it is not."""
         return self.running or self.clock() - self.ran_until < within_s
+
+    async def _until_free(self, since: float) -> None:
+        """Until :func:`~edgeci_p2p.auction.aside.hold` would let a job sent at ``since``
+        run now."""
+        try:
+            while True:
+                if self.changed is not None:
+                    self.changed.clear()  # before busy(): a change after it wakes us
+                if not hold(self.busy(), since, self.clock(), self.patience_s):
+                    return
+                self.waiting.set()
+                left = max(since + self.patience_s - self.clock(), 0.0)
+                if self.changed is None:
+                    await asyncio.sleep(min(POLL_S, left))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), min(LOOK_S, left))
+        finally:
+            self.waiting.clear()
 
     def _mark(self, running: bool) -> None:
         if self.running and not running:
@@ -247,6 +299,13 @@ class PlanningAside:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def _ready(job: Mapping[str, Any]) -> Callable[[], Awaitable[Mapping[str, Any] | None]]:
+    async def make() -> Mapping[str, Any] | None:
+        return job
+
+    return make
 
 
 async def _how_it_ended(proc: asyncio.subprocess.Process) -> str:

@@ -23,7 +23,8 @@ log = logging.getLogger("edgeci.auction")
 
 
 class Refresher:
-    """This auctioneer's background plans: one queued task per decider at a time."""
+    """This auctioneer's background plans: one task per decider at a time, which plans
+    the newest round the decider's stale answers stood in for."""
 
     def __init__(self, aside: PlanningAside | None, record: Callable[[float, bool], None]) -> None:
         self.aside = aside
@@ -32,22 +33,31 @@ class Refresher:
         self.record = record
         """Counts a plan made here (seconds, cache hit) into the planning metrics."""
         self.tasks: set[asyncio.Task[None]] = set()
-        self.untaken: set[int] = set()
-        """Deciders whose task has not yet taken its round to plan."""
+        self.wanted: dict[int, float] = {}
+        """Per decider with a round to plan: when (on the aside's clock) the first stale
+        answer not yet planned for was given; the patience counts from it."""
+        self._running: set[int] = set()
+        """Deciders whose task is running (it plans every round wanted meanwhile)."""
+        self.planned = 0
+        """Decisions made in the background (for tests and the logs)."""
 
     def later(self, decider: CachedDecider, lock: threading.Lock) -> None:
         """Plan the round a stale decision stood in for, off the request's path (in the
-        planning child, else in a thread); a later round finds it."""
+        planning child, else in a thread); a later round finds it.
 
-        if id(decider) in self.untaken:
-            return  # a task for this decider is yet to take its round: it takes this one
-        self.untaken.add(id(decider))
-        # The aside's patience runs from the stale answer, not from the child's turn.
-        since = self.aside.clock() if self.aside is not None else 0.0
+        Rounds wanted while the decider's task waits for the child are not queued as
+        jobs of their own: the task takes the decider's newest pending round when the
+        child can start on it (:meth:`PlanningAside.decide_when_free`), so the child
+        never plans figures the bids have already moved on from."""
+        key = id(decider)
+        self.wanted.setdefault(key, self.aside.clock() if self.aside is not None else 0.0)
+        if key in self._running:
+            return  # its task takes this round (the newest) when the child is free
+        self._running.add(key)
+        name = getattr(decider.inner, "strategy", "?")
 
         def take() -> Pending | None:
             with lock:
-                self.untaken.discard(id(decider))
                 return decider.take_pending()
 
         def plan_here(pending: Pending) -> None:
@@ -60,28 +70,57 @@ class Refresher:
             with lock:
                 decider.remember(k, hit)
 
-        async def run() -> None:
-            try:
+        async def one(since: float) -> None:
+            taken: list[Pending] = []
+
+            async def make() -> dict[str, Any] | None:
+                self.wanted.pop(key, None)  # rounds wanted from now on: the next job
                 pending = await asyncio.to_thread(take)
                 if pending is None:
+                    return None
+                taken.append(pending)
+                return aside_job(decider.inner, pending[0], pending[1])
+
+            if self.aside is not None and self.aside.broken is None:
+                try:
+                    hit = await self.aside.decide_when_free(make, since)
+                except AsideError as e:
+                    log.warning("planning aside failed (%s): planning in a thread", e)
+                else:
+                    if hit is not None and taken:
+                        await asyncio.to_thread(keep, taken[0][2], hit)
+                        self._landed(name, since)
                     return
-                if self.aside is not None and self.aside.broken is None:
-                    call, bids, k = pending
-                    try:
-                        job = aside_job(decider.inner, call, bids)
-                        hit = await self.aside.decide(job, since)
-                    except AsideError as e:
-                        log.warning("planning aside failed (%s): planning in a thread", e)
-                    else:
-                        await asyncio.to_thread(keep, k, hit)
-                        return
+            pending = taken[0] if taken else await asyncio.to_thread(take)
+            self.wanted.pop(key, None)
+            if pending is not None:
                 await asyncio.to_thread(plan_here, pending)
-            except Exception:  # a failed refresh leaves the stale plan in use
-                log.exception("planning the new bids in the background failed")
+                self._landed(name, since)
+
+        async def run() -> None:
+            try:
+                while key in self.wanted:
+                    try:
+                        await one(self.wanted[key])
+                    except Exception:  # a failed refresh leaves the stale plan in use
+                        log.exception("planning the new bids in the background failed")
+                        self.wanted.pop(key, None)
+            finally:
+                self._running.discard(key)
 
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _landed(self, strategy: str, since: float) -> None:
+        self.planned += 1
+        waited = self.aside.clock() - since if self.aside is not None else 0.0
+        log.info(
+            "%s: a plan for the newest moved bids made in the background, %.1f s after a "
+            "stale plan first stood in for it",
+            strategy,
+            waited,
+        )
 
     async def close(self) -> None:
         """Stop planning in the background (the daemon is stopping)."""
