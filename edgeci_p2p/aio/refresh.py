@@ -91,8 +91,11 @@ class Refresher:
                         await asyncio.to_thread(keep, taken[0][2], hit)
                         self._landed(name, since)
                     return
-            pending = taken[0] if taken else await asyncio.to_thread(take)
-            self.wanted.pop(key, None)
+            if taken:
+                pending: Pending | None = taken[0]
+            else:
+                self.wanted.pop(key, None)  # before the take, as in make()
+                pending = await asyncio.to_thread(take)
             if pending is not None:
                 await asyncio.to_thread(plan_here, pending)
                 self._landed(name, since)
