@@ -21,6 +21,7 @@ from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.decider import CachedDecider, Entry, StaticPlanner
+from edgeci_p2p.core.density import with_zeros
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.spec import spec_for
 from tests.planfakes import fake_testbed
@@ -67,6 +68,23 @@ def test_the_child_decides_as_the_auctioneer_would(which: int) -> None:
     job = json.loads(json.dumps(aside.job(there, call, bids)))
     answer = json.loads(json.dumps(aside.Child().answer(job)))
     _same(aside.entry(answer), direct)
+
+
+def test_the_child_plans_the_requests_input_bytes_and_zeros_as_the_auctioneer_does() -> None:
+    """The dict form of a spec leaves out what belongs to the request (pixels at a byte
+    a value, the zeros measured in its maps); a job carries them. Without, the child
+    planned float32 slabs and whole maps for an auctioneer that prices neither."""
+    spec = replace(with_zeros(spec_for("vgg11", 64, 64), 0.6), input_itemsize=1)
+    call, bids, own = _round(spec)
+    here = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+    here(call, bids)
+    job = json.loads(json.dumps(aside.job(here, call, bids)))
+    got = aside.entry(aside.Child().answer(job))
+    assert here.plan is not None and got[1] is not None
+    assert got[1].to_dict() == here.plan.to_dict()
+    whole = AwasPlanner(spec_for("vgg11", 64, 64), own=own.compute, strategy="edgeci-halo")
+    whole(call, bids)  # what the child made before: the same rounds, other bytes
+    assert whole.plan is not None and whole.plan.predicted != here.plan.predicted
 
 
 def test_a_job_it_cannot_plan_is_an_error_answer_not_a_dead_child() -> None:

@@ -21,6 +21,7 @@ on stdout). The asyncio side that starts and feeds the child is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -45,6 +46,11 @@ def job(planner: Planner, call: am.CallForBids, bids: Sequence[am.Bid]) -> dict[
         "kind": "awas" if isinstance(planner, AwasPlanner) else "static",
         "strategy": planner.strategy,
         "spec": planner.spec.to_dict(),
+        # Properties of the request, not of the model, which the dict form leaves out:
+        # without them the child planned float32 input slabs and every map whole (no
+        # zero suppression), for an auctioneer that prices pixels and half the bytes.
+        "input_itemsize": planner.spec.input_itemsize,
+        "wire_fraction": list(planner.spec.wire_fraction),
         "shared_medium": planner.shared_medium,
         "fold": getattr(planner, "fold", True),
         "own": None if own is None else own.to_dict(),
@@ -82,14 +88,26 @@ class Child:
         }
 
     def _planner(self, job: Mapping[str, Any]) -> Planner:
+        sizes = [job.get("input_itemsize", 4), job.get("wire_fraction", [])]
         key = json.dumps(
-            [job["kind"], job["strategy"], job["spec"], job["shared_medium"], job.get("fold")],
+            [
+                job["kind"],
+                job["strategy"],
+                job["spec"],
+                job["shared_medium"],
+                job.get("fold"),
+                sizes,
+            ],
             sort_keys=True,
         )
         own = None if job["own"] is None else ComputeModel.from_dict(job["own"])
         got = self._planners.pop(key, None)
         if got is None:
-            spec = ModelSpec.from_dict(dict(job["spec"]))
+            spec = dataclasses.replace(
+                ModelSpec.from_dict(dict(job["spec"])),
+                input_itemsize=int(sizes[0]),
+                wire_fraction=tuple(float(x) for x in sizes[1]),
+            )
             medium, strategy = bool(job["shared_medium"]), str(job["strategy"])
             if job["kind"] == "awas":
                 fold = bool(job.get("fold", True))
