@@ -119,9 +119,9 @@ class PlanningAside:
         move on from while it waits: on the emulated cluster, where the daemon is never
         idle, each job waited out its 30 s of patience, up to four jobs of one decider
         queued for the same figures, and the requests ran plans that their own bids
-        priced 2-12% slower than plans made for them (docs/cluster-benchmark.md,
-        twenty-fourth session). Made when the child can start on it, a job plans the
-        newest figures."""
+        priced 8-17% slower (medians of runs) than plans made for them
+        (docs/cluster-benchmark.md, twenty-fourth session). Made when the child can
+        start on it, a job plans the newest figures."""
         return await self._decide(make, since, wait=True)
 
     async def _decide(
