@@ -80,10 +80,10 @@ def load_plan(path: Path) -> tuple[Plan, list[int]]:
     fastest conv fit, the auctioneer's largest quota)."""
     doc = json.loads(path.read_text())
     stored = doc.get("plan", doc)
-    plan = Plan.from_dict(stored)
     tb = stored.get("testbed")
     if not isinstance(tb, dict):
         raise SystemExit(f"{path}: the plan keeps no bids (testbed): not a kept trace?")
+    plan = replace(Plan.from_dict(stored), testbed=str(tb.get("name", "bids")))
     names = [d["name"] for d in tb["devices"]]
     slope = {d["name"]: d["compute"]["conv"]["a"] for d in tb["devices"]}
     by_speed = sorted(plan.devices, key=lambda n: slope.get(n, 1.0))
