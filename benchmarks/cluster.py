@@ -18,7 +18,11 @@ its own (refused unless the machine has N + 1 cores).
 After the cluster is torn down, the same invocation measures the compute ceiling of
 the same layout (benchmarks/compute_ceiling.py: the same cgroups, period and pinning,
 no network) for each model, and reports each strategy's efficiency as a fraction of
-it (``ceiling_efficiency``; ``--no-ceiling`` skips it).
+it (``ceiling_efficiency``; ``--no-ceiling`` skips it). With ``--traces DIR`` it then
+replays, per model, the plan of the last traced request of the best of our strategies
+(where it distributed) in the same cgroups with no network (benchmarks/plan_ceiling.py):
+what that plan's own compute allows, so that the gap from the ceiling to the measured
+efficiency splits into the plan's share and the runtime's (``plan_ceiling``).
 
     sudo .venv/bin/python benchmarks/cluster.py [--quick] [--k 10] [--json]
         [--testbed emulated-4] [--layout headroom|testbed] [--homogeneous N]
@@ -80,6 +84,7 @@ from emulation import (
     make_layout,
 )
 from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
+from plan_ceiling import replay
 
 from edgeci_p2p import planners
 from edgeci_p2p.aio.loop_profile import ENV as LOOP_PROFILE_ENV
@@ -203,12 +208,22 @@ def with_ceiling(rows: Sequence[Row], ceilings: dict[str, dict[str, Any]]) -> li
     return out
 
 
+def best_of_ours(rows: Sequence[Row], model: str) -> Row | None:
+    """The fastest of our strategies (``edgeci*``) for ``model``, if any ran."""
+    ours = [r for r in rows if r.model == model and r.strategy.startswith("edgeci")]
+    return min(ours, key=lambda r: r.median_ms) if ours else None
+
+
 def closing_note(
-    rows: Sequence[Row], diag: Sequence[dict[str, Any]], ceilings: dict[str, dict[str, Any]]
+    rows: Sequence[Row],
+    diag: Sequence[dict[str, Any]],
+    ceilings: dict[str, dict[str, Any]],
+    plans: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Per model: the compute ceiling, the fastest strategy, the best of ours (edgeci*)
     with its efficiency, fraction of the ceiling and prediction error, and whether its
-    quartiles overlap those of the best baseline (rows of one transport)."""
+    quartiles overlap those of the best baseline (rows of one transport); then what its
+    last plan's compute allowed, replayed with no network (``plans``, per model)."""
     d = {arm(x): x for x in diag}
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
@@ -222,11 +237,10 @@ def closing_note(
             )
         rs = [r for r in rows if r.model == model]
         fastest = min(rs, key=lambda r: r.median_ms)
-        ours = [r for r in rs if r.strategy.startswith("edgeci")]
         theirs = [r for r in rs if not r.strategy.startswith("edgeci") and r.strategy != "local"]
-        if not ours:
+        best = best_of_ours(rs, model)
+        if best is None:
             continue
-        best = min(ours, key=lambda r: r.median_ms)
         text = (
             f"{model}: fastest {fastest.strategy} {fastest.median_ms:.0f} ms; ours best "
             f"{best.strategy} {best.median_ms:.0f} ms, efficiency {_fmt(best.efficiency, '.2f')}"
@@ -249,7 +263,27 @@ def closing_note(
                 f"{b['p25_ms']:.0f}-{b['p75_ms']:.0f})"
             )
         lines.append(text)
+        replayed = (plans or {}).get(model)
+        if replayed is not None and best.efficiency is not None:
+            lines.append(
+                f"{model}: {replayed['strategy']}'s last plan replayed with no network in the "
+                f"same cgroups (benchmarks/plan_ceiling.py, K={replayed['k']}): "
+                f"{replayed['plan_ms']:.0f} ms against {replayed['alone_ms']:.0f} ms alone, "
+                f"efficiency {replayed['efficiency']:.2f}: of the way from the ceiling to the "
+                f"measured {best.efficiency:.2f}, the plan's compute is "
+                f"{_share_of_gap(ceilings.get(model), replayed, best.efficiency)}, "
+                "the runtime (loops, messages, waits for rows in flight) the rest"
+            )
     return lines
+
+
+def _share_of_gap(ceiling: dict[str, Any] | None, replayed: dict[str, Any], measured: float) -> str:
+    """How much of the efficiency lost from the compute ceiling to ``measured`` the
+    replayed plan already loses ("?" without a ceiling)."""
+    if ceiling is None or ceiling["ceiling"] <= measured:
+        return "?"
+    share = (ceiling["ceiling"] - replayed["efficiency"]) / (ceiling["ceiling"] - measured)
+    return f"{min(max(share, 0.0), 1.0):.0%}"
 
 
 def transport_ratios(diag: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1091,6 +1125,57 @@ def measure_ceilings(
     return out
 
 
+def measure_plan_ceilings(
+    args: argparse.Namespace,
+    layout: Layout,
+    ideal: float,
+    rows: Sequence[Row],
+    diag: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Per model, the last traced plan of the best of our strategies replayed with no
+    network on the same layout (where it distributed and its traces were kept)."""
+    out: dict[str, dict[str, Any]] = {}
+    d = {arm(x): x for x in diag}
+    for model in dict.fromkeys(r.model for r in rows):
+        best = best_of_ours(rows, model)
+        if (
+            best is None
+            or len(d.get((model, best.strategy, best.transport), {}).get("devices") or []) <= 1
+        ):
+            continue
+        # Named as benchmarks/cluster_client.py names them (and "edgeci-*" would also
+        # match edgeci-halo's).
+        tag = best.strategy if best.transport == "tls" else f"{best.strategy}-{best.transport}"
+        kept = [
+            t
+            for t in sorted(args.traces.glob(f"{model}-{tag}-[0-9][0-9].json"))
+            if len(json.loads(t.read_text()).get("plan", {}).get("devices", ())) > 1
+        ]  # the last request that distributed (one may have run alone)
+        if not kept:
+            continue
+        t0 = time.monotonic()
+        progress(f"replaying {kept[-1].name}'s plan with no network, K={args.ceiling_k}")
+        try:
+            out[model] = replay(
+                kept[-1],
+                [p.share for p in layout.peers],
+                k=args.ceiling_k,
+                period_us=layout.period_us,
+                cgroup=layout.cgroup,
+                cpus=[p.cpu for p in layout.peers],
+                cpu_weight=layout.cpu_weight,
+                ideal=ideal,
+            )
+        except (RuntimeError, ValueError, OSError, KeyError) as e:
+            progress(f"replaying {kept[-1].name} failed: {e}")
+            continue
+        progress(
+            f"{model} {best.strategy}'s plan replayed: efficiency "
+            f"{out[model]['efficiency']:.2f} in {time.monotonic() - t0:.0f} s"
+        )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     testbed = load_testbed(args.testbed)
@@ -1211,6 +1296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = with_ceiling(summarise(results, ideal), ceilings)
     diag = diagnostics(results)
+    plans: dict[str, dict[str, Any]] = {}
+    if ceilings and args.traces is not None and layout.netns:
+        try:
+            plans = measure_plan_ceilings(args, layout, ideal, rows, diag)
+        except (KeyboardInterrupt, Terminated) as e:
+            progress(f"plan replay interrupted ({e or 'Ctrl-C'}); reporting without it")
     shaped = layout.netns
     if shaped and capped:
         cpu = f"cpu {shares} of a core ({layout_name}), CFS period {period_us / 1000:g} ms"
@@ -1235,7 +1326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cpu_table(cpu_where))
     # The closing note ranks strategies within one transport: TLS, as shipped.
     note_rows = [r for r in rows if r.transport == kinds[0]]
-    for line in closing_note(note_rows, diag, ceilings):
+    for line in closing_note(note_rows, diag, ceilings, plans):
         print(line)
     for line in plan_age_lines(diag):
         print(line)
@@ -1271,6 +1362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cores": len(cores),
                     "pinned_cores": cpus,
                     "ceiling": ceilings,
+                    "plan_ceiling": plans or None,
                     "diagnostics": diag,
                     "leftovers": str(left) if left else None,
                 }

@@ -49,6 +49,7 @@ sys.path.insert(0, str(HERE))
 from compute_ceiling import SHARES, Worker  # noqa: E402
 from emulation import (  # noqa: E402
     DEFAULT_PERIOD_US,
+    CgroupFS,
     Emulation,
     SystemHost,
     can_emulate,
@@ -300,33 +301,48 @@ def one_request(
     return 1000 * (time.perf_counter() - t0), [cpu[i] for i in range(n)]
 
 
-def run(path: Path, k: int, period_us: int, cgroup_kind: str) -> dict[str, Any]:
+def replay(
+    path: Path,
+    shares: Sequence[float | None],
+    *,
+    k: int = 10,
+    period_us: int = DEFAULT_PERIOD_US,
+    cgroup: CgroupFS | None = None,
+    cpus: Sequence[int | None] | None = None,
+    cpu_weight: int | None = 8192,
+    ideal: float | None = None,
+) -> dict[str, Any]:
+    """Replay the plan kept in ``path`` ``k`` times on a layout of ``shares`` (as
+    :func:`compute_ceiling.ceiling` makes it), each time after the fastest peer alone
+    runs the whole model: the medians, speed-up, efficiency against ``ideal`` (default:
+    the shares' sum over their largest) and each plan device's CPU per request."""
     from edgeci_p2p.nn.spec import spec_for
 
-    ok, why = can_emulate(cgroup=cgroup_kind)
-    if not ok:
-        raise SystemExit(f"plan_ceiling needs root and cgroup cpu quotas: {why}")
     plan, rank = load_plan(path)
     spec = spec_for(plan.model, 224, 224)
-    shares = list(headroom_shares(SHARES, len(machine_cores())))
     if len(plan.devices) > len(shares):
-        raise SystemExit(f"{path}: {len(plan.devices)} devices, the layout has {len(shares)} peers")
+        raise ValueError(f"{path}: {len(plan.devices)} devices, the layout has {len(shares)} peers")
     layout = make_layout(
-        shares, None, prefix="edgeci-plc", netns=False, cpu_weight=8192,
-        period_us=period_us, cgroup=detect_cgroup(cgroup_kind)[0], cpus=None,
+        list(shares), None, prefix="edgeci-plc", netns=False, cpu_weight=cpu_weight,
+        period_us=period_us, cgroup=cgroup, cpus=list(cpus) if cpus is not None else None,
     )  # fmt: skip
+    # Peers by quota, largest first (uncapped ones first of all): the plan's fastest
+    # bidder goes where the cluster's fastest peer was.
+    by_share = sorted(layout.peers, key=lambda p: -(p.share or float("inf")))
     deps = waits_for(spec, plan)
     emu = Emulation(layout, SystemHost())
-    slots = [layout.peers[0], *[layout.peers[r] for r in rank]]
+    slots = [by_share[0], *[by_share[r] for r in rank]]
     devices: list[int | None] = [None, *range(len(plan.devices))]
     times: dict[str, list[float]] = {"alone": [], "plan": []}
-    cpus: list[list[float]] = []
+    cpu: list[list[float]] = []
     with emu.running():
         workers: list[Worker] = []
         try:
             for slot, d in zip(slots, devices, strict=True):
                 argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)]
                 argv += [] if d is None else ["--device", str(d)]
+                # Started uncapped and moved into the cgroup once warm, as the compute
+                # ceiling's workers: loading torch at 0.13 of a core takes most of a minute.
                 proc = subprocess.Popen(
                     emu.command(replace(slot, cgroup=None), argv), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, text=True,
@@ -344,27 +360,42 @@ def run(path: Path, k: int, period_us: int, cgroup_kind: str) -> dict[str, Any]:
                 times["alone"].append(one_request([alone], [[set()]], 0)[0])
                 wall, each = one_request(parts, deps, plan.head_at)
                 times["plan"].append(wall)
-                cpus.append(each)
+                cpu.append(each)
                 print(f"  plan replay: request {i + 1}/{k}", file=sys.stderr, flush=True)
             for w in workers:
                 w.send("quit")
         finally:
+            # Reap our workers here: a zombie would count as a left-over process.
             for w in workers:
                 if w.proc.poll() is None:
                     w.proc.kill()
                 w.proc.wait(timeout=10)
     alone_ms, plan_ms = statistics.median(times["alone"]), statistics.median(times["plan"])
-    ideal = sum(shares) / max(shares)
+    if ideal is None:
+        capped = [s for s in shares if s is not None]
+        ideal = sum(capped) / max(capped) if len(capped) == len(shares) else len(shares)
     predicted = None if plan.predicted is None else plan.predicted * 1e3
     return {
         "trace": str(path), "strategy": plan.strategy, "model": plan.model,
         "stages": len(plan.stages), "predicted_ms": predicted,
-        "shares": shares, "share_of_device": [shares[r] for r in rank], "k": k,
+        "shares": list(shares), "share_of_device": [by_share[r].share for r in rank], "k": k,
         "period_ms": period_us / 1000, "cgroup": str(layout.cgroup),
         "alone_ms": alone_ms, "plan_ms": plan_ms, "speedup": alone_ms / plan_ms,
         "efficiency": alone_ms / plan_ms / ideal, "ideal_speedup": ideal,
-        "cpu_ms": [statistics.median(c[i] for c in cpus) for i in range(len(plan.devices))],
+        "cpu_ms": [statistics.median(c[i] for c in cpu) for i in range(len(plan.devices))],
     }  # fmt: skip
+
+
+def run(path: Path, k: int, period_us: int, cgroup_kind: str) -> dict[str, Any]:
+    """:func:`replay` on the headroom layout of this machine."""
+    ok, why = can_emulate(cgroup=cgroup_kind)
+    if not ok:
+        raise SystemExit(f"plan_ceiling needs root and cgroup cpu quotas: {why}")
+    shares = list(headroom_shares(SHARES, len(machine_cores())))
+    try:
+        return replay(path, shares, k=k, period_us=period_us, cgroup=detect_cgroup(cgroup_kind)[0])
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

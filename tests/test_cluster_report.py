@@ -3,7 +3,9 @@ measured in the same invocation, and the closing note."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,48 @@ def test_the_report_counts_requests_that_ran_an_earlier_rounds_plan() -> None:
         "vgg16 edgeci-halo: 2 of 4 requests ran a plan made for an earlier round's bids "
         "(2 plan(s) in all; a new one waits for the daemon to fall idle)"
     ]
+
+
+def test_the_closing_note_splits_the_gap_from_the_ceiling_with_the_replayed_plan() -> None:
+    rows = with_ceiling(summarise(RESULTS, ideal=2.5), CEILING)
+    diag = diagnostics(RESULTS)
+    # A run where the best of ours measured 0.5 against the ceiling's 0.80.
+    low = [replace(r, efficiency=0.5) if r.strategy == "edgeci" else r for r in rows]
+    replayed = {
+        "vgg16": {
+            "strategy": "edgeci", "k": 10, "plan_ms": 600.0, "alone_ms": 1000.0,
+            "efficiency": 0.7,
+        }
+    }  # fmt: skip
+    note = closing_note(low, diag, CEILING, replayed)
+    line = next(x for x in note if "replayed" in x)
+    # (0.80 - 0.70) / (0.80 - 0.50): a third of the lost efficiency is the plan's.
+    assert "600 ms against 1000 ms alone, efficiency 0.70" in line
+    assert "the plan's compute is 33%, the runtime" in line
+    assert not any("replayed" in x for x in closing_note(low, diag, CEILING))
+
+
+def test_the_replayed_plan_is_the_last_distributed_one_of_the_best_of_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    import cluster
+
+    rows = summarise(RESULTS, ideal=2.5)
+    diag = [{**d, "devices": [0, 1]} for d in diagnostics(RESULTS)]
+
+    def kept(name: str, devices: int) -> None:
+        (tmp_path / name).write_text(json.dumps({"plan": {"devices": ["n"] * devices}}))
+
+    kept("vgg16-edgeci-00.json", 2)
+    kept("vgg16-edgeci-01.json", 1)  # ran alone: nothing to replay
+    kept("vgg16-edgeci-halo-05.json", 2)  # another strategy, whose name starts alike
+    got: list[Path] = []
+    monkeypatch.setattr(
+        cluster, "replay", lambda path, *a, **kw: got.append(path) or {"efficiency": 0.7}
+    )
+    args = argparse.Namespace(traces=tmp_path, ceiling_k=3)
+    layout = argparse.Namespace(peers=[], period_us=10_000, cgroup=None, cpu_weight=None)
+    out = cluster.measure_plan_ceilings(args, layout, 2.5, rows, diag)  # type: ignore[arg-type]
+    assert got == [tmp_path / "vgg16-edgeci-00.json"] and out == {"vgg16": {"efficiency": 0.7}}
