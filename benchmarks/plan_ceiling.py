@@ -77,8 +77,11 @@ class Piece:
 
 
 def load_plan(path: Path) -> tuple[Plan, list[int]]:
-    """A kept trace's plan, and each plan device's rank of speed in its bids (0: the
-    fastest conv fit, the auctioneer's largest quota)."""
+    """A kept trace's plan, and each plan device's rank of speed (0: the largest quota):
+    the auctioneer first (``benchmarks/cluster.py`` sends every request to its fastest
+    peer), the others by their bids' conv fits. (The auctioneer's own bid is no guide:
+    it prices its compute up by its loop's share, 1.35x in one run's AOFL rounds, which
+    ranked it below the 0.27-core peer.)"""
     doc = json.loads(path.read_text())
     stored = doc.get("plan", doc)
     tb = stored.get("testbed")
@@ -87,7 +90,11 @@ def load_plan(path: Path) -> tuple[Plan, list[int]]:
     plan = replace(Plan.from_dict(stored), testbed=str(tb.get("name", "bids")))
     names = [d["name"] for d in tb["devices"]]
     slope = {d["name"]: d["compute"]["conv"]["a"] for d in tb["devices"]}
-    by_speed = sorted(plan.devices, key=lambda n: slope.get(n, 1.0))
+    head = plan.devices[plan.auctioneer]
+    by_speed = [
+        head,
+        *sorted((n for n in plan.devices if n != head), key=lambda n: slope.get(n, 1.0)),
+    ]
     missing = [n for n in plan.devices if n not in names]
     if missing:
         raise SystemExit(f"{path}: plan devices {missing} have no bid")

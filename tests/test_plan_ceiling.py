@@ -72,19 +72,22 @@ def test_a_worker_waits_for_the_strips_it_reads_after_a_halo_and_for_all_after_a
                 assert deps[d][s] < set(range(n)) - {d} or n == 2  # neighbours, not all
 
 
-def test_the_peers_cgroups_go_by_the_speed_of_the_bids(tmp_path: Path) -> None:
+def test_the_auctioneer_gets_the_largest_quota_the_others_go_by_their_bids(
+    tmp_path: Path,
+) -> None:
     spec = spec_for("vgg11", 64, 64)
-    tb = fake_testbed([1.0, 4.0, 2.0], [50, 50, 50])  # the second device bids fastest
+    # The auctioneer (device 0) bids slower than the second device: its own bid is
+    # priced up by its loop's share; it still ran on the largest quota.
+    speeds = [2.0, 4.0, 1.0]
+    tb = fake_testbed(speeds, [50, 50, 50])
     p = plan("edgeci", spec, tb)
+    assert p.devices[p.auctioneer] == tb.names[0]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"plan": {**p.to_dict(), "testbed": tb.to_dict()}}))
     got, rank = plan_ceiling.load_plan(path)
-    assert got.stages == p.stages
-    speed = {
-        n: i
-        for i, n in enumerate(sorted(tb.names, key=lambda n: -[1.0, 4.0, 2.0][tb.names.index(n)]))
-    }
-    assert rank == [speed[n] for n in p.devices]
+    assert got.stages == p.stages and str(got.testbed) == tb.name
+    want = {tb.names[0]: 0, tb.names[1]: 1, tb.names[2]: 2}
+    assert rank == [want[n] for n in p.devices]
     path.write_text(json.dumps({"plan": p.to_dict()}))
     with pytest.raises(SystemExit, match="no bids"):
         plan_ceiling.load_plan(path)
