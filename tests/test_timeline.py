@@ -390,3 +390,19 @@ def test_infer_writes_the_trace_and_the_chart_and_explains(tmp_path: Path) -> No
     assert any(line.startswith("critical path") for line in lines)
     assert out["where_the_time_went_ms"]["compute"] == [44.0, 37.0]
     json.dumps(out)
+
+
+def test_a_strips_share_of_fc1_counts_as_compute_as_the_plan_predicts_it() -> None:
+    # fc1 folded into the last strips: the simulator prices each strip's share of it
+    # inside the last stage's compute, so the measured fold goes there too (it had
+    # counted as head: 33 ms measured against 10 predicted on the emulated cluster).
+    tl = request()
+    tl.spans = [s for s in tl.spans if not (s.node == "b" and s.name == "compute")]
+    tl.spans += [
+        Span("b", "compute", 36 * MS, 70 * MS, "compute", 0, 0, (33 * MS, 70 * MS)),
+        Span("b", "fold", 70 * MS, 80 * MS, "compute", 0, 0),
+    ]
+    summary = where_the_time_went(tl)
+    assert summary["head"][0] == pytest.approx(3 * MS)  # the head alone, as without a fold
+    assert summary["compute"][0] == pytest.approx(44 * MS)  # b's strip and its fold
+    assert sum(m for m, _ in summary.values()) == pytest.approx(tl.end)

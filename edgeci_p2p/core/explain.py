@@ -20,7 +20,9 @@ CATEGORIES = ("planning", "decode", "compute", "transfer", "waiting", "event_loo
 
 - ``planning``: the auction (bids, planning, awards);
 - ``decode``: decoding and preprocessing the input on the entry peer;
-- ``compute``: running the model's units (tiles, strips);
+- ``compute``: running the model's units (tiles, strips), and where fc1 is folded into
+  the last strips (``Plan.fold_head``) each strip's share of it (``fold``), as the plan
+  predicts it: inside the last stage's compute;
 - ``transfer``: sending (``send``/``recv`` lanes), and the gap between a step on one
   node and the next step on another (the bytes on the wire, and the receiving event
   loop);
@@ -28,7 +30,7 @@ CATEGORIES = ("planning", "decode", "compute", "transfer", "waiting", "event_loo
   (``halo-wait``), or for a peer that reported none of its steps (``wait``);
 - ``event_loop``: the entry peer's bookkeeping (cut, stitch, counting zeros, the
   result) and the gaps between steps on one node;
-- ``head``: the pool and classifier, where they ran.
+- ``head``: the pool and classifier (what a fold leaves of them), where they ran.
 """
 
 LABELS = {
@@ -49,7 +51,7 @@ def category(span: Span, head: int | None = None) -> str:
         return "planning"
     if span.name == "decode":
         return "decode"
-    if span.name in ("head", "fold"):  # fold: a peer's share of fc1 (Plan.fold_head)
+    if span.name == "head":
         return "head"
     if head is not None and span.lane == "compute" and span.stage == head:
         return "head"
