@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +48,7 @@ from emulation import (  # noqa: E402
     CgroupFS,
     Emulation,
     Layout,
+    PeerSlot,
     SystemHost,
     can_emulate,
     default_layout,
@@ -182,20 +183,22 @@ def released(mode: str, reached: Sequence[int], waiting: Sequence[bool]) -> list
     return out
 
 
-def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float]]:
-    """All workers start at once; returns the wall time until the last is done and
-    each worker's own time. A worker that reports a barrier (it finished layer L)
-    waits until it may go on: in ``conv`` and ``pool`` mode once every worker has
-    finished layer L, in ``halo`` mode once its neighbours (the strips above and
-    below) have, which is all a halo exchange needs."""
+def drive(
+    workers: Sequence[Worker],
+    command: str,
+    release: Callable[[list[int], list[bool]], Sequence[int]],
+) -> tuple[float, list[list[str]]]:
+    """Send ``command`` to every worker, then answer each barrier it reports ("b")
+    with "go" once ``release(reached, waiting)`` names it (``reached``: barriers passed
+    per worker, a large number once it is done), until every worker reports "done ...".
+    Returns the wall time (ms) and each worker's "done" line, split."""
     t0 = time.perf_counter()
-    wire = "conv" if mode == "halo" else mode
     for w in workers:
-        w.send(wire)
+        w.send(command)
     n = len(workers)
-    reached = [0] * n  # barriers passed (layers finished) per worker
+    reached = [0] * n
     waiting = [False] * n
-    done: dict[int, float] = {}
+    done: dict[int, list[str]] = {}
     sel = selectors.DefaultSelector()
     for i, w in enumerate(workers):
         sel.register(w.stdout, selectors.EVENT_READ, i)
@@ -205,19 +208,70 @@ def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float
                 i = key.data
                 r = workers[i].recv()
                 if r.startswith("done"):
-                    done[i] = float(r.split()[1])
-                    reached[i] = 1 << 30
+                    done[i] = r.split()
+                    reached[i] = DONE
                     sel.unregister(key.fileobj)
                 else:
                     reached[i] += 1
                     waiting[i] = True
-            for i in released(mode, reached, waiting):
+            for i in release(reached, waiting):
                 waiting[i] = False
                 workers[i].send("go")
     finally:
         sel.close()
-    wall = 1000 * (time.perf_counter() - t0)
-    return wall, [done[i] for i in range(n)]
+    return 1000 * (time.perf_counter() - t0), [done[i] for i in range(n)]
+
+
+DONE = 1 << 30
+"""What :func:`drive` counts as a finished worker's barriers."""
+
+
+def one_request(workers: Sequence[Worker], mode: str) -> tuple[float, list[float]]:
+    """All workers start at once; returns the wall time until the last is done and
+    each worker's own time. A worker that reports a barrier (it finished layer L)
+    waits until it may go on: in ``conv`` and ``pool`` mode once every worker has
+    finished layer L, in ``halo`` mode once its neighbours (the strips above and
+    below) have, which is all a halo exchange needs."""
+    wire = "conv" if mode == "halo" else mode
+    wall, done = drive(workers, wire, lambda reached, waiting: released(mode, reached, waiting))
+    return wall, [float(d[1]) for d in done]
+
+
+def start_workers(
+    emu: Emulation, slots: Sequence[PeerSlot], argvs: Sequence[list[str]]
+) -> list[Worker]:
+    """One worker per slot, each started uncapped (pinned where the layout pins) and
+    moved into its slot's cgroup once it says "ready": loading torch and a model at
+    0.13 of a core would take most of a minute. On failure the workers already started
+    are left to :func:`reap` (they are in the returned list's place, ``emu.pids``)."""
+    workers: list[Worker] = []
+    try:
+        for slot, argv in zip(slots, argvs, strict=True):
+            proc = subprocess.Popen(
+                emu.command(replace(slot, cgroup=None), argv), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            )  # fmt: skip
+            emu.pids.append(proc.pid)
+            workers.append(Worker(proc))
+        for w in workers:
+            if w.recv() != "ready":
+                raise RuntimeError(f"worker pid {w.proc.pid} did not start")
+        for slot, w in zip(slots, workers, strict=True):
+            emu.adopt(slot, w.proc.pid)
+    except BaseException:
+        reap(workers)
+        raise
+    return workers
+
+
+def reap(workers: Sequence[Worker]) -> None:
+    """Kill what still runs and wait for every worker: a zombie would count as a
+    left-over process."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait(timeout=10)
 
 
 def _measure(
@@ -236,25 +290,12 @@ def _measure(
     best = max(range(len(layout.peers)), key=lambda i: layout.peers[i].share or 1.0)
     jobs = [(IMAGE, True), *[(r, i == best) for i, r in enumerate(rows)]]
     slots = [layout.peers[best], *layout.peers]
-    for slot, (r, head) in zip(slots, jobs, strict=True):
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker",
-                "--model", model, "--rows", str(r)]  # fmt: skip
-        if head:
-            argv.append("--classifier")
-        # Started uncapped (pinned where the layout pins) and moved into the cgroup once
-        # warm: loading torch and a model at 0.13 of a core would take most of a minute.
-        proc = subprocess.Popen(
-            emu.command(replace(slot, cgroup=None), argv), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-        )  # fmt: skip
-        emu.pids.append(proc.pid)
-        workers.append(Worker(proc))
-    for w in workers:
-        if w.recv() != "ready":
-            raise RuntimeError(f"worker pid {w.proc.pid} did not start")
-    for slot, w in zip(slots, workers, strict=True):
-        emu.adopt(slot, w.proc.pid)
+    argvs = [
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model,
+         "--rows", str(r), *(["--classifier"] if head else [])]
+        for r, head in jobs
+    ]  # fmt: skip
+    workers.extend(start_workers(emu, slots, argvs))
     alone, strips = workers[0], workers[1:]
     times: dict[str, list[float]] = {"local": [], **{m: [] for m in modes}}
     per_peer: dict[str, list[list[float]]] = {m: [] for m in modes}
@@ -315,11 +356,7 @@ def ceiling(
         try:
             times, per_peer = _measure(model, k, modes, gap, layout, rows, emu, workers)
         finally:
-            # Reap our workers here: a zombie would count as a left-over process.
-            for w in workers:
-                if w.proc.poll() is None:
-                    w.proc.kill()
-                w.proc.wait(timeout=10)
+            reap(workers)
     local = statistics.median(times["local"])
     if ideal is None:
         capped = [s for s in shares if s is not None]

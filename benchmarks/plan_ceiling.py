@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import selectors
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from compute_ceiling import SHARES, Worker  # noqa: E402
+from compute_ceiling import SHARES, Worker, drive, reap, start_workers  # noqa: E402
 from emulation import (  # noqa: E402
     DEFAULT_PERIOD_US,
     CgroupFS,
@@ -270,42 +267,22 @@ def one_request(
     ``s`` goes on once ``deps[d][s]`` have finished stage ``s - 1``; the head's last
     barrier once every other worker is done. Returns the wall time (ms) and each
     worker's CPU (ms)."""
-    t0 = time.perf_counter()
-    for w in workers:
-        w.send("go")
-    n = len(workers)
-    stages = len(deps[0])
-    reached = [0] * n  # stages finished
-    waiting = [False] * n
-    cpu: dict[int, float] = {}
-    sel = selectors.DefaultSelector()
-    for i, w in enumerate(workers):
-        sel.register(w.stdout, selectors.EVENT_READ, i)
-    try:
-        while len(cpu) < n:
-            for key, _ in sel.select():
-                i = key.data
-                r = workers[i].recv()
-                if r.startswith("done"):
-                    cpu[i] = float(r.split()[2])
-                    reached[i] = 1 << 30
-                    sel.unregister(key.fileobj)
-                else:
-                    reached[i] += 1
-                    waiting[i] = True
-            for i in range(n):
-                if not waiting[i]:
-                    continue
-                s = reached[i]
-                gate = set(range(n)) - {i} if s >= stages else deps[i][s]
-                need = stages if s >= stages else s
-                if all(reached[j] >= need for j in gate):
-                    waiting[i] = False
-                    workers[i].send("go")
-    finally:
-        sel.close()
-    assert head in cpu
-    return 1000 * (time.perf_counter() - t0), [cpu[i] for i in range(n)]
+    n, stages = len(workers), len(deps[0])
+
+    def release(reached: list[int], waiting: list[bool]) -> list[int]:
+        out = []
+        for i in range(n):
+            s = reached[i]  # stages finished
+            if not waiting[i]:
+                continue
+            gate = set(range(n)) - {i} if s >= stages else deps[i][s]
+            if all(reached[j] >= min(s, stages) for j in gate):
+                out.append(i)
+        return out
+
+    wall, done = drive(workers, "go", release)
+    assert 0 <= head < n
+    return wall, [float(d[2]) for d in done]
 
 
 def replay(
@@ -342,26 +319,15 @@ def replay(
     devices: list[int | None] = [None, *range(len(plan.devices))]
     times: dict[str, list[float]] = {"alone": [], "plan": []}
     cpu: list[list[float]] = []
+    argvs = [
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(path),
+         *([] if d is None else ["--device", str(d)])]
+        for d in devices
+    ]  # fmt: skip
     with emu.running():
         workers: list[Worker] = []
         try:
-            for slot, d in zip(slots, devices, strict=True):
-                argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)]
-                argv += [] if d is None else ["--device", str(d)]
-                # Started uncapped and moved into the cgroup once warm, as the compute
-                # ceiling's workers: loading torch at 0.13 of a core takes most of a minute.
-                proc = subprocess.Popen(
-                    emu.command(replace(slot, cgroup=None), argv), stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, text=True,
-                    env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-                )  # fmt: skip
-                emu.pids.append(proc.pid)
-                workers.append(Worker(proc))
-            for w in workers:
-                if w.recv() != "ready":
-                    raise RuntimeError(f"worker pid {w.proc.pid} did not start")
-            for slot, w in zip(slots, workers, strict=True):
-                emu.adopt(slot, w.proc.pid)
+            workers = start_workers(emu, slots, argvs)
             alone, parts = workers[0], workers[1:]
             for i in range(k):
                 times["alone"].append(one_request([alone], [[set()]], 0)[0])
@@ -372,11 +338,7 @@ def replay(
             for w in workers:
                 w.send("quit")
         finally:
-            # Reap our workers here: a zombie would count as a left-over process.
-            for w in workers:
-                if w.proc.poll() is None:
-                    w.proc.kill()
-                w.proc.wait(timeout=10)
+            reap(workers)
     alone_ms, plan_ms = statistics.median(times["alone"]), statistics.median(times["plan"])
     if ideal is None:
         capped = [s for s in shares if s is not None]
