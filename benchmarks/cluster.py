@@ -1095,6 +1095,20 @@ def headroom_testbed(name: str, shares: Sequence[float | None]) -> Testbed | Non
     return tb if testbed_shares(tb) == list(shares) else None
 
 
+def same_layout(layout: Layout, k: int, ideal: float) -> dict[str, Any]:
+    """The arguments that run the compute ceiling or a plan's replay on the cluster's
+    own cgroups, period and pinning (``compute_ceiling.ceiling``, ``plan_ceiling.replay``)."""
+    return {
+        "shares": [p.share for p in layout.peers],
+        "k": k,
+        "period_us": layout.period_us,
+        "cgroup": layout.cgroup,
+        "cpus": [p.cpu for p in layout.peers],
+        "cpu_weight": layout.cpu_weight,
+        "ideal": ideal,
+    }
+
+
 def measure_ceilings(
     args: argparse.Namespace, layout: Layout, ideal: float
 ) -> dict[str, dict[str, Any]]:
@@ -1104,16 +1118,7 @@ def measure_ceilings(
         t0 = time.monotonic()
         progress(f"compute ceiling of {model}, K={args.ceiling_k}")
         try:
-            out[model] = ceiling(
-                model,
-                [p.share for p in layout.peers],
-                k=args.ceiling_k,
-                period_us=layout.period_us,
-                cgroup=layout.cgroup,
-                cpus=[p.cpu for p in layout.peers],
-                cpu_weight=layout.cpu_weight,
-                ideal=ideal,
-            )
+            out[model] = ceiling(model, **same_layout(layout, args.ceiling_k, ideal))
         except (RuntimeError, ValueError, OSError) as e:
             progress(f"compute ceiling of {model} failed: {e}")
             continue
@@ -1156,16 +1161,7 @@ def measure_plan_ceilings(
         t0 = time.monotonic()
         progress(f"replaying {kept[-1].name}'s plan with no network, K={args.ceiling_k}")
         try:
-            out[model] = replay(
-                kept[-1],
-                [p.share for p in layout.peers],
-                k=args.ceiling_k,
-                period_us=layout.period_us,
-                cgroup=layout.cgroup,
-                cpus=[p.cpu for p in layout.peers],
-                cpu_weight=layout.cpu_weight,
-                ideal=ideal,
-            )
+            out[model] = replay(kept[-1], **same_layout(layout, args.ceiling_k, ideal))
         except (RuntimeError, ValueError, OSError, KeyError) as e:
             progress(f"replaying {kept[-1].name} failed: {e}")
             continue
