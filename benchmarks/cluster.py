@@ -83,6 +83,7 @@ from emulation import (
     machine_cores,
     make_layout,
 )
+from free_loops import FreeLoops
 from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
 from plan_ceiling import replay
 
@@ -795,6 +796,21 @@ class Bench:
             time.sleep(0.5)
 
     def measure(self) -> list[dict[str, Any]]:
+        free = None
+        if self.args.free_helper_loops:
+            lay = self.layout  # main() refused the flag without v1 quotas
+            # The TLS peers' helpers: every peer but the entry one, peer 0.
+            helpers = [pid for i, pid in enumerate(self.peer_pids) if i % len(lay.peers) != 0]
+            free = FreeLoops(self.emu.host, lay.cgroup, lay.prefix, helpers, lay.cpu_weight or 1024)
+            free.start()
+        try:
+            return self._measure()
+        finally:
+            if free is not None:
+                free.stop()
+                progress(f"free helper loops: {len(free.moved)} moved, {len(free.waiting)} never")
+
+    def _measure(self) -> list[dict[str, Any]]:
         lay, a = self.layout, self.args
         argv = [
             sys.executable, str(CLIENT), "--transports", ",".join(self.transports),
@@ -1057,6 +1073,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the peers' logs")
     p.add_argument(
+        "--free-helper-loops",
+        action="store_true",
+        help="a diagnostic, not a measurement of the cluster: each helper's event loop "
+        "thread moves out of its CPU quota once its compute worker exists (cgroup v1; "
+        "benchmarks/free_loops.py): what the cluster would do if the helpers' message "
+        "handling cost them nothing",
+    )
+    p.add_argument(
         "--profile-loops",
         type=Path,
         metavar="DIR",
@@ -1219,6 +1243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"refused: {e}")
         return 2
     capped = [s for s in shares if s is not None]
+    if args.free_helper_loops and not (ok and capped and layout.cgroup.version == 1):
+        progress("refused: --free-helper-loops needs peers under cgroup v1 CPU quotas")
+        return 2
     if args.profile == "auto":
         args.profile = "uncapped" if ok and capped else "daemon"
     if ok and capped:
