@@ -58,9 +58,11 @@ from emulation import (  # noqa: E402
 
 from edgeci_p2p.core.geometry import Region, Span, trace  # noqa: E402
 from edgeci_p2p.core.pieces import edge_first_pieces  # noqa: E402
-from edgeci_p2p.core.plan import Plan  # noqa: E402
+from edgeci_p2p.core.plan import Plan, segments  # noqa: E402
 from edgeci_p2p.core.units import ModelSpec  # noqa: E402
 from edgeci_p2p.core.workload import Workload  # noqa: E402
+from edgeci_p2p.policy.strip_jobs import strip_jobs  # noqa: E402
+from edgeci_p2p.wire.messages import StripStage  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,74 +100,61 @@ def load_plan(path: Path) -> tuple[Plan, list[int]]:
     return plan, [by_speed.index(n) for n in plan.devices]
 
 
-def sends(
-    spec: ModelSpec, plan: Plan, si: int, device: int, rows: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """The rows of ``device``'s part of stage ``si`` that other devices' parts of the next
-    stage read (a halo boundary only: a gather sends the whole part)."""
-    st = plan.stages[si]
-    if st.transfer != "halo" or si + 1 >= len(plan.stages):
-        return []
-    nxt = plan.stages[si + 1]
-    out = []
-    for q in nxt.parts:
-        if q.device == device:
+def strip_stages(spec: ModelSpec, plan: Plan) -> dict[int, dict[int, StripStage]]:
+    """Per stage index, per device, the strip-job stage the daemon would send it
+    (:func:`~edgeci_p2p.policy.strip_jobs.strip_jobs`: its rows, the rows it receives and
+    sends); stages of a segment that cannot run as strip jobs, and gather stages, are
+    absent (the daemon runs them as one tile per part)."""
+    out: dict[int, dict[int, StripStage]] = {}
+    for first, last in segments(plan):
+        jobs = strip_jobs(spec, plan, first, last, list(plan.devices))
+        if (first == last and not plan.folds_after(last)) or jobs is None:
             continue
-        need = trace(spec, nxt.start, nxt.stop, q.region).need.rows
-        a, b = max(need.start, rows[0]), min(need.stop, rows[1])
-        if a < b:
-            out.append((a, b))
+        for d, stages in jobs.stages.items():
+            for k, st in enumerate(stages):
+                out.setdefault(first + k, {})[d] = st
     return out
 
 
 def pieces_of(spec: ModelSpec, plan: Plan, device: int) -> list[list[Piece]]:
-    """Per stage, ``device``'s calls as the daemon makes them: a part of a halo segment
-    cut edge first (:func:`edge_first_pieces`), any other part one call."""
+    """Per stage, ``device``'s calls as the daemon makes them: a strip job's stage cut
+    edge first around the rows it sends (:func:`edge_first_pieces`, as
+    ``aio/strips.stage_pieces``), any other part one call."""
     work = Workload(spec)
+    jobs = strip_stages(spec, plan)
     out: list[list[Piece]] = []
     for si, st in enumerate(plan.stages):
         calls = []
-        for p in st.parts:
-            if p.device != device:
-                continue
-            rows = (p.region.rows.start, p.region.rows.stop)
-            edges = sends(spec, plan, si, device, rows)
-            if not edges:  # a tile, or a strip none of whose rows a neighbour reads
-                calls.append(Piece(si, st.start, st.stop, p.region))
-                continue
-            cols = p.region.cols
-            for c in edge_first_pieces(work, st.start, st.stop, rows, edges):
+        job = jobs.get(si, {}).get(device)
+        if job is not None:
+            cols = Span(0, spec.shape_at(st.stop)[2])
+            sends = [(r.rows[0], r.rows[1]) for r in job.send]
+            for c in edge_first_pieces(work, st.start, st.stop, job.rows, sends):
                 calls.append(Piece(si, st.start, st.stop, Region(Span(*c.rows), cols)))
+        else:
+            calls = [Piece(si, st.start, st.stop, p.region) for p in st.parts if p.device == device]
         out.append(calls)
     return out
 
 
 def waits_for(spec: ModelSpec, plan: Plan) -> list[list[set[int]]]:
     """``[d][s]``: the devices whose stage ``s - 1`` device ``d`` waits for before its
-    stage ``s`` (s >= 1): after a halo boundary the holders of rows its parts read, after
-    a gather every device."""
+    stage ``s`` (s >= 1): inside a strip job the peers it receives rows from, after a
+    gather every device."""
     n = len(plan.devices)
+    jobs = strip_stages(spec, plan)
+    index = {name: i for i, name in enumerate(plan.devices)}
     out: list[list[set[int]]] = [[set()] for _ in range(n)]
     for si in range(1, len(plan.stages)):
-        prev, st = plan.stages[si - 1], plan.stages[si]
+        st = plan.stages[si]
         for d in range(n):
-            mine = [p for p in st.parts if p.device == d]
-            if not mine:
+            job = jobs.get(si, {}).get(d)
+            if not any(p.device == d for p in st.parts):
                 out[d].append(set())
-            elif prev.transfer != "halo":
-                out[d].append(set(range(n)) - {d})
+            elif job is not None and plan.stages[si - 1].transfer == "halo":
+                out[d].append({index[r.node] for r in job.recv})
             else:
-                deps = set()
-                for p in mine:
-                    need = trace(spec, st.start, st.stop, p.region).need.rows
-                    for q in prev.parts:
-                        if (
-                            q.device != d
-                            and q.region.rows.start < need.stop
-                            and need.start < q.region.rows.stop
-                        ):
-                            deps.add(q.device)
-                out[d].append(deps)
+                out[d].append(set(range(n)) - {d})
     return out
 
 
