@@ -249,9 +249,7 @@ def worker(trace_path: Path, device: int | None) -> None:
 # ---- parent ----------------------------------------------------------------------------
 
 
-def one_request(
-    workers: Sequence[Worker], deps: list[list[set[int]]], head: int
-) -> tuple[float, list[float]]:
+def one_request(workers: Sequence[Worker], deps: list[list[set[int]]]) -> tuple[float, list[float]]:
     """Every worker starts at once; a worker that reports a barrier before its stage
     ``s`` goes on once ``deps[d][s]`` have finished stage ``s - 1``; the head's last
     barrier once every other worker is done. Returns the wall time (ms) and each
@@ -270,7 +268,6 @@ def one_request(
         return out
 
     wall, done = drive(workers, "go", release)
-    assert 0 <= head < n
     return wall, [float(d[2]) for d in done]
 
 
@@ -319,8 +316,8 @@ def replay(
             workers = start_workers(emu, slots, argvs)
             alone, parts = workers[0], workers[1:]
             for i in range(k):
-                times["alone"].append(one_request([alone], [[set()]], 0)[0])
-                wall, each = one_request(parts, deps, plan.head_at)
+                times["alone"].append(one_request([alone], [[set()]])[0])
+                wall, each = one_request(parts, deps)
                 times["plan"].append(wall)
                 cpu.append(each)
                 print(f"  plan replay: request {i + 1}/{k}", file=sys.stderr, flush=True)
