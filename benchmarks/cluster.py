@@ -83,7 +83,7 @@ from emulation import (
     machine_cores,
     make_layout,
 )
-from free_loops import FreeLoops
+from free_loops import FreeLoops, FreePlanner
 from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
 from plan_ceiling import replay
 
@@ -796,19 +796,30 @@ class Bench:
             time.sleep(0.5)
 
     def measure(self) -> list[dict[str, Any]]:
-        free = None
+        free = planner = None
+        lay = self.layout
         if self.args.free_helper_loops:
-            lay = self.layout  # main() refused the flag without v1 quotas
-            # The TLS peers' helpers: every peer but the entry one, peer 0.
+            # main() refused the flag without v1 quotas. The TLS peers' helpers: every
+            # peer but the entry one, peer 0.
             helpers = [pid for i, pid in enumerate(self.peer_pids) if i % len(lay.peers) != 0]
             free = FreeLoops(self.emu.host, lay.cgroup, lay.prefix, helpers, lay.cpu_weight or 1024)
             free.start()
+        if self.args.free_planner:
+            entries = [pid for i, pid in enumerate(self.peer_pids) if i % len(lay.peers) == 0]
+            planner = FreePlanner(
+                self.emu.host, lay.cgroup, lay.prefix, entries, lay.cpu_weight or 1024
+            )
+            planner.step()
+            planner.start()
         try:
             return self._measure()
         finally:
             if free is not None:
                 free.stop()
                 progress(f"free helper loops: {len(free.moved)} moved, {len(free.waiting)} never")
+            if planner is not None:
+                planner.stop()
+                progress(f"free planner: {len(planner.moved)} planning child(ren) moved")
 
     def _measure(self) -> list[dict[str, Any]]:
         lay, a = self.layout, self.args
@@ -1081,6 +1092,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "handling cost them nothing",
     )
     p.add_argument(
+        "--free-planner",
+        action="store_true",
+        help="a diagnostic, not a measurement of the cluster: the entry peer's planning "
+        "child (the background plans) moves out of its CPU quota "
+        "(benchmarks/free_loops.py); with --plan-patience 0, what plans made afresh "
+        "for every move of the bids would give if planning cost the auctioneer nothing",
+    )
+    p.add_argument(
         "--profile-loops",
         type=Path,
         metavar="DIR",
@@ -1245,6 +1264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     capped = [s for s in shares if s is not None]
     if args.free_helper_loops and not (ok and capped and layout.cgroup.version == 1):
         progress("refused: --free-helper-loops needs peers under cgroup v1 CPU quotas")
+        return 2
+    if args.free_planner and not (ok and capped):
+        progress("refused: --free-planner needs peers under CPU quotas")
         return 2
     if args.profile == "auto":
         args.profile = "uncapped" if ok and capped else "daemon"

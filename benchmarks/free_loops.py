@@ -96,3 +96,73 @@ class FreeLoops:
     def _run(self) -> None:
         while self.waiting and not self._stop.wait(POLL_S):
             self.step()
+
+
+# ---- the auctioneer's planning child -------------------------------------------------
+
+PLANNER_MODULE = "edgeci_p2p.auction.aside"
+"""The planning child's module (``aio/aside.py`` starts it with ``-m``)."""
+
+
+def planning_children(parents: Sequence[int], proc: Path = Path("/proc")) -> list[int]:
+    """The planning children (``python -m edgeci_p2p.auction.aside``) of ``parents``."""
+    want = {str(p) for p in parents}
+    out = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # stat: "pid (comm) state ppid ...": the comm may hold spaces, so after its ")".
+        ppid = stat.rsplit(")", 1)[1].split()[1]
+        if ppid in want and PLANNER_MODULE.encode() in cmdline:
+            out.append(int(d.name))
+    return sorted(out)
+
+
+class FreePlanner:
+    """Moves the planning children of ``pids`` (whole processes) into
+    ``<root>/<prefix>-free-planner`` (no quota, weight ``cpu_shares``) as they appear,
+    a child that replaced a dead one included; the emulation's teardown removes the
+    cgroup with its others."""
+
+    def __init__(
+        self,
+        host: Host,
+        cgroup: CgroupFS,
+        prefix: str,
+        pids: Sequence[int],
+        cpu_shares: int,
+        proc: Path = Path("/proc"),
+    ) -> None:
+        self.host, self.proc, self.pids = host, proc, list(pids)
+        self.path = f"{cgroup.root}/{prefix}-free-planner"
+        self.join = f"{self.path}/cgroup.procs"
+        self.moved: list[int] = []
+        host.mkdir(self.path)
+        name, text = cgroup.weight_file(cpu_shares)
+        host.write(f"{self.path}/{name}", text)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="free-planner", daemon=True)
+
+    def step(self) -> list[int]:
+        """Move the planning children not moved yet; returns their pids."""
+        new = [c for c in planning_children(self.pids, self.proc) if c not in self.moved]
+        for pid in new:
+            self.host.write(self.join, f"{pid}\n")
+            self.moved.append(pid)
+        return new
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S * 10):
+            self.step()
