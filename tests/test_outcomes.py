@@ -26,6 +26,26 @@ def test_cold_requests_are_left_out() -> None:
     assert o.measured("k", 0.300, now=2.0) == pytest.approx(0.330)
 
 
+def test_a_new_plans_first_run_counts_as_run_but_is_no_sample() -> None:
+    # The first request of a plan made in the background took 1.5 s, its next ones 0.6:
+    # kept, it sent the strategy alone for the rest of a benchmark run.
+    o = Outcomes(skip=0)
+    o.ran("halo", "vgg16", False, 0.500, 1.500, now=0.0, shape="plan A")  # its first run
+    for _ in range(3):
+        o.ran("halo", "vgg16", False, 0.500, 0.600, now=0.0, shape="plan A")
+    assert o.measured(("halo", "vgg16"), 0.500, now=1.0) == pytest.approx(0.600)
+    o.ran("halo", "vgg16", False, 0.480, 1.500, now=1.0, shape="plan B")  # cold: not kept
+    assert len(o.samples[("halo", "vgg16")]) == 3 and o.seen[("halo", "vgg16")] == 5
+    o.ran("halo", "vgg16", False, 0.480, 0.580, now=2.0, shape="plan B")  # warm: kept
+    assert len(o.samples[("halo", "vgg16")]) == 4
+    assert o.measured(("halo", "vgg16"), 0.480, now=3.0) == pytest.approx(0.600)
+    # A key's first run is a new shape too; without shapes every run is a sample.
+    o.ran("edgeci", "vgg16", False, 0.5, 0.9, now=3.0, shape="plan C")
+    o.ran("edgeci", "vgg16", False, 0.5, 0.9, now=3.0)
+    o.ran("edgeci", "vgg16", False, 0.5, 0.9, now=3.0)
+    assert len(o.samples[("edgeci", "vgg16")]) == 2
+
+
 def test_the_median_is_taken_so_one_stalled_request_does_not_move_it() -> None:
     o = Outcomes(skip=0)
     for measured in (0.310, 0.900, 0.320):
@@ -144,13 +164,14 @@ def test_the_auctioneer_leaves_running_alone_once_alone_measured_slower() -> Non
     # The distributed plan's prediction has risen to 5% under alone's: not enough.
     dist = replace(planner.plan, predicted=0.95 * lp)
     assert not auct._choose(dist, spec).distribute
-    # It ran before, at a lower prediction: that says nothing about this one.
-    for _ in range(3):
+    # It ran before, at a lower prediction: that says nothing about this one. (A plan's
+    # first run, alone or distributed, is cold: no sample.)
+    for _ in range(4):
         auct.ran(replace(dist, predicted=0.65 * lp), spec, 0.9 * lp)
         clock[0] += 1.0
     assert not auct._choose(dist, spec).distribute
     # Alone runs 12% over its plan: the distributed plan is tried again ...
-    for _ in range(3):
+    for _ in range(4):
         auct.ran(local, spec, 1.12 * lp)
         clock[0] += 1.0
     # ... until three runs near its plan say it is worth it, as measured.

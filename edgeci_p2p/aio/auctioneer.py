@@ -282,10 +282,13 @@ class Auctioneer:
         )
 
     def ran(self, plan: Plan, spec: ModelSpec, seconds: float) -> None:
-        """One of this node's requests ran ``plan`` (its maps and head) in ``seconds``."""
+        """One of this node's requests ran ``plan`` (its maps and head) in ``seconds``; the
+        first run of a plan (other stages than the last of its kind) is cold."""
         if plan.predicted is not None:
             alone, model = len(set(plan.devices)) <= 1, (spec.name, spec.input_shape)
-            self.outcomes.ran(plan.strategy, model, alone, plan.predicted, seconds, self.clock())
+            shape = (plan.devices, plan.stages, plan.head_device, plan.fold_head)
+            now = self.clock()
+            self.outcomes.ran(plan.strategy, model, alone, plan.predicted, seconds, now, shape)
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""

@@ -92,13 +92,22 @@ class Outcomes:
     or the plan was wrong in a way the figures should not chase."""
     samples: dict[Hashable, list[Sample]] = field(default_factory=dict)
     seen: dict[Hashable, int] = field(default_factory=dict)
+    shapes: dict[Hashable, Hashable] = field(default_factory=dict)
+    """Per key, the shape of the plan last run (:meth:`ran`)."""
 
-    def record(self, key: Hashable, predicted: float, measured: float, now: float) -> None:
-        """A request run the ``key`` way, predicted at ``predicted`` s, took ``measured``."""
+    def record(
+        self, key: Hashable, predicted: float, measured: float, now: float, cold: bool = False
+    ) -> None:
+        """A request run the ``key`` way, predicted at ``predicted`` s, took ``measured``;
+        ``cold``: the first run of a plan (new strips, new shapes), which counts as a run
+        but is no sample. Its peers make their convolutions' primitives and buffers for
+        the new shapes: on the emulated cluster the first request of a plan made in the
+        background took 1.5 s where the plan's next ones took 0.6, and kept as a sample
+        it sent the strategy alone for the rest of the run (:data:`RETRY_S`)."""
         if not (predicted > 0.0 and measured > 0.0) or not math.isfinite(predicted + measured):
             return
         self.seen[key] = self.seen.get(key, 0) + 1
-        if self.seen[key] <= self.skip:
+        if self.seen[key] <= self.skip or cold:
             return
         kept = self.samples.setdefault(key, [])
         kept.append(Sample(now, predicted, measured))
@@ -134,11 +143,17 @@ class Outcomes:
         predicted: float,
         measured: float,
         now: float,
+        shape: Hashable = None,
     ) -> None:
         """A request of ``model`` ran (``alone``, whatever ``strategy`` fell back on it,
         or distributed as ``strategy`` planned it), predicted at ``predicted`` s, in
-        ``measured`` s."""
-        self.record(("alone", model) if alone else (strategy, model), predicted, measured, now)
+        ``measured`` s; ``shape``: its plan's stages and devices, the first run of which
+        is cold (:meth:`record`)."""
+        key = ("alone", model) if alone else (strategy, model)
+        cold = shape is not None and self.shapes.get(key) != shape
+        if shape is not None:
+            self.shapes[key] = shape
+        self.record(key, predicted, measured, now, cold)
 
     def ran_before(self, key: Hashable) -> bool:
         """Whether a request ever ran the ``key`` way here (cold ones included)."""
