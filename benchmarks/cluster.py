@@ -741,6 +741,8 @@ class Bench:
             argv += ["--no-piece-cost"]
         if self.args.no_plan_aside:
             argv += ["--no-plan-aside"]
+        if self.args.plan_here:
+            argv += ["--plan-here"]
         if self.args.plan_patience is not None:
             argv += ["--plan-patience", str(self.args.plan_patience)]
         if self.args.worker_nice is not None:
@@ -1049,6 +1051,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="the peers' compute worker niceness (edgeci-peer --worker-nice N; default: "
         "the peer's own default), for comparison",
+    )
+    p.add_argument(
+        "--plan-here",
+        action="store_true",
+        help="every auctioneer makes its background plans in its own planning child "
+        "(edgeci-peer --plan-here), not on the peer with the most spare CPU, for comparison",
     )
     p.add_argument(
         "--no-plan-aside",

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "where that is predicted sooner)",
     )
     p.add_argument(
+        "--plan-here",
+        action="store_true",
+        help="make this peer's background plans in its own planning child (by default "
+        "they go to the peer the plan at hand leaves the most spare CPU, and come back "
+        "here only when that peer cannot make them)",
+    )
+    p.add_argument(
         "--no-plan-aside",
         action="store_true",
         help="plan for a peer's new speed figures in a thread of this daemon, beside the "
@@ -218,6 +225,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         plan_aside=not args.no_plan_aside,
         worker_nice=args.worker_nice,
         plan_patience_s=args.plan_patience,
+        plan_on_peers=not args.plan_here,
         fold=not args.no_fold,
         memory_limit=None if args.memory_limit is None else parse_size(args.memory_limit),
         weights_idle_s=args.weights_idle,

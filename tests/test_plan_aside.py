@@ -10,20 +10,27 @@ import os
 import sys
 import threading
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from edgeci_p2p.aio import aside as aio_aside
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer
+from edgeci_p2p.aio.plan_peers import check_decision
 from edgeci_p2p.auction import aside
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.decider import CachedDecider, Entry, StaticPlanner
+from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending, StaticPlanner
 from edgeci_p2p.core.density import with_zeros
+from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.planners import plan
+from edgeci_p2p.planners.testbeds import load_testbed
+from edgeci_p2p.policy.plan_peer import spare_peer
+from tests.daemons import cluster
 from tests.planfakes import fake_testbed
 
 
@@ -406,5 +413,142 @@ def test_pieces_timed_while_the_child_plans_are_not_calibrated_on() -> None:
             await patient.close()
         finally:
             await planning.close()
+
+    asyncio.run(main())
+
+
+# ---- on a peer (plan_job) -------------------------------------------------------------------
+
+
+def test_a_stale_round_is_planned_on_a_peer_and_the_own_child_stays_idle() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved = _round(spec, slow=1.5)[1]
+
+    async def main() -> None:
+        planning, peers_child = PlanningAside(), PlanningAside()
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+        asked: list[str] = []
+
+        async def remote(decider: CachedDecider, pending: Pending, job: dict[str, Any]) -> Entry:
+            asked.append(pending[1][1].bidder)
+            # What a peer does with it (aio/plan_peers.py): its child's decision, as JSON.
+            hit = await peers_child.decide(json.loads(json.dumps(job)))
+            return aside.entry(json.loads(json.dumps(aside.answer_of(hit))))
+
+        auct.refresh.remote = remote
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
+        decider(call, bids)
+        decider(call, moved)
+        try:
+            auct.refresh.later(decider, threading.Lock())
+            await asyncio.gather(*auct.refresh.tasks)
+            assert asked and auct.refresh.planned_on_peers == 1 == auct.refresh.planned
+            assert planning.jobs == 0 and peers_child.jobs == 1 and decider.pending is None
+            mine = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+            assert decider(call, moved) == mine(call, moved)  # the peer's, from the memo
+        finally:
+            await auct.close()
+            await peers_child.close()
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_cannot_plan_it_leaves_the_job_to_the_own_child() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved = _round(spec, slow=1.5)[1]
+
+    async def main() -> None:
+        planning = PlanningAside()
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+
+        async def remote(decider: CachedDecider, pending: Pending, job: dict[str, Any]) -> Entry:
+            raise AsideError("the peer did not answer in 20 s")
+
+        auct.refresh.remote = remote
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci"))
+        decider(call, bids)
+        decider(call, moved)
+        try:
+            auct.refresh.later(decider, threading.Lock())
+            await asyncio.gather(*auct.refresh.tasks)
+            # The same round (the pending one was taken once), planned here.
+            assert planning.jobs == 1 and auct.refresh.planned_on_peers == 0
+            assert decider.pending is None and auct.refresh.planned == 1
+            mine = AwasPlanner(spec, own=own.compute, strategy="edgeci")
+            assert decider(call, moved) == mine(call, moved)
+        finally:
+            await auct.close()
+
+    asyncio.run(main())
+
+
+def test_the_peer_asked_is_the_one_the_plan_leaves_the_most_spare_cpu() -> None:
+    spec = spec_for("vgg16", 224, 224)
+    tb = load_testbed("emulated-4-headroom")
+    me = tb.names[tb.auctioneer]
+    everyone = set(tb.names)
+    halo = plan("edgeci-halo", spec, tb)
+    run = simulate(halo, spec, tb)
+    idle = {
+        n: (run.latency - run.busy(d)) / tb.devices[d].compute.seconds("conv", 1e9)
+        for d, n in enumerate(tb.names)
+        if n != me
+    }
+    assert spare_peer(halo, tb, spec, everyone - {me}, me) == max(idle, key=idle.__getitem__)
+    # A peer the plan leaves out is idle all through: the fastest such one.
+    alone = plan("local", spec, tb)
+    fastest = min(
+        (n for n in tb.names if n != me),
+        key=lambda n: tb.devices[tb.names.index(n)].compute.seconds("conv", 1e9),
+    )
+    assert spare_peer(alone, tb, spec, everyone - {me}, me) == fastest
+    # Only bidders of the round, never this node; nothing to go on, nobody.
+    assert spare_peer(halo, tb, spec, {me}, me) is None
+    assert spare_peer(None, None, spec, everyone, me) is None
+
+
+def test_a_peers_plan_is_kept_only_if_it_plans_this_model_on_the_rounds_bidders() -> None:
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    planner = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+    items = planner(call, bids)
+    assert planner.plan is not None and planner.testbed is not None
+    good: Entry = (items, planner.plan, planner.testbed, {})
+    bidders = frozenset(planner.plan.devices)
+    check_decision(good, spec, bidders, "p")
+    with pytest.raises(AsideError, match="did not bid"):
+        check_decision(good, spec, bidders - {planner.plan.devices[-1]}, "p")
+    other = spec_for("vgg16", 64, 64)
+    with pytest.raises(AsideError, match="not a plan of this model"):
+        check_decision(good, other, bidders, "p")
+    with pytest.raises(AsideError, match="no plan"):
+        check_decision((items, None, None, {}), spec, bidders, "p")
+
+
+@pytest.mark.timeout(120)
+def test_a_plan_job_crosses_the_wire_and_comes_back_checked() -> None:
+    spec = spec_for("vgg11", 64, 64)
+
+    async def main() -> None:
+        async with cluster(2) as (a, b):
+            tb = fake_testbed([4.0, 2.0], [50, 50])
+            call = probe_call("r", a.node_id, spec)
+            d = tb.devices[1]
+            bid = Bidder(b.node_id, d.compute, tb.link(1), d.memory_bytes, horizon=1e6)
+            bids = [bid.bid(call, 0.0)]
+            own = tb.devices[0].compute
+            job = aside.job(AwasPlanner(spec, own=own, strategy="edgeci-halo"), call, bids)
+            bidders = frozenset({a.node_id, b.node_id})
+            hit = await a.parts.planners.decide(b.node_id, job, spec, bidders)
+            assert b.parts.planners.served == 1 and a.parts.planners.sent == 1
+            mine = AwasPlanner(spec, own=own, strategy="edgeci-halo")
+            assert hit[0] == mine(call, bids) and hit[1] is not None
+            assert set(hit[1].devices) <= bidders
+            # A job the peer cannot read is an error answer, and the connection stays.
+            with pytest.raises(AsideError, match="could not plan it"):
+                await a.parts.planners.decide(b.node_id, {"kind": "?"}, spec, bidders)
+            assert b.node_id in a.parts.mesh.conns
 
     asyncio.run(main())

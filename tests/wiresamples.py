@@ -26,6 +26,8 @@ from edgeci_p2p.wire.messages import (
     Peers,
     PeersResult,
     Ping,
+    PlanJob,
+    PlanJobResult,
     PlanRequest,
     PlanResult,
     Pong,
@@ -156,6 +158,9 @@ def samples() -> list[Message]:
         PeersResult("req-4", {"peers": [{"node_id": "a", "addr": "127.0.0.1:7070"}]}),
         PlanRequest("req-5", {"model": "vgg16", "strategy": "edgeci", "size": "224"}),
         PlanResult("req-5", {"predicted_s": 0.25, "blocks": [], "raw": b"\x00\x01"}),
+        PlanJob("job-1", '{"kind": "awas", "bids": []}'),
+        PlanJobResult("job-1", answer='{"items": {}, "plan": null}'),
+        PlanJobResult("job-2", error="this peer plans in no child"),
         Chunk(0, 0, b"\x00" * 10),
     ]
 

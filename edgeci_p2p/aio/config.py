@@ -85,6 +85,10 @@ class PeerConfig:
     plan_patience_s: float = PATIENCE_S
     """How long a new plan waits for this daemon to fall idle before the child plans it
     anyway (:func:`edgeci_p2p.auction.aside.hold`)."""
+    plan_on_peers: bool = True
+    """Send a new plan to the peer the plan at hand leaves the most spare CPU, to make in
+    its planning child (``plan_job``, :mod:`edgeci_p2p.aio.plan_peers`); off, or when
+    that fails, this peer's own child makes it."""
     fold: bool = True
     """Fold VGG's fc1 into the last strips where that is sooner (``nn/fold.py``); off,
     no peer's plan folds and this peer keeps no second copy of fc1 (411 MB)."""

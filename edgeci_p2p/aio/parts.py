@@ -23,13 +23,16 @@ from edgeci_p2p.aio.head import RemoteHead
 from edgeci_p2p.aio.heartbeat import Heartbeats
 from edgeci_p2p.aio.mesh import GOSSIP_PREFIX, Mesh
 from edgeci_p2p.aio.node import Node
+from edgeci_p2p.aio.plan_peers import PeerPlanning
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.request import RequestRunner
 from edgeci_p2p.aio.router import Router
 from edgeci_p2p.aio.stages import Stages
 from edgeci_p2p.aio.tiles import TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
+from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending
 from edgeci_p2p.policy.links import PlannedLinks
+from edgeci_p2p.policy.plan_peer import spare_peer
 from edgeci_p2p.wire import messages as wm
 from edgeci_p2p.wire.errors import ErrorCode
 
@@ -67,6 +70,11 @@ class Parts:
             cluster_view,
         )  # fmt: skip
         self.heartbeats = Heartbeats(node, self.mesh, self.idle)
+        refresh = self.desk.auctioneer.refresh
+        self.planners = PeerPlanning(node, self.mesh, refresh.aside)
+        if node.config.plan_on_peers:
+            refresh.remote = self._plan_on_peer
+        self.mesh.on_peer_lost.append(self.planners.peer_lost)
         node.metrics.watch(node, self.desk.auctioneer.planning)
         self._views: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self.mesh.on_peer_lost.append(self._peer_lost)
@@ -91,8 +99,23 @@ class Parts:
         on(wm.PeersResult, self._on_gossip)
         on(wm.InferResult, self.forwarder.on_result)
         on(wm.Error, self._on_error)
+        on(wm.PlanJob, self.planners.on_job)
+        on(wm.PlanJobResult, self.planners.on_result)
 
     # ---- messages more than one part acts on ------------------------------------------------
+
+    async def _plan_on_peer(
+        self, decider: CachedDecider, pending: Pending, job: dict[str, Any]
+    ) -> Entry | None:
+        """A stale round's new plan made by the peer with the most spare CPU in the plan
+        at hand (None: no peer to ask)."""
+        me = self.node.node_id
+        spec = decider.inner.spec
+        bidders = frozenset(b.bidder for b in pending[1]) | {me}
+        peer = spare_peer(decider.plan, decider.testbed, spec, bidders - {me}, me)
+        if peer is None:
+            return None
+        return await self.planners.decide(peer, job, spec, bidders)
 
     def _on_cancel(self, conn: Connection, msg: wm.Cancel) -> None:
         self.front.on_cancel(conn, msg)  # a client's (or forwarding peer's) request

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
@@ -20,6 +20,10 @@ from edgeci_p2p.auction.aside import job as aside_job
 from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending
 
 log = logging.getLogger("edgeci.auction")
+
+Remote = Callable[[CachedDecider, Pending, dict[str, Any]], Awaitable[Entry | None]]
+"""Plans a job on another peer (``aio/plan_peers.py``): the decision, None when no peer
+should, or :class:`AsideError` when the one asked failed."""
 
 
 class Refresher:
@@ -40,6 +44,11 @@ class Refresher:
         """Deciders whose task is running (it plans every round wanted meanwhile)."""
         self.planned = 0
         """Decisions made in the background (for tests and the logs)."""
+        self.remote: Remote | None = None
+        """Where a job goes first, when set: a peer with spare CPU plans it; the child
+        here plans what it cannot."""
+        self.planned_on_peers = 0
+        """Of :attr:`planned`, the decisions a peer made."""
 
     def later(self, decider: CachedDecider, lock: threading.Lock) -> None:
         """Plan the round a stale decision stood in for, off the request's path (in the
@@ -74,6 +83,8 @@ class Refresher:
             taken: list[Pending] = []
 
             async def make() -> dict[str, Any] | None:
+                if taken:  # a peer could not plan it: the same job here
+                    return aside_job(decider.inner, taken[0][0], taken[0][1])
                 self.wanted.pop(key, None)  # rounds wanted from now on: the next job
                 pending = await asyncio.to_thread(take)
                 if pending is None:
@@ -81,6 +92,21 @@ class Refresher:
                 taken.append(pending)
                 return aside_job(decider.inner, pending[0], pending[1])
 
+            if self.remote is not None:
+                # A peer's child is free to start at once: the job is made now.
+                job = await make()
+                if job is None:
+                    return
+                try:
+                    hit = await self.remote(decider, taken[0], job)
+                except AsideError as e:
+                    log.info("%s: planning on a peer failed (%s): planning here", name, e)
+                else:
+                    if hit is not None:
+                        await asyncio.to_thread(keep, taken[0][2], hit)
+                        self.planned_on_peers += 1
+                        self._landed(name, since)
+                        return
             if self.aside is not None and self.aside.broken is None:
                 try:
                     hit = await self.aside.decide_when_free(make, since)

@@ -80,12 +80,7 @@ class Child:
             items = planner(call, bids)
         except Exception as e:  # the parent keeps its stale plan and logs this
             return {"error": f"{type(e).__name__}: {e}"}
-        return {
-            "items": {p: [w.to_dict() for w in ws] for p, ws in items.items()},
-            "plan": None if planner.plan is None else planner.plan.to_dict(),
-            "testbed": None if planner.testbed is None else planner.testbed.to_dict(),
-            "left_out": dict(getattr(planner, "left_out", {})),
-        }
+        return answer_of((items, planner.plan, planner.testbed, getattr(planner, "left_out", {})))
 
     def _planner(self, job: Mapping[str, Any]) -> Planner:
         sizes = [job.get("input_itemsize", 4), job.get("wire_fraction", [])]
@@ -122,6 +117,18 @@ class Child:
         while len(self._planners) > self.keep:
             self._planners.pop(next(iter(self._planners)))
         return got
+
+
+def answer_of(hit: Entry) -> dict[str, Any]:
+    """A decision as a child answers it (JSON values; :func:`entry` reads it back): a
+    peer that planned a job for another sends this (``plan_job_result``)."""
+    items, plan, testbed, left_out = hit
+    return {
+        "items": {p: [w.to_dict() for w in ws] for p, ws in items.items()},
+        "plan": None if plan is None else plan.to_dict(),
+        "testbed": None if testbed is None else testbed.to_dict(),
+        "left_out": dict(left_out),
+    }
 
 
 def entry(answer: Mapping[str, Any]) -> Entry:

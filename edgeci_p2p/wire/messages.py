@@ -1053,6 +1053,51 @@ class PlanResult(Message):
     """The plan and how it was made (plain data; keys in ``docs/protocol.md`` 4.4)."""
 
 
+MAX_PLAN_JOB_CHARS: Final = 4 << 20
+"""Longest ``plan_job.job`` or ``plan_job_result.answer`` (JSON text): a job carries a
+model description and a few bids, an answer a plan and its work items (tens of KB)."""
+
+
+@dataclass(frozen=True)
+class PlanJob(Message):
+    """Auctioneer -> peer: make this background plan on your CPU, not mine.
+
+    ``job`` is what an auctioneer's own planning child takes (``auction/aside.py``'s
+    job, JSON text): the call and bids of a round a stale plan answered. The peer plans it
+    in its own planning child and answers ``plan_job_result``."""
+
+    TYPE: ClassVar[str] = "plan_job"
+    job_id: str
+    job: str
+
+    def check(self) -> None:
+        if not self.job_id:
+            raise MessageError("plan_job.job_id: empty")
+        if len(self.job) > MAX_PLAN_JOB_CHARS:
+            raise MessageError(
+                f"plan_job.job: {len(self.job)} characters, over {MAX_PLAN_JOB_CHARS}"
+            )
+
+
+@dataclass(frozen=True)
+class PlanJobResult(Message):
+    """Peer -> auctioneer: the decision a ``plan_job`` asked for (the planning child's
+    answer line, JSON text), or why there is none."""
+
+    TYPE: ClassVar[str] = "plan_job_result"
+    job_id: str
+    answer: str | None = None
+    error: str | None = None
+
+    def check(self) -> None:
+        if (self.answer is None) == (self.error is None):
+            raise MessageError("plan_job_result: exactly one of answer and error is required")
+        if self.answer is not None and len(self.answer) > MAX_PLAN_JOB_CHARS:
+            raise MessageError(
+                f"plan_job_result.answer: {len(self.answer)} characters, over {MAX_PLAN_JOB_CHARS}"
+            )
+
+
 @dataclass(frozen=True)
 class Chunk(Message):
     """One piece of a tensor announced by a ``chunked`` reference (session-internal)."""
@@ -1069,7 +1114,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Hello, Auth, Ping, Pong, CallForBids, Bid, Award, AwardReply, Release,
         TileRequest, TileResult, HeadJob, StripJob, HaloRows,
         InferRequest, InferResult, Cancel, Error, Peers, PeersResult, PlanRequest, PlanResult,
-        Chunk,
+        PlanJob, PlanJobResult, Chunk,
     )
 }  # fmt: skip
 
