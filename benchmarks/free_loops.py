@@ -47,10 +47,48 @@ def ready_loops(pids: Sequence[int], proc: Path = Path("/proc")) -> list[int]:
     return out
 
 
-class FreeLoops:
-    """Moves the main threads of ``pids`` into ``<root>/<prefix>-free-loops`` (no quota,
-    weight ``cpu_shares``) as their workers appear; the emulation's teardown removes
-    the cgroup with its others (its name has the emulation's prefix)."""
+class _Mover:
+    """Moves processes or threads into ``<root>/<prefix>-<name>`` (no quota, weight
+    ``cpu_shares``) from a thread of its own, every ``poll_s``, while :meth:`more`; the
+    emulation's teardown removes the cgroup with its others (its name has the
+    emulation's prefix)."""
+
+    poll_s = POLL_S
+
+    def __init__(
+        self, host: Host, cgroup: CgroupFS, prefix: str, name: str, cpu_shares: int
+    ) -> None:
+        self.host = host
+        self.path = f"{cgroup.root}/{prefix}-{name}"
+        self.moved: list[int] = []
+        host.mkdir(self.path)
+        weight, text = cgroup.weight_file(cpu_shares)
+        host.write(f"{self.path}/{weight}", text)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def step(self) -> list[int]:
+        raise NotImplementedError
+
+    def more(self) -> bool:
+        """Whether anything may still move."""
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while self.more() and not self._stop.wait(self.poll_s):
+            self.step()
+
+
+class FreeLoops(_Mover):
+    """Moves the main threads of ``pids`` into ``<root>/<prefix>-free-loops`` as their
+    workers appear."""
 
     def __init__(
         self,
@@ -65,16 +103,10 @@ class FreeLoops:
             raise ValueError(
                 f"--free-helper-loops needs cgroup v1 (per-thread moves), not {cgroup}"
             )
-        self.host, self.proc = host, proc
-        self.path = f"{cgroup.root}/{prefix}-free-loops"
+        super().__init__(host, cgroup, prefix, "free-loops", cpu_shares)
+        self.proc = proc
         self.join = f"{self.path}/{cgroup.join_file}"
         self.waiting = list(pids)
-        self.moved: list[int] = []
-        host.mkdir(self.path)
-        name, text = cgroup.weight_file(cpu_shares)
-        host.write(f"{self.path}/{name}", text)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="free-loops", daemon=True)
 
     def step(self) -> list[int]:
         """Move the loops whose workers now exist; returns the pids moved."""
@@ -86,16 +118,8 @@ class FreeLoops:
             self.moved.append(pid)
         return now
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while self.waiting and not self._stop.wait(POLL_S):
-            self.step()
+    def more(self) -> bool:
+        return bool(self.waiting)
 
 
 # ---- the auctioneer's planning child -------------------------------------------------
@@ -123,11 +147,12 @@ def planning_children(parents: Sequence[int], proc: Path = Path("/proc")) -> lis
     return sorted(out)
 
 
-class FreePlanner:
+class FreePlanner(_Mover):
     """Moves the planning children of ``pids`` (whole processes) into
-    ``<root>/<prefix>-free-planner`` (no quota, weight ``cpu_shares``) as they appear,
-    a child that replaced a dead one included; the emulation's teardown removes the
-    cgroup with its others."""
+    ``<root>/<prefix>-free-planner`` as they appear, a child that replaced a dead one
+    included."""
+
+    poll_s = POLL_S * 10
 
     def __init__(
         self,
@@ -138,15 +163,9 @@ class FreePlanner:
         cpu_shares: int,
         proc: Path = Path("/proc"),
     ) -> None:
-        self.host, self.proc, self.pids = host, proc, list(pids)
-        self.path = f"{cgroup.root}/{prefix}-free-planner"
+        super().__init__(host, cgroup, prefix, "free-planner", cpu_shares)
+        self.proc, self.pids = proc, list(pids)
         self.join = f"{self.path}/cgroup.procs"
-        self.moved: list[int] = []
-        host.mkdir(self.path)
-        name, text = cgroup.weight_file(cpu_shares)
-        host.write(f"{self.path}/{name}", text)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="free-planner", daemon=True)
 
     def step(self) -> list[int]:
         """Move the planning children not moved yet; returns their pids."""
@@ -155,14 +174,3 @@ class FreePlanner:
             self.host.write(self.join, f"{pid}\n")
             self.moved.append(pid)
         return new
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_S * 10):
-            self.step()
