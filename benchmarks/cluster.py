@@ -1056,7 +1056,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--plan-here",
         action="store_true",
         help="every auctioneer makes its background plans in its own planning child "
-        "(edgeci-peer --plan-here), not on the peer with the most spare CPU, for comparison",
+        "(edgeci-peer --plan-here), not on a peer the plan at hand leaves out, for comparison",
     )
     p.add_argument(
         "--no-plan-aside",

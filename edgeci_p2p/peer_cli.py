@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan-here",
         action="store_true",
         help="make this peer's background plans in its own planning child (by default "
-        "they go to the peer the plan at hand leaves the most spare CPU, and come back "
+        "they go to a peer the plan at hand leaves out (the fastest), and come back "
         "here only when that peer cannot make them)",
     )
     p.add_argument(

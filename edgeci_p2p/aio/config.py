@@ -86,7 +86,7 @@ class PeerConfig:
     """How long a new plan waits for this daemon to fall idle before the child plans it
     anyway (:func:`edgeci_p2p.auction.aside.hold`)."""
     plan_on_peers: bool = True
-    """Send a new plan to the peer the plan at hand leaves the most spare CPU, to make in
+    """Send a new plan to a peer the plan at hand leaves out (the fastest), to make in
     its planning child (``plan_job``, :mod:`edgeci_p2p.aio.plan_peers`); off, or when
     that fails, this peer's own child makes it."""
     fold: bool = True

@@ -107,12 +107,12 @@ class Parts:
     async def _plan_on_peer(
         self, decider: CachedDecider, pending: Pending, job: dict[str, Any]
     ) -> Entry | None:
-        """A stale round's new plan made by the peer with the most spare CPU in the plan
-        at hand (None: no peer to ask)."""
+        """A stale round's new plan made by a peer the plan at hand leaves out (None: no
+        peer to ask)."""
         me = self.node.node_id
         spec = decider.inner.spec
         bidders = frozenset(b.bidder for b in pending[1]) | {me}
-        peer = spare_peer(decider.plan, decider.testbed, spec, bidders - {me}, me)
+        peer = spare_peer(decider.plan, decider.testbed, bidders - {me}, me)
         if peer is None:
             return None
         return await self.planners.decide(peer, job, spec, bidders)

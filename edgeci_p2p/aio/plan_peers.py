@@ -4,13 +4,12 @@ An auctioneer whose decision went stale plans the new bids off the request's pat
 (:mod:`.refresh`). In its own planning child that plan takes its own CPU: on the
 emulated cluster the auctioneer is the busiest peer, so the child was held until the
 daemon idled, and under back-to-back requests every request of a run then ran the plan
-of its first rounds (9-26% slower, by its own bids, than a plan made for them). Here
-the job goes to the peer the plan at hand leaves the most spare CPU
-(:func:`~edgeci_p2p.policy.plan_peer.spare_peer`), which plans it in its own planning
-child at once (at the lowest CPU priority, not held for its own work: its work is what
-the plan leaves it little of) and answers the decision; the auctioneer checks it like
-any plan before it keeps it. A peer that fails, refuses or is too slow leaves the job to
-the auctioneer's own child, as before.
+of its first rounds (9-26% slower, by its own bids, than a plan made for them). Where
+the plan at hand leaves a peer out, the job goes to it
+(:func:`~edgeci_p2p.policy.plan_peer.spare_peer`): it plans it in its own planning
+child (at the lowest CPU priority, held while it serves work) and answers the
+decision, which the auctioneer checks like any plan before it keeps it. A peer that
+fails, refuses or is too slow leaves the job to the auctioneer's own child, as before.
 """
 
 from __future__ import annotations
@@ -113,8 +112,9 @@ class PeerPlanning:
             job = json.loads(msg.job)
             if not isinstance(job, dict):
                 raise AsideError("a job is a JSON object")
-            # Not held for this node's own work: "since" a patience ago.
-            hit = await aside.decide(job, since=aside.clock() - aside.patience_s)
+            # Held while this node serves work, as its own jobs are: sent here because
+            # the plan at hand leaves this node out, it is idle unless others use it.
+            hit = await aside.decide(job)
             answer = json.dumps(answer_of(hit))
         except (AsideError, ValueError) as e:
             await reply(conn, PlanJobResult(msg.job_id, error=str(e)[:500]))

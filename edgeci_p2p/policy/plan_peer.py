@@ -3,10 +3,13 @@
 A background plan (``aio/refresh.py``) takes 0.3-1.6 s of CPU. In the auctioneer's own
 planning child it comes out of the auctioneer's quota, which on the emulated cluster is
 the busiest of the four (its CPU per request over its share is the request's latency,
-within 8%); held back until the daemon idles, the plan in use grew 9-26% slower than a
-fresh one by its own bids. A peer the plan at hand leaves idle can make it instead: the
-one with the most spare CPU, as the plan at hand predicts it (every peer it leaves out
-is all spare; the fastest of those first).
+within 8%), so the child is held until the daemon idles, and under back-to-back
+requests the plan in use grew 9-26% slower than a fresh one by its own bids. A peer the
+plan at hand leaves out has CPU to spare: it makes the plan (the fastest such peer).
+A peer the plan uses has none: planned there at once, beside the requests, the plans
+cost its strips what they cost the auctioneer's (on the emulated cluster the first
+distributed requests of a run then measured twice their plan, and the strategy ran
+alone), so a plan that uses every peer is planned here, as before.
 """
 
 from __future__ import annotations
@@ -15,42 +18,28 @@ from collections.abc import Collection
 
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.plan import Plan
-from edgeci_p2p.core.sim import simulate
-from edgeci_p2p.core.units import ModelSpec
 
 REFERENCE_FLOPS = 1e9
 """Speeds are compared as the seconds of this many conv FLOPs."""
 
 
 def spare_peer(
-    plan: Plan | None,
-    testbed: Testbed | None,
-    spec: ModelSpec,
-    peers: Collection[str],
-    me: str,
+    plan: Plan | None, testbed: Testbed | None, peers: Collection[str], me: str
 ) -> str | None:
-    """The peer among ``peers`` (bidders of the round, not ``me``) that would plan
-    soonest on the CPU the plan at hand leaves it: (its idle seconds in the plan's
-    simulated run) over (its seconds per GFLOP of conv), most first. A peer of the
-    testbed the plan leaves out is idle for the whole run; a peer the testbed does
-    not know (no bid in the plan's round) is not chosen. None: no such peer."""
-    if plan is None or testbed is None:
+    """The fastest peer among ``peers`` (bidders of the round, not ``me``) that ``plan``
+    leaves out: no part in any stage, not its head device. None: no such peer (or no
+    plan, or a testbed that does not name the plan's devices)."""
+    if plan is None or testbed is None or tuple(testbed.names) != plan.devices:
         return None
-    names = list(testbed.names)
-    if len(plan.devices) != len(names):
-        return None
-    run = simulate(plan, spec, testbed)
-    span = run.latency
-    best: tuple[float, str] | None = None
-    for d, name in enumerate(names):
-        if name == me or name not in peers:
-            continue
-        idle = max(span - run.busy(d), 0.0)
-        per_gflop = testbed.devices[d].compute.seconds("conv", REFERENCE_FLOPS)
-        score = idle / max(per_gflop, 1e-12)
-        if best is None or score > best[0] or (score == best[0] and name < best[1]):
-            best = (score, name)
-    return None if best is None else best[1]
+    used = {p.device for st in plan.stages for p in st.parts}
+    if plan.head_device is not None:
+        used.add(plan.head_device)
+    idle = [
+        (testbed.devices[d].compute.seconds("conv", REFERENCE_FLOPS), name)
+        for d, name in enumerate(plan.devices)
+        if d not in used and name != me and name in peers
+    ]
+    return min(idle)[1] if idle else None
 
 
 __all__ = ["spare_peer"]
