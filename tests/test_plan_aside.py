@@ -18,11 +18,12 @@ from edgeci_p2p.aio import aside as aio_aside
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer
 from edgeci_p2p.aio.plan_peers import check_decision
+from edgeci_p2p.aio.refresh import Remote
 from edgeci_p2p.auction import aside
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.awas import AwasPlanner, probe_call
 from edgeci_p2p.auction.bidder import Bidder
-from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending, StaticPlanner
+from edgeci_p2p.auction.decider import CachedDecider, Entry, StaticPlanner
 from edgeci_p2p.core.density import with_zeros
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.spec import spec_for
@@ -429,20 +430,21 @@ def test_a_stale_round_is_planned_on_a_peer_and_the_own_child_stays_idle() -> No
         auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
         asked: list[str] = []
 
-        async def remote(decider: CachedDecider, pending: Pending, job: dict[str, Any]) -> Entry:
-            asked.append(pending[1][1].bidder)
+        async def decide(peer: str, decider: CachedDecider, job: dict[str, Any]) -> Entry:
+            asked.append(peer)
             # What a peer does with it (aio/plan_peers.py): its child's decision, as JSON.
             hit = await peers_child.decide(json.loads(json.dumps(job)))
             return aside.entry(json.loads(json.dumps(aside.answer_of(hit))))
 
-        auct.refresh.remote = remote
+        auct.refresh.remote = Remote(lambda decider: bids[1].bidder, decide)
         decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
         decider(call, bids)
         decider(call, moved)
         try:
             auct.refresh.later(decider, threading.Lock())
             await asyncio.gather(*auct.refresh.tasks)
-            assert asked and auct.refresh.planned_on_peers == 1 == auct.refresh.planned
+            assert asked == [bids[1].bidder]
+            assert auct.refresh.planned_on_peers == 1 == auct.refresh.planned
             assert planning.jobs == 0 and peers_child.jobs == 1 and decider.pending is None
             mine = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
             assert decider(call, moved) == mine(call, moved)  # the peer's, from the memo
@@ -462,10 +464,10 @@ def test_a_peer_that_cannot_plan_it_leaves_the_job_to_the_own_child() -> None:
         planning = PlanningAside()
         auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
 
-        async def remote(decider: CachedDecider, pending: Pending, job: dict[str, Any]) -> Entry:
+        async def decide(peer: str, decider: CachedDecider, job: dict[str, Any]) -> Entry:
             raise AsideError("the peer did not answer in 20 s")
 
-        auct.refresh.remote = remote
+        auct.refresh.remote = Remote(lambda decider: bids[1].bidder, decide)
         decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci"))
         decider(call, bids)
         decider(call, moved)
@@ -547,5 +549,42 @@ def test_a_plan_job_crosses_the_wire_and_comes_back_checked() -> None:
             with pytest.raises(AsideError, match="could not plan it"):
                 await a.parts.planners.decide(b.node_id, {"kind": "?"}, spec, bidders)
             assert b.node_id in a.parts.mesh.conns
+
+    asyncio.run(main())
+
+
+def test_with_no_peer_to_ask_the_job_waits_for_the_own_child_and_plans_the_newest_bids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aio_aside, "LOOK_S", 3600.0)  # only the event wakes the wait
+    spec = spec_for("vgg11", 64, 64)
+    call, bids, own = _round(spec)
+    moved, newer = _round(spec, slow=1.5)[1], _round(spec, slow=2.0)[1]
+    busy = [True]
+
+    async def main() -> None:
+        changed = asyncio.Event()
+        planning = PlanningAside(busy=lambda: busy[0], changed=changed)
+        auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
+
+        async def decide(peer: str, decider: CachedDecider, job: dict[str, Any]) -> Entry:
+            raise AssertionError("no peer was picked")
+
+        auct.refresh.remote = Remote(lambda decider: None, decide)
+        decider = CachedDecider(AwasPlanner(spec, own=own.compute, strategy="edgeci-halo"))
+        decider(call, bids)
+        try:
+            decider(call, moved)
+            auct.refresh.later(decider, threading.Lock())
+            await planning.waiting.wait()  # held: no job made yet
+            decider(call, newer)
+            busy[0] = False
+            changed.set()
+            await asyncio.gather(*auct.refresh.tasks)
+            mine = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
+            assert decider(call, newer) == mine(call, newer)  # made for the newest bids
+            assert auct.refresh.planned_on_peers == 0 and planning.jobs == 1
+        finally:
+            await auct.close()
 
     asyncio.run(main())

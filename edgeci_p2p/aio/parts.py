@@ -24,13 +24,14 @@ from edgeci_p2p.aio.heartbeat import Heartbeats
 from edgeci_p2p.aio.mesh import GOSSIP_PREFIX, Mesh
 from edgeci_p2p.aio.node import Node
 from edgeci_p2p.aio.plan_peers import PeerPlanning
+from edgeci_p2p.aio.refresh import Remote
 from edgeci_p2p.aio.replies import Replies
 from edgeci_p2p.aio.request import RequestRunner
 from edgeci_p2p.aio.router import Router
 from edgeci_p2p.aio.stages import Stages
 from edgeci_p2p.aio.tiles import TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
-from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending
+from edgeci_p2p.auction.decider import CachedDecider, Entry
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.policy.plan_peer import spare_peer
 from edgeci_p2p.wire import messages as wm
@@ -73,7 +74,7 @@ class Parts:
         refresh = self.desk.auctioneer.refresh
         self.planners = PeerPlanning(node, self.mesh, refresh.aside)
         if node.config.plan_on_peers:
-            refresh.remote = self._plan_on_peer
+            refresh.remote = Remote(self._plan_peer, self._plan_on)
         self.mesh.on_peer_lost.append(self.planners.peer_lost)
         node.metrics.watch(node, self.desk.auctioneer.planning)
         self._views: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
@@ -104,18 +105,18 @@ class Parts:
 
     # ---- messages more than one part acts on ------------------------------------------------
 
-    async def _plan_on_peer(
-        self, decider: CachedDecider, pending: Pending, job: dict[str, Any]
-    ) -> Entry | None:
-        """A stale round's new plan made by a peer the plan at hand leaves out (None: no
-        peer to ask)."""
+    def _plan_peer(self, decider: CachedDecider) -> str | None:
+        """The peer that plans this decider's next job: one the plan at hand leaves out."""
         me = self.node.node_id
-        spec = decider.inner.spec
-        bidders = frozenset(b.bidder for b in pending[1]) | {me}
-        peer = spare_peer(decider.plan, decider.testbed, bidders - {me}, me)
-        if peer is None:
-            return None
-        return await self.planners.decide(peer, job, spec, bidders)
+        tb = decider.testbed
+        others = set(tb.names) - {me} if tb is not None else set()
+        return spare_peer(decider.plan, tb, others, me)
+
+    async def _plan_on(self, peer: str, decider: CachedDecider, job: dict[str, Any]) -> Entry:
+        # A pending round has the bidders of the plan at hand (CachedDecider.shape).
+        tb = decider.testbed
+        bidders = frozenset(tb.names if tb is not None else ()) | {self.node.node_id}
+        return await self.planners.decide(peer, job, decider.inner.spec, bidders)
 
     def _on_cancel(self, conn: Connection, msg: wm.Cancel) -> None:
         self.front.on_cancel(conn, msg)  # a client's (or forwarding peer's) request

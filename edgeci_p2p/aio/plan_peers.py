@@ -88,7 +88,7 @@ class PeerPlanning:
     def on_result(self, conn: Connection, msg: PlanJobResult) -> None:
         got = self._waiting.get(msg.job_id)
         if got is None or got[0] != conn.peer.node_id:
-            log.warning("plan_job_result for a job %s did not ask it", conn.peer.node_id)
+            log.warning("plan_job_result from %s for a job it was not given", conn.peer.node_id)
             return
         if not got[1].done():
             got[1].set_result(msg)

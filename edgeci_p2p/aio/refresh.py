@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
@@ -21,9 +22,15 @@ from edgeci_p2p.auction.decider import CachedDecider, Entry, Pending
 
 log = logging.getLogger("edgeci.auction")
 
-Remote = Callable[[CachedDecider, Pending, dict[str, Any]], Awaitable[Entry | None]]
-"""Plans a job on another peer (``aio/plan_peers.py``): the decision, None when no peer
-should, or :class:`AsideError` when the one asked failed."""
+
+@dataclass(frozen=True)
+class Remote:
+    """Where a decider's jobs can be planned on another peer (``aio/plan_peers.py``)."""
+
+    pick: Callable[[CachedDecider], str | None]
+    """The peer to ask for this decider's next job; None: none should (plan here)."""
+    decide: Callable[[str, CachedDecider, dict[str, Any]], Awaitable[Entry]]
+    """The decision that peer makes of the job (raises :class:`AsideError`)."""
 
 
 class Refresher:
@@ -92,21 +99,22 @@ class Refresher:
                 taken.append(pending)
                 return aside_job(decider.inner, pending[0], pending[1])
 
-            if self.remote is not None:
-                # A peer's child is free to start at once: the job is made now.
+            peer = self.remote.pick(decider) if self.remote is not None else None
+            if self.remote is not None and peer is not None:
+                # That peer's child can start on it now: the job is made now. (With no
+                # peer to ask, it is made when the child here is free: the newest bids.)
                 job = await make()
                 if job is None:
                     return
                 try:
-                    hit = await self.remote(decider, taken[0], job)
+                    theirs = await self.remote.decide(peer, decider, job)
                 except AsideError as e:
-                    log.info("%s: planning on a peer failed (%s): planning here", name, e)
+                    log.info("%s: planning on %s failed (%s): planning here", name, peer, e)
                 else:
-                    if hit is not None:
-                        await asyncio.to_thread(keep, taken[0][2], hit)
-                        self.planned_on_peers += 1
-                        self._landed(name, since)
-                        return
+                    await asyncio.to_thread(keep, taken[0][2], theirs)
+                    self.planned_on_peers += 1
+                    self._landed(name, since)
+                    return
             if self.aside is not None and self.aside.broken is None:
                 try:
                     hit = await self.aside.decide_when_free(make, since)
