@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from edgeci_p2p.aio import aside as aio_aside
 from edgeci_p2p.aio.aside import AsideError, PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer
-from edgeci_p2p.aio.plan_peers import check_decision
+from edgeci_p2p.aio.plan_peers import PeerPlanning, check_decision
 from edgeci_p2p.aio.refresh import Remote
 from edgeci_p2p.auction import aside
 from edgeci_p2p.auction import messages as am
@@ -30,6 +31,7 @@ from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
 from edgeci_p2p.policy.plan_peer import spare_peer
+from edgeci_p2p.wire import messages as wm
 from tests.daemons import cluster
 from tests.planfakes import fake_testbed
 
@@ -586,5 +588,27 @@ def test_with_no_peer_to_ask_the_job_waits_for_the_own_child_and_plans_the_newes
             assert auct.refresh.planned_on_peers == 0 and planning.jobs == 1
         finally:
             await auct.close()
+
+    asyncio.run(main())
+
+
+def test_plan_jobs_are_taken_from_peers_only() -> None:
+    sent: list[Any] = []
+
+    class Conn:
+        peer = SimpleNamespace(role="client", node_id="c")
+
+        async def send(self, msg: Any) -> None:
+            sent.append(msg)
+
+    async def main() -> None:
+        planning = PlanningAside()
+        served = PeerPlanning(None, None, planning)  # type: ignore[arg-type]
+        try:
+            await served._serve(Conn(), wm.PlanJob("j1", "{}"))  # type: ignore[arg-type]
+        finally:
+            await planning.close()
+        assert served.served == 0 and planning.jobs == 0
+        assert sent[0].job_id == "j1" and "from peers" in sent[0].error
 
     asyncio.run(main())

@@ -107,6 +107,8 @@ class PeerPlanning:
     async def _serve(self, conn: Connection, msg: PlanJob) -> None:
         aside = self.aside
         try:
+            if conn.peer.role != "peer":  # a plan is a second of CPU: a peer's, for peers
+                raise AsideError(f"plan jobs are taken from peers, not a {conn.peer.role}")
             if aside is None or aside.broken is not None:
                 raise AsideError("this peer plans in no child")
             job = json.loads(msg.job)
