@@ -54,13 +54,17 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners.context import Context
-from edgeci_p2p.planners.dpfl import plan_edgeci
-from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.dpfl import DEFAULT_RESOLUTION, plan_edgeci
+from edgeci_p2p.planners.halo import plan_edgeci_halo, refine_strips
 from edgeci_p2p.planners.head import LOAD_BYTES_PER_S, place_head
 
 STRATEGIES: tuple[str, ...] = OURS
 """What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments
 (:data:`edgeci_p2p.planners.OURS`)."""
+
+REFIT_EVALS = 40
+"""Simulations a stale decision's refit may take (:meth:`AwasPlanner.refit`): ~15-25 ms
+of one uncapped core for VGG-16's halo plans."""
 
 _FLOPS_CACHE: dict[tuple[str, tuple[int, int, int]], list[tuple[str, int]]] = {}
 
@@ -420,6 +424,12 @@ class AwasPlanner:
             self.plan = None
             return {}
         plan = self.plan_from_bids(call, usable)
+        return self.items_of(plan, call, usable)
+
+    def items_of(
+        self, plan: Plan, call: CallForBids, usable: Sequence[Bid]
+    ) -> Mapping[str, tuple[WorkItem, ...]]:
+        """The work items ``plan`` awards each peer (the head's peer gets the head)."""
         if self._work is None:
             self._work = Workload(self.spec)
         items = with_features_load(strip_items(plan, self.spec, self._work), call, usable)
@@ -523,6 +533,38 @@ class AwasPlanner:
             self._work = Workload(self.spec)
         span = predict_with_backlog(plan, self.spec, idle_tb, backlog, self._work)
         return replace(plan, predicted=span), tb
+
+    def refit(
+        self, plan: Plan, call: CallForBids, bids: Sequence[Bid], max_evals: int = REFIT_EVALS
+    ) -> tuple[Mapping[str, tuple[WorkItem, ...]], Plan, Testbed] | None:
+        """``plan``'s strip edges moved to suit the figures ``bids`` give now: its stages,
+        devices and head kept, each edge stepped while the simulator says it finishes
+        sooner (:func:`~edgeci_p2p.planners.halo.refine_strips`, at most ``max_evals``
+        simulations). The decision's items, the refitted plan priced as
+        :meth:`reprice` prices it, and its testbed; None when ``plan`` cannot be priced
+        on these bids (a peer it names is gone).
+
+        A stale decision's plan was made for older figures. A full plan for the new
+        ones costs 0.4-0.6 s of CPU (VGG-16's halo plan, uncapped), too much beside the
+        requests of a busy auctioneer, so under back-to-back requests one plan served
+        a whole run while its bids drifted (9-27% slower by them than a fresh plan:
+        docs/cluster-benchmark.md, twenty-sixth session). Refitted from the plan at
+        hand on kept traces' bids, 20-80 simulations (13-45 ms uncapped) got back a
+        third to nine tenths of that gap."""
+        got = self.reprice(plan, call, bids)
+        usable = with_own_bid(call, bids, self.own)
+        if got is None or usable is None:
+            return None
+        _, tb = got
+        ctx = Context(self.spec, tb)
+        latency = simulate(plan, self.spec, tb, ctx.work, False).latency
+        refined, _ = refine_strips(plan, ctx, latency, DEFAULT_RESOLUTION, max_evals)
+        if refined.stages == plan.stages:
+            return None  # no edge moved: the plan at hand, repriced, is the answer
+        priced = self.reprice(refined, call, bids)
+        if priced is None:
+            return None
+        return self.items_of(priced[0], call, usable), priced[0], priced[1]
 
     def _idle_cluster(
         self, call: CallForBids, bids: Sequence[Bid]

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.awas import (
+    REFIT_EVALS,
     AwasPlanner,
     strip_items,
     testbed_from_bids,
@@ -142,7 +143,11 @@ class CachedDecider:
     """
 
     def __init__(
-        self, inner: AwasPlanner | StaticPlanner, size: int = 64, stale_ok: bool = True
+        self,
+        inner: AwasPlanner | StaticPlanner,
+        size: int = 64,
+        stale_ok: bool = True,
+        refit_evals: int = REFIT_EVALS,
     ) -> None:
         self.inner = inner
         self.size = size
@@ -162,6 +167,13 @@ class CachedDecider:
         self.left_out: dict[str, str] = {}
         self._memo: dict[tuple[Any, ...], Entry]
         self._memo = {}
+        self.refit_evals = refit_evals
+        """Simulations a stale round's refit may take (:meth:`AwasPlanner.refit`); 0:
+        stale rounds run the plan at hand as it is, priced anew."""
+        self._refitted: set[tuple[Any, ...]] = set()
+        """Keys whose remembered decision is a refit: their full plan is still wanted."""
+        self.refits = 0
+        """Stale rounds answered with a refitted plan (for the metrics and tests)."""
         self.hits = 0
         """Decisions answered from the memo (for the metrics)."""
         self.misses = 0
@@ -198,9 +210,19 @@ class CachedDecider:
                 # on this request's critical path; the plan for the old figures is close
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
+                refit = None
                 if moved_materially(near, k):
                     self.pending = (call, tuple(bids), k)
-                hit = self._repriced(self._memo[near], call, bids)
+                    refit = self._refit(self._memo[near], call, bids)
+                if refit is not None:
+                    # Kept for these bids, so the drift that asks for the next refit (or
+                    # the next full plan) counts from them; the full plan is still wanted.
+                    self._keep(k, refit)
+                    self._refitted.add(k)
+                    self.refits += 1
+                    hit = refit
+                else:
+                    hit = self._repriced(self._memo[near], call, bids)
             else:
                 self.misses += 1
                 hit = self._decide(call, bids, k)
@@ -217,6 +239,15 @@ class CachedDecider:
             return hit
         got = self.inner.reprice(plan, call, bids)
         return hit if got is None else (items, got[0], got[1], left)
+
+    def _refit(self, hit: Entry, call: am.CallForBids, bids: Sequence[am.Bid]) -> Entry | None:
+        """A remembered decision with its plan's strips refitted to ``bids``' figures
+        (AWAS only, when :attr:`refit_evals` allows; None: not refitted)."""
+        _, plan, _, left = hit
+        if plan is None or self.refit_evals <= 0 or not isinstance(self.inner, AwasPlanner):
+            return None
+        got = self.inner.refit(plan, call, bids, self.refit_evals)
+        return None if got is None else (got[0], got[1], got[2], left)
 
     @staticmethod
     def shape(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -249,7 +280,7 @@ class CachedDecider:
         it is then the caller's to plan (elsewhere: ``auction/aside.py``) and
         :meth:`remember`."""
         pending, self.pending = self.pending, None
-        if pending is None or pending[2] in self._memo:
+        if pending is None or (pending[2] in self._memo and pending[2] not in self._refitted):
             return None
         return pending
 
@@ -266,8 +297,9 @@ class CachedDecider:
         return hit
 
     def _keep(self, k: tuple[Any, ...], hit: Entry) -> None:
+        self._refitted.discard(k)  # a full decision replaces a refit
         if len(self._memo) >= self.size:
-            self._memo.pop(next(iter(self._memo)))
+            self._refitted.discard(self._memo.pop(next(iter(self._memo))))
         self._memo[k] = hit
         self._latest[self.shape(k)] = k
 
