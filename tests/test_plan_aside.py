@@ -111,7 +111,7 @@ def test_a_job_it_cannot_plan_is_an_error_answer_not_a_dead_child() -> None:
 def test_the_auctioneer_plans_a_stale_round_in_the_child_and_keeps_it() -> None:
     spec = spec_for("vgg11", 64, 64)
     call, bids, own = _round(spec)
-    moved = _round(spec, slow=1.5)[1]  # device 2 recalibrated: only its speed moved
+    moved = _round(spec, slow=2.0)[1]  # device 2 recalibrated: only its speed moved
 
     async def main() -> None:
         planning = PlanningAside()
@@ -160,7 +160,7 @@ def test_a_busy_daemon_plans_only_the_newest_moved_bids_once_the_child_is_free(
         auct = Auctioneer(call.auctioneer, own, send=_no_send, aside=planning)
         # Without refits, so that a round of the first figures finds no decision for them.
         planner = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
-        decider = CachedDecider(planner, refit_evals=0)
+        decider = CachedDecider(planner, refit=False)
         lock = threading.Lock()
         decider(call, bids)
         try:
@@ -297,7 +297,7 @@ def test_a_stale_plan_runs_priced_on_the_new_figures() -> None:
     call, bids, own = _round(spec)
     moved = _round(spec, slow=1.3)[1]  # device 2 now runs 1.3x its profile's times
     planner = AwasPlanner(spec, own=own.compute, strategy="edgeci-halo")
-    cached = CachedDecider(planner, refit_evals=0)  # the plan at hand as it is
+    cached = CachedDecider(planner, refit=False)  # the plan at hand as it is
     cached(call, bids)
     old, old_tb = cached.plan, cached.testbed
     assert old is not None and old_tb is not None and old.predicted is not None
@@ -320,8 +320,8 @@ def test_a_stale_plan_is_refitted_to_the_moved_figures_and_the_full_plan_still_w
 ) -> None:
     spec = spec_for("vgg11", 64, 64)
     call, bids, own = _round(spec)
-    moved = _round(spec, slow=1.5)[1]  # device 2 now runs 1.5x its profile's times
-    as_is = CachedDecider(AwasPlanner(spec, own=own.compute, strategy=strategy), refit_evals=0)
+    moved = _round(spec, slow=2.0)[1]  # device 2 now runs 2x its profile's times
+    as_is = CachedDecider(AwasPlanner(spec, own=own.compute, strategy=strategy), refit=False)
     cached = CachedDecider(AwasPlanner(spec, own=own.compute, strategy=strategy))
     as_is(call, bids)
     cached(call, bids)
@@ -334,6 +334,9 @@ def test_a_stale_plan_is_refitted_to_the_moved_figures_and_the_full_plan_still_w
     # The plan at hand with its strip edges moved: the same stages of the same units
     # on the same devices, every row of every stage's output made once.
     check_plan(refit, spec, tb)
+    # Named for the bids it was fitted to, the plan it came from noted.
+    assert refit.testbed == tb.name and refit.notes["refit_of"] == old.testbed
+    assert f"refitted from the plan for {old.testbed}" in str(refit)
     assert refit.devices == old.devices and refit.fold_head == old.fold_head
     assert [(s.start, s.stop, s.transfer, s.devices) for s in refit.stages] == [
         (s.start, s.stop, s.transfer, s.devices) for s in old.stages

@@ -54,17 +54,14 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.planners import OURS
 from edgeci_p2p.planners.context import Context
-from edgeci_p2p.planners.dpfl import DEFAULT_RESOLUTION, plan_edgeci
-from edgeci_p2p.planners.halo import plan_edgeci_halo, refine_strips
+from edgeci_p2p.planners.dpfl import plan_edgeci
+from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.head import LOAD_BYTES_PER_S, place_head
+from edgeci_p2p.planners.refit import rescaled
 
 STRATEGIES: tuple[str, ...] = OURS
 """What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments
 (:data:`edgeci_p2p.planners.OURS`)."""
-
-REFIT_EVALS = 40
-"""Simulations a stale decision's refit may take (:meth:`AwasPlanner.refit`): ~15-25 ms
-of one uncapped core for VGG-16's halo plans."""
 
 _FLOPS_CACHE: dict[tuple[str, tuple[int, int, int]], list[tuple[str, int]]] = {}
 
@@ -535,36 +532,38 @@ class AwasPlanner:
         return replace(plan, predicted=span), tb
 
     def refit(
-        self, plan: Plan, call: CallForBids, bids: Sequence[Bid], max_evals: int = REFIT_EVALS
+        self, plan: Plan, made_for: Testbed, call: CallForBids, bids: Sequence[Bid]
     ) -> tuple[Mapping[str, tuple[WorkItem, ...]], Plan, Testbed] | None:
-        """``plan``'s strip edges moved to suit the figures ``bids`` give now: its stages,
-        devices and head kept, each edge stepped while the simulator says it finishes
-        sooner (:func:`~edgeci_p2p.planners.halo.refine_strips`, at most ``max_evals``
-        simulations). The decision's items, the refitted plan priced as
-        :meth:`reprice` prices it, and its testbed; None when ``plan`` cannot be priced
-        on these bids (a peer it names is gone).
+        """``plan`` (made for the cluster ``made_for``) with its strips re-split for the
+        speeds ``bids`` give now (:func:`~edgeci_p2p.planners.refit.rescaled`): the
+        decision's items, the refitted plan priced as :meth:`reprice` prices it, and its
+        testbed. None when the re-split is no faster by the simulator than ``plan``
+        as it is, or ``plan`` cannot be priced on these bids (a peer it names is gone).
 
-        A stale decision's plan was made for older figures. A full plan for the new
+        A stale decision's plan was made for older figures; a full plan for the new
         ones costs 0.4-0.6 s of CPU (VGG-16's halo plan, uncapped), too much beside the
-        requests of a busy auctioneer, so under back-to-back requests one plan served
-        a whole run while its bids drifted (9-27% slower by them than a fresh plan:
-        docs/cluster-benchmark.md, twenty-sixth session). Refitted from the plan at
-        hand on kept traces' bids, 20-80 simulations (13-45 ms uncapped) got back a
-        third to nine tenths of that gap."""
+        requests of a busy auctioneer. This costs two simulations."""
         got = self.reprice(plan, call, bids)
         usable = with_own_bid(call, bids, self.own)
-        if got is None or usable is None:
+        if got is None or usable is None or any(n not in made_for.names for n in plan.devices):
             return None
         _, tb = got
-        ctx = Context(self.spec, tb)
-        latency = simulate(plan, self.spec, tb, ctx.work, False).latency
-        refined, _ = refine_strips(plan, ctx, latency, DEFAULT_RESOLUTION, max_evals)
-        if refined.stages == plan.stages:
-            return None  # no edge moved: the plan at hand, repriced, is the answer
-        priced = self.reprice(refined, call, bids)
+        if self._work is None:
+            self._work = Workload(self.spec)
+        fitted = rescaled(plan, self.spec, made_for, tb)
+        if fitted.stages == plan.stages:
+            return None
+        before = simulate(plan, self.spec, tb, self._work, False).latency
+        if simulate(fitted, self.spec, tb, self._work, False).latency >= before:
+            return None
+        priced = self.reprice(fitted, call, bids)
         if priced is None:
             return None
-        return self.items_of(priced[0], call, usable), priced[0], priced[1]
+        # Named for this round's bids, which its strips were fitted to; the plan it
+        # came from is noted (the benchmark's closing note counts refits so).
+        notes = {**plan.notes, "refit_of": plan.notes.get("refit_of", plan.testbed)}
+        fitted = replace(priced[0], testbed=priced[1].name, notes=notes)
+        return self.items_of(fitted, call, usable), fitted, priced[1]
 
     def _idle_cluster(
         self, call: CallForBids, bids: Sequence[Bid]

@@ -17,7 +17,6 @@ from typing import Any
 
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.awas import (
-    REFIT_EVALS,
     AwasPlanner,
     strip_items,
     testbed_from_bids,
@@ -147,7 +146,7 @@ class CachedDecider:
         inner: AwasPlanner | StaticPlanner,
         size: int = 64,
         stale_ok: bool = True,
-        refit_evals: int = REFIT_EVALS,
+        refit: bool = True,
     ) -> None:
         self.inner = inner
         self.size = size
@@ -167,9 +166,10 @@ class CachedDecider:
         self.left_out: dict[str, str] = {}
         self._memo: dict[tuple[Any, ...], Entry]
         self._memo = {}
-        self.refit_evals = refit_evals
-        """Simulations a stale round's refit may take (:meth:`AwasPlanner.refit`); 0:
-        stale rounds run the plan at hand as it is, priced anew."""
+        self.refit = refit
+        """Answer a stale round whose figures moved materially with the plan at hand's
+        strips re-split for them (:meth:`AwasPlanner.refit`), where that is faster;
+        False: with the plan at hand as it is, priced anew."""
         self._refitted: set[tuple[Any, ...]] = set()
         """Keys whose remembered decision is a refit: their full plan is still wanted."""
         self.refits = 0
@@ -210,17 +210,17 @@ class CachedDecider:
                 # on this request's critical path; the plan for the old figures is close
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
-                refit = None
+                fitted = None
                 if moved_materially(near, k):
                     self.pending = (call, tuple(bids), k)
-                    refit = self._refit(self._memo[near], call, bids)
-                if refit is not None:
+                    fitted = self._refit(self._memo[near], call, bids)
+                if fitted is not None:
                     # Kept for these bids, so the drift that asks for the next refit (or
                     # the next full plan) counts from them; the full plan is still wanted.
-                    self._keep(k, refit)
+                    self._keep(k, fitted)
                     self._refitted.add(k)
                     self.refits += 1
-                    hit = refit
+                    hit = fitted
                 else:
                     hit = self._repriced(self._memo[near], call, bids)
             else:
@@ -241,12 +241,14 @@ class CachedDecider:
         return hit if got is None else (items, got[0], got[1], left)
 
     def _refit(self, hit: Entry, call: am.CallForBids, bids: Sequence[am.Bid]) -> Entry | None:
-        """A remembered decision with its plan's strips refitted to ``bids``' figures
-        (AWAS only, when :attr:`refit_evals` allows; None: not refitted)."""
-        _, plan, _, left = hit
-        if plan is None or self.refit_evals <= 0 or not isinstance(self.inner, AwasPlanner):
+        """A remembered decision with its plan's strips re-split for ``bids``' figures
+        (AWAS only; None: not refitted)."""
+        _, plan, made_for, left = hit
+        if plan is None or made_for is None or not self.refit:
             return None
-        got = self.inner.refit(plan, call, bids, self.refit_evals)
+        if not isinstance(self.inner, AwasPlanner):
+            return None
+        got = self.inner.refit(plan, made_for, call, bids)
         return None if got is None else (got[0], got[1], got[2], left)
 
     @staticmethod
