@@ -511,6 +511,14 @@ class AwasPlanner:
         A stale decision (``CachedDecider``) runs the plan it has while the new one is
         planned aside; priced on the old figures it predicted VGG-16's halo plan at 371
         ms where it ran 523 (the deadlines, the trace and the report all read that)."""
+        got = self._pricing(plan, call, bids)
+        return None if got is None else (replace(plan, predicted=got[0](plan)), got[1])
+
+    def _pricing(
+        self, plan: Plan, call: CallForBids, bids: Sequence[Bid]
+    ) -> tuple[Callable[[Plan], float], Testbed] | None:
+        """How AWAS judges a plan on the devices of ``plan`` as ``bids`` describe them
+        now, and that cluster (None when a peer ``plan`` names is no longer usable)."""
         usable = with_own_bid(call, bids, self.own)
         if usable is None:
             return None
@@ -528,8 +536,12 @@ class AwasPlanner:
         )
         if self._work is None:
             self._work = Workload(self.spec)
-        span = predict_with_backlog(plan, self.spec, idle_tb, backlog, self._work)
-        return replace(plan, predicted=span), tb
+        work = self._work
+
+        def judge(p: Plan) -> float:
+            return predict_with_backlog(p, self.spec, idle_tb, backlog, work)
+
+        return judge, tb
 
     def refit(
         self, plan: Plan, made_for: Testbed, call: CallForBids, bids: Sequence[Bid]
@@ -537,33 +549,29 @@ class AwasPlanner:
         """``plan`` (made for the cluster ``made_for``) with its strips re-split for the
         speeds ``bids`` give now (:func:`~edgeci_p2p.planners.refit.rescaled`): the
         decision's items, the refitted plan priced as :meth:`reprice` prices it, and its
-        testbed. None when the re-split is no faster by the simulator than ``plan``
-        as it is, or ``plan`` cannot be priced on these bids (a peer it names is gone).
+        testbed. None when the re-split is no faster than ``plan`` as it is (as AWAS
+        judges candidates), or ``plan`` cannot be priced on these bids (a peer it names
+        is gone).
 
         A stale decision's plan was made for older figures; a full plan for the new
         ones costs 0.4-0.6 s of CPU (VGG-16's halo plan, uncapped), too much beside the
-        requests of a busy auctioneer. This costs two simulations."""
-        got = self.reprice(plan, call, bids)
+        requests of a busy auctioneer. This costs two predictions (~3 ms uncapped)."""
+        pricing = self._pricing(plan, call, bids)
         usable = with_own_bid(call, bids, self.own)
-        if got is None or usable is None or any(n not in made_for.names for n in plan.devices):
+        if pricing is None or usable is None or any(n not in made_for.names for n in plan.devices):
             return None
-        _, tb = got
-        if self._work is None:
-            self._work = Workload(self.spec)
+        judge, tb = pricing
         fitted = rescaled(plan, self.spec, made_for, tb)
         if fitted.stages == plan.stages:
             return None
-        before = simulate(plan, self.spec, tb, self._work, False).latency
-        if simulate(fitted, self.spec, tb, self._work, False).latency >= before:
-            return None
-        priced = self.reprice(fitted, call, bids)
-        if priced is None:
+        span = judge(fitted)
+        if span >= judge(plan):
             return None
         # Named for this round's bids, which its strips were fitted to; the plan it
         # came from is noted (the benchmark's closing note counts refits so).
         notes = {**plan.notes, "refit_of": plan.notes.get("refit_of", plan.testbed)}
-        fitted = replace(priced[0], testbed=priced[1].name, notes=notes)
-        return self.items_of(fitted, call, usable), fitted, priced[1]
+        fitted = replace(fitted, predicted=span, testbed=tb.name, notes=notes)
+        return self.items_of(fitted, call, usable), fitted, tb
 
     def _idle_cluster(
         self, call: CallForBids, bids: Sequence[Bid]
