@@ -369,47 +369,39 @@ def diagnostics(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _PLAN_ROUND = re.compile(r" on (bids:[0-9a-f]+)")
-_REFIT_OF = re.compile(r"refitted from the plan for (bids:[0-9a-f]+)")
 
 
 def plan_round(r: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The round whose bids a request's plan was made for (from its text; for a plan
-    refitted to the request's own bids, the round of the plan it was refitted from)
-    and the request's own round (its testbed's name); None where a record has no
-    such names.
+    """The round whose bids a request's plan was made for (from its text) and the
+    request's own round (its testbed's name); None where a record has no such names.
 
-    A round whose bids moved only in speed runs the plan at hand, its strips refitted
-    to the new figures (``AwasPlanner.refit``), while the planning child makes the new
-    one (``auction/aside.py``); under back-to-back requests that new plan waits up to
-    30 s for the daemon to fall idle."""
-    text = str(r.get("plan_text") or "")
-    m = _REFIT_OF.search(text) or _PLAN_ROUND.search(text)
+    A round whose bids moved only in speed runs the plan at hand, repriced, while the
+    planning child makes the new one (``auction/aside.py``); under back-to-back
+    requests that new plan waits up to 30 s for the daemon to fall idle."""
+    m = _PLAN_ROUND.search(str(r.get("plan_text") or ""))
     believed = r.get("believed")
     own = believed.get("name") if isinstance(believed, dict) else None
     return (m.group(1) if m else None), (own if isinstance(own, str) else None)
 
 
-def plan_ages(rs: Sequence[dict[str, Any]]) -> tuple[int, int, int, int]:
+def plan_ages(rs: Sequence[dict[str, Any]]) -> tuple[int, int, int]:
     """(requests whose plan was made for an earlier round's bids, requests with both
-    names, distinct plans among them, requests whose plan was refitted to their bids)."""
+    names, distinct plans among them)."""
     pairs = [plan_round(r) for r in rs]
     known = [(made, own) for made, own in pairs if made is not None and own is not None]
-    refitted = sum(bool(_REFIT_OF.search(str(r.get("plan_text") or ""))) for r in rs)
-    older = sum(made != own for made, own in known)
-    return older, len(known), len({m for m, _ in known}), refitted
+    return sum(made != own for made, own in known), len(known), len({m for m, _ in known})
 
 
 def plan_age_lines(diag: Sequence[dict[str, Any]]) -> list[str]:
     """One line per distributed arm whose requests ran plans made for earlier rounds."""
     out = []
     for x in diag:
-        older, known, plans, *rest = x.get("older_plans") or (0, 0, 0)
-        refits = f", {rest[0]} of them refitted to their own bids" if rest and rest[0] else ""
+        older, known, plans = x.get("older_plans") or (0, 0, 0)
         if known and older and len(x["devices"]) > 1:
             out.append(
                 f"{x['model']} {label(x['strategy'], x['transport'])}: {older} of {known} "
                 f"requests ran a plan made for an earlier round's bids ({plans} plan(s) "
-                f"in all{refits}; a new one waits for the daemon to fall idle)"
+                "in all; a new one waits for the daemon to fall idle)"
             )
     return out
 

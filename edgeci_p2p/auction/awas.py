@@ -57,7 +57,6 @@ from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
 from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.head import LOAD_BYTES_PER_S, place_head
-from edgeci_p2p.planners.refit import rescaled
 
 STRATEGIES: tuple[str, ...] = OURS
 """What :class:`AwasPlanner` can plan with: DPFL, or DPFL with strip-resident segments
@@ -421,12 +420,6 @@ class AwasPlanner:
             self.plan = None
             return {}
         plan = self.plan_from_bids(call, usable)
-        return self.items_of(plan, call, usable)
-
-    def items_of(
-        self, plan: Plan, call: CallForBids, usable: Sequence[Bid]
-    ) -> Mapping[str, tuple[WorkItem, ...]]:
-        """The work items ``plan`` awards each peer (the head's peer gets the head)."""
         if self._work is None:
             self._work = Workload(self.spec)
         items = with_features_load(strip_items(plan, self.spec, self._work), call, usable)
@@ -511,14 +504,6 @@ class AwasPlanner:
         A stale decision (``CachedDecider``) runs the plan it has while the new one is
         planned aside; priced on the old figures it predicted VGG-16's halo plan at 371
         ms where it ran 523 (the deadlines, the trace and the report all read that)."""
-        got = self._pricing(plan, call, bids)
-        return None if got is None else (replace(plan, predicted=got[0](plan)), got[1])
-
-    def _pricing(
-        self, plan: Plan, call: CallForBids, bids: Sequence[Bid]
-    ) -> tuple[Callable[[Plan], float], Testbed] | None:
-        """How AWAS judges a plan on the devices of ``plan`` as ``bids`` describe them
-        now, and that cluster (None when a peer ``plan`` names is no longer usable)."""
         usable = with_own_bid(call, bids, self.own)
         if usable is None:
             return None
@@ -536,42 +521,8 @@ class AwasPlanner:
         )
         if self._work is None:
             self._work = Workload(self.spec)
-        work = self._work
-
-        def judge(p: Plan) -> float:
-            return predict_with_backlog(p, self.spec, idle_tb, backlog, work)
-
-        return judge, tb
-
-    def refit(
-        self, plan: Plan, made_for: Testbed, call: CallForBids, bids: Sequence[Bid]
-    ) -> tuple[Mapping[str, tuple[WorkItem, ...]], Plan, Testbed] | None:
-        """``plan`` (made for the cluster ``made_for``) with its strips re-split for the
-        speeds ``bids`` give now (:func:`~edgeci_p2p.planners.refit.rescaled`): the
-        decision's items, the refitted plan priced as :meth:`reprice` prices it, and its
-        testbed. None when the re-split is no faster than ``plan`` as it is (as AWAS
-        judges candidates), or ``plan`` cannot be priced on these bids (a peer it names
-        is gone).
-
-        A stale decision's plan was made for older figures; a full plan for the new
-        ones costs 0.4-0.6 s of CPU (VGG-16's halo plan, uncapped), too much beside the
-        requests of a busy auctioneer. This costs two predictions (~3 ms uncapped)."""
-        pricing = self._pricing(plan, call, bids)
-        usable = with_own_bid(call, bids, self.own)
-        if pricing is None or usable is None or any(n not in made_for.names for n in plan.devices):
-            return None
-        judge, tb = pricing
-        fitted = rescaled(plan, self.spec, made_for, tb)
-        if fitted.stages == plan.stages:
-            return None
-        span = judge(fitted)
-        if span >= judge(plan):
-            return None
-        # Named for this round's bids, which its strips were fitted to; the plan it
-        # came from is noted (the benchmark's closing note counts refits so).
-        notes = {**plan.notes, "refit_of": plan.notes.get("refit_of", plan.testbed)}
-        fitted = replace(fitted, predicted=span, testbed=tb.name, notes=notes)
-        return self.items_of(fitted, call, usable), fitted, tb
+        span = predict_with_backlog(plan, self.spec, idle_tb, backlog, self._work)
+        return replace(plan, predicted=span), tb
 
     def _idle_cluster(
         self, call: CallForBids, bids: Sequence[Bid]

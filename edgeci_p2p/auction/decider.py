@@ -142,11 +142,7 @@ class CachedDecider:
     """
 
     def __init__(
-        self,
-        inner: AwasPlanner | StaticPlanner,
-        size: int = 64,
-        stale_ok: bool = True,
-        refit: bool = True,
+        self, inner: AwasPlanner | StaticPlanner, size: int = 64, stale_ok: bool = True
     ) -> None:
         self.inner = inner
         self.size = size
@@ -166,14 +162,6 @@ class CachedDecider:
         self.left_out: dict[str, str] = {}
         self._memo: dict[tuple[Any, ...], Entry]
         self._memo = {}
-        self.refit = refit
-        """Answer a stale round whose figures moved materially with the plan at hand's
-        strips re-split for them (:meth:`AwasPlanner.refit`), where that is faster;
-        False: with the plan at hand as it is, priced anew."""
-        self._refitted: set[tuple[Any, ...]] = set()
-        """Keys whose remembered decision is a refit: their full plan is still wanted."""
-        self.refits = 0
-        """Stale rounds answered with a refitted plan (for the metrics and tests)."""
         self.hits = 0
         """Decisions answered from the memo (for the metrics)."""
         self.misses = 0
@@ -210,19 +198,9 @@ class CachedDecider:
                 # on this request's critical path; the plan for the old figures is close
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
-                fitted = None
                 if moved_materially(near, k):
                     self.pending = (call, tuple(bids), k)
-                    fitted = self._refit(self._memo[near], call, bids)
-                if fitted is not None:
-                    # Kept for these bids, so the drift that asks for the next refit (or
-                    # the next full plan) counts from them; the full plan is still wanted.
-                    self._keep(k, fitted)
-                    self._refitted.add(k)
-                    self.refits += 1
-                    hit = fitted
-                else:
-                    hit = self._repriced(self._memo[near], call, bids)
+                hit = self._repriced(self._memo[near], call, bids)
             else:
                 self.misses += 1
                 hit = self._decide(call, bids, k)
@@ -239,17 +217,6 @@ class CachedDecider:
             return hit
         got = self.inner.reprice(plan, call, bids)
         return hit if got is None else (items, got[0], got[1], left)
-
-    def _refit(self, hit: Entry, call: am.CallForBids, bids: Sequence[am.Bid]) -> Entry | None:
-        """A remembered decision with its plan's strips re-split for ``bids``' figures
-        (AWAS only; None: not refitted)."""
-        _, plan, made_for, left = hit
-        if plan is None or made_for is None or not self.refit:
-            return None
-        if not isinstance(self.inner, AwasPlanner):
-            return None
-        got = self.inner.refit(plan, made_for, call, bids)
-        return None if got is None else (got[0], got[1], got[2], left)
 
     @staticmethod
     def shape(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -282,7 +249,7 @@ class CachedDecider:
         it is then the caller's to plan (elsewhere: ``auction/aside.py``) and
         :meth:`remember`."""
         pending, self.pending = self.pending, None
-        if pending is None or (pending[2] in self._memo and pending[2] not in self._refitted):
+        if pending is None or pending[2] in self._memo:
             return None
         return pending
 
@@ -299,9 +266,8 @@ class CachedDecider:
         return hit
 
     def _keep(self, k: tuple[Any, ...], hit: Entry) -> None:
-        self._refitted.discard(k)  # a full decision replaces a refit
         if len(self._memo) >= self.size:
-            self._refitted.discard(self._memo.pop(next(iter(self._memo))))
+            self._memo.pop(next(iter(self._memo)))
         self._memo[k] = hit
         self._latest[self.shape(k)] = k
 

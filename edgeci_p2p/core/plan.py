@@ -133,10 +133,8 @@ class Plan:
 
     def __str__(self) -> str:
         pred = "" if self.predicted is None else f", predicted {self.predicted * 1e3:.1f} ms"
-        refit = self.notes.get("refit_of")
-        made = "" if refit is None else f" (refitted from the plan for {refit})"
         lines = [
-            f"{self.strategy} plan for {self.model} on {self.testbed}{made}: "
+            f"{self.strategy} plan for {self.model} on {self.testbed}: "
             f"{len(self.stages)} stage(s){pred}"
         ]
         for st in self.stages:
