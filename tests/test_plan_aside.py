@@ -30,7 +30,7 @@ from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
 from edgeci_p2p.planners.testbeds import load_testbed
-from edgeci_p2p.policy.plan_peer import spare_peer
+from edgeci_p2p.policy.plan_peer import PlanningPeer, answer_within, spare_peer, uses
 from edgeci_p2p.wire import messages as wm
 from tests.daemons import cluster
 from tests.planfakes import fake_testbed
@@ -487,25 +487,35 @@ def test_a_peer_that_cannot_plan_it_leaves_the_job_to_the_own_child() -> None:
     asyncio.run(main())
 
 
-def test_the_peer_asked_is_the_fastest_one_the_plan_leaves_out() -> None:
+def test_the_peer_asked_is_the_fastest_one_the_plan_leaves_out_else_the_fastest_it_uses() -> None:
     spec = spec_for("vgg16", 224, 224)
     tb = load_testbed("emulated-4-headroom")
     me = tb.names[tb.auctioneer]
     others = set(tb.names) - {me}
-    halo = plan("edgeci-halo", spec, tb)
-    used = {p.device for st in halo.stages for p in st.parts}
-    # A plan that uses every peer is planned here: planned beside its strips, a new plan
-    # costs a peer's strips what it costs the auctioneer's.
-    if used == set(range(len(tb.names))):
-        assert spare_peer(halo, tb, others, me) is None
+
+    def speed(n: str) -> float:
+        return tb.devices[tb.names.index(n)].compute.seconds("conv", 1e9)
+
+    fastest = min(others, key=speed)
     # One left out is all spare: the fastest of those.
     alone = plan("local", spec, tb)
-    fastest = min(others, key=lambda n: tb.devices[tb.names.index(n)].compute.seconds("conv", 1e9))
-    assert spare_peer(alone, tb, others, me) == fastest
-    assert spare_peer(alone, tb, others - {fastest}, me) not in (None, fastest, me)
-    # Its head device is used too; only bidders of the round; never this node.
+    assert spare_peer(alone, tb, others, me) == PlanningPeer(fastest, in_plan=False)
+    second = spare_peer(alone, tb, others - {fastest}, me)
+    assert second is not None and second.name not in (fastest, me) and not second.in_plan
+    # Its head device is used too: another, idle one is asked first.
     head = replace(alone, head_device=tb.names.index(fastest))
-    assert spare_peer(head, tb, others, me) not in (None, fastest)
+    got = spare_peer(head, tb, others, me)
+    assert got is not None and got.name != fastest and not got.in_plan
+    assert uses(head, fastest) and not uses(alone, fastest) and uses(alone, me)
+    # A plan that uses every peer: the fastest other one all the same (its child holds
+    # the job while it serves work), given its patience on top to answer.
+    halo = plan("edgeci-halo", spec, tb)
+    if all(uses(halo, n) for n in tb.names):
+        asked = spare_peer(halo, tb, others, me)
+        assert asked == PlanningPeer(fastest, in_plan=True)
+        assert answer_within(asked, 20.0, 30.0) == 50.0
+    assert answer_within(PlanningPeer(fastest, in_plan=False), 20.0, 30.0) == 20.0
+    # Only bidders of the round; never this node.
     assert spare_peer(alone, tb, {me}, me) is None
     assert spare_peer(None, None, others, me) is None
 

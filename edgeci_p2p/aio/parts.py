@@ -33,7 +33,7 @@ from edgeci_p2p.aio.tiles import TileDispatcher
 from edgeci_p2p.aio.worker import PeerWorker
 from edgeci_p2p.auction.decider import CachedDecider, Entry
 from edgeci_p2p.policy.links import PlannedLinks
-from edgeci_p2p.policy.plan_peer import spare_peer
+from edgeci_p2p.policy.plan_peer import PlanningPeer, answer_within, spare_peer, uses
 from edgeci_p2p.wire import messages as wm
 from edgeci_p2p.wire.errors import ErrorCode
 
@@ -106,17 +106,20 @@ class Parts:
     # ---- messages more than one part acts on ------------------------------------------------
 
     def _plan_peer(self, decider: CachedDecider) -> str | None:
-        """The peer that plans this decider's next job: one the plan at hand leaves out."""
+        """The peer that plans this decider's next job (``policy/plan_peer.py``)."""
         me = self.node.node_id
         tb = decider.testbed
         others = set(tb.names) - {me} if tb is not None else set()
-        return spare_peer(decider.plan, tb, others, me)
+        got = spare_peer(decider.plan, tb, others, me)
+        return None if got is None else got.name
 
     async def _plan_on(self, peer: str, decider: CachedDecider, job: dict[str, Any]) -> Entry:
         # A pending round has the bidders of the plan at hand (CachedDecider.shape).
         tb = decider.testbed
         bidders = frozenset(tb.names if tb is not None else ()) | {self.node.node_id}
-        return await self.planners.decide(peer, job, decider.inner.spec, bidders)
+        asked = PlanningPeer(peer, uses(decider.plan, peer))
+        timeout_s = answer_within(asked, self.planners.timeout_s, self.node.config.plan_patience_s)
+        return await self.planners.decide(peer, job, decider.inner.spec, bidders, timeout_s)
 
     def _on_cancel(self, conn: Connection, msg: wm.Cancel) -> None:
         self.front.on_cancel(conn, msg)  # a client's (or forwarding peer's) request

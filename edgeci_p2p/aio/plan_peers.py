@@ -4,10 +4,10 @@ An auctioneer whose decision went stale plans the new bids off the request's pat
 (:mod:`.refresh`). In its own planning child that plan takes its own CPU: on the
 emulated cluster the auctioneer is the busiest peer, so the child was held until the
 daemon idled, and under back-to-back requests every request of a run then ran the plan
-of its first rounds (9-26% slower, by its own bids, than a plan made for them). Where
-the plan at hand leaves a peer out, the job goes to it
-(:func:`~edgeci_p2p.policy.plan_peer.spare_peer`): it plans it in its own planning
-child (at the lowest CPU priority, held while it serves work) and answers the
+of its first rounds (9-26% slower, by its own bids, than a plan made for them). So the
+job goes to another peer (:func:`~edgeci_p2p.policy.plan_peer.spare_peer`: the fastest
+one the plan at hand leaves out, else the fastest one it uses): it plans it in its own
+planning child (at the lowest CPU priority, held while it serves work) and answers the
 decision, which the auctioneer checks like any plan before it keeps it. A peer that
 fails, refuses or is too slow leaves the job to the auctioneer's own child, as before.
 """
@@ -56,11 +56,18 @@ class PeerPlanning:
     # ---- as auctioneer ------------------------------------------------------------------------
 
     async def decide(
-        self, peer: str, job: Mapping[str, Any], spec: ModelSpec, bidders: frozenset[str]
+        self,
+        peer: str,
+        job: Mapping[str, Any],
+        spec: ModelSpec,
+        bidders: frozenset[str],
+        timeout_s: float | None = None,
     ) -> Entry:
         """The decision ``job`` asks for, planned on ``peer``; raises :class:`AsideError`
-        when it cannot be had (no connection, an error, no answer in time, a plan that
-        does not compute ``spec`` or names a device that did not bid)."""
+        when it cannot be had (no connection, an error, no answer in ``timeout_s``
+        seconds (default :attr:`timeout_s`), a plan that does not compute ``spec`` or
+        names a device that did not bid)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         text = json.dumps(job)
         if len(text) > MAX_PLAN_JOB_CHARS:
             raise AsideError(f"a job of {len(text)} characters is too long to send")
@@ -71,9 +78,9 @@ class PeerPlanning:
             if not await self.mesh.send(peer, PlanJob(job_id, text)):
                 raise AsideError(f"no connection to {peer}")
             self.sent += 1
-            got = await asyncio.wait_for(fut, self.timeout_s)
+            got = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
-            raise AsideError(f"{peer} did not answer in {self.timeout_s:g} s") from None
+            raise AsideError(f"{peer} did not answer in {timeout_s:g} s") from None
         finally:
             self._waiting.pop(job_id, None)
         if got.error is not None or got.answer is None:
@@ -115,7 +122,9 @@ class PeerPlanning:
             if not isinstance(job, dict):
                 raise AsideError("a job is a JSON object")
             # Held while this node serves work, as its own jobs are: sent here because
-            # the plan at hand leaves this node out, it is idle unless others use it.
+            # the plan at hand leaves this node out (idle unless others use it), or
+            # because it uses every peer (this one is idle between its strips of one
+            # request and the next, and through the requests it has no part in).
             hit = await aside.decide(job)
             answer = json.dumps(answer_of(hit))
         except (AsideError, ValueError) as e:
