@@ -376,8 +376,9 @@ def plan_round(r: dict[str, Any]) -> tuple[str | None, str | None]:
     request's own round (its testbed's name); None where a record has no such names.
 
     A round whose bids moved only in speed runs the plan at hand, repriced, while the
-    planning child makes the new one (``auction/aside.py``); under back-to-back
-    requests that new plan waits up to 30 s for the daemon to fall idle."""
+    new one is made off the requests' path: on another peer (``aio/plan_peers.py``), or
+    in the auctioneer's own planning child (``auction/aside.py``), which waits up to
+    30 s for the daemon to fall idle."""
     m = _PLAN_ROUND.search(str(r.get("plan_text") or ""))
     believed = r.get("believed")
     own = believed.get("name") if isinstance(believed, dict) else None
@@ -401,7 +402,8 @@ def plan_age_lines(diag: Sequence[dict[str, Any]]) -> list[str]:
             out.append(
                 f"{x['model']} {label(x['strategy'], x['transport'])}: {older} of {known} "
                 f"requests ran a plan made for an earlier round's bids ({plans} plan(s) "
-                "in all; a new one waits for the daemon to fall idle)"
+                "in all; each new one is made off the requests' path, on a peer or when "
+                "this one idles)"
             )
     return out
 
@@ -1056,7 +1058,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--plan-here",
         action="store_true",
         help="every auctioneer makes its background plans in its own planning child "
-        "(edgeci-peer --plan-here), not on a peer the plan at hand leaves out, for comparison",
+        "(edgeci-peer --plan-here), not on another peer, for comparison",
     )
     p.add_argument(
         "--no-plan-aside",

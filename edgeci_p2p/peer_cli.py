@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan-here",
         action="store_true",
         help="make this peer's background plans in its own planning child (by default "
-        "they go to a peer the plan at hand leaves out (the fastest), and come back "
-        "here only when that peer cannot make them)",
+        "they go to another peer: the fastest one the plan at hand leaves out, else the "
+        "fastest one it uses, which holds them while it serves work; they come back here "
+        "only when that peer cannot make them)",
     )
     p.add_argument(
         "--no-plan-aside",

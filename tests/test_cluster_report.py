@@ -124,7 +124,8 @@ def test_the_report_counts_requests_that_ran_an_earlier_rounds_plan() -> None:
     lines = plan_age_lines(diag)
     assert lines == [
         "vgg16 edgeci-halo: 2 of 4 requests ran a plan made for an earlier round's bids "
-        "(2 plan(s) in all; a new one waits for the daemon to fall idle)"
+        "(2 plan(s) in all; each new one is made off the requests' path, on a peer or when "
+        "this one idles)"
     ]
 
 
