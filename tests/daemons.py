@@ -41,6 +41,11 @@ WAIT_S = 30.0
 """How long a condition may take to come true before the wait fails."""
 STOP_S = 15.0
 """How long one daemon may take to stop."""
+EVERY_BID = {"bid_window": WAIT_S / 6}
+"""An auctioneer's config for a test that needs every live peer in its plan. A round
+closes as soon as every called peer has bid, so a long window costs nothing; with the
+default 0.1 s, a loaded machine can hold a peer's bid past the window (the round then
+plans without that peer, and a test of what happens to its tiles has none to watch)."""
 
 IMAGE = sample_image_path().read_bytes()
 """The sample photo, as a client sends it."""

@@ -21,6 +21,7 @@ from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.messages import InferRequest
 from edgeci_p2p.wire.session import SessionConfig
 from tests.daemons import (
+    EVERY_BID,
     IMAGE,
     LOOPBACK_MDNS,
     WAIT_S,
@@ -38,7 +39,7 @@ from tests.daemons import (
 @pytest.mark.timeout(120)
 @pytest.mark.one_loop
 async def test_a_tile_past_its_deadline_is_reassigned_and_its_peer_banned() -> None:
-    tight = {0: {"tile_deadline_factor": 1.0, "tile_deadline_margin": 0.3}}
+    tight = {0: {**EVERY_BID, "tile_deadline_factor": 1.0, "tile_deadline_margin": 0.3}}
     async with cluster(3, per_peer=tight) as daemons:
         auctioneer, slow = daemons[0], daemons[1]
         ref = reference()
@@ -71,7 +72,7 @@ def tiles(d: PeerDaemon, outcome: str) -> float:
 @pytest.mark.timeout(120)
 @pytest.mark.one_loop
 async def test_a_straggler_is_hedged_and_the_losing_copy_cancelled() -> None:
-    async with cluster(3) as daemons:
+    async with cluster(3, per_peer={0: EVERY_BID}) as daemons:
         auctioneer, slow = daemons[0], daemons[1]
         ref = reference()
         async with client(auctioneer) as c:
@@ -103,7 +104,7 @@ async def test_a_straggler_is_hedged_and_the_losing_copy_cancelled() -> None:
 async def test_peer_dropping_its_connections_mid_request_loses_nothing() -> None:
     # No hedging or deadline on the auctioneer's side before the drop: what reaches the
     # request is the dropped connection alone.
-    patient = {0: {"hedge_margin": 3 * WAIT_S, "tile_deadline_margin": 3 * WAIT_S}}
+    patient = {0: {**EVERY_BID, "hedge_margin": 3 * WAIT_S, "tile_deadline_margin": 3 * WAIT_S}}
     async with cluster(3, per_peer=patient) as daemons:
         ref = reference()
         victim = daemons[2]
