@@ -116,7 +116,7 @@ async def test_peer_dropping_its_connections_mid_request_loses_nothing() -> None
                 await wait_until(
                     lambda: victim.load.queued_tiles or job.done(), "the victim has tiles"
                 )
-                assert not job.done()
+                assert not job.done(), f"answered without the victim: {job.result().plan}"
                 for conn in list(victim.conns.values()):
                     await conn.close()
                 worker.release()
