@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from edgeci_p2p.planners.halo import plan_edgeci_halo
 from edgeci_p2p.planners.testbeds import load_testbed
 from edgeci_p2p.policy.strip_jobs import strip_jobs
 from edgeci_p2p.wire.messages import HaloRows, StripJob, StripStage
+from tests.daemons import WAIT_S
 
 SPECS = {name: spec_for(name) for name in ("vgg16", "resnet34")}
 TESTBEDS = ("emulated-4", "homog-4", "pi4-wifi-4")
@@ -137,7 +140,7 @@ def middle_job(spec: ModelSpec) -> StripJob:
     return StripJob("r", 1, 1, spec.name, "fp", jobs.stages[1], x, (224, 224))
 
 
-def test_edge_rows_are_sent_before_the_middle_is_computed() -> None:
+def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> None:
     spec = SPECS["vgg16"]
     job = middle_job(spec)
     first = job.stages[0]
@@ -166,8 +169,67 @@ def test_edge_rows_are_sent_before_the_middle_is_computed() -> None:
     runs_first = [e for e in log if e.startswith("run 2")]
     sends = [i for i, e in enumerate(log) if e.startswith("send")]
     assert len(runs_first) == 3
+    # The edges ran first, the middle last; the first edge's rows left before the middle
+    # began, the second's while it ran (the worker already had it: see the next test),
+    # both before the next stage.
+    edges = [e for e in runs_first if e != middle_run(spec, first)]
+    assert len(edges) == 2 and runs_first[-1] == middle_run(spec, first)
     middle = log.index(runs_first[-1])
-    assert len([i for i in sends if i < middle]) == 2, log  # both edges left before the middle
+    next_stage = log.index(next(e for e in log if e.startswith("run 3")))
+    assert sends[0] < middle and len([i for i in sends if i < next_stage]) >= 2, log
+
+
+def middle_run(spec: ModelSpec, st: StripStage) -> str:
+    """The log entry of ``st``'s middle piece (the one that sends nothing)."""
+    p = next(p for p in stage_pieces(spec, st) if not p.sends)
+    return f"run {st.start} {p.rows[0]}:{p.rows[1]}"
+
+
+def test_the_worker_has_the_next_piece_before_the_first_is_back() -> None:
+    # A piece handed to the worker only once the one before is back leaves the worker
+    # idle through the hop back to the loop and out again (on a capped peer, the wait
+    # for the quota as well). Here the first piece cannot finish until the worker has
+    # been handed a second: a job that hands over one piece at a time fails.
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    log: list[str] = []
+    box = Mailbox()
+    box.claim("r", 1)
+    for st in job.stages[1:]:
+        for r in st.recv:
+            c, _, w = spec.shape_at(st.start)
+            box.put(
+                HaloRows(
+                    "r", 1, st.start, r.rows, np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+                )
+            )
+
+    class Counting(ThreadPoolExecutor):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.handed = 0
+            self.second = threading.Event()
+
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            self.handed += 1
+            if self.handed == 2:
+                self.second.set()
+            return super().submit(fn, *args, **kwargs)
+
+    waited: list[bool] = []
+
+    async def main() -> None:
+        with Counting() as ex:
+
+            def ran(entry: str) -> None:
+                if not waited:  # the first piece, on the worker
+                    waited.append(ex.second.wait(WAIT_S))
+
+            store = RecordingStore(spec, log, ran)
+            await run_strip_job(job, store, ex, box, lambda n, m: asyncio.sleep(0), timeout=60.0)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert waited == [True], log
 
 
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:

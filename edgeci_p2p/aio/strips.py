@@ -121,6 +121,27 @@ def _timed_piece(work: Callable[..., Array], *args: Any) -> tuple[Array, float, 
     return y, stopped - started, others
 
 
+@dataclass
+class _Running:
+    """A piece handed to the worker, not yet back."""
+
+    piece: Piece
+    future: asyncio.Future[tuple[Array, float, float, float]]
+    handed: float
+    """When it was handed over (``time.monotonic``)."""
+    queued: bool
+    """Handed over behind another piece still running: its time starts when the
+    worker takes it, not when it was handed over."""
+
+
+IN_FLIGHT = 2
+"""Pieces of a stage on the worker at once: the one running and the next, which the
+worker starts as soon as the first is done, while this loop sends the rows just
+computed. With one, the worker waited for the loop between pieces (the hop back to
+the loop, the sends, the hop out again): on a capped peer, whatever the loop had to do
+first (a neighbour's rows to decode, a bid) and the wait for its quota."""
+
+
 async def _fold(
     job: StripJob, spec: ModelSpec, store: ModelStore, worker: Executor, y: Array, out: StripOutcome
 ) -> Array:
@@ -211,6 +232,7 @@ async def run_strip_job(
     y: Array = x
     out = StripOutcome(x)
     sends: list[asyncio.Future[None]] = []
+    running: list[_Running] = []
 
     def failed(f: asyncio.Future[None]) -> None:
         if not f.cancelled() and f.exception() is not None:
@@ -243,8 +265,9 @@ async def run_strip_job(
                     out.halo_in += wire_nbytes(got)
                     waiting.remove(r)
                 # Edges first when they can run; else whatever can (never idle needlessly).
-                ready = [p for p in todo if _covered(have, *p.need)]
-                if not ready:
+                handed = [r.piece for r in running]
+                ready = [p for p in todo if p not in handed and _covered(have, *p.need)]
+                if not ready and not running:
                     # A neighbour already gone will send nothing either: fail now.
                     for f in sends:
                         if f.done() and not f.cancelled() and f.exception() is not None:
@@ -259,15 +282,14 @@ async def run_strip_job(
                     out.spans.append(["halo-wait", m, time.monotonic(), "wait", st.start])
                     wait_s += time.perf_counter() - t
                     continue
-                p = next((p for p in ready if p.sends), ready[0])
-                xin = _rows(have, *p.need)
-                assert xin is not None
-                t0 = time.perf_counter()
-                m = time.monotonic()
-                try:
-                    yp, took, others = await loop.run_in_executor(
+                while len(running) < IN_FLIGHT and ready:
+                    p = next((p for p in ready if p.sends), ready[0])
+                    ready.remove(p)
+                    xin = _rows(have, *p.need)
+                    assert xin is not None
+                    future = loop.run_in_executor(
                         worker,
-                        _timed_piece,
+                        timed,
                         store.run_tile,
                         job.model,
                         job.fingerprint,
@@ -278,14 +300,21 @@ async def run_strip_job(
                         xin,
                         Region(Span(*p.need), Span(0, w_in)),
                     )
+                    running.append(_Running(p, future, time.monotonic(), bool(running)))
+                oldest = running.pop(0)
+                p = oldest.piece
+                try:
+                    yp, started, stopped, others = await oldest.future
                 except ValueError as e:  # WorkError included
                     raise WorkError(str(e)) from e
-                span = time.perf_counter() - t0
+                back = time.monotonic()
+                begin = max(oldest.handed, started) if oldest.queued else oldest.handed
+                span = back - begin
                 run_s += span
-                out.spans.append(["compute", m, time.monotonic(), "compute", st.start])
+                out.spans.append(["compute", begin, back, "compute", st.start])
                 # The piece as the plan sees it: the hop to the worker and back included
                 # (on a capped peer, the wait for the quota), not only the worker's time.
-                out.pieces.append((p.unit_flops, max(span, took), others))
+                out.pieces.append((p.unit_flops, max(span, stopped - started), others))
                 todo.remove(p)
                 done.append((p.rows[0], yp))
                 for s in list(unsent):
@@ -309,6 +338,8 @@ async def run_strip_job(
             y = await _fold(job, spec, store, worker, y, out)
         await asyncio.gather(*sends)
     finally:
+        for piece_run in running:  # a failed job's pieces still queued: not run, nor their errors
+            piece_run.future.cancel()
         for f in sends:
             if not f.done():
                 f.cancel()
