@@ -179,6 +179,26 @@ def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> No
     assert sends[0] < middle and len([i for i in sends if i < next_stage]) >= 2, log
 
 
+class CountingWorker(ThreadPoolExecutor):
+    """The one worker thread, counting the work handed to it (from the event loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.handed = 0
+        self._more = threading.Condition()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._more:
+            self.handed += 1
+            self._more.notify_all()
+        return super().submit(fn, *args, **kwargs)
+
+    def handed_at_least(self, n: int, timeout: float) -> bool:
+        """On the worker thread: wait until ``n`` pieces have been handed over."""
+        with self._more:
+            return self._more.wait_for(lambda: self.handed >= n, timeout)
+
+
 def middle_run(spec: ModelSpec, st: StripStage) -> str:
     """The log entry of ``st``'s middle piece (the one that sends nothing)."""
     p = next(p for p in stage_pieces(spec, st) if not p.sends)
@@ -204,32 +224,61 @@ def test_the_worker_has_the_next_piece_before_the_first_is_back() -> None:
                 )
             )
 
-    class Counting(ThreadPoolExecutor):
-        def __init__(self) -> None:
-            super().__init__(1)
-            self.handed = 0
-            self.second = threading.Event()
-
-        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            self.handed += 1
-            if self.handed == 2:
-                self.second.set()
-            return super().submit(fn, *args, **kwargs)
-
     waited: list[bool] = []
 
     async def main() -> None:
-        with Counting() as ex:
+        with CountingWorker() as ex:
 
             def ran(entry: str) -> None:
                 if not waited:  # the first piece, on the worker
-                    waited.append(ex.second.wait(WAIT_S))
+                    waited.append(ex.handed_at_least(2, WAIT_S))
 
             store = RecordingStore(spec, log, ran)
             await run_strip_job(job, store, ex, box, lambda n, m: asyncio.sleep(0), timeout=60.0)  # type: ignore[arg-type]
 
     asyncio.run(main())
     assert waited == [True], log
+
+
+def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it() -> None:
+    # The second stage's middle runs first (its neighbours' rows are not here yet). The
+    # rows come while it runs: an edge goes to the worker then, not once the middle is
+    # back. Here the middle cannot finish until the worker has been handed an edge.
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    pieces = stage_pieces(spec, job.stages[1])
+    middle = middle_run(spec, job.stages[1])
+    assert len(pieces) == 3 and not pieces[1].sends
+    log: list[str] = []
+    waited: list[bool] = []
+
+    async def main() -> None:
+        box = Mailbox()
+        box.claim("r", 1)
+        loop = asyncio.get_running_loop()
+
+        def deliver() -> None:
+            for st in job.stages[1:]:
+                for r in st.recv:
+                    c, _, w = spec.shape_at(st.start)
+                    rows = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+                    box.put(HaloRows("r", 1, st.start, r.rows, rows))
+
+        with CountingWorker() as ex:
+
+            def ran(entry: str) -> None:
+                if entry == middle:  # on the worker
+                    handed = ex.handed
+                    loop.call_soon_threadsafe(deliver)
+                    waited.append(ex.handed_at_least(handed + 1, WAIT_S))
+
+            store = RecordingStore(spec, log, ran)
+            await run_strip_job(job, store, ex, box, lambda n, m: asyncio.sleep(0), timeout=60.0)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert waited == [True], log
+    edges = [f"run 3 {p.rows[0]}:{p.rows[1]}" for p in pieces if p.sends]
+    assert log.index(middle) < min(log.index(e) for e in edges)
 
 
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:

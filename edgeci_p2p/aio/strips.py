@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -301,6 +302,19 @@ async def run_strip_job(
                         Region(Span(*p.need), Span(0, w_in)),
                     )
                     running.append(_Running(p, future, time.monotonic(), bool(running)))
+                left = deadline - time.monotonic()
+                if len(running) < IN_FLIGHT and waiting and len(todo) > len(running) and left > 0:
+                    # A piece waits for rows: should they come while the worker runs,
+                    # it is queued at once, not after the running piece is back.
+                    arrival = asyncio.ensure_future(mailbox.wait(job.request_id, job.job_id, left))
+                    try:
+                        await asyncio.wait(
+                            (running[0].future, arrival), return_when=FIRST_COMPLETED
+                        )
+                    finally:
+                        arrival.cancel()
+                    if not running[0].future.done():
+                        continue
                 oldest = running.pop(0)
                 p = oldest.piece
                 try:
@@ -311,7 +325,10 @@ async def run_strip_job(
                 begin = max(oldest.handed, started) if oldest.queued else oldest.handed
                 span = back - begin
                 run_s += span
-                out.spans.append(["compute", begin, back, "compute", st.start])
+                # Until the worker stopped: the hop back to this loop is the loop's, and a
+                # piece queued behind this one starts then (the critical path would
+                # otherwise see the queued piece begin before this one ended).
+                out.spans.append(["compute", begin, max(begin, stopped), "compute", st.start])
                 # The piece as the plan sees it: the hop to the worker and back included
                 # (on a capped peer, the wait for the quota), not only the worker's time.
                 out.pieces.append((p.unit_flops, max(span, stopped - started), others))
