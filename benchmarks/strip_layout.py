@@ -10,7 +10,7 @@ received), on one thread and uncapped, this times:
 * ``old``: the path before: the rows joined as NCHW (``np.concatenate``), copied again
   (``np.array(copy=True)``) and made channels-last by the executor: two transposing
   copies of the strip (``run_tile`` as now, its copy as it was);
-* ``new``: the rows joined channels-last (``strips._rows``) and copied once into the
+* ``new``: the rows joined channels-last (``strip_inputs.join_rows``) and copied once into the
   executor's layout (``FusedExecutor.own_slab``);
 * ``compute``: the units alone on a channels-last slab already in place.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from edgeci_p2p.aio.strips import _rows
+from edgeci_p2p.aio.strip_inputs import join_rows
 from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.nn.runtime import ModelStore
 
@@ -90,7 +90,7 @@ def one_stage(
             del ex.own_slab
 
     def new() -> np.ndarray:
-        xin = _rows(have, need.start, need.stop)
+        xin = join_rows(have, need.start, need.stop)
         assert xin is not None
         return store.run_tile(model, fp, (224, 224), start, stop, out, xin, tr.need)
 

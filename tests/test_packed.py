@@ -121,15 +121,15 @@ def test_strips_keep_their_layout_from_stage_to_stage() -> None:
     # is of the executor's layout: the same values either way.
     import numpy as np
 
-    from edgeci_p2p.aio.strips import _rows
+    from edgeci_p2p.aio.strip_inputs import join_rows
 
     own = torch.randn(1, 8, 5, 6).contiguous(memory_format=torch.channels_last).numpy()
     halo = np.random.default_rng(0).standard_normal((1, 8, 2, 6)).astype(np.float32)
-    got = _rows([(10, own), (15, halo)], 11, 17)
+    got = join_rows([(10, own), (15, halo)], 11, 17)
     assert got is not None
     want = np.concatenate([own[:, :, 1:], halo], axis=2)
     assert np.array_equal(got, want) and got.transpose(0, 2, 3, 1).flags.c_contiguous
-    plain = _rows([(10, np.ascontiguousarray(own)), (15, halo)], 11, 17)
+    plain = join_rows([(10, np.ascontiguousarray(own)), (15, halo)], 11, 17)
     assert plain is not None and plain.flags.c_contiguous and np.array_equal(plain, want)
     m = load_model("vgg11", use_hub_cache=False)
     ex = FusedExecutor(m.module, describe(m.module, "vgg11", 64, 64, m.fingerprint))

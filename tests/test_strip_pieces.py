@@ -285,6 +285,44 @@ def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it() -> None:
     assert log.index(middle) < min(log.index(e) for e in edges)
 
 
+def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_back() -> None:
+    # A stage's first piece handed over only once the loop has the last one back and
+    # has joined the strip leaves the worker idle through that hop at every boundary.
+    # Here the neighbours' rows are in from the start, and the first stage's middle
+    # cannot finish until the worker has been handed one more piece: the next stage's
+    # edge, which reads the middle's rows on the worker.
+    spec = SPECS["vgg16"]
+    job = middle_job(spec)
+    middle = middle_run(spec, job.stages[0])
+    first = len(stage_pieces(spec, job.stages[0]))
+    log: list[str] = []
+    waited: list[bool] = []
+    box = Mailbox()
+    box.claim("r", 1)
+    for st in job.stages[1:]:
+        for r in st.recv:
+            c, _, w = spec.shape_at(st.start)
+            data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+            box.put(HaloRows("r", 1, st.start, r.rows, data))
+
+    async def main() -> None:
+        with CountingWorker() as ex:
+
+            def ran(entry: str) -> None:
+                if entry == middle:  # on the worker: all the first stage handed, and one more
+                    waited.append(ex.handed_at_least(first + 1, WAIT_S))
+
+            store = RecordingStore(spec, log, ran)
+            out = await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
+            assert out.output.shape[2] == job.stages[-1].rows[1] - job.stages[-1].rows[0]
+
+    asyncio.run(main())
+    assert waited == [True], log
+    after = log[log.index(middle) + 1]
+    edges = [f"run 3 {p.rows[0]}:{p.rows[1]}" for p in stage_pieces(spec, job.stages[1]) if p.sends]
+    assert after in edges, log
+
+
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:
     spec = SPECS["vgg16"]
     job = middle_job(spec)

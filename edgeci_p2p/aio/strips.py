@@ -28,13 +28,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeci_p2p.aio.mailbox import Mailbox, RowsNeverArrived, StripJobError
+from edgeci_p2p.aio.strip_inputs import PieceRows, Source, covered, join_rows, resolve
 from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.core.geometry import Region, Span, fold_flops, strip_trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.core.workload import Workload
 from edgeci_p2p.nn.runtime import ModelStore, WorkError
-from edgeci_p2p.wire.messages import HaloRows, StripJob, StripStage
+from edgeci_p2p.wire.messages import HaloRows, RowsFrom, StripJob, StripStage
 from edgeci_p2p.wire.tensors import payload_nbytes
 
 Array = npt.NDArray[np.float32]
@@ -123,9 +124,34 @@ def _timed_piece(work: Callable[..., Array], *args: Any) -> tuple[Array, float, 
 
 
 @dataclass
+class _Stage:
+    """A stage of the job as it runs here."""
+
+    st: StripStage
+    w_in: int
+    w_out: int
+    todo: list[Piece]
+    """Not yet handed to the worker."""
+    left: int
+    """Not yet back from the worker (``todo`` included)."""
+    have: list[Source] = field(default_factory=list)
+    waiting: list[RowsFrom] = field(default_factory=list)
+    unsent: list[RowsFrom] = field(default_factory=list)
+    done: list[tuple[int, Array]] = field(default_factory=list)
+    wait_s: float = 0.0
+    run_s: float = 0.0
+
+    def ready(self, edges_only: bool) -> Piece | None:
+        """The next piece to hand over: an edge first, else any whose rows are here."""
+        ok = [p for p in self.todo if covered(self.have, *p.need)]
+        return next((p for p in ok if p.sends), None if edges_only else next(iter(ok), None))
+
+
+@dataclass
 class _Running:
     """A piece handed to the worker, not yet back."""
 
+    stage: _Stage
     piece: Piece
     future: asyncio.Future[tuple[Array, float, float, float]]
     handed: float
@@ -136,11 +162,34 @@ class _Running:
 
 
 IN_FLIGHT = 2
-"""Pieces of a stage on the worker at once: the one running and the next, which the
-worker starts as soon as the first is done, while this loop sends the rows just
-computed. With one, the worker waited for the loop between pieces (the hop back to
-the loop, the sends, the hop out again): on a capped peer, whatever the loop had to do
-first (a neighbour's rows to decode, a bid) and the wait for its quota."""
+"""Pieces on the worker at once: the one running and the next, which the worker
+starts as soon as the first is done, while this loop sends the rows just computed.
+With one, the worker waited for the loop between pieces (the hop back to the loop, the
+sends, the hop out again): on a capped peer, whatever the loop had to do first (a
+neighbour's rows to decode, a bid) and the wait for its quota. The next piece may be
+the next stage's edge (its neighbours' rows in): it reads this stage's pieces on the
+worker, so a stage's first piece no longer waits for the loop to take the last one back."""
+
+
+def _piece(
+    store: ModelStore, job: StripJob, s: _Stage, p: Piece, have: list[Source], out: PieceRows
+) -> Array:
+    """Worker thread: piece ``p`` of stage ``s`` from its input rows ``have``."""
+    xin = join_rows(resolve(have), *p.need)
+    if xin is None:  # a piece before it failed (the job fails on that one)
+        raise StripJobError(f"stage [{s.st.start}, {s.st.stop}): rows {list(p.need)} missing")
+    st = s.st
+    out.value = store.run_tile(
+        job.model,
+        job.fingerprint,
+        (job.input_hw[0], job.input_hw[1]),
+        st.start,
+        st.stop,
+        Region(Span(*p.rows), Span(0, s.w_out)),
+        xin,
+        Region(Span(*p.need), Span(0, s.w_in)),
+    )
+    return out.value
 
 
 async def _fold(
@@ -170,42 +219,6 @@ async def _fold(
     return z
 
 
-def _covered(have: list[tuple[int, Array]], a: int, b: int) -> bool:
-    """Whether input rows ``[a, b)`` are all here (without gathering them)."""
-    at = a
-    for start, arr in sorted(have, key=lambda h: h[0]):
-        if start <= at < start + arr.shape[2]:
-            at = start + arr.shape[2]
-            if at >= b:
-                return True
-    return at >= b
-
-
-def _rows(have: list[tuple[int, Array]], a: int, b: int) -> Array | None:
-    """Input rows ``[a, b)`` from what is here (own and received pieces), or None."""
-    out: list[Array] = []
-    at = a
-    for start, arr in sorted(have, key=lambda h: h[0]):
-        stop = start + arr.shape[2]
-        if start <= at < stop:
-            take = min(stop, b)
-            out.append(arr[:, :, at - start : take - start])
-            at = take
-            if at >= b:
-                break
-    if at < b:
-        return None
-    if len(out) == 1:
-        return out[0]
-    if not max(out, key=lambda a: a.shape[2]).transpose(0, 2, 3, 1).flags.c_contiguous:
-        return np.concatenate(out, axis=2)
-    # The own rows are channels-last (a packed model's stage output): join in that
-    # layout, so that only the few received halo rows are transposed, and the worker's
-    # copy (FusedExecutor.own_slab) is a straight one.
-    nhwc = np.concatenate([a.transpose(0, 2, 3, 1) for a in out], axis=1)
-    return nhwc.transpose(0, 3, 1, 2)
-
-
 async def run_strip_job(
     job: StripJob,
     store: ModelStore,
@@ -229,128 +242,123 @@ async def run_strip_job(
     deadline = time.monotonic() + timeout
     check_job(job, spec)
     x: Array = np.asarray(job.input, dtype=np.float32)
-    prev: StripStage | None = None
-    y: Array = x
     out = StripOutcome(x)
     sends: list[asyncio.Future[None]] = []
     running: list[_Running] = []
+    stages: list[_Stage] = []
+    for st in job.stages:
+        todo = list(stage_pieces(spec, st))
+        w_in, w_out = spec.shape_at(st.start)[2], spec.shape_at(st.stop)[2]
+        stages.append(_Stage(st, w_in, w_out, todo, len(todo), [], list(st.recv), list(st.send)))
+    stages[0].have.append((job.stages[0].need[0], job.stages[0].need[0] + x.shape[2], x))
 
     def failed(f: asyncio.Future[None]) -> None:
         if not f.cancelled() and f.exception() is not None:
             mailbox.nudge(job.request_id, job.job_id)  # a stage waiting for rows: fail now
 
+    def poll(s: _Stage) -> None:
+        for r in list(s.waiting):
+            got = mailbox.poll(job.request_id, job.job_id, s.st.start, r.rows)
+            if got is None:
+                continue
+            if got.shape[2:] != (r.rows[1] - r.rows[0], s.w_in):
+                raise StripJobError(f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}")
+            s.have.append((r.rows[0], r.rows[1], got))
+            out.halo_in += wire_nbytes(got)
+            s.waiting.remove(r)
+
+    def pick(cur: int) -> tuple[_Stage, Piece] | None:
+        s = stages[cur]
+        p = s.ready(edges_only=False)
+        if p is not None or s.todo or cur + 1 == len(stages):
+            return None if p is None else (s, p)
+        # All of this stage is on the worker: the next stage's edges whose rows are in
+        # go behind it, and its middle once they are all handed over (edges first).
+        nxt = stages[cur + 1]
+        p = nxt.ready(edges_only=any(q.sends for q in nxt.todo))
+        return None if p is None else (nxt, p)
+
+    def hand(s: _Stage, p: Piece) -> None:
+        s.todo.remove(p)
+        cell = PieceRows(*p.rows)
+        i = stages.index(s)
+        if i + 1 < len(stages):
+            stages[i + 1].have.append((p.rows[0], p.rows[1], cell))
+        args = (store, job, s, p, list(s.have), cell)
+        future = loop.run_in_executor(worker, timed, _piece, *args)
+        running.append(_Running(s, p, future, time.monotonic(), bool(running)))
+
+    async def back(r: _Running) -> None:
+        s, p = r.stage, r.piece
+        try:
+            yp, started, stopped, others = await r.future
+        except ValueError as e:  # WorkError included
+            raise WorkError(str(e)) from e
+        begin = max(r.handed, started) if r.queued else r.handed
+        span = time.monotonic() - begin
+        s.run_s += span
+        # Until the worker stopped: the hop back to this loop is the loop's, and a
+        # piece queued behind this one starts then (the critical path would
+        # otherwise see the queued piece begin before this one ended).
+        out.spans.append(["compute", begin, max(begin, stopped), "compute", s.st.start])
+        # The piece as the plan sees it: the hop to the worker and back included
+        # (on a capped peer, the wait for the quota), not only the worker's time.
+        out.pieces.append((p.unit_flops, max(span, stopped - started), others))
+        s.left -= 1
+        s.done.append((p.rows[0], yp))
+        for m in list(s.unsent):
+            if p.rows[0] <= m.rows[0] and m.rows[1] <= p.rows[1]:
+                part = np.ascontiguousarray(yp[:, :, m.rows[0] - p.rows[0] : m.rows[1] - p.rows[0]])
+                out.halo_out += wire_nbytes(part)
+                msg = HaloRows(job.request_id, job.job_id, s.st.stop, m.rows, part)
+                sent = asyncio.ensure_future(send_rows(m.node, msg))
+                sent.add_done_callback(failed)
+                sends.append(sent)
+                s.unsent.remove(m)
+
     try:
-        for st in job.stages:
-            _, _, w_in = spec.shape_at(st.start)
-            _, _, w_out = spec.shape_at(st.stop)
-            if prev is None:
-                have = [(st.need[0], x)]
-            else:
-                a, b = max(prev.rows[0], st.need[0]), min(prev.rows[1], st.need[1])
-                have = [(a, y[:, :, a - prev.rows[0] : b - prev.rows[0]])] if a < b else []
-            waiting = list(st.recv)
-            todo = list(stage_pieces(spec, st))
-            done: list[tuple[int, Array]] = []
-            unsent = list(st.send)
-            wait_s = run_s = 0.0
-            while todo:
-                for r in list(waiting):
-                    got = mailbox.poll(job.request_id, job.job_id, st.start, r.rows)
-                    if got is None:
-                        continue
-                    if got.shape[2:] != (r.rows[1] - r.rows[0], w_in):
-                        raise StripJobError(
-                            f"{r.node} sent rows {list(r.rows)} of shape {list(got.shape)}"
-                        )
-                    have.append((r.rows[0], got))
-                    out.halo_in += wire_nbytes(got)
-                    waiting.remove(r)
-                # Edges first when they can run; else whatever can (never idle needlessly).
-                handed = [r.piece for r in running]
-                ready = [p for p in todo if p not in handed and _covered(have, *p.need)]
-                if not ready and not running:
-                    # A neighbour already gone will send nothing either: fail now.
-                    for f in sends:
-                        if f.done() and not f.cancelled() and f.exception() is not None:
-                            raise StripJobError(f"a halo send failed: {f.exception()}")
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        rows = [list(r.rows) for r in waiting]
-                        raise RowsNeverArrived(f"rows {rows} at boundary {st.start} never arrived")
-                    t = time.perf_counter()
-                    m = time.monotonic()
-                    await mailbox.wait(job.request_id, job.job_id, left)
-                    out.spans.append(["halo-wait", m, time.monotonic(), "wait", st.start])
-                    wait_s += time.perf_counter() - t
-                    continue
-                while len(running) < IN_FLIGHT and ready:
-                    p = next((p for p in ready if p.sends), ready[0])
-                    ready.remove(p)
-                    xin = _rows(have, *p.need)
-                    assert xin is not None
-                    future = loop.run_in_executor(
-                        worker,
-                        timed,
-                        store.run_tile,
-                        job.model,
-                        job.fingerprint,
-                        (job.input_hw[0], job.input_hw[1]),
-                        st.start,
-                        st.stop,
-                        Region(Span(*p.rows), Span(0, w_out)),
-                        xin,
-                        Region(Span(*p.need), Span(0, w_in)),
-                    )
-                    running.append(_Running(p, future, time.monotonic(), bool(running)))
-                left = deadline - time.monotonic()
-                if len(running) < IN_FLIGHT and waiting and len(todo) > len(running) and left > 0:
-                    # A piece waits for rows: should they come while the worker runs,
-                    # it is queued at once, not after the running piece is back.
-                    arrival = asyncio.ensure_future(mailbox.wait(job.request_id, job.job_id, left))
-                    try:
-                        await asyncio.wait(
-                            (running[0].future, arrival), return_when=FIRST_COMPLETED
-                        )
-                    finally:
-                        arrival.cancel()
-                    if not running[0].future.done():
-                        continue
-                oldest = running.pop(0)
-                p = oldest.piece
+        cur = 0
+        while cur < len(stages):
+            for s in stages[cur : cur + 2]:
+                poll(s)
+            while len(running) < IN_FLIGHT and (nxt := pick(cur)) is not None:
+                hand(*nxt)
+            left = deadline - time.monotonic()
+            awaited = any(s.waiting and s.todo for s in stages[cur : cur + 2])
+            if not running:
+                # A neighbour already gone will send nothing either: fail now.
+                for f in sends:
+                    if f.done() and not f.cancelled() and f.exception() is not None:
+                        raise StripJobError(f"a halo send failed: {f.exception()}")
+                if left <= 0:
+                    rows = [list(r.rows) for r in stages[cur].waiting]
+                    where = stages[cur].st.start
+                    raise RowsNeverArrived(f"rows {rows} at boundary {where} never arrived")
+                t, m = time.perf_counter(), time.monotonic()
+                await mailbox.wait(job.request_id, job.job_id, left)
+                out.spans.append(["halo-wait", m, time.monotonic(), "wait", stages[cur].st.start])
+                stages[cur].wait_s += time.perf_counter() - t
+                continue
+            if len(running) < IN_FLIGHT and awaited and left > 0:
+                # A piece waits for rows: should they come while the worker runs,
+                # it is queued at once, not after the running piece is back.
+                arrival = asyncio.ensure_future(mailbox.wait(job.request_id, job.job_id, left))
                 try:
-                    yp, started, stopped, others = await oldest.future
-                except ValueError as e:  # WorkError included
-                    raise WorkError(str(e)) from e
-                back = time.monotonic()
-                begin = max(oldest.handed, started) if oldest.queued else oldest.handed
-                span = back - begin
-                run_s += span
-                # Until the worker stopped: the hop back to this loop is the loop's, and a
-                # piece queued behind this one starts then (the critical path would
-                # otherwise see the queued piece begin before this one ended).
-                out.spans.append(["compute", begin, max(begin, stopped), "compute", st.start])
-                # The piece as the plan sees it: the hop to the worker and back included
-                # (on a capped peer, the wait for the quota), not only the worker's time.
-                out.pieces.append((p.unit_flops, max(span, stopped - started), others))
-                todo.remove(p)
-                done.append((p.rows[0], yp))
-                for s in list(unsent):
-                    if p.rows[0] <= s.rows[0] and s.rows[1] <= p.rows[1]:
-                        part = np.ascontiguousarray(
-                            yp[:, :, s.rows[0] - p.rows[0] : s.rows[1] - p.rows[0]]
-                        )
-                        out.halo_out += wire_nbytes(part)
-                        msg = HaloRows(job.request_id, job.job_id, st.stop, s.rows, part)
-                        sent = asyncio.ensure_future(send_rows(s.node, msg))
-                        sent.add_done_callback(failed)
-                        sends.append(sent)
-                        unsent.remove(s)
-            whole = _rows(done, *st.rows)
-            assert whole is not None and not unsent and not waiting
-            y = whole
-            out.compute_s += run_s
-            out.timeline.append((st.start, wait_s, run_s))
-            prev = st
+                    await asyncio.wait((running[0].future, arrival), return_when=FIRST_COMPLETED)
+                finally:
+                    arrival.cancel()
+                if not running[0].future.done():
+                    continue
+            await back(running.pop(0))
+            while cur < len(stages) and stages[cur].left == 0:
+                s = stages[cur]
+                assert not s.unsent and not s.waiting
+                out.compute_s += s.run_s
+                out.timeline.append((s.st.start, s.wait_s, s.run_s))
+                cur += 1
+        last = stages[-1]
+        y = join_rows(last.done, *last.st.rows)
+        assert y is not None
         if job.fold:
             y = await _fold(job, spec, store, worker, y, out)
         await asyncio.gather(*sends)
