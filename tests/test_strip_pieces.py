@@ -118,6 +118,13 @@ class RecordingStore:
         c, _, _ = self._spec.shape_at(stop)
         return np.full((1, c, out.rows.size, out.cols.size), float(start), np.float32)
 
+    def fold(
+        self, name: str, fingerprint: str, input_hw: tuple[int, int], rows: tuple[int, int], y: Any
+    ) -> np.ndarray:
+        assert y.shape[2] == rows[1] - rows[0]
+        self.log.append("fold")
+        return np.zeros((1, 4096, 1, 1), np.float32)
+
 
 def middle_job(spec: ModelSpec) -> StripJob:
     """The middle peer of three over VGG-16's pool1, conv2_1, conv2_2 (units 2, 3, 4):
@@ -321,6 +328,51 @@ def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_ba
     after = log[log.index(middle) + 1]
     edges = [f"run 3 {p.rows[0]}:{p.rows[1]}" for p in stage_pieces(spec, job.stages[1]) if p.sends]
     assert after in edges, log
+
+
+def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back() -> None:
+    # The middle peer of three over VGG-16's last two stages, folding its last strip
+    # into fc1: the fold reads the last piece's rows on the worker, so it is handed
+    # over behind that piece, which here cannot finish until it has been.
+    from edgeci_p2p.core.plan import Plan as P
+    from tests.planfakes import strips
+
+    spec = SPECS["vgg16"]
+    n = spec.n_units
+    stages = (
+        strips(spec, n - 4, n - 2, [1, 2, 1], "halo"),
+        strips(spec, n - 2, n, [1, 2, 1], "gather"),
+    )
+    plan = P(spec.name, "edgeci-halo", "test", ("a", "b", "c"), stages, auctioneer=0)
+    jobs = strip_jobs(spec, plan, 0, 1, ["a", "b", "c"])
+    assert jobs is not None
+    c, _, w = spec.shape_at(n - 4)
+    x = np.zeros((1, c, jobs.first_need[1].size, w), np.float32)
+    job = StripJob("r", 1, 1, spec.name, "fp", jobs.stages[1], x, (224, 224), fold=True)
+    pieces = sum(len(stage_pieces(spec, st)) for st in job.stages)
+    last = f"run {n - 2} {job.stages[-1].rows[0]}:{job.stages[-1].rows[1]}"
+    box = Mailbox()
+    box.claim("r", 1)
+    c, _, w = spec.shape_at(n - 2)
+    for r in job.stages[1].recv:
+        rows = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+        box.put(HaloRows("r", 1, n - 2, r.rows, rows))
+    log: list[str] = []
+    waited: list[bool] = []
+
+    async def main() -> None:
+        with CountingWorker() as ex:
+
+            def ran(entry: str) -> None:
+                if entry == last:  # on the worker
+                    waited.append(ex.handed_at_least(pieces + 1, WAIT_S))
+
+            store = RecordingStore(spec, log, ran)
+            out = await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
+            assert out.output.shape == (1, 4096, 1, 1)
+
+    asyncio.run(main())
+    assert waited == [True] and log[-2:] == [last, "fold"], log
 
 
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:

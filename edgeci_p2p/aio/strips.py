@@ -116,13 +116,6 @@ def stage_pieces(spec: ModelSpec, st: StripStage) -> tuple[Piece, ...]:
     )
 
 
-def _timed_piece(work: Callable[..., Array], *args: Any) -> tuple[Array, float, float]:
-    """Worker thread: a piece of work (a tile, a fold), its compute seconds, and the CPU
-    seconds the process's other threads ran meanwhile."""
-    y, started, stopped, others = timed(work, *args)
-    return y, stopped - started, others
-
-
 @dataclass
 class _Stage:
     """A stage of the job as it runs here."""
@@ -151,8 +144,9 @@ class _Stage:
 class _Running:
     """A piece handed to the worker, not yet back."""
 
-    stage: _Stage
-    piece: Piece
+    stage: _Stage | None
+    piece: Piece | None
+    """None: the fold (``strip_job.fold``), behind the last stage's pieces."""
     future: asyncio.Future[tuple[Array, float, float, float]]
     handed: float
     """When it was handed over (``time.monotonic``)."""
@@ -192,31 +186,13 @@ def _piece(
     return out.value
 
 
-async def _fold(
-    job: StripJob, spec: ModelSpec, store: ModelStore, worker: Executor, y: Array, out: StripOutcome
-) -> Array:
-    """The last strip ``y`` times fc1's matching columns (``strip_job.fold``)."""
-    last = job.stages[-1]
-    _, h, _ = spec.shape_at(last.stop)
-    if last.stop != spec.n_units or fold_flops(spec) == 0:
-        raise WorkError(f"strip job ends at unit {last.stop}: there is no head to fold into")
-    t0, m = time.perf_counter(), time.monotonic()
-    z, took, others = await asyncio.get_running_loop().run_in_executor(
-        worker,
-        _timed_piece,
-        store.fold,
-        job.model,
-        job.fingerprint,
-        (job.input_hw[0], job.input_hw[1]),
-        (last.rows[0], last.rows[1]),
-        y,
-    )
-    span = time.perf_counter() - t0
-    out.spans.append(["fold", m, time.monotonic(), "compute", last.start])
-    flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // h
-    out.pieces.append(((("head", flops),), max(span, took), others))
-    out.compute_s += span
-    return z
+def _folded(store: ModelStore, job: StripJob, have: list[Source]) -> Array:
+    """Worker thread: the last strip (its pieces' rows) times fc1's matching columns."""
+    rows = (job.stages[-1].rows[0], job.stages[-1].rows[1])
+    y = join_rows(resolve(have), *rows)
+    if y is None:  # a piece before it failed (the job fails on that one)
+        raise StripJobError(f"the last strip's rows {list(rows)} are missing")
+    return store.fold(job.model, job.fingerprint, (job.input_hw[0], job.input_hw[1]), rows, y)
 
 
 async def run_strip_job(
@@ -251,6 +227,11 @@ async def run_strip_job(
         w_in, w_out = spec.shape_at(st.start)[2], spec.shape_at(st.stop)[2]
         stages.append(_Stage(st, w_in, w_out, todo, len(todo), [], list(st.recv), list(st.send)))
     stages[0].have.append((job.stages[0].need[0], job.stages[0].need[0] + x.shape[2], x))
+    last = job.stages[-1]
+    if job.fold and (last.stop != spec.n_units or fold_flops(spec) == 0):
+        raise WorkError(f"strip job ends at unit {last.stop}: there is no head to fold into")
+    folded: list[Source] = []  # the last stage's pieces, which the fold reads
+    folding: list[_Running] = []
 
     def failed(f: asyncio.Future[None]) -> None:
         if not f.cancelled() and f.exception() is not None:
@@ -282,14 +263,18 @@ async def run_strip_job(
         s.todo.remove(p)
         cell = PieceRows(*p.rows)
         i = stages.index(s)
-        if i + 1 < len(stages):
-            stages[i + 1].have.append((p.rows[0], p.rows[1], cell))
+        (stages[i + 1].have if i + 1 < len(stages) else folded).append((*p.rows, cell))
         args = (store, job, s, p, list(s.have), cell)
         future = loop.run_in_executor(worker, timed, _piece, *args)
         running.append(_Running(s, p, future, time.monotonic(), bool(running)))
 
+    def hand_fold() -> None:
+        future = loop.run_in_executor(worker, timed, _folded, store, job, list(folded))
+        folding.append(_Running(None, None, future, time.monotonic(), bool(running)))
+
     async def back(r: _Running) -> None:
         s, p = r.stage, r.piece
+        assert s is not None and p is not None
         try:
             yp, started, stopped, others = await r.future
         except ValueError as e:  # WorkError included
@@ -323,6 +308,8 @@ async def run_strip_job(
                 poll(s)
             while len(running) < IN_FLIGHT and (nxt := pick(cur)) is not None:
                 hand(*nxt)
+            if job.fold and not folding and not stages[-1].todo and len(running) < IN_FLIGHT:
+                hand_fold()
             left = deadline - time.monotonic()
             awaited = any(s.waiting and s.todo for s in stages[cur : cur + 2])
             if not running:
@@ -356,14 +343,23 @@ async def run_strip_job(
                 out.compute_s += s.run_s
                 out.timeline.append((s.st.start, s.wait_s, s.run_s))
                 cur += 1
-        last = stages[-1]
-        y = join_rows(last.done, *last.st.rows)
-        assert y is not None
         if job.fold:
-            y = await _fold(job, spec, store, worker, y, out)
+            if not folding:
+                hand_fold()
+            y, started, stopped, others = await folding[0].future
+            begin = max(folding[0].handed, started) if folding[0].queued else folding[0].handed
+            span = time.monotonic() - begin
+            out.spans.append(["fold", begin, max(begin, stopped), "compute", last.start])
+            flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // spec.shape_at(last.stop)[1]
+            out.pieces.append(((("head", flops),), max(span, stopped - started), others))
+            out.compute_s += span
+        else:
+            joined = join_rows(stages[-1].done, *last.rows)
+            assert joined is not None
+            y = joined
         await asyncio.gather(*sends)
     finally:
-        for piece_run in running:  # a failed job's pieces still queued: not run, nor their errors
+        for piece_run in running + folding:  # a failed job's pieces still queued: not run
             piece_run.future.cancel()
         for f in sends:
             if not f.done():
