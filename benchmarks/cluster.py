@@ -661,16 +661,26 @@ class Bench:
         ``profile_conv_gflops`` says what it was)."""
         t0 = time.monotonic()
         cache = self.workdir / "cache-uncapped"
-        env = {**self.env(0), "EDGECI_CACHE_DIR": str(cache)}
-        nice = ["nice", "-n", "-19"] if os.geteuid() == 0 else []
-        out = subprocess.run(
-            [*nice, sys.executable, "-m", "edgeci_p2p.cli", "profile", "--threads", "1",
-             "--refresh"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        if self.args.profile_file is not None:
+            # Given (--profile-file): two runs compared side by side plan on the same
+            # figures, not on two measurements of a noisy machine.
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.args.profile_file, cache / self.args.profile_file.name)
+        else:
+            env = {**self.env(0), "EDGECI_CACHE_DIR": str(cache)}
+            nice = ["nice", "-n", "-19"] if os.geteuid() == 0 else []
+            out = subprocess.run(
+                [*nice, sys.executable, "-m", "edgeci_p2p.cli", "profile", "--threads", "1",
+                 "--refresh"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise RuntimeError(
+                    f"uncapped profile failed ({out.returncode}):\n{out.stderr[-2000:]}"
+                )
         files = list(cache.glob("profile-*.json"))
-        if out.returncode != 0 or len(files) != 1:
-            raise RuntimeError(f"uncapped profile failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        if len(files) != 1:
+            raise RuntimeError(f"no profile in {cache}: {[f.name for f in files]}")
         for slot in self.layout.peers:
             dest = self.workdir / f"cache{slot.index}"
             dest.mkdir(parents=True, exist_ok=True)
@@ -681,7 +691,8 @@ class Bench:
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             self.profile_gflops = None
         progress(
-            f"uncapped profile for every peer's cache (conv {self.profile_gflops} GFLOP/s): "
+            f"uncapped profile for every peer's cache (conv {self.profile_gflops} GFLOP/s"
+            f"{', from ' + str(self.args.profile_file) if self.args.profile_file else ''}): "
             f"{time.monotonic() - t0:.0f} s"
         )
 
@@ -974,6 +985,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "when peers are capped); daemon: each peer profiles itself at start, under its cap "
         "(the default for uncapped peers); sustained: benchmarks/sustained_profile.py "
         "measures each peer over CFS-period windows first",
+    )
+    p.add_argument(
+        "--profile-file",
+        type=Path,
+        metavar="FILE",
+        help="with --profile uncapped: this profile (an `edgeci profile` cache file, "
+        "profile-*.json) in every peer's cache instead of one measured now, so that runs "
+        "compared side by side plan on the same figures",
     )
     p.add_argument(
         "--links",
