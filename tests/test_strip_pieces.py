@@ -375,6 +375,21 @@ def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back() -> None:
     assert waited == [True] and log[-2:] == [last, "fold"], log
 
 
+def test_a_piece_the_worker_went_straight_on_from_ends_when_the_worker_stopped() -> None:
+    # Its hop back to the loop ran beside the next piece: counted, it held the loop's
+    # wait for a quota the worker was spending, and the calibrated bids drifted slow.
+    from edgeci_p2p.aio.strips import _Running, _until
+
+    def handed(at: float) -> _Running:
+        return _Running(None, None, Future(), at, True)  # type: ignore[arg-type]
+
+    assert _until(0.5, 2.0, [handed(1.0)]) == 1.5
+    # Nothing handed over before it stopped: the worker waited for the loop, and the
+    # piece lasts until the loop has it back (here, now).
+    assert _until(0.5, 2.0, [handed(3.0)]) > 1.5
+    assert _until(0.5, 2.0, []) > 1.5
+
+
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:
     spec = SPECS["vgg16"]
     job = middle_job(spec)
