@@ -14,8 +14,8 @@ from edgeci_p2p.aio.strips import check_job
 from edgeci_p2p.auction import decider
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.on_wire import from_wire, to_wire
-from edgeci_p2p.core import geometry
-from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel, Testbed
+from edgeci_p2p.core import cost, geometry
+from edgeci_p2p.core.cost import ComputeModel, DeviceModel, LinearFit, LinkModel
 from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.membership import Member
 from edgeci_p2p.nn.spec import spec_for
@@ -61,10 +61,10 @@ def test_ids_of_different_tiles_and_attempts_never_collide() -> None:
 # ---- deadlines ------------------------------------------------------------------------------
 
 
-def _testbed() -> Testbed:
+def _testbed() -> cost.Testbed:
     fast = ComputeModel({"conv": LinearFit(1e-10, 0.0)})
     slow = ComputeModel({"conv": LinearFit(4e-10, 0.0)})
-    return Testbed(
+    return cost.Testbed(
         "t",
         (DeviceModel("a", fast, 1 << 30), DeviceModel("b", slow, 1 << 30)),
         (LinkModel(1e9, 0.0), LinkModel(1e6, 0.002)),
