@@ -190,9 +190,9 @@ def _until(begin: float, stopped: float, behind: list[_Running]) -> float:
     """A piece's seconds as the plan sees it, from ``begin``: on a capped peer the hop to
     the worker and back (the wait for the quota) is part of it, so it lasts until this
     loop has it back, unless the worker went straight on to a piece handed over before
-    it stopped (``behind``). Then the hop back is the loop's, beside the worker: counted,
-    it also held the wait for the loop's share of a quota the worker was spending, and
-    the bids of the twenty-ninth session's first runs slowed by 10-25% over ten requests."""
+    it stopped (``behind``). Then the hop back is the loop's, beside the worker, and the
+    next piece's time (and its ``others`` CPU) already holds the loop's share of the
+    quota: counted here as well, it was counted twice."""
     went_on = any(r.handed <= stopped for r in behind)
     return (stopped if went_on else time.monotonic()) - begin
 
