@@ -131,6 +131,7 @@ class _Stage:
     waiting: list[RowsFrom] = field(default_factory=list)
     unsent: list[RowsFrom] = field(default_factory=list)
     done: list[tuple[int, Array]] = field(default_factory=list)
+    """Its pieces' output rows, back here (the last stage's only: the job's output)."""
     wait_s: float = 0.0
     run_s: float = 0.0
 
@@ -299,7 +300,8 @@ async def run_strip_job(
         out.spans.append(["compute", begin, max(begin, stopped), "compute", s.st.start])
         out.pieces.append((p.unit_flops, max(span, stopped - started), others))
         s.left -= 1
-        s.done.append((p.rows[0], yp))
+        if s is stages[-1]:  # earlier stages' rows live on in the next one's inputs
+            s.done.append((p.rows[0], yp))
         for m in list(s.unsent):
             if p.rows[0] <= m.rows[0] and m.rows[1] <= p.rows[1]:
                 part = np.ascontiguousarray(yp[:, :, m.rows[0] - p.rows[0] : m.rows[1] - p.rows[0]])
@@ -349,6 +351,7 @@ async def run_strip_job(
             while cur < len(stages) and stages[cur].left == 0:
                 s = stages[cur]
                 assert not s.unsent and not s.waiting
+                s.have.clear()  # read by its pieces, all back
                 out.compute_s += s.run_s
                 out.timeline.append((s.st.start, s.wait_s, s.run_s))
                 cur += 1
