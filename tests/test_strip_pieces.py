@@ -147,6 +147,15 @@ def middle_job(spec: ModelSpec) -> StripJob:
     return StripJob("r", 1, 1, spec.name, "fp", jobs.stages[1], x, (224, 224))
 
 
+def neighbours_rows(box: Mailbox, spec: ModelSpec, job: StripJob) -> None:
+    """Put in ``box`` every row ``job`` receives from its neighbours (zeros)."""
+    for st in job.stages[1:]:
+        for r in st.recv:
+            c, _, w = spec.shape_at(st.start)
+            data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
+            box.put(HaloRows("r", 1, st.start, r.rows, data))
+
+
 def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> None:
     spec = SPECS["vgg16"]
     job = middle_job(spec)
@@ -163,11 +172,7 @@ def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> No
 
     async def main() -> None:
         # The neighbours' rows are already here: nothing waits.
-        for st in job.stages[1:]:
-            for r in st.recv:
-                c, _, w = spec.shape_at(st.start)
-                data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
-                box.put(HaloRows("r", 1, st.start, r.rows, data))
+        neighbours_rows(box, spec, job)
         with ThreadPoolExecutor(1) as ex:
             out = await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=5.0)  # type: ignore[arg-type]
         assert out.output.shape[2] == job.stages[-1].rows[1] - job.stages[-1].rows[0]
@@ -226,14 +231,7 @@ def test_the_worker_has_the_next_piece_before_the_first_is_back() -> None:
     log: list[str] = []
     box = Mailbox()
     box.claim("r", 1)
-    for st in job.stages[1:]:
-        for r in st.recv:
-            c, _, w = spec.shape_at(st.start)
-            box.put(
-                HaloRows(
-                    "r", 1, st.start, r.rows, np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
-                )
-            )
+    neighbours_rows(box, spec, job)
 
     waited: list[bool] = []
 
@@ -269,11 +267,7 @@ def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it() -> None:
         loop = asyncio.get_running_loop()
 
         def deliver() -> None:
-            for st in job.stages[1:]:
-                for r in st.recv:
-                    c, _, w = spec.shape_at(st.start)
-                    rows = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
-                    box.put(HaloRows("r", 1, st.start, r.rows, rows))
+            neighbours_rows(box, spec, job)
 
         with CountingWorker() as ex:
 
@@ -306,11 +300,7 @@ def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_ba
     waited: list[bool] = []
     box = Mailbox()
     box.claim("r", 1)
-    for st in job.stages[1:]:
-        for r in st.recv:
-            c, _, w = spec.shape_at(st.start)
-            data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
-            box.put(HaloRows("r", 1, st.start, r.rows, data))
+    neighbours_rows(box, spec, job)
 
     async def main() -> None:
         with CountingWorker() as ex:
@@ -418,11 +408,7 @@ def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() ->
             # them (and fail at its timeout).
             await middle_ran.wait()
             log.append("rows arrive")
-            for st in job.stages[1:]:
-                for r in st.recv:
-                    c, _, w = spec.shape_at(st.start)
-                    data = np.zeros((1, c, r.rows[1] - r.rows[0], w), np.float32)
-                    box.put(HaloRows("r", 1, st.start, r.rows, data))
+            neighbours_rows(box, spec, job)
 
         task = asyncio.ensure_future(late()) if deliver else None
         with ThreadPoolExecutor(1) as ex:
