@@ -155,6 +155,10 @@ class _Running:
     """Handed over behind another piece still running: its time starts when the
     worker takes it, not when it was handed over."""
 
+    def begin(self, started: float) -> float:
+        """When its time starts, given when the worker took it (``started``)."""
+        return max(self.handed, started) if self.queued else self.handed
+
 
 IN_FLIGHT = 2
 """Pieces on the worker at once: the one running and the next, which the worker
@@ -291,7 +295,7 @@ async def run_strip_job(
             yp, started, stopped, others = await r.future
         except ValueError as e:  # WorkError included
             raise WorkError(str(e)) from e
-        begin = max(r.handed, started) if r.queued else r.handed
+        begin = r.begin(started)
         span = _until(begin, stopped, running + folding)
         s.run_s += span
         # Until the worker stopped: the hop back to this loop is the loop's, and a
@@ -359,7 +363,7 @@ async def run_strip_job(
             if not folding:
                 hand_fold()
             y, started, stopped, others = await folding[0].future
-            begin = max(folding[0].handed, started) if folding[0].queued else folding[0].handed
+            begin = folding[0].begin(started)
             span = _until(begin, stopped, [])
             out.spans.append(["fold", begin, max(begin, stopped), "compute", last.start])
             flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // spec.shape_at(last.stop)[1]
