@@ -97,8 +97,11 @@ def _drive(url: str, browser: str, driver_path: str, shots: Path | None) -> dict
         seen["spans"] = len(driver.find_elements(By.CSS_SELECTOR, "#result-timeline rect.span"))
         seen["plan"] = driver.find_element(By.ID, "plan").text
         # The request joins the recent list; choosing it draws its timeline there too.
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#requests tr.request"))
-        driver.find_element(By.CSS_SELECTOR, "#requests tr.request").click()
+        # The list redraws as requests come and go: a row found just before a redraw is
+        # stale when clicked, and the wait finds it again.
+        wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#requests tr.request").click() or True
+        )
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#selected-timeline rect.span"))
         seen["predicted"] = len(
             driver.find_elements(By.CSS_SELECTOR, "#selected-timeline rect.predicted")
