@@ -72,6 +72,12 @@ def test_the_predicted_compute_is_the_simulators_without_the_auctioneers_own_hea
     head = sum(e.stop - e.start for e in sim.events if e.label == "head")
     total = sum(e.stop - e.start for e in sim.events if e.lane == "compute" and e.label != "scale")
     assert head > 0 and sum(got) == pytest.approx(total - head)
+    # Nor the fixed cost per piece: the workers' seconds leave its hops out.
+    hops = replace(
+        tb, devices=tuple(replace(d, compute=d.compute.with_piece(0.005)) for d in tb.devices)
+    )
+    assert predicted_compute(plan, spec, hops) == pytest.approx(got)
+    assert simulate(plan, spec, hops).latency > sim.latency
     # A head on another peer is that peer's compute, as its head job reports it.
     away = with_head_on(plan, "d1", "test")
     events = simulate(away, spec, tb).events

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.plan import Plan
@@ -118,10 +118,16 @@ class Balance:
 
 def predicted_compute(plan: Plan, spec: ModelSpec, testbed: Testbed) -> list[float]:
     """Per plan device, the seconds the simulator has it compute for ``plan`` on
-    ``testbed``: what its strip jobs or tiles report when they run as planned. The
-    auctioneer's own head and scale vectors are left out (no tile reports them); a head
-    placed on another peer stays in, as its head job reports it."""
-    sim = simulate(plan, spec, testbed)
+    ``testbed``, without the fixed cost per piece: what its worker spends on its strip
+    jobs or tiles when they run as planned. The fixed cost is mostly the hop back to
+    the event loop (``policy/calibration.py``), which the workers' seconds leave out:
+    on a capped peer it is longest where the worker would idle anyway, waiting for its
+    neighbours' rows, and counted it made the peers that wait the most look the slowest
+    (a first version priced the 0.13-core peer up to 1.5x, and the auctioneer, which set
+    the pace, down). The auctioneer's own head and scale vectors are left out (no tile
+    reports them); a head placed on another peer stays in, as its head job reports it."""
+    bare = tuple(replace(d, compute=d.compute.with_piece(0.0)) for d in testbed.devices)
+    sim = simulate(plan, spec, replace(testbed, devices=bare))
     busy = [0.0] * len(plan.devices)
     for e in sim.events:
         own_head = e.label == "head" and e.device == plan.auctioneer
