@@ -115,7 +115,7 @@ def test_a_daemon_learns_it_from_its_own_requests_and_prices_every_bid_with_it()
             spec = d.node.store.spec("resnet34", 224, 224)
             tb = fake_testbed([8.0, 4.0], [100, 100], shared=False)
             tb = replace(tb, devices=(replace(tb.devices[0], name=d.node.node_id), tb.devices[1]))
-            plan = plan_with("edgeci", spec, tb)
+            plan = plan_with("edgeci-halo", spec, tb)
             assert len(set(plan.devices)) == 2
             predicted = predicted_compute(plan, spec, tb)
             stats = RunStats()
@@ -124,20 +124,27 @@ def test_a_daemon_learns_it_from_its_own_requests_and_prices_every_bid_with_it()
             run = SimpleNamespace(plan=plan, stats=stats, spec=spec, testbed=tb)
             for _ in range(4):  # the first run of the plan and two cold ones first
                 desk.ran(run)  # type: ignore[arg-type]
-            assert d.node.balance.factor("edgeci", d.node.node_id) > 1.05
-            assert d.node.balance.factor("edgeci", plan.devices[1]) < 0.95
+            assert d.node.balance.factor("edgeci-halo", d.node.node_id) > 1.05
+            assert d.node.balance.factor("edgeci-halo", plan.devices[1]) < 0.95
             own = d.node.bidder.bid(probe_call("r", d.node.node_id, spec), 0.0)
             conv = "probe:conv:1"
-            factor = d.node.balance.factor("edgeci", d.node.node_id)
-            assert desk._priced(own, "edgeci").duration[conv] == pytest.approx(
+            factor = d.node.balance.factor("edgeci-halo", d.node.node_id)
+            assert desk._priced(own, "edgeci-halo").duration[conv] == pytest.approx(
                 factor * own.duration[conv]
             )
-            assert desk._priced(own, "aofl").duration[conv] == own.duration[conv]
+            assert desk._priced(own, "edgeci").duration[conv] == own.duration[conv]
+            # A gather plan's run teaches nothing (no stage waits on a neighbour there).
+            desk.ran(
+                SimpleNamespace(
+                    plan=replace(plan, strategy="edgeci"), stats=stats, spec=spec, testbed=tb
+                )
+            )  # type: ignore[arg-type]
+            assert "edgeci" not in d.node.balance.seen
             # Work that ran twice (a retried tile) says nothing about the shares.
             stats.retries = 1
-            seen = d.node.balance.seen["edgeci"]
+            seen = d.node.balance.seen["edgeci-halo"]
             desk.ran(run)  # type: ignore[arg-type]
-            assert d.node.balance.seen["edgeci"] == seen
+            assert d.node.balance.seen["edgeci-halo"] == seen
         finally:
             await stop_all([d])
 
