@@ -85,19 +85,21 @@ class Auctioneer:
         """Plan as if every link shares one medium (Wi-Fi) or as switched links."""
         self.fold = True
         """Let plans fold VGG's fc1 into their last strips (``edgeci-peer --no-fold``)."""
-        self.bidder, self.send, self.clock = bidder, send, clock
+        self.bidder = bidder
+        self.send = send
         self.config = config or RoundConfig()
+        self.clock = clock
         self._inbox: dict[str, asyncio.Queue[am.Bid | am.AwardReply]] = {}
         self._planners: dict[tuple[Any, ...], CachedDecider] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._alone = AloneMemo()
-        """Per (strategy, model, size, itemsize, wire fractions): a recent finding that
-        distributing does not pay."""
         self._validated: dict[int, Plan] = {}
         """Per decider: the last plan of it that passed ``validate``."""
         self.outcomes = Outcomes()
         """What this node's own requests measured against their plans, alone and
         distributed: the choice between the two weighs both (policy/outcomes.py)."""
+        """Per (strategy, model, size, itemsize, wire fractions): a recent finding that
+        distributing does not pay."""
         self._local_plans: dict[tuple[str, tuple[int, int, int]], tuple[Any, Plan, Testbed]] = {}
         self.planning = PlanningStats()
         """Time spent deciding and how often the decision cache answered (metrics)."""
@@ -153,10 +155,13 @@ class Auctioneer:
     ) -> Decision:
         """Call for bids from ``peers`` (and this node), award, and return the plan.
 
-        ``adjust_bid``: how the caller prices a bid (its measured link figures...).
-        ``quiet``: this node runs no other request; then a finding among the same peers,
-        less than :data:`ALONE_TTL` ago (:data:`ALONE_IDLE_TTL` if all were idle), that
-        distributing does not pay stands (a round would say the same, for 6-9 ms)."""
+        ``adjust_bid`` lets the caller replace a bid's link figures with its own
+        measurements of that peer's link before the round sees them. ``quiet``: this
+        node runs no other request; then a round that found, less than
+        :data:`ALONE_TTL` (:data:`ALONE_IDLE_TTL` if every peer was idle) ago and
+        among the same peers, that distributing does not pay is not held again (its
+        answer would be the same, and it costs 6-9 ms).
+        """
         key = (strategy, spec.name, spec.input_shape, spec.input_itemsize, spec.wire_fraction)
         if quiet and self._alone.holds(key, peers, self.clock()):
             return self._alone_decision(spec, strategy, None, "(recent round)")
@@ -284,11 +289,6 @@ class Auctioneer:
             shape = (plan.devices, plan.stages, plan.head_device, plan.fold_head)
             now = self.clock()
             self.outcomes.ran(plan.strategy, model, alone, plan.predicted, seconds, now, shape)
-
-    def replan(self, strategy: str) -> None:
-        """Plan ``strategy``'s next stale round anew (its bids are priced otherwise)."""
-        for key, decider in self._planners.items():
-            decider.replan = decider.replan or key[0] == strategy
 
     def local_decision(self, spec: ModelSpec, rnd: AuctionRound | None) -> Decision:
         """No usable bid: the whole request here (this node's measured model)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
 
 from edgeci_p2p.aio.aside import PlanningAside
 from edgeci_p2p.aio.auctioneer import Auctioneer, Decision
@@ -21,16 +20,13 @@ from edgeci_p2p.aio.connection import Connection
 from edgeci_p2p.aio.errors import RequestError
 from edgeci_p2p.aio.mesh import Mesh, reply
 from edgeci_p2p.aio.node import Node
-from edgeci_p2p.aio.run import RequestRun
 from edgeci_p2p.auction import messages as am
 from edgeci_p2p.auction.on_wire import WireAuctionMessage, from_wire, to_wire
 from edgeci_p2p.auction.round import RoundConfig
-from edgeci_p2p.core.plan import Stage
 from edgeci_p2p.meminfo import vm_rss
 from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.planners import STRATEGIES, STRIP_RESIDENT
 from edgeci_p2p.planners.head import head_peer, with_head_on
-from edgeci_p2p.policy.balance import predicted_compute
 from edgeci_p2p.policy.links import PlannedLinks
 from edgeci_p2p.policy.loop_share import with_compute_factor
 from edgeci_p2p.wire.errors import ErrorCode
@@ -47,8 +43,6 @@ class BidDesk:
     def __init__(self, node: Node, mesh: Mesh, links: PlannedLinks) -> None:
         self.node, self.mesh = node, mesh
         self.links = links
-        self._predicted: dict[tuple[Any, ...], tuple[tuple[Stage, ...], list[float]]] = {}
-        """Per (plan stages, compute models): each device's predicted compute."""
         self.auctioneer = Auctioneer(
             node.node_id,
             node.bidder,
@@ -124,52 +118,12 @@ class BidDesk:
     def _priced(self, bid: am.Bid, strategy: str) -> am.Bid:
         """A bid as this round sees it: link figures as measured here; its compute at
         its ``strip_factor`` where the plan keeps strips on their peers; this node's own
-        also with the CPU its event loop takes in ``strategy``'s requests; each at the
-        factor this node's own plans found its compute runs at against the others'."""
+        also with the CPU its event loop takes in ``strategy``'s requests."""
         bid = self.measured_link(bid)
         factor = bid.strip_factor if strategy in STRIP_RESIDENT else 1.0
         if bid.bidder == self.node.node_id:
             factor *= self.node.loop_share.factor(strategy)
-        factor *= self.node.balance.factor(strategy, bid.bidder)
         return with_compute_factor(bid, factor)
-
-    def ran(self, run: RequestRun) -> None:
-        """One of this node's own distributed requests computed its maps: learn how each
-        device's compute ran against its share (``policy/balance.py``). A changed factor
-        prices the next rounds' bids otherwise, and their plan is made anew."""
-        plan, stats = run.plan, run.stats
-        if plan.strategy not in STRIP_RESIDENT or len(set(plan.devices)) < 2:
-            # Measured on strip-resident plans only: there every stage waits for its
-            # slowest neighbour. (In gather plans' traces the auctioneer ran 0.78-1.09
-            # of its helpers' pace, no bias to correct.)
-            return
-        if stats.retries or stats.hedges:
-            return  # work that ran twice, or elsewhere than planned, says nothing
-        key = (id(plan.stages), tuple(repr(d.compute) for d in run.testbed.devices))
-        hit = self._predicted.get(key)
-        if hit is None or hit[0] is not plan.stages:
-            # The compute a plan predicts depends on its stages and the compute models
-            # alone (1 ms of the simulator), which move far less often than its links.
-            try:
-                hit = (plan.stages, predicted_compute(plan, run.spec, run.testbed))
-            except ValueError:  # a testbed that does not match the plan (forced in tests)
-                return
-            if len(self._predicted) >= 16:
-                self._predicted.clear()
-            self._predicted[key] = hit
-        runs = {
-            node: (stats.compute.get(node, 0.0), p)
-            for node, p in zip(plan.devices, hit[1], strict=True)
-        }
-        shape = (plan.devices, plan.stages, plan.head_device, plan.fold_head)
-        changed = self.node.balance.observe(plan.strategy, shape, runs)
-        if changed:
-            self.auctioneer.replan(plan.strategy)
-            log.info(
-                "%s: each device's compute against its share in this node's plans: %s",
-                plan.strategy,
-                ", ".join(f"{n[:8]} {f:.3f}x" for n, f in sorted(changed.items())),
-            )
 
     # ---- a request's round ------------------------------------------------------------------
 

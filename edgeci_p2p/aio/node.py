@@ -20,7 +20,6 @@ from edgeci_p2p.core.density import WireFractions
 from edgeci_p2p.core.membership import BanList, Membership
 from edgeci_p2p.core.timeline import ClockSync, Offset
 from edgeci_p2p.nn.runtime import ModelStore
-from edgeci_p2p.policy.balance import Balance
 from edgeci_p2p.policy.calibration import (
     PieceOverhead,
     SpeedCalibration,
@@ -120,9 +119,6 @@ class Node:
     loop_share: LoopShare = field(default_factory=LoopShare)
     """Per strategy, the CPU this node's event loop takes while it runs its own
     distributed requests; its own bid in those rounds is priced with it."""
-    balance: Balance = field(default_factory=Balance)
-    """Per strategy and device: how its compute ran against its share in this node's
-    own plans; every bid in its rounds is priced with it (``policy/balance.py``)."""
     own_pieces: dict[str, list[float]] = field(default_factory=dict)
     """Per own request running its maps: [seconds of this node's own pieces, CPU
     seconds the daemon's other threads ran meanwhile] (:meth:`own_piece`)."""

@@ -210,8 +210,6 @@ class RequestRunner:
         t_head = time.perf_counter()
         if len(set(plan.devices)) > 1:
             self.node.ran(plan.strategy, own[1], own[0])
-            # After the answer has left (the next turn of the loop): off its path.
-            asyncio.get_running_loop().call_soon(self.desk.ran, run)
         remote = None if run.folded else await self.head.logits(run, cur)
         if remote is not None:
             logits = remote

@@ -83,10 +83,6 @@ class StripOutcome:
 
     output: Array
     compute_s: float = 0.0
-    """Seconds its worker spent on its pieces (each from when the worker took it, or
-    when it was handed over to an idle worker, to when it stopped): what the auctioneer
-    weighs against the plan's compute (``policy/balance.py``). The hops back to the
-    loop and the waits for rows are not in it."""
     halo_in: int = 0
     """Bytes of halo rows received from other peers."""
     halo_out: int = 0
@@ -302,7 +298,6 @@ async def run_strip_job(
         begin = r.begin(started)
         span = _until(begin, stopped, running + folding)
         s.run_s += span
-        out.compute_s += max(0.0, stopped - begin)
         # Until the worker stopped: the hop back to this loop is the loop's, and a
         # piece queued behind this one starts then (the critical path would
         # otherwise see the queued piece begin before this one ended).
@@ -361,6 +356,7 @@ async def run_strip_job(
                 s = stages[cur]
                 assert not s.unsent and not s.waiting
                 s.have.clear()  # read by its pieces, all back
+                out.compute_s += s.run_s
                 out.timeline.append((s.st.start, s.wait_s, s.run_s))
                 cur += 1
         if job.fold:
@@ -372,7 +368,7 @@ async def run_strip_job(
             out.spans.append(["fold", begin, max(begin, stopped), "compute", last.start])
             flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // spec.shape_at(last.stop)[1]
             out.pieces.append(((("head", flops),), max(span, stopped - started), others))
-            out.compute_s += max(0.0, stopped - begin)
+            out.compute_s += span
         else:
             joined = join_rows(stages[-1].done, *last.rows)
             assert joined is not None

@@ -155,10 +155,6 @@ class CachedDecider:
         (:meth:`take_pending`, by ``aio/refresh.py``; or :meth:`refresh`)."""
         self.stale = 0
         """Decisions answered with a stale plan (for the metrics and tests)."""
-        self.replan = False
-        """Plan the next stale round anew even if its figures moved less than
-        :func:`moved_materially` asks: the auctioneer changed how it prices the bids
-        (``policy/balance.py``), by steps smaller than that on purpose."""
         self._latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         """Per :meth:`shape`: the key of the newest decision made for it."""
         self.plan: Plan | None = None
@@ -202,9 +198,8 @@ class CachedDecider:
                 # on this request's critical path; the plan for the old figures is close
                 # and instant. This request runs that one; a later one gets the new one.
                 self.stale += 1
-                if self.replan or moved_materially(near, k):
+                if moved_materially(near, k):
                     self.pending = (call, tuple(bids), k)
-                    self.replan = False
                 hit = self._repriced(self._memo[near], call, bids)
             else:
                 self.misses += 1

@@ -15,8 +15,6 @@ each testable without a daemon:
 * :mod:`.calibration`: a peer's speed and fixed cost per piece, learnt from its work.
 * :mod:`.loop_share`: the CPU an auctioneer's own event loop takes in its requests,
   charged to its own bid.
-* :mod:`.balance`: how each device's compute ran against its share in an auctioneer's
-  own plans, charged to every bid in its rounds.
 * :mod:`.outcomes`: running alone or distributing, judged by what each measured here
   against its plan.
 """
