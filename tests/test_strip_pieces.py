@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
-from edgeci_p2p.aio.strips import run_strip_job, stage_pieces
+from edgeci_p2p.aio.strips import _Running, _until, run_strip_job, stage_pieces
 from edgeci_p2p.core.geometry import Region, Span, region_flops
 from edgeci_p2p.core.pieces import MAX_SEAM_OVERHEAD
 from edgeci_p2p.core.plan import Plan, segments
@@ -368,8 +368,6 @@ def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back() -> None:
 def test_a_piece_the_worker_went_straight_on_from_ends_when_the_worker_stopped() -> None:
     # Its hop back to the loop ran beside the next piece: counted, it held the loop's
     # wait for a quota the worker was spending, and the calibrated bids drifted slow.
-    from edgeci_p2p.aio.strips import _Running, _until
-
     def handed(at: float) -> _Running:
         return _Running(None, None, Future(), at, True)  # type: ignore[arg-type]
 
