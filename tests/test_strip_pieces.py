@@ -8,16 +8,14 @@ import gc
 import itertools
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edgeci_p2p.aio import strips
 from edgeci_p2p.aio.mailbox import Mailbox, StripJobError
-from edgeci_p2p.aio.piece_queue import PieceQueue, Queued
-from edgeci_p2p.aio.strips import _until, run_strip_job, stage_pieces
+from edgeci_p2p.aio.strips import _Running, _until, run_strip_job, stage_pieces
 from edgeci_p2p.core.geometry import Region, Span, region_flops
 from edgeci_p2p.core.pieces import MAX_SEAM_OVERHEAD
 from edgeci_p2p.core.plan import Plan, segments
@@ -166,68 +164,55 @@ def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> No
     log: list[str] = []
     box = Mailbox()
     box.claim("r", 1)
-    both_sent = threading.Event()
-    waited: list[bool] = []
 
     def send(node: str, msg: HaloRows) -> Awaitable[None]:
         # Logged when the job hands the rows over, not when the event loop runs the send.
         log.append(f"send {node} {msg.rows[0]}:{msg.rows[1]}")
-        if len([e for e in log if e.startswith("send")]) == 2:
-            both_sent.set()
         return asyncio.sleep(0)
-
-    def ran(entry: str) -> None:
-        if entry == middle_run(spec, first):  # on the worker
-            waited.append(both_sent.wait(WAIT_S))
 
     async def main() -> None:
         # The neighbours' rows are already here: nothing waits.
         neighbours_rows(box, spec, job)
         with ThreadPoolExecutor(1) as ex:
-            out = await run_strip_job(
-                job, RecordingStore(spec, log, ran), ex, box, send, timeout=60.0
-            )  # type: ignore[arg-type]
+            out = await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=5.0)  # type: ignore[arg-type]
         assert out.output.shape[2] == job.stages[-1].rows[1] - job.stages[-1].rows[0]
 
     asyncio.run(main())
     runs_first = [e for e in log if e.startswith("run 2")]
+    sends = [i for i, e in enumerate(log) if e.startswith("send")]
     assert len(runs_first) == 3
-    # The edges ran first, the middle last, and both edges' rows left while the middle
-    # ran: here it cannot finish until they have.
+    # The edges ran first, the middle last; the first edge's rows left before the middle
+    # began, the second's while it ran (the worker already had it: see the next test),
+    # both before the next stage.
     edges = [e for e in runs_first if e != middle_run(spec, first)]
     assert len(edges) == 2 and runs_first[-1] == middle_run(spec, first)
-    assert waited == [True], log
+    middle = log.index(runs_first[-1])
+    next_stage = log.index(next(e for e in log if e.startswith("run 3")))
+    assert sends[0] < middle and len([i for i in sends if i < next_stage]) >= 2, log
 
 
 async def no_send(node: str, msg: HaloRows) -> None:
     """A halo send that goes nowhere (the test watches the worker, not the rows)."""
 
 
-class CountingQueue(PieceQueue):
-    """The worker's queue, counting the pieces handed to it (from the event loop); the
-    tests put it in ``aio/strips.py``'s place."""
+class CountingWorker(ThreadPoolExecutor):
+    """The one worker thread, counting the work handed to it (from the event loop)."""
 
-    handed = 0
-    _more = threading.Condition()
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.handed = 0
+        self._more = threading.Condition()
 
-    def push(self, *args: Any, **kwargs: Any) -> Queued:
-        with CountingQueue._more:
-            CountingQueue.handed += 1
-            CountingQueue._more.notify_all()
-        return super().push(*args, **kwargs)
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._more:
+            self.handed += 1
+            self._more.notify_all()
+        return super().submit(fn, *args, **kwargs)
 
-    @staticmethod
-    def handed_at_least(n: int, timeout: float) -> bool:
+    def handed_at_least(self, n: int, timeout: float) -> bool:
         """On the worker thread: wait until ``n`` pieces have been handed over."""
-        with CountingQueue._more:
-            return CountingQueue._more.wait_for(lambda: CountingQueue.handed >= n, timeout)
-
-
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> type[CountingQueue]:
-    monkeypatch.setattr(CountingQueue, "handed", 0)
-    monkeypatch.setattr(strips, "PieceQueue", CountingQueue)
-    return CountingQueue
+        with self._more:
+            return self._more.wait_for(lambda: self.handed >= n, timeout)
 
 
 def middle_run(spec: ModelSpec, st: StripStage) -> str:
@@ -236,9 +221,7 @@ def middle_run(spec: ModelSpec, st: StripStage) -> str:
     return f"run {st.start} {p.rows[0]}:{p.rows[1]}"
 
 
-def test_the_worker_has_the_next_piece_before_the_first_is_back(
-    counted: type[CountingQueue],
-) -> None:
+def test_the_worker_has_the_next_piece_before_the_first_is_back() -> None:
     # A piece handed to the worker only once the one before is back leaves the worker
     # idle through the hop back to the loop and out again (on a capped peer, the wait
     # for the quota as well). Here the first piece cannot finish until the worker has
@@ -253,11 +236,11 @@ def test_the_worker_has_the_next_piece_before_the_first_is_back(
     waited: list[bool] = []
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as ex:
+        with CountingWorker() as ex:
 
             def ran(entry: str) -> None:
                 if not waited:  # the first piece, on the worker
-                    waited.append(counted.handed_at_least(2, WAIT_S))
+                    waited.append(ex.handed_at_least(2, WAIT_S))
 
             store = RecordingStore(spec, log, ran)
             await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
@@ -266,9 +249,7 @@ def test_the_worker_has_the_next_piece_before_the_first_is_back(
     assert waited == [True], log
 
 
-def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it(
-    counted: type[CountingQueue],
-) -> None:
+def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it() -> None:
     # The second stage's middle runs first (its neighbours' rows are not here yet). The
     # rows come while it runs: an edge goes to the worker then, not once the middle is
     # back. Here the middle cannot finish until the worker has been handed an edge.
@@ -288,13 +269,13 @@ def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it(
         def deliver() -> None:
             neighbours_rows(box, spec, job)
 
-        with ThreadPoolExecutor(1) as ex:
+        with CountingWorker() as ex:
 
             def ran(entry: str) -> None:
                 if entry == middle:  # on the worker
-                    handed = counted.handed
+                    handed = ex.handed
                     loop.call_soon_threadsafe(deliver)
-                    waited.append(counted.handed_at_least(handed + 1, WAIT_S))
+                    waited.append(ex.handed_at_least(handed + 1, WAIT_S))
 
             store = RecordingStore(spec, log, ran)
             await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
@@ -305,9 +286,7 @@ def test_rows_that_come_while_the_middle_runs_queue_an_edge_behind_it(
     assert log.index(middle) < min(log.index(e) for e in edges)
 
 
-def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_back(
-    counted: type[CountingQueue],
-) -> None:
+def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_back() -> None:
     # A stage's first piece handed over only once the loop has the last one back and
     # has joined the strip leaves the worker idle through that hop at every boundary.
     # Here the neighbours' rows are in from the start, and the first stage's middle
@@ -324,11 +303,11 @@ def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_ba
     neighbours_rows(box, spec, job)
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as ex:
+        with CountingWorker() as ex:
 
             def ran(entry: str) -> None:
                 if entry == middle:  # on the worker: all the first stage handed, and one more
-                    waited.append(counted.handed_at_least(first + 1, WAIT_S))
+                    waited.append(ex.handed_at_least(first + 1, WAIT_S))
 
             store = RecordingStore(spec, log, ran)
             out = await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
@@ -341,9 +320,7 @@ def test_the_next_stages_edge_goes_to_the_worker_before_this_stages_middle_is_ba
     assert after in edges, log
 
 
-def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back(
-    counted: type[CountingQueue],
-) -> None:
+def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back() -> None:
     # The middle peer of three over VGG-16's last two stages, folding its last strip
     # into fc1: the fold reads the last piece's rows on the worker, so it is handed
     # over behind that piece, which here cannot finish until it has been.
@@ -374,11 +351,11 @@ def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back(
     waited: list[bool] = []
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as ex:
+        with CountingWorker() as ex:
 
             def ran(entry: str) -> None:
                 if entry == last:  # on the worker
-                    waited.append(counted.handed_at_least(pieces + 1, WAIT_S))
+                    waited.append(ex.handed_at_least(pieces + 1, WAIT_S))
 
             store = RecordingStore(spec, log, ran)
             out = await run_strip_job(job, store, ex, box, no_send, timeout=60.0)  # type: ignore[arg-type]
@@ -391,10 +368,14 @@ def test_the_fold_goes_to_the_worker_before_the_last_piece_is_back(
 def test_a_piece_the_worker_went_straight_on_from_ends_when_the_worker_stopped() -> None:
     # Its hop back to the loop ran beside the next piece: counted, it held the loop's
     # wait for a quota the worker was spending, and the calibrated bids drifted slow.
-    assert _until(0.5, 2.0, went_on=True) == 1.5
-    # The worker had nothing else to go on to: the piece lasts until the loop has it
-    # back (here, now).
-    assert _until(0.5, 2.0, went_on=False) > 1.5
+    def handed(at: float) -> _Running:
+        return _Running(None, None, Future(), at, True)  # type: ignore[arg-type]
+
+    assert _until(0.5, 2.0, [handed(1.0)]) == 1.5
+    # Nothing handed over before it stopped: the worker waited for the loop, and the
+    # piece lasts until the loop has it back (here, now).
+    assert _until(0.5, 2.0, [handed(3.0)]) > 1.5
+    assert _until(0.5, 2.0, []) > 1.5
 
 
 def test_a_late_neighbour_does_not_stall_the_middle_and_a_missing_one_fails() -> None:

@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeci_p2p.aio.mailbox import Mailbox, RowsNeverArrived, StripJobError
-from edgeci_p2p.aio.piece_queue import PieceQueue, Queued
 from edgeci_p2p.aio.strip_inputs import PieceRows, Source, covered, join_rows, resolve
+from edgeci_p2p.aio.timed import timed
 from edgeci_p2p.core.geometry import Region, Span, fold_flops, strip_trace
 from edgeci_p2p.core.pieces import Piece, edge_first_pieces
 from edgeci_p2p.core.units import ModelSpec
@@ -143,21 +143,31 @@ class _Stage:
 
 @dataclass
 class _Running:
-    """A piece on the worker's queue (:mod:`edgeci_p2p.aio.piece_queue`), not yet back."""
+    """A piece handed to the worker, not yet back."""
 
     stage: _Stage | None
     piece: Piece | None
     """None: the fold (``strip_job.fold``), behind the last stage's pieces."""
-    item: Queued
-
-    def overlaps(self, a: int, b: int) -> bool:
-        """Whether its output rows meet rows ``[a, b)``."""
-        return self.piece is not None and self.piece.rows[0] < b and a < self.piece.rows[1]
+    future: asyncio.Future[tuple[Array, float, float, float]]
+    handed: float
+    """When it was handed over (``time.monotonic``)."""
+    queued: bool
+    """Handed over behind another piece still running: its time starts when the
+    worker takes it, not when it was handed over."""
 
     def begin(self, started: float) -> float:
-        """When its time starts, given when the worker took it (``started``): when it was
-        handed over, unless the worker took it straight after another piece."""
-        return max(self.item.handed, started) if self.item.continued else self.item.handed
+        """When its time starts, given when the worker took it (``started``)."""
+        return max(self.handed, started) if self.queued else self.handed
+
+
+IN_FLIGHT = 2
+"""Pieces on the worker at once: the one running and the next, which the worker
+starts as soon as the first is done, while this loop sends the rows just computed.
+With one, the worker waited for the loop between pieces (the hop back to the loop, the
+sends, the hop out again): on a capped peer, whatever the loop had to do first (a
+neighbour's rows to decode, a bid) and the wait for its quota. The next piece may be
+the next stage's edge (its neighbours' rows in): it reads this stage's pieces on the
+worker, so a stage's first piece no longer waits for the loop to take the last one back."""
 
 
 def _piece(
@@ -181,13 +191,14 @@ def _piece(
     return out.value
 
 
-def _until(begin: float, stopped: float, went_on: bool) -> float:
+def _until(begin: float, stopped: float, behind: list[_Running]) -> float:
     """A piece's seconds as the plan sees it, from ``begin``: on a capped peer the hop to
     the worker and back (the wait for the quota) is part of it, so it lasts until this
-    loop has it back, unless the worker went straight on to another piece (``went_on``).
-    Then the hop back is the loop's, beside the worker, and the next piece's time (and
-    its ``others`` CPU) already holds the loop's share of the quota: counted here as
-    well, it was counted twice."""
+    loop has it back, unless the worker went straight on to a piece handed over before
+    it stopped (``behind``). Then the hop back is the loop's, beside the worker, and the
+    next piece's time (and its ``others`` CPU) already holds the loop's share of the
+    quota: counted here as well, it was counted twice."""
+    went_on = any(r.handed <= stopped for r in behind)
     return (stopped if went_on else time.monotonic()) - begin
 
 
@@ -269,28 +280,23 @@ async def run_strip_job(
         cell = PieceRows(*p.rows)
         i = stages.index(s)
         (stages[i + 1].have if i + 1 < len(stages) else folded).append((*p.rows, cell))
-        # It reads the rows of the stage before's pieces still on the queue, if any.
-        prev = stages[i - 1] if i else None
-        a, b = p.need
-        after = [r.item for r in running if r.stage is prev and r.overlaps(a, b)]
         args = (store, job, s, p, list(s.have), cell)
-        item = queue.push((i, 0 if p.sends else 1), _piece, *args, after=after)
-        running.append(_Running(s, p, item))
+        future = loop.run_in_executor(worker, timed, _piece, *args)
+        running.append(_Running(s, p, future, time.monotonic(), bool(running)))
 
     def hand_fold() -> None:
-        after = [r.item for r in running]  # the last stage's pieces not yet back
-        item = queue.push((len(stages), 0), _folded, store, job, list(folded), after=after)
-        folding.append(_Running(None, None, item))
+        future = loop.run_in_executor(worker, timed, _folded, store, job, list(folded))
+        folding.append(_Running(None, None, future, time.monotonic(), bool(running)))
 
-    def back(r: _Running) -> None:
+    async def back(r: _Running) -> None:
         s, p = r.stage, r.piece
         assert s is not None and p is not None
         try:
-            yp, started, stopped, others = r.item.future.result()
+            yp, started, stopped, others = await r.future
         except ValueError as e:  # WorkError included
             raise WorkError(str(e)) from e
         begin = r.begin(started)
-        span = _until(begin, stopped, r.item.went_on)
+        span = _until(begin, stopped, running + folding)
         s.run_s += span
         # Until the worker stopped: the hop back to this loop is the loop's, and a
         # piece queued behind this one starts then (the critical path would
@@ -310,15 +316,14 @@ async def run_strip_job(
                 sends.append(sent)
                 s.unsent.remove(m)
 
-    queue = PieceQueue(loop, worker)
     try:
         cur = 0
         while cur < len(stages):
             for s in stages[cur : cur + 2]:
                 poll(s)
-            while (nxt := pick(cur)) is not None:
+            while len(running) < IN_FLIGHT and (nxt := pick(cur)) is not None:
                 hand(*nxt)
-            if job.fold and not folding and not stages[-1].todo:
+            if job.fold and not folding and not stages[-1].todo and len(running) < IN_FLIGHT:
                 hand_fold()
             left = deadline - time.monotonic()
             awaited = any(s.waiting and s.todo for s in stages[cur : cur + 2])
@@ -336,19 +341,17 @@ async def run_strip_job(
                 out.spans.append(["halo-wait", m, time.monotonic(), "wait", stages[cur].st.start])
                 stages[cur].wait_s += time.perf_counter() - t
                 continue
-            # Whatever comes first: a piece back, or (while a piece waits for them) rows,
-            # whose piece then joins the worker's queue at once.
-            waits: list[asyncio.Future[Any]] = [r.item.future for r in running]
-            if awaited and left > 0:
-                waits.append(asyncio.ensure_future(mailbox.wait(job.request_id, job.job_id, left)))
-            try:
-                await asyncio.wait(waits, return_when=FIRST_COMPLETED)
-            finally:
-                if len(waits) > len(running):
-                    waits[-1].cancel()
-            for r in [r for r in running if r.item.future.done()]:
-                running.remove(r)
-                back(r)
+            if len(running) < IN_FLIGHT and awaited and left > 0:
+                # A piece waits for rows: should they come while the worker runs,
+                # it is queued at once, not after the running piece is back.
+                arrival = asyncio.ensure_future(mailbox.wait(job.request_id, job.job_id, left))
+                try:
+                    await asyncio.wait((running[0].future, arrival), return_when=FIRST_COMPLETED)
+                finally:
+                    arrival.cancel()
+                if not running[0].future.done():
+                    continue
+            await back(running.pop(0))
             while cur < len(stages) and stages[cur].left == 0:
                 s = stages[cur]
                 assert not s.unsent and not s.waiting
@@ -359,9 +362,9 @@ async def run_strip_job(
         if job.fold:
             if not folding:
                 hand_fold()
-            y, started, stopped, others = await folding[0].item.future
+            y, started, stopped, others = await folding[0].future
             begin = folding[0].begin(started)
-            span = _until(begin, stopped, False)
+            span = _until(begin, stopped, [])
             out.spans.append(["fold", begin, max(begin, stopped), "compute", last.start])
             flops = fold_flops(spec) * (last.rows[1] - last.rows[0]) // spec.shape_at(last.stop)[1]
             out.pieces.append(((("head", flops),), max(span, stopped - started), others))
@@ -372,9 +375,8 @@ async def run_strip_job(
             y = joined
         await asyncio.gather(*sends)
     finally:
-        queue.close()  # a failed job's pieces still queued: not run
-        for piece_run in running + folding:
-            piece_run.item.future.cancel()
+        for piece_run in running + folding:  # a failed job's pieces still queued: not run
+            piece_run.future.cancel()
         for f in sends:
             if not f.done():
                 f.cancel()
