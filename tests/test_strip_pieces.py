@@ -176,6 +176,9 @@ def test_edge_rows_are_sent_as_soon_as_computed_and_the_middle_runs_last() -> No
         with ThreadPoolExecutor(1) as ex:
             out = await run_strip_job(job, RecordingStore(spec, log), ex, box, send, timeout=5.0)  # type: ignore[arg-type]
         assert out.output.shape[2] == job.stages[-1].rows[1] - job.stages[-1].rows[0]
+        # Every piece tells how long this loop took to have it back (policy/hops.py).
+        pieces = sum(len(stage_pieces(spec, st)) for st in job.stages)
+        assert len(out.hops) == pieces and min(out.hops) >= 0.0
 
     asyncio.run(main())
     runs_first = [e for e in log if e.startswith("run 2")]

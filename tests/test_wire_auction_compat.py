@@ -82,6 +82,7 @@ EXAMPLES: list[AuctionMessage] = [
         300 << 20,
         0.004,
         1.21,
+        0.003,
     ),
     awas.Award("a", "p", (ITEM,), 3, 2.0, 0.5),
     awas.AwardReply("a", "p", 3, False, "capacity"),

@@ -26,6 +26,7 @@ from edgeci_p2p.policy.calibration import (
     own_seconds,
     strip_factor,
 )
+from edgeci_p2p.policy.hops import LoopHops
 from edgeci_p2p.policy.loop_share import LoopShare
 from edgeci_p2p.wire.identity import Identity
 from edgeci_p2p.wire.session import DEFAULT_ZERO_SUPPRESS_BYTES, SessionConfig
@@ -116,6 +117,9 @@ class Node:
     narrower band, since what it moves is the ratio of two calibrations."""
     overhead: PieceOverhead = field(default_factory=PieceOverhead)
     """The fixed seconds per piece of work, learnt beside ``calibration``."""
+    hops: LoopHops = field(default_factory=LoopHops)
+    """How long this node's event loop takes to pick up what its busy worker hands
+    back: bids carry it as ``hop_s`` (see :meth:`picked_up`)."""
     loop_share: LoopShare = field(default_factory=LoopShare)
     """Per strategy, the CPU this node's event loop takes while it runs its own
     distributed requests; its own bid in those rounds is priced with it."""
@@ -178,6 +182,17 @@ class Node:
             self.bidder.strip_factor,
             self.overhead.piece_s * 1e3,
         )
+
+    def picked_up(self, delays: list[float]) -> None:
+        """A strip job's pieces came back to this loop ``delays`` seconds after the
+        worker was done with each: what every halo row sent or received here waits for
+        (``policy/hops.py``)."""
+        if not self.config.calibrate_speed:
+            return
+        hop = self.hops.observe(delays)
+        if hop is not None:
+            self.bidder.hop_s = hop
+            log.info("event loop picks up a busy worker's rows in %.1f ms", hop * 1e3)
 
     def own_piece(self, request_id: str, seconds: float, others_cpu_s: float) -> None:
         """A piece of this node's own request ``request_id`` computed here in

@@ -91,6 +91,9 @@ class StripOutcome:
     """Per stage: (first unit, seconds waiting for halo rows, seconds computing)."""
     pieces: list[tuple[tuple[tuple[str, int], ...], float, float]] = field(default_factory=list)
     """Per piece computed: its FLOPs per unit kind and its compute seconds."""
+    hops: list[float] = field(default_factory=list)
+    """Per piece: seconds from its worker stopping to this loop having it back
+    (``policy/hops.py``)."""
     spans: list[list[Any]] = field(default_factory=list)
     """Its steps for a request's timeline: ``[name, start, stop, lane, first unit of the
     stage]``, ``time.monotonic``."""
@@ -295,6 +298,7 @@ async def run_strip_job(
             yp, started, stopped, others = await r.future
         except ValueError as e:  # WorkError included
             raise WorkError(str(e)) from e
+        out.hops.append(time.monotonic() - stopped)
         begin = r.begin(started)
         span = _until(begin, stopped, running + folding)
         s.run_s += span

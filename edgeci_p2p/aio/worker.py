@@ -262,6 +262,7 @@ class PeerWorker:
                 self.node.served(unit_flops, took, others if own else 0.0, strip=True)
                 if own:
                     self.node.own_piece(job.request_id, took, others)
+            self.node.picked_up(out.hops)
             return out
         finally:
             self.mailbox.end(job.request_id, job.job_id)

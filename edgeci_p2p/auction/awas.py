@@ -153,7 +153,9 @@ def testbed_from_bids(
             continue
         compute = compute_from_bid(b, call).scaled(max(share, min_share))
         free = max(b.free_memory, 0)
-        devices.append(DeviceModel(b.bidder, compute, free, b.load.get("head", 0), features_load))
+        devices.append(
+            DeviceModel(b.bidder, compute, free, b.load.get("head", 0), features_load, b.hop_s)
+        )
         links.append(LinkModel(b.bandwidth if b.bandwidth > 0 else 1e12, max(b.rtt, 0.0)))
     names = [d.name for d in devices]
     if call.auctioneer not in names:

@@ -116,6 +116,9 @@ class Bidder:
     strip_factor: float = 1.0
     """How many times its compute model's times its pieces of strip jobs take (sent in
     bids; the node's calibration of the strips it served sets it)."""
+    hop_s: float = 0.0
+    """How long its event loop takes to pick up what its busy worker hands back (sent
+    in bids; the node learns it from the strips it served: ``policy/hops.py``)."""
     holding: Callable[[str], Holding] | None = None
     """The weights this peer holds, by fingerprint (None: nothing counted). Its
     ``memory_bytes`` is then the whole budget, weights included."""
@@ -204,6 +207,7 @@ class Bidder:
             host_cpus=self.host_cpus,
             piece_s=self.compute.piece_s,
             strip_factor=self.strip_factor,
+            hop_s=self.hop_s,
             held=holding.held,
             load=dict(holding.load),
         )

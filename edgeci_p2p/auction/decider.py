@@ -175,6 +175,7 @@ class CachedDecider:
                 (  # the speed figures (shape() leaves them out)
                     tuple(sorted((k, float(f"{v:.3g}")) for k, v in b.duration.items())),
                     round(b.piece_s, 4),
+                    round(b.hop_s, 4),
                 ),
                 float(f"{b.bandwidth:.2g}"),
                 round(b.rtt, 3),

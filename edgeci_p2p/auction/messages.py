@@ -173,6 +173,9 @@ class Bid:
     strip_factor: float = 1.0
     """How many times ``duration`` the bidder's pieces of strip jobs take, as it learnt
     from the strips it served (a strip-resident plan prices it with this)."""
+    hop_s: float = 0.0
+    """Seconds the bidder's event loop takes, while its worker computes, to pick up
+    what is handed to it (:attr:`edgeci_p2p.core.cost.DeviceModel.hop_s`)."""
 
     def finish(self, item_id: str) -> float:
         return self.backlog + self.duration[item_id]
@@ -197,6 +200,8 @@ class Bid:
             d["piece_s"] = self.piece_s
         if self.strip_factor != 1.0:
             d["strip_factor"] = self.strip_factor
+        if self.hop_s:
+            d["hop_s"] = self.hop_s
         return d
 
     @classmethod
@@ -222,6 +227,7 @@ class Bid:
             rss=int(d.get("rss") or 0),
             piece_s=float(d.get("piece_s") or 0.0),
             strip_factor=_factor(d.get("strip_factor"), "strip_factor"),
+            hop_s=float(d.get("hop_s") or 0.0),
         )
 
 

@@ -163,6 +163,12 @@ class DeviceModel:
     """Bytes of weights it must load to run the head (0: it holds the head)."""
     features_load: int = 0
     """Bytes of weights it must load to run feature units (0: it holds them)."""
+    hop_s: float = 0.0
+    """Seconds its event loop takes, while its worker computes, to pick up what arrives
+    (a neighbour's halo rows) or what its worker hands back (rows to send on): charged
+    at both ends of every halo row move. On a peer whose loop shares a capped core with
+    its convolutions it is the wait for the quota; with a core to spare, next to
+    nothing (learnt online: ``policy/hops.py``)."""
 
     def fits_head(self) -> bool:
         """Whether it may run the head without going over its memory."""
@@ -176,6 +182,8 @@ class DeviceModel:
         }
         if self.head_load or self.features_load:
             d.update(head_load=self.head_load, features_load=self.features_load)
+        if self.hop_s:
+            d["hop_s"] = self.hop_s
         return d
 
     @classmethod
@@ -186,6 +194,7 @@ class DeviceModel:
             int(d.get("memory_bytes", 1 << 30)),
             int(d.get("head_load", 0)),
             int(d.get("features_load", 0)),
+            float(d.get("hop_s", 0.0)),
         )
 
 

@@ -418,6 +418,7 @@ def run_segment(
     n_dev = len(testbed.devices)
     bw = [testbed.link(d).bandwidth for d in range(n_dev)]
     rtt = [testbed.link(d).rtt for d in range(n_dev)]
+    hop = [d.hop_s for d in testbed.devices]
     medium = t0
     up = [t0] * n_dev
     down = [t0] * n_dev
@@ -579,6 +580,8 @@ def run_segment(
                 begin = max(now, up[x.src], down[x.dst])
                 up[x.src] = down[x.dst] = begin + dur
             arrive = begin + dur + max(rtt[x.src], rtt[x.dst]) / 2
+            if x.stage > 0 and x.part >= 0:  # a halo row move: both loops pick it up
+                arrive += hop[x.src] + hop[x.dst]
             moved += x.nbytes
             if aid in (x.src, x.dst):
                 via_aid += x.nbytes

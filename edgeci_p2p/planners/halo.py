@@ -124,6 +124,7 @@ class _HaloDP:
         n_dev = ctx.n_dev
         self.bw = [self.tb.link(d).bandwidth for d in range(n_dev)]
         self.rtt = [self.tb.link(d).rtt for d in range(n_dev)]
+        self.hop = [dev.hop_s for dev in self.tb.devices]
         self.row_bytes = [
             c * w * ctx.spec.wire_itemsize(b)
             for b, (c, _, w) in enumerate(ctx.spec.shape_at(b) for b in range(ctx.n + 1))
@@ -183,7 +184,7 @@ class _HaloDP:
             return [0.0] * len(devs)
         lat = [0.0] * self.ctx.n_dev
         for s, d, _ in moves:
-            lat[d] = max(lat[d], max(self.rtt[s], self.rtt[d]) / 2)
+            lat[d] = max(lat[d], max(self.rtt[s], self.rtt[d]) / 2 + self.hop[s] + self.hop[d])
         if shared:
             total = sum(t for _, _, t in moves)
             return [total + lat[d] if any(m[1] == d for m in moves) else 0.0 for d in devs]

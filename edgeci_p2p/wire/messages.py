@@ -557,10 +557,13 @@ class Bid(Message):
     strip_factor: float | None = None
     """How many times ``duration`` the bidder's pieces of strip jobs take (learnt
     online; absent: 1)."""
+    hop_s: float | None = None
+    """Seconds the bidder's event loop takes to pick up what its busy worker hands
+    back, and what arrives (learnt online; absent: 0)."""
 
     def check(self) -> None:
         _nonneg("bid.load", **(self.load or {}))
-        _nonneg("bid", rss=self.rss or 0, piece_s=self.piece_s or 0.0)
+        _nonneg("bid", rss=self.rss or 0, piece_s=self.piece_s or 0.0, hop_s=self.hop_s or 0.0)
         lo, hi = STRIP_FACTOR_RANGE
         if self.strip_factor is not None and not lo <= self.strip_factor <= hi:
             raise MessageError(f"bid.strip_factor: {self.strip_factor} is outside [{lo}, {hi}]")
