@@ -105,9 +105,9 @@ def moved_materially(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
     twenty-second session): most of its plans there follow calibration steps, which
     are material."""
     for a, b in zip(old[:-1], new[:-1], strict=True):
-        (durations_a, piece_a), (durations_b, piece_b) = a[2], b[2]
-        if abs(piece_a - piece_b) > MATERIAL_PIECE_S:
-            return True
+        (durations_a, piece_a, hop_a), (durations_b, piece_b, hop_b) = a[2], b[2]
+        if abs(piece_a - piece_b) > MATERIAL_PIECE_S or hop_a != hop_b:
+            return True  # a bidder's hop_s moves only past its own band (policy/hops.py)
         before, after = dict(durations_a), dict(durations_b)
         if before.keys() != after.keys():
             return True
