@@ -51,5 +51,5 @@ class LoopHops:
         got = statistics.median(self.samples)
         if abs(got - self.hop_s) <= max(self.band_s, self.band * self.hop_s):
             return None
-        self.hop_s = round(got / self.grid_s) * self.grid_s
+        self.hop_s = round(round(got / self.grid_s) * self.grid_s, 6)
         return self.hop_s
