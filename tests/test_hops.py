@@ -1,6 +1,6 @@
 """A peer's event loop's pick-up delay (``hop_s``): learnt from its strip pieces,
-carried in its bids, and charged at both ends of every halo row move by the simulator
-and the halo planner."""
+carried in its bids, and charged at both ends of every halo row move and before every
+output a peer sends back to the auctioneer, by the simulator and the planners."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_the_figure_is_the_recent_median_and_moves_only_past_its_band() -> None:
     assert hops.observe([10.0] * 8) == pytest.approx(hops.highest)
 
 
-def test_a_halo_move_waits_for_both_loops_and_a_gather_plan_does_not() -> None:
+def test_a_halo_move_waits_for_both_loops() -> None:
     tb = load_testbed("emulated-4")
     halo = plan_edgeci_halo(VGG, tb)
     moves = sum(st.transfer == "halo" for st in halo.stages)
@@ -53,9 +53,40 @@ def test_a_halo_move_waits_for_both_loops_and_a_gather_plan_does_not() -> None:
     slow = with_hops(tb, 0.01)
     # The same plan, each move 20 ms later: later by at least one move's wait.
     assert simulate(halo, VGG, slow).latency >= simulate(halo, VGG, tb).latency + 0.02 - 1e-9
+
+
+def test_a_gathered_output_waits_for_its_peers_loop_not_the_auctioneers() -> None:
+    tb = load_testbed("emulated-4")
     gather = plan_edgeci(VGG, tb)
     assert all(st.transfer == "gather" for st in gather.stages)
-    assert simulate(gather, VGG, slow).latency == pytest.approx(simulate(gather, VGG, tb).latency)
+    base = simulate(gather, VGG, tb)
+    # Only the auctioneer's loop slow: its own parts are not sent; nothing changes.
+    aid_only = dataclasses.replace(
+        tb,
+        devices=tuple(
+            dataclasses.replace(d, hop_s=0.01 if i == tb.auctioneer else 0.0)
+            for i, d in enumerate(tb.devices)
+        ),
+    )
+    assert simulate(gather, VGG, aid_only).latency == pytest.approx(base.latency)
+    # Every peer's loop 10 ms slow: a stage ends at most 10 ms later than its
+    # predecessor did (a remote head also waits once), and the plan ends later.
+    slow = simulate(gather, VGG, with_hops(tb, 0.01))
+    assert slow.latency > base.latency
+    waits = len(gather.stages) + (gather.head_at != tb.auctioneer)
+    assert slow.latency <= base.latency + 0.01 * waits + 1e-9
+    for a, b in zip(base.stage_ends, slow.stage_ends, strict=True):
+        assert a - 1e-9 <= b
+    # The planner's per-row model carries it on a gathered strip, not a resident one.
+    from edgeci_p2p.planners.context import Context
+    from edgeci_p2p.planners.halo import _strip_terms
+
+    ctx = Context(VGG, with_hops(tb, 0.01))
+    peer = next(d for d in range(len(tb.devices)) if d != tb.auctioneer)
+    af = ctx.affine(peer, 0, 4)
+    assert af.back == pytest.approx(0.01) and ctx.affine(tb.auctioneer, 0, 4).back == 0.0
+    assert _strip_terms(af, False, True).back == 0.0
+    assert _strip_terms(af, True, False).back == pytest.approx(0.01)
 
 
 def test_slower_loops_plan_fewer_halo_boundaries() -> None:

@@ -601,7 +601,8 @@ def push_stage(
 
     Slabs go out in part order from ``t0`` (``scatter``), each part computes once its
     slab is in, in arrival order (``compute``), outputs come back in the order the
-    parts finish (``gather``); each transfer arrives half the device's round trip
+    parts finish (``gather``), each once the device's loop has picked it up
+    (``Testbed.back_s``); each transfer arrives half the device's round trip
     after it leaves the radio. Parts on the auctioneer, and empty transfers, move
     nothing. :func:`predict_with_backlog` runs it on FIFO queues with per-device
     offsets, the dynamic-load scenario on calendars with background load.
@@ -618,13 +619,15 @@ def push_stage(
     for k in sorted(range(len(tasks)), key=lambda k: (arrive[k], k)):
         done[k] = compute(tasks[k].device, arrive[k], tasks[k].seconds)
     end = t0
-    for k in sorted(range(len(tasks)), key=lambda k: (done[k], k)):
+    # Each output goes once its device's loop has picked it up.
+    ready = [d + testbed.back_s(x.device) for d, x in zip(done, tasks, strict=True)]
+    for k in sorted(range(len(tasks)), key=lambda k: (ready[k], k)):
         x = tasks[k]
         if x.device == aid or x.out_bytes == 0:
             end = max(end, done[k])
             continue
         link = testbed.links[x.device]
-        end = max(end, gather(done[k], x.out_bytes / link.bandwidth) + link.rtt / 2)
+        end = max(end, gather(ready[k], x.out_bytes / link.bandwidth) + link.rtt / 2)
     return end
 
 
@@ -692,4 +695,4 @@ def predict_with_backlog(
     out_b, back_b = head_bytes(spec)
     link = testbed.link(h)
     run = testbed.devices[h].compute.piece([("head", head_flops(spec))])
-    return max(t + link.seconds(out_b), free[h]) + run + link.seconds(back_b)
+    return max(t + link.seconds(out_b), free[h]) + run + testbed.back_s(h) + link.seconds(back_b)

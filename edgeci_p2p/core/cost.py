@@ -166,9 +166,10 @@ class DeviceModel:
     hop_s: float = 0.0
     """Seconds its event loop takes, while its worker computes, to pick up what arrives
     (a neighbour's halo rows) or what its worker hands back (rows to send on): charged
-    at both ends of every halo row move. On a peer whose loop shares a capped core with
-    its convolutions it is the wait for the quota; with a core to spare, next to
-    nothing (learnt online: ``policy/hops.py``)."""
+    at both ends of every halo row move, and (:meth:`Testbed.back_s`) before a peer's
+    strip or tile goes back to the auctioneer. On a peer whose loop shares a capped
+    core with its convolutions it is the wait for the quota; with a core to spare,
+    next to nothing (learnt online: ``policy/hops.py``)."""
 
     def fits_head(self) -> bool:
         """Whether it may run the head without going over its memory."""
@@ -246,6 +247,15 @@ class Testbed:
 
     def link(self, i: int) -> LinkModel:
         return LOCAL_LINK if i == self.auctioneer else self.links[i]
+
+    def back_s(self, i: int) -> float:
+        """Seconds from device ``i``'s worker finishing a part to its loop sending the
+        result to the auctioneer (its :attr:`DeviceModel.hop_s`; nothing for the
+        auctioneer's own parts). Neither the link fit (the auctioneer times a tile from
+        send to answer less the peer's own time from receipt to reply, which holds the
+        hop) nor the compute fit (the worker's time) sees it: on the emulated cluster
+        tile results came back 5-14 ms later than the plans said."""
+        return 0.0 if i == self.auctioneer else self.devices[i].hop_s
 
     @property
     def names(self) -> list[str]:

@@ -109,7 +109,7 @@ class SimResult:
         return sum(e.stop - e.start for e in self.events if e.device == device and e.lane == lane)
 
 
-_REQ_IN, _IN_DONE, _COMP_DONE = 0, 1, 2
+_REQ_IN, _IN_DONE, _COMP_DONE, _OUT_READY = 0, 1, 2, 3
 
 
 def run_stage(
@@ -186,13 +186,16 @@ def run_stage(
         elif kind == _IN_DONE:
             ready[t.device].append(k)
             start_compute(now, t.device)
-        else:
+        elif kind == _COMP_DONE:
             busy_until[t.device] = now
             start_compute(now, t.device)
-            done = (
-                now if t.device == aid or t.out_bytes == 0 else transfer(now, k, t.out_bytes, False)
-            )
-            end = max(end, done)
+            if t.device == aid or t.out_bytes == 0:
+                end = max(end, now)
+            else:  # its loop picks the output up, then sends it
+                heapq.heappush(heap, (now + testbed.back_s(t.device), seq, _OUT_READY, k))
+                seq += 1
+        else:
+            end = max(end, transfer(now, k, t.out_bytes, False))
     return end
 
 
@@ -200,9 +203,9 @@ def _one_task_per_device_end(tasks: Sequence[Task], testbed: Testbed, t0: float)
     """:func:`run_stage` for push stages with one task per device, without the event queue.
 
     Every scatter is requested at ``t0`` so the (FIFO) queue sends them first, in
-    order; each gather is then requested when its compute ends and served in that
-    order. The planners call this thousands of times; tests check it against the
-    event-driven path.
+    order; each gather is then requested when its device's loop has picked the output
+    up (:meth:`Testbed.back_s` after its compute ends) and served in that order. The
+    planners call this thousands of times; tests check it against the event-driven path.
     """
     aid = testbed.auctioneer
     q = t0
@@ -215,7 +218,8 @@ def _one_task_per_device_end(tasks: Sequence[Task], testbed: Testbed, t0: float)
             link = testbed.links[t.device]
             q += t.in_bytes / link.bandwidth
             arrive = q + link.rtt / 2
-        finished.append((arrive + t.seconds, k))
+        sends = t.device != aid and t.out_bytes > 0
+        finished.append((arrive + t.seconds + (testbed.back_s(t.device) if sends else 0.0), k))
     rx = q if testbed.shared_medium else t0
     finished.sort()
     for done, k in finished:
@@ -308,7 +312,7 @@ def remote_head_seconds(spec: ModelSpec, testbed: Testbed, device: int) -> float
     out_b, back_b = head_bytes(spec)
     link = testbed.link(device)
     run = testbed.devices[device].compute.piece([("head", head_flops(spec))])
-    return link.seconds(out_b) + run + link.seconds(back_b)
+    return link.seconds(out_b) + run + testbed.back_s(device) + link.seconds(back_b)
 
 
 def simulate(
@@ -360,7 +364,7 @@ def simulate(
         link = testbed.link(h)
         out_b, back_b = head_bytes(spec)
         sent = t + link.seconds(out_b)
-        back = sent + head + link.seconds(back_b)
+        back = sent + head + testbed.back_s(h) + link.seconds(back_b)
         if events is not None:
             events.append(Event(aid, "send", t, sent, k, "head map"))
             events.append(Event(h, "recv", t, sent, k, "head map"))
@@ -614,7 +618,7 @@ def run_segment(
             ends[s] = max(ends[s], now)
             send_rows(now, s, q)
             for k in strip_out[s][q]:
-                push(now, _TX_REQ, k)
+                push(now + hop[stages[s].parts[q].device], _TX_REQ, k)  # its loop sends it
             nxt = lane_next.get((s, q))
             if nxt is not None:
                 lane_wait[nxt[0]][nxt[1]] -= 1
@@ -693,9 +697,14 @@ def assign_by_pulling(
         elif kind == _IN_DONE:
             ready[d].append(k)
             start_compute(now, d)
-        else:
+        elif kind == _COMP_DONE:
             busy[d] = False
             start_compute(now, d)
-            done = now if d == aid or t.out_bytes == 0 else transfer(now, d, t.out_bytes, False)
-            end = max(end, done)
+            if d == aid or t.out_bytes == 0:
+                end = max(end, now)
+            else:  # its loop picks the output up, then sends it
+                heapq.heappush(heap, (now + testbed.back_s(d), seq, _OUT_READY, k, d))
+                seq += 1
+        else:
+            end = max(end, transfer(now, d, t.out_bytes, False))
     return owner, end

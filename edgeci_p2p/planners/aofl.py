@@ -39,7 +39,7 @@ def aofl_block(ctx: Context, i: int, j: int) -> tuple[float, tuple[int, ...], tu
         ab = []
         for d in devs:
             af = ctx.affine(d, i, j)
-            ab.append((af.per_row, af.x0 + af.c0 + af.y0 + af.lat))
+            ab.append((af.per_row, af.x0 + af.c0 + af.y0 + af.fixed_wait))
         if any(a <= 0 for a, _ in ab):
             break
         t = (h + sum(b / a for a, b in ab)) / sum(1 / a for a, _ in ab)

@@ -24,7 +24,9 @@ class Affine:
     """A device's per-block times as functions of its strip height r (rows).
 
     ``x1*r + x0``: input slab on the radio; ``c1*r + c0``: compute;
-    ``y1*r + y0``: output strip on the radio; ``lat``: both one-way latencies.
+    ``y1*r + y0``: output strip on the radio; ``lat``: both one-way latencies;
+    ``back``: the device's loop picking its strip up before it sends it
+    (:meth:`~edgeci_p2p.core.cost.Testbed.back_s`).
     """
 
     x1: float
@@ -34,10 +36,16 @@ class Affine:
     y1: float
     y0: float
     lat: float
+    back: float = 0.0
 
     @property
     def per_row(self) -> float:
         return self.x1 + self.c1 + self.y1
+
+    @property
+    def fixed_wait(self) -> float:
+        """What a strip waits for beyond bytes and compute: latencies and the pick-up."""
+        return self.lat + self.back
 
 
 class Context:
@@ -123,7 +131,8 @@ class Context:
         if device == self.aid:
             return t.seconds
         link = self.testbed.links[device]
-        return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + t.seconds
+        back = self.testbed.back_s(device)
+        return (t.in_bytes + t.out_bytes) / link.bandwidth + link.rtt + back + t.seconds
 
     def single_cost(self, device: int, i: int, j: int) -> float:
         """Block ``[i, j)`` whole on ``device``: :meth:`own_link_seconds` of all its rows."""
@@ -153,7 +162,16 @@ class Context:
         if r2 > h:  # a one-row map: no per-row slope to speak of
             t = self.strip_task(device, i, j, 0, h)
             link = self.testbed.link(device)
-            got = Affine(0.0, t.in_bytes / link.bandwidth, 0.0, t.seconds, 0.0, 0.0, link.rtt)
+            got = Affine(
+                0.0,
+                t.in_bytes / link.bandwidth,
+                0.0,
+                t.seconds,
+                0.0,
+                0.0,
+                link.rtt,
+                self.testbed.back_s(device),
+            )
         else:
             a1 = (h - r1) // 2
             a2 = (h - r2) // 2
@@ -173,6 +191,7 @@ class Context:
                 y1,
                 t1.out_bytes / bw - y1 * r1,
                 0.0 if device == self.aid else link.rtt,
+                self.testbed.back_s(device),
             )
         self._affine[key] = got
         return got

@@ -113,7 +113,7 @@ def equal_finish_rows(
 
     Remote device m waits for the slabs sent before it and its own, computes,
     then its strip and those gathered after it go over the radio:
-    ``sum_{l<=m} X_l + C_m + sum_{l>=m} Y_l + lat_m = T``. The auctioneer needs no
+    ``sum_{l<=m} X_l + C_m + sum_{l>=m} Y_l + lat_m + back_m = T``. The auctioneer needs no
     transfer: ``C_a = T``. Heights sum to ``height``. Subtracting consecutive
     remote equations gives ``r_{m+1}`` from ``r_m``, so every height is affine in
     the first remote one and the system solves in O(k). None if degenerate.
@@ -128,14 +128,14 @@ def equal_finish_rows(
         denom = nxt.x1 + nxt.c1
         if denom <= 0:
             return None
-        dconst = nxt.c0 - cur.c0 + nxt.lat - cur.lat + nxt.x0 - cur.y0
+        dconst = nxt.c0 - cur.c0 + nxt.fixed_wait - cur.fixed_wait + nxt.x0 - cur.y0
         p, q = pq[-1]
         k = cur.c1 + cur.y1
         pq.append((k * p / denom, (k * q - dconst) / denom))
     first = remote[0]
     # T from the first remote equation: T = tp * r_1 + tq
     tp = first.x1 + first.c1
-    tq = first.x0 + first.c0 + first.lat
+    tq = first.x0 + first.c0 + first.fixed_wait
     for af, (p, q) in zip(remote, pq, strict=True):
         tp += af.y1 * p
         tq += af.y1 * q + af.y0

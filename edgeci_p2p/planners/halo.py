@@ -314,6 +314,7 @@ def _strip_terms(af: Affine, in_res: bool, out_res: bool) -> Affine:
         y1=0.0 if out_res else af.y1,
         y0=0.0 if out_res else af.y0,
         lat=af.lat * hops / 2,
+        back=af.back if not out_res else 0.0,
     )
 
 
