@@ -4,24 +4,31 @@ output a peer sends back to the auctioneer, by the simulator and the planners.""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import numpy as np
 import pytest
 
+from edgeci_p2p.aio.connection import connect
 from edgeci_p2p.auction.awas import probe_call
 from edgeci_p2p.auction.awas import testbed_from_bids as derive_testbed
 from edgeci_p2p.auction.bidder import Bidder
 from edgeci_p2p.auction.messages import Bid
 from edgeci_p2p.auction.on_wire import from_wire, to_wire
 from edgeci_p2p.core.cost import Testbed as Cluster
+from edgeci_p2p.core.geometry import Region, Span, trace
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.nn.spec import spec_for
+from edgeci_p2p.planners.context import Context
 from edgeci_p2p.planners.dpfl import plan_edgeci
-from edgeci_p2p.planners.halo import plan_edgeci_halo
+from edgeci_p2p.planners.halo import _strip_terms, plan_edgeci_halo
 from edgeci_p2p.planners.testbeds import load_testbed
 from edgeci_p2p.policy.hops import LoopHops
+from edgeci_p2p.wire.messages import Error, Rect, TileRequest, TileResult, message_from_wire
 from edgeci_p2p.wire.messages import MessageError as WireMessageError
-from edgeci_p2p.wire.messages import message_from_wire
+from edgeci_p2p.wire.session import SessionConfig
+from tests.daemons import WAIT_S, start_daemons, stop_all
 from tests.planfakes import fake_testbed
 
 VGG = spec_for("vgg16")
@@ -78,9 +85,6 @@ def test_a_gathered_output_waits_for_its_peers_loop_not_the_auctioneers() -> Non
     for a, b in zip(base.stage_ends, slow.stage_ends, strict=True):
         assert a - 1e-9 <= b
     # The planner's per-row model carries it on a gathered strip, not a resident one.
-    from edgeci_p2p.planners.context import Context
-    from edgeci_p2p.planners.halo import _strip_terms
-
     ctx = Context(VGG, with_hops(tb, 0.01))
     peer = next(d for d in range(len(tb.devices)) if d != tb.auctioneer)
     af = ctx.affine(peer, 0, 4)
@@ -118,3 +122,46 @@ def test_bids_carry_it_into_the_planners_devices_and_the_wire_checks_it() -> Non
     assert left == {}
     assert [d.hop_s for d in derived.devices] == [0.002, 0.004]
     assert [d.hop_s for d in Cluster.from_dict(derived.to_dict()).devices] == [0.002, 0.004]
+
+
+def test_a_tile_served_for_a_peer_tells_its_loops_pick_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before a tile's result can go back its loop must take it from the worker: that
+    delay joins the strip pieces' in the figure the bids carry."""
+    delays: list[list[float]] = []
+
+    async def main() -> TileResult | Error:
+        (d,) = await start_daemons(1, calibrate_speed=True, plaintext=True)
+        try:
+            monkeypatch.setattr(d.node, "picked_up", delays.append)
+            spec = d.node.store.spec("resnet34", 224, 224)
+            out = Region(Span(0, 4), Span(0, 56))
+            need = trace(spec, 0, 1, out).need
+            x = np.zeros((1, 3, need.rows.size, need.cols.size), np.float32)
+            req = TileRequest(
+                "r1",
+                1,
+                "resnet34",
+                d.node.store.get("resnet34").fingerprint,
+                0,
+                1,
+                Rect((0, 4), (0, 56)),
+                Rect((need.rows.start, need.rows.stop), (need.cols.start, need.cols.stop)),
+                x,
+                input_hw=(224, 224),
+            )
+            conn = await connect("127.0.0.1", d.port, SessionConfig("peer", role="client"))
+            try:
+                await conn.send(req)
+                reply = await asyncio.wait_for(conn.recv(), WAIT_S)
+            finally:
+                await conn.close()
+            assert isinstance(reply, TileResult | Error)
+            return reply
+        finally:
+            await stop_all([d])
+
+    reply = asyncio.run(main())
+    assert isinstance(reply, TileResult), reply
+    assert len(delays) == 1 and len(delays[0]) == 1 and delays[0][0] >= 0.0

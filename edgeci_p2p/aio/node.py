@@ -184,15 +184,16 @@ class Node:
         )
 
     def picked_up(self, delays: list[float]) -> None:
-        """A strip job's pieces came back to this loop ``delays`` seconds after the
-        worker was done with each: what every halo row sent or received here waits for
+        """Work this node's worker did (a strip job's pieces, a tile, a head) came back
+        to its loop ``delays`` seconds after the worker was done with each: what every
+        halo row sent or received here, and every output sent back, waits for
         (``policy/hops.py``)."""
         if not self.config.calibrate_speed:
             return
         hop = self.hops.observe(delays)
         if hop is not None:
             self.bidder.hop_s = hop
-            log.info("event loop picks up a busy worker's rows in %.1f ms", hop * 1e3)
+            log.info("event loop picks up its worker's output in %.1f ms", hop * 1e3)
 
     def own_piece(self, request_id: str, seconds: float, others_cpu_s: float) -> None:
         """A piece of this node's own request ``request_id`` computed here in

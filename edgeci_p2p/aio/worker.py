@@ -144,6 +144,7 @@ class PeerWorker:
                 slab,
                 req.scale,
             )
+            picked = time.monotonic() - stopped
         except ValueError as e:  # WorkError included
             self.node.metrics.tile("tile", "failed")
             await reply(conn, Error(int(code_of(e)), str(e), req.request_id))
@@ -159,6 +160,7 @@ class PeerWorker:
             # Served for a peer: the CPU this event loop took meanwhile stays in the
             # time (policy/calibration.own_seconds says why).
             self.node.served(flops_by_kind(work).items(), stopped - started)
+        self.node.picked_up([picked])  # before its result can go back
         self.node.metrics.tile("tile", "served")
         spans = _spans(admitted, started, stopped) if req.trace else None
         took = time.perf_counter() - t0
@@ -194,6 +196,7 @@ class PeerWorker:
                 hw,
                 torch.from_numpy(job.input.copy()),
             )
+            picked = time.monotonic() - stopped
         except ValueError as e:  # WorkError, UnknownModelError included
             self.node.metrics.tile("head", "failed")
             await reply(conn, Error(int(code_of(e)), str(e), job.request_id))
@@ -202,6 +205,7 @@ class PeerWorker:
             self._done()
         flops = [("head", head_flops(store.spec(job.model, *hw)))]
         self.node.served(flops, stopped - started)  # for a peer, as a tile above
+        self.node.picked_up([picked])
         self.node.metrics.tile("head", "served")
         out = logits.numpy().astype(np.float32).reshape(logits.shape[0], -1, 1, 1)
         spans = _spans(admitted, started, stopped) if job.trace else None

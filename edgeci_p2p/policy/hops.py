@@ -11,8 +11,12 @@ plans had 7-10 stages; with 10 ms more per round trip the same bids gave 5-6 sta
 plans, which ran faster in alternated runs (docs/cluster-benchmark.md, thirty-first
 session).
 
-Each strip piece tells how long the loop took to have it back once the worker was done
-with it; ``observe`` keeps the median of the recent ones, and moves the figure the
+A peer's tile or head result waits for the same pick-up before it goes back to the
+auctioneer, and neither the link fit nor the compute fit sees that wait (gathered tiles
+came back 5-14 ms later than planned): the figure is charged there too.
+
+Each strip piece, tile and head tells how long the loop took to have it back once the
+worker was done with it; ``observe`` keeps the median of the recent ones, and moves the figure the
 bids carry only past a band, onto a grid (a new figure is a new plan everywhere).
 """
 
