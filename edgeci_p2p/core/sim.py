@@ -618,7 +618,7 @@ def run_segment(
             ends[s] = max(ends[s], now)
             send_rows(now, s, q)
             for k in strip_out[s][q]:
-                push(now + hop[stages[s].parts[q].device], _TX_REQ, k)  # its loop sends it
+                push(now + testbed.back_s(stages[s].parts[q].device), _TX_REQ, k)
             nxt = lane_next.get((s, q))
             if nxt is not None:
                 lane_wait[nxt[0]][nxt[1]] -= 1
