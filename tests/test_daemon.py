@@ -70,6 +70,11 @@ async def test_every_strategy_model_and_size_is_exact(cluster: list[PeerDaemon])
                 assert [t.index for t in r.top_k] == ref.reshape(-1).topk(5).indices.tolist()
                 # The receiver is the auctioneer: it holds the input and runs the head.
                 assert r.plan["nodes"][r.plan["auctioneer"]] == entry.node_id
+                # What it was planned for: this input's size, its pixels a byte a value
+                # (benchmarks/plan_bound.py plans the same bytes again from a trace).
+                planned = r.plan["planned_spec"]
+                assert planned["input_shape"][1:] == ([224, 224] if size == "224" else [193, 257])
+                assert planned["input_itemsize"] == 1
 
 
 @pytest.mark.asyncio

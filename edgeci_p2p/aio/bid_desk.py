@@ -175,6 +175,7 @@ class BidDesk:
                         await self._send(peer, am.Release(request_id, peer))
         if not self.node.store.fits(model, [HEAD]):
             decision = self._head_elsewhere(decision, model)
+        decision.spec = spec
         return decision, {"auction": time.perf_counter() - t0}
 
     def _head_elsewhere(self, decision: Decision, model: str) -> Decision:

@@ -30,6 +30,7 @@ from edgeci_p2p.core.geometry import fold_flops, head_flops
 from edgeci_p2p.core.plan import segments
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Timeline
+from edgeci_p2p.core.units import ModelSpec
 from edgeci_p2p.nn.images import decode, input_hw, normalise, pixels_of, to_pixels, top_k
 from edgeci_p2p.nn.weights import HEAD
 from edgeci_p2p.wire.errors import ErrorCode
@@ -279,6 +280,13 @@ class RequestRunner:
         plan_dict["testbed"] = run.testbed.to_dict()
         if run.decision.round is not None:
             plan_dict["backlogs"] = {n: b.backlog for n, b in run.decision.round.bids.items()}
+        planned = planned_spec(run)
+        # ... and the bytes it was planned to move (benchmarks/plan_bound.py plans anew).
+        plan_dict["planned_spec"] = {
+            "input_shape": list(planned.input_shape),
+            "input_itemsize": planned.input_itemsize,
+            "wire_fraction": list(planned.wire_fraction),
+        }
         return InferResult(
             req.request_id,
             req.model,
@@ -290,15 +298,23 @@ class RequestRunner:
         )
 
 
+def planned_spec(run: RequestRun) -> ModelSpec:
+    """The model as ``run``'s plan was made for it: the round's own (its input bytes a
+    value, its maps' measured wire fractions), else the store's with the input at a
+    byte a value where the pixels travel."""
+    if run.decision.spec is not None:
+        return run.decision.spec
+    if run.pixels is not None:
+        return dataclasses.replace(run.spec, input_itemsize=1)
+    return run.spec
+
+
 def annotate(timeline: Timeline, run: RequestRun, exec_start: float) -> None:
     """Give each span the plan's prediction for the same step: the simulated interval
     of its device, stage and lane (shifted to when execution began, ``exec_start``
     seconds into the request)."""
-    spec = run.spec
-    if run.pixels is not None:  # planned with the input at a byte a value
-        spec = dataclasses.replace(spec, input_itemsize=1)
     try:
-        sim = simulate(run.plan, spec, run.testbed, record=True)
+        sim = simulate(run.plan, planned_spec(run), run.testbed, record=True)
     except ValueError:  # a plan whose testbed does not match (forced in tests)
         return
     predicted: dict[tuple[str, int, str], tuple[float, float]] = {}

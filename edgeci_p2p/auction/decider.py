@@ -281,6 +281,9 @@ class Decision:
     testbed: Testbed
     round: AuctionRound | None
     left_out: dict[str, str] = field(default_factory=dict)
+    spec: ModelSpec | None = None
+    """The model as it was planned: with this request's input bytes a value and the
+    maps' measured wire fractions (None: as the store describes it)."""
 
     @property
     def nodes(self) -> list[str]:
