@@ -85,6 +85,8 @@ from emulation import (
 )
 from free_loops import FreeLoops, FreePlanner
 from peer_cpu import charge, cpu_table, read_peers, where_the_cpu_went
+from plan_bound import summary as bound_summary
+from plan_bound import trace_bounds
 from plan_ceiling import replay
 
 from edgeci_p2p import planners
@@ -1202,6 +1204,44 @@ def measure_ceilings(
     return out
 
 
+def last_distributed(traces: Path, model: str, strategy: str, transport: str) -> Path | None:
+    """The kept trace of the last request of ``strategy`` that ran on more than one peer
+    (one may have run alone), or None."""
+    # Named as benchmarks/cluster_client.py names them (and "edgeci-*" would also
+    # match edgeci-halo's).
+    tag = strategy if transport == "tls" else f"{strategy}-{transport}"
+    kept = [
+        t
+        for t in sorted(traces.glob(f"{model}-{tag}-[0-9][0-9].json"))
+        if len(json.loads(t.read_text()).get("plan", {}).get("devices", ())) > 1
+    ]
+    return kept[-1] if kept else None
+
+
+def measure_plan_bounds(
+    traces: Path, ideal: float, rows: Sequence[Row]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per model, for each of our strategies that distributed over TLS: the best plan on
+    the bids of its last kept trace, and on them with each fixed cost taken away
+    (``benchmarks/plan_bound.py``), speed-ups against the same run's ``local``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for model in dict.fromkeys(r.model for r in rows):
+        local = [r.median_ms for r in rows if r.model == model and r.strategy == "local"]
+        for strategy in planners.OURS:
+            kept = last_distributed(traces, model, strategy, "tls")
+            if kept is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                found = trace_bounds(kept, min(local) if local else None, ideal)
+            except (ValueError, KeyError, OSError) as e:
+                progress(f"planning again on {kept.name}'s bids failed: {e}")
+                continue
+            progress(f"planned again on {kept.name}'s bids in {time.monotonic() - t0:.0f} s")
+            out.setdefault(model, []).append(found)
+    return out
+
+
 def measure_plan_ceilings(
     args: argparse.Namespace,
     layout: Layout,
@@ -1220,22 +1260,15 @@ def measure_plan_ceilings(
             or len(d.get((model, best.strategy, best.transport), {}).get("devices") or []) <= 1
         ):
             continue
-        # Named as benchmarks/cluster_client.py names them (and "edgeci-*" would also
-        # match edgeci-halo's).
-        tag = best.strategy if best.transport == "tls" else f"{best.strategy}-{best.transport}"
-        kept = [
-            t
-            for t in sorted(args.traces.glob(f"{model}-{tag}-[0-9][0-9].json"))
-            if len(json.loads(t.read_text()).get("plan", {}).get("devices", ())) > 1
-        ]  # the last request that distributed (one may have run alone)
-        if not kept:
+        kept = last_distributed(args.traces, model, best.strategy, best.transport)
+        if kept is None:
             continue
         t0 = time.monotonic()
-        progress(f"replaying {kept[-1].name}'s plan with no network, K={args.ceiling_k}")
+        progress(f"replaying {kept.name}'s plan with no network, K={args.ceiling_k}")
         try:
-            out[model] = replay(kept[-1], **same_layout(layout, args.ceiling_k, ideal))
+            out[model] = replay(kept, **same_layout(layout, args.ceiling_k, ideal))
         except (RuntimeError, ValueError, OSError, KeyError) as e:
-            progress(f"replaying {kept[-1].name} failed: {e}")
+            progress(f"replaying {kept.name} failed: {e}")
             continue
         progress(
             f"{model} {best.strategy}'s plan replayed: efficiency "
@@ -1376,6 +1409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plans = measure_plan_ceilings(args, layout, ideal, rows, diag)
         except (KeyboardInterrupt, Terminated) as e:
             progress(f"plan replay interrupted ({e or 'Ctrl-C'}); reporting without it")
+    bounds = measure_plan_bounds(args.traces, ideal, rows) if args.traces is not None else {}
     shaped = layout.netns
     if shaped and capped:
         cpu = f"cpu {shares} of a core ({layout_name}), CFS period {period_us / 1000:g} ms"
@@ -1404,6 +1438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     for line in plan_age_lines(diag):
         print(line)
+    for found in (b for per_model in bounds.values() for b in per_model):
+        print(bound_summary(found))
     ratios = transport_ratios(diag)
     for line in ratio_lines(ratios):
         print(line)
@@ -1437,6 +1473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "pinned_cores": cpus,
                     "ceiling": ceilings,
                     "plan_ceiling": plans or None,
+                    "plan_bounds": bounds or None,
                     "diagnostics": diag,
                     "leftovers": str(left) if left else None,
                 }

@@ -172,3 +172,34 @@ def test_the_replayed_plan_is_the_last_distributed_one_of_the_best_of_ours(
     layout = argparse.Namespace(peers=[], period_us=10_000, cgroup=None, cpu_weight=None)
     out = cluster.measure_plan_ceilings(args, layout, 2.5, rows, diag)  # type: ignore[arg-type]
     assert got == [tmp_path / "vgg16-edgeci-00.json"] and out == {"vgg16": {"efficiency": 0.7}}
+
+
+def test_each_of_ours_is_planned_again_on_its_last_distributed_bids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cluster
+
+    rows = summarise(RESULTS, ideal=2.5)
+
+    def kept(name: str, devices: int) -> None:
+        (tmp_path / name).write_text(json.dumps({"plan": {"devices": ["n"] * devices}}))
+
+    kept("vgg16-edgeci-00.json", 2)
+    kept("vgg16-edgeci-01.json", 1)  # ran alone: no bids of a distributed round
+    kept("vgg16-edgeci-halo-03.json", 3)
+    calls: list[tuple[str, float | None, float]] = []
+
+    def bounds(path: Path, local_ms: float | None, ideal: float) -> dict[str, object]:
+        calls.append((path.name, local_ms, ideal))
+        return {"trace": path.name}
+
+    monkeypatch.setattr(cluster, "trace_bounds", bounds)
+    out = cluster.measure_plan_bounds(tmp_path, 2.5, rows)
+    # Against the same run's local median (1.0 s), at the layout's ideal.
+    assert calls == [
+        ("vgg16-edgeci-00.json", 1000.0, 2.5),
+        ("vgg16-edgeci-halo-03.json", 1000.0, 2.5),
+    ]
+    assert out == {
+        "vgg16": [{"trace": "vgg16-edgeci-00.json"}, {"trace": "vgg16-edgeci-halo-03.json"}]
+    }
