@@ -147,6 +147,9 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         # strip jobs are not traced anew.
         kept = dict(daemons[0].parts.runner.stages._jobs)
         assert [entry[0] for entry in kept.values()] == [plan.stages]
+        # ... nor are the parts of its gathering stage (the last one: units c..n).
+        traced = dict(daemons[0].parts.runner.stages._traces)
+        assert [(entry[0], len(entry[1])) for entry in traced.values()] == [(plan.stages, 1)]
         logits, _ = await run_plan(daemons[0], plan, "halo-1-again")
         assert_exact(logits, reference())
         priced = dataclasses.replace(plan, predicted=1.0)
@@ -155,6 +158,9 @@ async def test_strips_that_move_between_stages_give_the_unsplit_result() -> None
         again = daemons[0].parts.runner.stages._jobs
         assert again.keys() == kept.keys()
         assert all(again[k][2] is jobs for k, (_, _, jobs) in kept.items())
+        again_traced = daemons[0].parts.runner.stages._traces
+        assert again_traced.keys() == traced.keys()
+        assert all(again_traced[k][1] is t for k, (_, t) in traced.items())
         # The peers' mailboxes are empty again, their jobs ended.
         await wait_until(
             lambda: all(len(d.mailbox) == 0 and not d.serving.strip_tasks for d in daemons),

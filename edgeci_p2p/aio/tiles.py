@@ -114,8 +114,10 @@ class TileDispatcher:
         next peer, or here). The first result wins; the other copy is cancelled.
         Raises what ``target`` raised when it fails before straggling."""
         bans = self.node.bans
-        first = asyncio.ensure_future(self._remote_tile(run, target, tile, attempt, slab))
         predicted = self._predicted(run, target, tile, slab.numel() * 8)
+        first = asyncio.ensure_future(
+            self._remote_tile(run, target, tile, attempt, slab, predicted)
+        )
         done, _ = await asyncio.wait(
             {first}, timeout=self.node.config.deadlines.hedge_after(predicted)
         )
@@ -138,7 +140,14 @@ class TileDispatcher:
             second = asyncio.ensure_future(self.local_tile(run, tile, slab))
         else:
             second = asyncio.ensure_future(
-                self._remote_tile(run, backup, tile, hedged(attempt), slab)
+                self._remote_tile(
+                    run,
+                    backup,
+                    tile,
+                    hedged(attempt),
+                    slab,
+                    self._predicted(run, backup, tile, slab.numel() * 8),
+                )
             )
         pending = {first, second}
         error: BaseException | None = None
@@ -165,8 +174,16 @@ class TileDispatcher:
         await self.mesh.send(node, Cancel(run.request_id, tile.id.attempt(attempt)))
 
     async def _remote_tile(
-        self, run: RequestRun, node: str, tile: Tile, attempt: int, slab: torch.Tensor
+        self,
+        run: RequestRun,
+        node: str,
+        tile: Tile,
+        attempt: int,
+        slab: torch.Tensor,
+        predicted: float,
     ) -> torch.Tensor:
+        """``tile`` on ``node``, given up after the deadline its ``predicted`` seconds
+        allow (worked out once per attempt: it walks every unit of the tile)."""
         conn = self.mesh.get(node)
         if conn is None:
             raise ConnectionLost(f"no connection to {node}")
@@ -204,7 +221,6 @@ class TileDispatcher:
                 )
             )
             m1 = time.monotonic()
-            predicted = self._predicted(run, node, tile, slab.numel() * 8)
             res = await asyncio.wait_for(fut, self.node.config.deadlines.deadline(predicted))
         elapsed = time.perf_counter() - t0
         stage, base = tile.id.stage, tile.id.base
