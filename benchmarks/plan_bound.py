@@ -35,7 +35,7 @@ from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners.bounds import alone_seconds, bounds, ideal_speedup, stage_kinds
 
 
-def planned_spec(plan: dict[str, Any]) -> tuple[ModelSpec, bool]:
+def trace_spec(plan: dict[str, Any]) -> tuple[ModelSpec, bool]:
     """The model as a trace's plan was made for it, and whether the trace said so
     (older traces did not: then the input at four bytes a value, every map whole)."""
     given = plan.get("planned_spec")
@@ -58,7 +58,7 @@ def trace_bounds(
 ) -> dict[str, Any]:
     """Each variant's best plan on the bids of the request traced in ``path``."""
     plan = json.loads(path.read_text())["plan"]
-    spec, exact = planned_spec(plan)
+    spec, exact = trace_spec(plan)
     testbed = Testbed.from_dict(plan["testbed"])
     own = Plan.from_dict(plan)
     validate(own, spec)  # an older trace of another input size fails here, not silently
