@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -89,3 +90,40 @@ async def test_no_reservation_is_left_once_all_are_answered() -> None:
             }
 
         await wait_until(lambda: not any(left().values()), "every reservation released")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_an_awarded_peer_sent_no_work_is_released() -> None:
+    # A peer the entry has banned (a straggling or failed tile, here or in another
+    # request) still bids and is awarded, but its parts go to the next peer: no tile
+    # reaches it, so only a Release frees what it reserved.
+    async with cluster(3) as daemons:
+        entry, banned = daemons[0], daemons[1]
+        assert banned.bidder is not None
+        for _ in range(5):  # backoff doubles: a 16 s ban, longer than the request
+            entry.bans.ban(banned.node_id, time.monotonic())
+        held: set[str] = set()
+
+        async def watch() -> None:
+            while True:
+                assert banned.bidder is not None
+                held.update(banned.bidder.ledger.active)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            async with client(entry) as c:
+                r = await asyncio.wait_for(c.infer(IMAGE, model="resnet34", strategy="modnn"), 60)
+        finally:
+            watcher.cancel()
+        torch.testing.assert_close(
+            torch.from_numpy(np.array(r.logits, dtype=np.float32)).reshape(reference().shape),
+            reference(),
+        )
+        assert held, "the banned peer was never awarded: nothing to check"
+        assert banned.node_id not in r.timing["compute"]  # type: ignore[operator]
+        await wait_until(
+            lambda: banned.bidder is not None and not banned.bidder.ledger.active,
+            "the banned peer's reservation released",
+        )

@@ -108,6 +108,11 @@ class BidDesk:
             return
         self.node.tasks.spawn(reply(conn, out))
 
+    async def release(self, peer: str, auction_id: str) -> None:
+        """Give ``peer`` its reservation for ``auction_id`` back (a no-op there once
+        that reservation became work)."""
+        await self._send(peer, am.Release(auction_id, peer))
+
     async def _send(self, to: str, msg: am.CallForBids | am.Award | am.Release) -> bool:
         return await self.mesh.send(to, to_wire(msg))
 

@@ -150,6 +150,20 @@ class RequestRunner:
         except asyncio.CancelledError:
             await self._cancel_everywhere(run)
             raise
+        finally:
+            self._release_unreached(run)
+
+    def _release_unreached(self, run: RequestRun) -> None:
+        """Awarded peers this request sent no tile or strip job give back what they
+        reserved. Their parts went elsewhere: banned after a straggling or failed tile
+        (in this request or another), or a failed segment rerun without them. Left
+        held, a reservation stays in that peer's ledger until its next bid, and its
+        bids wait behind work that never comes."""
+        rnd = run.decision.round
+        if rnd is None:
+            return
+        for peer in sorted(set(rnd.awards) - run.reached - {self.node.node_id}):
+            self.node.tasks.spawn(self.desk.release(peer, run.request_id))
 
     async def _timed_input(
         self, req: InferRequest

@@ -56,6 +56,9 @@ class RequestRun:
     folded: bool = False
     """The last segment answered with fc1's partial sums, added up, not the last map
     (``Plan.fold_head``; False again when it fell back to gathering)."""
+    reached: set[str] = field(default_factory=set)
+    """Peers sent a tile or a strip job of this request: each turned its reservation
+    into queued work there (an awarded peer sent neither is released at the end)."""
     """The request's spans on every node, when it asked for them (``trace``)."""
 
     def span(

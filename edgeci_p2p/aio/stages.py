@@ -282,6 +282,7 @@ class Stages:
             raise ConnectionLost(f"no connection to {node}")
         t0 = time.perf_counter()
         me, m0 = self.node.node_id, time.monotonic()
+        run.reached.add(node)
         with self.replies.awaiting((job.request_id, job.tile_id), node) as fut:
             await conn.send(job)
             m1 = time.monotonic()

@@ -200,6 +200,7 @@ class TileDispatcher:
         )
         t0 = time.perf_counter()
         me, m0 = self.node.node_id, time.monotonic()
+        run.reached.add(node)
         with self.replies.awaiting((run.request_id, tile_id), node) as fut:
             await conn.send(
                 TileRequest(
