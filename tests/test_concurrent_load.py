@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgeci_p2p.aio.daemon import PeerDaemon
+from edgeci_p2p.auction.messages import Award, AwardReply
 from edgeci_p2p.wire.messages import InferResult
 from tests.daemons import IMAGE, client, cluster, reference, wait_until
 
@@ -94,36 +95,32 @@ async def test_no_reservation_is_left_once_all_are_answered() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
-async def test_an_awarded_peer_sent_no_work_is_released() -> None:
+async def test_an_awarded_peer_sent_no_work_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
     # A peer the entry has banned (a straggling or failed tile, here or in another
     # request) still bids and is awarded, but its parts go to the next peer: no tile
     # reaches it, so only a Release frees what it reserved.
     async with cluster(3) as daemons:
         entry, banned = daemons[0], daemons[1]
-        assert banned.bidder is not None
+        bidder = banned.bidder
+        assert bidder is not None
         for _ in range(5):  # backoff doubles: a 16 s ban, longer than the request
             entry.bans.ban(banned.node_id, time.monotonic())
-        held: set[str] = set()
+        held: list[str] = []  # the awards the banned peer accepted, as it accepted them
+        accept = bidder.accept
 
-        async def watch() -> None:
-            while True:
-                assert banned.bidder is not None
-                held.update(banned.bidder.ledger.active)
-                await asyncio.sleep(0.002)
+        def recording(award: Award, now: float) -> AwardReply:
+            reply = accept(award, now)
+            if reply.accepted:
+                held.append(award.auction_id)
+            return reply
 
-        watcher = asyncio.ensure_future(watch())
-        try:
-            async with client(entry) as c:
-                r = await asyncio.wait_for(c.infer(IMAGE, model="resnet34", strategy="modnn"), 60)
-        finally:
-            watcher.cancel()
+        monkeypatch.setattr(bidder, "accept", recording)
+        async with client(entry) as c:
+            r = await asyncio.wait_for(c.infer(IMAGE, model="resnet34", strategy="modnn"), 60)
         torch.testing.assert_close(
             torch.from_numpy(np.array(r.logits, dtype=np.float32)).reshape(reference().shape),
             reference(),
         )
         assert held, "the banned peer was never awarded: nothing to check"
         assert banned.node_id not in r.timing["compute"]  # type: ignore[operator]
-        await wait_until(
-            lambda: banned.bidder is not None and not banned.bidder.ledger.active,
-            "the banned peer's reservation released",
-        )
+        await wait_until(lambda: not bidder.ledger.active, "the banned peer's reservation released")
