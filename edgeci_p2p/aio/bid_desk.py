@@ -177,7 +177,7 @@ class BidDesk:
                     if peer == self.node.node_id:
                         self.node.bidder.release(request_id)
                     else:
-                        await self._send(peer, am.Release(request_id, peer))
+                        await self.release(peer, request_id)
         if not self.node.store.fits(model, [HEAD]):
             decision = self._head_elsewhere(decision, model)
         decision.spec = spec
