@@ -33,9 +33,7 @@ from edgeci_p2p.core.cost import Testbed
 from edgeci_p2p.core.plan import Plan
 from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Timeline
-
-GATHER_TILES = 1000
-"""A gather stage's tile ids are ``stage * 1000 + part`` (``policy/tile_ids.py``)."""
+from edgeci_p2p.policy.tile_ids import PARTS_PER_STAGE, STRIP_TILE_BASE
 
 
 def scatters(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,8 +49,10 @@ def scatters(doc: dict[str, Any]) -> list[dict[str, Any]]:
     sends: dict[tuple[int, int], float] = {}
     arrived: dict[tuple[int, int], tuple[str, float]] = {}
     for s in timeline.spans:
-        if s.stage is None or s.tile is None or s.tile // GATHER_TILES != s.stage:
-            continue  # not a gather tile (strip jobs, the head)
+        if s.stage is None or s.tile is None or s.tile >= STRIP_TILE_BASE:
+            continue  # a strip job or the head: no slab of a gather stage
+        if s.tile // PARTS_PER_STAGE != s.stage:
+            continue  # (spans name a gather tile by its GatherTile.base)
         if s.name == "send":
             sends[(s.stage, s.tile)] = s.start
         elif s.name == "queue" and s.node != plan.devices[plan.auctioneer]:
@@ -60,7 +60,9 @@ def scatters(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for si in sorted({k[0] for k in sends}):
         order = sorted((k for k in sends if k[0] == si), key=lambda k: sends[k])
-        planned_sends = [e for e in events if e.stage == si and e.lane == "send"]
+        planned_sends = [
+            e for e in events if e.stage == si and e.lane == "send" and e.device == plan.auctioneer
+        ]
         if not planned_sends:
             continue
         t0, p0 = sends[order[0]], min(e.start for e in planned_sends)
@@ -72,7 +74,7 @@ def scatters(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if key not in arrived:
                 continue
             node, at = arrived[key]
-            part = stage.parts[key[1] % GATHER_TILES]
+            part = stage.parts[key[1] % PARTS_PER_STAGE]
             rows_of = f"{part.region.rows.start}:{part.region.rows.stop}"
             planned = recv.get((part.device, f"[{stage.start},{stage.stop}) {rows_of}"))
             rows.append(
