@@ -13,6 +13,7 @@ from edgeci_p2p.core.sim import simulate
 from edgeci_p2p.core.timeline import Span, Timeline
 from edgeci_p2p.nn.spec import spec_for
 from edgeci_p2p.planners import plan
+from edgeci_p2p.policy.tile_ids import GatherTile, strip_job_id
 from tests.planfakes import fake_testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,12 +29,12 @@ def _kept(tmp_path: Path, name: str, late_ms: float) -> tuple[Path, dict[tuple[i
     tb = fake_testbed([4.0, 3.0, 2.0, 1.0], [100.0] * 4)
     own = plan("edgeci", spec, tb)
     nodes, aid = own.devices, own.auctioneer
-    spans = [Span(nodes[1], "queue", 0.5, 0.51, "wait", stage=2, tile=2**24 + 130)]
+    spans = [Span(nodes[1], "queue", 0.5, 0.51, "wait", stage=2, tile=strip_job_id(2, 1))]
     want: dict[tuple[int, int], float] = {}
     for si, t0 in ((0, 0.1), (1, 0.3)):
         remote = [(pi, p) for pi, p in enumerate(own.stages[si].parts) if p.device != aid]
         for place, (pi, p) in enumerate(remote):
-            tile = si * 1000 + pi
+            tile = GatherTile(si, pi).base
             spans.append(Span(nodes[aid], "send", t0 + place * 1e-3, t0 + 0.002, "send", si, tile))
             at = t0 + (10.0 * (place + 1) + late_ms) / 1e3
             spans.append(Span(nodes[p.device], "queue", at, at + 1e-4, "wait", si, tile))
